@@ -1,0 +1,210 @@
+"""Settings for eventproject, read from the environment.
+
+Every knob is an environment variable with a safe default; a bad value raises
+ImproperlyConfigured at start-up instead of failing later in a worker.
+"""
+
+import os
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [part.strip() for part in os.environ.get(name, default).split(",") if part.strip()]
+
+
+DEBUG = env_bool("DEBUG", False)
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    SECRET_KEY = "development-only-insecure-key"
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_q",
+    "extraction",
+    "jobs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "eventproject.urls"
+WSGI_APPLICATION = "eventproject.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+# Database: DATABASE_URL, or an SQLite file in the project folder.
+# SQLite is tuned for several processes (web, cluster workers) writing at once:
+# WAL lets readers run beside a writer, IMMEDIATE transactions take the write
+# lock up front so a writer waits (busy timeout) instead of failing half-way.
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=env_int("CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": env_int("SQLITE_BUSY_TIMEOUT", 30, minimum=1),
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # A file, not memory, so that worker subprocesses in tests share it.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.environ.get("TEST_SQLITE_NAME") or str(BASE_DIR / "test_db.sqlite3")
+    }
+elif DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured("DATABASE_URL must point to PostgreSQL or SQLite")
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+# Behaviour logs come from Chinese apps: naive timestamps in imported files are
+# read in this zone unless the import names another.
+TIME_ZONE = os.environ.get("TIME_ZONE", "Asia/Shanghai")
+try:
+    ZoneInfo(TIME_ZONE)
+except (ZoneInfoNotFoundError, ValueError):
+    raise ImproperlyConfigured(f"TIME_ZONE {TIME_ZONE!r} is not a known time zone") from None
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+
+# Extraction
+# A JSON ruleset replacing the shipped one (extraction/extractors/rules_default.json).
+EXTRACTION_RULES_FILE = os.environ.get("EXTRACTION_RULES_FILE") or None
+if EXTRACTION_RULES_FILE and not Path(EXTRACTION_RULES_FILE).is_file():
+    raise ImproperlyConfigured(f"EXTRACTION_RULES_FILE {EXTRACTION_RULES_FILE!r} is not a file")
+
+# Extractor name -> class path. EXTRACTION_EXTRA_EXTRACTORS adds more as
+# "name=package.module.Class,name2=...".
+EXTRACTION_EXTRACTORS = {
+    "rules": "extraction.extractors.rules.RulesExtractor",
+}
+for entry in env_list("EXTRACTION_EXTRA_EXTRACTORS"):
+    name, sep, path = entry.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise ImproperlyConfigured(
+            f"EXTRACTION_EXTRA_EXTRACTORS entries must look like name=module.Class, got {entry!r}"
+        )
+    EXTRACTION_EXTRACTORS[name.strip()] = path.strip()
+
+
+# Jobs and the django-q2 cluster.
+# A drain task works for at most JOBS_DRAIN_BUDGET_SECONDS, then re-enqueues
+# itself, so it always ends well inside Q_TIMEOUT; Q_RETRY (re-delivery of an
+# unacknowledged task) stays above Q_TIMEOUT so a live task is never doubled.
+JOBS_CHUNK_SIZE = env_int("JOBS_CHUNK_SIZE", 100, minimum=1)
+JOBS_MAX_ATTEMPTS = env_int("JOBS_MAX_ATTEMPTS", 3, minimum=1)
+JOBS_LEASE_SECONDS = env_int("JOBS_LEASE_SECONDS", 60, minimum=1)
+JOBS_DRAIN_TASKS = env_int("JOBS_DRAIN_TASKS", 4, minimum=1)
+JOBS_DRAIN_BUDGET_SECONDS = env_int("JOBS_DRAIN_BUDGET_SECONDS", 240, minimum=1)
+JOBS_FAIL_FAST_AFTER = env_int("JOBS_FAIL_FAST_AFTER", 50, minimum=1)
+JOBS_RETRY_BACKOFF_SECONDS = env_int("JOBS_RETRY_BACKOFF_SECONDS", 5, minimum=0)
+
+Q_TIMEOUT = env_int("Q_TIMEOUT", 600, minimum=10)
+Q_RETRY = env_int("Q_RETRY", Q_TIMEOUT + 120, minimum=11)
+if Q_RETRY <= Q_TIMEOUT:
+    raise ImproperlyConfigured("Q_RETRY must be larger than Q_TIMEOUT")
+if JOBS_DRAIN_BUDGET_SECONDS + 2 * JOBS_LEASE_SECONDS > Q_TIMEOUT:
+    raise ImproperlyConfigured("JOBS_DRAIN_BUDGET_SECONDS + 2 × JOBS_LEASE_SECONDS must stay below Q_TIMEOUT")
+
+REDIS_URL = os.environ.get("REDIS_URL") or None
+Q_CLUSTER = {
+    "name": os.environ.get("Q_CLUSTER_NAME", "eventproject"),
+    "workers": env_int("Q_WORKERS", 2, minimum=1),
+    "timeout": Q_TIMEOUT,
+    "retry": Q_RETRY,
+    "max_attempts": 0,  # drain tasks are idempotent: re-delivery is always safe
+    "ack_failures": True,
+    "catch_up": False,
+    "save_limit": 500,
+    "poll": 0.5,
+    "label": "Task queue",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
