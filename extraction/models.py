@@ -1,0 +1,132 @@
+"""The extraction domain: users, their raw behaviours, and the events extracted from them."""
+
+from django.db import models
+from django.db.models import Q
+
+
+class UserProfile(models.Model):
+    """The registry of users: one row per user id, with whatever columns the source had.
+
+    `input_version` goes up whenever the user's behaviours or profile change, so
+    "needs extraction" is a comparison with the version the last success saw.
+    """
+
+    user_id = models.CharField(max_length=128, primary_key=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    input_version = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["user_id"]
+
+    def __str__(self) -> str:
+        return self.user_id
+
+
+class Behavior(models.Model):
+    """One raw behaviour from a user's log (browse, search, visit, purchase…)."""
+
+    # No database-level foreign key: bulk imports write millions of rows and
+    # create the profile rows themselves in the same transaction.
+    user = models.ForeignKey(
+        UserProfile,
+        on_delete=models.CASCADE,
+        related_name="behaviors",
+        db_constraint=False,
+        db_index=False,  # the natural-key index starts with user_id
+    )
+    action = models.CharField(max_length=64)
+    occurred_at = models.DateTimeField()
+    item = models.CharField(max_length=255, blank=True, default="")
+    app = models.CharField(max_length=128, blank=True, default="")
+    media = models.CharField(max_length=128, blank=True, default="")
+    place = models.CharField(max_length=255, blank=True, default="")
+    duration_seconds = models.FloatField(null=True, blank=True)
+    extra = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            # Re-importing a file adds nothing. Also the index that reads one
+            # user's behaviours in time order (extraction's hot query).
+            models.UniqueConstraint(
+                fields=["user", "occurred_at", "action", "item", "app", "media", "place"],
+                name="behavior_natural_key",
+            ),
+            models.CheckConstraint(
+                condition=Q(duration_seconds__isnull=True) | Q(duration_seconds__gte=0),
+                name="behavior_duration_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.action} {self.item} @ {self.occurred_at:%Y-%m-%d %H:%M}"
+
+
+class Category(models.TextChoices):
+    CONVERSION = "conversion"
+    ENGAGEMENT = "engagement"
+
+
+class ExtractedEvent(models.Model):
+    """A higher-level event made from one or more behaviours of one user."""
+
+    user = models.ForeignKey(UserProfile, on_delete=models.CASCADE, related_name="events", db_index=False)
+    sequence = models.PositiveIntegerField(help_text="Position in the user's event sequence")
+    event_type = models.CharField(max_length=64)
+    label = models.CharField(max_length=64, blank=True)
+    category = models.CharField(max_length=16, choices=Category.choices)
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    context = models.JSONField(default=dict, blank=True)
+    behavior_ids = models.JSONField(default=list)
+    extractor = models.CharField(max_length=32)
+    extractor_version = models.CharField(max_length=32)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["user_id", "sequence"]
+        constraints = [
+            # Also the index for "a user's events in order".
+            models.UniqueConstraint(fields=["user", "sequence"], name="event_user_sequence"),
+            models.CheckConstraint(condition=Q(category__in=Category.values), name="event_category_valid"),
+            models.CheckConstraint(
+                condition=Q(ends_at__gte=models.F("starts_at")), name="event_ends_after_start"
+            ),
+        ]
+        indexes = [models.Index(fields=["event_type", "starts_at"], name="event_type_time")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} #{self.sequence} {self.event_type}"
+
+
+class ExtractionState(models.Model):
+    """Per user: how the last extraction went and which input the stored events came from."""
+
+    class Outcome(models.TextChoices):
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    user = models.OneToOneField(
+        UserProfile, on_delete=models.CASCADE, primary_key=True, related_name="extraction_state"
+    )
+    status = models.CharField(max_length=16, choices=Outcome.choices)
+    attempted_at = models.DateTimeField()
+    error = models.TextField(blank=True)
+    # The fields below describe the stored events, i.e. the last success.
+    extracted_at = models.DateTimeField(null=True, blank=True)
+    event_count = models.PositiveIntegerField(default=0)
+    extractor = models.CharField(max_length=32, blank=True)
+    extractor_version = models.CharField(max_length=32, blank=True)
+    input_version = models.PositiveIntegerField(default=0)
+    input_fingerprint = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["succeeded", "failed"]), name="state_status_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.status}"
