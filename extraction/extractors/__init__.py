@@ -1,0 +1,66 @@
+"""The extractor registry: names from settings.EXTRACTION_EXTRACTORS mapped to classes."""
+
+from functools import cache
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from .base import (
+    BehaviorRecord,
+    EventDraft,
+    ExtractionError,
+    Extractor,
+    ExtractorFatalError,
+    UserInput,
+    UserResult,
+)
+
+__all__ = [
+    "BehaviorRecord",
+    "EventDraft",
+    "ExtractionError",
+    "Extractor",
+    "ExtractorFatalError",
+    "UnknownExtractor",
+    "UserInput",
+    "UserResult",
+    "extractor_class",
+    "extractor_names",
+    "make_extractor",
+]
+
+
+class UnknownExtractor(LookupError):
+    pass
+
+
+def extractor_names() -> list[str]:
+    return sorted(settings.EXTRACTION_EXTRACTORS)
+
+
+@cache
+def _load(path: str) -> type[Extractor]:
+    try:
+        cls = import_string(path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"cannot import extractor {path!r}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Extractor)):
+        raise ImproperlyConfigured(f"{path!r} is not an Extractor subclass")
+    return cls
+
+
+def extractor_class(name: str) -> type[Extractor]:
+    try:
+        path = settings.EXTRACTION_EXTRACTORS[name]
+    except KeyError:
+        raise UnknownExtractor(
+            f"unknown extractor {name!r} (available: {', '.join(extractor_names())})"
+        ) from None
+    return _load(path)
+
+
+def make_extractor(name: str, options: dict[str, Any] | None = None) -> Extractor:
+    """An extractor instance; raises UnknownExtractor or ValidationError (bad options)."""
+    return extractor_class(name)(options)

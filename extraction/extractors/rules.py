@@ -1,0 +1,194 @@
+"""The offline default extractor: a ruleset (data, not code) maps behaviours to events.
+
+Each behaviour is matched against the rules in order; the first rule whose
+actions include the behaviour's action (case-insensitive) and whose
+`place_contains` (if any) matches its place wins. Unmatched behaviours become
+the default event type. A rule with `merge_consecutive` folds a run of adjacent
+behaviours of the same item, each within `merge_window_seconds` of the previous
+one, into one event with a count and a total duration.
+"""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from ..models import Category
+from .base import BehaviorRecord, EventDraft, Extractor, UserInput, UserResult
+
+DEFAULT_RULES_FILE = Path(__file__).with_name("rules_default.json")
+
+
+@dataclass(frozen=True, slots=True)
+class EventType:
+    name: str
+    label: str
+    category: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    event_type: EventType
+    place_contains: tuple[str, ...]
+    item_as: str
+    merge_consecutive: bool
+
+    def matches_place(self, place: str) -> bool:
+        if not self.place_contains:
+            return True
+        place = place.lower()
+        return any(pattern in place for pattern in self.place_contains)
+
+
+@dataclass(frozen=True, slots=True)
+class Ruleset:
+    version: str
+    merge_window: timedelta
+    event_types: dict[str, EventType]
+    rules_by_action: dict[str, tuple[Rule, ...]]
+    default: Rule
+
+    def rule_for(self, behavior: BehaviorRecord) -> Rule:
+        for rule in self.rules_by_action.get(behavior.action.strip().lower(), ()):
+            if rule.matches_place(behavior.place):
+                return rule
+        return self.default
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> "Ruleset":
+        def fail(message: str) -> ImproperlyConfigured:
+            return ImproperlyConfigured(f"ruleset {source}: {message}")
+
+        if not isinstance(data, dict):
+            raise fail("must be a JSON object")
+        for key in ("version", "event_types", "rules", "default_event_type"):
+            if key not in data:
+                raise fail(f"missing key {key!r}")
+        event_types = {}
+        for name, spec in data["event_types"].items():
+            if not isinstance(spec, dict) or spec.get("category") not in Category.values:
+                raise fail(f"event type {name!r} needs a category in {Category.values}")
+            event_types[name] = EventType(name, str(spec.get("label", name)), spec["category"])
+
+        def event_type(name: Any, where: str) -> EventType:
+            if name not in event_types:
+                raise fail(f"{where} names unknown event type {name!r}")
+            return event_types[name]
+
+        window = data.get("merge_window_seconds", 1800)
+        if not isinstance(window, int | float) or window < 0:
+            raise fail("merge_window_seconds must be a number >= 0")
+        rules_by_action: dict[str, list[Rule]] = {}
+        for position, spec in enumerate(data["rules"], start=1):
+            where = f"rule {position}"
+            if not isinstance(spec, dict):
+                raise fail(f"{where} must be an object")
+            actions = spec.get("actions")
+            if not actions or not all(isinstance(a, str) and a.strip() for a in actions):
+                raise fail(f"{where} needs a non-empty list of action names")
+            patterns = spec.get("place_contains", [])
+            if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+                raise fail(f"{where}: place_contains must be a list of strings")
+            rule = Rule(
+                event_type=event_type(spec.get("event_type"), where),
+                place_contains=tuple(p.lower() for p in patterns),
+                item_as=str(spec.get("item_as", "item")),
+                merge_consecutive=bool(spec.get("merge_consecutive", False)),
+            )
+            for action in actions:
+                rules_by_action.setdefault(action.strip().lower(), []).append(rule)
+        default = Rule(event_type(data["default_event_type"], "default_event_type"), (), "item", False)
+        return cls(
+            version=str(data["version"]),
+            merge_window=timedelta(seconds=window),
+            event_types=event_types,
+            rules_by_action={action: tuple(rules) for action, rules in rules_by_action.items()},
+            default=default,
+        )
+
+
+@cache
+def load_ruleset(path: str) -> Ruleset:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ImproperlyConfigured(f"cannot read ruleset {path}: {exc}") from exc
+    return Ruleset.from_dict(data, path)
+
+
+def active_ruleset() -> Ruleset:
+    return load_ruleset(str(settings.EXTRACTION_RULES_FILE or DEFAULT_RULES_FILE))
+
+
+class RulesExtractor(Extractor):
+    name = "rules"
+    code_version = "1"
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.ruleset = active_ruleset()
+        self.version = f"{self.code_version}+{self.ruleset.version}"
+
+    def extract(self, users: Sequence[UserInput]) -> dict[str, UserResult]:
+        return {user.user_id: self.events_for(user.behaviors) for user in users}
+
+    def events_for(self, behaviors: Sequence[BehaviorRecord]) -> list[EventDraft]:
+        events: list[EventDraft] = []
+        # The run being merged: its rule, item and last behaviour.
+        open_rule: Rule | None = None
+        last: BehaviorRecord | None = None
+        for behavior in behaviors:
+            rule = self.ruleset.rule_for(behavior)
+            if (
+                rule is open_rule
+                and behavior.item
+                and behavior.item == last.item
+                and behavior.occurred_at - last.occurred_at <= self.ruleset.merge_window
+            ):
+                self._merge(events[-1], behavior)
+            else:
+                events.append(self._event(rule, behavior))
+            open_rule = rule if rule.merge_consecutive and behavior.item else None
+            last = behavior
+        return events
+
+    @staticmethod
+    def _event(rule: Rule, behavior: BehaviorRecord) -> EventDraft:
+        context: dict[str, Any] = dict(behavior.extra)
+        context["action"] = behavior.action
+        for key, value in (("app", behavior.app), ("media", behavior.media), ("place", behavior.place)):
+            if value:
+                context[key] = value
+        if behavior.item:
+            context[rule.item_as] = behavior.item
+        if rule.merge_consecutive:
+            context["count"] = 1
+            context["total_duration_seconds"] = behavior.duration_seconds or 0
+        elif behavior.duration_seconds is not None:
+            context["duration_seconds"] = behavior.duration_seconds
+        return EventDraft(
+            event_type=rule.event_type.name,
+            category=rule.event_type.category,
+            label=rule.event_type.label,
+            starts_at=behavior.occurred_at,
+            ends_at=_ends_at(behavior),
+            behavior_ids=[behavior.id],
+            context=context,
+        )
+
+    @staticmethod
+    def _merge(event: EventDraft, behavior: BehaviorRecord) -> None:
+        event.behavior_ids.append(behavior.id)
+        event.context["count"] += 1
+        event.context["total_duration_seconds"] += behavior.duration_seconds or 0
+        event.ends_at = max(event.ends_at, _ends_at(behavior))
+
+
+def _ends_at(behavior: BehaviorRecord):
+    return behavior.occurred_at + timedelta(seconds=behavior.duration_seconds or 0)
