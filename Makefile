@@ -1,0 +1,32 @@
+# `make run` and `make test` do all set-up themselves: a .venv with requirements.txt.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# Local development defaults; production sets DEBUG=0 and a SECRET_KEY.
+export DEBUG ?= 1
+SAMPLE_USERS ?= 2000
+
+.PHONY: run test lint bench clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py generate_sample_data --users $(SAMPLE_USERS)
+	$(PY) manage.py extract
+
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(VENV)/.installed
+	$(PY) -m tests.bench.foundation
+
+clean:
+	rm -rf $(VENV) db.sqlite3* test_db.sqlite3*

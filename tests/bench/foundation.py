@@ -1,0 +1,199 @@
+"""Benchmark of the foundation: import (rows/s), sample data generation, rules extraction (users/s).
+
+    python -m tests.bench.foundation [--users 20000] [--import-rows 1000000] [--workers 2]
+
+Runs every step on a fresh SQLite file and a fresh PostgreSQL database and prints
+the figures side by side with the targets of the foundation issue and the raw
+floors measured in DESIGN.md. Extraction here is the plain loop (load a chunk,
+extract, save) in N processes splitting the users; the job engine adds its own
+bookkeeping on top, measured by tests/bench/engine.py.
+"""
+
+import argparse
+import csv
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.bench.common import backend_urls, child_env, parse_figures, print_table, report, run_child, timed
+
+LAYOUT_B = ["user_id", "event_time", "action", "item", "duration", "app", "media", "poi", "price", "page_url"]
+
+
+def write_csv(path: Path, rows: int) -> int:
+    """A behaviour file in the second layout, from sample journeys of users imp0000001…"""
+    from extraction.sample_data import sample_user
+
+    written, index = 0, 0
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(LAYOUT_B)
+        while written < rows:
+            index += 1
+            for b in sample_user(index, seed=1, prefix="imp").behaviors:
+                price = (b.extra or {}).get("price", "")
+                writer.writerow(
+                    [
+                        b.user_id,
+                        b.occurred_at.isoformat(),
+                        b.action,
+                        b.item,
+                        b.duration_seconds,
+                        b.app,
+                        b.media,
+                        b.place,
+                        price,
+                        "",
+                    ]
+                )
+                written += 1
+    return written
+
+
+def step(args: list[str]) -> None:
+    """One measurement, in a child process bound to one database."""
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    from extraction.extractors import make_extractor
+    from extraction.importers import import_file
+    from extraction.models import ExtractedEvent, ExtractionState, UserProfile
+    from extraction.services import chunk_extract, extraction_results_save
+
+    name = args[0]
+    if name == "setup":
+        call_command("migrate", verbosity=0)
+    elif name == "import":
+        path, rows = Path(args[1]), int(args[2])
+        seconds = timed(lambda: import_file("behaviors", path))
+        report("import_rows_per_s", rows / seconds)
+        seconds = timed(lambda: import_file("behaviors", path))
+        report("reimport_rows_per_s", rows / seconds)
+    elif name == "generate":
+        users = int(args[1])
+        report(
+            "generate_seconds", timed(lambda: call_command("generate_sample_data", users=users, verbosity=0))
+        )
+    elif name == "extract":
+        part, parts = (int(x) for x in args[1].split("/"))
+        extractor = make_extractor("rules")
+        ids = list(
+            UserProfile.objects.filter(user_id__startswith="u")
+            .order_by("user_id")
+            .values_list("user_id", flat=True)
+        )[part::parts]
+        behaviors = 0
+        for start in range(0, len(ids), 200):
+            outcomes = chunk_extract(user_ids=ids[start : start + 200], extractor=extractor)
+            extraction_results_save(outcomes=outcomes, extractor=extractor)
+            behaviors += sum(len(user.behaviors) for user, _ in outcomes)
+        report("behaviors", behaviors)
+    elif name == "reset":
+        ExtractedEvent.objects.all().delete()
+        ExtractionState.objects.all().delete()
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM" if connection.vendor == "sqlite" else "VACUUM ANALYZE")
+
+
+def extraction_run(url: str, workers: int, users: int) -> tuple[float, float]:
+    """Users/s and behaviours/s with `workers` processes splitting the users."""
+    run_child("tests.bench.foundation", url, "--step", "reset")
+    start = time.perf_counter()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.bench.foundation", "--step", "extract", f"{i}/{workers}"],
+            env=child_env(url),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(workers)
+    ]
+    behaviors = 0
+    for process in processes:
+        out, _ = process.communicate()
+        if process.returncode:
+            raise SystemExit(f"extraction worker failed ({process.returncode})")
+        behaviors += parse_figures(out)["behaviors"]
+    seconds = time.perf_counter() - start
+    return users / seconds, behaviors / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--users", type=int, default=20000)
+    parser.add_argument("--import-rows", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    options = parser.parse_args()
+    if options.step:
+        return step(options.step)
+
+    backends = options.backends.split(",")
+    urls = backend_urls("bench_foundation", backends)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-foundation-"))
+    csv_path = workdir / "behaviors.csv"
+    print(f"writing {options.import_rows} rows to {csv_path} …", file=sys.stderr)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from tests.bench.foundation import write_csv, Path; "
+            f"import django; django.setup(); write_csv(Path({str(csv_path)!r}), {options.import_rows})",
+        ],
+        env=child_env(next(iter(urls.values()))),
+        check=True,
+    )
+    results: dict[str, dict[str, str]] = {}
+    for backend, url in urls.items():
+        print(f"[{backend}] migrating, importing, generating, extracting …", file=sys.stderr)
+        run_child("tests.bench.foundation", url, "--step", "setup")
+        figures = run_child(
+            "tests.bench.foundation", url, "--step", "import", str(csv_path), str(options.import_rows)
+        )
+        figures |= run_child("tests.bench.foundation", url, "--step", "generate", str(options.users))
+        one = extraction_run(url, 1, options.users)
+        many = extraction_run(url, options.workers, options.users)
+        results[backend] = {
+            "import": f"{figures['import_rows_per_s']:,.0f}",
+            "reimport": f"{figures['reimport_rows_per_s']:,.0f}",
+            "generate": f"{figures['generate_seconds']:.1f}",
+            "extract_1_users": f"{one[0]:,.0f}",
+            "extract_1_behaviors": f"{one[1]:,.0f}",
+            "extract_n_users": f"{many[0]:,.0f}",
+            "extract_n_behaviors": f"{many[1]:,.0f}",
+        }
+
+    def row(label, key, baseline):
+        return (label, baseline, {b: results[b][key] for b in backends})
+
+    print_table(
+        "Foundation benchmark",
+        f"{options.import_rows:,} CSV rows (layout 2, sample journeys); {options.users:,} sample users "
+        f"(~90 behaviours each); rules extractor, chunks of 200 users, 1 and {options.workers} processes.",
+        [
+            row("import, rows/s", "import", "target ≥ 50,000 on PostgreSQL; raw COPY ≈ 100,000"),
+            row("re-import (all duplicates), rows/s", "reimport", "-"),
+            row(f"generate_sample_data --users {options.users}, s", "generate", "target < 60 on PostgreSQL"),
+            row("rules extraction + save, 1 process, users/s", "extract_1_users", "-"),
+            row("  behaviours/s", "extract_1_behaviors", "-"),
+            row(
+                f"rules extraction + save, {options.workers} processes, users/s",
+                "extract_n_users",
+                "target ≥ 1,000",
+            ),
+            row("  behaviours/s", "extract_n_behaviors", "-"),
+        ],
+        backends,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from extraction.extractors import ExtractionError, make_extractor
+from extraction.models import ExtractedEvent, ExtractionState, UserProfile
+from extraction.selectors import user_inputs_load, users_needing_extraction
+from extraction.services import BehaviorRow, behaviors_insert, chunk_extract, extraction_results_save
+
+pytestmark = pytest.mark.django_db
+T0 = datetime(2024, 6, 1, 10, tzinfo=UTC)
+
+
+@pytest.fixture
+def rules():
+    return make_extractor("rules")
+
+
+def add_behaviors(user_id, *actions, minute=0):
+    return behaviors_insert(
+        [
+            BehaviorRow(user_id, action, T0.replace(minute=minute + i), item="P7")
+            for i, action in enumerate(actions)
+        ]
+    )
+
+
+def extract_and_save(extractor, *user_ids):
+    outcomes = chunk_extract(user_ids=list(user_ids), extractor=extractor)
+    extraction_results_save(outcomes=outcomes, extractor=extractor)
+    return outcomes
+
+
+def test_it_saves_events_in_order_with_the_state(rules):
+    add_behaviors("u1", "search", "browse", "browse", "purchase")
+    extract_and_save(rules, "u1")
+    events = list(ExtractedEvent.objects.filter(user_id="u1"))
+    assert [(e.sequence, e.event_type) for e in events] == [
+        (1, "search"),
+        (2, "browse_model"),
+        (3, "purchase"),
+    ]
+    assert events[1].behavior_ids == list(
+        UserProfile.objects.get(user_id="u1")
+        .behaviors.filter(action="browse")
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+    assert (events[0].extractor, events[0].extractor_version) == ("rules", rules.version)
+    state = ExtractionState.objects.get(user_id="u1")
+    assert (state.status, state.event_count, state.extractor) == ("succeeded", 3, "rules")
+    assert state.input_version == UserProfile.objects.get(user_id="u1").input_version
+    assert state.input_fingerprint == user_inputs_load(["u1"])[0].fingerprint()
+
+
+def test_a_new_run_replaces_the_previous_events(rules):
+    add_behaviors("u1", "search", "purchase")
+    extract_and_save(rules, "u1")
+    first_ids = set(ExtractedEvent.objects.values_list("id", flat=True))
+    add_behaviors("u1", "visit", minute=30)
+    extract_and_save(rules, "u1")
+    events = ExtractedEvent.objects.filter(user_id="u1")
+    assert [e.event_type for e in events] == ["search", "purchase", "place_visit"]
+    assert not first_ids & {e.id for e in events}
+
+
+def test_a_failure_while_saving_leaves_the_old_events(rules, monkeypatch):
+    add_behaviors("u1", "search", "purchase")
+    extract_and_save(rules, "u1")
+    before = list(ExtractedEvent.objects.values_list("id", "event_type"))
+    state_before = ExtractionState.objects.values().get(user_id="u1")
+    add_behaviors("u1", "visit", minute=30)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ExtractionState.objects, "bulk_create", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        extract_and_save(rules, "u1")
+    assert list(ExtractedEvent.objects.values_list("id", "event_type")) == before
+    assert ExtractionState.objects.values().get(user_id="u1") == state_before
+
+
+def test_a_failed_user_keeps_the_events_of_its_last_success(rules):
+    add_behaviors("u1", "purchase")
+    extract_and_save(rules, "u1")
+    (user,) = user_inputs_load(["u1"])
+    extraction_results_save(outcomes=[(user, ExtractionError("model timed out"))], extractor=rules)
+    assert ExtractedEvent.objects.filter(user_id="u1").count() == 1
+    state = ExtractionState.objects.get(user_id="u1")
+    assert (state.status, state.error, state.event_count) == ("failed", "model timed out", 1)
+
+
+def test_a_user_the_extractor_left_out_gets_an_error(rules, monkeypatch):
+    add_behaviors("u1", "purchase")
+    add_behaviors("u2", "purchase")
+    monkeypatch.setattr(rules, "extract", lambda users: {"u1": []})
+    outcomes = dict(
+        (u.user_id, r) for u, r in chunk_extract(user_ids=["u1", "u2", "nobody"], extractor=rules)
+    )
+    assert outcomes["u1"] == []
+    assert isinstance(outcomes["u2"], ExtractionError)
+    assert "returned no result" in outcomes["u2"].message
+    assert "nobody" not in outcomes
+
+
+def needing():
+    return set(users_needing_extraction().values_list("user_id", flat=True))
+
+
+def test_users_needing_extraction_follow_their_input(rules):
+    add_behaviors("u1", "purchase")
+    add_behaviors("u2", "browse")
+    assert needing() == {"u1", "u2"}
+    extract_and_save(rules, "u1", "u2")
+    assert needing() == set()
+    add_behaviors("u1", "purchase")  # the same behaviour again: nothing new
+    assert needing() == set()
+    add_behaviors("u1", "visit", minute=30)
+    assert needing() == {"u1"}
+    UserProfile.objects.filter(user_id="u2").update(input_version=99)  # e.g. the profile changed
+    assert needing() == {"u1", "u2"}
+
+
+def test_a_failed_user_needs_extraction_again(rules):
+    add_behaviors("u1", "purchase")
+    (user,) = user_inputs_load(["u1"])
+    extraction_results_save(outcomes=[(user, ExtractionError("boom"))], extractor=rules)
+    assert needing() == {"u1"}
