@@ -10,7 +10,7 @@ one, into one event with a count and a total duration.
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
@@ -23,6 +23,7 @@ from ..models import Category
 from .base import BehaviorRecord, EventDraft, Extractor, UserInput, UserResult
 
 DEFAULT_RULES_FILE = Path(__file__).with_name("rules_default.json")
+DECISIONS_KEPT = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +54,21 @@ class Ruleset:
     event_types: dict[str, EventType]
     rules_by_action: dict[str, tuple[Rule, ...]]
     default: Rule
+    # (action, place) -> rule, filled as behaviours are seen: most logs repeat a few hundred pairs.
+    decisions: dict[tuple[str, str], Rule] = field(default_factory=dict)
 
     def rule_for(self, behavior: BehaviorRecord) -> Rule:
-        for rule in self.rules_by_action.get(behavior.action.strip().lower(), ()):
-            if rule.matches_place(behavior.place):
+        key = (behavior.action, behavior.place)
+        rule = self.decisions.get(key)
+        if rule is None:
+            if len(self.decisions) >= DECISIONS_KEPT:  # memory stays flat however many places a job sees
+                self.decisions.clear()
+            rule = self.decisions[key] = self._decide(*key)
+        return rule
+
+    def _decide(self, action: str, place: str) -> Rule:
+        for rule in self.rules_by_action.get(action.strip().lower(), ()):
+            if rule.matches_place(place):
                 return rule
         return self.default
 
