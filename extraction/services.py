@@ -228,17 +228,27 @@ def extraction_results_save(
                 ],
             )
         if failed:
-            ExtractionState.objects.bulk_create(
-                [
-                    ExtractionState(
-                        user_id=user.user_id,
-                        status=ExtractionState.Outcome.FAILED,
-                        attempted_at=now,
-                        error=error.message,
-                    )
-                    for user, error in failed
-                ],
-                update_conflicts=True,
-                unique_fields=["user"],
-                update_fields=["status", "attempted_at", "error"],
+            extraction_failures_record(errors={user.user_id: error.message for user, error in failed})
+
+
+def extraction_failures_record(*, errors: dict[str, str]) -> None:
+    """Record failed attempts in the users' states; their stored events stay as they are.
+
+    Ids without a profile (deleted meanwhile) are skipped: there is no state to keep.
+    """
+    now = timezone.now()
+    existing = UserProfile.objects.filter(user_id__in=list(errors)).values_list("user_id", flat=True)
+    ExtractionState.objects.bulk_create(
+        [
+            ExtractionState(
+                user_id=user_id,
+                status=ExtractionState.Outcome.FAILED,
+                attempted_at=now,
+                error=errors[user_id],
             )
+            for user_id in existing
+        ],
+        update_conflicts=True,
+        unique_fields=["user"],
+        update_fields=["status", "attempted_at", "error"],
+    )
