@@ -192,9 +192,13 @@ if JOBS_DRAIN_BUDGET_SECONDS + 2 * JOBS_LEASE_SECONDS > Q_TIMEOUT:
     raise ImproperlyConfigured("JOBS_DRAIN_BUDGET_SECONDS + 2 × JOBS_LEASE_SECONDS must stay below Q_TIMEOUT")
 
 REDIS_URL = os.environ.get("REDIS_URL") or None
+Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)
 Q_CLUSTER = {
     "name": os.environ.get("Q_CLUSTER_NAME", "eventproject"),
-    "workers": env_int("Q_WORKERS", 2, minimum=1),
+    "workers": Q_WORKERS,
+    # Take only as many tasks as there are workers: a drain task can run for minutes, and
+    # tasks prefetched by a busy cluster would wait while another machine's workers idle.
+    "queue_limit": Q_WORKERS,
     "timeout": Q_TIMEOUT,
     "retry": Q_RETRY,
     "max_attempts": 0,  # drain tasks are idempotent: re-delivery is always safe

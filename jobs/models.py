@@ -1,0 +1,161 @@
+"""Jobs and their items: the table is the truth, the task queue only rings the bell.
+
+A Job is a batch extraction over many users; a JobItem is one user of it. Every
+status change is one conditional UPDATE naming the allowed source states, so
+two actors racing for the same change cannot both win.
+"""
+
+import math
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from extraction.models import UserProfile
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class ItemStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Job(models.Model):
+    Status = JobStatus
+    ACTIVE = (Status.QUEUED, Status.RUNNING, Status.CANCELLING)
+    FINISHED = (Status.CANCELLED, Status.COMPLETED, Status.FAILED)
+
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    extractor = models.CharField(max_length=32)
+    options = models.JSONField(default=dict, blank=True)
+    selection = models.JSONField(
+        default=dict, blank=True, help_text="How the users were chosen: needing extraction, a list, a retry"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="retries",
+        help_text="The job whose failed users this job retries",
+    )
+    chunk_size = models.PositiveIntegerField()
+    max_attempts = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    # Counters, changed in the same transaction as the item rows they count;
+    # job_counters_reconcile() recomputes them from the items.
+    total_items = models.PositiveIntegerField(default=0)
+    succeeded_items = models.PositiveIntegerField(default=0)
+    failed_items = models.PositiveIntegerField(default=0)
+    cancelled_items = models.PositiveIntegerField(default=0)
+    event_count = models.PositiveBigIntegerField(default=0)
+    # Fail-fast: how many item attempts in a row failed with the same error.
+    error_streak = models.PositiveIntegerField(default=0)
+    error_streak_message = models.TextField(blank=True)
+    # When drain tasks were last enqueued, so the periodic resume does not pile up bells.
+    bell_rung_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="job_status_valid"),
+            models.CheckConstraint(
+                condition=Q(
+                    total_items__gte=models.F("succeeded_items")
+                    + models.F("failed_items")
+                    + models.F("cancelled_items")
+                ),
+                name="job_counts_within_total",
+            ),
+        ]
+        indexes = [
+            # resume_jobs and the admin's status filter.
+            models.Index(fields=["status"], name="job_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Job {self.pk} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    @property
+    def total_batches(self) -> int:
+        return math.ceil(self.total_items / self.chunk_size) if self.chunk_size else 0
+
+
+class JobItem(models.Model):
+    Status = ItemStatus
+    ACTIVE = (Status.PENDING, Status.RUNNING)
+    PROCESSED = (Status.SUCCEEDED, Status.FAILED)
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="items", db_index=False)
+    # No database constraint: a profile deleted mid-job must not take the job's history with it;
+    # the item then fails with "unknown user".
+    user = models.ForeignKey(
+        UserProfile,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="job_items",
+        db_index=False,
+    )
+    status = models.CharField(max_length=16, choices=ItemStatus.choices, default=ItemStatus.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    claim_token = models.UUIDField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    retry_at = models.DateTimeField(null=True, blank=True, help_text="Not claimed again before this time")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    event_count = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=ItemStatus.values), name="jobitem_status_valid"),
+            # A user is in at most one active job: concurrent starts cannot double-process anyone.
+            models.UniqueConstraint(
+                fields=["user"],
+                condition=Q(status__in=["pending", "running"]),
+                name="jobitem_one_active_per_user",
+            ),
+        ]
+        # All partial, so an item's index entries exist only while it is in that state:
+        # PostgreSQL rewrites every index on each status change, and a claim scanning a
+        # (job, status) index would wade through the dead entries of claimed items.
+        indexes = [
+            # The claim: pending items of a job in id order.
+            models.Index(fields=["job", "id"], condition=Q(status="pending"), name="jobitem_pending"),
+            # Reclaiming expired leases, and the progress card's "users being processed now".
+            models.Index(
+                fields=["job", "lease_expires_at"], condition=Q(status="running"), name="jobitem_running"
+            ),
+            # Throughput over the last minute, from recent finished_at stamps.
+            models.Index(
+                fields=["job", "finished_at"],
+                condition=Q(status__in=["succeeded", "failed"]),
+                name="jobitem_processed",
+            ),
+            # The failed-items list and the most common errors.
+            models.Index(fields=["job", "id"], condition=Q(status="failed"), name="jobitem_failed"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in job {self.job_id} ({self.status})"

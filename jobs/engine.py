@@ -1,0 +1,323 @@
+"""The worker side of the job engine: claim a chunk with a lease, extract, commit fenced by the token.
+
+job_drain()          the loop a django-q2 task runs: process chunks until nothing is
+                     claimable, the job stops running, or the time budget is spent
+process_one_chunk()  one unit of work; returns whether there was anything to do
+chunk_claim()        DESIGN §2: one short transaction stamps a token, a lease, attempts + 1
+chunk_commit()       DESIGN §3: events and item statuses commit only for items that still
+                     carry this worker's token; a lost lease throws the work away
+"""
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.db.models import Case, F, Min, Value, When
+from django.utils import timezone
+
+from eventproject.db import datetime_adapter, is_postgresql
+from extraction.extractors import (
+    ExtractionError,
+    Extractor,
+    ExtractorFatalError,
+    UnknownExtractor,
+    make_extractor,
+)
+from extraction.services import chunk_extract, extraction_failures_record, extraction_results_save
+
+from . import services
+from .models import Job, JobItem
+
+logger = logging.getLogger(__name__)
+
+LEASE_LOST = "the worker processing this user stopped or lost its lease"
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: int
+    token: uuid.UUID
+    items: list[tuple[int, str, int]]  # (item id, user id, attempts including this one)
+
+    @property
+    def user_ids(self) -> list[str]:
+        return [user_id for _, user_id, _ in self.items]
+
+
+def _claim_sql(where: str) -> str:
+    """Stamp a claim on up to %(limit)s items of a running job chosen by `where`; return them.
+
+    PostgreSQL: FOR UPDATE SKIP LOCKED lets workers claim different rows at once.
+    SQLite: the IMMEDIATE transaction already serialises writers.
+    """
+    table = JobItem._meta.db_table
+    lock = "FOR UPDATE SKIP LOCKED" if is_postgresql() else ""
+    return (
+        f"UPDATE {table} SET status = 'running', claim_token = %(token)s, lease_expires_at = %(lease)s, "
+        f"attempts = attempts + 1, started_at = %(now)s, retry_at = NULL "
+        f"WHERE id IN (SELECT id FROM {table} WHERE job_id = %(job)s AND {where} "
+        f"ORDER BY id LIMIT %(limit)s {lock}) "
+        f"RETURNING id, user_id, attempts"
+    )
+
+
+def chunk_claim(job: Job, *, now: datetime | None = None) -> Claim | None:
+    """Claim up to chunk_size claimable items of a running job: expired leases first, then pending.
+
+    Items whose lease expired on their last allowed attempt fail here instead.
+    """
+    now = now or timezone.now()
+    token = uuid.uuid4()
+    db_datetime = datetime_adapter()
+    params = {
+        "token": token if is_postgresql() else token.hex,  # as Django's UUIDField stores it
+        "lease": db_datetime(now + timedelta(seconds=settings.JOBS_LEASE_SECONDS)),
+        "now": db_datetime(now),
+        "job": job.id,
+        "limit": job.chunk_size,
+        "max_attempts": job.max_attempts,
+    }
+    with transaction.atomic():
+        if not Job.objects.filter(id=job.id, status=Job.Status.RUNNING).exists():
+            return None
+        _fail_exhausted_leases(job, now)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _claim_sql(
+                    "status = 'running' AND lease_expires_at < %(now)s AND attempts < %(max_attempts)s"
+                ),
+                params,
+            )
+            rows = cursor.fetchall()
+            if len(rows) < job.chunk_size:
+                cursor.execute(
+                    _claim_sql("status = 'pending' AND (retry_at IS NULL OR retry_at <= %(now)s)"),
+                    {**params, "limit": job.chunk_size - len(rows)},
+                )
+                rows += cursor.fetchall()
+    if not rows:
+        return None
+    return Claim(job.id, token, sorted(rows))
+
+
+def _fail_exhausted_leases(job: Job, now: datetime) -> None:
+    """Items whose lease ran out on their last allowed attempt fail (their worker died each time)."""
+    exhausted = dict(
+        JobItem.objects.select_for_update(skip_locked=True)
+        .filter(
+            job_id=job.id,
+            status=JobItem.Status.RUNNING,
+            lease_expires_at__lt=now,
+            attempts__gte=job.max_attempts,
+        )
+        .values_list("id", "user_id")[: job.chunk_size]
+    )
+    if not exhausted:
+        return
+    failed = JobItem.objects.filter(id__in=list(exhausted), status=JobItem.Status.RUNNING).update(
+        status=JobItem.Status.FAILED, finished_at=now, lease_expires_at=None, error=LEASE_LOST
+    )
+    Job.objects.filter(id=job.id).update(failed_items=F("failed_items") + failed)
+    extraction_failures_record(errors=dict.fromkeys(exhausted.values(), LEASE_LOST))
+
+
+class LeaseKeeper:
+    """Extends a claim's lease from a background thread while a slow chunk is being extracted."""
+
+    def __init__(self, claim: Claim):
+        self.claim = claim
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"lease-{claim.token}", daemon=True)
+
+    def __enter__(self) -> "LeaseKeeper":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        interval = settings.JOBS_LEASE_SECONDS / 3
+        try:
+            while not self.stopped.wait(interval):
+                JobItem.objects.filter(claim_token=self.claim.token, status=JobItem.Status.RUNNING).update(
+                    lease_expires_at=timezone.now() + timedelta(seconds=settings.JOBS_LEASE_SECONDS)
+                )
+        except Exception:  # the lease then simply runs out and the items are re-claimed
+            logger.exception("could not extend the lease of claim %s", self.claim.token)
+        finally:
+            connection.close()
+
+
+def chunk_commit(claim: Claim, job: Job, results: dict, extractor: Extractor) -> int:
+    """Commit a chunk's outcomes for the items this claim still owns; returns how many it owned.
+
+    In one transaction: new events replace old ones for succeeded users, items get their final
+    (or retry) status, and the job's counters move by the same amounts.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        owned = set(
+            JobItem.objects.select_for_update()
+            .filter(
+                id__in=[item_id for item_id, _, _ in claim.items],
+                claim_token=claim.token,
+                status=JobItem.Status.RUNNING,
+            )
+            .values_list("id", flat=True)
+        )
+        if not owned:
+            return 0
+        succeeded, failed, retried = {}, {}, {}
+        saved = []
+        for item_id, user_id, attempts in claim.items:
+            if item_id not in owned:
+                continue
+            user, result = results.get(
+                user_id, (None, ExtractionError("unknown user: no profile", permanent=True))
+            )
+            if not isinstance(result, ExtractionError):
+                succeeded[item_id] = len(result)
+                saved.append((user, result))
+            elif result.permanent or attempts >= job.max_attempts:
+                failed[item_id] = (user_id, result.message)
+            else:
+                retried[item_id] = (user_id, result.message)
+        extraction_results_save(outcomes=saved, extractor=extractor)
+        if failed:
+            extraction_failures_record(errors=dict(failed.values()))
+        mine = JobItem.objects.filter(claim_token=claim.token, status=JobItem.Status.RUNNING)
+        if succeeded:
+            mine.filter(id__in=list(succeeded)).update(
+                status=JobItem.Status.SUCCEEDED,
+                finished_at=now,
+                lease_expires_at=None,
+                error="",
+                event_count=Case(*(When(id=i, then=Value(n)) for i, n in succeeded.items())),
+            )
+        if failed:
+            mine.filter(id__in=list(failed)).update(
+                status=JobItem.Status.FAILED,
+                finished_at=now,
+                lease_expires_at=None,
+                error=Case(*(When(id=i, then=Value(message)) for i, (_, message) in failed.items())),
+            )
+        if retried:
+            backoff = timedelta(seconds=settings.JOBS_RETRY_BACKOFF_SECONDS)
+            mine.filter(id__in=list(retried)).update(
+                status=JobItem.Status.PENDING,
+                lease_expires_at=None,
+                # Exponential backoff: 1, 2, 4… times the base after the 1st, 2nd, 3rd… attempt.
+                retry_at=Case(
+                    *(
+                        When(id=i, then=Value(now + backoff * 2 ** (attempts - 1)))
+                        for i, _, attempts in claim.items
+                        if i in retried
+                    )
+                ),
+                error=Case(*(When(id=i, then=Value(message)) for i, (_, message) in retried.items())),
+            )
+        errors = [message for _, message in failed.values()] + [message for _, message in retried.values()]
+        _job_counters_move(
+            job, succeeded=len(succeeded), failed=len(failed), events=sum(succeeded.values()), errors=errors
+        )
+    return len(owned)
+
+
+def _job_counters_move(job: Job, *, succeeded: int, failed: int, events: int, errors: list[str]) -> None:
+    """Move the job's counters and its fail-fast streak; fail the job when the streak is too long."""
+    current = Job.objects.select_for_update().only("error_streak", "error_streak_message").get(id=job.id)
+    streak, message = current.error_streak, current.error_streak_message
+    if succeeded:
+        streak, message = 0, ""
+    for error in errors:
+        streak, message = (streak + 1, message) if error == message else (1, error)
+    Job.objects.filter(id=job.id).update(
+        succeeded_items=F("succeeded_items") + succeeded,
+        failed_items=F("failed_items") + failed,
+        event_count=F("event_count") + events,
+        error_streak=streak,
+        error_streak_message=message,
+    )
+    if streak >= settings.JOBS_FAIL_FAST_AFTER:
+        services.job_fail(job.id, f"{streak} items in a row failed with: {message}")
+
+
+def process_one_chunk(job: Job, extractor: Extractor) -> bool:
+    """Claim, extract and commit one chunk; False when nothing was claimable."""
+    claim = chunk_claim(job)
+    if claim is None:
+        return False
+    try:
+        with LeaseKeeper(claim):
+            outcomes = chunk_extract(user_ids=claim.user_ids, extractor=extractor)
+        results = {user.user_id: (user, result) for user, result in outcomes}
+    except ExtractorFatalError as exc:
+        services.job_fail(job.id, str(exc), release_token=claim.token)
+        return True
+    except Exception as exc:  # an outage or a bug: every user of the chunk gets a retryable error
+        logger.exception("extracting chunk %s of job %s failed", claim.token, job.id)
+        error = ExtractionError(f"{type(exc).__name__}: {exc}")
+        results = {user_id: (None, error) for user_id in claim.user_ids}
+    owned = chunk_commit(claim, job, results, extractor)
+    if owned < len(claim.items):
+        logger.warning(
+            "job %s: %d items of claim %s were lost to an expired lease; their work was discarded",
+            job.id,
+            len(claim.items) - owned,
+            claim.token,
+        )
+    return True
+
+
+def job_drain(
+    job_id: int, *, budget_seconds: float | None = None, on_chunk: Callable[[], None] | None = None
+) -> None:
+    """Work on one job until nothing is claimable, it stops running, or the time budget is spent.
+
+    Runs as a django-q2 task, any number at once on any number of machines. When the budget
+    is spent with work left, it enqueues its own continuation (staying under the task timeout).
+    """
+    budget = settings.JOBS_DRAIN_BUDGET_SECONDS if budget_seconds is None else budget_seconds
+    deadline = time.monotonic() + budget
+    services.job_mark_running(job_id)
+    job = Job.objects.filter(id=job_id).first()
+    if job is None:
+        return
+    try:
+        extractor = make_extractor(job.extractor, job.options)
+    except (UnknownExtractor, ValidationError, ExtractorFatalError) as exc:
+        services.job_fail(job_id, f"cannot start extractor {job.extractor!r}: {exc}")
+        return
+    while True:
+        if time.monotonic() >= deadline:
+            if services.job_has_claimable_items(job_id):
+                services.job_ring(job_id, tasks=1)
+            return
+        if process_one_chunk(job, extractor):
+            if on_chunk:
+                on_chunk()
+            continue
+        wait = _seconds_until_next_retry(job_id)
+        if wait is None or time.monotonic() + wait >= deadline:
+            break
+        time.sleep(min(max(wait, 0.05), 1.0))
+    services.job_finish_if_done(job_id)
+
+
+def _seconds_until_next_retry(job_id: int) -> float | None:
+    """When a pending item waiting out its backoff becomes claimable, if any does."""
+    if not Job.objects.filter(id=job_id, status=Job.Status.RUNNING).exists():
+        return None
+    next_retry = JobItem.objects.filter(job_id=job_id, status=JobItem.Status.PENDING).aggregate(
+        at=Min("retry_at")
+    )["at"]
+    return None if next_retry is None else (next_retry - timezone.now()).total_seconds()

@@ -1,0 +1,97 @@
+import json
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
+
+from extraction.extractors import extractor_names
+from jobs import engine
+from jobs.console import follow, summary_line
+from jobs.models import Job
+from jobs.selectors import job_progress
+from jobs.services import JobError, job_start
+
+
+def read_user_ids(path: Path) -> list[str]:
+    """One user id per line; blank lines, '#' comments and a 'user_id' header are skipped."""
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            lines = [line.strip() for line in handle]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"--users-file {path}: {exc}") from exc
+    ids = [line for line in lines if line and not line.startswith("#")]
+    return ids[1:] if ids[:1] == ["user_id"] else ids
+
+
+class Command(BaseCommand):
+    help = (
+        "Start an extraction job and follow it with a progress bar until it ends (exit status 0 only "
+        "when it completed). By default it covers every user needing extraction."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        who = parser.add_mutually_exclusive_group()
+        who.add_argument("--all", action="store_true", help="every user needing extraction (the default)")
+        who.add_argument("--users", nargs="+", metavar="ID", help="these users")
+        who.add_argument(
+            "--users-file", type=Path, metavar="PATH", help="users listed in a file, one per line"
+        )
+        parser.add_argument("--extractor", default="rules", help=f"one of: {', '.join(extractor_names())}")
+        parser.add_argument(
+            "--options", default="{}", help='extractor options as JSON, e.g. \'{"model": "x"}\''
+        )
+        parser.add_argument(
+            "--chunk-size", type=int, help="users claimed at a time (default: JOBS_CHUNK_SIZE)"
+        )
+        parser.add_argument("--max-attempts", type=int, help="attempts per user (default: JOBS_MAX_ATTEMPTS)")
+        how = parser.add_mutually_exclusive_group()
+        how.add_argument("--sync", action="store_true", help="run the job in this process, without a cluster")
+        how.add_argument("--detach", action="store_true", help="print the job id and return at once")
+
+    def handle(
+        self, *args, users, users_file, extractor, options, chunk_size, max_attempts, sync, detach, **rest
+    ):
+        try:
+            options = json.loads(options)
+        except ValueError as exc:
+            raise CommandError(f"--options is not valid JSON: {exc}") from None
+        user_ids = users if users else read_user_ids(users_file) if users_file else None
+        if users_file and not user_ids:
+            raise CommandError(f"--users-file {users_file}: no user ids in it")
+        try:
+            job = job_start(
+                user_ids=user_ids,
+                extractor=extractor,
+                options=options,
+                chunk_size=chunk_size,
+                max_attempts=max_attempts,
+                enqueue=not sync,
+            )
+        except JobError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"started job {job.id}: {job.total_items} users, extractor {job.extractor}")
+        if detach:
+            return
+        try:
+            progress = self._run_here(job) if sync else follow(job, self.stdout)
+        except KeyboardInterrupt:
+            raise CommandError(
+                f"stopped following; job {job.id} is still {job.status} and continues on any "
+                f"`manage.py qcluster` (see `manage.py job_status {job.id}`, stop it with "
+                f"`manage.py cancel_job {job.id}`)",
+                returncode=130,
+            ) from None
+        self.stdout.write(summary_line(progress))
+        if progress["status"] != Job.Status.COMPLETED:
+            raise CommandError(f"job {job.id} ended {progress['status']}")
+
+    def _run_here(self, job: Job) -> dict:
+        with tqdm(total=job.total_items, unit="users", desc=f"job {job.id}", file=self.stdout) as bar:
+
+            def on_chunk() -> None:
+                job.refresh_from_db(fields=["succeeded_items", "failed_items", "cancelled_items"])
+                bar.update(job.succeeded_items + job.failed_items + job.cancelled_items - bar.n)
+
+            engine.job_drain(job.id, budget_seconds=float("inf"), on_chunk=on_chunk)
+        job.refresh_from_db()
+        return job_progress(job)

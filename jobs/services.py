@@ -1,0 +1,414 @@
+"""Use cases of the job engine, the only way in: the API, the admin, the commands and the
+django-q2 tasks all start, cancel, resume and retry jobs through these functions.
+"""
+
+import math
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, Exists, F, OuterRef, Q, Sum
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from eventproject.db import copy_rows, staging_table
+from extraction.extractors import UnknownExtractor, extractor_class
+from extraction.models import UserProfile
+from extraction.selectors import users_needing_extraction
+
+from .models import Job, JobItem
+
+NAMED_AT_MOST = 20
+
+
+class JobError(Exception):
+    """A use case refused; the message says why in words a person understands."""
+
+
+class JobInvalid(JobError):
+    """Bad input. `errors` maps each field to what is wrong with it."""
+
+    def __init__(self, errors: dict[str, str]):
+        super().__init__("; ".join(f"{field}: {message}" for field, message in errors.items()))
+        self.errors = errors
+
+
+class JobConflict(JobError):
+    """Users already in an active job. `busy` maps each (of at most 20 named) user to that job."""
+
+    def __init__(self, busy: dict[str, int], total: int):
+        jobs = sorted(set(busy.values()))
+        super().__init__(
+            f"{total} users are already in an active job ({_named(busy, total)}; "
+            f"job{'s' if len(jobs) > 1 else ''} {', '.join(map(str, jobs))})"
+        )
+        self.busy = busy
+        self.job_ids = jobs
+
+
+class JobStateError(JobError):
+    """The job's status does not allow this."""
+
+
+def _named(ids: Iterable[str], total: int) -> str:
+    ids = list(ids)[:NAMED_AT_MOST]
+    more = f" and {total - len(ids)} more" if total > len(ids) else ""
+    return ", ".join(ids) + more
+
+
+def _item_insert_sql(source: str) -> str:
+    # WHERE 1 = 1: SQLite needs it to parse INSERT … SELECT … ON CONFLICT.
+    return (
+        f"INSERT INTO {JobItem._meta.db_table} (job_id, user_id, status, attempts, error) "
+        f"SELECT %s, user_id, 'pending', 0, '' FROM ({source}) AS chosen WHERE 1 = 1 ORDER BY user_id"
+    )
+
+
+def job_start(
+    *,
+    user_ids: Iterable[Any] | None = None,
+    extractor: str = "rules",
+    options: dict[str, Any] | None = None,
+    created_by=None,
+    chunk_size: int | None = None,
+    max_attempts: int | None = None,
+    parent: Job | None = None,
+    enqueue: bool = True,
+) -> Job:
+    """Create a job over these users (None: every user needing extraction and not in an active job).
+
+    Explicit ids that are unknown or already in an active job are refused by name. Items are
+    created in one INSERT … SELECT (a million in seconds); drain tasks are enqueued after commit.
+    A job with nobody to process completes at once.
+    """
+    errors: dict[str, str] = {}
+    try:
+        options = extractor_class(extractor).clean_options(options or {})
+    except UnknownExtractor as exc:
+        errors["extractor"] = str(exc)
+    except ValidationError as exc:
+        errors.update({field: " ".join(messages) for field, messages in exc.message_dict.items()})
+    chunk_size = settings.JOBS_CHUNK_SIZE if chunk_size is None else chunk_size
+    max_attempts = settings.JOBS_MAX_ATTEMPTS if max_attempts is None else max_attempts
+    if not isinstance(chunk_size, int) or not 1 <= chunk_size <= 10_000:
+        errors["chunk_size"] = "must be an integer from 1 to 10000"
+    if not isinstance(max_attempts, int) or not 1 <= max_attempts <= 100:
+        errors["max_attempts"] = "must be an integer from 1 to 100"
+    ids = None if user_ids is None else _clean_user_ids(user_ids, errors)
+    if errors:
+        raise JobInvalid(errors)
+
+    if parent is not None:
+        selection = {"mode": "retry_failed", "parent": parent.id}
+    elif ids is None:
+        selection = {"mode": "needing_extraction"}
+    else:
+        selection = {"mode": "users", "count": len(ids)}
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                extractor=extractor,
+                options=options,
+                selection=selection,
+                created_by=created_by,
+                chunk_size=chunk_size,
+                max_attempts=max_attempts,
+                parent=parent,
+            )
+            total = _items_create_for_needing(job) if ids is None else _items_create_for(job, ids)
+            _job_opened(job, total, enqueue=enqueue)
+    except IntegrityError:
+        # Another start took some of these users between our check and our insert.
+        _refuse_busy(ids or [])
+        raise
+    return job
+
+
+def _clean_user_ids(user_ids: Iterable[Any], errors: dict[str, str]) -> list[str]:
+    if isinstance(user_ids, str | bytes) or not isinstance(user_ids, Iterable):
+        errors["user_ids"] = "must be a list of user ids, or null for every user needing extraction"
+        return []
+    ids, seen, bad = [], set(), []
+    for position, value in enumerate(user_ids):
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            bad.append(f"item {position} is not a string")
+            continue
+        text = str(value).strip()
+        if not text or len(text) > 128:
+            bad.append(f"item {position} is empty or longer than 128 characters")
+        elif text not in seen:
+            seen.add(text)
+            ids.append(text)
+    if bad:
+        errors["user_ids"] = "; ".join(bad[:NAMED_AT_MOST])
+    elif not ids:
+        errors["user_ids"] = "give at least one user id, or null for every user needing extraction"
+    return ids
+
+
+def _items_create_for_needing(job: Job) -> int:
+    already_active = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
+    chosen = users_needing_extraction().filter(~Exists(already_active)).values("user_id")
+    sql, params = chosen.query.sql_with_params()
+    with connection.cursor() as cursor:
+        # ON CONFLICT: a concurrent start took some of them first; they stay with that job.
+        cursor.execute(_item_insert_sql(sql) + " ON CONFLICT DO NOTHING", [job.id, *params])
+        return cursor.rowcount
+
+
+def _items_create_for(job: Job, ids: list[str]) -> int:
+    with connection.cursor() as cursor:
+        staging_table(cursor, "staging_user_ids", JobItem._meta.db_table, ["user_id"])
+        copy_rows(cursor, "staging_user_ids", ["user_id"], ((user_id,) for user_id in ids))
+        cursor.execute(
+            f"SELECT s.user_id FROM staging_user_ids s WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {UserProfile._meta.db_table} p WHERE p.user_id = s.user_id)"
+        )
+        unknown = [user_id for (user_id,) in cursor.fetchall()]
+        if unknown:
+            raise JobInvalid({"user_ids": f"unknown users: {_named(unknown, len(unknown))}"})
+        _refuse_busy(ids, cursor=cursor)
+        cursor.execute(_item_insert_sql("SELECT user_id FROM staging_user_ids"), [job.id])
+        return cursor.rowcount
+
+
+def _refuse_busy(ids: list[str], cursor=None) -> None:
+    """Raise JobConflict naming the users of `ids` already in an active job (staged or given)."""
+    if cursor is None:
+        busy_items = JobItem.objects.filter(user_id__in=ids, status__in=JobItem.ACTIVE)
+        total = busy_items.count()
+        busy = dict(busy_items.values_list("user_id", "job_id")[:NAMED_AT_MOST])
+    else:
+        cursor.execute(
+            f"SELECT i.user_id, i.job_id FROM {JobItem._meta.db_table} i "
+            f"JOIN staging_user_ids s ON s.user_id = i.user_id WHERE i.status IN ('pending', 'running') "
+            f"ORDER BY i.user_id"
+        )
+        rows = cursor.fetchall()
+        total, busy = len(rows), dict(rows[:NAMED_AT_MOST])
+    if total:
+        raise JobConflict(busy, total)
+
+
+def _job_opened(job: Job, total: int, *, enqueue: bool) -> None:
+    now = timezone.now()
+    if total:
+        Job.objects.filter(id=job.id).update(total_items=total)
+        if enqueue:
+            job_ring(job.id, tasks=min(settings.JOBS_DRAIN_TASKS, math.ceil(total / job.chunk_size)))
+    else:
+        Job.objects.filter(id=job.id).update(status=Job.Status.COMPLETED, started_at=now, finished_at=now)
+    job.refresh_from_db()
+
+
+def job_retry_failed(job: Job, *, created_by=None) -> Job:
+    """A new job over the failed users of a finished job, linked to it as its parent."""
+    if job.is_active:
+        raise JobStateError(f"job {job.id} is {job.status}; retry its failed users once it has finished")
+    failed = list(
+        JobItem.objects.filter(job=job, status=JobItem.Status.FAILED)
+        .filter(Exists(UserProfile.objects.filter(user_id=OuterRef("user_id"))))
+        .values_list("user_id", flat=True)
+    )
+    if not failed:
+        raise JobStateError(f"job {job.id} has no failed users to retry")
+    return job_start(
+        user_ids=failed,
+        extractor=job.extractor,
+        options=job.options,
+        created_by=created_by,
+        chunk_size=job.chunk_size,
+        max_attempts=job.max_attempts,
+        parent=job,
+    )
+
+
+def job_cancel(job: Job) -> Job:
+    """Cancel: pending items at once; running chunks finish and keep their work; then cancelled."""
+    now = timezone.now()
+    with transaction.atomic():
+        if not Job.objects.filter(id=job.id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
+            status=Job.Status.CANCELLING
+        ):
+            job.refresh_from_db()
+            raise JobStateError(f"job {job.id} is {job.status}; only queued or running jobs can be cancelled")
+        _pending_cancel(job.id, now)
+    job_finish_if_done(job.id)
+    job.refresh_from_db()
+    return job
+
+
+def _pending_cancel(job_id: int, now: datetime) -> None:
+    cancelled = JobItem.objects.filter(job_id=job_id, status=JobItem.Status.PENDING).update(
+        status=JobItem.Status.CANCELLED, finished_at=now
+    )
+    Job.objects.filter(id=job_id).update(cancelled_items=F("cancelled_items") + cancelled)
+
+
+def job_fail(job_id: int, message: str, *, release_token=None) -> bool:
+    """A job-level error (bad configuration, fail-fast): the job fails and its pending items are
+    cancelled. `release_token` cancels the caller's own claimed items too. Returns whether it applied.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        applied = Job.objects.filter(id=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
+            status=Job.Status.FAILED, error=message[:10_000], finished_at=now
+        )
+        if applied:
+            _pending_cancel(job_id, now)
+        if release_token is not None:
+            released = JobItem.objects.filter(
+                claim_token=release_token, status=JobItem.Status.RUNNING
+            ).update(status=JobItem.Status.CANCELLED, finished_at=now, lease_expires_at=None)
+            Job.objects.filter(id=job_id).update(cancelled_items=F("cancelled_items") + released)
+    return bool(applied)
+
+
+def job_resume(job: Job) -> Job:
+    """Queued or running: ring the bell again. Cancelled or failed: put the cancelled items back
+    to work (those whose users are not in another active job meanwhile) and run the job again.
+    """
+    if job.status in (Job.Status.QUEUED, Job.Status.RUNNING):
+        job_ring(job.id, tasks=settings.JOBS_DRAIN_TASKS)
+        return job
+    if job.status not in (Job.Status.CANCELLED, Job.Status.FAILED):
+        raise JobStateError(f"job {job.id} is {job.status}; only cancelled, failed or unfinished jobs resume")
+    with transaction.atomic():
+        elsewhere = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
+        resumed = (
+            JobItem.objects.filter(job=job, status=JobItem.Status.CANCELLED)
+            .filter(~Exists(elsewhere))
+            .update(status=JobItem.Status.PENDING, finished_at=None, retry_at=None, attempts=0, error="")
+        )
+        if not resumed:
+            raise JobStateError(f"job {job.id} has no cancelled users left to resume")
+        if not Job.objects.filter(id=job.id, status=job.status).update(
+            status=Job.Status.QUEUED,
+            finished_at=None,
+            error="",
+            error_streak=0,
+            error_streak_message="",
+            cancelled_items=F("cancelled_items") - resumed,
+        ):
+            raise JobStateError(f"job {job.id} changed while resuming; try again")
+        job_ring(job.id, tasks=min(settings.JOBS_DRAIN_TASKS, math.ceil(resumed / job.chunk_size)))
+    job.refresh_from_db()
+    return job
+
+
+def job_mark_running(job_id: int) -> bool:
+    return bool(
+        Job.objects.filter(id=job_id, status=Job.Status.QUEUED).update(
+            status=Job.Status.RUNNING, started_at=Coalesce(F("started_at"), timezone.now())
+        )
+    )
+
+
+def job_finish_if_done(job_id: int) -> str | None:
+    """Running with no active items → completed; cancelling with none running → cancelled."""
+    now = timezone.now()
+    active = JobItem.objects.filter(job_id=OuterRef("pk"), status__in=JobItem.ACTIVE)
+    running = JobItem.objects.filter(job_id=OuterRef("pk"), status=JobItem.Status.RUNNING)
+    if (
+        Job.objects.filter(id=job_id, status=Job.Status.RUNNING)
+        .filter(~Exists(active))
+        .update(status=Job.Status.COMPLETED, finished_at=now)
+    ):
+        return Job.Status.COMPLETED
+    if (
+        Job.objects.filter(id=job_id, status=Job.Status.CANCELLING)
+        .filter(~Exists(running))
+        .update(status=Job.Status.CANCELLED, finished_at=now)
+    ):
+        return Job.Status.CANCELLED
+    return None
+
+
+def _claimable(now: datetime) -> Q:
+    return Q(status=JobItem.Status.PENDING) & (Q(retry_at__isnull=True) | Q(retry_at__lte=now)) | Q(
+        status=JobItem.Status.RUNNING, lease_expires_at__lt=now
+    )
+
+
+def job_has_claimable_items(job_id: int) -> bool:
+    return JobItem.objects.filter(job_id=job_id).filter(_claimable(timezone.now())).exists()
+
+
+def job_ring(job_id: int, *, tasks: int) -> None:
+    """Enqueue `tasks` drain tasks for this job once the current transaction commits."""
+    from django_q.tasks import async_task
+
+    Job.objects.filter(id=job_id).update(bell_rung_at=timezone.now())
+
+    def enqueue() -> None:
+        for _ in range(tasks):
+            async_task("jobs.tasks.drain_job", job_id, group=f"job-{job_id}", task_name=f"drain job {job_id}")
+
+    transaction.on_commit(enqueue)
+
+
+def jobs_resume_stalled(now: datetime | None = None) -> list[str]:
+    """Re-ring the bell for every queued or running job with claimable items and nobody working on
+    it; finish jobs with nothing left; cancel items of stopped jobs whose worker died. Idempotent.
+    """
+    now = now or timezone.now()
+    done = []
+    quiet_since = now - timedelta(seconds=settings.JOBS_LEASE_SECONDS)
+    live_lease = JobItem.objects.filter(
+        job_id=OuterRef("pk"), status=JobItem.Status.RUNNING, lease_expires_at__gte=now
+    )
+    claimable = JobItem.objects.filter(job_id=OuterRef("pk")).filter(_claimable(now))
+    active = Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+    for job in active.filter(Exists(claimable), ~Exists(live_lease)).filter(
+        Q(bell_rung_at__isnull=True) | Q(bell_rung_at__lt=quiet_since)
+    ):
+        tasks = settings.JOBS_DRAIN_TASKS
+        job_ring(job.id, tasks=tasks)
+        done.append(f"job {job.id}: re-enqueued {tasks} drain tasks")
+    nothing_left = ~Exists(JobItem.objects.filter(job_id=OuterRef("pk"), status__in=JobItem.ACTIVE))
+    for job_id in active.filter(nothing_left).values_list("id", flat=True):
+        job_mark_running(job_id)
+        if status := job_finish_if_done(job_id):
+            done.append(f"job {job_id}: nothing left, now {status}")
+    expired = JobItem.objects.filter(
+        job_id=OuterRef("pk"), status=JobItem.Status.RUNNING, lease_expires_at__lt=now
+    )
+    for job_id in (
+        Job.objects.exclude(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+        .filter(Exists(expired))
+        .values_list("id", flat=True)
+    ):
+        with transaction.atomic():
+            cancelled = JobItem.objects.filter(
+                job_id=job_id, status=JobItem.Status.RUNNING, lease_expires_at__lt=now
+            ).update(status=JobItem.Status.CANCELLED, finished_at=now, lease_expires_at=None)
+            Job.objects.filter(id=job_id).update(cancelled_items=F("cancelled_items") + cancelled)
+        job_finish_if_done(job_id)
+        done.append(f"job {job_id}: cancelled {cancelled} items left running by a stopped worker")
+    return done
+
+
+def job_counters_reconcile(job_id: int) -> dict[str, tuple[int, int]]:
+    """Recount the job's counters from its items; fix and return those that differed (was, now)."""
+    counts = dict(JobItem.objects.filter(job_id=job_id).values_list("status").annotate(n=Count("id")))
+    events = JobItem.objects.filter(job_id=job_id, status=JobItem.Status.SUCCEEDED).aggregate(
+        n=Coalesce(Sum("event_count"), 0)
+    )["n"]
+    truth = {
+        "total_items": sum(counts.values()),
+        "succeeded_items": counts.get(JobItem.Status.SUCCEEDED, 0),
+        "failed_items": counts.get(JobItem.Status.FAILED, 0),
+        "cancelled_items": counts.get(JobItem.Status.CANCELLED, 0),
+        "event_count": events,
+    }
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(id=job_id)
+        changed = {
+            name: (getattr(job, name), value) for name, value in truth.items() if getattr(job, name) != value
+        }
+        if changed:
+            Job.objects.filter(id=job_id).update(**truth)
+    return changed
