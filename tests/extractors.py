@@ -1,0 +1,74 @@
+"""Extractors for tests, registered as "test" through EXTRACTION_EXTRA_EXTRACTORS (see pyproject).
+
+They run inside real qcluster processes too, so everything they do is driven by job options
+and leaves traces in files, never in test-process memory.
+"""
+
+import os
+import time
+
+from extraction.extractors import EventDraft, ExtractionError, Extractor, ExtractorFatalError
+
+
+class ScriptedExtractor(Extractor):
+    """One `purchase`-like event per user; optionally slow, failing, or fatally broken.
+
+    calls_file: every call appends "user_id pid" lines for the users it got (O_APPEND, so
+    several processes can share the file), to count how often and where each user was extracted.
+    """
+
+    name = "test"
+    version = "1"
+    options_spec = {
+        "calls_file": (str, ""),
+        "seconds_per_user": (float, 0.0),
+        "error": (str, ""),
+        "permanent": (bool, False),
+        "fatal": (str, ""),
+        "fail_users": (list, []),
+    }
+
+    def extract(self, users):
+        if self.options["fatal"]:
+            raise ExtractorFatalError(self.options["fatal"])
+        if self.options["calls_file"]:
+            fd = os.open(self.options["calls_file"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            try:
+                os.write(fd, "".join(f"{user.user_id} {os.getpid()}\n" for user in users).encode())
+            finally:
+                os.close(fd)
+        time.sleep(self.options["seconds_per_user"] * len(users))
+        results = {}
+        for user in users:
+            if self.options["error"] and (
+                not self.options["fail_users"] or user.user_id in self.options["fail_users"]
+            ):
+                results[user.user_id] = ExtractionError(
+                    self.options["error"], permanent=self.options["permanent"]
+                )
+            elif not user.behaviors:
+                results[user.user_id] = []
+            else:
+                first = user.behaviors[0]
+                results[user.user_id] = [
+                    EventDraft(
+                        event_type="seen",
+                        category="engagement",
+                        label="见过",
+                        starts_at=first.occurred_at,
+                        ends_at=first.occurred_at,
+                        behavior_ids=[first.id],
+                        context={"behaviors": len(user.behaviors)},
+                    )
+                ]
+        return results
+
+
+class NoopExtractor(Extractor):
+    """No events for anyone: measures the engine alone (tests/bench/engine.py)."""
+
+    name = "noop"
+    version = "1"
+
+    def extract(self, users):
+        return {user.user_id: [] for user in users}

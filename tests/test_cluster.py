@@ -1,0 +1,121 @@
+"""Integration: jobs run by real qcluster processes on the test database (SQLite or PostgreSQL)."""
+
+from collections import Counter
+
+import pytest
+from django.core.management import call_command
+
+from extraction.models import ExtractedEvent, ExtractionState
+from jobs.models import Job
+from jobs.services import job_cancel, job_counters_reconcile, job_start, jobs_resume_stalled
+from tests.cluster import Cluster, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+# 8 drain tasks: more than one cluster holds at once (2 running + 2 prefetched), so two share.
+CLUSTER_ENV = {"Q_WORKERS": "2", "JOBS_LEASE_SECONDS": "2", "JOBS_DRAIN_TASKS": "8"}
+
+
+@pytest.fixture
+def clusters(transactional_db, tmp_path, settings):
+    # This process starts and resumes jobs too.
+    settings.JOBS_LEASE_SECONDS = int(CLUSTER_ENV["JOBS_LEASE_SECONDS"])
+    settings.JOBS_DRAIN_TASKS = int(CLUSTER_ENV["JOBS_DRAIN_TASKS"])
+    started = []
+
+    def start(**env):
+        cluster = Cluster(tmp_path / f"cluster-{len(started)}.log", **{**CLUSTER_ENV, **env})
+        started.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.stop()
+
+
+def finished(job):
+    job.refresh_from_db()
+    return job.status in Job.FINISHED
+
+
+def calls(path):
+    """How often each user was extracted, and by which worker processes."""
+    lines = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    return Counter(user_id for user_id, _ in lines), {pid for _, pid in lines}
+
+
+def test_a_job_completes_on_a_real_cluster(clusters):
+    call_command("generate_sample_data", users=150, verbosity=0)
+    cluster = clusters()
+    job = job_start(chunk_size=20)
+    wait_for(lambda: finished(job), timeout=60, what=f"job to finish; cluster said:\n{cluster.output()}")
+    assert (job.status, job.succeeded_items, job.failed_items) == ("completed", 150, 0)
+    assert job.event_count == ExtractedEvent.objects.count() > 150
+    assert ExtractionState.objects.filter(status="succeeded").count() == 150
+    assert job_counters_reconcile(job.id) == {}
+
+
+def test_a_killed_cluster_is_resumed_and_every_user_committed_once(clusters, make_users, tmp_path):
+    ids = make_users(300)
+    calls_file = tmp_path / "calls.txt"
+    first = clusters()
+    job = job_start(
+        extractor="test", chunk_size=5, options={"calls_file": str(calls_file), "seconds_per_user": 0.01}
+    )
+    wait_for(lambda: Job.objects.get(id=job.id).succeeded_items >= 40, timeout=60, what="some progress")
+    first.kill()
+    job.refresh_from_db()
+    assert job.status == "running" and job.succeeded_items < 300
+
+    # Leases run out (2 s), then resume_jobs rings the bell again and a new cluster finishes the job.
+    wait_for(jobs_resume_stalled, timeout=30, what="resume_jobs to find the stalled job")
+    clusters()
+    wait_for(lambda: finished(job), timeout=60, what="the resumed job to finish")
+
+    assert (job.status, job.succeeded_items, job.failed_items, job.cancelled_items) == (
+        "completed",
+        300,
+        0,
+        0,
+    )
+    assert (
+        sorted(ExtractedEvent.objects.values_list("user_id", flat=True)) == ids
+    )  # one event each, no doubles
+    assert ExtractionState.objects.filter(status="succeeded").count() == 300
+    assert job_counters_reconcile(job.id) == {}
+    extracted, _ = calls(calls_file)
+    assert set(extracted) == set(ids)
+    # Only chunks in flight when the cluster died were extracted twice (2 workers x 5 users).
+    assert sum(n - 1 for n in extracted.values()) <= 10
+
+
+def test_cancel_stops_a_running_job_within_seconds_and_keeps_finished_work(clusters, make_users, tmp_path):
+    make_users(400)
+    clusters()
+    job = job_start(extractor="test", chunk_size=5, options={"seconds_per_user": 0.01})
+    wait_for(lambda: Job.objects.get(id=job.id).succeeded_items >= 20, timeout=60, what="some progress")
+    job_cancel(job)
+    wait_for(lambda: finished(job), timeout=5, what="the job to be cancelled")
+    assert job.status == "cancelled"
+    assert 20 <= job.succeeded_items < 400
+    assert job.succeeded_items + job.cancelled_items == 400
+    assert ExtractedEvent.objects.count() == job.succeeded_items
+    assert not job.items.filter(status__in=["pending", "running"]).exists()
+    assert job_counters_reconcile(job.id) == {}
+
+
+def test_two_clusters_at_once_never_process_a_user_twice(clusters, make_users, tmp_path):
+    ids = make_users(400)
+    calls_file = tmp_path / "calls.txt"
+    for cluster in (clusters(), clusters()):
+        wait_for(lambda c=cluster: "running." in c.output(), timeout=30, what="the clusters to start")
+    job = job_start(
+        extractor="test", chunk_size=5, options={"calls_file": str(calls_file), "seconds_per_user": 0.005}
+    )
+    wait_for(lambda: finished(job), timeout=90, what="the job to finish")
+    assert (job.status, job.succeeded_items) == ("completed", 400)
+    extracted, workers = calls(calls_file)
+    assert sorted(extracted) == ids
+    assert set(extracted.values()) == {1}
+    # Both clusters took part: each has two worker processes.
+    assert len(workers) >= 3

@@ -1,0 +1,128 @@
+import pytest
+from django.core.management.base import CommandError
+
+from extraction.models import ExtractedEvent
+from jobs.models import Job
+
+pytestmark = pytest.mark.django_db
+
+
+def test_sync_runs_everyone_needing_extraction_in_this_process(run, make_users):
+    make_users(5)
+    out, _ = run("extract", "--sync", "--chunk-size", "2")
+    job = Job.objects.get()
+    assert f"started job {job.id}: 5 users, extractor rules" in out
+    assert f"job {job.id} completed: 5 succeeded, 0 failed, 0 cancelled of 5, 10 events" in out
+    assert (job.status, job.chunk_size) == ("completed", 2)
+    assert ExtractedEvent.objects.count() == 10
+
+
+def test_sync_with_nothing_to_do_completes_an_empty_job(run):
+    out, _ = run("extract", "--sync")
+    assert "0 users" in out and "completed: 0 succeeded" in out
+
+
+def test_it_takes_users_from_the_command_line_or_a_file(run, make_users, write_file):
+    make_users(4)
+    run("extract", "--sync", "--users", "u001", "u003")
+    assert sorted(Job.objects.get().items.values_list("user_id", flat=True)) == ["u001", "u003"]
+    path = write_file("ids.txt", "\ufeffuser_id\r\nu002\r\n\r\n# the rest\r\nu004\r\n")
+    run(
+        "extract",
+        "--sync",
+        "--users-file",
+        str(path),
+        "--extractor",
+        "test",
+        "--options",
+        '{"error": "x"}',
+        "--max-attempts",
+        "1",
+    )
+    job = Job.objects.latest("id")
+    assert sorted(job.items.values_list("user_id", flat=True)) == ["u002", "u004"]
+    assert (job.extractor, job.options["error"], job.failed_items) == ("test", "x", 2)
+
+
+def test_detach_only_starts_the_job(run, make_users):
+    make_users(2)
+    out, _ = run("extract", "--detach")
+    job = Job.objects.get()
+    assert out.strip() == f"started job {job.id}: 2 users, extractor rules"
+    assert job.status == "queued"
+
+
+def test_a_job_that_does_not_complete_exits_with_an_error(run, make_users):
+    make_users(2)
+    with pytest.raises(CommandError, match=r"job \d+ ended failed"):
+        run("extract", "--sync", "--extractor", "test", "--options", '{"fatal": "no key"}')
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--users", "ghost"], "user_ids: unknown users: ghost"),
+        (["--extractor", "magic"], "extractor: unknown extractor 'magic'"),
+        (["--options", "{nope"], "--options is not valid JSON"),
+        (["--options", '{"x": 1}'], "options.x: unknown option"),
+        (["--chunk-size", "0"], "chunk_size: must be an integer from 1 to 10000"),
+        (["--users-file", "/no/such/file"], "--users-file /no/such/file"),
+    ],
+)
+def test_bad_options_are_refused_by_name(run, make_users, args, message):
+    make_users(1)
+    with pytest.raises(CommandError, match=message):
+        run("extract", "--sync", *args)
+    assert not Job.objects.exists()
+
+
+def test_users_already_in_a_job_are_named(run, make_users):
+    make_users(2)
+    run("extract", "--detach")
+    job = Job.objects.get()
+    with pytest.raises(
+        CommandError, match=rf"2 users are already in an active job \(u001, u002; job {job.id}\)"
+    ):
+        run("extract", "--users", "u001", "u002")
+
+
+def test_job_status_shows_a_table_or_one_job(run, make_users):
+    make_users(3)
+    run("extract", "--sync")
+    job = Job.objects.get()
+    out, _ = run("job_status")
+    assert f"{job.id:>6}  completed   rules" in out and "3/3 100%" in out
+    out, _ = run("job_status", str(job.id))
+    assert f"job {job.id} (rules): completed" in out
+    assert "3 succeeded, 0 failed, 0 cancelled, 0 running, 0 pending" in out
+    with pytest.raises(CommandError, match="no job 999"):
+        run("job_status", "999")
+
+
+def test_job_status_reconcile_fixes_drifted_counters(run, make_users):
+    make_users(2)
+    run("extract", "--sync")
+    job = Job.objects.get()
+    Job.objects.filter(id=job.id).update(succeeded_items=0)
+    out, _ = run("job_status", str(job.id), "--reconcile")
+    assert "fixed succeeded_items: 0 -> 2" in out
+
+
+def test_resume_jobs_reports_what_it_did(run, make_users):
+    out, _ = run("resume_jobs")
+    assert out.strip() == "nothing to resume"
+    make_users(1)
+    run("extract", "--detach")
+    Job.objects.update(bell_rung_at=None)
+    out, _ = run("resume_jobs")
+    assert out.strip() == f"job {Job.objects.get().id}: re-enqueued 4 drain tasks"
+
+
+def test_cancel_job(run, make_users):
+    make_users(2)
+    run("extract", "--detach")
+    job = Job.objects.get()
+    out, _ = run("cancel_job", str(job.id))
+    assert out.strip() == f"job {job.id} is cancelled"
+    with pytest.raises(CommandError, match="only queued or running jobs can be cancelled"):
+        run("cancel_job", str(job.id))

@@ -1,0 +1,205 @@
+"""The worker loop, called directly: claims, leases, fenced commits, retries, fail-fast."""
+
+from datetime import timedelta
+
+import pytest
+import time_machine
+from django.utils import timezone
+
+from extraction.extractors import make_extractor
+from extraction.models import ExtractedEvent, ExtractionState
+from extraction.services import chunk_extract
+from jobs.engine import LEASE_LOST, chunk_claim, chunk_commit, job_drain, process_one_chunk
+from jobs.models import Job, JobItem
+from jobs.services import job_counters_reconcile, job_mark_running, job_start
+
+pytestmark = pytest.mark.django_db
+
+
+def running_job(users, **options):
+    job = job_start(user_ids=users, extractor="test", options=options, chunk_size=2, enqueue=False)
+    job_mark_running(job.id)
+    job.refresh_from_db()
+    return job
+
+
+def extracted(claim, extractor):
+    return {
+        user.user_id: (user, result)
+        for user, result in chunk_extract(user_ids=claim.user_ids, extractor=extractor)
+    }
+
+
+def statuses(job):
+    return dict(job.items.values_list("user_id", "status"))
+
+
+def assert_counters_match_items(job):
+    assert job_counters_reconcile(job.id) == {}
+
+
+def test_a_job_drains_to_completion(make_users):
+    ids = make_users(5, behaviors=3)
+    job = job_start(user_ids=ids, chunk_size=2, enqueue=False)
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert (job.status, job.succeeded_items, job.failed_items) == ("completed", 5, 0)
+    assert job.event_count == ExtractedEvent.objects.count() == 10  # purchase + one merged browse each
+    assert set(statuses(job).values()) == {"succeeded"}
+    assert set(job.items.values_list("event_count", flat=True)) == {2}
+    assert set(job.items.values_list("attempts", flat=True)) == {1}
+    assert ExtractionState.objects.filter(status="succeeded").count() == 5
+    assert_counters_match_items(job)
+
+
+def test_a_claim_takes_a_chunk_with_a_fresh_token_and_lease(make_users):
+    job = running_job(make_users(3))
+    now = timezone.now()
+    claim = chunk_claim(job, now=now)
+    assert [user_id for _, user_id, _ in claim.items] == ["u001", "u002"]
+    items = JobItem.objects.filter(claim_token=claim.token)
+    assert items.count() == 2
+    assert {(i.status, i.attempts, i.lease_expires_at, i.started_at) for i in items} == {
+        ("running", 1, now + timedelta(seconds=60), now)
+    }
+    assert chunk_claim(job, now=now).user_ids == ["u003"]
+    assert chunk_claim(job, now=now) is None
+
+
+def test_nothing_is_claimed_from_a_job_that_is_not_running(make_users):
+    job = job_start(user_ids=make_users(2), enqueue=False)
+    assert job.status == "queued"
+    assert chunk_claim(job) is None
+
+
+def test_an_expired_lease_is_claimed_again(make_users):
+    job = running_job(make_users(2))
+    first = chunk_claim(job)
+    assert chunk_claim(job) is None
+    with time_machine.travel(timezone.now() + timedelta(seconds=61)):
+        second = chunk_claim(job)
+    assert second.user_ids == first.user_ids
+    assert second.token != first.token
+    assert set(JobItem.objects.values_list("attempts", flat=True)) == {2}
+
+
+def test_a_stale_token_cannot_commit(make_users):
+    job = running_job(make_users(2))
+    extractor = make_extractor("test")
+    stale = chunk_claim(job)
+    with time_machine.travel(timezone.now() + timedelta(seconds=61)):
+        fresh = chunk_claim(job)
+    assert chunk_commit(stale, job, extracted(stale, extractor), extractor) == 0
+    assert set(statuses(job).values()) == {"running"}
+    assert not ExtractedEvent.objects.exists()
+    assert process_one_chunk(job, extractor) is False  # the fresh claim still holds them
+    owned = chunk_commit(fresh, job, extracted(fresh, extractor), extractor)
+    assert owned == 2
+    assert set(statuses(job).values()) == {"succeeded"}
+
+
+def test_a_transient_error_is_retried_with_backoff_then_fails_with_the_last_error(make_users, settings):
+    settings.JOBS_RETRY_BACKOFF_SECONDS = 10
+    job = running_job(make_users(1), error="model timed out")
+    extractor = make_extractor("test", job.options)
+    start = timezone.now()
+    with time_machine.travel(start, tick=False) as clock:
+        assert process_one_chunk(job, extractor)
+        item = JobItem.objects.get()
+        assert (item.status, item.attempts, item.error) == ("pending", 1, "model timed out")
+        assert item.retry_at == start + timedelta(seconds=10)
+        assert process_one_chunk(job, extractor) is False  # backing off
+        clock.shift(10)
+        assert process_one_chunk(job, extractor)
+        assert JobItem.objects.get().retry_at == start + timedelta(seconds=10 + 20)
+        clock.shift(20)
+        assert process_one_chunk(job, extractor)
+    item = JobItem.objects.get()
+    assert (item.status, item.attempts, item.error) == ("failed", 3, "model timed out")
+    assert ExtractionState.objects.get().status == "failed"
+    job.refresh_from_db()
+    assert (job.failed_items, job.succeeded_items) == (1, 0)
+    assert_counters_match_items(job)
+
+
+def test_a_permanent_error_fails_the_item_at_once(make_users):
+    job = running_job(make_users(3), error="no behaviours in range", permanent=True, fail_users=["u002"])
+    process_one_chunk(job, make_extractor("test", job.options))
+    assert statuses(job) == {"u001": "succeeded", "u002": "failed", "u003": "pending"}
+    assert JobItem.objects.get(user_id="u002").attempts == 1
+
+
+def test_many_identical_errors_in_a_row_fail_the_job_fast(make_users, settings):
+    settings.JOBS_FAIL_FAST_AFTER = 4
+    job = running_job(make_users(10), error="401 invalid api key", permanent=True)
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.error == "4 items in a row failed with: 401 invalid api key"
+    assert (job.failed_items, job.cancelled_items) == (4, 6)
+    assert not job.items.filter(status__in=["pending", "running"]).exists()
+    assert_counters_match_items(job)
+
+
+def test_a_success_breaks_the_streak(make_users, settings):
+    settings.JOBS_FAIL_FAST_AFTER = 3
+    job = running_job(make_users(6), error="bad", permanent=True, fail_users=["u001", "u002", "u004", "u005"])
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert (job.status, job.failed_items, job.succeeded_items) == ("completed", 4, 2)
+
+
+def test_a_fatal_extractor_error_fails_the_job_and_releases_its_chunk(make_users):
+    job = running_job(make_users(5), fatal="endpoint rejected the API key")
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert (job.status, job.error) == ("failed", "endpoint rejected the API key")
+    assert set(statuses(job).values()) == {"cancelled"}
+    assert job.cancelled_items == 5
+    assert_counters_match_items(job)
+
+
+def test_an_extractor_crash_is_a_retryable_error_for_its_chunk(make_users, monkeypatch):
+    job = running_job(make_users(2))
+    extractor = make_extractor("test")
+
+    def crash(users):
+        raise ConnectionError("server went away")
+
+    monkeypatch.setattr(extractor, "extract", crash)
+    process_one_chunk(job, extractor)
+    assert set(job.items.values_list("status", "error")) == {("pending", "ConnectionError: server went away")}
+
+
+def test_an_unknown_extractor_fails_the_job_with_its_name(make_users):
+    job = job_start(user_ids=make_users(1), enqueue=False)
+    Job.objects.filter(id=job.id).update(extractor="gone")
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.error.startswith("cannot start extractor 'gone': unknown extractor 'gone'")
+
+
+def test_a_lease_lost_on_the_last_attempt_fails_the_item(make_users):
+    job = job_start(user_ids=make_users(1), extractor="test", max_attempts=2, enqueue=False)
+    job_mark_running(job.id)
+    job.refresh_from_db()
+    start = timezone.now()
+    chunk_claim(job, now=start)
+    chunk_claim(job, now=start + timedelta(seconds=61))
+    assert chunk_claim(job, now=start + timedelta(seconds=122)) is None
+    item = JobItem.objects.get()
+    assert (item.status, item.attempts, item.error) == ("failed", 2, LEASE_LOST)
+    job.refresh_from_db()
+    assert job.failed_items == 1
+    assert_counters_match_items(job)
+
+
+def test_a_user_deleted_mid_job_fails_as_unknown(make_users):
+    job = running_job(make_users(2))
+    from extraction.models import UserProfile
+
+    UserProfile.objects.filter(user_id="u002").delete()
+    process_one_chunk(job, make_extractor("test"))
+    item = JobItem.objects.get(user_id="u002")
+    assert (item.status, item.error) == ("failed", "unknown user: no profile")
