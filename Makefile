@@ -13,10 +13,11 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# Migrate, load sample users, serve the admin on :8000 with a task cluster, run a job, keep serving.
 run: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py generate_sample_data --users $(SAMPLE_USERS)
-	$(PY) manage.py extract
+	$(PY) manage.py runall
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,95 @@
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from jobs.console import follow, summary_line
+from jobs.services import JobError, job_start
+
+DEMO_LOGIN = ("admin", "admin")
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the whole service on this machine: the web server (admin and API) and a task cluster, "
+        "then start an extraction job for every user needing one and follow it. Ctrl-C stops everything."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--addrport", default="127.0.0.1:8000", help="web server address (default %(default)s)")
+        parser.add_argument("--no-extract", action="store_true", help="only serve, start no job")
+
+    def handle(self, *args, addrport, no_extract, **options):
+        host, _, port = addrport.rpartition(":")
+        if not host or not port.isdigit():
+            raise CommandError(f"--addrport must look like 127.0.0.1:8000, got {addrport!r}")
+        login = self._demo_login()
+        # Ctrl-C or a plain `kill` stop everything, even where a launcher made us ignore SIGINT.
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, signal.default_int_handler)
+        manage = [sys.executable, sys.argv[0]]
+        # Their own sessions: Ctrl-C reaches only this process, which then stops each child with one
+        # SIGTERM (a cluster hit by both the terminal's SIGINT and a SIGTERM can hang while stopping).
+        children = [
+            subprocess.Popen([*manage, "runserver", addrport, "--noreload"], start_new_session=True),
+            subprocess.Popen([*manage, "qcluster"], start_new_session=True),
+        ]
+        try:
+            self._wait_for_port(host, int(port), children)
+            self.stdout.write(f"serving the admin at http://{addrport}/admin/")
+            if login:
+                self.stdout.write(f"log in as {login[0]} / {login[1]}")
+            if not no_extract:
+                self._extract()
+            self.stdout.write(f"still serving at http://{addrport}/ — press Ctrl-C to stop")
+            while all(child.poll() is None for child in children):
+                time.sleep(0.5)
+            raise CommandError("a child process stopped; shutting down")
+        except KeyboardInterrupt:
+            self.stdout.write("\nstopping …")
+        finally:
+            self._stop(children)
+
+    def _demo_login(self) -> tuple[str, str] | None:
+        """In DEBUG, with no user at all yet, create a superuser with a well-known password."""
+        users = get_user_model().objects
+        if not settings.DEBUG or users.exists():
+            return None
+        users.create_superuser(DEMO_LOGIN[0], "admin@example.com", DEMO_LOGIN[1])
+        return DEMO_LOGIN
+
+    def _wait_for_port(self, host: str, port: int, children, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(child.poll() is not None for child in children):
+                raise CommandError("the web server or the cluster failed to start")
+            try:
+                socket.create_connection((host, port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise CommandError(f"the web server did not answer on {host}:{port} within {timeout:.0f} s")
+
+    def _extract(self) -> None:
+        try:
+            job = job_start()
+        except JobError as exc:
+            self.stderr.write(f"could not start a job: {exc}")
+            return
+        self.stdout.write(f"started job {job.id}: {job.total_items} users needing extraction")
+        self.stdout.write(summary_line(follow(job, self.stdout)))
+
+    def _stop(self, children) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
