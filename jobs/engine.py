@@ -12,9 +12,11 @@ import logging
 import threading
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -51,20 +53,27 @@ class Claim:
         return [user_id for _, user_id, _ in self.items]
 
 
-def _claim_sql(where: str) -> str:
-    """Stamp a claim on up to %(limit)s items of a running job chosen by `where`; return them.
+def _stamp_sql(chosen: str) -> str:
+    """Stamp a new claim on the items `chosen` (a subquery of ids) and return them."""
+    return (
+        f"UPDATE {JobItem._meta.db_table} SET status = 'running', claim_token = %(token)s, "
+        f"lease_expires_at = %(lease)s, attempts = attempts + 1, started_at = %(now)s, retry_at = NULL "
+        f"WHERE id IN ({chosen}) RETURNING id, user_id, attempts"
+    )
+
+
+def _pending_sql() -> str:
+    """Up to %(limit)s claimable pending items of the job, if it is running (the cancel check).
 
     PostgreSQL: FOR UPDATE SKIP LOCKED lets workers claim different rows at once.
     SQLite: the IMMEDIATE transaction already serialises writers.
     """
-    table = JobItem._meta.db_table
     lock = "FOR UPDATE SKIP LOCKED" if is_postgresql() else ""
     return (
-        f"UPDATE {table} SET status = 'running', claim_token = %(token)s, lease_expires_at = %(lease)s, "
-        f"attempts = attempts + 1, started_at = %(now)s, retry_at = NULL "
-        f"WHERE id IN (SELECT id FROM {table} WHERE job_id = %(job)s AND {where} "
-        f"ORDER BY id LIMIT %(limit)s {lock}) "
-        f"RETURNING id, user_id, attempts"
+        f"SELECT id FROM {JobItem._meta.db_table} WHERE job_id = %(job)s AND status = 'pending' "
+        f"AND (retry_at IS NULL OR retry_at <= %(now)s) "
+        f"AND EXISTS (SELECT 1 FROM {Job._meta.db_table} WHERE id = %(job)s AND status = 'running') "
+        f"ORDER BY id LIMIT %(limit)s {lock}"
     )
 
 
@@ -82,50 +91,44 @@ def chunk_claim(job: Job, *, now: datetime | None = None) -> Claim | None:
         "now": db_datetime(now),
         "job": job.id,
         "limit": job.chunk_size,
-        "max_attempts": job.max_attempts,
     }
     with transaction.atomic():
-        if not Job.objects.filter(id=job.id, status=Job.Status.RUNNING).exists():
-            return None
-        _fail_exhausted_leases(job, now)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _claim_sql(
-                    "status = 'running' AND lease_expires_at < %(now)s AND attempts < %(max_attempts)s"
-                ),
-                params,
+        expired = dict(
+            JobItem.objects.select_for_update(skip_locked=True)
+            .filter(
+                job_id=job.id,
+                job__status=Job.Status.RUNNING,
+                status=JobItem.Status.RUNNING,
+                lease_expires_at__lt=now,
             )
-            rows = cursor.fetchall()
+            .values_list("id", "attempts")[: job.chunk_size]
+        )
+        exhausted = [item_id for item_id, attempts in expired.items() if attempts >= job.max_attempts]
+        if exhausted:
+            _fail_exhausted_leases(job, exhausted, now)
+        reclaim = [item_id for item_id in expired if item_id not in exhausted]
+        rows = []
+        with connection.cursor() as cursor:
+            if reclaim:
+                cursor.execute(_stamp_sql(", ".join(map(str, reclaim))), params)
+                rows = cursor.fetchall()
             if len(rows) < job.chunk_size:
-                cursor.execute(
-                    _claim_sql("status = 'pending' AND (retry_at IS NULL OR retry_at <= %(now)s)"),
-                    {**params, "limit": job.chunk_size - len(rows)},
-                )
+                cursor.execute(_stamp_sql(_pending_sql()), {**params, "limit": job.chunk_size - len(rows)})
                 rows += cursor.fetchall()
     if not rows:
         return None
     return Claim(job.id, token, sorted(rows))
 
 
-def _fail_exhausted_leases(job: Job, now: datetime) -> None:
+def _fail_exhausted_leases(job: Job, item_ids: list[int], now: datetime) -> None:
     """Items whose lease ran out on their last allowed attempt fail (their worker died each time)."""
-    exhausted = dict(
-        JobItem.objects.select_for_update(skip_locked=True)
-        .filter(
-            job_id=job.id,
-            status=JobItem.Status.RUNNING,
-            lease_expires_at__lt=now,
-            attempts__gte=job.max_attempts,
-        )
-        .values_list("id", "user_id")[: job.chunk_size]
-    )
-    if not exhausted:
-        return
-    failed = JobItem.objects.filter(id__in=list(exhausted), status=JobItem.Status.RUNNING).update(
+    items = JobItem.objects.filter(id__in=item_ids, status=JobItem.Status.RUNNING)
+    user_ids = list(items.values_list("user_id", flat=True))
+    failed = items.update(
         status=JobItem.Status.FAILED, finished_at=now, lease_expires_at=None, error=LEASE_LOST
     )
     Job.objects.filter(id=job.id).update(failed_items=F("failed_items") + failed)
-    extraction_failures_record(errors=dict.fromkeys(exhausted.values(), LEASE_LOST))
+    extraction_failures_record(errors=dict.fromkeys(user_ids, LEASE_LOST))
 
 
 class LeaseKeeper:
@@ -201,14 +204,14 @@ def chunk_commit(claim: Claim, job: Job, results: dict, extractor: Extractor) ->
                 finished_at=now,
                 lease_expires_at=None,
                 error="",
-                event_count=Case(*(When(id=i, then=Value(n)) for i, n in succeeded.items())),
+                event_count=_per_item(succeeded),
             )
         if failed:
             mine.filter(id__in=list(failed)).update(
                 status=JobItem.Status.FAILED,
                 finished_at=now,
                 lease_expires_at=None,
-                error=Case(*(When(id=i, then=Value(message)) for i, (_, message) in failed.items())),
+                error=_per_item({i: message for i, (_, message) in failed.items()}),
             )
         if retried:
             backoff = timedelta(seconds=settings.JOBS_RETRY_BACKOFF_SECONDS)
@@ -216,14 +219,10 @@ def chunk_commit(claim: Claim, job: Job, results: dict, extractor: Extractor) ->
                 status=JobItem.Status.PENDING,
                 lease_expires_at=None,
                 # Exponential backoff: 1, 2, 4… times the base after the 1st, 2nd, 3rd… attempt.
-                retry_at=Case(
-                    *(
-                        When(id=i, then=Value(now + backoff * 2 ** (attempts - 1)))
-                        for i, _, attempts in claim.items
-                        if i in retried
-                    )
+                retry_at=_per_item(
+                    {i: now + backoff * 2 ** (attempts - 1) for i, _, attempts in claim.items if i in retried}
                 ),
-                error=Case(*(When(id=i, then=Value(message)) for i, (_, message) in retried.items())),
+                error=_per_item({i: message for i, (_, message) in retried.items()}),
             )
         errors = [message for _, message in failed.values()] + [message for _, message in retried.values()]
         _job_counters_move(
@@ -232,21 +231,31 @@ def chunk_commit(claim: Claim, job: Job, results: dict, extractor: Extractor) ->
     return len(owned)
 
 
+def _per_item(values: dict[int, Any]) -> Case:
+    """A CASE giving each item id its value, with one WHEN per distinct value (chunks repeat few)."""
+    groups: dict[Any, list[int]] = defaultdict(list)
+    for item_id, value in values.items():
+        groups[value].append(item_id)
+    return Case(*(When(id__in=ids, then=Value(value)) for value, ids in groups.items()))
+
+
 def _job_counters_move(job: Job, *, succeeded: int, failed: int, events: int, errors: list[str]) -> None:
     """Move the job's counters and its fail-fast streak; fail the job when the streak is too long."""
+    counters = {
+        "succeeded_items": F("succeeded_items") + succeeded,
+        "failed_items": F("failed_items") + failed,
+        "event_count": F("event_count") + events,
+    }
+    if not errors:  # the common case: no need to read the streak first
+        Job.objects.filter(id=job.id).update(**counters, error_streak=0, error_streak_message="")
+        return
     current = Job.objects.select_for_update().only("error_streak", "error_streak_message").get(id=job.id)
     streak, message = current.error_streak, current.error_streak_message
     if succeeded:
         streak, message = 0, ""
     for error in errors:
         streak, message = (streak + 1, message) if error == message else (1, error)
-    Job.objects.filter(id=job.id).update(
-        succeeded_items=F("succeeded_items") + succeeded,
-        failed_items=F("failed_items") + failed,
-        event_count=F("event_count") + events,
-        error_streak=streak,
-        error_streak_message=message,
-    )
+    Job.objects.filter(id=job.id).update(**counters, error_streak=streak, error_streak_message=message)
     if streak >= settings.JOBS_FAIL_FAST_AFTER:
         services.job_fail(job.id, f"{streak} items in a row failed with: {message}")
 

@@ -21,7 +21,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--addrport", default="127.0.0.1:8000", help="web server address (default %(default)s)")
+        parser.add_argument(
+            "--addrport", default="127.0.0.1:8000", help="web server address (default %(default)s)"
+        )
         parser.add_argument("--no-extract", action="store_true", help="only serve, start no job")
 
     def handle(self, *args, addrport, no_extract, **options):
