@@ -214,7 +214,7 @@ def main() -> None:
         process = subprocess.run(
             [sys.executable, "-m", "tests.bench.engine", "--run", url, *args],
             cwd=ROOT,
-            env=child_env(url),
+            env=child_env(url, EXTRACTION_EXTRA_EXTRACTORS=EXTRACTORS),
             stdout=subprocess.PIPE,
             text=True,
             check=True,
