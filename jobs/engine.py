@@ -46,11 +46,15 @@ LEASE_LOST = "the worker processing this user stopped or lost its lease"
 class Claim:
     job_id: int
     token: uuid.UUID
-    items: list[tuple[int, str, int]]  # (item id, user id, attempts including this one)
+    items: list[tuple[int, str, int]]  # (item id, user id, attempts including this one), by id
 
     @property
     def user_ids(self) -> list[str]:
         return [user_id for _, user_id, _ in self.items]
+
+    @property
+    def last_id(self) -> int:
+        return self.items[-1][0]
 
 
 def _stamp_sql(chosen: str) -> str:
@@ -63,22 +67,27 @@ def _stamp_sql(chosen: str) -> str:
 
 
 def _pending_sql() -> str:
-    """Up to %(limit)s claimable pending items of the job, if it is running (the cancel check).
+    """Up to %(limit)s claimable pending items of the job above id %(after)s, if the job is running
+    (the cancel check). The lower bound keeps the cost of a claim flat as a job advances, whichever
+    index the planner picks: without it, PostgreSQL sometimes walks the primary key from the start
+    through every item already done (measured: 77 ms per claim after 200,000 of 1,000,000 items).
 
     PostgreSQL: FOR UPDATE SKIP LOCKED lets workers claim different rows at once.
     SQLite: the IMMEDIATE transaction already serialises writers.
     """
     lock = "FOR UPDATE SKIP LOCKED" if is_postgresql() else ""
     return (
-        f"SELECT id FROM {JobItem._meta.db_table} WHERE job_id = %(job)s AND status = 'pending' "
+        f"SELECT id FROM {JobItem._meta.db_table} "
+        f"WHERE job_id = %(job)s AND status = 'pending' AND id > %(after)s "
         f"AND (retry_at IS NULL OR retry_at <= %(now)s) "
         f"AND EXISTS (SELECT 1 FROM {Job._meta.db_table} WHERE id = %(job)s AND status = 'running') "
         f"ORDER BY id LIMIT %(limit)s {lock}"
     )
 
 
-def chunk_claim(job: Job, *, now: datetime | None = None) -> Claim | None:
-    """Claim up to chunk_size claimable items of a running job: expired leases first, then pending.
+def chunk_claim(job: Job, *, after: int = 0, now: datetime | None = None) -> Claim | None:
+    """Claim up to chunk_size claimable items of a running job: expired leases first, then pending
+    ones with an id above `after` (where this worker's previous claim ended).
 
     Items whose lease expired on their last allowed attempt fail here instead.
     """
@@ -91,6 +100,7 @@ def chunk_claim(job: Job, *, now: datetime | None = None) -> Claim | None:
         "now": db_datetime(now),
         "job": job.id,
         "limit": job.chunk_size,
+        "after": after,
     }
     with transaction.atomic():
         expired = dict(
@@ -260,18 +270,18 @@ def _job_counters_move(job: Job, *, succeeded: int, failed: int, events: int, er
         services.job_fail(job.id, f"{streak} items in a row failed with: {message}")
 
 
-def process_one_chunk(job: Job, extractor: Extractor) -> bool:
-    """Claim, extract and commit one chunk; False when nothing was claimable."""
-    claim = chunk_claim(job)
+def process_one_chunk(job: Job, extractor: Extractor, *, after: int = 0) -> Claim | None:
+    """Claim (above item id `after`), extract and commit one chunk; None when nothing was claimable."""
+    claim = chunk_claim(job, after=after)
     if claim is None:
-        return False
+        return None
     try:
         with LeaseKeeper(claim):
             outcomes = chunk_extract(user_ids=claim.user_ids, extractor=extractor)
         results = {user.user_id: (user, result) for user, result in outcomes}
     except ExtractorFatalError as exc:
         services.job_fail(job.id, str(exc), release_token=claim.token)
-        return True
+        return claim
     except Exception as exc:  # an outage or a bug: every user of the chunk gets a retryable error
         logger.exception("extracting chunk %s of job %s failed", claim.token, job.id)
         error = ExtractionError(f"{type(exc).__name__}: {exc}")
@@ -284,7 +294,7 @@ def process_one_chunk(job: Job, extractor: Extractor) -> bool:
             len(claim.items) - owned,
             claim.token,
         )
-    return True
+    return claim
 
 
 def job_drain(
@@ -306,14 +316,19 @@ def job_drain(
     except (UnknownExtractor, ValidationError, ExtractorFatalError) as exc:
         services.job_fail(job_id, f"cannot start extractor {job.extractor!r}: {exc}")
         return
+    after = 0  # where this worker's last claim ended
     while True:
         if time.monotonic() >= deadline:
             if services.job_has_claimable_items(job_id):
                 services.job_ring(job_id, tasks=1)
             return
-        if process_one_chunk(job, extractor):
+        if claim := process_one_chunk(job, extractor, after=after):
+            after = claim.last_id
             if on_chunk:
                 on_chunk()
+            continue
+        if after:  # look once more from the start: items skipped while locked, or backing off
+            after = 0
             continue
         wait = _seconds_until_next_retry(job_id)
         if wait is None or time.monotonic() + wait >= deadline:

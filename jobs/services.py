@@ -14,7 +14,7 @@ from django.db.models import Count, Exists, F, OuterRef, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from eventproject.db import copy_rows, staging_table
+from eventproject.db import copy_rows, staging_table, tables_analyze
 from extraction.extractors import UnknownExtractor, extractor_class
 from extraction.models import UserProfile
 from extraction.selectors import users_needing_extraction
@@ -22,6 +22,7 @@ from extraction.selectors import users_needing_extraction
 from .models import Job, JobItem
 
 NAMED_AT_MOST = 20
+ANALYZE_AFTER_ITEMS = 50_000
 
 
 class JobError(Exception):
@@ -195,6 +196,8 @@ def _refuse_busy(ids: list[str], cursor=None) -> None:
 
 def _job_opened(job: Job, total: int, *, enqueue: bool) -> None:
     now = timezone.now()
+    if total >= ANALYZE_AFTER_ITEMS:
+        tables_analyze(JobItem)  # the claim's plan must see these items as pending
     if total:
         Job.objects.filter(id=job.id).update(total_items=total)
         if enqueue:

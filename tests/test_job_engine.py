@@ -92,7 +92,7 @@ def test_a_stale_token_cannot_commit(make_users):
     assert chunk_commit(stale, job, extracted(stale, extractor), extractor) == 0
     assert set(statuses(job).values()) == {"running"}
     assert not ExtractedEvent.objects.exists()
-    assert process_one_chunk(job, extractor) is False  # the fresh claim still holds them
+    assert process_one_chunk(job, extractor) is None  # the fresh claim still holds them
     owned = chunk_commit(fresh, job, extracted(fresh, extractor), extractor)
     assert owned == 2
     assert set(statuses(job).values()) == {"succeeded"}
@@ -108,7 +108,7 @@ def test_a_transient_error_is_retried_with_backoff_then_fails_with_the_last_erro
         item = JobItem.objects.get()
         assert (item.status, item.attempts, item.error) == ("pending", 1, "model timed out")
         assert item.retry_at == start + timedelta(seconds=10)
-        assert process_one_chunk(job, extractor) is False  # backing off
+        assert process_one_chunk(job, extractor) is None  # backing off
         clock.shift(10)
         assert process_one_chunk(job, extractor)
         assert JobItem.objects.get().retry_at == start + timedelta(seconds=10 + 20)
@@ -203,3 +203,21 @@ def test_a_user_deleted_mid_job_fails_as_unknown(make_users):
     process_one_chunk(job, make_extractor("test"))
     item = JobItem.objects.get(user_id="u002")
     assert (item.status, item.error) == ("failed", "unknown user: no profile")
+
+
+def test_a_claim_starts_above_where_the_last_one_ended_and_the_drain_looks_back_once(make_users):
+    job = running_job(make_users(5))
+    first = chunk_claim(job)
+    later = chunk_claim(job, after=JobItem.objects.get(user_id="u004").id)
+    assert (first.user_ids, later.user_ids) == (["u001", "u002"], ["u005"])
+    assert chunk_claim(job, after=later.last_id) is None
+    assert chunk_claim(job).user_ids == ["u003", "u004"]  # from the start again
+
+
+def test_a_drain_finds_items_below_its_position(make_users):
+    job = running_job(make_users(4))
+    claim = chunk_claim(job)  # u001, u002 held by someone else for a while
+    JobItem.objects.filter(claim_token=claim.token).update(status="pending", claim_token=None)
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert (job.status, job.succeeded_items) == ("completed", 4)
