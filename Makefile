@@ -29,6 +29,7 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m tests.bench.foundation
 	$(PY) -m tests.bench.engine
+	$(PY) -m tests.bench.api
 
 clean:
 	rm -rf $(VENV) db.sqlite3* test_db.sqlite3*

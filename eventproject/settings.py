@@ -5,6 +5,7 @@ ImproperlyConfigured at start-up instead of failing later in a worker.
 """
 
 import os
+import re
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -60,6 +61,9 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
     "django_q",
     "extraction",
     "jobs",
@@ -141,6 +145,46 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Caches: the API's write throttles count here, so with several web processes use Redis.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["REDIS_URL"]}
+    if os.environ.get("REDIS_URL")
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
+
+API_WRITE_RATE = os.environ.get("API_WRITE_RATE", "60/minute")
+if not re.fullmatch(r"\d+/(second|minute|hour|day|s|m|h|d)", API_WRITE_RATE):
+    raise ImproperlyConfigured(f"API_WRITE_RATE must look like 60/minute, got {API_WRITE_RATE!r}")
+
+REST_FRAMEWORK = {
+    # Token first: its WWW-Authenticate header makes anonymous requests 401, not 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {"job-writes": API_WRITE_RATE},
+    "URL_FORMAT_OVERRIDE": None,  # "format" is an ordinary query parameter here
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "eventproject API",
+    "DESCRIPTION": (
+        "Batch event extraction: start jobs over many users, follow their progress (polling with ETag, "
+        "or Server-Sent Events), cancel, resume, retry, and read the extracted events. Authenticate with "
+        "a session or with `Authorization: Token <key>`."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "jobs.models.JobStatus",
+        "ItemStatusEnum": "jobs.models.ItemStatus",
+        "ExtractionOutcomeEnum": "extraction.models.ExtractionState.Outcome",
+        "LegacyStatusEnum": ["idle", "running", "completed", "failed"],
+    },
+}
 
 LOGGING = {
     "version": 1,

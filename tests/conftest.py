@@ -51,3 +51,35 @@ def make_users():
         return ids
 
     return make
+
+
+@pytest.fixture
+def personas(db):
+    """A reader (logged in, no permissions), an operator (staff with the Job permissions), an admin."""
+    from django.contrib.auth.models import Permission, User
+
+    reader = User.objects.create_user("reader", password="pw")
+    operator = User.objects.create_user("operator", password="pw", is_staff=True)
+    operator.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="jobs", codename__in=["add_job", "change_job", "view_job"]
+        )
+    )
+    admin = User.objects.create_superuser("admin", "admin@example.com", "pw")
+    return {"reader": reader, "operator": operator, "admin": admin}
+
+
+@pytest.fixture
+def api(personas):
+    """api(persona) -> an APIClient authenticated with that persona's token (None: anonymous)."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    def client(persona: str | None = "operator") -> APIClient:
+        api_client = APIClient()
+        if persona:
+            token, _ = Token.objects.get_or_create(user=personas[persona])
+            api_client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        return api_client
+
+    return client

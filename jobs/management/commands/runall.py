@@ -43,7 +43,10 @@ class Command(BaseCommand):
         ]
         try:
             self._wait_for_port(host, int(port), children)
-            self.stdout.write(f"serving the admin at http://{addrport}/admin/")
+            self.stdout.write(
+                f"serving the admin at http://{addrport}/admin/, the API at http://{addrport}/api/v1/ "
+                f"(docs: http://{addrport}/api/docs/)"
+            )
             if login:
                 self.stdout.write(f"log in as {login[0]} / {login[1]}")
             if not no_extract:

@@ -1,0 +1,266 @@
+"""The predecessor's endpoints, kept for its front end and scripts.
+
+Its envelope: {"code": 0, "message": "...", "data": {...}}; code 0 is success. Business refusals
+(a job already running) answer HTTP 200 with a non-zero code, as the old service did; bad input,
+authentication and permission errors keep their HTTP status and carry it as the code too.
+"""
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import exceptions, serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from extraction.models import ExtractedEvent
+
+from ..engine import job_drain
+from ..models import Job
+from ..selectors import job_progress
+from ..services import JobConflict, JobError, JobInvalid, job_start
+from .serializers import EventOutput
+from .views import JobPermission, WriteThrottle
+
+CODE_JOB_RUNNING = 1001
+CODE_USERS_BUSY = 1002
+CODE_JOB_FAILED = 1003
+LEGACY_STATUS = {
+    Job.Status.QUEUED: "running",
+    Job.Status.RUNNING: "running",
+    Job.Status.CANCELLING: "running",
+    Job.Status.COMPLETED: "completed",
+    Job.Status.FAILED: "failed",
+    Job.Status.CANCELLED: "failed",
+}
+
+
+def envelope(data=None, *, code: int = 0, message: str = "success", http_status: int = 200) -> Response:
+    return Response({"code": code, "message": message, "data": data}, status=http_status)
+
+
+def envelope_schema(name: str, data: serializers.Serializer | None):
+    fields = {"code": serializers.IntegerField(), "message": serializers.CharField()}
+    fields["data"] = data if data is not None else serializers.JSONField(allow_null=True)
+    return inline_serializer(name, fields)
+
+
+class UserIdsInput(serializers.Serializer):
+    user_ids = serializers.ListField(
+        child=serializers.CharField(max_length=128),
+        allow_null=True,
+        allow_empty=False,
+        required=False,
+        default=None,
+        max_length=100_000,
+    )
+
+
+class LegacyView(APIView):
+    """Errors in the old envelope too."""
+
+    permission_classes = [JobPermission]
+    throttle_classes = [WriteThrottle]
+    throttle_scope = "job-writes"
+    write_permission = "jobs.add_job"
+
+    def handle_exception(self, exc):
+        response = super().handle_exception(exc)
+        if isinstance(exc, exceptions.ValidationError):
+            message = "; ".join(
+                f"{field}: {' '.join(map(str, errors))}" for field, errors in exc.detail.items()
+            )
+        else:
+            message = str(getattr(exc, "detail", exc))
+        response.data = {"code": response.status_code, "message": message, "data": None}
+        return response
+
+    def refused(self, exc: JobError) -> Response:
+        if isinstance(exc, JobInvalid):
+            return envelope(code=400, message=str(exc), http_status=status.HTTP_400_BAD_REQUEST)
+        return envelope(
+            code=CODE_USERS_BUSY if isinstance(exc, JobConflict) else CODE_JOB_RUNNING, message=str(exc)
+        )
+
+
+StartData = inline_serializer(
+    "LegacyStartData",
+    {
+        "status": serializers.CharField(),
+        "job_id": serializers.IntegerField(),
+        "total_users": serializers.IntegerField(required=False),
+    },
+)
+
+
+@extend_schema(
+    tags=["legacy"],
+    summary="Start an extraction (predecessor's endpoint)",
+    description=f"Refused with code {CODE_JOB_RUNNING} while any job is active.",
+    request=UserIdsInput,
+    responses={
+        200: envelope_schema("LegacyStart", StartData),
+        400: envelope_schema("LegacyError", None),
+        401: envelope_schema("LegacyAuth", None),
+        403: envelope_schema("LegacyForbidden", None),
+        429: envelope_schema("LegacyThrottled", None),
+    },
+)
+class LegacyStartView(LegacyView):
+    def post(self, request: Request) -> Response:
+        data = UserIdsInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        active = Job.objects.filter(status__in=Job.ACTIVE).order_by("-id").first()
+        if active:
+            return envelope(
+                {"status": "running", "job_id": active.id},
+                code=CODE_JOB_RUNNING,
+                message=f"an extraction job is already running (job {active.id})",
+            )
+        try:
+            job = job_start(user_ids=data.validated_data["user_ids"], created_by=request.user)
+        except JobError as exc:
+            return self.refused(exc)
+        return envelope(
+            {"status": "started", "job_id": job.id, "total_users": job.total_items},
+            message="extraction started",
+        )
+
+
+ProgressData = inline_serializer(
+    "LegacyProgressData",
+    {
+        "status": serializers.ChoiceField(choices=["idle", "running", "completed", "failed"]),
+        "job_id": serializers.IntegerField(allow_null=True),
+        "total_users": serializers.IntegerField(),
+        "processed_users": serializers.IntegerField(),
+        "success_count": serializers.IntegerField(),
+        "failed_count": serializers.IntegerField(),
+        "current_batch": serializers.IntegerField(),
+        "total_batches": serializers.IntegerField(),
+        "current_user_ids": serializers.ListField(child=serializers.CharField()),
+        "progress_percent": serializers.FloatField(),
+        "estimated_remaining_seconds": serializers.IntegerField(allow_null=True),
+        "start_time": serializers.DateTimeField(allow_null=True),
+        "end_time": serializers.DateTimeField(allow_null=True),
+        "error_message": serializers.CharField(allow_null=True),
+    },
+)
+
+
+def legacy_progress(job: Job | None) -> dict:
+    if job is None:
+        return {
+            "status": "idle",
+            "job_id": None,
+            "total_users": 0,
+            "processed_users": 0,
+            "success_count": 0,
+            "failed_count": 0,
+            "current_batch": 0,
+            "total_batches": 0,
+            "current_user_ids": [],
+            "progress_percent": 0.0,
+            "estimated_remaining_seconds": None,
+            "start_time": None,
+            "end_time": None,
+            "error_message": None,
+        }
+    progress = job_progress(job)
+    error = progress["error"] or (
+        f"job {job.id} was cancelled" if job.status == Job.Status.CANCELLED else None
+    )
+    return {
+        "status": LEGACY_STATUS[job.status],
+        "job_id": job.id,
+        "total_users": progress["total"],
+        "processed_users": progress["processed"],
+        "success_count": progress["succeeded"],
+        "failed_count": progress["failed"],
+        "current_batch": progress["current_batch"],
+        "total_batches": progress["total_batches"],
+        "current_user_ids": progress["current_user_ids"],
+        "progress_percent": progress["percent"],
+        "estimated_remaining_seconds": progress["estimated_seconds_remaining"],
+        "start_time": progress["started_at"],
+        "end_time": progress["finished_at"],
+        "error_message": error,
+    }
+
+
+@extend_schema(
+    tags=["legacy"],
+    summary="Progress of the latest job (predecessor's endpoint and field names)",
+    responses={
+        200: envelope_schema("LegacyProgress", ProgressData),
+        401: envelope_schema("LegacyAuth2", None),
+    },
+)
+class LegacyProgressView(LegacyView):
+    def get(self, request: Request) -> Response:
+        job = Job.objects.order_by("-id").first()
+        return envelope(type(ProgressData)(legacy_progress(job)).data)  # times rendered like the rest
+
+
+SyncData = inline_serializer(
+    "LegacySyncData",
+    {
+        "job_id": serializers.IntegerField(),
+        "events": serializers.DictField(child=EventOutput(many=True)),
+        "failed": serializers.DictField(child=serializers.CharField()),
+    },
+)
+
+
+@extend_schema(
+    tags=["legacy"],
+    summary="Extract a few users synchronously (predecessor's endpoint)",
+    description="For small lists (LEGACY_SYNC_MAX_USERS, default 100); runs as a job in this request and "
+    "answers every user's events.",
+    request=inline_serializer(
+        "LegacySyncInput",
+        {"user_ids": serializers.ListField(child=serializers.CharField(max_length=128), allow_empty=False)},
+    ),
+    responses={
+        200: envelope_schema("LegacySync", SyncData),
+        400: envelope_schema("LegacySyncError", None),
+        401: envelope_schema("LegacyAuth3", None),
+        403: envelope_schema("LegacyForbidden3", None),
+        429: envelope_schema("LegacyThrottled3", None),
+    },
+)
+class LegacySyncView(LegacyView):
+    def post(self, request: Request) -> Response:
+        limit = getattr(settings, "LEGACY_SYNC_MAX_USERS", 100)
+        data = UserIdsInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        user_ids = data.validated_data["user_ids"]
+        if not user_ids:
+            raise exceptions.ValidationError({"user_ids": ["give the users to extract"]})
+        if len(user_ids) > limit:
+            raise exceptions.ValidationError(
+                {"user_ids": [f"at most {limit} users here; start a job with /api/v1/events/extract/start"]}
+            )
+        try:
+            job = job_start(user_ids=user_ids, created_by=request.user, enqueue=False)
+        except JobError as exc:
+            return self.refused(exc)
+        job_drain(job.id, budget_seconds=float("inf"))
+        job.refresh_from_db()
+        if job.status != Job.Status.COMPLETED:
+            return envelope(
+                {"job_id": job.id}, code=CODE_JOB_FAILED, message=job.error or f"job {job.status}"
+            )
+        events = {user_id: [] for user_id in job.items.values_list("user_id", flat=True)}
+        for event in EventOutput(job_events(job), many=True).data:
+            events[event["user_id"]].append(event)
+        failed = dict(job.items.filter(status="failed").values_list("user_id", "error"))
+        return envelope(
+            {"job_id": job.id, "events": events, "failed": failed},
+            message=f"{len(events) - len(failed)} users extracted",
+        )
+
+
+def job_events(job: Job):
+    return ExtractedEvent.objects.filter(user_id__in=job.items.values("user_id")).order_by(
+        "user_id", "sequence"
+    )

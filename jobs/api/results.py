@@ -1,0 +1,159 @@
+"""Results over HTTP: a user, its event sequence, events across users, and a streamed export."""
+
+import csv
+import io
+
+import orjson
+from django.db.models import Count, Exists, OuterRef
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, OpenApiTypes, extend_schema
+from rest_framework import generics
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from extraction.models import ExtractedEvent, UserProfile
+from extraction.selectors import users_needing_extraction
+
+from .serializers import EventFilter, EventOutput, UserOutput
+from .views import ERRORS
+
+EXPORT_COLUMNS = [
+    "id",
+    "user_id",
+    "sequence",
+    "event_type",
+    "label",
+    "category",
+    "starts_at",
+    "ends_at",
+    "context",
+    "behavior_ids",
+    "extractor",
+    "extractor_version",
+]
+EXPORT_BATCH = 2000
+
+
+class EventPages(CursorPagination):
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+    ordering = "id"
+
+
+def filtered_events(params) -> "tuple[object, dict]":
+    """Events matching the validated filters (user, type, category, since, until)."""
+    filters = EventFilter(data=params)
+    filters.is_valid(raise_exception=True)
+    data = filters.validated_data
+    lookups = {
+        "user": "user_id",
+        "type": "event_type",
+        "category": "category",
+        "since": "starts_at__gte",
+        "until": "starts_at__lt",
+    }
+    return ExtractedEvent.objects.filter(**{lookups[key]: value for key, value in data.items()})
+
+
+@extend_schema(
+    tags=["results"],
+    summary="A user: profile, behaviour count, extraction state",
+    responses={200: UserOutput, **ERRORS},
+)
+class UserView(generics.RetrieveAPIView):
+    serializer_class = UserOutput
+    lookup_field = "user_id"
+
+    def get_queryset(self):
+        needing = users_needing_extraction().filter(user_id=OuterRef("user_id"))
+        return UserProfile.objects.select_related("extraction_state").annotate(
+            behavior_count=Count("behaviors"), needs_extraction=Exists(needing)
+        )
+
+
+@extend_schema(
+    tags=["results"],
+    summary="A user's events in time order",
+    responses={200: EventOutput(many=True), **ERRORS},
+)
+class UserEventsView(generics.ListAPIView):
+    serializer_class = EventOutput
+    pagination_class = None  # one user's sequence is short, and read whole
+
+    def get_queryset(self):
+        user = get_object_or_404(UserProfile, user_id=self.kwargs["user_id"])
+        return ExtractedEvent.objects.filter(user=user).order_by("sequence")
+
+
+@extend_schema(
+    tags=["results"],
+    summary="Events, filterable by user, type, category and start time",
+    parameters=[EventFilter],
+    responses={200: EventOutput(many=True), 400: OpenApiResponse(description="Bad filter"), **ERRORS},
+)
+class EventsView(generics.ListAPIView):
+    serializer_class = EventOutput
+    pagination_class = EventPages
+
+    def get_queryset(self):
+        return filtered_events(self.request.query_params)
+
+
+class Echo:
+    """A file-like object whose write returns what it was given, for csv.writer in a generator."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+@extend_schema(
+    tags=["results"],
+    summary="Export events as CSV or JSON Lines, streamed",
+    description="Same filters as the event list. Rows are read in batches and streamed, so memory stays "
+    "flat whatever the number of events. context and behavior_ids are JSON in CSV cells.",
+    parameters=[EventFilter],
+    responses={
+        (200, "text/csv"): OpenApiTypes.STR,
+        (200, "application/x-ndjson"): OpenApiTypes.STR,
+        400: OpenApiResponse(description="Bad filter"),
+        401: ERRORS[401],
+        403: ERRORS[403],
+    },
+)
+class EventsExportView(APIView):
+    file_format = "csv"
+
+    def get(self, request: Request):
+        rows = filtered_events(request.query_params).order_by("id").values_list(*EXPORT_COLUMNS)
+        if self.file_format == "csv":
+            body, content_type = self.csv_lines(rows), "text/csv; charset=utf-8"
+        else:
+            body, content_type = self.json_lines(rows), "application/x-ndjson"
+        response = StreamingHttpResponse(body, content_type=content_type)
+        response["Content-Disposition"] = f'attachment; filename="events.{self.file_format}"'
+        return response
+
+    @staticmethod
+    def csv_lines(rows):
+        writer = csv.writer(Echo())
+        yield "\ufeff"  # a BOM, so spreadsheets read the Chinese labels as UTF-8
+        yield writer.writerow(EXPORT_COLUMNS)
+        for row in rows.iterator(chunk_size=EXPORT_BATCH):
+            values = list(row)
+            values[6], values[7] = values[6].isoformat(), values[7].isoformat()
+            values[8], values[9] = orjson.dumps(values[8]).decode(), orjson.dumps(values[9]).decode()
+            yield writer.writerow(values)
+
+    @staticmethod
+    def json_lines(rows):
+        buffer = io.BytesIO()
+        for count, row in enumerate(rows.iterator(chunk_size=EXPORT_BATCH), start=1):
+            buffer.write(orjson.dumps(dict(zip(EXPORT_COLUMNS, row, strict=True))) + b"\n")
+            if count % 500 == 0:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        yield buffer.getvalue()

@@ -1,0 +1,212 @@
+"""API shapes: input serializers validate, output serializers render. No logic beyond that."""
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from extraction.models import Category, ExtractedEvent, ExtractionState, UserProfile
+
+from ..models import Job, JobItem
+from ..selectors import job_progress
+
+MAX_USER_IDS = 100_000
+
+
+class JobStartInput(serializers.Serializer):
+    user_ids = serializers.ListField(
+        child=serializers.CharField(max_length=128, trim_whitespace=True),
+        allow_null=True,
+        allow_empty=False,
+        required=False,
+        default=None,
+        max_length=MAX_USER_IDS,
+        help_text="Users to extract; null (the default) means every user needing extraction and not "
+        "already in an active job.",
+    )
+    extractor = serializers.CharField(
+        default="rules", max_length=32, help_text="An extractor name, e.g. rules"
+    )
+    options = serializers.DictField(default=dict, help_text="Extractor options, checked by the extractor")
+    chunk_size = serializers.IntegerField(required=False, min_value=1, max_value=10_000)
+    max_attempts = serializers.IntegerField(required=False, min_value=1, max_value=100)
+
+
+class TopError(serializers.Serializer):
+    error = serializers.CharField()
+    count = serializers.IntegerField()
+
+
+class Progress(serializers.Serializer):
+    """Where a job stands, computed from the database (exact after any crash)."""
+
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=Job.Status.choices)
+    extractor = serializers.CharField()
+    total = serializers.IntegerField()
+    processed = serializers.IntegerField(help_text="succeeded + failed")
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    cancelled = serializers.IntegerField()
+    pending = serializers.IntegerField()
+    running = serializers.IntegerField()
+    percent = serializers.FloatField()
+    current_batch = serializers.IntegerField()
+    total_batches = serializers.IntegerField()
+    current_user_ids = serializers.ListField(child=serializers.CharField(), help_text="At most 20")
+    throughput_per_second = serializers.FloatField(help_text="Users finished per second over the last minute")
+    estimated_seconds_remaining = serializers.IntegerField(allow_null=True)
+    event_count = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    elapsed_seconds = serializers.FloatField(allow_null=True)
+    error = serializers.CharField(allow_blank=True)
+    top_errors = TopError(many=True)
+
+
+class JobSummary(serializers.ModelSerializer):
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    percent = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = [
+            "id",
+            "status",
+            "extractor",
+            "options",
+            "selection",
+            "created_by",
+            "parent",
+            "chunk_size",
+            "max_attempts",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "error",
+            "total_items",
+            "succeeded_items",
+            "failed_items",
+            "cancelled_items",
+            "event_count",
+            "percent",
+        ]
+        read_only_fields = fields
+
+    def get_percent(self, job: Job) -> float:
+        processed = job.succeeded_items + job.failed_items
+        return round(100 * processed / job.total_items, 2) if job.total_items else 100.0
+
+
+class JobDetail(JobSummary):
+    progress = serializers.SerializerMethodField()
+
+    class Meta(JobSummary.Meta):
+        fields = [*JobSummary.Meta.fields, "progress"]
+        read_only_fields = fields
+
+    @extend_schema_field(Progress)
+    def get_progress(self, job: Job) -> dict:
+        return Progress(job_progress(job)).data
+
+
+class JobItemOutput(serializers.ModelSerializer):
+    class Meta:
+        model = JobItem
+        fields = ["id", "user_id", "status", "attempts", "error", "event_count", "started_at", "finished_at"]
+        read_only_fields = fields
+
+
+class Conflict(serializers.Serializer):
+    detail = serializers.CharField()
+    user_ids = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="At most 20 of the users already in an active job",
+    )
+    job_ids = serializers.ListField(
+        child=serializers.IntegerField(), required=False, help_text="The active jobs holding them"
+    )
+
+
+class Detail(serializers.Serializer):
+    detail = serializers.CharField()
+
+
+class StateOutput(serializers.ModelSerializer):
+    class Meta:
+        model = ExtractionState
+        fields = [
+            "status",
+            "attempted_at",
+            "error",
+            "extracted_at",
+            "event_count",
+            "extractor",
+            "extractor_version",
+            "input_version",
+            "input_fingerprint",
+        ]
+        read_only_fields = fields
+
+
+class UserOutput(serializers.ModelSerializer):
+    behavior_count = serializers.IntegerField(read_only=True)
+    extraction_state = StateOutput(read_only=True, allow_null=True)
+    needs_extraction = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = UserProfile
+        fields = [
+            "user_id",
+            "attributes",
+            "input_version",
+            "behavior_count",
+            "needs_extraction",
+            "extraction_state",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class EventOutput(serializers.ModelSerializer):
+    class Meta:
+        model = ExtractedEvent
+        fields = [
+            "id",
+            "user_id",
+            "sequence",
+            "event_type",
+            "label",
+            "category",
+            "starts_at",
+            "ends_at",
+            "context",
+            "behavior_ids",
+            "extractor",
+            "extractor_version",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class EventFilter(serializers.Serializer):
+    user = serializers.CharField(required=False, max_length=128, help_text="A user id")
+    type = serializers.CharField(required=False, max_length=64, help_text="An event type, e.g. purchase")
+    category = serializers.ChoiceField(required=False, choices=Category.choices)
+    since = serializers.DateTimeField(required=False, help_text="Events starting at or after this time")
+    until = serializers.DateTimeField(required=False, help_text="Events starting before this time")
+
+    def validate(self, data):
+        if "since" in data and "until" in data and data["until"] <= data["since"]:
+            raise serializers.ValidationError({"until": "must be later than since"})
+        return data
+
+
+class JobFilter(serializers.Serializer):
+    status = serializers.ChoiceField(required=False, choices=Job.Status.choices)
+    extractor = serializers.CharField(required=False, max_length=32)
+
+
+class ItemFilter(serializers.Serializer):
+    status = serializers.ChoiceField(required=False, choices=JobItem.Status.choices)

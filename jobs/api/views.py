@@ -1,0 +1,287 @@
+"""Jobs over HTTP. Views stay thin: validate the input, call a service or selector, render."""
+
+import hashlib
+import json
+import time
+
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, OpenApiTypes, extend_schema
+from rest_framework import generics, status
+from rest_framework.pagination import CursorPagination, PageNumberPagination
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from ..models import Job, JobItem
+from ..selectors import job_progress
+from ..services import JobConflict, JobError, JobInvalid, job_cancel, job_resume, job_retry_failed, job_start
+from .serializers import (
+    Conflict,
+    Detail,
+    ItemFilter,
+    JobDetail,
+    JobFilter,
+    JobItemOutput,
+    JobStartInput,
+    JobSummary,
+    Progress,
+)
+
+STREAM_POLL_SECONDS = 0.5
+STREAM_KEEPALIVE_SECONDS = 15
+STREAM_MAX_SECONDS = 3600  # then the client reconnects (EventSource does it by itself)
+
+ERRORS = {
+    401: OpenApiResponse(Detail, description="Not logged in (session or token)"),
+    403: OpenApiResponse(Detail, description="Logged in without the permission"),
+    404: OpenApiResponse(Detail, description="No such job"),
+}
+WRITE_ERRORS = {
+    **ERRORS,
+    409: OpenApiResponse(Conflict, description="The job's status does not allow it, or users are busy"),
+    429: OpenApiResponse(Detail, description="Too many write requests"),
+}
+
+
+class JobPermission(BasePermission):
+    """Reading needs a login; writes need the view's Django model permission on Job."""
+
+    def has_permission(self, request: Request, view) -> bool:
+        if not (request.user and request.user.is_authenticated):
+            return False
+        return request.method in SAFE_METHODS or request.user.has_perm(view.write_permission)
+
+
+class WriteThrottle(ScopedRateThrottle):
+    """Throttles only writes, per user, at API_WRITE_RATE."""
+
+    scope_attr = "throttle_scope"
+
+    def allow_request(self, request, view) -> bool:
+        return request.method in SAFE_METHODS or super().allow_request(request, view)
+
+
+class JobsBase:
+    permission_classes = [JobPermission]
+    throttle_classes = [WriteThrottle]
+    throttle_scope = "job-writes"
+    write_permission = "jobs.add_job"
+
+
+def job_error_response(exc: JobError) -> Response:
+    if isinstance(exc, JobInvalid):
+        return Response(
+            {field: [message] for field, message in exc.errors.items()}, status.HTTP_400_BAD_REQUEST
+        )
+    if isinstance(exc, JobConflict):
+        body = {"detail": str(exc), "user_ids": list(exc.busy), "job_ids": exc.job_ids}
+        return Response(body, status.HTTP_409_CONFLICT)
+    return Response({"detail": str(exc)}, status.HTTP_409_CONFLICT)
+
+
+class JobPages(PageNumberPagination):
+    page_size = 20
+    page_size_query_param = "page_size"
+    max_page_size = 100
+
+
+class ItemPages(CursorPagination):
+    """Cursor pages: a job may have a million items, and a page must not count them all."""
+
+    page_size = 100
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+    ordering = "id"
+
+
+@extend_schema(tags=["jobs"])
+class JobsView(JobsBase, generics.ListAPIView):
+    serializer_class = JobSummary
+    pagination_class = JobPages
+
+    @extend_schema(
+        summary="List jobs, newest first",
+        parameters=[JobFilter],
+        responses={200: JobSummary(many=True), 400: OpenApiResponse(description="Bad filter"), **ERRORS},
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        filters = JobFilter(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        return Job.objects.select_related("created_by").filter(**filters.validated_data).order_by("-id")
+
+    @extend_schema(
+        summary="Start a job",
+        request=JobStartInput,
+        responses={
+            201: JobDetail,
+            400: OpenApiResponse(description="Bad fields, unknown users or extractor (by field)"),
+            **WRITE_ERRORS,
+        },
+    )
+    def post(self, request: Request) -> Response:
+        data = JobStartInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            job = job_start(**data.validated_data, created_by=request.user)
+        except JobError as exc:
+            return job_error_response(exc)
+        return Response(JobDetail(job).data, status.HTTP_201_CREATED)
+
+
+@extend_schema(tags=["jobs"], summary="A job with its progress", responses={200: JobDetail, **ERRORS})
+class JobView(JobsBase, generics.RetrieveAPIView):
+    serializer_class = JobDetail
+    queryset = Job.objects.select_related("created_by")
+
+
+def progress_etag(progress: dict) -> str:
+    """A weak ETag: the same while nothing but time-derived figures (rate, ETA, elapsed) changed."""
+    state = {
+        k: v
+        for k, v in progress.items()
+        if k not in ("throughput_per_second", "estimated_seconds_remaining", "elapsed_seconds")
+    }
+    return (
+        'W/"' + hashlib.sha1(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:20] + '"'
+    )
+
+
+@extend_schema(
+    tags=["jobs"],
+    summary="A job's progress alone",
+    description="Cheap enough to poll every second. Send the ETag back in If-None-Match: "
+    "304 while unchanged.",
+    parameters=[OpenApiParameter("If-None-Match", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False)],
+    responses={200: Progress, 304: OpenApiResponse(description="Not modified"), **ERRORS},
+)
+class JobProgressView(JobsBase, APIView):
+    def get(self, request: Request, pk: int) -> Response:
+        job = get_object_or_404(Job, pk=pk)
+        progress = Progress(job_progress(job)).data
+        etag = progress_etag(progress)
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if etag in request.headers.get("If-None-Match", ""):
+            return Response(status=status.HTTP_304_NOT_MODIFIED, headers=headers)
+        return Response(progress, headers=headers)
+
+
+class JobActionView(JobsBase, APIView):
+    """POST-only actions on one job: cancel, resume, retry-failed."""
+
+    write_permission = "jobs.change_job"
+    action_name = ""
+
+    def post(self, request: Request, pk: int) -> Response:
+        job = get_object_or_404(Job, pk=pk)
+        try:
+            result = self.act(job, request)
+        except JobError as exc:
+            return job_error_response(exc)
+        return Response(JobDetail(result).data, self.success_status)
+
+    success_status = status.HTTP_200_OK
+
+
+@extend_schema(
+    tags=["jobs"], summary="Cancel a job", request=None, responses={200: JobDetail, **WRITE_ERRORS}
+)
+class JobCancelView(JobActionView):
+    def act(self, job, request):
+        return job_cancel(job)
+
+
+@extend_schema(
+    tags=["jobs"],
+    summary="Resume a job",
+    description="A queued or running job gets its drain tasks again; a cancelled or failed job puts its "
+    "cancelled users back to work.",
+    request=None,
+    responses={200: JobDetail, **WRITE_ERRORS},
+)
+class JobResumeView(JobActionView):
+    def act(self, job, request):
+        return job_resume(job)
+
+
+@extend_schema(
+    tags=["jobs"],
+    summary="Retry the failed users of a finished job as a new job",
+    request=None,
+    responses={201: JobDetail, **WRITE_ERRORS},
+)
+class JobRetryFailedView(JobActionView):
+    write_permission = "jobs.add_job"
+    success_status = status.HTTP_201_CREATED
+
+    def act(self, job, request):
+        return job_retry_failed(job, created_by=request.user)
+
+
+@extend_schema(
+    tags=["jobs"],
+    summary="A job's items (one per user), with their errors",
+    parameters=[ItemFilter],
+    responses={200: JobItemOutput(many=True), 400: OpenApiResponse(description="Bad filter"), **ERRORS},
+)
+class JobItemsView(JobsBase, generics.ListAPIView):
+    serializer_class = JobItemOutput
+    pagination_class = ItemPages
+
+    def get_queryset(self):
+        job = get_object_or_404(Job, pk=self.kwargs["pk"])
+        filters = ItemFilter(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        return JobItem.objects.filter(job=job, **filters.validated_data)
+
+
+class EventStreamRenderer(BaseRenderer):
+    media_type = "text/event-stream"
+    format = "txt"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return json.dumps(data).encode() if not isinstance(data, bytes | str) else data
+
+
+@extend_schema(
+    tags=["jobs"],
+    summary="Progress pushed as Server-Sent Events",
+    description="`event: progress` with the progress object each time it changes, comments as keep-alives, "
+    "and `event: end` when the job has finished. The stream closes after an hour; clients reconnect.",
+    responses={(200, "text/event-stream"): OpenApiTypes.STR, **ERRORS},
+)
+class JobStreamView(JobsBase, APIView):
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
+
+    def get(self, request: Request, pk: int):
+        job = get_object_or_404(Job, pk=pk)
+        response = StreamingHttpResponse(self.events(job), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+        return response
+
+    @staticmethod
+    def events(job: Job):
+        yield "retry: 2000\n\n"
+        last_tag, last_sent, opened = None, time.monotonic(), time.monotonic()
+        while time.monotonic() - opened < getattr(settings, "API_STREAM_MAX_SECONDS", STREAM_MAX_SECONDS):
+            job.refresh_from_db()
+            progress = Progress(job_progress(job)).data
+            tag = progress_etag(progress)
+            if tag != last_tag:
+                yield f"event: progress\ndata: {json.dumps(progress)}\n\n"
+                last_tag, last_sent = tag, time.monotonic()
+            elif time.monotonic() - last_sent > STREAM_KEEPALIVE_SECONDS:
+                yield ": keep-alive\n\n"
+                last_sent = time.monotonic()
+            if job.status in Job.FINISHED:
+                yield f"event: end\ndata: {json.dumps({'id': job.id, 'status': job.status})}\n\n"
+                return
+            time.sleep(STREAM_POLL_SECONDS)

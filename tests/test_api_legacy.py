@@ -1,0 +1,140 @@
+"""The predecessor's endpoints, field by field, in its envelope."""
+
+import pytest
+from django.core.cache import cache
+
+from extraction.extractors import make_extractor
+from jobs.engine import chunk_claim, job_drain, process_one_chunk
+from jobs.models import Job
+from jobs.services import job_cancel, job_fail, job_mark_running, job_start
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def fresh_throttles():
+    cache.clear()
+
+
+def test_progress_is_idle_before_any_job(api):
+    response = api("reader").get("/api/v1/events/extract/progress")
+    assert response.status_code == 200
+    assert response.json() == {
+        "code": 0,
+        "message": "success",
+        "data": {
+            "status": "idle", "job_id": None, "total_users": 0, "processed_users": 0, "success_count": 0,
+            "failed_count": 0, "current_batch": 0, "total_batches": 0, "current_user_ids": [],
+            "progress_percent": 0.0, "estimated_remaining_seconds": None, "start_time": None, "end_time": None,
+            "error_message": None,
+        },
+    }
+
+
+def test_start_answers_started_with_the_job(api, make_users):
+    make_users(3)
+    body = api().post("/api/v1/events/extract/start", {"user_ids": None}, format="json").json()
+    job = Job.objects.get()
+    assert body == {
+        "code": 0,
+        "message": "extraction started",
+        "data": {"status": "started", "job_id": job.id, "total_users": 3},
+    }
+
+
+def test_start_with_a_list_and_without_a_body(api, make_users):
+    make_users(3)
+    assert api().post("/api/v1/events/extract/start", {"user_ids": ["u002"]}, format="json").json()["code"] == 0
+    assert Job.objects.get().total_items == 1
+    job_cancel(Job.objects.get())
+    body = api().post("/api/v1/events/extract/start").json()
+    assert body["code"] == 0 and body["data"]["total_users"] == 3
+
+
+def test_a_second_start_while_a_job_runs_is_refused(api, make_users):
+    make_users(2)
+    first = job_start(user_ids=["u001"], enqueue=False)
+    response = api().post("/api/v1/events/extract/start", {"user_ids": ["u002"]}, format="json")
+    assert response.status_code == 200
+    assert response.json() == {
+        "code": 1001,
+        "message": f"an extraction job is already running (job {first.id})",
+        "data": {"status": "running", "job_id": first.id},
+    }
+    assert Job.objects.count() == 1
+
+
+def test_start_errors_keep_the_envelope(api, make_users):
+    make_users(1)
+    unknown = api().post("/api/v1/events/extract/start", {"user_ids": ["ghost"]}, format="json")
+    assert unknown.status_code == 400
+    assert unknown.json() == {"code": 400, "message": "user_ids: unknown users: ghost", "data": None}
+    bad = api().post("/api/v1/events/extract/start", {"user_ids": "u001"}, format="json")
+    assert bad.status_code == 400
+    assert bad.json()["message"] == 'user_ids: Expected a list of items but got type "str".'
+    anonymous = api(None).post("/api/v1/events/extract/start", {}, format="json")
+    assert anonymous.status_code == 401
+    assert anonymous.json() == {"code": 401, "message": "Authentication credentials were not provided.",
+                                "data": None}
+    forbidden = api("reader").post("/api/v1/events/extract/start", {}, format="json")
+    assert forbidden.status_code == 403
+    assert forbidden.json()["code"] == 403
+
+
+def test_progress_of_a_running_job_in_the_old_field_names(api, make_users):
+    make_users(5)
+    job = job_start(user_ids=[f"u00{i}" for i in range(1, 6)], extractor="test", chunk_size=2, enqueue=False)
+    job_mark_running(job.id)
+    job.refresh_from_db()
+    process_one_chunk(job, make_extractor("test"))
+    chunk_claim(job)
+    data = api("reader").get("/api/v1/events/extract/progress").json()["data"]
+    job.refresh_from_db()
+    assert {k: v for k, v in data.items() if k not in ("start_time", "estimated_remaining_seconds")} == {
+        "status": "running", "job_id": job.id, "total_users": 5, "processed_users": 2, "success_count": 2,
+        "failed_count": 0, "current_batch": 2, "total_batches": 3, "current_user_ids": ["u003", "u004"],
+        "progress_percent": 40.0, "end_time": None, "error_message": None,
+    }
+    assert data["start_time"] == job.started_at.astimezone().isoformat()
+    assert data["estimated_remaining_seconds"] is None or data["estimated_remaining_seconds"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("finish", "status", "error"),
+    [
+        (lambda job: job_drain(job.id), "completed", None),
+        (lambda job: job_fail(job.id, "401 invalid key"), "failed", "401 invalid key"),
+        (lambda job: job_cancel(job), "failed", "job {id} was cancelled"),
+    ],
+)
+def test_progress_of_a_finished_job(api, make_users, finish, status, error):
+    make_users(2)
+    job = job_start(user_ids=["u001", "u002"], enqueue=False)
+    finish(job)
+    data = api("reader").get("/api/v1/events/extract/progress").json()["data"]
+    assert data["status"] == status
+    assert data["error_message"] == (error.format(id=job.id) if error else None)
+    assert data["end_time"] is not None
+
+
+def test_sync_extract_answers_the_events_of_each_user(api, make_users):
+    make_users(2)
+    body = api().post("/api/v1/events/extract", {"user_ids": ["u001", "u002"]}, format="json").json()
+    assert body["code"] == 0 and body["message"] == "2 users extracted"
+    data = body["data"]
+    assert data["job_id"] == Job.objects.get().id
+    assert data["failed"] == {}
+    assert [e["event_type"] for e in data["events"]["u001"]] == ["purchase", "browse_model"]
+    assert data["events"]["u002"][0]["label"] == "购买"
+
+
+def test_sync_extract_refuses_big_lists_and_busy_users(api, make_users, settings):
+    settings.LEGACY_SYNC_MAX_USERS = 1
+    make_users(2)
+    too_many = api().post("/api/v1/events/extract", {"user_ids": ["u001", "u002"]}, format="json")
+    assert too_many.status_code == 400
+    assert too_many.json()["message"].startswith("user_ids: at most 1 users here")
+    job_start(user_ids=["u001"], enqueue=False)
+    busy = api().post("/api/v1/events/extract", {"user_ids": ["u001"]}, format="json").json()
+    assert busy["code"] == 1002 and "already in an active job" in busy["message"]
+    assert api().post("/api/v1/events/extract", {}, format="json").status_code == 400
