@@ -23,9 +23,19 @@ def test_progress_is_idle_before_any_job(api):
         "code": 0,
         "message": "success",
         "data": {
-            "status": "idle", "job_id": None, "total_users": 0, "processed_users": 0, "success_count": 0,
-            "failed_count": 0, "current_batch": 0, "total_batches": 0, "current_user_ids": [],
-            "progress_percent": 0.0, "estimated_remaining_seconds": None, "start_time": None, "end_time": None,
+            "status": "idle",
+            "job_id": None,
+            "total_users": 0,
+            "processed_users": 0,
+            "success_count": 0,
+            "failed_count": 0,
+            "current_batch": 0,
+            "total_batches": 0,
+            "current_user_ids": [],
+            "progress_percent": 0.0,
+            "estimated_remaining_seconds": None,
+            "start_time": None,
+            "end_time": None,
             "error_message": None,
         },
     }
@@ -44,7 +54,9 @@ def test_start_answers_started_with_the_job(api, make_users):
 
 def test_start_with_a_list_and_without_a_body(api, make_users):
     make_users(3)
-    assert api().post("/api/v1/events/extract/start", {"user_ids": ["u002"]}, format="json").json()["code"] == 0
+    assert (
+        api().post("/api/v1/events/extract/start", {"user_ids": ["u002"]}, format="json").json()["code"] == 0
+    )
     assert Job.objects.get().total_items == 1
     job_cancel(Job.objects.get())
     body = api().post("/api/v1/events/extract/start").json()
@@ -74,8 +86,11 @@ def test_start_errors_keep_the_envelope(api, make_users):
     assert bad.json()["message"] == 'user_ids: Expected a list of items but got type "str".'
     anonymous = api(None).post("/api/v1/events/extract/start", {}, format="json")
     assert anonymous.status_code == 401
-    assert anonymous.json() == {"code": 401, "message": "Authentication credentials were not provided.",
-                                "data": None}
+    assert anonymous.json() == {
+        "code": 401,
+        "message": "Authentication credentials were not provided.",
+        "data": None,
+    }
     forbidden = api("reader").post("/api/v1/events/extract/start", {}, format="json")
     assert forbidden.status_code == 403
     assert forbidden.json()["code"] == 403
@@ -91,9 +106,18 @@ def test_progress_of_a_running_job_in_the_old_field_names(api, make_users):
     data = api("reader").get("/api/v1/events/extract/progress").json()["data"]
     job.refresh_from_db()
     assert {k: v for k, v in data.items() if k not in ("start_time", "estimated_remaining_seconds")} == {
-        "status": "running", "job_id": job.id, "total_users": 5, "processed_users": 2, "success_count": 2,
-        "failed_count": 0, "current_batch": 2, "total_batches": 3, "current_user_ids": ["u003", "u004"],
-        "progress_percent": 40.0, "end_time": None, "error_message": None,
+        "status": "running",
+        "job_id": job.id,
+        "total_users": 5,
+        "processed_users": 2,
+        "success_count": 2,
+        "failed_count": 0,
+        "current_batch": 2,
+        "total_batches": 3,
+        "current_user_ids": ["u003", "u004"],
+        "progress_percent": 40.0,
+        "end_time": None,
+        "error_message": None,
     }
     assert data["start_time"] == job.started_at.astimezone().isoformat()
     assert data["estimated_remaining_seconds"] is None or data["estimated_remaining_seconds"] >= 0

@@ -20,11 +20,15 @@ T0 = datetime(2024, 6, 1, 10, tzinfo=UTC)
 def extracted(make_users):
     """Three users with behaviours (search, browse ×2, purchase), extracted by the rules."""
     ids = [f"u00{i}" for i in range(1, 4)]
-    behaviors_insert([
-        BehaviorRow(user_id, action, T0 + timedelta(days=n, minutes=m), item="P7" if action != "search" else "SUV")
-        for n, user_id in enumerate(ids)
-        for m, action in enumerate(["search", "browse", "browse", "purchase"])
-    ])
+    behaviors_insert(
+        [
+            BehaviorRow(
+                user_id, action, T0 + timedelta(days=n, minutes=m), item="P7" if action != "search" else "SUV"
+            )
+            for n, user_id in enumerate(ids)
+            for m, action in enumerate(["search", "browse", "browse", "purchase"])
+        ]
+    )
     UserProfile.objects.filter(user_id="u001").update(attributes={"city": "北京", "age": 30})
     job_drain(job_start(enqueue=False).id)
     return ids
@@ -50,7 +54,8 @@ def test_a_user_never_extracted_needs_it(api, make_users):
 def test_a_users_events_come_in_time_order(api, extracted):
     events = api("reader").get("/api/v1/users/u002/events/").json()
     assert [(e["sequence"], e["event_type"], e["label"], e["category"]) for e in events] == [
-        (1, "search", "搜索", "engagement"), (2, "browse_model", "浏览车型", "engagement"),
+        (1, "search", "搜索", "engagement"),
+        (2, "browse_model", "浏览车型", "engagement"),
         (3, "purchase", "购买", "conversion"),
     ]
     assert events[1]["context"]["count"] == 2 and len(events[1]["behavior_ids"]) == 2
@@ -71,7 +76,9 @@ def test_events_are_filtered_by_user_type_category_and_time(api, extracted):
     assert ids("type=purchase") == [("u001", "purchase"), ("u002", "purchase"), ("u003", "purchase")]
     assert ids("category=conversion&user=u002") == [("u002", "purchase")]
     assert ids("since=2024-06-02T00:00:00Z&until=2024-06-03T00:00:00Z") == [
-        ("u002", "search"), ("u002", "browse_model"), ("u002", "purchase"),
+        ("u002", "search"),
+        ("u002", "browse_model"),
+        ("u002", "purchase"),
     ]
 
 
@@ -79,8 +86,15 @@ def test_events_are_filtered_by_user_type_category_and_time(api, extracted):
     ("query", "errors"),
     [
         ("category=sale", {"category": ['"sale" is not a valid choice.']}),
-        ("since=yesterday", {"since": ["Datetime has wrong format. Use one of these formats instead: "
-                                       "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."]}),
+        (
+            "since=yesterday",
+            {
+                "since": [
+                    "Datetime has wrong format. Use one of these formats instead: "
+                    "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."
+                ]
+            },
+        ),
         ("since=2024-06-02T00:00Z&until=2024-06-01T00:00Z", {"until": ["must be later than since"]}),
     ],
 )
@@ -119,7 +133,9 @@ def test_events_export_as_json_lines(api, extracted):
     assert response["Content-Type"] == "application/x-ndjson"
     lines = [json.loads(line) for line in b"".join(response.streaming_content).splitlines()]
     assert [(e["user_id"], e["event_type"], e["label"]) for e in lines] == [
-        ("u001", "purchase", "购买"), ("u002", "purchase", "购买"), ("u003", "purchase", "购买"),
+        ("u001", "purchase", "购买"),
+        ("u002", "purchase", "购买"),
+        ("u003", "purchase", "购买"),
     ]
     assert api("reader").get("/api/v1/events/export.jsonl?category=x").status_code == 400
     assert api(None).get("/api/v1/events/export.jsonl").status_code == 401

@@ -6,8 +6,8 @@ import pytest
 import schemathesis
 from django.core import signals
 from django.core.management import call_command
-from django.db import close_old_connections
 from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
@@ -28,11 +28,22 @@ def test_the_schema_is_valid_and_documents_every_endpoint(client, db):
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", "/dev/null")
     schema = json.loads(client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").content)
     assert set(schema["paths"]) == {
-        "/api/v1/jobs/", "/api/v1/jobs/{id}/", "/api/v1/jobs/{id}/progress/", "/api/v1/jobs/{id}/stream/",
-        "/api/v1/jobs/{id}/items/", "/api/v1/jobs/{id}/cancel/", "/api/v1/jobs/{id}/resume/",
-        "/api/v1/jobs/{id}/retry-failed/", "/api/v1/users/{user_id}/", "/api/v1/users/{user_id}/events/",
-        "/api/v1/events/", "/api/v1/events/export.csv", "/api/v1/events/export.jsonl",
-        "/api/v1/events/extract/start", "/api/v1/events/extract/progress", "/api/v1/events/extract",
+        "/api/v1/jobs/",
+        "/api/v1/jobs/{id}/",
+        "/api/v1/jobs/{id}/progress/",
+        "/api/v1/jobs/{id}/stream/",
+        "/api/v1/jobs/{id}/items/",
+        "/api/v1/jobs/{id}/cancel/",
+        "/api/v1/jobs/{id}/resume/",
+        "/api/v1/jobs/{id}/retry-failed/",
+        "/api/v1/users/{user_id}/",
+        "/api/v1/users/{user_id}/events/",
+        "/api/v1/events/",
+        "/api/v1/events/export.csv",
+        "/api/v1/events/export.jsonl",
+        "/api/v1/events/extract/start",
+        "/api/v1/events/extract/progress",
+        "/api/v1/events/extract",
     }
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
@@ -51,8 +62,12 @@ def data(db, make_users, monkeypatch):
     """Something behind the endpoints: users, a finished job with a failure, a queued job."""
     monkeypatch.setattr(WriteThrottle, "THROTTLE_RATES", {"job-writes": "100000/minute"})
     make_users(5)
-    done = job_start(user_ids=["u001", "u002"], extractor="test", enqueue=False,
-                     options={"error": "bad", "permanent": True, "fail_users": ["u002"]})
+    done = job_start(
+        user_ids=["u001", "u002"],
+        extractor="test",
+        enqueue=False,
+        options={"error": "bad", "permanent": True, "fail_users": ["u002"]},
+    )
     job_drain(done.id)
     job_start(user_ids=["u003"], enqueue=False)
     # Requests go through the WSGI app: keep it from closing the test's connection, as Django's
@@ -66,12 +81,21 @@ def data(db, make_users, monkeypatch):
 
 # Loaded at collection (settings are ready then; the schema needs no database). The stream holds
 # its connection until its job ends, so it is tested on its own in test_api_stream.
-schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application()).exclude(path_regex=r"/stream/$")
+schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application()).exclude(
+    path_regex=r"/stream/$"
+)
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.filter_too_much])
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+    ],
+)
 def test_the_api_never_fails_nor_breaks_its_schema(case, data, admin_token):
     case.call_and_validate(headers={"Authorization": f"Token {admin_token}"}, checks=CHECKS)

@@ -12,7 +12,9 @@ def parse(chunks):
     """Server-Sent Events from raw chunks: [(event, data)]."""
     events = []
     for block in "".join(c.decode() if isinstance(c, bytes) else c for c in chunks).split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":")
+        )
         if "event" in fields:
             events.append((fields["event"], json.loads(fields["data"])))
     return events

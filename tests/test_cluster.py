@@ -1,5 +1,6 @@
 """Integration: jobs run by real qcluster processes on the test database (SQLite or PostgreSQL)."""
 
+import os
 from collections import Counter
 
 import pytest
@@ -119,3 +120,28 @@ def test_two_clusters_at_once_never_process_a_user_twice(clusters, make_users, t
     assert set(extracted.values()) == {1}
     # Both clusters took part: each has two worker processes.
     assert len(workers) >= 3
+
+
+def test_a_job_runs_on_the_redis_broker_when_redis_url_is_set(clusters, make_users):
+    import subprocess
+    import sys
+    import uuid
+
+    from django_q.models import OrmQ
+
+    from tests.cluster import ROOT, test_database_url
+
+    ids = make_users(60)
+    redis = {"REDIS_URL": "redis://127.0.0.1:6379/0", "Q_CLUSTER_NAME": f"test-{uuid.uuid4().hex[:8]}"}
+    clusters(**redis)
+    subprocess.run(
+        [sys.executable, "manage.py", "extract", "--detach", "--extractor", "test", "--chunk-size", "10"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": test_database_url(), **redis},
+        check=True,
+        capture_output=True,
+    )
+    job = Job.objects.get()
+    wait_for(lambda: finished(job), timeout=60, what="the job to finish through Redis")
+    assert (job.status, job.succeeded_items) == ("completed", len(ids))
+    assert not OrmQ.objects.exists()  # the database queue was never used

@@ -65,7 +65,9 @@ def setup(url: str, items: int) -> tuple[int, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20)
@@ -76,23 +78,56 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
         job_id, token = pool.apply(setup, (url, options.items))
-    env = child_env(url, EXTRACTION_EXTRA_EXTRACTORS=EXTRACTORS, Q_WORKERS="2", DEBUG="0", SECRET_KEY="bench",
-                    ALLOWED_HOSTS="127.0.0.1")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "eventproject.wsgi", "-w", "2", "--threads", "4", "-b",
-         f"127.0.0.1:{PORT}", "--log-level", "warning"],
-        cwd=ROOT, env=env, start_new_session=True,
+    env = child_env(
+        url,
+        EXTRACTION_EXTRA_EXTRACTORS=EXTRACTORS,
+        Q_WORKERS="2",
+        DEBUG="0",
+        SECRET_KEY="bench",
+        ALLOWED_HOSTS="127.0.0.1",
     )
-    cluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "eventproject.wsgi",
+            "-w",
+            "2",
+            "--threads",
+            "4",
+            "-b",
+            f"127.0.0.1:{PORT}",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    cluster = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
-        subprocess.run([sys.executable, "manage.py", "resume_jobs"], cwd=ROOT, env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "manage.py", "resume_jobs"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while True:  # the server is up and the job is running
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=5)
-                connection.request("GET", f"/api/v1/jobs/{job_id}/progress/", headers={"Authorization": f"Token {token}"})
+                connection.request(
+                    "GET", f"/api/v1/jobs/{job_id}/progress/", headers={"Authorization": f"Token {token}"}
+                )
                 progress = json.loads(connection.getresponse().read())
                 if progress["status"] == "running" and progress["processed"] > 0:
                     break
@@ -102,14 +137,18 @@ def main() -> None:
                 raise SystemExit("the server or the job did not start")
             time.sleep(0.5)
         queue = context.Queue()
-        clients = [context.Process(target=poll, args=(job_id, token, options.seconds, queue))
-                   for _ in range(options.clients)]
+        clients = [
+            context.Process(target=poll, args=(job_id, token, options.seconds, queue))
+            for _ in range(options.clients)
+        ]
         for client in clients:
             client.start()
         samples = [sample for _ in clients for sample in queue.get()]
         for client in clients:
             client.join()
-        connection.request("GET", f"/api/v1/jobs/{job_id}/progress/", headers={"Authorization": f"Token {token}"})
+        connection.request(
+            "GET", f"/api/v1/jobs/{job_id}/progress/", headers={"Authorization": f"Token {token}"}
+        )
         after = json.loads(connection.getresponse().read())
     finally:
         for process in (server, cluster):

@@ -5,8 +5,10 @@ whose DATABASE_URL points at a fresh database; the parent collects the figures
 (one JSON line per figure) and prints them side by side.
 """
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,14 +32,22 @@ def pg_database(name: str) -> str:
 
 
 def backend_urls(name: str, backends: list[str]) -> dict[str, str]:
+    """A fresh database per backend, removed when the benchmark exits (they hold gigabytes)."""
     urls = {}
     for backend in backends:
         if backend == "postgresql":
             urls[backend] = pg_database(name)
+            atexit.register(drop_pg_database, name)
         else:
-            path = Path(tempfile.mkdtemp(prefix=f"{name}-")) / "db.sqlite3"
-            urls[backend] = f"sqlite:///{path}"
+            folder = tempfile.mkdtemp(prefix=f"{name}-")
+            urls[backend] = f"sqlite:///{Path(folder) / 'db.sqlite3'}"
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return urls
+
+
+def drop_pg_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def child_env(url: str, **extra: str) -> dict[str, str]:

@@ -1,0 +1,128 @@
+"""Data in the admin: profiles, behaviours and events, all searchable by user id.
+
+A user's page shows its behaviour timeline next to its extracted events, each event linked to
+the behaviours it came from.
+"""
+
+from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html
+
+from .models import Behavior, Category, ExtractedEvent, ExtractionState, UserProfile
+
+TIMELINE_LIMIT = 2000
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Data arrives through imports and extraction, not through forms."""
+
+    show_full_result_count = False  # tables of millions: one count is enough
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+def user_link(user_id: str) -> str:
+    return format_html(
+        '<a href="{}">{}</a>', reverse("admin:extraction_userprofile_change", args=[user_id]), user_id
+    )
+
+
+@admin.register(UserProfile)
+class UserProfileAdmin(ReadOnlyAdmin):
+    list_display = ["user_id", "attributes", "input_version", "updated_at"]
+    search_fields = ["user_id"]
+    readonly_fields = ["user_id", "attributes", "input_version", "created_at", "updated_at"]
+    change_form_template = "admin/extraction/userprofile/change_form.html"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        behaviors = list(
+            Behavior.objects.filter(user_id=object_id).order_by("occurred_at", "id")[:TIMELINE_LIMIT]
+        )
+        events = list(ExtractedEvent.objects.filter(user_id=object_id).order_by("sequence")[:TIMELINE_LIMIT])
+        used_by = {}
+        for event in events:
+            for behavior_id in event.behavior_ids:
+                used_by.setdefault(behavior_id, []).append(event.sequence)
+        extra_context = {
+            **(extra_context or {}),
+            "behaviors": [(b, used_by.get(b.id, [])) for b in behaviors],
+            "events": events,
+            "truncated": len(behaviors) == TIMELINE_LIMIT or len(events) == TIMELINE_LIMIT,
+            "timeline_limit": TIMELINE_LIMIT,
+            "state": ExtractionState.objects.filter(user_id=object_id).first(),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+@admin.register(Behavior)
+class BehaviorAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "user",
+        "occurred_at",
+        "action",
+        "item",
+        "app",
+        "media",
+        "place",
+        "duration_seconds",
+    ]
+    search_fields = ["=user__user_id"]
+    list_select_related = False
+    raw_id_fields = ["user"]
+
+
+class CategoryFilter(admin.SimpleListFilter):
+    title = "category"
+    parameter_name = "category"
+
+    def lookups(self, request, model_admin):
+        return Category.choices
+
+    def queryset(self, request, queryset):
+        return queryset.filter(category=self.value()) if self.value() else queryset
+
+
+@admin.register(ExtractedEvent)
+class ExtractedEventAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "user_id_link",
+        "sequence",
+        "event_type",
+        "label",
+        "category",
+        "starts_at",
+        "ends_at",
+    ]
+    search_fields = ["=user__user_id"]
+    list_filter = [CategoryFilter]
+    raw_id_fields = ["user"]
+
+    @admin.display(description="user", ordering="user")
+    def user_id_link(self, event: ExtractedEvent) -> str:
+        return user_link(event.user_id)
+
+
+@admin.register(ExtractionState)
+class ExtractionStateAdmin(ReadOnlyAdmin):
+    list_display = [
+        "user_id_link",
+        "status",
+        "attempted_at",
+        "event_count",
+        "extractor",
+        "input_version",
+        "error",
+    ]
+    list_filter = ["status"]
+    search_fields = ["=user__user_id"]
+    raw_id_fields = ["user"]
+
+    @admin.display(description="user", ordering="user")
+    def user_id_link(self, state: ExtractionState) -> str:
+        return user_link(state.user_id)

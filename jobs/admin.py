@@ -1,0 +1,303 @@
+"""The operators' screen: start, watch, cancel, resume and retry jobs in the admin's own look.
+
+Every action goes through jobs.services, the same functions the API and the commands call.
+"""
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, re_path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+
+from .forms import JobStartForm
+from .models import Job, JobItem
+from .services import JobConflict, JobError, JobInvalid, job_cancel, job_resume, job_retry_failed, job_start
+
+STATUS_COLORS = {
+    "queued": "#79aec8",
+    "running": "#417690",
+    "cancelling": "#c4a000",
+    "cancelled": "#999",
+    "completed": "#2e7d32",
+    "failed": "#ba2121",
+}
+
+
+def progress_bar(percent: float, status: str) -> str:
+    return format_html(
+        '<div class="job-bar" title="{}%"><div style="width:{}%;background:{}"></div></div> {}%',
+        percent,
+        min(percent, 100),
+        STATUS_COLORS.get(status, "#417690"),
+        round(percent, 1),
+    )
+
+
+def job_link(job_id: int) -> str:
+    return format_html('<a href="{}">job {}</a>', reverse("admin:jobs_job_change", args=[job_id]), job_id)
+
+
+class ExtractorFilter(admin.SimpleListFilter):
+    title = "extractor"
+    parameter_name = "extractor"
+
+    def lookups(self, request, model_admin):
+        return [
+            (name, name) for name in Job.objects.order_by().values_list("extractor", flat=True).distinct()
+        ]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(extractor=self.value()) if self.value() else queryset
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "status_badge",
+        "progress",
+        "succeeded_items",
+        "failed_items",
+        "extractor",
+        "created_by",
+        "started_at",
+        "duration",
+    ]
+    list_display_links = ["id", "status_badge"]
+    list_filter = ["status", ExtractorFilter]
+    list_select_related = ["created_by"]
+    list_per_page = 50
+    actions = ["cancel_selected", "resume_selected", "retry_failed_selected"]
+    change_form_template = "admin/jobs/job/change_form.html"
+    fieldsets = [
+        (None, {"fields": ["status", "extractor", "options", "selection", "parent", "created_by"]}),
+        ("Timing", {"fields": ["created_at", "started_at", "finished_at"]}),
+        (
+            "Counts",
+            {
+                "fields": [
+                    "total_items",
+                    "succeeded_items",
+                    "failed_items",
+                    "cancelled_items",
+                    "event_count",
+                    "chunk_size",
+                    "max_attempts",
+                ]
+            },
+        ),
+        ("Error", {"fields": ["error"]}),
+    ]
+
+    class Media:
+        css = {"all": ["jobs/admin.css"]}
+
+    # Everything is read-only: a job changes only through its actions.
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in Job._meta.fields]
+
+    def has_change_permission(self, request, obj=None):
+        return False  # the page is read-only; cancel, resume and retry are actions
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # jobs are the history of what was extracted
+
+    def has_cancel_permission(self, request, obj=None):
+        return request.user.has_perm("jobs.change_job")
+
+    def has_retry_permission(self, request, obj=None):
+        return request.user.has_perm("jobs.add_job")
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, job: Job) -> str:
+        return format_html('<span class="job-status job-status-{}">{}</span>', job.status, job.status)
+
+    @admin.display(description="progress")
+    def progress(self, job: Job) -> str:
+        processed = job.succeeded_items + job.failed_items
+        percent = 100 * processed / job.total_items if job.total_items else 100.0
+        return progress_bar(percent, job.status)
+
+    @admin.display(description="duration")
+    def duration(self, job: Job) -> str:
+        if not job.started_at:
+            return "—"
+        end = job.finished_at or timezone.now()
+        seconds = int((end - job.started_at).total_seconds())
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+    # Start, cancel, resume, retry ---------------------------------------------------------------
+    def get_urls(self):
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        own = [
+            path("add/", self.admin_site.admin_view(self.start_view), name=f"{prefix}_add"),
+            re_path(
+                r"^(?P<job_id>\d+)/(?P<action>cancel|resume|retry-failed)/$",
+                self.admin_site.admin_view(self.action_view),
+                name=f"{prefix}_action",
+            ),
+        ]
+        return own + super().get_urls()
+
+    def start_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = JobStartForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                job = job_start(**form.job_arguments(), created_by=request.user)
+            except JobInvalid as exc:
+                form.add_service_errors(exc.errors)
+            except JobConflict as exc:
+                links = format_html_join(", ", "{}", ((job_link(job_id),) for job_id in exc.job_ids))
+                form.add_error(None, format_html("{} See {}.", str(exc), links))
+            else:
+                self.message_user(
+                    request, f"Started job {job.id} over {job.total_items} users.", messages.SUCCESS
+                )
+                return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.id]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Start an extraction job",
+            "opts": self.opts,
+            "form": form,
+            "media": self.media + form.media,
+        }
+        return TemplateResponse(request, "admin/jobs/job/start.html", context)
+
+    def action_view(self, request: HttpRequest, job_id: int, action: str) -> HttpResponse:
+        """POST cancel, resume or retry-failed for one job, then back to a job page with a message."""
+        actions = {
+            "cancel": (self.has_cancel_permission, job_cancel, "Job {job.id} is {job.status}."),
+            "resume": (self.has_cancel_permission, job_resume, "Job {job.id} resumed."),
+            "retry-failed": (
+                self.has_retry_permission,
+                lambda job: job_retry_failed(job, created_by=request.user),
+                "Started job {job.id} to retry the failed users.",
+            ),
+        }
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        allowed, act, done = actions[action]
+        if not allowed(request):
+            raise PermissionDenied
+        job = get_object_or_404(Job, id=job_id)
+        try:
+            job = act(job)
+        except JobError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            self.message_user(request, done.format(job=job), messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.id]))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = get_object_or_404(Job, id=object_id)
+        may_change, may_retry = self.has_cancel_permission(request), self.has_retry_permission(request)
+        extra_context = {
+            **(extra_context or {}),
+            "job": job,
+            "can_cancel": may_change and job.status in (Job.Status.QUEUED, Job.Status.RUNNING),
+            "can_resume": may_change
+            and job.status in (Job.Status.CANCELLED, Job.Status.FAILED)
+            and job.cancelled_items > 0,
+            "can_retry": may_retry and not job.is_active and job.failed_items > 0,
+            "items_url": reverse("admin:jobs_jobitem_changelist") + f"?job={job.id}",
+            "progress_url": reverse("job-progress", args=[job.id]),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    # Bulk actions ---------------------------------------------------------------------------------
+    def _bulk(self, request, queryset, action, verb: str) -> None:
+        done, refused = [], []
+        for job in queryset:
+            try:
+                action(job)
+                done.append(str(job.id))
+            except JobError as exc:
+                refused.append(str(exc))
+        if done:
+            self.message_user(
+                request, f"{verb} job{'s' if len(done) > 1 else ''} {', '.join(done)}.", messages.SUCCESS
+            )
+        for reason in refused:
+            self.message_user(request, reason, messages.WARNING)
+
+    @admin.action(description="Cancel selected jobs", permissions=["cancel"])
+    def cancel_selected(self, request, queryset):
+        self._bulk(request, queryset, job_cancel, "Cancelled")
+
+    @admin.action(description="Resume selected jobs", permissions=["cancel"])
+    def resume_selected(self, request, queryset):
+        self._bulk(request, queryset, job_resume, "Resumed")
+
+    @admin.action(description="Retry the failed users of selected jobs", permissions=["retry"])
+    def retry_failed_selected(self, request, queryset):
+        self._bulk(
+            request,
+            queryset,
+            lambda job: job_retry_failed(job, created_by=request.user),
+            "Retried the failed users of",
+        )
+
+
+class JobFilter(admin.SimpleListFilter):
+    """Items of one job, chosen by id (a list of every job would not scale)."""
+
+    title = "job"
+    parameter_name = "job"
+
+    def lookups(self, request, model_admin):
+        value = self.value()
+        return [(value, f"job {value}")] if value else []
+
+    def queryset(self, request, queryset):
+        if self.value():
+            if not self.value().isdigit():
+                return queryset.none()
+            return queryset.filter(job_id=int(self.value()))
+        return queryset
+
+
+@admin.register(JobItem)
+class JobItemAdmin(admin.ModelAdmin):
+    """Read-only: one row per user of a job, reached from the job page, never as an inline."""
+
+    list_display = [
+        "id",
+        "job_link",
+        "user_link",
+        "status",
+        "attempts",
+        "error",
+        "event_count",
+        "started_at",
+        "finished_at",
+    ]
+    list_filter = [JobFilter, "status"]
+    search_fields = ["=user__user_id"]
+    show_full_result_count = False  # a second count over millions of items helps nobody
+    list_per_page = 100
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("jobs.view_jobitem") or request.user.has_perm("jobs.view_job")
+
+    @admin.display(description="job", ordering="job")
+    def job_link(self, item: JobItem) -> str:
+        return job_link(item.job_id)
+
+    @admin.display(description="user", ordering="user")
+    def user_link(self, item: JobItem) -> str:
+        url = reverse("admin:extraction_userprofile_change", args=[item.user_id])
+        return format_html('<a href="{}">{}</a>', url, item.user_id)

@@ -1,0 +1,71 @@
+// The job page's live progress card: polls the progress endpoint every second (the browser sends
+// the ETag back, so an unchanged job costs a 304), and stops once the job has finished.
+(function () {
+  "use strict";
+  const card = document.getElementById("job-progress");
+  if (!card) return;
+  const FINISHED = ["completed", "failed", "cancelled"];
+  const renderedStatus = card.dataset.status;
+  const field = (name) => card.querySelector(`[data-field="${name}"]`);
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined) return "—";
+    seconds = Math.round(seconds);
+    const h = Math.floor(seconds / 3600), m = Math.floor(seconds / 60) % 60, s = seconds % 60;
+    return h ? `${h} h ${m} min` : m ? `${m} min ${s} s` : `${s} s`;
+  }
+
+  function show(p) {
+    const set = (name, value) => { const el = field(name); if (el) el.textContent = value; };
+    set("percent", p.percent.toFixed(1));
+    ["processed", "total", "succeeded", "failed", "cancelled", "running", "pending", "current_batch",
+     "total_batches", "event_count"].forEach((name) => set(name, p[name].toLocaleString()));
+    set("status", p.status);
+    field("status").className = `job-status job-status-${p.status}`;
+    set("throughput_per_second", p.throughput_per_second.toFixed(1));
+    set("estimated_seconds_remaining", duration(p.estimated_seconds_remaining));
+    set("elapsed_seconds", duration(p.elapsed_seconds));
+    set("current_user_ids", p.current_user_ids.length ? p.current_user_ids.join(", ") : "—");
+    const bar = card.querySelector("[data-bar]");
+    bar.style.width = `${Math.min(p.percent, 100)}%`;
+    const errors = card.querySelector("[data-errors]");
+    errors.hidden = p.top_errors.length === 0;
+    const list = card.querySelector("[data-error-list]");
+    list.replaceChildren(...p.top_errors.map((e) => {
+      const item = document.createElement("li");
+      item.textContent = `${e.count} × ${e.error}`;
+      return item;
+    }));
+    if (FINISHED.includes(p.status)) {
+      const outcome = card.querySelector("[data-outcome]");
+      const words = {
+        completed: `Job ${p.id} completed: ${p.succeeded} users succeeded, ${p.failed} failed.`,
+        failed: `Job ${p.id} failed: ${p.error}`,
+        cancelled: `Job ${p.id} was cancelled: ${p.succeeded} users succeeded, ${p.failed} failed, ` +
+                   `${p.cancelled} not processed.`,
+      };
+      outcome.textContent = words[p.status];
+      outcome.className = `job-outcome job-outcome-${p.status}`;
+      outcome.hidden = false;
+    }
+  }
+
+  async function poll() {
+    let progress = null;
+    try {
+      const response = await fetch(card.dataset.url, {credentials: "same-origin", cache: "no-cache",
+                                                       headers: {Accept: "application/json"}});
+      if (response.ok) progress = await response.json();
+    } catch (error) { /* the server may be restarting: try again */ }
+    if (progress) {
+      show(progress);
+      if (FINISHED.includes(progress.status)) {
+        // The page was rendered while the job ran: reload once so its buttons match the outcome.
+        if (!FINISHED.includes(renderedStatus)) window.setTimeout(() => window.location.reload(), 1500);
+        return;
+      }
+    }
+    window.setTimeout(poll, 1000);
+  }
+  poll();
+})();
