@@ -146,6 +146,7 @@ def main() -> None:
         samples = [sample for _ in clients for sample in queue.get()]
         for client in clients:
             client.join()
+        connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)  # the old one timed out
         connection.request(
             "GET", f"/api/v1/jobs/{job_id}/progress/", headers={"Authorization": f"Token {token}"}
         )
