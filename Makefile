@@ -30,6 +30,7 @@ bench: $(VENV)/.installed
 	$(PY) -m tests.bench.foundation
 	$(PY) -m tests.bench.engine
 	$(PY) -m tests.bench.api
+	$(PY) -m tests.bench.llm
 
 clean:
 	rm -rf $(VENV) db.sqlite3* test_db.sqlite3*

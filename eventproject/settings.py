@@ -39,6 +39,19 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
     return number
 
 
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+    if not number >= minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
 def env_list(name: str, default: str = "") -> list[str]:
     return [part.strip() for part in os.environ.get(name, default).split(",") if part.strip()]
 
@@ -206,6 +219,7 @@ if EXTRACTION_RULES_FILE and not Path(EXTRACTION_RULES_FILE).is_file():
 # "name=package.module.Class,name2=...".
 EXTRACTION_EXTRACTORS = {
     "rules": "extraction.extractors.rules.RulesExtractor",
+    "llm": "extraction.extractors.llm.LLMExtractor",
 }
 for entry in env_list("EXTRACTION_EXTRA_EXTRACTORS"):
     name, sep, path = entry.partition("=")
@@ -214,6 +228,19 @@ for entry in env_list("EXTRACTION_EXTRA_EXTRACTORS"):
             f"EXTRACTION_EXTRA_EXTRACTORS entries must look like name=module.Class, got {entry!r}"
         )
     EXTRACTION_EXTRACTORS[name.strip()] = path.strip()
+
+
+# The LLM extractor: any OpenAI-compatible chat-completions endpoint. OPENAI_API_KEY is read
+# from the environment by the client itself and never stored.
+OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL") or None
+EXTRACTION_LLM_MODEL = os.environ.get("EXTRACTION_LLM_MODEL", "gpt-4o-mini")
+EXTRACTION_LLM_PROMPT_FILE = os.environ.get("EXTRACTION_LLM_PROMPT_FILE") or None
+if EXTRACTION_LLM_PROMPT_FILE and not Path(EXTRACTION_LLM_PROMPT_FILE).is_file():
+    raise ImproperlyConfigured(f"EXTRACTION_LLM_PROMPT_FILE {EXTRACTION_LLM_PROMPT_FILE!r} is not a file")
+# Across all workers and machines (kept in the database); 0: no limit.
+EXTRACTION_LLM_REQUESTS_PER_MINUTE = env_int("EXTRACTION_LLM_REQUESTS_PER_MINUTE", 0)
+EXTRACTION_LLM_MAX_RETRIES = env_int("EXTRACTION_LLM_MAX_RETRIES", 4)
+EXTRACTION_LLM_BACKOFF_SECONDS = env_float("EXTRACTION_LLM_BACKOFF_SECONDS", 1.0)
 
 
 # Jobs and the django-q2 cluster.

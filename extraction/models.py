@@ -130,3 +130,29 @@ class ExtractionState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id}: {self.status}"
+
+
+class LLMCacheEntry(models.Model):
+    """A validated answer of the LLM to one exact request, so a resumed or retried job does not
+    pay twice for work already done."""
+
+    key = models.CharField(max_length=64, unique=True, help_text="sha256 of model, settings and messages")
+    model = models.CharField(max_length=128)
+    response = models.TextField()
+    prompt_tokens = models.PositiveIntegerField()
+    completion_tokens = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.key[:12]}"
+
+
+class RateLimit(models.Model):
+    """A request-rate limit shared by every worker on every machine: each request reserves the
+    next free slot, `interval` seconds after the previous one (virtual scheduling)."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    next_slot = models.FloatField(default=0, help_text="Unix time of the next free slot")
+
+    def __str__(self) -> str:
+        return self.name

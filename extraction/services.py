@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from eventproject.db import copy_rows, datetime_adapter, is_postgresql, json_text, staging_table
 
-from .extractors import ExtractionError, Extractor, UserInput, UserResult
+from .extractors import Control, ExtractionError, Extractor, UserInput, UserResult
 from .models import Behavior, ExtractedEvent, ExtractionState, UserProfile
 from .selectors import user_inputs_load
 
@@ -148,14 +148,16 @@ def profiles_upsert(profiles: dict[str, dict[str, Any]]) -> tuple[int, int]:
     return inserted, written - inserted
 
 
-def chunk_extract(*, user_ids: Sequence[str], extractor: Extractor) -> list[tuple[UserInput, UserResult]]:
+def chunk_extract(
+    *, user_ids: Sequence[str], extractor: Extractor, control: Control | None = None
+) -> list[tuple[UserInput, UserResult]]:
     """Load these users and run the extractor on them; writes nothing.
 
     Every user comes back with a result: a user the extractor left out gets an
     error instead of silently no events. Ids with no profile are not returned.
     """
     inputs = user_inputs_load(user_ids)
-    results = extractor.extract(inputs)
+    results = extractor.extract(inputs, control)
     missing = ExtractionError(f"extractor {extractor.name!r} returned no result for this user")
     return [(user, results.get(user.user_id, missing)) for user in inputs]
 

@@ -84,6 +84,8 @@ class JobAdmin(admin.ModelAdmin):
                     "failed_items",
                     "cancelled_items",
                     "event_count",
+                    "prompt_tokens",
+                    "completion_tokens",
                     "chunk_size",
                     "max_attempts",
                 ]

@@ -38,6 +38,7 @@ def describe(progress: dict[str, Any]) -> str:
         f"  items        {progress['succeeded']} succeeded, {progress['failed']} failed, "
         f"{progress['cancelled']} cancelled, {progress['running']} running, {progress['pending']} pending",
         f"  events       {progress['event_count']}",
+        f"  tokens       {progress['prompt_tokens']} prompt, {progress['completion_tokens']} completion",
         f"  throughput   {progress['throughput_per_second']:.1f} users/s"
         + (f", about {eta} s remaining" if eta is not None else ""),
         f"  created      {localtime(progress['created_at']):%Y-%m-%d %H:%M:%S}",

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from django.utils import timezone
 
 from eventproject.db import datetime_adapter, is_postgresql
 from extraction.extractors import (
+    Control,
     ExtractionError,
     Extractor,
     ExtractorFatalError,
@@ -85,13 +87,17 @@ def _pending_sql() -> str:
     )
 
 
-def chunk_claim(job: Job, *, after: int = 0, now: datetime | None = None) -> Claim | None:
+def chunk_claim(
+    job: Job, *, after: int = 0, size: int | None = None, now: datetime | None = None
+) -> Claim | None:
     """Claim up to chunk_size claimable items of a running job: expired leases first, then pending
     ones with an id above `after` (where this worker's previous claim ended).
 
-    Items whose lease expired on their last allowed attempt fail here instead.
+    Items whose lease expired on their last allowed attempt fail here instead. `size` defaults to
+    the job's chunk size.
     """
     now = now or timezone.now()
+    size = size or job.chunk_size
     token = uuid.uuid4()
     db_datetime = datetime_adapter()
     params = {
@@ -99,7 +105,7 @@ def chunk_claim(job: Job, *, after: int = 0, now: datetime | None = None) -> Cla
         "lease": db_datetime(now + timedelta(seconds=settings.JOBS_LEASE_SECONDS)),
         "now": db_datetime(now),
         "job": job.id,
-        "limit": job.chunk_size,
+        "limit": size,
         "after": after,
     }
     with transaction.atomic():
@@ -111,7 +117,7 @@ def chunk_claim(job: Job, *, after: int = 0, now: datetime | None = None) -> Cla
                 status=JobItem.Status.RUNNING,
                 lease_expires_at__lt=now,
             )
-            .values_list("id", "attempts")[: job.chunk_size]
+            .values_list("id", "attempts")[:size]
         )
         exhausted = [item_id for item_id, attempts in expired.items() if attempts >= job.max_attempts]
         if exhausted:
@@ -122,8 +128,8 @@ def chunk_claim(job: Job, *, after: int = 0, now: datetime | None = None) -> Cla
             if reclaim:
                 cursor.execute(_stamp_sql(", ".join(map(str, reclaim))), params)
                 rows = cursor.fetchall()
-            if len(rows) < job.chunk_size:
-                cursor.execute(_stamp_sql(_pending_sql()), {**params, "limit": job.chunk_size - len(rows)})
+            if len(rows) < size:
+                cursor.execute(_stamp_sql(_pending_sql()), {**params, "limit": size - len(rows)})
                 rows += cursor.fetchall()
     if not rows:
         return None
@@ -139,6 +145,44 @@ def _fail_exhausted_leases(job: Job, item_ids: list[int], now: datetime) -> None
     )
     Job.objects.filter(id=job.id).update(failed_items=F("failed_items") + failed)
     extraction_failures_record(errors=dict.fromkeys(user_ids, LEASE_LOST))
+
+
+class JobControl(Control):
+    """The job as a long extraction sees it; the database is asked at most once a second.
+
+    Called from the extractor's threads too, each with its own connection.
+    """
+
+    def __init__(self, job_id: int):
+        super().__init__()
+        self.job_id = job_id
+        self.checked_at = -1.0
+        self.status, self.tokens = Job.Status.RUNNING, 0
+
+    def _refresh(self) -> None:
+        with self.lock:
+            if time.monotonic() - self.checked_at < 1:
+                return
+            row = (
+                Job.objects.filter(id=self.job_id)
+                .values_list("status", "prompt_tokens", "completion_tokens")
+                .first()
+            )
+            self.status, self.tokens = (row[0], row[1] + row[2]) if row else (Job.Status.CANCELLED, 0)
+            self.checked_at = time.monotonic()
+
+    def stopped(self) -> bool:
+        self._refresh()
+        return self.status != Job.Status.RUNNING
+
+    def tokens_used(self) -> int:
+        self._refresh()
+        return self.tokens
+
+    def fail_job(self, message: str) -> None:
+        services.job_fail(self.job_id, message)
+        with self.lock:
+            self.status = Job.Status.FAILED
 
 
 class LeaseKeeper:
@@ -170,7 +214,10 @@ class LeaseKeeper:
             connection.close()
 
 
-def chunk_commit(claim: Claim, job: Job, results: dict, extractor: Extractor) -> int:
+def chunk_commit(
+    claim: Claim, job: Job, results: dict, extractor: Extractor, *, usage: dict[str, list[int]] | None = None
+) -> int:
+    # usage: tokens paid per user (Control.usage), recorded on the items and the job.
     """Commit a chunk's outcomes for the items this claim still owns; returns how many it owned.
 
     In one transaction: new events replace old ones for succeeded users, items get their final
@@ -189,7 +236,7 @@ def chunk_commit(claim: Claim, job: Job, results: dict, extractor: Extractor) ->
         )
         if not owned:
             return 0
-        succeeded, failed, retried = {}, {}, {}
+        succeeded, failed, retried, stopped = {}, {}, {}, []
         saved = []
         for item_id, user_id, attempts in claim.items:
             if item_id not in owned:
@@ -200,6 +247,8 @@ def chunk_commit(claim: Claim, job: Job, results: dict, extractor: Extractor) ->
             if not isinstance(result, ExtractionError):
                 succeeded[item_id] = len(result)
                 saved.append((user, result))
+            elif result.stopped:
+                stopped.append(item_id)
             elif result.permanent or attempts >= job.max_attempts:
                 failed[item_id] = (user_id, result.message)
             else:
@@ -234,11 +283,44 @@ def chunk_commit(claim: Claim, job: Job, results: dict, extractor: Extractor) ->
                 ),
                 error=_per_item({i: message for i, (_, message) in retried.items()}),
             )
+        cancelled = _stopped_release(job, mine.filter(id__in=stopped), now) if stopped else 0
+        tokens = _usage_record(JobItem.objects.filter(id__in=owned), claim, usage or {}, owned)
         errors = [message for _, message in failed.values()] + [message for _, message in retried.values()]
         _job_counters_move(
-            job, succeeded=len(succeeded), failed=len(failed), events=sum(succeeded.values()), errors=errors
+            job,
+            succeeded=len(succeeded),
+            failed=len(failed),
+            cancelled=cancelled,
+            events=sum(succeeded.values()),
+            errors=errors,
+            tokens=tokens,
         )
     return len(owned)
+
+
+def _stopped_release(job: Job, items, now) -> int:
+    """Items never tried because the job stopped: back to pending if it still runs (not an attempt),
+    else cancelled. Returns how many were cancelled."""
+    if Job.objects.filter(id=job.id, status=Job.Status.RUNNING).exists():
+        items.update(status=JobItem.Status.PENDING, lease_expires_at=None, attempts=F("attempts") - 1)
+        return 0
+    return items.update(status=JobItem.Status.CANCELLED, lease_expires_at=None, finished_at=now)
+
+
+def _usage_record(items, claim: Claim, usage: dict[str, list[int]], owned: set[int]) -> tuple[int, int]:
+    """Add the tokens the extractor spent on each owned user to its item; return the totals."""
+    spent = {
+        item_id: usage[user_id]
+        for item_id, user_id, _ in claim.items
+        if item_id in owned and user_id in usage
+    }
+    if not spent:
+        return 0, 0
+    items.filter(id__in=list(spent)).update(
+        prompt_tokens=F("prompt_tokens") + _per_item({i: p for i, (p, _) in spent.items()}),
+        completion_tokens=F("completion_tokens") + _per_item({i: c for i, (_, c) in spent.items()}),
+    )
+    return sum(p for p, _ in spent.values()), sum(c for _, c in spent.values())
 
 
 def _per_item(values: dict[int, Any]) -> Case:
@@ -249,12 +331,24 @@ def _per_item(values: dict[int, Any]) -> Case:
     return Case(*(When(id__in=ids, then=Value(value)) for value, ids in groups.items()))
 
 
-def _job_counters_move(job: Job, *, succeeded: int, failed: int, events: int, errors: list[str]) -> None:
+def _job_counters_move(
+    job: Job,
+    *,
+    succeeded: int,
+    failed: int,
+    cancelled: int = 0,
+    events: int,
+    errors: list[str],
+    tokens: tuple[int, int] = (0, 0),
+) -> None:
     """Move the job's counters and its fail-fast streak; fail the job when the streak is too long."""
     counters = {
         "succeeded_items": F("succeeded_items") + succeeded,
         "failed_items": F("failed_items") + failed,
+        "cancelled_items": F("cancelled_items") + cancelled,
         "event_count": F("event_count") + events,
+        "prompt_tokens": F("prompt_tokens") + tokens[0],
+        "completion_tokens": F("completion_tokens") + tokens[1],
     }
     if not errors:  # the common case: no need to read the streak first
         Job.objects.filter(id=job.id).update(**counters, error_streak=0, error_streak_message="")
@@ -270,23 +364,26 @@ def _job_counters_move(job: Job, *, succeeded: int, failed: int, events: int, er
         services.job_fail(job.id, f"{streak} items in a row failed with: {message}")
 
 
-def process_one_chunk(job: Job, extractor: Extractor, *, after: int = 0) -> Claim | None:
-    """Claim (above item id `after`), extract and commit one chunk; None when nothing was claimable."""
-    claim = chunk_claim(job, after=after)
+def process_one_chunk(
+    job: Job, extractor: Extractor, *, after: int = 0, size: int | None = None
+) -> Claim | None:
+    """Claim (see chunk_claim), extract and commit one chunk; None when nothing was claimable."""
+    claim = chunk_claim(job, after=after, size=size)
     if claim is None:
         return None
-    try:
-        with LeaseKeeper(claim):
-            outcomes = chunk_extract(user_ids=claim.user_ids, extractor=extractor)
-        results = {user.user_id: (user, result) for user, result in outcomes}
-    except ExtractorFatalError as exc:
-        services.job_fail(job.id, str(exc), release_token=claim.token)
-        return claim
-    except Exception as exc:  # an outage or a bug: every user of the chunk gets a retryable error
-        logger.exception("extracting chunk %s of job %s failed", claim.token, job.id)
-        error = ExtractionError(f"{type(exc).__name__}: {exc}")
-        results = {user_id: (None, error) for user_id in claim.user_ids}
-    owned = chunk_commit(claim, job, results, extractor)
+    control = JobControl(job.id)
+    with LeaseKeeper(claim):
+        try:
+            outcomes = chunk_extract(user_ids=claim.user_ids, extractor=extractor, control=control)
+            results = {user.user_id: (user, result) for user, result in outcomes}
+        except ExtractorFatalError as exc:
+            services.job_fail(job.id, str(exc), release_token=claim.token)
+            return claim
+        except Exception as exc:  # an outage or a bug: every user of the chunk gets a retryable error
+            logger.exception("extracting chunk %s of job %s failed", claim.token, job.id)
+            error = ExtractionError(f"{type(exc).__name__}: {exc}")
+            results = {user_id: (None, error) for user_id in claim.user_ids}
+        owned = chunk_commit(claim, job, results, extractor, usage=control.usage)
     if owned < len(claim.items):
         logger.warning(
             "job %s: %d items of claim %s were lost to an expired lease; their work was discarded",
@@ -304,6 +401,8 @@ def job_drain(
 
     Runs as a django-q2 task, any number at once on any number of machines. When the budget
     is spent with work left, it enqueues its own continuation (staying under the task timeout).
+    An extractor with several lanes (the LLM's) works on that many chunks at once, so its calls
+    stay in flight while one chunk is loaded, packed or committed.
     """
     budget = settings.JOBS_DRAIN_BUDGET_SECONDS if budget_seconds is None else budget_seconds
     deadline = time.monotonic() + budget
@@ -316,25 +415,50 @@ def job_drain(
     except (UnknownExtractor, ValidationError, ExtractorFatalError) as exc:
         services.job_fail(job_id, f"cannot start extractor {job.extractor!r}: {exc}")
         return
-    after = 0  # where this worker's last claim ended
-    while True:
-        if time.monotonic() >= deadline:
-            if services.job_has_claimable_items(job_id):
-                services.job_ring(job_id, tasks=1)
-            return
-        if claim := process_one_chunk(job, extractor, after=after):
-            after = claim.last_id
-            if on_chunk:
-                on_chunk()
-            continue
-        if after:  # look once more from the start: items skipped while locked, or backing off
-            after = 0
-            continue
-        wait = _seconds_until_next_retry(job_id)
-        if wait is None or time.monotonic() + wait >= deadline:
-            break
-        time.sleep(min(max(wait, 0.05), 1.0))
+    lanes = (
+        1 if connection.in_atomic_block else extractor.lanes
+    )  # in a caller's transaction: this thread only
+    if lanes == 1:
+        _drain_lane(job, extractor, deadline, on_chunk)
+    else:
+        with ThreadPoolExecutor(lanes, thread_name_prefix="lane") as pool:
+            for lane in [
+                pool.submit(_drain_lane, job, extractor, deadline, on_chunk, True) for _ in range(lanes)
+            ]:
+                lane.result()
     services.job_finish_if_done(job_id)
+
+
+def _drain_lane(
+    job: Job, extractor: Extractor, deadline: float, on_chunk, first_size: int | None = None
+) -> None:
+    """Claim, extract and commit chunks one after the other until there is nothing left or time is up.
+
+    `first_size`: this is one of several lanes (a thread), starting with a chunk of that size.
+    """
+    after = 0  # where this lane's last claim ended
+    size = first_size
+    try:
+        while True:
+            if time.monotonic() >= deadline:
+                if services.job_has_claimable_items(job.id):
+                    services.job_ring(job.id, tasks=1)
+                return
+            if claim := process_one_chunk(job, extractor, after=after, size=size):
+                after, size = claim.last_id, None
+                if on_chunk:
+                    on_chunk()
+                continue
+            if after:  # look once more from the start: items skipped while locked, or backing off
+                after = 0
+                continue
+            wait = _seconds_until_next_retry(job.id)
+            if wait is None or time.monotonic() + wait >= deadline:
+                return
+            time.sleep(min(max(wait, 0.05), 1.0))
+    finally:
+        if first_size is not None:  # a lane thread: close its own connection
+            connection.close()
 
 
 def _seconds_until_next_retry(job_id: int) -> float | None:

@@ -66,6 +66,8 @@ class Job(models.Model):
     failed_items = models.PositiveIntegerField(default=0)
     cancelled_items = models.PositiveIntegerField(default=0)
     event_count = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
     # Fail-fast: how many item attempts in a row failed with the same error.
     error_streak = models.PositiveIntegerField(default=0)
     error_streak_message = models.TextField(blank=True)
@@ -126,6 +128,10 @@ class JobItem(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
     event_count = models.PositiveIntegerField(null=True, blank=True)
+    # Tokens paid for this user over all its attempts (LLM extractors). A database default, as
+    # items are created by INSERT … SELECT.
+    prompt_tokens = models.PositiveIntegerField(db_default=0)
+    completion_tokens = models.PositiveIntegerField(db_default=0)
 
     class Meta:
         constraints = [

@@ -4,8 +4,10 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Min
+from django.db.models import Count, Exists, Min, OuterRef
 from django.utils import timezone
+
+from extraction.selectors import user_inputs_load, users_needing_extraction
 
 from .models import Job, JobItem
 
@@ -60,6 +62,8 @@ def job_progress(job: Job, *, now: datetime | None = None) -> dict[str, Any]:
         "throughput_per_second": round(rate, 2),
         "estimated_seconds_remaining": round(remaining / rate) if rate and remaining else None,
         "event_count": job.event_count,
+        "prompt_tokens": job.prompt_tokens,
+        "completion_tokens": job.completion_tokens,
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
@@ -103,3 +107,28 @@ def _top_errors(job: Job) -> list[dict[str, Any]]:
         .order_by("-count", "error")[:TOP_ERRORS]
     )
     return [{"error": row["error"], "count": row["count"]} for row in rows]
+
+
+def job_estimate(*, user_ids: list[str] | None, extractor, chunk_size: int = 500) -> dict[str, int]:
+    """What a job over these users (None: everyone needing extraction) would cost, without starting
+    it: users, calls and tokens as the extractor estimates them, reading users a chunk at a time."""
+    if user_ids is None:
+        active = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
+        user_ids = users_needing_extraction().filter(~Exists(active)).values_list("user_id", flat=True)
+    totals = {"users": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    chunk: list[str] = []
+    for user_id in user_ids.iterator(chunk_size=chunk_size) if hasattr(user_ids, "iterator") else user_ids:
+        chunk.append(user_id)
+        if len(chunk) == chunk_size:
+            _estimate_add(totals, extractor, chunk)
+            chunk = []
+    if chunk:
+        _estimate_add(totals, extractor, chunk)
+    return totals
+
+
+def _estimate_add(totals: dict[str, int], extractor, user_ids: list[str]) -> None:
+    inputs = user_inputs_load(user_ids)
+    totals["users"] += len(inputs)
+    for key, value in extractor.estimate(inputs).items():
+        totals[key] += value

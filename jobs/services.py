@@ -86,13 +86,16 @@ def job_start(
     A job with nobody to process completes at once.
     """
     errors: dict[str, str] = {}
+    default_chunk_size = settings.JOBS_CHUNK_SIZE
     try:
-        options = extractor_class(extractor).clean_options(options or {})
+        cls = extractor_class(extractor)
+        default_chunk_size = cls.default_chunk_size or default_chunk_size
+        options = cls.clean_options(options or {})
     except UnknownExtractor as exc:
         errors["extractor"] = str(exc)
     except ValidationError as exc:
         errors.update({field: " ".join(messages) for field, messages in exc.message_dict.items()})
-    chunk_size = settings.JOBS_CHUNK_SIZE if chunk_size is None else chunk_size
+    chunk_size = default_chunk_size if chunk_size is None else chunk_size
     max_attempts = settings.JOBS_MAX_ATTEMPTS if max_attempts is None else max_attempts
     if not isinstance(chunk_size, int) or not 1 <= chunk_size <= 10_000:
         errors["chunk_size"] = "must be an integer from 1 to 10000"

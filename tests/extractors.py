@@ -28,7 +28,7 @@ class ScriptedExtractor(Extractor):
         "fail_users": (list, []),
     }
 
-    def extract(self, users):
+    def extract(self, users, control=None):
         if self.options["fatal"]:
             raise ExtractorFatalError(self.options["fatal"])
         if self.options["calls_file"]:
@@ -70,5 +70,5 @@ class NoopExtractor(Extractor):
     name = "noop"
     version = "1"
 
-    def extract(self, users):
+    def extract(self, users, control=None):
         return {user.user_id: [] for user in users}

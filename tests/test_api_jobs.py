@@ -65,7 +65,10 @@ def test_it_starts_a_job_for_given_users_with_options(api, make_users):
             {"user_ids": ["x" * 129]},
             {"user_ids": {"0": ["Ensure this field has no more than 128 characters."]}},
         ),
-        ({"extractor": "magic"}, {"extractor": ["unknown extractor 'magic' (available: noop, rules, test)"]}),
+        (
+            {"extractor": "magic"},
+            {"extractor": ["unknown extractor 'magic' (available: llm, noop, rules, test)"]},
+        ),
         (
             {"options": {"speed": 2}},
             {"options.speed": ["unknown option for extractor 'rules' (allowed: none)"]},

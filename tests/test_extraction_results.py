@@ -95,7 +95,7 @@ def test_a_failed_user_keeps_the_events_of_its_last_success(rules):
 def test_a_user_the_extractor_left_out_gets_an_error(rules, monkeypatch):
     add_behaviors("u1", "purchase")
     add_behaviors("u2", "purchase")
-    monkeypatch.setattr(rules, "extract", lambda users: {"u1": []})
+    monkeypatch.setattr(rules, "extract", lambda users, control=None: {"u1": []})
     outcomes = dict(
         (u.user_id, r) for u, r in chunk_extract(user_ids=["u1", "u2", "nobody"], extractor=rules)
     )

@@ -163,7 +163,7 @@ def test_an_extractor_crash_is_a_retryable_error_for_its_chunk(make_users, monke
     job = running_job(make_users(2))
     extractor = make_extractor("test")
 
-    def crash(users):
+    def crash(users, control=None):
         raise ConnectionError("server went away")
 
     monkeypatch.setattr(extractor, "extract", crash)

@@ -9,6 +9,7 @@ from django.utils.module_loading import import_string
 
 from .base import (
     BehaviorRecord,
+    Control,
     EventDraft,
     ExtractionError,
     Extractor,
@@ -19,6 +20,7 @@ from .base import (
 
 __all__ = [
     "BehaviorRecord",
+    "Control",
     "EventDraft",
     "ExtractionError",
     "Extractor",

@@ -6,6 +6,7 @@ callers, so the same extractor serves the job engine, the CLI and the tests.
 """
 
 import hashlib
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -79,12 +80,17 @@ class EventDraft:
 
 
 class ExtractionError(Exception):
-    """One user's extraction failed. Transient errors are retried; permanent ones are not."""
+    """One user's extraction failed. Transient errors are retried; permanent ones are not.
 
-    def __init__(self, message: str, *, permanent: bool = False):
+    `stopped`: the user was never tried because the job stopped (cancel, token limit); it
+    does not count as an attempt.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False, stopped: bool = False):
         super().__init__(message)
         self.message = message
         self.permanent = permanent
+        self.stopped = stopped
 
 
 class ExtractorFatalError(Exception):
@@ -94,13 +100,59 @@ class ExtractorFatalError(Exception):
 UserResult = list[EventDraft] | ExtractionError
 
 
+class Control:
+    """What an extraction tells and asks the job it works for; one per chunk.
+
+    This base never stops (the CLI, tests). `usage` maps user ids to the [prompt, completion]
+    tokens paid for them (answers from a cache are free).
+    """
+
+    def __init__(self):
+        self.usage: dict[str, list[int]] = {}
+        self.lock = threading.Lock()
+
+    def charge(self, user_id: str, prompt_tokens: int, completion_tokens: int) -> None:
+        with self.lock:
+            spent = self.usage.setdefault(user_id, [0, 0])
+            spent[0] += prompt_tokens
+            spent[1] += completion_tokens
+
+    def spent(self) -> int:
+        """Tokens charged to this chunk so far (not yet committed to the job)."""
+        with self.lock:
+            return sum(prompt + completion for prompt, completion in self.usage.values())
+
+    def stopped(self) -> bool:
+        """True once the job no longer runs (cancelled, failed): make no more calls."""
+        return False
+
+    def tokens_used(self) -> int:
+        """Tokens the job has spent so far, as committed by all its workers."""
+        return 0
+
+    def fail_job(self, message: str) -> None:
+        """Stop the whole job with this message (e.g. its token limit was reached)."""
+        raise ExtractorFatalError(message)
+
+
 class Extractor:
-    """Base class: subclasses set `name` and `version` and implement `extract`."""
+    """Base class: subclasses set `name` and `version` and implement `extract`.
+
+    One instance may serve several chunks at once (see `lanes`): keep per-chunk state in locals.
+    """
 
     name: ClassVar[str]
     version: str  # recorded on every event; may depend on configuration (the ruleset)
     # Option name -> (type, default). Unknown or mistyped options are refused.
     options_spec: ClassVar[dict[str, tuple[type, Any]]] = {}
+    # Option name -> (lowest, highest) allowed value, for numbers.
+    option_limits: ClassVar[dict[str, tuple[float, float]]] = {}
+
+    # Users a job claims at a time when the job does not say (None: JOBS_CHUNK_SIZE).
+    default_chunk_size: ClassVar[int | None] = None
+    # Chunks a worker extracts at once: more than one for an extractor that waits on the network,
+    # so its calls stay in flight while another chunk is loaded, packed or committed.
+    lanes: ClassVar[int] = 1
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         self.options = self.clean_options(options or {})
@@ -123,11 +175,19 @@ class Extractor:
             if not ok:
                 errors[f"options.{key}"] = f"must be of type {kind.__name__}"
                 continue
+            limits = cls.option_limits.get(key)
+            if limits and not limits[0] <= value <= limits[1]:
+                errors[f"options.{key}"] = f"must be from {limits[0]} to {limits[1]}"
+                continue
             cleaned[key] = value
         if errors:
             raise ValidationError(errors)
         return cleaned
 
-    def extract(self, users: Sequence[UserInput]) -> dict[str, UserResult]:
+    def extract(self, users: Sequence[UserInput], control: Control | None = None) -> dict[str, UserResult]:
         """Return, for every user id in `users`, its events in time order or an error."""
         raise NotImplementedError
+
+    def estimate(self, users: Sequence[UserInput]) -> dict[str, int]:
+        """What extracting these users would cost: calls and tokens (nothing for offline extractors)."""
+        return {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}

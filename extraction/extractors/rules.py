@@ -147,7 +147,7 @@ class RulesExtractor(Extractor):
         self.ruleset = active_ruleset()
         self.version = f"{self.code_version}+{self.ruleset.version}"
 
-    def extract(self, users: Sequence[UserInput]) -> dict[str, UserResult]:
+    def extract(self, users: Sequence[UserInput], control=None) -> dict[str, UserResult]:
         return {user.user_id: self.events_for(user.behaviors) for user in users}
 
     def events_for(self, behaviors: Sequence[BehaviorRecord]) -> list[EventDraft]:

@@ -55,6 +55,8 @@ class Progress(serializers.Serializer):
     throughput_per_second = serializers.FloatField(help_text="Users finished per second over the last minute")
     estimated_seconds_remaining = serializers.IntegerField(allow_null=True)
     event_count = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField(help_text="LLM tokens paid so far, over all attempts")
+    completion_tokens = serializers.IntegerField()
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
@@ -112,7 +114,18 @@ class JobDetail(JobSummary):
 class JobItemOutput(serializers.ModelSerializer):
     class Meta:
         model = JobItem
-        fields = ["id", "user_id", "status", "attempts", "error", "event_count", "started_at", "finished_at"]
+        fields = [
+            "id",
+            "user_id",
+            "status",
+            "attempts",
+            "error",
+            "event_count",
+            "prompt_tokens",
+            "completion_tokens",
+            "started_at",
+            "finished_at",
+        ]
         read_only_fields = fields
 
 

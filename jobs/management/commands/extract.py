@@ -1,14 +1,15 @@
 import json
 from pathlib import Path
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from extraction.extractors import extractor_names
+from extraction.extractors import UnknownExtractor, extractor_names, make_extractor
 from jobs import engine
 from jobs.console import follow, summary_line
 from jobs.models import Job
-from jobs.selectors import job_progress
+from jobs.selectors import job_estimate, job_progress
 from jobs.services import JobError, job_start
 
 
@@ -45,11 +46,25 @@ class Command(BaseCommand):
         )
         parser.add_argument("--max-attempts", type=int, help="attempts per user (default: JOBS_MAX_ATTEMPTS)")
         how = parser.add_mutually_exclusive_group()
+        how.add_argument(
+            "--estimate", action="store_true", help="print the expected LLM calls and tokens; start nothing"
+        )
         how.add_argument("--sync", action="store_true", help="run the job in this process, without a cluster")
         how.add_argument("--detach", action="store_true", help="print the job id and return at once")
 
     def handle(
-        self, *args, users, users_file, extractor, options, chunk_size, max_attempts, sync, detach, **rest
+        self,
+        *args,
+        users,
+        users_file,
+        extractor,
+        options,
+        chunk_size,
+        max_attempts,
+        estimate,
+        sync,
+        detach,
+        **rest,
     ):
         try:
             options = json.loads(options)
@@ -58,6 +73,8 @@ class Command(BaseCommand):
         user_ids = users if users else read_user_ids(users_file) if users_file else None
         if users_file and not user_ids:
             raise CommandError(f"--users-file {users_file}: no user ids in it")
+        if estimate:
+            return self._estimate(user_ids, extractor, options)
         try:
             job = job_start(
                 user_ids=user_ids,
@@ -84,6 +101,18 @@ class Command(BaseCommand):
         self.stdout.write(summary_line(progress))
         if progress["status"] != Job.Status.COMPLETED:
             raise CommandError(f"job {job.id} ended {progress['status']}")
+
+    def _estimate(self, user_ids, name: str, options: dict) -> None:
+        try:
+            extractor = make_extractor(name, options)
+        except (UnknownExtractor, ValidationError) as exc:
+            raise CommandError(str(exc)) from None
+        totals = job_estimate(user_ids=user_ids, extractor=extractor)
+        self.stdout.write(
+            f"estimate for {totals['users']} users with extractor {name}: {totals['calls']} calls, "
+            f"about {totals['prompt_tokens']:,} prompt and {totals['completion_tokens']:,} completion tokens "
+            f"(before cache hits; tokens counted as 1 per 3 bytes of text)"
+        )
 
     def _run_here(self, job: Job) -> dict:
         with tqdm(total=job.total_items, unit="users", desc=f"job {job.id}", file=self.stdout) as bar:

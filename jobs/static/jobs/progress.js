@@ -19,7 +19,7 @@
     const set = (name, value) => { const el = field(name); if (el) el.textContent = value; };
     set("percent", p.percent.toFixed(1));
     ["processed", "total", "succeeded", "failed", "cancelled", "running", "pending", "current_batch",
-     "total_batches", "event_count"].forEach((name) => set(name, p[name].toLocaleString()));
+     "total_batches", "event_count", "prompt_tokens", "completion_tokens"].forEach((name) => set(name, p[name].toLocaleString()));
     set("status", p.status);
     field("status").className = `job-status job-status-${p.status}`;
     set("throughput_per_second", p.throughput_per_second.toFixed(1));

@@ -1,0 +1,460 @@
+"""The LLM extractor: users' behaviours go to an OpenAI-compatible chat model, events come back.
+
+A chunk of users is cut into parts (a user, or a segment of a user too large for one call),
+packed into calls under a token budget, and sent with at most `max_concurrency` calls in
+flight. Each reply is validated user by user: a valid user is kept, an invalid one is asked
+again; a call that fails as a whole is split in halves and retried, so one bad user cannot sink
+the others. Start and end times come from the referenced behaviours, never from the model.
+"""
+
+import json
+import logging
+import math
+import re
+import threading
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import cache
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.db import connection
+
+from ..llm_client import Completion, LLMCallError, LLMClient, LLMConfigError, LLMStopped
+from ..models import Category
+from .base import Control, EventDraft, ExtractionError, Extractor, ExtractorFatalError, UserInput, UserResult
+from .rules import active_ruleset
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPT_FILE = Path(__file__).with_name("llm_prompt.txt")
+USERS_MARKER = "USERS (JSON; behaviours are [id, time, action, item, app, media, place, duration_seconds]):"
+# Expected answer size per behaviour, to keep a call's reply under max_completion_tokens.
+COMPLETION_TOKENS_PER_BEHAVIOR = 15
+PART_TRIES = 3  # how often one user (or segment) is asked before it fails for this attempt
+THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def estimate_tokens(text: str) -> int:
+    """A conservative token estimate: about one token per Chinese character (3 UTF-8 bytes),
+    more than one per 3 ASCII characters. No tokenizer download needed."""
+    return len(text.encode()) // 3 + 1
+
+
+@cache
+def prompt_template() -> Template:
+    path = settings.EXTRACTION_LLM_PROMPT_FILE or DEFAULT_PROMPT_FILE
+    return Template(Path(path).read_text(encoding="utf-8"))
+
+
+def system_prompt() -> str:
+    types = "\n".join(f"- {t.name} ({t.label}, {t.category})" for t in active_ruleset().event_types.values())
+    return prompt_template().safe_substitute(event_types=types)
+
+
+@dataclass(eq=False)
+class Part:
+    """One user's behaviours (or a segment of them) sent in one call."""
+
+    user: UserInput
+    segment: int
+    behaviors: Sequence
+    block: dict
+    tokens: int
+    tries: int = 0
+
+    @property
+    def expected_completion(self) -> int:
+        return COMPLETION_TOKENS_PER_BEHAVIOR * len(self.behaviors)
+
+
+@dataclass
+class CallOutcome:
+    parts: list[Part]
+    events: dict[int, list[EventDraft]] = field(default_factory=dict)  # by id(part)
+    invalid: dict[int, str] = field(default_factory=dict)
+    failure: str = ""  # the whole call failed
+    stopped: str = ""  # the call was not made: why
+    extra: list[str] = field(default_factory=list)  # users answered without being asked
+    completion: Completion | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class LLMExtractor(Extractor):
+    name = "llm"
+    version = "1"
+    default_chunk_size = 200  # enough calls per chunk to keep every slot of concurrency busy
+    lanes = 2  # two chunks at once: one's calls fill the slots while the other is loaded or committed
+    options_spec = {
+        "model": (str, ""),
+        "temperature": (float, 0.0),
+        "max_concurrency": (int, 8),
+        "token_budget": (int, 12_000),
+        "max_completion_tokens": (int, 8_000),
+        "timeout": (float, 120.0),
+        "max_total_tokens": (int, 0),
+    }
+
+    option_limits = {
+        "max_concurrency": (1, 64),
+        "token_budget": (1_000, 1_000_000),
+        "max_completion_tokens": (100, 200_000),
+        "timeout": (1, 3_600),
+        "max_total_tokens": (0, 10**12),
+        "temperature": (0, 2),
+    }
+
+    @classmethod
+    def clean_options(cls, options):
+        cleaned = super().clean_options(options)
+        cleaned["model"] = (
+            cleaned["model"] or settings.EXTRACTION_LLM_MODEL
+        )  # the job keeps the model it used
+        return cleaned
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.slots = threading.BoundedSemaphore(self.options["max_concurrency"])
+        self.version = f"1+{self.options['model']}"
+        self.system = system_prompt()
+        self.system_tokens = estimate_tokens(self.system) + estimate_tokens(USERS_MARKER) + 50
+
+    # Packing ---------------------------------------------------------------------------------------
+    def parts_of(self, user: UserInput) -> list[Part]:
+        """The user as one part, or in segments when it does not fit one call."""
+        profile = "; ".join(
+            f"{k}={v}" for k, v in sorted(user.attributes.items()) if v not in (None, "", [])
+        )[:500]
+        rows = [
+            [
+                b.id,
+                b.occurred_at.strftime("%Y-%m-%d %H:%M:%S"),
+                b.action,
+                b.item,
+                b.app,
+                b.media,
+                b.place,
+                b.duration_seconds,
+            ]
+            for b in user.behaviors
+        ]
+        room = self.options["token_budget"] - self.system_tokens
+        completion_room = self.options["max_completion_tokens"]
+        base = estimate_tokens(
+            json.dumps({user.user_id: {"profile": profile, "behaviors": []}}, ensure_ascii=False)
+        )
+        parts, start, tokens = [], 0, base
+        for index, row in enumerate(rows):
+            row_tokens = estimate_tokens(json.dumps(row, ensure_ascii=False)) + 1
+            if index > start and (
+                tokens + row_tokens > room
+                or (index - start + 1) * COMPLETION_TOKENS_PER_BEHAVIOR > completion_room
+            ):
+                parts.append(self._part(user, len(parts), start, index, profile, rows, tokens))
+                start, tokens = index, base
+            tokens += row_tokens
+        parts.append(self._part(user, len(parts), start, len(rows), profile, rows, tokens))
+        return parts
+
+    @staticmethod
+    def _part(user, segment, start, end, profile, rows, tokens) -> Part:
+        block = {"profile": profile, "behaviors": rows[start:end]}
+        return Part(user, segment, user.behaviors[start:end], block, tokens)
+
+    def pack(self, parts: list[Part]) -> list[list[Part]]:
+        """First-fit decreasing under both budgets (prompt and expected reply); a call never holds
+        two segments of one user."""
+        room = self.options["token_budget"] - self.system_tokens
+        completion_room = self.options["max_completion_tokens"]
+        calls: list[list[Part]] = []
+        loads: list[list[int]] = []
+        for part in sorted(parts, key=lambda p: p.tokens, reverse=True):
+            for call, load in zip(calls, loads, strict=True):
+                if (
+                    load[0] + part.tokens <= room
+                    and load[1] + part.expected_completion <= completion_room
+                    and all(other.user is not part.user for other in call)
+                ):
+                    call.append(part)
+                    load[0] += part.tokens
+                    load[1] += part.expected_completion
+                    break
+            else:
+                calls.append([part])
+                loads.append([part.tokens, part.expected_completion])
+        return calls
+
+    def estimate(self, users: Sequence[UserInput]) -> dict[str, int]:
+        parts = [part for user in users if user.behaviors for part in self.parts_of(user)]
+        calls = self.pack(parts)
+        return {
+            "calls": len(calls),
+            "prompt_tokens": sum(part.tokens for part in parts) + len(calls) * self.system_tokens,
+            "completion_tokens": sum(part.expected_completion for part in parts),
+        }
+
+    # Extraction ------------------------------------------------------------------------------------
+    def extract(self, users: Sequence[UserInput], control: Control | None = None) -> dict[str, UserResult]:
+        control = control or Control()
+        results: dict[str, UserResult] = {user.user_id: [] for user in users if not user.behaviors}
+        parts = [part for user in users if user.behaviors for part in self.parts_of(user)]
+        done: dict[int, list[EventDraft] | ExtractionError] = {}
+        client = (
+            LLMClient(
+                model=self.options["model"],
+                temperature=self.options["temperature"],
+                timeout=self.options["timeout"],
+                max_completion_tokens=self.options["max_completion_tokens"],
+            )
+            if parts
+            else None
+        )
+        # Every call is queued at once; each waits in its thread for a slot of this worker's
+        # max_concurrency (shared with its other lanes), so a freed slot is taken at once.
+        threads = 2 * self.options["max_concurrency"]
+        with ThreadPoolExecutor(threads, thread_name_prefix="llm") as pool:
+            pending: set = set()
+
+            def start(call: list[Part]) -> None:
+                """Answer from the cache here, or send from a pool thread."""
+                messages = self._messages(call)
+                if hit := client.cached(messages):
+                    finish(self._read(call, hit))
+                else:
+                    pending.add(pool.submit(self._call, client, call, messages, control))
+
+            def finish(outcome: CallOutcome) -> None:
+                self._charge(outcome, control)
+                if outcome.completion and not outcome.invalid and not outcome.extra:
+                    client.remember(outcome.completion)  # cached() ignores it when it came from there
+                for again in self._settle(outcome, done):
+                    start(again)
+
+            try:
+                for call in self.pack(parts):
+                    start(call)
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        finish(future.result())
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+            finally:
+                # Each thread kept its database connection (cache, rate limit) for all its calls.
+                barrier = threading.Barrier(threads)
+                for _ in range(threads):
+                    pool.submit(_close_connection, barrier)
+        for user in users:
+            if user.user_id in results:
+                continue
+            outcomes = [done.get(id(part)) for part in parts if part.user is user]
+            errors = [o for o in outcomes if isinstance(o, ExtractionError) or o is None]
+            if errors:
+                results[user.user_id] = errors[0] or ExtractionError("not processed")
+            else:
+                results[user.user_id] = sorted(
+                    (e for events in outcomes for e in events), key=lambda e: (e.starts_at, e.behavior_ids[0])
+                )
+        return results
+
+    def _must_stop(self, control: Control) -> str:
+        """Why no more calls may be made for this job, if there is a reason (checked before each call)."""
+        if control.stopped():
+            return "the job stopped before this user was sent"
+        limit = self.options["max_total_tokens"]
+        used = control.tokens_used() + control.spent()
+        if limit and used >= limit:
+            control.fail_job(
+                f"token limit reached: {used:,} of {limit:,} tokens spent (options.max_total_tokens); "
+                f"resume the job to go on"
+            )
+            return "the job's token limit was reached before this user was sent"
+        return ""
+
+    def _settle(self, outcome: CallOutcome, done: dict) -> list[list[Part]]:
+        """Record what the call settled; return the calls to make again."""
+        if outcome.stopped:
+            for part in outcome.parts:
+                done[id(part)] = ExtractionError(outcome.stopped, stopped=True)
+            return []
+        if outcome.failure:
+            if len(outcome.parts) > 1:
+                half = len(outcome.parts) // 2
+                return [outcome.parts[:half], outcome.parts[half:]]
+            retry = self._tried(outcome.parts, outcome.failure, done)
+            return [retry] if retry else []
+        again = []
+        for part in outcome.parts:
+            if id(part) in outcome.events:
+                done[id(part)] = outcome.events[id(part)]
+            else:
+                again.append(part)
+        # Each invalid user is asked again on its own, so it cannot spoil another answer.
+        return [[part] for part in self._tried(again, None, done, reasons=outcome.invalid)]
+
+    @staticmethod
+    def _tried(parts: list[Part], reason: str | None, done: dict, reasons: dict | None = None) -> list[Part]:
+        """Count a try for each part; those with tries left come back, the others fail."""
+        retry = []
+        for part in parts:
+            part.tries += 1
+            if part.tries >= PART_TRIES:
+                message = reason or (reasons or {}).get(id(part), "invalid answer")
+                done[id(part)] = ExtractionError(f"the model's answer for this user was unusable: {message}")
+            else:
+                retry.append(part)
+        return retry
+
+    def _charge(self, outcome: CallOutcome, control: Control) -> None:
+        """Share the call's tokens among its users in proportion to their part of the prompt."""
+        if not (outcome.prompt_tokens or outcome.completion_tokens):
+            return  # answered from the cache, or never answered
+        total = sum(part.tokens for part in outcome.parts) or 1
+        for part in outcome.parts:
+            share = part.tokens / total
+            control.charge(
+                part.user.user_id,
+                round(outcome.prompt_tokens * share),
+                round(outcome.completion_tokens * share),
+            )
+
+    def _messages(self, parts: list[Part]) -> list[dict]:
+        users = {part.user.user_id: part.block for part in parts}
+        return [
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": f"{USERS_MARKER}\n{orjson.dumps(users).decode()}"},
+        ]
+
+    def _call(
+        self, client: LLMClient, parts: list[Part], messages: list[dict], control: Control
+    ) -> CallOutcome:
+        """One request, in a pool thread: not sent at all once the job stopped (checked right before
+        it goes out); holds a slot of this worker's max_concurrency only while it is out."""
+        try:
+            completion = client.complete(
+                messages, should_stop=lambda: self._must_stop(control), slot=self.slots
+            )
+        except LLMStopped as exc:
+            return CallOutcome(parts, stopped=str(exc))
+        except LLMConfigError as exc:
+            raise ExtractorFatalError(str(exc)) from exc
+        except LLMCallError as exc:
+            return CallOutcome(parts, failure=str(exc))
+        return self._read(parts, completion)
+
+    @staticmethod
+    def _read(parts: list[Part], completion: Completion) -> CallOutcome:
+        """Parse an answer and validate each user's part of it."""
+        outcome = CallOutcome(parts, completion=completion)
+        if not completion.cached:
+            outcome.prompt_tokens, outcome.completion_tokens = (
+                completion.prompt_tokens,
+                completion.completion_tokens,
+            )
+        try:
+            answer = parse_answer(completion.content)
+        except ValueError as exc:
+            outcome.failure = str(exc)
+            return outcome
+        for part in parts:
+            try:
+                outcome.events[id(part)] = events_from(answer.get(part.user.user_id), part)
+            except ValueError as exc:
+                outcome.invalid[id(part)] = str(exc)
+        outcome.extra = sorted(set(answer) - {part.user.user_id for part in parts})
+        if outcome.extra:
+            logger.warning("the model answered for users it was not given: %s", outcome.extra[:5])
+        return outcome
+
+
+def _close_connection(barrier: threading.Barrier) -> None:
+    """Run once in every thread of the pool (the barrier keeps a thread from taking two)."""
+    try:
+        barrier.wait(timeout=60)
+    finally:
+        connection.close()
+
+
+def parse_answer(content: str) -> dict[str, Any]:
+    """The {"users": {...}} object of a reply, after <think> blocks and inside code fences."""
+    text = THINK.sub("", content).strip()
+    if fenced := FENCE.search(text):
+        text = fenced.group(1).strip()
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end < start:
+        raise ValueError(f"no JSON object in the reply: {content[:200]!r}")
+    try:
+        data = json.loads(text[start : end + 1])
+    except ValueError as exc:
+        raise ValueError(f"malformed JSON in the reply ({exc})") from None
+    users = data.get("users") if isinstance(data, dict) else None
+    if not isinstance(users, dict):
+        raise ValueError('the reply has no "users" object')
+    return users
+
+
+def events_from(answer: Any, part: Part) -> list[EventDraft]:
+    """Validated events of one user's part; ValueError says what is wrong with it."""
+    if answer is None:
+        raise ValueError("the user is missing from the reply")
+    if not isinstance(answer, list) or not answer:
+        raise ValueError("the user's events are not a non-empty list")
+    behaviors = {b.id: b for b in part.behaviors}
+    labels = {name: t.label for name, t in active_ruleset().event_types.items()}
+    events = []
+    for position, item in enumerate(answer):
+        where = f"event {position}"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} is not an object")
+        event_type = item.get("event_type")
+        if not isinstance(event_type, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", event_type):
+            raise ValueError(f"{where}: event_type {event_type!r} is not a snake_case name")
+        if item.get("category") not in Category.values:
+            raise ValueError(f"{where}: unknown category {item.get('category')!r}")
+        ids = item.get("behavior_ids")
+        if (
+            not isinstance(ids, list)
+            or not ids
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+        ):
+            raise ValueError(f"{where}: behavior_ids must be a non-empty list of ids")
+        foreign = [i for i in ids if i not in behaviors]
+        if foreign:
+            raise ValueError(f"{where}: behaviour ids {foreign[:5]} are not this user's")
+        label = item.get("label")
+        label = (
+            label if isinstance(label, str) and 0 < len(label) <= 64 else labels.get(event_type, event_type)
+        )
+        context = item.get("context")
+        sources = [behaviors[i] for i in sorted(set(ids))]
+        events.append(
+            EventDraft(
+                event_type=event_type,
+                category=item["category"],
+                label=label,
+                starts_at=min(b.occurred_at for b in sources),
+                ends_at=max(b.occurred_at + timedelta(seconds=b.duration_seconds or 0) for b in sources),
+                behavior_ids=[b.id for b in sources],
+                context=context if isinstance(context, dict) else {},
+            )
+        )
+    return events
+
+
+def calls_lower_bound(extractor: LLMExtractor, users: Sequence[UserInput]) -> int:
+    """The fewest calls the budgets allow for these users (for the benchmark)."""
+    parts = [part for user in users if user.behaviors for part in extractor.parts_of(user)]
+    room = extractor.options["token_budget"] - extractor.system_tokens
+    return max(
+        math.ceil(sum(p.tokens for p in parts) / room),
+        math.ceil(sum(p.expected_completion for p in parts) / extractor.options["max_completion_tokens"]),
+    )

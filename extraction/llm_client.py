@@ -1,0 +1,206 @@
+"""All LLM traffic goes through here: the official `openai` client against any OpenAI-compatible
+chat-completions endpoint (OpenAI, vLLM, Ollama, MiniMax…).
+
+One request: `LLMClient.cached()` answers it when the same request was answered (and validated)
+before; otherwise `complete()` waits for a slot of the global rate limit, calls, and retries
+429 / 5xx / timeouts / connection errors with backoff and jitter, honouring Retry-After.
+401 / 403 / 404 and an unknown model raise LLMConfigError: the job cannot work, stop it.
+The API key comes from the environment only; it is never stored, logged or part of a job.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import openai
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+
+from .models import LLMCacheEntry, RateLimit
+
+logger = logging.getLogger(__name__)
+
+RATE_LIMIT_NAME = "llm"
+MAX_RETRY_AFTER_SECONDS = 120
+
+
+class LLMConfigError(Exception):
+    """The endpoint refuses us for a reason retries cannot fix (key, permission, model, URL)."""
+
+
+class LLMCallError(Exception):
+    """This request failed (after retries where that made sense); another request may work."""
+
+
+class LLMStopped(Exception):
+    """The request was not sent: the caller's should_stop gave this reason."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool
+    key: str
+
+
+def request_key(model: str, temperature: float, messages: list[dict], json_mode: bool) -> str:
+    payload = json.dumps([model, temperature, json_mode, messages], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def rate_limit_wait(requests_per_minute: int, *, now: Callable[[], float] = time.time) -> float:
+    """Reserve the next slot of the global limit; return how long to wait for it (seconds).
+
+    One conditional UPDATE on a shared row, so workers on any number of machines space their
+    requests 60/rpm seconds apart between them.
+    """
+    if requests_per_minute <= 0:
+        return 0.0
+    interval = 60.0 / requests_per_minute
+    table = RateLimit._meta.db_table
+    current = now()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET next_slot = CASE WHEN next_slot > %s THEN next_slot ELSE %s END + %s "
+            f"WHERE name = %s RETURNING next_slot",
+            [current, current, interval, RATE_LIMIT_NAME],
+        )
+        row = cursor.fetchone()
+        if row is None:
+            try:
+                with transaction.atomic():
+                    RateLimit.objects.create(name=RATE_LIMIT_NAME, next_slot=current + interval)
+                return 0.0
+            except IntegrityError:  # another worker created it first
+                return rate_limit_wait(requests_per_minute, now=now)
+    return max(row[0] - interval - current, 0.0)
+
+
+class LLMClient:
+    def __init__(self, *, model: str, temperature: float, timeout: float, max_completion_tokens: int):
+        api_key = os.environ.get("OPENAI_API_KEY", "")
+        if not api_key:
+            raise LLMConfigError("OPENAI_API_KEY is not set in the workers' environment")
+        self.model, self.temperature = model, temperature
+        self.max_completion_tokens = max_completion_tokens
+        self.client = openai.OpenAI(
+            base_url=settings.OPENAI_BASE_URL, api_key=api_key, timeout=timeout, max_retries=0
+        )
+
+    def cached(self, messages: list[dict]) -> Completion | None:
+        """The validated answer to exactly this request, if it was asked before."""
+        key = request_key(self.model, self.temperature, messages, json_mode=True)
+        hit = LLMCacheEntry.objects.filter(key=key).first()
+        if hit:
+            return Completion(hit.response, hit.prompt_tokens, hit.completion_tokens, cached=True, key=key)
+        return None
+
+    def complete(
+        self,
+        messages: list[dict],
+        *,
+        should_stop: Callable[[], str] = lambda: "",
+        slot: AbstractContextManager | None = None,
+    ) -> Completion:
+        """Ask the endpoint (no cache: see `cached`). `slot` is held only while a request is out;
+        `should_stop` (a reason, or "") is asked right before each request goes out."""
+        key = request_key(self.model, self.temperature, messages, json_mode=True)
+        for attempt in range(1, settings.EXTRACTION_LLM_MAX_RETRIES + 2):
+            self._wait(rate_limit_wait(settings.EXTRACTION_LLM_REQUESTS_PER_MINUTE), should_stop)
+            try:
+                with slot or nullcontext():
+                    if reason := should_stop():
+                        raise LLMStopped(reason)
+                    response = self.client.chat.completions.create(
+                        model=self.model,
+                        messages=messages,
+                        temperature=self.temperature,
+                        max_tokens=self.max_completion_tokens,
+                        response_format={"type": "json_object"},
+                    )
+            except openai.APIStatusError as exc:
+                delay = self._refusal(exc, attempt)
+            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                delay = self._backoff(attempt, f"{type(exc).__name__}: {exc}")
+            else:
+                usage = response.usage
+                content = (response.choices[0].message.content or "") if response.choices else ""
+                return Completion(
+                    content,
+                    usage.prompt_tokens if usage else 0,
+                    usage.completion_tokens if usage else 0,
+                    cached=False,
+                    key=key,
+                )
+            self._wait(delay, should_stop)
+        raise AssertionError("unreachable")
+
+    def remember(self, completion: Completion) -> None:
+        """Keep a validated answer for the next identical request."""
+        if not completion.cached:
+            entry = LLMCacheEntry(
+                key=completion.key,
+                model=self.model,
+                response=completion.content,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+            )
+            LLMCacheEntry.objects.bulk_create([entry], ignore_conflicts=True)  # a twin may have won
+
+    def _refusal(self, exc: openai.APIStatusError, attempt: int) -> float:
+        status, detail = exc.status_code, _detail(exc)
+        if status == 401:
+            raise LLMConfigError(f"the LLM endpoint rejected the API key (HTTP 401): {detail}")
+        if status == 403:
+            raise LLMConfigError(f"the LLM endpoint refused access (HTTP 403): {detail}")
+        if status == 404 or (status == 400 and "model" in detail.lower() and "not" in detail.lower()):
+            raise LLMConfigError(
+                f"the LLM endpoint does not know model {self.model!r} at {self.client.base_url} "
+                f"(HTTP {status}): {detail}"
+            )
+        if status == 429 or status >= 500:
+            retry_after = _retry_after(exc)
+            return self._backoff(attempt, f"HTTP {status}: {detail}", at_least=retry_after)
+        raise LLMCallError(f"the LLM endpoint refused the request (HTTP {status}): {detail}")
+
+    @staticmethod
+    def _backoff(attempt: int, reason: str, at_least: float = 0.0) -> float:
+        if attempt > settings.EXTRACTION_LLM_MAX_RETRIES:
+            raise LLMCallError(f"gave up after {attempt} attempts: {reason}")
+        base = settings.EXTRACTION_LLM_BACKOFF_SECONDS * 2 ** (attempt - 1)
+        delay = max(at_least, base * random.uniform(0.5, 1.5))
+        logger.info("LLM call attempt %d failed (%s); retrying in %.1f s", attempt, reason, delay)
+        return delay
+
+    @staticmethod
+    def _wait(seconds: float, should_stop: Callable[[], str]) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if reason := should_stop():
+                raise LLMStopped(reason)
+            time.sleep(min(left, 0.5))
+
+
+def _detail(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        body = body.get("error", body)
+        if isinstance(body, dict):
+            body = body.get("message") or body
+    return str(body or exc.message)[:500]
+
+
+def _retry_after(exc: openai.APIStatusError) -> float:
+    value = exc.response.headers.get("retry-after") if exc.response is not None else None
+    try:
+        return min(float(value), MAX_RETRY_AFTER_SECONDS) if value else 0.0
+    except ValueError:
+        return 0.0

@@ -1,0 +1,243 @@
+"""The LLM extractor against a real HTTP server speaking the chat-completions protocol."""
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from extraction.extractors import (
+    BehaviorRecord,
+    Control,
+    ExtractionError,
+    ExtractorFatalError,
+    UserInput,
+    make_extractor,
+)
+from extraction.extractors.llm import parse_answer
+from extraction.llm_client import rate_limit_wait
+from extraction.models import LLMCacheEntry
+from tests.fake_openai import API_KEY, MODEL, FakeOpenAIServer
+
+# Transactional: the calls run in threads with their own connections (cache, rate limit).
+pytestmark = pytest.mark.django_db(transaction=True)
+T0 = datetime(2024, 6, 1, 10, tzinfo=UTC)
+ACTIONS = ["search", "browse", "browse", "compare", "visit", "add_to_cart", "purchase"]
+
+
+@pytest.fixture
+def server(settings, monkeypatch):
+    with FakeOpenAIServer() as running:
+        settings.OPENAI_BASE_URL = running.base_url
+        settings.EXTRACTION_LLM_MODEL = MODEL
+        settings.EXTRACTION_LLM_BACKOFF_SECONDS = 0.05
+        monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+        yield running.fake
+
+
+def users(count, behaviors=7, start=1):
+    """UserInputs u1… with behaviours whose ids are unique across users."""
+    made = []
+    for n in range(start, start + count):
+        records = [
+            BehaviorRecord(
+                id=n * 1000 + i,
+                action=ACTIONS[i % len(ACTIONS)],
+                occurred_at=T0 + timedelta(minutes=5 * i),
+                item="汉EV",
+                place="比亚迪4S店" if ACTIONS[i % len(ACTIONS)] == "visit" else "",
+                duration_seconds=60,
+            )
+            for i in range(behaviors)
+        ]
+        made.append(UserInput(f"u{n}", {"city": "北京", "age": 30}, 1, records))
+    return made
+
+
+def extract(batch, **options):
+    """(the Control that heard what was paid, the results)"""
+    extractor, control = make_extractor("llm", {"max_concurrency": 2, **options}), Control()
+    return control, extractor.extract(batch, control)
+
+
+def test_valid_replies_become_events_with_times_from_the_behaviours(server):
+    batch = users(3)
+    control, results = extract(batch)
+    assert len(server.requests) == 1  # three small users packed into one call
+    events = results["u2"]
+    assert [(e.event_type, e.category, e.label) for e in events] == [
+        ("search", "engagement", "搜索"),
+        ("browse_model", "engagement", "浏览车型"),
+        ("compare", "engagement", "对比"),
+        ("store_visit", "conversion", "到店"),
+        ("add_to_cart", "conversion", "加购"),
+        ("purchase", "conversion", "购买"),
+    ]
+    browse = events[1]
+    assert browse.behavior_ids == [2001, 2002]
+    assert (browse.starts_at, browse.ends_at) == (
+        T0 + timedelta(minutes=5),
+        T0 + timedelta(minutes=10, seconds=60),
+    )
+    assert set(control.usage) == {"u1", "u2", "u3"}
+    assert all(prompt > 0 and completion > 0 for prompt, completion in control.usage.values())
+
+
+@pytest.mark.parametrize("directive", ["think", "fence"])
+def test_think_blocks_and_code_fences_are_read_through(server, directive):
+    server.script.append(directive)
+    _, results = extract(users(2))
+    assert all(isinstance(r, list) and r for r in results.values())
+    assert len(server.requests) == 1
+
+
+def test_a_429_is_retried_after_retry_after(server):
+    server.script.append("429")
+    server.retry_after = "1"
+    started = time.monotonic()
+    _, results = extract(users(2))
+    assert time.monotonic() - started >= 1.0  # honoured, although the backoff alone is 0.05 s
+    assert [r["status"] for r in server.requests] == [429, 200]
+    assert all(isinstance(r, list) for r in results.values())
+
+
+def test_a_500_is_retried(server):
+    server.script.extend(["500", "500"])
+    _, results = extract(users(2))
+    assert [r["status"] for r in server.requests] == [500, 500, 200]
+    assert all(isinstance(r, list) for r in results.values())
+
+
+def test_a_timeout_is_retried(server):
+    server.script.append("timeout")
+    server.timeout_seconds = 3
+    _, results = extract(users(1), timeout=1.0)
+    assert len(server.requests) == 2
+    assert isinstance(results["u1"], list)
+
+
+def test_endless_server_errors_fail_the_users_not_the_job(server, settings):
+    settings.EXTRACTION_LLM_MAX_RETRIES = 1
+    server.script.extend(["500"] * 50)
+    _, results = extract(users(1))
+    assert isinstance(results["u1"], ExtractionError)
+    assert not results["u1"].permanent
+    assert "HTTP 500" in results["u1"].message
+
+
+def test_a_malformed_reply_splits_the_call_and_retries_the_halves(server):
+    server.script.append("malformed")
+    _, results = extract(users(4))
+    assert [len(r["users"]) for r in server.requests] == [4, 2, 2]
+    assert all(isinstance(r, list) and r for r in results.values())
+
+
+@pytest.mark.parametrize("directive", ["missing", "foreign", "empty"])
+def test_a_user_with_an_invalid_part_is_asked_again_alone(server, directive):
+    server.script.append(directive)
+    _, results = extract(users(3))
+    first, second = server.requests[0]["users"], server.requests[1]["users"]
+    assert len(first) == 3 and second == [first[0]]  # only the user the reply got wrong
+    assert len(server.requests) == 2
+    assert all(isinstance(r, list) and r for r in results.values())
+
+
+def test_extra_users_in_a_reply_are_ignored_and_not_cached(server):
+    server.script.append("extra")
+    _, results = extract(users(2))
+    assert set(results) == {"u1", "u2"}
+    assert not LLMCacheEntry.objects.exists()
+
+
+def test_one_bad_user_cannot_sink_the_others(server):
+    server.bad_users = {"u3"}
+    _, results = extract(users(5))
+    assert isinstance(results["u3"], ExtractionError)
+    assert "behaviour ids [-1] are not this user's" in results["u3"].message
+    assert all(isinstance(results[f"u{n}"], list) and results[f"u{n}"] for n in (1, 2, 4, 5))
+    # u3 was asked three times in all, the others once.
+    asked = [u for r in server.requests for u in r["users"]]
+    assert asked.count("u3") == 3 and asked.count("u1") == 1
+
+
+def test_a_wrong_api_key_stops_with_a_clear_message(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
+    with pytest.raises(
+        ExtractorFatalError, match=r"rejected the API key \(HTTP 401\): Incorrect API key provided"
+    ):
+        extract(users(2))
+    assert len(server.requests) == 1  # not retried
+
+
+def test_an_unknown_model_stops_with_a_clear_message(server):
+    with pytest.raises(ExtractorFatalError, match="does not know model 'gpt-nope'"):
+        extract(users(1), model="gpt-nope")
+
+
+def test_identical_requests_are_answered_from_the_cache(server):
+    batch = users(3)
+    extract(batch)
+    calls = len(server.requests)
+    control, results = extract(batch)
+    assert len(server.requests) == calls  # nothing sent again
+    assert control.usage == {}  # and nothing paid
+    assert all(isinstance(r, list) for r in results.values())
+
+
+def test_a_user_too_large_for_one_call_is_split_and_merged(server):
+    (big,) = users(1, behaviors=140)
+    _, results = extract([big], token_budget=3000)
+    assert len(server.requests) > 1
+    assert all(r["users"] == ["u1"] for r in server.requests)
+    events = results["u1"]
+    ids = [i for e in events for i in e.behavior_ids]
+    assert sorted(ids) == [b.id for b in big.behaviors]  # every behaviour, once, across segments
+    assert [e.starts_at for e in events] == sorted(e.starts_at for e in events)
+
+
+def test_calls_stay_within_the_token_budget_and_the_concurrency(server):
+    server.latency = 0.2
+    batch = users(40, behaviors=30)
+    _, results = extract(batch, token_budget=4000, max_concurrency=3)
+    assert server.max_in_flight <= 3
+    assert len(server.requests) == make_extractor("llm", {"token_budget": 4000}).estimate(batch)["calls"]
+    assert all(isinstance(r, list) for r in results.values())
+
+
+def test_users_without_behaviours_need_no_call(server):
+    empty = UserInput("nobody", {}, 1, [])
+    _, results = extract([empty])
+    assert results == {"nobody": []}
+    assert server.requests == []
+
+
+def test_the_options_are_checked(server):
+    with pytest.raises(ValidationError) as caught:
+        make_extractor("llm", {"max_concurrency": 0, "temperature": 5.0, "api_key": "x"})
+    assert set(caught.value.message_dict) == {
+        "options.max_concurrency",
+        "options.temperature",
+        "options.api_key",
+    }
+
+
+def test_the_answer_parser_reads_what_models_write():
+    assert parse_answer('<think>hm</think>```json\n{"users": {"a": []}}\n```') == {"a": []}
+    assert parse_answer('Sure! {"users": {"b": [1]}} Hope it helps.') == {"b": [1]}
+    for reply, message in [
+        ("no json", "no JSON object"),
+        ('{"users": [', "no JSON object"),
+        ('{"users": {"a": [}', "malformed JSON"),
+        ('{"people": {}}', 'no "users" object'),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_answer(reply)
+
+
+def test_the_global_rate_limit_spaces_requests_across_workers():
+    clock = [1000.0]
+    waits = [rate_limit_wait(120, now=lambda: clock[0]) for _ in range(4)]
+    assert waits == [0.0, 0.5, 1.0, 1.5]  # 120 requests per minute: one every half second
+    clock[0] += 10  # later, the slots are free again
+    assert rate_limit_wait(120, now=lambda: clock[0]) == 0.0
+    assert rate_limit_wait(0) == 0.0

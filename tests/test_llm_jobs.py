@@ -1,0 +1,174 @@
+"""LLM extraction as jobs: tokens on items and jobs, fail-fast, the token limit, cancel, estimates,
+and a killed cluster resuming without paying twice."""
+
+from collections import Counter
+
+import pytest
+
+from extraction.extractors import Control, ExtractionError, make_extractor
+from extraction.models import ExtractedEvent
+from extraction.selectors import user_inputs_load
+from jobs.engine import chunk_claim, chunk_commit, job_drain
+from jobs.models import Job
+from jobs.selectors import job_progress
+from jobs.services import job_cancel, job_counters_reconcile, job_mark_running, job_start, jobs_resume_stalled
+from tests.cluster import Cluster, wait_for
+from tests.fake_openai import API_KEY, MODEL, FakeOpenAIServer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def server(settings, monkeypatch):
+    with FakeOpenAIServer() as running:
+        settings.OPENAI_BASE_URL = running.base_url
+        settings.EXTRACTION_LLM_MODEL = MODEL
+        settings.EXTRACTION_LLM_BACKOFF_SECONDS = 0.05
+        monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+        running.fake.url = running.base_url
+        yield running.fake
+
+
+def test_a_job_records_tokens_per_item_and_on_the_job(server, make_users):
+    make_users(30, behaviors=6)
+    job = job_start(extractor="llm", options={"max_concurrency": 2}, enqueue=False)
+    assert job.chunk_size == 200  # the LLM extractor's own default
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert (job.status, job.succeeded_items) == ("completed", 30)
+    items = job.items.all()
+    assert all(item.prompt_tokens > 0 and item.completion_tokens > 0 for item in items)
+    assert job.prompt_tokens == sum(i.prompt_tokens for i in items) > 0
+    assert job.completion_tokens == sum(i.completion_tokens for i in items)
+    progress = job_progress(job)
+    assert (progress["prompt_tokens"], progress["completion_tokens"]) == (
+        job.prompt_tokens,
+        job.completion_tokens,
+    )
+    assert (
+        ExtractedEvent.objects.filter(extractor="llm", extractor_version=f"1+{MODEL}").count()
+        == job.event_count
+    )
+    assert job_counters_reconcile(job.id) == {}
+
+
+def test_a_wrong_api_key_fails_the_job_fast_with_a_clear_message(server, make_users, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
+    make_users(10)
+    job = job_start(extractor="llm", chunk_size=5, enqueue=False)
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.error.startswith("the LLM endpoint rejected the API key (HTTP 401)")
+    assert job.cancelled_items == 10
+    assert len(server.requests) <= 2  # one per lane (two chunks at once), never retried
+
+
+def test_the_token_limit_stops_the_job_with_a_clear_status(server, make_users):
+    make_users(12, behaviors=6)
+    job = job_start(
+        extractor="llm", chunk_size=3, enqueue=False, options={"max_concurrency": 1, "max_total_tokens": 1500}
+    )
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.error.startswith("token limit reached:") and "of 1,500 tokens spent" in job.error
+    assert 0 < job.succeeded_items < 12
+    assert job.succeeded_items + job.cancelled_items == 12
+    assert job.prompt_tokens + job.completion_tokens >= 1500
+    assert job_counters_reconcile(job.id) == {}
+
+
+class StopAfter(Control):
+    def __init__(self, calls: int, server):
+        super().__init__()
+        self.calls, self.server = calls, server
+
+    def stopped(self) -> bool:
+        return len(self.server.requests) >= self.calls
+
+
+def test_the_stop_is_checked_before_every_call(server, make_users):
+    make_users(20, behaviors=4)
+    extractor = make_extractor("llm", {"max_concurrency": 1, "token_budget": 1000})
+    inputs = user_inputs_load([f"u{i:03d}" for i in range(1, 21)])
+    assert extractor.estimate(inputs)["calls"] > 3
+    results = extractor.extract(inputs, StopAfter(2, server))
+    assert len(server.requests) == 2
+    stopped = [r for r in results.values() if isinstance(r, ExtractionError)]
+    assert stopped and all(r.stopped for r in stopped)
+    assert sum(isinstance(r, list) for r in results.values()) == len(inputs) - len(stopped)
+
+
+def test_users_never_sent_go_back_to_pending_or_are_cancelled_with_the_job(server, make_users):
+    make_users(4)
+    job = job_start(extractor="llm", chunk_size=4, enqueue=False)
+    job_mark_running(job.id)
+    job.refresh_from_db()
+    extractor = make_extractor("llm")
+    stop = ExtractionError("the job stopped before this user was sent", stopped=True)
+    claim = chunk_claim(job)
+    chunk_commit(claim, job, {user_id: (None, stop) for user_id in claim.user_ids}, extractor)
+    assert set(job.items.values_list("status", "attempts")) == {("pending", 0)}  # not an attempt
+    claim = chunk_claim(job)
+    job_cancel(job)
+    chunk_commit(claim, job, {user_id: (None, stop) for user_id in claim.user_ids}, extractor)
+    job.refresh_from_db()
+    assert set(job.items.values_list("status", flat=True)) == {"cancelled"}
+    assert job.cancelled_items == 4
+    assert job_counters_reconcile(job.id) == {}
+
+
+def test_estimate_tells_calls_and_tokens_before_starting(server, make_users, run):
+    make_users(8, behaviors=10)
+    out, _ = run("extract", "--estimate", "--extractor", "llm", "--options", '{"token_budget": 2000}')
+    assert out.startswith("estimate for 8 users with extractor llm: ")
+    assert "calls, about" in out and "prompt and" in out
+    assert not Job.objects.exists() and server.requests == []
+    out, _ = run("extract", "--estimate")
+    assert "with extractor rules: 0 calls" in out
+
+
+def test_a_killed_job_resumes_without_repeating_finished_calls(server, make_users, tmp_path, settings):
+    settings.JOBS_LEASE_SECONDS = 2
+    make_users(60, behaviors=4)
+    server.latency = 0.3
+    env = {
+        "OPENAI_BASE_URL": server.url,
+        "OPENAI_API_KEY": API_KEY,
+        "EXTRACTION_LLM_MODEL": MODEL,
+        "Q_WORKERS": "1",
+        "JOBS_LEASE_SECONDS": "2",
+    }
+    options = {"max_concurrency": 2, "token_budget": 1200}
+    calls = make_extractor("llm", options).estimate(user_inputs_load([f"u{i:03d}" for i in range(1, 61)]))[
+        "calls"
+    ]
+    assert calls >= 10
+    first = Cluster(tmp_path / "first.log", **env)
+    try:
+        # 60 users in many calls, two at a time: kill the worker half-way through.
+        job = job_start(extractor="llm", chunk_size=60, options=options)
+        wait_for(
+            lambda: len([r for r in server.requests if r.get("status") == 200]) >= 4,
+            timeout=60,
+            what="some calls answered",
+        )
+        first.kill()
+    finally:
+        first.stop()
+    assert Job.objects.get(id=job.id).succeeded_items < 60  # killed before the end
+    wait_for(jobs_resume_stalled, timeout=30, what="the lease to run out")
+    second = Cluster(tmp_path / "second.log", **env)
+    try:
+        wait_for(
+            lambda: Job.objects.get(id=job.id).status == "completed", timeout=90, what="the job to finish"
+        )
+    finally:
+        second.stop()
+    job.refresh_from_db()
+    assert job.succeeded_items == 60
+    digests = Counter(r["digest"] for r in server.requests)
+    repeated = sum(n - 1 for n in digests.values())
+    # Only calls in flight when the worker died (2 at a time) are paid twice; the others came from the cache.
+    assert repeated <= 2, digests
