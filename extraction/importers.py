@@ -13,6 +13,7 @@ import io
 import json
 import re
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -308,26 +309,8 @@ def import_file(
         binary = gzip.GzipFile(fileobj=raw) if path.suffix.lower() == ".gz" else raw
         stream = io.TextIOWrapper(binary, encoding=encoding, newline="" if fmt == "csv" else None)
         records = read_records(stream, fmt, location=str(path))
-        if strict:
-            with transaction.atomic():
-                _import_records(
-                    kind,
-                    records,
-                    fmt,
-                    tz,
-                    summary,
-                    batch_size,
-                    on_error,
-                    on_progress,
-                    raw,
-                    max_errors_kept,
-                    stop_writing_on_error=True,
-                )
-                if summary.rejected:
-                    transaction.set_rollback(True)
-                    summary.committed = False
-                    summary.imported = summary.updated = summary.duplicates = 0
-        else:
+        # Strict: one transaction for the whole file, rolled back if any row was bad.
+        with transaction.atomic() if strict else nullcontext():
             _import_records(
                 kind,
                 records,
@@ -339,8 +322,12 @@ def import_file(
                 on_progress,
                 raw,
                 max_errors_kept,
-                stop_writing_on_error=False,
+                stop_writing_on_error=strict,
             )
+            if strict and summary.rejected:
+                transaction.set_rollback(True)
+                summary.committed = False
+                summary.imported = summary.updated = summary.duplicates = 0
     return summary
 
 

@@ -113,7 +113,9 @@ class LLMClient:
         """Ask the endpoint (no cache: see `cached`). `slot` is held only while a request is out;
         `should_stop` (a reason, or "") is asked right before each request goes out."""
         key = request_key(self.model, self.temperature, messages, json_mode=True)
-        for attempt in range(1, settings.EXTRACTION_LLM_MAX_RETRIES + 2):
+        attempt = 0
+        while True:  # until an answer, or _backoff gives up by raising
+            attempt += 1
             self._wait(rate_limit_wait(settings.EXTRACTION_LLM_REQUESTS_PER_MINUTE), should_stop)
             try:
                 with slot or nullcontext():
@@ -141,7 +143,6 @@ class LLMClient:
                     key=key,
                 )
             self._wait(delay, should_stop)
-        raise AssertionError("unreachable")
 
     def remember(self, completion: Completion) -> None:
         """Keep a validated answer for the next identical request."""

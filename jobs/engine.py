@@ -2,7 +2,7 @@
 
 job_drain()          the loop a django-q2 task runs: process chunks until nothing is
                      claimable, the job stops running, or the time budget is spent
-process_one_chunk()  one unit of work; returns whether there was anything to do
+process_one_chunk()  one unit of work; returns the claim it worked on, None if there was none
 chunk_claim()        DESIGN §2: one short transaction stamps a token, a lease, attempts + 1
 chunk_commit()       DESIGN §3: events and item statuses commit only for items that still
                      carry this worker's token; a lost lease throws the work away
@@ -87,17 +87,14 @@ def _pending_sql() -> str:
     )
 
 
-def chunk_claim(
-    job: Job, *, after: int = 0, size: int | None = None, now: datetime | None = None
-) -> Claim | None:
+def chunk_claim(job: Job, *, after: int = 0, now: datetime | None = None) -> Claim | None:
     """Claim up to chunk_size claimable items of a running job: expired leases first, then pending
     ones with an id above `after` (where this worker's previous claim ended).
 
-    Items whose lease expired on their last allowed attempt fail here instead. `size` defaults to
-    the job's chunk size.
+    Items whose lease expired on their last allowed attempt fail here instead.
     """
     now = now or timezone.now()
-    size = size or job.chunk_size
+    size = job.chunk_size
     token = uuid.uuid4()
     db_datetime = datetime_adapter()
     params = {
@@ -110,7 +107,7 @@ def chunk_claim(
     }
     with transaction.atomic():
         expired = dict(
-            JobItem.objects.select_for_update(skip_locked=True)
+            JobItem.objects.select_for_update(skip_locked=True, of=("self",))  # not the job's row
             .filter(
                 job_id=job.id,
                 job__status=Job.Status.RUNNING,
@@ -217,11 +214,11 @@ class LeaseKeeper:
 def chunk_commit(
     claim: Claim, job: Job, results: dict, extractor: Extractor, *, usage: dict[str, list[int]] | None = None
 ) -> int:
-    # usage: tokens paid per user (Control.usage), recorded on the items and the job.
     """Commit a chunk's outcomes for the items this claim still owns; returns how many it owned.
 
     In one transaction: new events replace old ones for succeeded users, items get their final
-    (or retry) status, and the job's counters move by the same amounts.
+    (or retry) status and the tokens paid for them (`usage`, from Control.usage), and the job's
+    counters move by the same amounts.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -364,11 +361,9 @@ def _job_counters_move(
         services.job_fail(job.id, f"{streak} items in a row failed with: {message}")
 
 
-def process_one_chunk(
-    job: Job, extractor: Extractor, *, after: int = 0, size: int | None = None
-) -> Claim | None:
+def process_one_chunk(job: Job, extractor: Extractor, *, after: int = 0) -> Claim | None:
     """Claim (see chunk_claim), extract and commit one chunk; None when nothing was claimable."""
-    claim = chunk_claim(job, after=after, size=size)
+    claim = chunk_claim(job, after=after)
     if claim is None:
         return None
     control = JobControl(job.id)
@@ -415,37 +410,35 @@ def job_drain(
     except (UnknownExtractor, ValidationError, ExtractorFatalError) as exc:
         services.job_fail(job_id, f"cannot start extractor {job.extractor!r}: {exc}")
         return
-    lanes = (
-        1 if connection.in_atomic_block else extractor.lanes
-    )  # in a caller's transaction: this thread only
-    if lanes == 1:
+    if extractor.lanes == 1 or connection.in_atomic_block:  # in a caller's transaction: this thread only
         _drain_lane(job, extractor, deadline, on_chunk)
     else:
-        with ThreadPoolExecutor(lanes, thread_name_prefix="lane") as pool:
-            for lane in [
-                pool.submit(_drain_lane, job, extractor, deadline, on_chunk, True) for _ in range(lanes)
-            ]:
+        with ThreadPoolExecutor(extractor.lanes, thread_name_prefix="lane") as pool:
+            lanes = [
+                pool.submit(_drain_lane, job, extractor, deadline, on_chunk, own_connection=True)
+                for _ in range(extractor.lanes)
+            ]
+            for lane in lanes:
                 lane.result()
     services.job_finish_if_done(job_id)
 
 
 def _drain_lane(
-    job: Job, extractor: Extractor, deadline: float, on_chunk, first_size: int | None = None
+    job: Job, extractor: Extractor, deadline: float, on_chunk, own_connection: bool = False
 ) -> None:
     """Claim, extract and commit chunks one after the other until there is nothing left or time is up.
 
-    `first_size`: this is one of several lanes (a thread), starting with a chunk of that size.
+    `own_connection`: this lane runs in a thread of its own, whose connection it closes at the end.
     """
     after = 0  # where this lane's last claim ended
-    size = first_size
     try:
         while True:
             if time.monotonic() >= deadline:
                 if services.job_has_claimable_items(job.id):
                     services.job_ring(job.id, tasks=1)
                 return
-            if claim := process_one_chunk(job, extractor, after=after, size=size):
-                after, size = claim.last_id, None
+            if claim := process_one_chunk(job, extractor, after=after):
+                after = claim.last_id
                 if on_chunk:
                     on_chunk()
                 continue
@@ -457,7 +450,7 @@ def _drain_lane(
                 return
             time.sleep(min(max(wait, 0.05), 1.0))
     finally:
-        if first_size is not None:  # a lane thread: close its own connection
+        if own_connection:
             connection.close()
 
 

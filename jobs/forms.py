@@ -39,7 +39,11 @@ class JobStartForm(forms.Form):
         help_text="Extractor options as a JSON object.",
     )
     chunk_size = forms.IntegerField(
-        required=False, min_value=1, max_value=10_000, help_text=f"Default {settings.JOBS_CHUNK_SIZE}."
+        required=False,
+        min_value=1,
+        max_value=10_000,
+        help_text=f"Users a worker claims at a time. Default: the extractor's own (rules 500, llm 200), "
+        f"else {settings.JOBS_CHUNK_SIZE}.",
     )
     max_attempts = forms.IntegerField(
         required=False, min_value=1, max_value=100, help_text=f"Default {settings.JOBS_MAX_ATTEMPTS}."

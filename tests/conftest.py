@@ -98,3 +98,17 @@ def _stray_connections_closed(django_db_setup, django_db_blocker):
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
+
+
+@pytest.fixture
+def llm_server(settings, monkeypatch):
+    """The fake OpenAI-compatible server, with the settings and key that point workers at it."""
+    from tests.fake_openai import API_KEY, MODEL, FakeOpenAIServer
+
+    with FakeOpenAIServer() as running:
+        settings.OPENAI_BASE_URL = running.base_url
+        settings.EXTRACTION_LLM_MODEL = MODEL
+        settings.EXTRACTION_LLM_BACKOFF_SECONDS = 0.05
+        monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+        running.fake.url = running.base_url
+        yield running.fake

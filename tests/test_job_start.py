@@ -89,26 +89,32 @@ def test_bad_input_is_refused_field_by_field(make_users, kwargs, errors):
     assert not Job.objects.exists()
 
 
-@pytest.mark.django_db(transaction=True)
-def test_two_concurrent_starts_over_the_same_users_cannot_both_win(make_users):
-    ids = make_users(50)
-    barrier = threading.Barrier(2)
+def at_once(start, count=2) -> list:
+    """Run `start` in `count` threads released together; return what each returned or raised."""
+    barrier = threading.Barrier(count)
     outcomes = []
 
-    def start():
+    def run():
+        barrier.wait()
         try:
-            barrier.wait()
-            outcomes.append(job_start(user_ids=ids))
+            outcomes.append(start())
         except JobConflict as exc:
             outcomes.append(exc)
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=start) for _ in range(2)]
+    threads = [threading.Thread(target=run) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return outcomes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_starts_over_the_same_users_cannot_both_win(make_users):
+    ids = make_users(50)
+    outcomes = at_once(lambda: job_start(user_ids=ids))
     jobs = [o for o in outcomes if isinstance(o, Job)]
     conflicts = [o for o in outcomes if isinstance(o, JobConflict)]
     assert (len(jobs), len(conflicts)) == (1, 1)
@@ -120,18 +126,7 @@ def test_two_concurrent_starts_over_the_same_users_cannot_both_win(make_users):
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_starts_over_everyone_share_the_users(make_users):
     make_users(200)
-    barrier = threading.Barrier(2)
-    jobs = []
-
-    def start():
-        barrier.wait()
-        jobs.append(job_start())
-        connection.close()
-
-    threads = [threading.Thread(target=start) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    jobs = at_once(job_start)
+    assert all(isinstance(job, Job) for job in jobs)
     assert sum(job.total_items for job in jobs) == 200
     assert JobItem.objects.values("user_id").distinct().count() == 200

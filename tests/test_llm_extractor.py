@@ -17,7 +17,6 @@ from extraction.extractors import (
 from extraction.extractors.llm import parse_answer
 from extraction.llm_client import rate_limit_wait
 from extraction.models import LLMCacheEntry
-from tests.fake_openai import API_KEY, MODEL, FakeOpenAIServer
 
 # Transactional: the calls run in threads with their own connections (cache, rate limit).
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,13 +25,8 @@ ACTIONS = ["search", "browse", "browse", "compare", "visit", "add_to_cart", "pur
 
 
 @pytest.fixture
-def server(settings, monkeypatch):
-    with FakeOpenAIServer() as running:
-        settings.OPENAI_BASE_URL = running.base_url
-        settings.EXTRACTION_LLM_MODEL = MODEL
-        settings.EXTRACTION_LLM_BACKOFF_SECONDS = 0.05
-        monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-        yield running.fake
+def server(llm_server):
+    return llm_server
 
 
 def users(count, behaviors=7, start=1):

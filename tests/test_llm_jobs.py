@@ -13,20 +13,14 @@ from jobs.models import Job
 from jobs.selectors import job_progress
 from jobs.services import job_cancel, job_counters_reconcile, job_mark_running, job_start, jobs_resume_stalled
 from tests.cluster import Cluster, wait_for
-from tests.fake_openai import API_KEY, MODEL, FakeOpenAIServer
+from tests.fake_openai import API_KEY, MODEL
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def server(settings, monkeypatch):
-    with FakeOpenAIServer() as running:
-        settings.OPENAI_BASE_URL = running.base_url
-        settings.EXTRACTION_LLM_MODEL = MODEL
-        settings.EXTRACTION_LLM_BACKOFF_SECONDS = 0.05
-        monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-        running.fake.url = running.base_url
-        yield running.fake
+def server(llm_server):
+    return llm_server
 
 
 def test_a_job_records_tokens_per_item_and_on_the_job(server, make_users):

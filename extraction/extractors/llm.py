@@ -233,7 +233,7 @@ class LLMExtractor(Extractor):
             def finish(outcome: CallOutcome) -> None:
                 self._charge(outcome, control)
                 if outcome.completion and not outcome.invalid and not outcome.extra:
-                    client.remember(outcome.completion)  # cached() ignores it when it came from there
+                    client.remember(outcome.completion)  # (an answer from the cache is not stored again)
                 for again in self._settle(outcome, done):
                     start(again)
 
@@ -249,7 +249,7 @@ class LLMExtractor(Extractor):
                     future.cancel()
                 raise
             finally:
-                # Each thread kept its database connection (cache, rate limit) for all its calls.
+                # A thread may have opened a database connection (rate limit, the job's status).
                 barrier = threading.Barrier(threads)
                 for _ in range(threads):
                     pool.submit(_close_connection, barrier)

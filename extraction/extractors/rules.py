@@ -141,6 +141,9 @@ def active_ruleset() -> Ruleset:
 class RulesExtractor(Extractor):
     name = "rules"
     code_version = "1"
+    # Big chunks: each costs a few statements whatever its size (measured on PostgreSQL with two
+    # processes: a few percent more users/s with 500 users a chunk than with 200).
+    default_chunk_size = 500
 
     def __init__(self, options=None):
         super().__init__(options)

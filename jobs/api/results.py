@@ -15,25 +15,15 @@ from rest_framework.views import APIView
 
 from extraction.models import ExtractedEvent, UserProfile
 from extraction.selectors import users_needing_extraction
+from extraction.services import EVENT_COLUMNS
 
 from .serializers import EventFilter, EventOutput, UserOutput
 from .views import ERRORS
 
-EXPORT_COLUMNS = [
-    "id",
-    "user_id",
-    "sequence",
-    "event_type",
-    "label",
-    "category",
-    "starts_at",
-    "ends_at",
-    "context",
-    "behavior_ids",
-    "extractor",
-    "extractor_version",
-]
+EXPORT_COLUMNS = ["id", *EVENT_COLUMNS[:-1]]  # all but created_at
 EXPORT_BATCH = 2000
+CSV_TIMES = {EXPORT_COLUMNS.index(name) for name in ("starts_at", "ends_at")}
+CSV_JSON = {EXPORT_COLUMNS.index(name) for name in ("context", "behavior_ids")}
 
 
 class EventPages(CursorPagination):
@@ -142,10 +132,14 @@ class EventsExportView(APIView):
         yield "\ufeff"  # a BOM, so spreadsheets read the Chinese labels as UTF-8
         yield writer.writerow(EXPORT_COLUMNS)
         for row in rows.iterator(chunk_size=EXPORT_BATCH):
-            values = list(row)
-            values[6], values[7] = values[6].isoformat(), values[7].isoformat()
-            values[8], values[9] = orjson.dumps(values[8]).decode(), orjson.dumps(values[9]).decode()
-            yield writer.writerow(values)
+            yield writer.writerow(
+                value.isoformat()
+                if i in CSV_TIMES
+                else orjson.dumps(value).decode()
+                if i in CSV_JSON
+                else value
+                for i, value in enumerate(row)
+            )
 
     @staticmethod
     def json_lines(rows):

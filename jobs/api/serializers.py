@@ -4,6 +4,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from extraction.models import Category, ExtractedEvent, ExtractionState, UserProfile
+from extraction.services import EVENT_COLUMNS
 
 from ..models import Job, JobItem
 from ..selectors import job_progress
@@ -185,21 +186,7 @@ class UserOutput(serializers.ModelSerializer):
 class EventOutput(serializers.ModelSerializer):
     class Meta:
         model = ExtractedEvent
-        fields = [
-            "id",
-            "user_id",
-            "sequence",
-            "event_type",
-            "label",
-            "category",
-            "starts_at",
-            "ends_at",
-            "context",
-            "behavior_ids",
-            "extractor",
-            "extractor_version",
-            "created_at",
-        ]
+        fields = ["id", *EVENT_COLUMNS]
         read_only_fields = fields
 
 
