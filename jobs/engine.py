@@ -145,7 +145,9 @@ def _fail_exhausted_leases(job: Job, item_ids: list[int], now: datetime) -> None
 
 
 class JobControl(Control):
-    """The job as a long extraction sees it; the database is asked at most once a second.
+    """The job as a long extraction sees it. Its status is asked at most once a second; its
+    committed tokens afresh each time (only asked when a token cap is set, once per call), so the
+    cap overshoots by no more than the calls in flight and the chunks not yet committed.
 
     Called from the extractor's threads too, each with its own connection.
     """
@@ -154,27 +156,19 @@ class JobControl(Control):
         super().__init__()
         self.job_id = job_id
         self.checked_at = -1.0
-        self.status, self.tokens = Job.Status.RUNNING, 0
-
-    def _refresh(self) -> None:
-        with self.lock:
-            if time.monotonic() - self.checked_at < 1:
-                return
-            row = (
-                Job.objects.filter(id=self.job_id)
-                .values_list("status", "prompt_tokens", "completion_tokens")
-                .first()
-            )
-            self.status, self.tokens = (row[0], row[1] + row[2]) if row else (Job.Status.CANCELLED, 0)
-            self.checked_at = time.monotonic()
+        self.status = Job.Status.RUNNING
 
     def stopped(self) -> bool:
-        self._refresh()
-        return self.status != Job.Status.RUNNING
+        with self.lock:
+            if time.monotonic() - self.checked_at >= 1:
+                status = Job.objects.filter(id=self.job_id).values_list("status", flat=True).first()
+                self.status = status or Job.Status.CANCELLED
+                self.checked_at = time.monotonic()
+            return self.status != Job.Status.RUNNING
 
     def tokens_used(self) -> int:
-        self._refresh()
-        return self.tokens
+        tokens = Job.objects.filter(id=self.job_id).values_list("prompt_tokens", "completion_tokens").first()
+        return sum(tokens or ())
 
     def fail_job(self, message: str) -> None:
         services.job_fail(self.job_id, message)

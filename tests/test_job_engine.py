@@ -9,9 +9,10 @@ from django.utils import timezone
 from extraction.extractors import make_extractor
 from extraction.models import ExtractedEvent, ExtractionState
 from extraction.services import chunk_extract
-from jobs.engine import LEASE_LOST, chunk_claim, chunk_commit, job_drain, process_one_chunk
+from jobs.engine import LEASE_LOST, LeaseKeeper, chunk_claim, chunk_commit, job_drain, process_one_chunk
 from jobs.models import Job, JobItem
 from jobs.services import job_counters_reconcile, job_mark_running, job_start
+from tests.cluster import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -221,3 +222,20 @@ def test_a_drain_finds_items_below_its_position(make_users):
     job_drain(job.id)
     job.refresh_from_db()
     assert (job.status, job.succeeded_items) == ("completed", 4)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_chunk_keeps_its_lease(make_users, settings):
+    settings.JOBS_LEASE_SECONDS = 0.3  # the keeper extends every 0.1 s
+    job = running_job(make_users(2))
+    claim = chunk_claim(job)
+    first = JobItem.objects.get(user_id="u001").lease_expires_at
+    keeper = LeaseKeeper(claim)
+    with keeper:
+        wait_for(
+            lambda: JobItem.objects.get(user_id="u001").lease_expires_at > first + timedelta(seconds=0.1),
+            timeout=5,
+            what="the lease to be extended",
+        )
+    assert not keeper.thread.is_alive()  # it stops with the chunk
+    assert JobItem.objects.filter(claim_token=claim.token, lease_expires_at__gt=first).count() == 2

@@ -59,7 +59,7 @@ def test_a_wrong_api_key_fails_the_job_fast_with_a_clear_message(server, make_us
 
 
 def test_the_token_limit_stops_the_job_with_a_clear_status(server, make_users):
-    make_users(12, behaviors=6)
+    make_users(30, behaviors=6)
     job = job_start(
         extractor="llm", chunk_size=3, enqueue=False, options={"max_concurrency": 1, "max_total_tokens": 1500}
     )
@@ -67,8 +67,10 @@ def test_the_token_limit_stops_the_job_with_a_clear_status(server, make_users):
     job.refresh_from_db()
     assert job.status == "failed"
     assert job.error.startswith("token limit reached:") and "of 1,500 tokens spent" in job.error
-    assert 0 < job.succeeded_items < 12
-    assert job.succeeded_items + job.cancelled_items == 12
+    # A chunk of 3 costs ~650 tokens: no call starts once 3 chunks are committed, and the two
+    # lanes have at most one more in flight then, however fast the server answers.
+    assert 0 < job.succeeded_items <= 12
+    assert job.succeeded_items + job.cancelled_items == 30
     assert job.prompt_tokens + job.completion_tokens >= 1500
     assert job_counters_reconcile(job.id) == {}
 

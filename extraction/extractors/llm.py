@@ -271,8 +271,7 @@ class LLMExtractor(Extractor):
         if control.stopped():
             return "the job stopped before this user was sent"
         limit = self.options["max_total_tokens"]
-        used = control.tokens_used() + control.spent()
-        if limit and used >= limit:
+        if limit and (used := control.tokens_used() + control.spent()) >= limit:
             control.fail_job(
                 f"token limit reached: {used:,} of {limit:,} tokens spent (options.max_total_tokens); "
                 f"resume the job to go on"
