@@ -9,6 +9,7 @@ chunk_commit()       DESIGN §3: events and item statuses commit only for items 
 """
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -87,14 +88,16 @@ def _pending_sql() -> str:
     )
 
 
-def chunk_claim(job: Job, *, after: int = 0, now: datetime | None = None) -> Claim | None:
-    """Claim up to chunk_size claimable items of a running job: expired leases first, then pending
-    ones with an id above `after` (where this worker's previous claim ended).
+def chunk_claim(
+    job: Job, *, after: int = 0, size: int | None = None, now: datetime | None = None
+) -> Claim | None:
+    """Claim up to `size` (the job's chunk size) claimable items of a running job: expired leases
+    first, then pending ones with an id above `after` (where this worker's previous claim ended).
 
     Items whose lease expired on their last allowed attempt fail here instead.
     """
     now = now or timezone.now()
-    size = job.chunk_size
+    size = size or job.chunk_size
     token = uuid.uuid4()
     db_datetime = datetime_adapter()
     params = {
@@ -355,9 +358,11 @@ def _job_counters_move(
         services.job_fail(job.id, f"{streak} items in a row failed with: {message}")
 
 
-def process_one_chunk(job: Job, extractor: Extractor, *, after: int = 0) -> Claim | None:
+def process_one_chunk(
+    job: Job, extractor: Extractor, *, after: int = 0, size: int | None = None
+) -> Claim | None:
     """Claim (see chunk_claim), extract and commit one chunk; None when nothing was claimable."""
-    claim = chunk_claim(job, after=after)
+    claim = chunk_claim(job, after=after, size=size)
     if claim is None:
         return None
     control = JobControl(job.id)
@@ -395,22 +400,23 @@ def job_drain(
     """
     budget = settings.JOBS_DRAIN_BUDGET_SECONDS if budget_seconds is None else budget_seconds
     deadline = time.monotonic() + budget
-    services.job_mark_running(job_id)
     job = Job.objects.filter(id=job_id).first()
     if job is None:
         return
-    try:
+    try:  # before the job counts as started: a worker's first job imports the extractor's code
         extractor = make_extractor(job.extractor, job.options)
     except (UnknownExtractor, ValidationError, ExtractorFatalError) as exc:
         services.job_fail(job_id, f"cannot start extractor {job.extractor!r}: {exc}")
         return
+    services.job_mark_running(job_id)
+    job.refresh_from_db()
     if extractor.lanes == 1 or connection.in_atomic_block:  # in a caller's transaction: this thread only
-        _drain_lane(job, extractor, deadline, on_chunk)
+        _drain_lane(job, extractor, deadline, on_chunk, lane=0)
     else:
         with ThreadPoolExecutor(extractor.lanes, thread_name_prefix="lane") as pool:
             lanes = [
-                pool.submit(_drain_lane, job, extractor, deadline, on_chunk, own_connection=True)
-                for _ in range(extractor.lanes)
+                pool.submit(_drain_lane, job, extractor, deadline, on_chunk, lane=lane, own_connection=True)
+                for lane in range(extractor.lanes)
             ]
             for lane in lanes:
                 lane.result()
@@ -418,21 +424,26 @@ def job_drain(
 
 
 def _drain_lane(
-    job: Job, extractor: Extractor, deadline: float, on_chunk, own_connection: bool = False
+    job: Job, extractor: Extractor, deadline: float, on_chunk, *, lane: int, own_connection: bool = False
 ) -> None:
     """Claim, extract and commit chunks one after the other until there is nothing left or time is up.
 
-    `own_connection`: this lane runs in a thread of its own, whose connection it closes at the end.
+    Of several lanes, the first starts with small claims that double up to the chunk size, so
+    calls go out while the others load whole chunks. `own_connection`: this lane runs in a thread
+    of its own, whose connection it closes at the end.
     """
     after = 0  # where this lane's last claim ended
+    size = max(1, job.chunk_size // 8) if lane == 0 and extractor.lanes > 1 else job.chunk_size
     try:
         while True:
             if time.monotonic() >= deadline:
                 if services.job_has_claimable_items(job.id):
                     services.job_ring(job.id, tasks=1)
                 return
-            if claim := process_one_chunk(job, extractor, after=after):
-                after = claim.last_id
+            if claim := process_one_chunk(
+                job, extractor, after=after, size=_claim_size(job, size, extractor)
+            ):
+                after, size = claim.last_id, min(2 * size, job.chunk_size)
                 if on_chunk:
                     on_chunk()
                 continue
@@ -446,6 +457,15 @@ def _drain_lane(
     finally:
         if own_connection:
             connection.close()
+
+
+def _claim_size(job: Job, size: int, extractor: Extractor) -> int:
+    """Guided self-scheduling: no claim above an even share of the items left among the lanes that
+    may be working, so the last chunks are small and the workers finish together (instead of one
+    working through a whole chunk alone while the others idle)."""
+    finished = F("succeeded_items") + F("failed_items") + F("cancelled_items")
+    left = Job.objects.filter(id=job.id).values_list(F("total_items") - finished, flat=True).first() or 0
+    return max(1, min(size, math.ceil(left / (settings.JOBS_DRAIN_TASKS * extractor.lanes))))
 
 
 def _seconds_until_next_retry(job_id: int) -> float | None:

@@ -239,3 +239,12 @@ def test_a_slow_chunk_keeps_its_lease(make_users, settings):
         )
     assert not keeper.thread.is_alive()  # it stops with the chunk
     assert JobItem.objects.filter(claim_token=claim.token, lease_expires_at__gt=first).count() == 2
+
+
+def test_claims_shrink_near_the_end_so_workers_finish_together(make_users, settings):
+    settings.JOBS_DRAIN_TASKS = 2  # an even share of what is left for each of two lanes
+    job = job_start(user_ids=make_users(20), extractor="test", chunk_size=10, enqueue=False)
+    done = []
+    job_drain(job.id, on_chunk=lambda: done.append(Job.objects.get(id=job.id).succeeded_items))
+    sizes = [after - before for before, after in zip([0, *done], done, strict=False)]
+    assert sizes == [10, 5, 3, 1, 1]

@@ -1,5 +1,6 @@
 """The LLM extractor against a real HTTP server speaking the chat-completions protocol."""
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -14,9 +15,10 @@ from extraction.extractors import (
     UserInput,
     make_extractor,
 )
-from extraction.extractors.llm import parse_answer
+from extraction.extractors.llm import Slots, parse_answer
 from extraction.llm_client import rate_limit_wait
 from extraction.models import LLMCacheEntry
+from tests.cluster import wait_for
 
 # Transactional: the calls run in threads with their own connections (cache, rate limit).
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -235,3 +237,25 @@ def test_the_global_rate_limit_spaces_requests_across_workers():
     clock[0] += 10  # later, the slots are free again
     assert rate_limit_wait(120, now=lambda: clock[0]) == 0.0
     assert rate_limit_wait(0) == 0.0
+
+
+def test_a_freed_slot_goes_to_the_oldest_chunks_call():
+    slots = Slots(1)
+    older, newer = slots.for_chunk(), slots.for_chunk()
+    taken = []
+
+    def call(slot, name):
+        with slot:
+            taken.append(name)
+
+    with older:  # the only slot is out
+        waiters = [
+            threading.Thread(target=call, args=(newer, "newer")),
+            threading.Thread(target=call, args=(older, "older")),
+        ]
+        for count, waiter in enumerate(waiters, 1):
+            waiter.start()
+            wait_for(lambda count=count: len(slots.waiting) == count, timeout=5, what="the call to wait")
+    for waiter in waiters:
+        waiter.join(timeout=5)
+    assert taken == ["older", "newer"]  # though the newer chunk's call asked first

@@ -7,6 +7,8 @@ again; a call that fails as a whole is split in halves and retried, so one bad u
 the others. Start and end times come from the referenced behaviours, never from the model.
 """
 
+import heapq
+import itertools
 import json
 import logging
 import math
@@ -74,6 +76,51 @@ class Part:
         return COMPLETION_TOKENS_PER_BEHAVIOR * len(self.behaviors)
 
 
+class Slots:
+    """At most `size` calls out at once in one worker, shared by its lanes. A freed slot goes to
+    the oldest chunk's next call: that chunk finishes early and its lane loads the next one while
+    the other lane's calls keep every slot busy. (Shared fairly, the lanes finished their chunks
+    together and left all slots idle while both loaded.)"""
+
+    def __init__(self, size: int):
+        self.free = size
+        self.changed = threading.Condition()
+        self.waiting: list[tuple[int, int]] = []  # a heap of (chunk rank, ticket)
+        self.tickets = itertools.count()
+        self.ranks = itertools.count()
+
+    def for_chunk(self) -> "ChunkSlot":
+        return ChunkSlot(self, next(self.ranks))
+
+    def acquire(self, rank: int) -> None:
+        with self.changed:
+            entry = (rank, next(self.tickets))
+            heapq.heappush(self.waiting, entry)
+            self.changed.wait_for(lambda: self.free and self.waiting[0] == entry)
+            heapq.heappop(self.waiting)
+            self.free -= 1
+            self.changed.notify_all()  # the next in line may take another free slot
+
+    def release(self) -> None:
+        with self.changed:
+            self.free += 1
+            self.changed.notify_all()
+
+
+@dataclass
+class ChunkSlot:
+    """A slot for one chunk's calls, held while a request is out (reusable: one per retry)."""
+
+    slots: Slots
+    rank: int
+
+    def __enter__(self) -> None:
+        self.slots.acquire(self.rank)
+
+    def __exit__(self, *exc) -> None:
+        self.slots.release()
+
+
 @dataclass
 class CallOutcome:
     parts: list[Part]
@@ -121,7 +168,7 @@ class LLMExtractor(Extractor):
 
     def __init__(self, options=None):
         super().__init__(options)
-        self.slots = threading.BoundedSemaphore(self.options["max_concurrency"])
+        self.slots = Slots(self.options["max_concurrency"])
         self.version = f"1+{self.options['model']}"
         self.system = system_prompt()
         self.system_tokens = estimate_tokens(self.system) + estimate_tokens(USERS_MARKER) + 50
@@ -203,6 +250,7 @@ class LLMExtractor(Extractor):
     # Extraction ------------------------------------------------------------------------------------
     def extract(self, users: Sequence[UserInput], control: Control | None = None) -> dict[str, UserResult]:
         control = control or Control()
+        slot = self.slots.for_chunk()
         results: dict[str, UserResult] = {user.user_id: [] for user in users if not user.behaviors}
         parts = [part for user in users if user.behaviors for part in self.parts_of(user)]
         done: dict[int, list[EventDraft] | ExtractionError] = {}
@@ -217,7 +265,7 @@ class LLMExtractor(Extractor):
             else None
         )
         # Every call is queued at once; each waits in its thread for a slot of this worker's
-        # max_concurrency (shared with its other lanes), so a freed slot is taken at once.
+        # max_concurrency (shared with its other lanes, oldest chunk first), so a freed slot is taken at once.
         threads = 2 * self.options["max_concurrency"]
         with ThreadPoolExecutor(threads, thread_name_prefix="llm") as pool:
             pending: set = set()
@@ -228,7 +276,7 @@ class LLMExtractor(Extractor):
                 if hit := client.cached(messages):
                     finish(self._read(call, hit))
                 else:
-                    pending.add(pool.submit(self._call, client, call, messages, control))
+                    pending.add(pool.submit(self._call, client, call, messages, control, slot))
 
             def finish(outcome: CallOutcome) -> None:
                 self._charge(outcome, control)
@@ -334,14 +382,12 @@ class LLMExtractor(Extractor):
         ]
 
     def _call(
-        self, client: LLMClient, parts: list[Part], messages: list[dict], control: Control
+        self, client: LLMClient, parts: list[Part], messages: list[dict], control: Control, slot: ChunkSlot
     ) -> CallOutcome:
         """One request, in a pool thread: not sent at all once the job stopped (checked right before
         it goes out); holds a slot of this worker's max_concurrency only while it is out."""
         try:
-            completion = client.complete(
-                messages, should_stop=lambda: self._must_stop(control), slot=self.slots
-            )
+            completion = client.complete(messages, should_stop=lambda: self._must_stop(control), slot=slot)
         except LLMStopped as exc:
             return CallOutcome(parts, stopped=str(exc))
         except LLMConfigError as exc:
