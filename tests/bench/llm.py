@@ -5,7 +5,8 @@
 On a fresh PostgreSQL database: sample users, a real qcluster with `--workers` workers, and the
 fake server answering every call after `--latency` seconds. Reports users/s, the calls made
 against the fewest the token budgets allow, the most calls in flight, and the run time against
-the ideal bound: total calls × latency ÷ (workers × concurrency).
+the ideal bound: total calls × latency ÷ (workers × concurrency). The run time is the job's own,
+from the first worker starting it (its extractor made) to the job finishing.
 """
 
 import argparse
