@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from tests.bench.common import ROOT, backend_urls, child_env, print_table
+from tests.bench.common import ROOT, backend_urls, child_env, print_table, qcluster
 
 EXTRACTORS = "noop=tests.extractors.NoopExtractor"
 PORT = 8765
@@ -105,56 +105,48 @@ def main() -> None:
         env=env,
         start_new_session=True,
     )
-    cluster = subprocess.Popen(
-        [sys.executable, "manage.py", "qcluster"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     try:
-        subprocess.run(
-            [sys.executable, "manage.py", "resume_jobs"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while True:  # the server is up and the job is running
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=5)
-                connection.request(
-                    "GET", f"/api/v1/jobs/{job_id}/progress/", headers={"Authorization": f"Token {token}"}
-                )
-                progress = json.loads(connection.getresponse().read())
-                if progress["status"] == "running" and progress["processed"] > 0:
-                    break
-            except (OSError, KeyError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the server or the job did not start")
-            time.sleep(0.5)
-        queue = context.Queue()
-        clients = [
-            context.Process(target=poll, args=(job_id, token, options.seconds, queue))
-            for _ in range(options.clients)
-        ]
-        for client in clients:
-            client.start()
-        samples = [sample for _ in clients for sample in queue.get()]
-        for client in clients:
-            client.join()
-        connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)  # the old one timed out
-        connection.request(
-            "GET", f"/api/v1/jobs/{job_id}/progress/", headers={"Authorization": f"Token {token}"}
-        )
-        after = json.loads(connection.getresponse().read())
+        with qcluster(env):
+            subprocess.run(
+                [sys.executable, "manage.py", "resume_jobs"],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 60
+            while True:  # the server is up and the job is running
+                try:
+                    connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=5)
+                    connection.request(
+                        "GET", f"/api/v1/jobs/{job_id}/progress/", headers={"Authorization": f"Token {token}"}
+                    )
+                    progress = json.loads(connection.getresponse().read())
+                    if progress["status"] == "running" and progress["processed"] > 0:
+                        break
+                except (OSError, KeyError, ValueError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit("the server or the job did not start")
+                time.sleep(0.5)
+            queue = context.Queue()
+            clients = [
+                context.Process(target=poll, args=(job_id, token, options.seconds, queue))
+                for _ in range(options.clients)
+            ]
+            for client in clients:
+                client.start()
+            samples = [sample for _ in clients for sample in queue.get()]
+            for client in clients:
+                client.join()
+            connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)  # the old one timed out
+            connection.request(
+                "GET", f"/api/v1/jobs/{job_id}/progress/", headers={"Authorization": f"Token {token}"}
+            )
+            after = json.loads(connection.getresponse().read())
     finally:
-        for process in (server, cluster):
-            process.terminate()
-            process.wait(timeout=60)
+        server.terminate()
+        server.wait(timeout=60)
 
     latencies = sorted(ms for _, ms in samples)
     codes = {code: sum(1 for c, _ in samples if c == code) for code in sorted({c for c, _ in samples})}

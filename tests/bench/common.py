@@ -13,7 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -59,6 +60,24 @@ def child_env(url: str, **extra: str) -> dict[str, str]:
         "PYTHONPATH": str(ROOT),
         **extra,
     }
+
+
+@contextmanager
+def qcluster(env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """A real `manage.py qcluster` for the length of the block, stopped (and waited for) after it."""
+    cluster = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.terminate()
+        cluster.wait(timeout=60)
 
 
 def run_child(module: str, url: str, *args: str, **env: str) -> dict[str, float]:

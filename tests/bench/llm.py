@@ -11,11 +11,10 @@ from the first worker starting it (its extractor made) to the job finishing.
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 
-from tests.bench.common import ROOT, backend_urls, child_env, print_table
+from tests.bench.common import backend_urls, child_env, print_table, qcluster
 
 
 def main() -> None:
@@ -70,23 +69,12 @@ def main() -> None:
             EXTRACTION_LLM_MODEL=MODEL,
             Q_WORKERS=str(options.workers),
         )
-        cluster = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
+        with qcluster(env):
             time.sleep(3)  # let the cluster start before the clock does
             job = job_start(extractor="llm", options=llm_options, chunk_size=options.chunk_size)
             while job.status not in Job.FINISHED:
                 time.sleep(0.5)
                 job.refresh_from_db()
-        finally:
-            cluster.terminate()
-            cluster.wait(timeout=60)
         fake = server.fake
     if os.environ.get("BENCH_TIMELINE"):
         start = min(a for a, _ in fake.spans)
