@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 
 import openai
 from django.conf import settings
@@ -54,6 +55,16 @@ class Completion:
 def request_key(model: str, temperature: float, messages: list[dict], json_mode: bool) -> str:
     payload = json.dumps([model, temperature, json_mode, messages], ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def cache_prune(before: datetime, *, batch_size: int = 10_000) -> int:
+    """Delete the cached answers made before `before`, in batches so that no long transaction holds
+    the table (workers keep reading and adding); return how many went."""
+    deleted = 0
+    stale = LLMCacheEntry.objects.filter(created_at__lt=before)
+    while ids := list(stale.values_list("id", flat=True)[:batch_size]):
+        deleted += LLMCacheEntry.objects.filter(id__in=ids).delete()[0]
+    return deleted
 
 
 def rate_limit_wait(requests_per_minute: int, *, now: Callable[[], float] = time.time) -> float:

@@ -141,7 +141,7 @@ class LLMCacheEntry(models.Model):
     response = models.TextField()
     prompt_tokens = models.PositiveIntegerField()
     completion_tokens = models.PositiveIntegerField()
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)  # pruned by age
 
     def __str__(self) -> str:
         return f"{self.model} {self.key[:12]}"

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.core.management.base import CommandError
 
 from extraction.extractors import (
     BehaviorRecord,
@@ -16,7 +17,7 @@ from extraction.extractors import (
     make_extractor,
 )
 from extraction.extractors.llm import Slots, parse_answer
-from extraction.llm_client import rate_limit_wait
+from extraction.llm_client import cache_prune, rate_limit_wait
 from extraction.models import LLMCacheEntry
 from tests.cluster import wait_for
 
@@ -178,6 +179,36 @@ def test_identical_requests_are_answered_from_the_cache(server):
     assert len(server.requests) == calls  # nothing sent again
     assert control.usage == {}  # and nothing paid
     assert all(isinstance(r, list) for r in results.values())
+
+
+def test_pruning_the_cache_deletes_old_answers_only_and_they_are_asked_again(server, run):
+    old, recent = users(2), users(2, start=3)
+    extract(old)
+    LLMCacheEntry.objects.update(created_at=datetime.now(UTC) - timedelta(days=40))
+    extract(recent)
+    assert LLMCacheEntry.objects.count() == 2
+
+    out, _ = run("prune_llm_cache", "--days", "30", "--dry-run")
+    assert out.startswith("would delete 1 cached answers made before")
+    assert LLMCacheEntry.objects.count() == 2
+    out, _ = run("prune_llm_cache", "--days", "30")
+    assert out.startswith("deleted 1 cached answers made before") and out.endswith("; 1 kept\n")
+
+    calls = len(server.requests)
+    extract(recent)
+    assert len(server.requests) == calls  # still cached
+    extract(old)
+    assert len(server.requests) == calls + 1  # asked again, and cached again
+    assert LLMCacheEntry.objects.count() == 2
+
+
+def test_the_cache_is_pruned_in_batches_and_days_must_not_be_negative(server, run):
+    for n in range(1, 6):
+        extract(users(1, start=n))
+    assert cache_prune(datetime.now(UTC) + timedelta(seconds=1), batch_size=2) == 5
+    assert not LLMCacheEntry.objects.exists()
+    with pytest.raises(CommandError, match="--days must be 0 or more"):
+        run("prune_llm_cache", "--days", "-1")
 
 
 def test_a_user_too_large_for_one_call_is_split_and_merged(server):

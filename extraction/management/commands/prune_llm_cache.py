@@ -1,0 +1,34 @@
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+
+from extraction.llm_client import cache_prune
+from extraction.models import LLMCacheEntry
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete the LLM's cached answers older than --days days. A job resumed or retried later "
+        "pays again for the calls whose answers were deleted; nothing else depends on the cache."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--days", type=int, required=True, help="keep the answers of the last DAYS days (0: delete all)"
+        )
+        parser.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+
+    def handle(self, *args, days, dry_run, **options):
+        if days < 0:
+            raise CommandError("--days must be 0 or more")
+        before = timezone.now() - timedelta(days=days)
+        if dry_run:
+            count = LLMCacheEntry.objects.filter(created_at__lt=before).count()
+            self.stdout.write(f"would delete {count:,} cached answers made before {before:%Y-%m-%d %H:%M %Z}")
+            return
+        count = cache_prune(before)
+        left = LLMCacheEntry.objects.count()
+        self.stdout.write(
+            f"deleted {count:,} cached answers made before {before:%Y-%m-%d %H:%M %Z}; {left:,} kept"
+        )
