@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -215,8 +215,15 @@ def chunk_commit(
 
     In one transaction: new events replace old ones for succeeded users, items get their final
     (or retry) status and the tokens paid for them (`usage`, from Control.usage), and the job's
-    counters move by the same amounts.
+    counters move by the same amounts. The tokens of items lost to an expired lease are kept too.
     """
+    owned = _owned_commit(claim, job, results, extractor, usage or {})
+    if usage and len(owned) < len(claim.items):
+        _uncommitted_usage_keep(job, claim, usage, committed=owned)
+    return len(owned)
+
+
+def _owned_commit(claim: Claim, job: Job, results: dict, extractor: Extractor, usage) -> set[int]:
     now = timezone.now()
     with transaction.atomic():
         owned = set(
@@ -229,7 +236,7 @@ def chunk_commit(
             .values_list("id", flat=True)
         )
         if not owned:
-            return 0
+            return owned
         succeeded, failed, retried, stopped = {}, {}, {}, []
         saved = []
         for item_id, user_id, attempts in claim.items:
@@ -278,7 +285,7 @@ def chunk_commit(
                 error=_per_item({i: message for i, (_, message) in retried.items()}),
             )
         cancelled = _stopped_release(job, mine.filter(id__in=stopped), now) if stopped else 0
-        tokens = _usage_record(JobItem.objects.filter(id__in=owned), claim, usage or {}, owned)
+        tokens = _usage_record(claim, usage, owned)
         errors = [message for _, message in failed.values()] + [message for _, message in retried.values()]
         _job_counters_move(
             job,
@@ -289,7 +296,7 @@ def chunk_commit(
             errors=errors,
             tokens=tokens,
         )
-    return len(owned)
+    return owned
 
 
 def _stopped_release(job: Job, items, now) -> int:
@@ -301,20 +308,36 @@ def _stopped_release(job: Job, items, now) -> int:
     return items.update(status=JobItem.Status.CANCELLED, lease_expires_at=None, finished_at=now)
 
 
-def _usage_record(items, claim: Claim, usage: dict[str, list[int]], owned: set[int]) -> tuple[int, int]:
-    """Add the tokens the extractor spent on each owned user to its item; return the totals."""
+def _usage_record(claim: Claim, usage: dict[str, list[int]], item_ids: Collection[int]) -> tuple[int, int]:
+    """Add the tokens the extractor spent on these items' users to the items; return the totals."""
     spent = {
         item_id: usage[user_id]
         for item_id, user_id, _ in claim.items
-        if item_id in owned and user_id in usage
+        if item_id in item_ids and user_id in usage
     }
     if not spent:
         return 0, 0
-    items.filter(id__in=list(spent)).update(
+    JobItem.objects.filter(id__in=list(spent)).update(
         prompt_tokens=F("prompt_tokens") + _per_item({i: p for i, (p, _) in spent.items()}),
         completion_tokens=F("completion_tokens") + _per_item({i: c for i, (_, c) in spent.items()}),
     )
     return sum(p for p, _ in spent.values()), sum(c for _, c in spent.values())
+
+
+def _uncommitted_usage_keep(
+    job: Job, claim: Claim, usage: dict[str, list[int]], *, committed: Collection[int] = ()
+) -> None:
+    """Tokens are paid even when the work is thrown away (a lost lease, a failed job): add those of
+    the claim's other items to the items and the job, so the job's cost stays true. Its own short
+    transaction, items before the job row, like every commit."""
+    lost = {item_id for item_id, _, _ in claim.items if item_id not in committed}
+    with transaction.atomic():
+        prompt, completion = _usage_record(claim, usage, lost)
+        if prompt or completion:
+            Job.objects.filter(id=job.id).update(
+                prompt_tokens=F("prompt_tokens") + prompt,
+                completion_tokens=F("completion_tokens") + completion,
+            )
 
 
 def _per_item(values: dict[int, Any]) -> Case:
@@ -372,6 +395,7 @@ def process_one_chunk(
             results = {user.user_id: (user, result) for user, result in outcomes}
         except ExtractorFatalError as exc:
             services.job_fail(job.id, str(exc), release_token=claim.token)
+            _uncommitted_usage_keep(job, claim, control.usage)
             return claim
         except Exception as exc:  # an outage or a bug: every user of the chunk gets a retryable error
             logger.exception("extracting chunk %s of job %s failed", claim.token, job.id)
@@ -380,7 +404,8 @@ def process_one_chunk(
         owned = chunk_commit(claim, job, results, extractor, usage=control.usage)
     if owned < len(claim.items):
         logger.warning(
-            "job %s: %d items of claim %s were lost to an expired lease; their work was discarded",
+            "job %s: %d items of claim %s were lost to an expired lease; their work was discarded, "
+            "its tokens counted",
             job.id,
             len(claim.items) - owned,
             claim.token,

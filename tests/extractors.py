@@ -11,7 +11,8 @@ from extraction.extractors import EventDraft, ExtractionError, Extractor, Extrac
 
 
 class ScriptedExtractor(Extractor):
-    """One `purchase`-like event per user; optionally slow, failing, or fatally broken.
+    """One `purchase`-like event per user; optionally slow, failing, fatally broken, or paying
+    `tokens_per_user` prompt tokens (and half as many completion tokens) for each user first.
 
     calls_file: every call appends "user_id pid" lines for the users it got (O_APPEND, so
     several processes can share the file), to count how often and where each user was extracted.
@@ -26,9 +27,13 @@ class ScriptedExtractor(Extractor):
         "permanent": (bool, False),
         "fatal": (str, ""),
         "fail_users": (list, []),
+        "tokens_per_user": (int, 0),
     }
 
     def extract(self, users, control=None):
+        if control and (tokens := self.options["tokens_per_user"]):
+            for user in users:
+                control.charge(user.user_id, tokens, tokens // 2)
         if self.options["fatal"]:
             raise ExtractorFatalError(self.options["fatal"])
         if self.options["calls_file"]:

@@ -6,7 +6,7 @@ import pytest
 import time_machine
 from django.utils import timezone
 
-from extraction.extractors import make_extractor
+from extraction.extractors import Control, make_extractor
 from extraction.models import ExtractedEvent, ExtractionState
 from extraction.services import chunk_extract
 from jobs.engine import LEASE_LOST, LeaseKeeper, chunk_claim, chunk_commit, job_drain, process_one_chunk
@@ -99,6 +99,23 @@ def test_a_stale_token_cannot_commit(make_users):
     assert set(statuses(job).values()) == {"succeeded"}
 
 
+def test_tokens_paid_for_work_lost_with_its_lease_still_count(make_users):
+    job = running_job(make_users(2), tokens_per_user=10)
+    extractor = make_extractor("test", job.options)
+    stale = chunk_claim(job)
+    with time_machine.travel(timezone.now() + timedelta(seconds=61)):
+        fresh = chunk_claim(job)
+    for claim, owned in ((stale, 0), (fresh, 2)):
+        control = Control()
+        outcomes = chunk_extract(user_ids=claim.user_ids, extractor=extractor, control=control)
+        results = {user.user_id: (user, result) for user, result in outcomes}
+        assert chunk_commit(claim, job, results, extractor, usage=control.usage) == owned
+    job.refresh_from_db()
+    assert set(statuses(job).values()) == {"succeeded"}
+    assert (job.prompt_tokens, job.completion_tokens) == (40, 20)  # both attempts were paid for
+    assert set(job.items.values_list("prompt_tokens", "completion_tokens")) == {(20, 10)}
+
+
 def test_a_transient_error_is_retried_with_backoff_then_fails_with_the_last_error(make_users, settings):
     settings.JOBS_RETRY_BACKOFF_SECONDS = 10
     job = running_job(make_users(1), error="model timed out")
@@ -151,13 +168,22 @@ def test_a_success_breaks_the_streak(make_users, settings):
 
 
 def test_a_fatal_extractor_error_fails_the_job_and_releases_its_chunk(make_users):
-    job = running_job(make_users(5), fatal="endpoint rejected the API key")
+    job = running_job(make_users(5), fatal="endpoint rejected the API key", tokens_per_user=10)
     job_drain(job.id)
     job.refresh_from_db()
     assert (job.status, job.error) == ("failed", "endpoint rejected the API key")
     assert set(statuses(job).values()) == {"cancelled"}
     assert job.cancelled_items == 5
     assert_counters_match_items(job)
+    # What the first chunk paid before the error stays on its items and the job.
+    assert (job.prompt_tokens, job.completion_tokens) == (20, 10)
+    assert sorted(job.items.values_list("user_id", "prompt_tokens", "completion_tokens")) == [
+        ("u001", 10, 5),
+        ("u002", 10, 5),
+        ("u003", 0, 0),
+        ("u004", 0, 0),
+        ("u005", 0, 0),
+    ]
 
 
 def test_an_extractor_crash_is_a_retryable_error_for_its_chunk(make_users, monkeypatch):
