@@ -5,12 +5,14 @@ COPY on PostgreSQL (≈4× faster than executemany) or executemany on SQLite,
 then one INSERT … SELECT does the real work (conflict handling, joins) in SQL.
 """
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from django.db import connection
+from django.db import DatabaseError, connection
+from django.db.models import DateTimeField, Func, Value
 
 
 def is_postgresql() -> bool:
@@ -64,3 +66,44 @@ def tables_analyze(*models) -> None:
     with connection.cursor() as cursor:
         for model in models:
             cursor.execute(f"ANALYZE {model._meta.db_table}")
+
+
+def now_sql(offset: str | None = None) -> str:
+    """SQL for the database's clock, plus `offset` (SQL giving seconds, e.g. a parameter) if given.
+
+    Leases and retries are stamped and compared with this one clock, never a worker's own: a worker
+    whose clock runs ahead would otherwise take over live leases, one behind would keep dead ones.
+    SQLite: the text form Django stores (UTC, compared as text; the clock has milliseconds).
+    """
+    if is_postgresql():
+        return "STATEMENT_TIMESTAMP()" + (f" + make_interval(secs => {offset})" if offset else "")
+    shift = f", ({offset}) || ' seconds'" if offset else ""
+    return f"(STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW'{shift}) || '000')"  # microseconds, as Django writes
+
+
+def connection_reset() -> None:
+    """Drop this thread's connection (perhaps broken: a restarted server, a terminated backend) so
+    that the next query opens a fresh one."""
+    with contextlib.suppress(DatabaseError):
+        connection.close()
+
+
+def database_now() -> datetime:
+    """The database's clock, read (see now_sql)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {now_sql('%s')}", [0.0])
+        (value,) = cursor.fetchone()
+    return value if is_postgresql() else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+class DatabaseNow(Func):
+    """The database's clock `seconds` from now, as an ORM expression (see now_sql)."""
+
+    output_field = DateTimeField()
+
+    def __init__(self, seconds: float = 0):
+        super().__init__(Value(float(seconds)))
+
+    def as_sql(self, compiler, connection, **extra):
+        offset, params = compiler.compile(self.source_expressions[0])
+        return now_sql(offset), params

@@ -77,9 +77,9 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
-    "django_q",
     "extraction",
-    "jobs",
+    "jobs",  # before django_q: its `qcluster` command (which also heals jobs) replaces django-q2's
+    "django_q",
 ]
 
 MIDDLEWARE = [
@@ -244,23 +244,44 @@ EXTRACTION_LLM_BACKOFF_SECONDS = env_float("EXTRACTION_LLM_BACKOFF_SECONDS", 1.0
 
 
 # Jobs and the django-q2 cluster.
-# A drain task works for at most JOBS_DRAIN_BUDGET_SECONDS, then re-enqueues
-# itself, so it always ends well inside Q_TIMEOUT; Q_RETRY (re-delivery of an
-# unacknowledged task) stays above Q_TIMEOUT so a live task is never doubled.
+# A drain task claims chunks for at most JOBS_DRAIN_BUDGET_SECONDS, then re-enqueues itself; each
+# chunk stops extracting JOBS_COMMIT_RESERVE_SECONDS before Q_TIMEOUT and commits what it did, so a
+# task always ends inside Q_TIMEOUT. Q_RETRY (re-delivery of an unacknowledged task) stays above
+# Q_TIMEOUT so a live task is never doubled.
+JOBS_CHUNK_SIZE_LIMIT = 10_000
+JOBS_MAX_ATTEMPTS_LIMIT = 20
 JOBS_CHUNK_SIZE = env_int("JOBS_CHUNK_SIZE", 100, minimum=1)
 JOBS_MAX_ATTEMPTS = env_int("JOBS_MAX_ATTEMPTS", 3, minimum=1)
-JOBS_LEASE_SECONDS = env_int("JOBS_LEASE_SECONDS", 60, minimum=1)
+if JOBS_CHUNK_SIZE > JOBS_CHUNK_SIZE_LIMIT or JOBS_MAX_ATTEMPTS > JOBS_MAX_ATTEMPTS_LIMIT:
+    raise ImproperlyConfigured(
+        f"JOBS_CHUNK_SIZE must be at most {JOBS_CHUNK_SIZE_LIMIT} and JOBS_MAX_ATTEMPTS at most "
+        f"{JOBS_MAX_ATTEMPTS_LIMIT}"
+    )
+# A claim's lease, extended several times within it while the chunk runs: a dead or frozen
+# worker's chunk is claimed again this long after its last beat.
+JOBS_LEASE_SECONDS = env_int("JOBS_LEASE_SECONDS", 15, minimum=1)
 JOBS_DRAIN_TASKS = env_int("JOBS_DRAIN_TASKS", 4, minimum=1)
+# A drain (a task at work on a job) that has not beaten for this long is dead: its place is taken.
+JOBS_DRAIN_STALE_SECONDS = env_int("JOBS_DRAIN_STALE_SECONDS", 10, minimum=1)
 JOBS_DRAIN_BUDGET_SECONDS = env_int("JOBS_DRAIN_BUDGET_SECONDS", 240, minimum=1)
+JOBS_COMMIT_RESERVE_SECONDS = env_int("JOBS_COMMIT_RESERVE_SECONDS", 30, minimum=1)
 JOBS_FAIL_FAST_AFTER = env_int("JOBS_FAIL_FAST_AFTER", 50, minimum=1)
 JOBS_RETRY_BACKOFF_SECONDS = env_int("JOBS_RETRY_BACKOFF_SECONDS", 5, minimum=0)
+JOBS_RETRY_BACKOFF_MAX_SECONDS = env_int("JOBS_RETRY_BACKOFF_MAX_SECONDS", 300, minimum=0)
+# Every cluster heals jobs (rings missing drains, sweeps stopped jobs) when it starts and this often.
+JOBS_HEAL_SECONDS = env_float("JOBS_HEAL_SECONDS", 5.0, minimum=0.1)
 
 Q_TIMEOUT = env_int("Q_TIMEOUT", 600, minimum=10)
 Q_RETRY = env_int("Q_RETRY", Q_TIMEOUT + 120, minimum=11)
 if Q_RETRY <= Q_TIMEOUT:
     raise ImproperlyConfigured("Q_RETRY must be larger than Q_TIMEOUT")
-if JOBS_DRAIN_BUDGET_SECONDS + 2 * JOBS_LEASE_SECONDS > Q_TIMEOUT:
-    raise ImproperlyConfigured("JOBS_DRAIN_BUDGET_SECONDS + 2 × JOBS_LEASE_SECONDS must stay below Q_TIMEOUT")
+# The least time a chunk has to extract: one claimed at the very end of a drain's budget.
+JOBS_CHUNK_SECONDS_AT_LEAST = Q_TIMEOUT - JOBS_DRAIN_BUDGET_SECONDS - JOBS_COMMIT_RESERVE_SECONDS
+if JOBS_CHUNK_SECONDS_AT_LEAST < 2 * JOBS_LEASE_SECONDS:
+    raise ImproperlyConfigured(
+        "Q_TIMEOUT − JOBS_DRAIN_BUDGET_SECONDS − JOBS_COMMIT_RESERVE_SECONDS (the least time a chunk has) "
+        f"must be at least 2 × JOBS_LEASE_SECONDS, got {JOBS_CHUNK_SECONDS_AT_LEAST} s"
+    )
 
 REDIS_URL = os.environ.get("REDIS_URL") or None
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 RATE_LIMIT_NAME = "llm"
 MAX_RETRY_AFTER_SECONDS = 120
+MIN_REQUEST_SECONDS = 1.0  # a request with less time than this before the chunk's deadline is not sent
 
 
 class LLMConfigError(Exception):
@@ -36,7 +37,13 @@ class LLMConfigError(Exception):
 
 
 class LLMCallError(Exception):
-    """This request failed (after retries where that made sense); another request may work."""
+    """This request failed (after retries where that made sense); another request may work.
+
+    `kind` says what sort of failure it was ("HTTP 500", "timeout"…) without the details."""
+
+    def __init__(self, message: str, *, kind: str):
+        super().__init__(message)
+        self.kind = f"the LLM call failed ({kind})"
 
 
 class LLMStopped(Exception):
@@ -100,7 +107,7 @@ class LLMClient:
         api_key = os.environ.get("OPENAI_API_KEY", "")
         if not api_key:
             raise LLMConfigError("OPENAI_API_KEY is not set in the workers' environment")
-        self.model, self.temperature = model, temperature
+        self.model, self.temperature, self.timeout = model, temperature, timeout
         self.max_completion_tokens = max_completion_tokens
         self.client = openai.OpenAI(
             base_url=settings.OPENAI_BASE_URL, api_key=api_key, timeout=timeout, max_retries=0
@@ -119,10 +126,12 @@ class LLMClient:
         messages: list[dict],
         *,
         should_stop: Callable[[], str] = lambda: "",
+        seconds_left: Callable[[], float | None] = lambda: None,
         slot: AbstractContextManager | None = None,
     ) -> Completion:
         """Ask the endpoint (no cache: see `cached`). `slot` is held only while a request is out;
-        `should_stop` (a reason, or "") is asked right before each request goes out."""
+        `should_stop` (a reason, or "") is asked right before each request goes out; no request
+        outlasts `seconds_left()`, the time to the chunk's deadline (None: no deadline)."""
         key = request_key(self.model, self.temperature, messages, json_mode=True)
         attempt = 0
         while True:  # until an answer, or _backoff gives up by raising
@@ -132,17 +141,22 @@ class LLMClient:
                 with slot or nullcontext():
                     if reason := should_stop():
                         raise LLMStopped(reason)
+                    left = seconds_left()
+                    if left is not None and left < MIN_REQUEST_SECONDS:
+                        raise LLMStopped("the chunk's deadline is too near to send this user")
                     response = self.client.chat.completions.create(
                         model=self.model,
                         messages=messages,
                         temperature=self.temperature,
                         max_tokens=self.max_completion_tokens,
                         response_format={"type": "json_object"},
+                        timeout=self.timeout if left is None else min(self.timeout, left),
                     )
             except openai.APIStatusError as exc:
                 delay = self._refusal(exc, attempt)
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                delay = self._backoff(attempt, f"{type(exc).__name__}: {exc}")
+                kind = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection error"
+                delay = self._backoff(attempt, f"{type(exc).__name__}: {exc}", kind)
             else:
                 usage = response.usage
                 content = (response.choices[0].message.content or "") if response.choices else ""
@@ -180,13 +194,15 @@ class LLMClient:
             )
         if status == 429 or status >= 500:
             retry_after = _retry_after(exc)
-            return self._backoff(attempt, f"HTTP {status}: {detail}", at_least=retry_after)
-        raise LLMCallError(f"the LLM endpoint refused the request (HTTP {status}): {detail}")
+            return self._backoff(attempt, f"HTTP {status}: {detail}", f"HTTP {status}", at_least=retry_after)
+        raise LLMCallError(
+            f"the LLM endpoint refused the request (HTTP {status}): {detail}", kind=f"HTTP {status}"
+        )
 
     @staticmethod
-    def _backoff(attempt: int, reason: str, at_least: float = 0.0) -> float:
+    def _backoff(attempt: int, reason: str, kind: str, at_least: float = 0.0) -> float:
         if attempt > settings.EXTRACTION_LLM_MAX_RETRIES:
-            raise LLMCallError(f"gave up after {attempt} attempts: {reason}")
+            raise LLMCallError(f"gave up after {attempt} attempts: {reason}", kind=kind)
         base = settings.EXTRACTION_LLM_BACKOFF_SECONDS * 2 ** (attempt - 1)
         delay = max(at_least, base * random.uniform(0.5, 1.5))
         logger.info("LLM call attempt %d failed (%s); retrying in %.1f s", attempt, reason, delay)

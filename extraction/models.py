@@ -81,7 +81,7 @@ class ExtractedEvent(models.Model):
     context = models.JSONField(default=dict, blank=True)
     behavior_ids = models.JSONField(default=list)
     extractor = models.CharField(max_length=32)
-    extractor_version = models.CharField(max_length=32)
+    extractor_version = models.CharField(max_length=255)  # "1+" and the model name
     created_at = models.DateTimeField()
 
     class Meta:
@@ -117,7 +117,7 @@ class ExtractionState(models.Model):
     extracted_at = models.DateTimeField(null=True, blank=True)
     event_count = models.PositiveIntegerField(default=0)
     extractor = models.CharField(max_length=32, blank=True)
-    extractor_version = models.CharField(max_length=32, blank=True)
+    extractor_version = models.CharField(max_length=255, blank=True)
     input_version = models.PositiveIntegerField(default=0)
     input_fingerprint = models.CharField(max_length=64, blank=True)
 

@@ -40,6 +40,16 @@ def job_link(job_id: int) -> str:
     return format_html('<a href="{}">job {}</a>', reverse("admin:jobs_job_change", args=[job_id]), job_id)
 
 
+def _token_cap(form) -> int | None:
+    """The new token cap typed in the resume form, if any (JobInvalid for what is not a number)."""
+    value = (form.get("max_total_tokens") or "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or len(value) > 15:
+        raise JobInvalid({"max_total_tokens": "must be a whole number of tokens"})
+    return int(value)
+
+
 class ExtractorFilter(admin.SimpleListFilter):
     title = "extractor"
     parameter_name = "extractor"
@@ -174,7 +184,11 @@ class JobAdmin(admin.ModelAdmin):
         """POST cancel, resume or retry-failed for one job, then back to a job page with a message."""
         actions = {
             "cancel": (self.has_cancel_permission, job_cancel, "Job {job.id} is {job.status}."),
-            "resume": (self.has_cancel_permission, job_resume, "Job {job.id} resumed."),
+            "resume": (
+                self.has_cancel_permission,
+                lambda job: job_resume(job, max_total_tokens=_token_cap(request.POST)),
+                "Job {job.id} resumed.",
+            ),
             "retry-failed": (
                 self.has_retry_permission,
                 lambda job: job_retry_failed(job, created_by=request.user),
@@ -206,6 +220,8 @@ class JobAdmin(admin.ModelAdmin):
             and job.status in (Job.Status.CANCELLED, Job.Status.FAILED)
             and job.cancelled_items > 0,
             "can_retry": may_retry and not job.is_active and job.failed_items > 0,
+            "token_cap": job.options.get("max_total_tokens") or 0,
+            "tokens_spent": job.prompt_tokens + job.completion_tokens,
             "items_url": reverse("admin:jobs_jobitem_changelist") + f"?job={job.id}",
             "progress_url": reverse("job-progress", args=[job.id]),
         }

@@ -1,13 +1,19 @@
 """The worker side of the job engine: claim a chunk with a lease, extract, commit fenced by the token.
 
-job_drain()          the loop a django-q2 task runs: process chunks until nothing is
-                     claimable, the job stops running, or the time budget is spent
+job_drain()          the loop a django-q2 task runs: take a drain place, process chunks until nothing
+                     is claimable, the job stops running, or the time budget is spent
 process_one_chunk()  one unit of work; returns the claim it worked on, None if there was none
-chunk_claim()        DESIGN §2: one short transaction stamps a token, a lease, attempts + 1
-chunk_commit()       DESIGN §3: events and item statuses commit only for items that still
-                     carry this worker's token; a lost lease throws the work away
+chunk_claim()        one short transaction stamps a token, a lease (database clock), attempts + 1
+chunk_commit()       events and item statuses commit only for items that still carry this worker's
+                     token; a lost lease throws the work away
+DrainKeeper          one thread per drain: beats its place and extends its chunks' leases
+jobs_heal()          run by every cluster at start and every few seconds: rings jobs that lack
+                     drains, sweeps items left behind by stopped jobs, finishes jobs with nothing left
+
+docs/architecture.md describes the protocol and the faults each part heals.
 """
 
+import contextlib
 import logging
 import math
 import threading
@@ -17,16 +23,16 @@ from collections import defaultdict
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
-from django.db.models import Case, F, Min, Value, When
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Case, Count, Exists, F, IntegerField, Min, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from eventproject.db import datetime_adapter, is_postgresql
+from eventproject.db import DatabaseNow, connection_reset, database_now, is_postgresql, now_sql
 from extraction.extractors import (
     Control,
     ExtractionError,
@@ -37,12 +43,12 @@ from extraction.extractors import (
 )
 from extraction.services import chunk_extract, extraction_failures_record, extraction_results_save
 
-from . import services
-from .models import Job, JobItem
+from .models import Drain, Job, JobItem
 
 logger = logging.getLogger(__name__)
 
 LEASE_LOST = "the worker processing this user stopped or lost its lease"
+COMMIT_TRIES = 5  # a commit is retried on a fresh connection: the fence makes it idempotent
 
 
 @dataclass(frozen=True)
@@ -60,12 +66,118 @@ class Claim:
         return self.items[-1][0]
 
 
+# Job transitions a worker makes ---------------------------------------------------------------------
+def job_mark_running(job_id: int) -> bool:
+    return bool(
+        Job.objects.filter(id=job_id, status=Job.Status.QUEUED).update(
+            status=Job.Status.RUNNING, started_at=Coalesce(F("started_at"), timezone.now())
+        )
+    )
+
+
+def job_finish_if_done(job_id: int) -> str | None:
+    """Running with no active items → completed; cancelling with none running → cancelled, its
+    pending items swept in the same transaction (a stopped job never keeps any)."""
+    now = timezone.now()
+    active = JobItem.objects.filter(job_id=OuterRef("pk"), status__in=JobItem.ACTIVE)
+    running = JobItem.objects.filter(job_id=OuterRef("pk"), status=JobItem.Status.RUNNING)
+    if (
+        Job.objects.filter(id=job_id, status=Job.Status.RUNNING)
+        .filter(~Exists(active))
+        .update(status=Job.Status.COMPLETED, finished_at=now)
+    ):
+        return Job.Status.COMPLETED
+    with transaction.atomic():
+        if (
+            Job.objects.filter(id=job_id, status=Job.Status.CANCELLING)
+            .filter(~Exists(running))
+            .update(status=Job.Status.CANCELLED, finished_at=now)
+        ):
+            job_pending_cancel(job_id)
+            return Job.Status.CANCELLED
+    return None
+
+
+def job_pending_cancel(job_id: int) -> int:
+    """Cancel the job's pending items and count them; returns how many."""
+    cancelled = JobItem.objects.filter(job_id=job_id, status=JobItem.Status.PENDING).update(
+        status=JobItem.Status.CANCELLED, finished_at=timezone.now(), retry_at=None
+    )
+    if cancelled:
+        Job.objects.filter(id=job_id).update(cancelled_items=F("cancelled_items") + cancelled)
+    return cancelled
+
+
+def job_fail(job_id: int, message: str, *, release_token=None) -> bool:
+    """A job-level error (bad configuration, fail-fast, the token cap): the job fails and its pending
+    items are cancelled. `release_token` cancels the caller's own claimed items too; chunks still
+    running elsewhere cancel theirs when they commit. Returns whether it applied.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        applied = Job.objects.filter(id=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
+            status=Job.Status.FAILED, error=message[:10_000], finished_at=now
+        )
+        if applied:
+            job_pending_cancel(job_id)
+        if release_token is not None:
+            released = JobItem.objects.filter(
+                claim_token=release_token, status=JobItem.Status.RUNNING
+            ).update(status=JobItem.Status.CANCELLED, finished_at=now, lease_expires_at=None)
+            Job.objects.filter(id=job_id).update(cancelled_items=F("cancelled_items") + released)
+    return bool(applied)
+
+
+def job_ring(job_id: int, *, tasks: int, drain_id: int | None = None, mark: bool = True) -> None:
+    """Enqueue `tasks` drain tasks for this job once the current transaction commits (`drain_id`: a
+    drain's continuation, which takes over its place). `mark`: note the ring, so that healing does
+    not ring again while these drains wait in the queue.
+
+    The queue is only a doorbell: when the broker cannot take them (down, unreachable), the next
+    heal rings the job again; the caller's work stands.
+    """
+    from django_q.tasks import async_task
+
+    if mark:
+        Job.objects.filter(id=job_id).update(bell_rung_at=DatabaseNow(), short_rings=0)
+
+    def enqueue() -> None:
+        try:
+            for _ in range(tasks):
+                async_task(
+                    "jobs.tasks.drain_job",
+                    job_id,
+                    drain_id,
+                    group=f"job-{job_id}",
+                    task_name=f"drain job {job_id}",
+                )
+        except Exception:
+            logger.warning("could not enqueue drain tasks for job %s; a cluster will ring it again", job_id)
+            with contextlib.suppress(DatabaseError):
+                Job.objects.filter(id=job_id).update(bell_rung_at=None)
+
+    transaction.on_commit(enqueue)
+
+
+def _claimable() -> Q:
+    """Pending items past their backoff, and running items whose lease ran out (database clock)."""
+    now = DatabaseNow()
+    return Q(status=JobItem.Status.PENDING) & (Q(retry_at__isnull=True) | Q(retry_at__lte=now)) | Q(
+        status=JobItem.Status.RUNNING, lease_expires_at__lt=now
+    )
+
+
+def job_has_claimable_items(job_id: int) -> bool:
+    return JobItem.objects.filter(job_id=job_id).filter(_claimable()).exists()
+
+
+# Claims ------------------------------------------------------------------------------------------------
 def _stamp_sql(chosen: str) -> str:
     """Stamp a new claim on the items `chosen` (a subquery of ids) and return them."""
     return (
         f"UPDATE {JobItem._meta.db_table} SET status = 'running', claim_token = %(token)s, "
-        f"lease_expires_at = %(lease)s, attempts = attempts + 1, started_at = %(now)s, retry_at = NULL "
-        f"WHERE id IN ({chosen}) RETURNING id, user_id, attempts"
+        f"lease_expires_at = {now_sql('%(lease)s')}, attempts = attempts + 1, started_at = {now_sql()}, "
+        f"retry_at = NULL WHERE id IN ({chosen}) RETURNING id, user_id, attempts"
     )
 
 
@@ -82,28 +194,23 @@ def _pending_sql() -> str:
     return (
         f"SELECT id FROM {JobItem._meta.db_table} "
         f"WHERE job_id = %(job)s AND status = 'pending' AND id > %(after)s "
-        f"AND (retry_at IS NULL OR retry_at <= %(now)s) "
+        f"AND (retry_at IS NULL OR retry_at <= {now_sql()}) "
         f"AND EXISTS (SELECT 1 FROM {Job._meta.db_table} WHERE id = %(job)s AND status = 'running') "
         f"ORDER BY id LIMIT %(limit)s {lock}"
     )
 
 
-def chunk_claim(
-    job: Job, *, after: int = 0, size: int | None = None, now: datetime | None = None
-) -> Claim | None:
+def chunk_claim(job: Job, *, after: int = 0, size: int | None = None) -> Claim | None:
     """Claim up to `size` (the job's chunk size) claimable items of a running job: expired leases
     first, then pending ones with an id above `after` (where this worker's previous claim ended).
 
     Items whose lease expired on their last allowed attempt fail here instead.
     """
-    now = now or timezone.now()
     size = size or job.chunk_size
     token = uuid.uuid4()
-    db_datetime = datetime_adapter()
     params = {
         "token": token if is_postgresql() else token.hex,  # as Django's UUIDField stores it
-        "lease": db_datetime(now + timedelta(seconds=settings.JOBS_LEASE_SECONDS)),
-        "now": db_datetime(now),
+        "lease": float(settings.JOBS_LEASE_SECONDS),
         "job": job.id,
         "limit": size,
         "after": after,
@@ -115,13 +222,13 @@ def chunk_claim(
                 job_id=job.id,
                 job__status=Job.Status.RUNNING,
                 status=JobItem.Status.RUNNING,
-                lease_expires_at__lt=now,
+                lease_expires_at__lt=DatabaseNow(),
             )
             .values_list("id", "attempts")[:size]
         )
         exhausted = [item_id for item_id, attempts in expired.items() if attempts >= job.max_attempts]
-        if exhausted:
-            _fail_exhausted_leases(job, exhausted, now)
+        if exhausted:  # before any pending row is locked: the job row is taken last (see chunk_commit)
+            _fail_exhausted_leases(job, exhausted)
         reclaim = [item_id for item_id in expired if item_id not in exhausted]
         rows = []
         with connection.cursor() as cursor:
@@ -136,32 +243,45 @@ def chunk_claim(
     return Claim(job.id, token, sorted(rows))
 
 
-def _fail_exhausted_leases(job: Job, item_ids: list[int], now: datetime) -> None:
+def _fail_exhausted_leases(job: Job, item_ids: list[int]) -> None:
     """Items whose lease ran out on their last allowed attempt fail (their worker died each time)."""
     items = JobItem.objects.filter(id__in=item_ids, status=JobItem.Status.RUNNING)
     user_ids = list(items.values_list("user_id", flat=True))
     failed = items.update(
-        status=JobItem.Status.FAILED, finished_at=now, lease_expires_at=None, error=LEASE_LOST
+        status=JobItem.Status.FAILED, finished_at=timezone.now(), lease_expires_at=None, error=LEASE_LOST
     )
     Job.objects.filter(id=job.id).update(failed_items=F("failed_items") + failed)
     extraction_failures_record(errors=dict.fromkeys(user_ids, LEASE_LOST))
 
 
+# What a chunk's extraction sees ------------------------------------------------------------------------
 class JobControl(Control):
-    """The job as a long extraction sees it. Its status is asked at most once a second; its
-    committed tokens afresh each time (only asked when a token cap is set, once per call), so the
-    cap overshoots by no more than the calls in flight and the chunks not yet committed.
+    """The job as a long extraction sees it: stop when the job no longer runs (asked at most once a
+    second), when the chunk's lease was lost, or when its deadline (below the task timeout) is near.
+    Committed tokens are read afresh each time (only asked when a token cap is set, once per call),
+    so the cap overshoots by no more than the calls in flight and the chunks not yet committed.
 
     Called from the extractor's threads too, each with its own connection.
     """
 
-    def __init__(self, job_id: int):
+    def __init__(self, job_id: int, *, deadline: float | None = None):
         super().__init__()
         self.job_id = job_id
+        self.deadline = deadline  # time.monotonic() by which the chunk must stop extracting
         self.checked_at = -1.0
         self.status = Job.Status.RUNNING
+        self.lease_lost = False
+
+    def lose_lease(self) -> None:
+        """Another worker took over (some of) this chunk's items: its work would be thrown away."""
+        self.lease_lost = True
+
+    def seconds_left(self) -> float | None:
+        return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
 
     def stopped(self) -> bool:
+        if self.lease_lost or self.seconds_left() == 0:
+            return True
         with self.lock:
             if time.monotonic() - self.checked_at >= 1:
                 status = Job.objects.filter(id=self.job_id).values_list("status", flat=True).first()
@@ -174,38 +294,91 @@ class JobControl(Control):
         return sum(tokens or ())
 
     def fail_job(self, message: str) -> None:
-        services.job_fail(self.job_id, message)
+        job_fail(self.job_id, message)
         with self.lock:
             self.status = Job.Status.FAILED
 
 
-class LeaseKeeper:
-    """Extends a claim's lease from a background thread while a slow chunk is being extracted."""
+def drain_beat_seconds() -> float:
+    """How often a drain beats and extends its leases: three times within a lease and within the
+    time after which a silent drain counts as dead."""
+    return min(settings.JOBS_LEASE_SECONDS, settings.JOBS_DRAIN_STALE_SECONDS) / 3
 
-    def __init__(self, claim: Claim):
-        self.claim = claim
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"lease-{claim.token}", daemon=True)
 
-    def __enter__(self) -> "LeaseKeeper":
+class DrainKeeper:
+    """Keeps a drain alive from a background thread: every drain_beat_seconds() it beats the drain's
+    place and extends the leases of the chunks it holds, on the database's clock.
+
+    A database error (a dropped connection, "database is locked") is retried a second later on a
+    fresh connection, so one error does not let the leases lapse. A chunk whose items no longer all
+    carry its token has lost its lease: its control says stop, so no more is spent on work that
+    will be thrown away. A drain whose place was given away (it was frozen past its lease) is
+    `evicted` and takes no more chunks.
+    """
+
+    def __init__(self, drain_id: int | None):
+        self.drain_id = drain_id
+        self.held: dict[uuid.UUID, tuple[int, JobControl]] = {}
+        self.lock = threading.Lock()
+        self.evicted = False
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"drain-{drain_id}", daemon=True)
+
+    def __enter__(self) -> "DrainKeeper":
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stopped.set()
+        self.stopping.set()
         self.thread.join()
 
-    def _run(self) -> None:
-        interval = settings.JOBS_LEASE_SECONDS / 3
-        try:
-            while not self.stopped.wait(interval):
-                JobItem.objects.filter(claim_token=self.claim.token, status=JobItem.Status.RUNNING).update(
-                    lease_expires_at=timezone.now() + timedelta(seconds=settings.JOBS_LEASE_SECONDS)
+    def hold(self, claim: Claim, control: JobControl) -> None:
+        with self.lock:
+            self.held[claim.token] = (len(claim.items), control)
+
+    def release(self, claim: Claim) -> None:
+        with self.lock:
+            self.held.pop(claim.token, None)
+
+    def beat(self) -> None:
+        if self.drain_id is not None and not Drain.objects.filter(id=self.drain_id).update(
+            seen_at=DatabaseNow()
+        ):
+            self.evicted = True
+        with self.lock:
+            held = list(self.held.items())
+        for token, (count, control) in held:
+            renewed = JobItem.objects.filter(claim_token=token, status=JobItem.Status.RUNNING).update(
+                lease_expires_at=DatabaseNow(settings.JOBS_LEASE_SECONDS)
+            )
+            if renewed < count and token in self.held:  # (a chunk that just committed is released)
+                logger.warning(
+                    "claim %s lost its lease: %d of its %d items were taken", token, count - renewed, count
                 )
-        except Exception:  # the lease then simply runs out and the items are re-claimed
-            logger.exception("could not extend the lease of claim %s", self.claim.token)
+                control.lose_lease()
+
+    def _run(self) -> None:
+        interval = drain_beat_seconds()
+        wait = interval
+        try:
+            while not self.stopping.wait(wait):
+                try:
+                    self.beat()
+                    wait = interval
+                except DatabaseError as exc:
+                    logger.warning("drain %s could not renew its leases (%s); retrying", self.drain_id, exc)
+                    connection_reset()
+                    wait = min(1.0, interval)
         finally:
             connection.close()
+
+
+# Commits -------------------------------------------------------------------------------------------------
+def retry_backoff_seconds(attempts: int) -> float:
+    """JOBS_RETRY_BACKOFF_SECONDS after the first attempt, doubling after each one, never above
+    JOBS_RETRY_BACKOFF_MAX_SECONDS (minutes, not months; and no overflow at any attempt count)."""
+    base, cap = settings.JOBS_RETRY_BACKOFF_SECONDS, settings.JOBS_RETRY_BACKOFF_MAX_SECONDS
+    return min(base * 2 ** min(max(attempts - 1, 0), 32), cap)
 
 
 def chunk_commit(
@@ -224,6 +397,8 @@ def chunk_commit(
 
 
 def _owned_commit(claim: Claim, job: Job, results: dict, extractor: Extractor, usage) -> set[int]:
+    """Lock order: the claim's items, then the job's row last (as every writer does), so that a
+    cancel or a failure landing meanwhile is seen here, under that lock, and never deadlocks."""
     now = timezone.now()
     with transaction.atomic():
         owned = set(
@@ -251,12 +426,12 @@ def _owned_commit(claim: Claim, job: Job, results: dict, extractor: Extractor, u
             elif result.stopped:
                 stopped.append(item_id)
             elif result.permanent or attempts >= job.max_attempts:
-                failed[item_id] = (user_id, result.message)
+                failed[item_id] = (user_id, result)
             else:
-                retried[item_id] = (user_id, result.message)
+                retried[item_id] = (user_id, result, attempts)
         extraction_results_save(outcomes=saved, extractor=extractor)
         if failed:
-            extraction_failures_record(errors=dict(failed.values()))
+            extraction_failures_record(errors={user_id: error.message for user_id, error in failed.values()})
         mine = JobItem.objects.filter(claim_token=claim.token, status=JobItem.Status.RUNNING)
         if succeeded:
             mine.filter(id__in=list(succeeded)).update(
@@ -271,41 +446,39 @@ def _owned_commit(claim: Claim, job: Job, results: dict, extractor: Extractor, u
                 status=JobItem.Status.FAILED,
                 finished_at=now,
                 lease_expires_at=None,
-                error=_per_item({i: message for i, (_, message) in failed.items()}),
+                error=_per_item({i: error.message for i, (_, error) in failed.items()}),
             )
         if retried:
-            backoff = timedelta(seconds=settings.JOBS_RETRY_BACKOFF_SECONDS)
             mine.filter(id__in=list(retried)).update(
                 status=JobItem.Status.PENDING,
                 lease_expires_at=None,
-                # Exponential backoff: 1, 2, 4… times the base after the 1st, 2nd, 3rd… attempt.
                 retry_at=_per_item(
-                    {i: now + backoff * 2 ** (attempts - 1) for i, _, attempts in claim.items if i in retried}
+                    {i: retry_backoff_seconds(attempts) for i, (_, _, attempts) in retried.items()},
+                    DatabaseNow,
                 ),
-                error=_per_item({i: message for i, (_, message) in retried.items()}),
+                error=_per_item({i: error.message for i, (_, error, _) in retried.items()}),
             )
-        cancelled = _stopped_release(job, mine.filter(id__in=stopped), now) if stopped else 0
+        if stopped:  # never tried (the job stopped, the lease was lost, the deadline came): no attempt
+            mine.filter(id__in=stopped).update(
+                status=JobItem.Status.PENDING, lease_expires_at=None, attempts=F("attempts") - 1
+            )
         tokens = _usage_record(claim, usage, owned)
-        errors = [message for _, message in failed.values()] + [message for _, message in retried.values()]
-        _job_counters_move(
+        status = _job_counters_move(
             job,
             succeeded=len(succeeded),
             failed=len(failed),
-            cancelled=cancelled,
             events=sum(succeeded.values()),
-            errors=errors,
+            errors=[error for _, error in failed.values()] + [error for _, error, _ in retried.values()],
             tokens=tokens,
         )
+        released = [*retried, *stopped]
+        if released and status != Job.Status.RUNNING:
+            # The job was cancelled or failed while this chunk ran: a stopped job keeps no pending items.
+            swept = JobItem.objects.filter(id__in=released, status=JobItem.Status.PENDING).update(
+                status=JobItem.Status.CANCELLED, finished_at=now, retry_at=None
+            )
+            Job.objects.filter(id=job.id).update(cancelled_items=F("cancelled_items") + swept)
     return owned
-
-
-def _stopped_release(job: Job, items, now) -> int:
-    """Items never tried because the job stopped: back to pending if it still runs (not an attempt),
-    else cancelled. Returns how many were cancelled."""
-    if Job.objects.filter(id=job.id, status=Job.Status.RUNNING).exists():
-        items.update(status=JobItem.Status.PENDING, lease_expires_at=None, attempts=F("attempts") - 1)
-        return 0
-    return items.update(status=JobItem.Status.CANCELLED, lease_expires_at=None, finished_at=now)
 
 
 def _usage_record(claim: Claim, usage: dict[str, list[int]], item_ids: Collection[int]) -> tuple[int, int]:
@@ -340,12 +513,12 @@ def _uncommitted_usage_keep(
             )
 
 
-def _per_item(values: dict[int, Any]) -> Case:
+def _per_item(values: dict[int, Any], wrap: Callable[[Any], Any] = Value) -> Case:
     """A CASE giving each item id its value, with one WHEN per distinct value (chunks repeat few)."""
     groups: dict[Any, list[int]] = defaultdict(list)
     for item_id, value in values.items():
         groups[value].append(item_id)
-    return Case(*(When(id__in=ids, then=Value(value)) for value, ids in groups.items()))
+    return Case(*(When(id__in=ids, then=wrap(value)) for value, ids in groups.items()))
 
 
 def _job_counters_move(
@@ -353,55 +526,114 @@ def _job_counters_move(
     *,
     succeeded: int,
     failed: int,
-    cancelled: int = 0,
     events: int,
-    errors: list[str],
+    errors: list[ExtractionError],
     tokens: tuple[int, int] = (0, 0),
-) -> None:
-    """Move the job's counters and its fail-fast streak; fail the job when the streak is too long."""
-    counters = {
-        "succeeded_items": F("succeeded_items") + succeeded,
-        "failed_items": F("failed_items") + failed,
-        "cancelled_items": F("cancelled_items") + cancelled,
-        "event_count": F("event_count") + events,
-        "prompt_tokens": F("prompt_tokens") + tokens[0],
-        "completion_tokens": F("completion_tokens") + tokens[1],
+) -> str:
+    """Move the job's counters and its fail-fast streak; fail the job when the streak is too long.
+
+    Returns the job's status as it stands under the row lock this update takes: a cancel or a
+    failure that committed meanwhile is seen here, never missed.
+    """
+    moves = {
+        "succeeded_items": succeeded,
+        "failed_items": failed,
+        "event_count": events,
+        "prompt_tokens": tokens[0],
+        "completion_tokens": tokens[1],
     }
-    if not errors:  # the common case: no need to read the streak first
-        Job.objects.filter(id=job.id).update(**counters, error_streak=0, error_streak_message="")
-        return
-    current = Job.objects.select_for_update().only("error_streak", "error_streak_message").get(id=job.id)
-    streak, message = current.error_streak, current.error_streak_message
-    if succeeded:
-        streak, message = 0, ""
-    for error in errors:
-        streak, message = (streak + 1, message) if error == message else (1, error)
-    Job.objects.filter(id=job.id).update(**counters, error_streak=streak, error_streak_message=message)
-    if streak >= settings.JOBS_FAIL_FAST_AFTER:
-        services.job_fail(job.id, f"{streak} items in a row failed with: {message}")
+    sets = [f"{name} = {name} + %s" for name in moves]
+    params: list[Any] = list(moves.values())
+    streak = None
+    if errors:
+        current = Job.objects.select_for_update().only("error_streak", "error_streak_kind").get(id=job.id)
+        streak, kind = (0, "") if succeeded else (current.error_streak, current.error_streak_kind)
+        for error in errors:
+            streak, kind = (streak + 1, kind) if error.kind == kind else (1, error.kind)
+        sets += ["error_streak = %s", "error_streak_kind = %s", "error_streak_message = %s"]
+        params += [streak, kind[:200], errors[-1].message]
+    elif succeeded:
+        sets += ["error_streak = 0", "error_streak_kind = ''", "error_streak_message = ''"]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Job._meta.db_table} SET {', '.join(sets)} WHERE id = %s RETURNING status",
+            [*params, job.id],
+        )
+        (status,) = cursor.fetchone()
+    if streak is not None and streak >= settings.JOBS_FAIL_FAST_AFTER:
+        message = (
+            f"{streak} items in a row failed with the same kind of error ({kind}); "
+            f"the last one: {errors[-1].message}"
+        )
+        if job_fail(job.id, message):
+            return Job.Status.FAILED
+    return status
+
+
+def _commit_with_retries(
+    claim: Claim, job: Job, results: dict, extractor: Extractor, control: Control
+) -> int:
+    """chunk_commit, tried again on a fresh connection when the database drops it: the fence makes a
+    second try commit nothing twice (a first try that did commit left no item with this token)."""
+    for attempt in range(1, COMMIT_TRIES + 1):
+        try:
+            return chunk_commit(claim, job, results, extractor, usage=control.usage)
+        except DatabaseError:
+            if attempt == COMMIT_TRIES or connection.in_atomic_block:
+                raise
+            logger.warning(
+                "commit of claim %s failed; retrying on a fresh connection", claim.token, exc_info=True
+            )
+            connection_reset()
+            time.sleep(attempt)
+    raise AssertionError("unreachable")
+
+
+# The drain loop --------------------------------------------------------------------------------------
+@dataclass
+class DrainRun:
+    """One drain task's work on one job, shared by its lanes."""
+
+    job: Job
+    extractor: Extractor
+    keeper: DrainKeeper
+    claim_until: float  # time.monotonic(): no claim after this (the drain's budget)
+    deadline: float | None  # time.monotonic(): chunks stop extracting (below the task timeout)
+    on_chunk: Callable[[], None] | None = None
 
 
 def process_one_chunk(
-    job: Job, extractor: Extractor, *, after: int = 0, size: int | None = None
+    job: Job,
+    extractor: Extractor,
+    *,
+    after: int = 0,
+    size: int | None = None,
+    keeper: DrainKeeper | None = None,
+    deadline: float | None = None,
 ) -> Claim | None:
     """Claim (see chunk_claim), extract and commit one chunk; None when nothing was claimable."""
     claim = chunk_claim(job, after=after, size=size)
     if claim is None:
         return None
-    control = JobControl(job.id)
-    with LeaseKeeper(claim):
+    control = JobControl(job.id, deadline=deadline)
+    if keeper:
+        keeper.hold(claim, control)
+    try:
         try:
             outcomes = chunk_extract(user_ids=claim.user_ids, extractor=extractor, control=control)
             results = {user.user_id: (user, result) for user, result in outcomes}
         except ExtractorFatalError as exc:
-            services.job_fail(job.id, str(exc), release_token=claim.token)
+            job_fail(job.id, str(exc), release_token=claim.token)
             _uncommitted_usage_keep(job, claim, control.usage)
             return claim
         except Exception as exc:  # an outage or a bug: every user of the chunk gets a retryable error
             logger.exception("extracting chunk %s of job %s failed", claim.token, job.id)
-            error = ExtractionError(f"{type(exc).__name__}: {exc}")
+            error = ExtractionError(f"{type(exc).__name__}: {exc}", kind=type(exc).__name__)
             results = {user_id: (None, error) for user_id in claim.user_ids}
-        owned = chunk_commit(claim, job, results, extractor, usage=control.usage)
+        owned = _commit_with_retries(claim, job, results, extractor, control)
+    finally:
+        if keeper:
+            keeper.release(claim)
     if owned < len(claim.items):
         logger.warning(
             "job %s: %d items of claim %s were lost to an expired lease; their work was discarded, "
@@ -413,70 +645,149 @@ def process_one_chunk(
     return claim
 
 
+def drain_enter(job_id: int, drain_id: int | None = None) -> int | None:
+    """Take one of the job's JOBS_DRAIN_TASKS drain places (`drain_id`: the place a continuation
+    inherits, if it is still there); None when the job no longer runs, or live drains hold every
+    place for JOBS_DRAIN_STALE_SECONDS (this drain is surplus: the bell was rung twice).
+
+    A place that has not beaten for JOBS_DRAIN_STALE_SECONDS is given to this drain: its holder died
+    or froze. Waiting that long for one lets a cluster that starts right after another died take
+    over the dead drains' places at once.
+    """
+    stale = settings.JOBS_DRAIN_STALE_SECONDS
+    give_up = time.monotonic() + stale
+    while True:
+        with transaction.atomic():
+            alive = list(
+                Job.objects.select_for_update()  # serialises the drains of one job here
+                .filter(id=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+                .values_list("id", flat=True)
+            )
+            if not alive:
+                return None
+            places = Drain.objects.filter(job_id=job_id)
+            places.filter(seen_at__lt=DatabaseNow(-stale)).delete()
+            if drain_id and places.filter(id=drain_id).update(seen_at=DatabaseNow()):
+                return drain_id
+            if places.count() < settings.JOBS_DRAIN_TASKS:
+                return Drain.objects.create(job_id=job_id, started_at=DatabaseNow(), seen_at=DatabaseNow()).id
+        if time.monotonic() >= give_up:
+            return None
+        time.sleep(min(1.0, stale))
+
+
 def job_drain(
-    job_id: int, *, budget_seconds: float | None = None, on_chunk: Callable[[], None] | None = None
+    job_id: int,
+    *,
+    drain_id: int | None = None,
+    budget_seconds: float | None = None,
+    on_chunk: Callable[[], None] | None = None,
 ) -> None:
     """Work on one job until nothing is claimable, it stops running, or the time budget is spent.
 
-    Runs as a django-q2 task, any number at once on any number of machines. When the budget
-    is spent with work left, it enqueues its own continuation (staying under the task timeout).
-    An extractor with several lanes (the LLM's) works on that many chunks at once, so its calls
-    stay in flight while one chunk is loaded, packed or committed.
+    Runs as a django-q2 task, any number at once on any number of machines (at most
+    JOBS_DRAIN_TASKS per job work; the others leave). When the budget is spent with work left, it
+    enqueues its own continuation, which inherits its place; every chunk stops extracting
+    JOBS_COMMIT_RESERVE_SECONDS before the task timeout and commits what it did. An extractor with
+    several lanes (the LLM's) works on that many chunks at once, so its calls stay in flight while
+    one chunk is loaded, packed or committed.
     """
+    started = time.monotonic()
     budget = settings.JOBS_DRAIN_BUDGET_SECONDS if budget_seconds is None else budget_seconds
-    deadline = time.monotonic() + budget
     job = Job.objects.filter(id=job_id).first()
     if job is None:
+        return
+    if job.status not in (Job.Status.QUEUED, Job.Status.RUNNING):
+        job_finish_if_done(job_id)  # a cancel waits for the last chunk: this may be after it
         return
     try:  # before the job counts as started: a worker's first job imports the extractor's code
         extractor = make_extractor(job.extractor, job.options)
     except (UnknownExtractor, ValidationError, ExtractorFatalError) as exc:
-        services.job_fail(job_id, f"cannot start extractor {job.extractor!r}: {exc}")
+        job_fail(job_id, f"cannot start extractor {job.extractor!r}: {exc}")
         return
-    services.job_mark_running(job_id)
-    job.refresh_from_db()
-    if extractor.lanes == 1 or connection.in_atomic_block:  # in a caller's transaction: this thread only
-        _drain_lane(job, extractor, deadline, on_chunk, lane=0)
-    else:
-        with ThreadPoolExecutor(extractor.lanes, thread_name_prefix="lane") as pool:
-            lanes = [
-                pool.submit(_drain_lane, job, extractor, deadline, on_chunk, lane=lane, own_connection=True)
-                for lane in range(extractor.lanes)
-            ]
-            for lane in lanes:
-                lane.result()
-    services.job_finish_if_done(job_id)
+    drain_id = drain_enter(job_id, drain_id)
+    if drain_id is None:
+        return
+    keeper = DrainKeeper(drain_id)
+    run = DrainRun(
+        job,
+        extractor,
+        keeper,
+        claim_until=started + budget,
+        deadline=None
+        if math.isinf(budget)
+        else started + settings.Q_TIMEOUT - settings.JOBS_COMMIT_RESERVE_SECONDS,
+        on_chunk=on_chunk,
+    )
+    continued = False
+    try:
+        job_mark_running(job_id)
+        job.refresh_from_db()
+        if connection.in_atomic_block:  # a caller's transaction (tests): no other thread could see its rows
+            _drain_lane(run, lane=0)
+        else:
+            with keeper:
+                if extractor.lanes == 1:
+                    _drain_lane(run, lane=0)
+                else:
+                    with ThreadPoolExecutor(extractor.lanes, thread_name_prefix="lane") as pool:
+                        lanes = [
+                            pool.submit(_drain_lane, run, lane=lane, own_connection=True)
+                            for lane in range(extractor.lanes)
+                        ]
+                        for lane in lanes:
+                            lane.result()
+        if time.monotonic() >= run.claim_until and not keeper.evicted and job_has_claimable_items(job_id):
+            job_ring(job_id, tasks=1, drain_id=drain_id, mark=False)  # the budget is spent, work is left
+            continued = True
+    finally:
+        if not continued:
+            Drain.objects.filter(id=drain_id).delete()
+    job_finish_if_done(job_id)
 
 
-def _drain_lane(
-    job: Job, extractor: Extractor, deadline: float, on_chunk, *, lane: int, own_connection: bool = False
-) -> None:
-    """Claim, extract and commit chunks one after the other until there is nothing left or time is up.
+def _drain_lane(run: DrainRun, *, lane: int, own_connection: bool = False) -> None:
+    """Claim, extract and commit chunks one after the other until there is nothing left, the time is
+    up, or the drain lost its place. A dropped connection is retried on a fresh one.
 
     Of several lanes, the first starts with small claims that double up to the chunk size, so
     calls go out while the others load whole chunks. `own_connection`: this lane runs in a thread
     of its own, whose connection it closes at the end.
     """
+    job, extractor = run.job, run.extractor
     after = 0  # where this lane's last claim ended
     size = max(1, job.chunk_size // 8) if lane == 0 and extractor.lanes > 1 else job.chunk_size
     try:
-        while True:
-            if time.monotonic() >= deadline:
-                if services.job_has_claimable_items(job.id):
-                    services.job_ring(job.id, tasks=1)
-                return
-            if claim := process_one_chunk(
-                job, extractor, after=after, size=_claim_size(job, size, extractor)
-            ):
-                after, size = claim.last_id, min(2 * size, job.chunk_size)
-                if on_chunk:
-                    on_chunk()
-                continue
-            if after:  # look once more from the start: items skipped while locked, or backing off
-                after = 0
-                continue
-            wait = _seconds_until_next_retry(job.id)
-            if wait is None or time.monotonic() + wait >= deadline:
+        while not run.keeper.evicted:
+            try:
+                if time.monotonic() >= run.claim_until:
+                    return
+                claim = process_one_chunk(
+                    job,
+                    extractor,
+                    after=after,
+                    size=_claim_size(job, size, extractor),
+                    keeper=run.keeper,
+                    deadline=run.deadline,
+                )
+                if claim:
+                    after, size = claim.last_id, min(2 * size, job.chunk_size)
+                    if run.on_chunk:
+                        run.on_chunk()
+                    continue
+                if after:  # look once more from the start: items skipped while locked, or backing off
+                    after = 0
+                    continue
+                wait = _seconds_until_next_retry(job.id)
+            except DatabaseError:
+                if connection.in_atomic_block:
+                    raise
+                logger.warning(
+                    "drain of job %s: database error; retrying on a fresh connection", job.id, exc_info=True
+                )
+                connection_reset()
+                wait = 1.0
+            if wait is None or time.monotonic() + wait >= run.claim_until:
                 return
             time.sleep(min(max(wait, 0.05), 1.0))
     finally:
@@ -494,10 +805,96 @@ def _claim_size(job: Job, size: int, extractor: Extractor) -> int:
 
 
 def _seconds_until_next_retry(job_id: int) -> float | None:
-    """When a pending item waiting out its backoff becomes claimable, if any does."""
+    """When a pending item waiting out its backoff becomes claimable, if any does (database clock)."""
     if not Job.objects.filter(id=job_id, status=Job.Status.RUNNING).exists():
         return None
     next_retry = JobItem.objects.filter(job_id=job_id, status=JobItem.Status.PENDING).aggregate(
         at=Min("retry_at")
     )["at"]
-    return None if next_retry is None else (next_retry - timezone.now()).total_seconds()
+    return None if next_retry is None else (next_retry - database_now()).total_seconds()
+
+
+# Healing -------------------------------------------------------------------------------------------
+def jobs_heal(*, force: bool = False) -> list[str]:
+    """Bring every job back to health after any fault; idempotent, safe anywhere, any time, at once.
+
+    Every cluster runs it when it starts (`force`: ring at once) and every JOBS_HEAL_SECONDS:
+    - a stopped job keeps no pending or running items (left by a dead worker, or by older versions);
+    - a job with nothing left is finished;
+    - a queued or running job with claimable items and fewer than JOBS_DRAIN_TASKS live drains gets
+      the missing ones rung (a lost queue message, a killed cluster's drains, a broker that was down).
+    """
+    return [*_stopped_jobs_sweep(), *_jobs_finish(), *_jobs_ring(force=force)]
+
+
+def _stopped_jobs_sweep() -> list[str]:
+    done = []
+    stale = Q(status=JobItem.Status.PENDING) | Q(
+        status=JobItem.Status.RUNNING, lease_expires_at__lt=DatabaseNow()
+    )
+    not_running = Job.objects.exclude(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+    for job_id in not_running.filter(
+        Exists(JobItem.objects.filter(stale, job_id=OuterRef("pk")))
+    ).values_list("id", flat=True):
+        with transaction.atomic():
+            cancelled = JobItem.objects.filter(stale, job_id=job_id).update(
+                status=JobItem.Status.CANCELLED,
+                finished_at=timezone.now(),
+                lease_expires_at=None,
+                retry_at=None,
+            )
+            Job.objects.filter(id=job_id).update(cancelled_items=F("cancelled_items") + cancelled)
+        done.append(f"job {job_id}: cancelled {cancelled} items a stopped job still held")
+    return done
+
+
+def _jobs_finish() -> list[str]:
+    done = []
+    nothing_running = ~Exists(JobItem.objects.filter(job_id=OuterRef("pk"), status=JobItem.Status.RUNNING))
+    nothing_left = ~Exists(JobItem.objects.filter(job_id=OuterRef("pk"), status__in=JobItem.ACTIVE))
+    ending = Job.objects.filter(
+        Q(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]) & nothing_left
+        | Q(status=Job.Status.CANCELLING) & nothing_running
+    )
+    for job_id in ending.values_list("id", flat=True):
+        job_mark_running(job_id)
+        if status := job_finish_if_done(job_id):
+            done.append(f"job {job_id}: nothing left, now {status}")
+    return done
+
+
+def _jobs_ring(*, force: bool) -> list[str]:
+    """Ring the drains a job lacks. Rings made while a job stays short of drains (its drains wait
+    behind other jobs' in the queue) back off, 1, 2, 4… × JOBS_DRAIN_STALE_SECONDS up to 32 ×, so
+    the queue does not fill with surplus drains; a cluster that starts rings at once."""
+    done = []
+    stale = settings.JOBS_DRAIN_STALE_SECONDS
+    live = Drain.objects.filter(job_id=OuterRef("pk"), seen_at__gte=DatabaseNow(-stale))
+    claimable = JobItem.objects.filter(job_id=OuterRef("pk")).filter(_claimable())
+    candidates = (
+        Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+        .filter(Exists(claimable))
+        .annotate(live=Coalesce(_count(live), 0))
+    )
+    for job in candidates.only("id", "short_rings"):
+        missing = settings.JOBS_DRAIN_TASKS - job.live
+        if missing <= 0:
+            if job.short_rings:
+                Job.objects.filter(id=job.id).update(short_rings=0)
+            continue
+        ring = Job.objects.filter(id=job.id, short_rings=job.short_rings)  # unless another heal just rang
+        if not force:
+            wait = stale * 2 ** min(job.short_rings, 5)
+            ring = ring.filter(Q(bell_rung_at__isnull=True) | Q(bell_rung_at__lt=DatabaseNow(-wait)))
+        if not ring.update(bell_rung_at=DatabaseNow(), short_rings=F("short_rings") + 1):
+            continue
+        job_ring(job.id, tasks=missing, mark=False)
+        done.append(f"job {job.id}: {job.live} live drains, rang {missing} more")
+    return done
+
+
+def _count(queryset) -> Subquery:
+    """A correlated COUNT(*) subquery."""
+    return Subquery(
+        queryset.order_by().values("job_id").annotate(n=Count("id")).values("n"), output_field=IntegerField()
+    )

@@ -41,12 +41,15 @@ class JobStartForm(forms.Form):
     chunk_size = forms.IntegerField(
         required=False,
         min_value=1,
-        max_value=10_000,
+        max_value=settings.JOBS_CHUNK_SIZE_LIMIT,
         help_text=f"Users a worker claims at a time. Default: the extractor's own (rules 500, llm 200), "
         f"else {settings.JOBS_CHUNK_SIZE}.",
     )
     max_attempts = forms.IntegerField(
-        required=False, min_value=1, max_value=100, help_text=f"Default {settings.JOBS_MAX_ATTEMPTS}."
+        required=False,
+        min_value=1,
+        max_value=settings.JOBS_MAX_ATTEMPTS_LIMIT,
+        help_text=f"Default {settings.JOBS_MAX_ATTEMPTS}.",
     )
 
     def __init__(self, *args, **kwargs):

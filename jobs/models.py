@@ -68,11 +68,15 @@ class Job(models.Model):
     event_count = models.PositiveBigIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
-    # Fail-fast: how many item attempts in a row failed with the same error.
+    # Fail-fast: how many item attempts in a row failed with the same kind of error (messages
+    # differ by the user or behaviour ids they name), and the last such message.
     error_streak = models.PositiveIntegerField(default=0)
+    error_streak_kind = models.CharField(max_length=200, blank=True)
     error_streak_message = models.TextField(blank=True)
-    # When drain tasks were last enqueued, so the periodic resume does not pile up bells.
+    # When the job was last rung by its start, a resume or a heal (database clock), and how many
+    # heals in a row found it short of drains: healing backs off instead of piling up bells.
     bell_rung_at = models.DateTimeField(null=True, blank=True)
+    short_rings = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["-id"]
@@ -164,3 +168,18 @@ class JobItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} in job {self.job_id} ({self.status})"
+
+
+class Drain(models.Model):
+    """A drain task's place at work on a job: at most JOBS_DRAIN_TASKS per job, each beating while it
+    lives. A drain that finds every place held by a live one leaves, so ringing is always safe; a
+    place that has not beaten for JOBS_DRAIN_STALE_SECONDS belongs to a dead or frozen worker and is
+    given to the next drain. Healing counts the live ones to bring a job back to full strength.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="drains")
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField(help_text="Last heartbeat, on the database's clock")
+
+    def __str__(self) -> str:
+        return f"drain {self.pk} of job {self.job_id}"

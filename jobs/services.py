@@ -4,21 +4,20 @@ django-q2 tasks all start, cancel, resume and retry jobs through these functions
 
 import math
 from collections.abc import Iterable
-from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, Sum
+from django.db.models import Count, Exists, F, OuterRef, Sum
 from django.db.models.functions import Coalesce
-from django.utils import timezone
 
 from eventproject.db import copy_rows, staging_table, tables_analyze
 from extraction.extractors import UnknownExtractor, extractor_class
 from extraction.models import UserProfile
 from extraction.selectors import users_needing_extraction
 
+from .engine import job_finish_if_done, job_pending_cancel, job_ring
 from .models import Job, JobItem
 
 NAMED_AT_MOST = 20
@@ -97,10 +96,10 @@ def job_start(
         errors.update({field: " ".join(messages) for field, messages in exc.message_dict.items()})
     chunk_size = default_chunk_size if chunk_size is None else chunk_size
     max_attempts = settings.JOBS_MAX_ATTEMPTS if max_attempts is None else max_attempts
-    if not isinstance(chunk_size, int) or not 1 <= chunk_size <= 10_000:
-        errors["chunk_size"] = "must be an integer from 1 to 10000"
-    if not isinstance(max_attempts, int) or not 1 <= max_attempts <= 100:
-        errors["max_attempts"] = "must be an integer from 1 to 100"
+    if not isinstance(chunk_size, int) or not 1 <= chunk_size <= settings.JOBS_CHUNK_SIZE_LIMIT:
+        errors["chunk_size"] = f"must be an integer from 1 to {settings.JOBS_CHUNK_SIZE_LIMIT}"
+    if not isinstance(max_attempts, int) or not 1 <= max_attempts <= settings.JOBS_MAX_ATTEMPTS_LIMIT:
+        errors["max_attempts"] = f"must be an integer from 1 to {settings.JOBS_MAX_ATTEMPTS_LIMIT}"
     ids = None if user_ids is None else _clean_user_ids(user_ids, errors)
     if errors:
         raise JobInvalid(errors)
@@ -198,7 +197,7 @@ def _refuse_busy(ids: list[str], cursor=None) -> None:
 
 
 def _job_opened(job: Job, total: int, *, enqueue: bool) -> None:
-    now = timezone.now()
+    now = job.created_at
     if total >= ANALYZE_AFTER_ITEMS:
         tables_analyze(JobItem)  # the claim's plan must see these items as pending
     if total:
@@ -234,54 +233,31 @@ def job_retry_failed(job: Job, *, created_by=None) -> Job:
 
 def job_cancel(job: Job) -> Job:
     """Cancel: pending items at once; running chunks finish and keep their work; then cancelled."""
-    now = timezone.now()
     with transaction.atomic():
         if not Job.objects.filter(id=job.id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
             status=Job.Status.CANCELLING
         ):
             job.refresh_from_db()
             raise JobStateError(f"job {job.id} is {job.status}; only queued or running jobs can be cancelled")
-        _pending_cancel(job.id, now)
+        job_pending_cancel(job.id)
     job_finish_if_done(job.id)
     job.refresh_from_db()
     return job
 
 
-def _pending_cancel(job_id: int, now: datetime) -> None:
-    cancelled = JobItem.objects.filter(job_id=job_id, status=JobItem.Status.PENDING).update(
-        status=JobItem.Status.CANCELLED, finished_at=now
-    )
-    Job.objects.filter(id=job_id).update(cancelled_items=F("cancelled_items") + cancelled)
-
-
-def job_fail(job_id: int, message: str, *, release_token=None) -> bool:
-    """A job-level error (bad configuration, fail-fast): the job fails and its pending items are
-    cancelled. `release_token` cancels the caller's own claimed items too. Returns whether it applied.
-    """
-    now = timezone.now()
-    with transaction.atomic():
-        applied = Job.objects.filter(id=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
-            status=Job.Status.FAILED, error=message[:10_000], finished_at=now
-        )
-        if applied:
-            _pending_cancel(job_id, now)
-        if release_token is not None:
-            released = JobItem.objects.filter(
-                claim_token=release_token, status=JobItem.Status.RUNNING
-            ).update(status=JobItem.Status.CANCELLED, finished_at=now, lease_expires_at=None)
-            Job.objects.filter(id=job_id).update(cancelled_items=F("cancelled_items") + released)
-    return bool(applied)
-
-
-def job_resume(job: Job) -> Job:
+def job_resume(job: Job, *, max_total_tokens: int | None = None) -> Job:
     """Queued or running: ring the bell again. Cancelled or failed: put the cancelled items back
     to work (those whose users are not in another active job meanwhile) and run the job again.
+
+    A job stopped by its token cap (options.max_total_tokens) would stop again at once: it resumes
+    only with a higher cap, `max_total_tokens`, which replaces the old one.
     """
     if job.status in (Job.Status.QUEUED, Job.Status.RUNNING):
         job_ring(job.id, tasks=settings.JOBS_DRAIN_TASKS)
         return job
     if job.status not in (Job.Status.CANCELLED, Job.Status.FAILED):
         raise JobStateError(f"job {job.id} is {job.status}; only cancelled, failed or unfinished jobs resume")
+    options = _options_with_token_cap(job, max_total_tokens)
     with transaction.atomic():
         elsewhere = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
         resumed = (
@@ -293,9 +269,11 @@ def job_resume(job: Job) -> Job:
             raise JobStateError(f"job {job.id} has no cancelled users left to resume")
         if not Job.objects.filter(id=job.id, status=job.status).update(
             status=Job.Status.QUEUED,
+            options=options,
             finished_at=None,
             error="",
             error_streak=0,
+            error_streak_kind="",
             error_streak_message="",
             cancelled_items=F("cancelled_items") - resumed,
         ):
@@ -305,96 +283,34 @@ def job_resume(job: Job) -> Job:
     return job
 
 
-def job_mark_running(job_id: int) -> bool:
-    return bool(
-        Job.objects.filter(id=job_id, status=Job.Status.QUEUED).update(
-            status=Job.Status.RUNNING, started_at=Coalesce(F("started_at"), timezone.now())
+def _options_with_token_cap(job: Job, max_total_tokens: int | None) -> dict[str, Any]:
+    """The job's options for a resume: with the new token cap, which must lie above what was spent
+    when the old cap was what stopped the job."""
+    options = dict(job.options)
+    spent = job.prompt_tokens + job.completion_tokens
+    cap = options.get("max_total_tokens") or 0
+    if max_total_tokens is None:
+        if cap and spent >= cap:
+            raise JobStateError(
+                f"job {job.id} stopped at its token cap: {spent:,} of {cap:,} tokens spent "
+                f"(options.max_total_tokens); resume it with a higher max_total_tokens"
+            )
+        return options
+    if "max_total_tokens" not in extractor_class(job.extractor).options_spec:
+        raise JobInvalid({"max_total_tokens": f"extractor {job.extractor!r} has no token cap"})
+    if (
+        isinstance(max_total_tokens, bool)
+        or not isinstance(max_total_tokens, int)
+        or max_total_tokens <= spent
+    ):
+        raise JobInvalid(
+            {"max_total_tokens": f"must be a whole number above the {spent:,} tokens the job has spent"}
         )
-    )
-
-
-def job_finish_if_done(job_id: int) -> str | None:
-    """Running with no active items → completed; cancelling with none running → cancelled."""
-    now = timezone.now()
-    active = JobItem.objects.filter(job_id=OuterRef("pk"), status__in=JobItem.ACTIVE)
-    running = JobItem.objects.filter(job_id=OuterRef("pk"), status=JobItem.Status.RUNNING)
-    if (
-        Job.objects.filter(id=job_id, status=Job.Status.RUNNING)
-        .filter(~Exists(active))
-        .update(status=Job.Status.COMPLETED, finished_at=now)
-    ):
-        return Job.Status.COMPLETED
-    if (
-        Job.objects.filter(id=job_id, status=Job.Status.CANCELLING)
-        .filter(~Exists(running))
-        .update(status=Job.Status.CANCELLED, finished_at=now)
-    ):
-        return Job.Status.CANCELLED
-    return None
-
-
-def _claimable(now: datetime) -> Q:
-    return Q(status=JobItem.Status.PENDING) & (Q(retry_at__isnull=True) | Q(retry_at__lte=now)) | Q(
-        status=JobItem.Status.RUNNING, lease_expires_at__lt=now
-    )
-
-
-def job_has_claimable_items(job_id: int) -> bool:
-    return JobItem.objects.filter(job_id=job_id).filter(_claimable(timezone.now())).exists()
-
-
-def job_ring(job_id: int, *, tasks: int) -> None:
-    """Enqueue `tasks` drain tasks for this job once the current transaction commits."""
-    from django_q.tasks import async_task
-
-    Job.objects.filter(id=job_id).update(bell_rung_at=timezone.now())
-
-    def enqueue() -> None:
-        for _ in range(tasks):
-            async_task("jobs.tasks.drain_job", job_id, group=f"job-{job_id}", task_name=f"drain job {job_id}")
-
-    transaction.on_commit(enqueue)
-
-
-def jobs_resume_stalled(now: datetime | None = None) -> list[str]:
-    """Re-ring the bell for every queued or running job with claimable items and nobody working on
-    it; finish jobs with nothing left; cancel items of stopped jobs whose worker died. Idempotent.
-    """
-    now = now or timezone.now()
-    done = []
-    quiet_since = now - timedelta(seconds=settings.JOBS_LEASE_SECONDS)
-    live_lease = JobItem.objects.filter(
-        job_id=OuterRef("pk"), status=JobItem.Status.RUNNING, lease_expires_at__gte=now
-    )
-    claimable = JobItem.objects.filter(job_id=OuterRef("pk")).filter(_claimable(now))
-    active = Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
-    for job in active.filter(Exists(claimable), ~Exists(live_lease)).filter(
-        Q(bell_rung_at__isnull=True) | Q(bell_rung_at__lt=quiet_since)
-    ):
-        tasks = settings.JOBS_DRAIN_TASKS
-        job_ring(job.id, tasks=tasks)
-        done.append(f"job {job.id}: re-enqueued {tasks} drain tasks")
-    nothing_left = ~Exists(JobItem.objects.filter(job_id=OuterRef("pk"), status__in=JobItem.ACTIVE))
-    for job_id in active.filter(nothing_left).values_list("id", flat=True):
-        job_mark_running(job_id)
-        if status := job_finish_if_done(job_id):
-            done.append(f"job {job_id}: nothing left, now {status}")
-    expired = JobItem.objects.filter(
-        job_id=OuterRef("pk"), status=JobItem.Status.RUNNING, lease_expires_at__lt=now
-    )
-    for job_id in (
-        Job.objects.exclude(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
-        .filter(Exists(expired))
-        .values_list("id", flat=True)
-    ):
-        with transaction.atomic():
-            cancelled = JobItem.objects.filter(
-                job_id=job_id, status=JobItem.Status.RUNNING, lease_expires_at__lt=now
-            ).update(status=JobItem.Status.CANCELLED, finished_at=now, lease_expires_at=None)
-            Job.objects.filter(id=job_id).update(cancelled_items=F("cancelled_items") + cancelled)
-        job_finish_if_done(job_id)
-        done.append(f"job {job_id}: cancelled {cancelled} items left running by a stopped worker")
-    return done
+    options["max_total_tokens"] = max_total_tokens
+    try:
+        return extractor_class(job.extractor).clean_options(options)
+    except ValidationError as exc:
+        raise JobInvalid({name: " ".join(messages) for name, messages in exc.message_dict.items()}) from None
 
 
 def job_counters_reconcile(job_id: int) -> dict[str, tuple[int, int]]:

@@ -23,8 +23,27 @@ def test_database_url() -> str:
     return f"postgres://{s['USER']}:{s['PASSWORD'] or ''}@{host}:{port}/{s['NAME']}"
 
 
+def process_tree(root: int) -> set[int]:
+    """`root` and every process below it (read from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        pid, ppid = int(text.split(" ", 1)[0]), int(text.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(pid)
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo.extend(parents.get(pid, []))
+    return tree
+
+
 class Cluster:
-    """One qcluster process group; stop() is graceful (SIGTERM), kill() is SIGKILL of every process."""
+    """One qcluster process group; stop() is graceful (SIGTERM to the main process, SIGKILL after a
+    timeout, as a process manager does), kill() is SIGKILL of every process."""
 
     def __init__(self, log: Path, **env: str):
         self.log = log
@@ -41,6 +60,24 @@ class Cluster:
     def kill(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
+
+    def pids(self) -> set[int]:
+        """The cluster's processes: main, sentinel, workers, monitor, pusher."""
+        return process_tree(self.process.pid)
+
+    def stop_group(self, timeout: float) -> bool:
+        """SIGTERM to every process of the cluster at once (which can hang django-q2), then SIGKILL
+        to all after `timeout` as a process manager would; returns whether it stopped by itself."""
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+            stopped = True
+        except subprocess.TimeoutExpired:
+            stopped = False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        return stopped
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -54,6 +54,37 @@ def make_users():
 
 
 @pytest.fixture
+def running_job():
+    """running_job(user_ids, **options) -> a running job of the test extractor (chunks of 2, nothing
+    enqueued: the test drives the engine itself). `job_start` arguments go in `start`."""
+    from jobs.engine import job_mark_running
+    from jobs.services import job_start
+
+    def start(users, *, start: dict | None = None, **options):
+        arguments = {"extractor": "test", "chunk_size": 2, **(start or {})}
+        job = job_start(user_ids=users, options=options, enqueue=False, **arguments)
+        job_mark_running(job.id)
+        job.refresh_from_db()
+        return job
+
+    return start
+
+
+@pytest.fixture
+def expire_leases():
+    """expire_leases(job): the job's running items' leases ran out a second ago (database clock)."""
+    from eventproject.db import DatabaseNow
+    from jobs.models import JobItem
+
+    def expire(job) -> int:
+        return JobItem.objects.filter(job_id=job.id, status="running").update(
+            lease_expires_at=DatabaseNow(-1)
+        )
+
+    return expire
+
+
+@pytest.fixture
 def personas(db):
     """A reader (logged in, no permissions), an operator (staff with the Job permissions), an admin."""
     from django.contrib.auth.models import Permission, User

@@ -11,11 +11,12 @@ from extraction.extractors import EventDraft, ExtractionError, Extractor, Extrac
 
 
 class ScriptedExtractor(Extractor):
-    """One `purchase`-like event per user; optionally slow, failing, fatally broken, or paying
-    `tokens_per_user` prompt tokens (and half as many completion tokens) for each user first.
+    """One `purchase`-like event per user; optionally slow (then it stops between users when its
+    control says so), failing, fatally broken, or paying `tokens_per_user` prompt tokens (and half
+    as many completion tokens) for each user first.
 
-    calls_file: every call appends "user_id pid" lines for the users it got (O_APPEND, so
-    several processes can share the file), to count how often and where each user was extracted.
+    calls_file: a "user_id pid" line for each user extracted, to count how often and where each
+    user was extracted.
     """
 
     name = "test"
@@ -36,15 +37,14 @@ class ScriptedExtractor(Extractor):
                 control.charge(user.user_id, tokens, tokens // 2)
         if self.options["fatal"]:
             raise ExtractorFatalError(self.options["fatal"])
-        if self.options["calls_file"]:
-            fd = os.open(self.options["calls_file"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            try:
-                os.write(fd, "".join(f"{user.user_id} {os.getpid()}\n" for user in users).encode())
-            finally:
-                os.close(fd)
-        time.sleep(self.options["seconds_per_user"] * len(users))
         results = {}
         for user in users:
+            if self.options["seconds_per_user"]:
+                if control and control.stopped():  # a cancel, a lost lease, the chunk's deadline
+                    results[user.user_id] = ExtractionError("the chunk stopped", stopped=True)
+                    continue
+                time.sleep(self.options["seconds_per_user"])
+            self._record(user.user_id)
             if self.options["error"] and (
                 not self.options["fail_users"] or user.user_id in self.options["fail_users"]
             ):
@@ -67,6 +67,15 @@ class ScriptedExtractor(Extractor):
                     )
                 ]
         return results
+
+    def _record(self, user_id: str) -> None:
+        """Append "user_id pid" to calls_file (O_APPEND: several processes share the file)."""
+        if self.options["calls_file"]:
+            fd = os.open(self.options["calls_file"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            try:
+                os.write(fd, f"{user_id} {os.getpid()}\n".encode())
+            finally:
+                os.close(fd)
 
 
 class NoopExtractor(Extractor):

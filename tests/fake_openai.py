@@ -54,6 +54,8 @@ class FakeLLM:
         # "fence", "missing", "extra", "foreign", "empty".
         self.script: deque[str] = deque()
         self.bad_users: set[str] = set()  # always answered with foreign ids
+        self.foreign_ids = False  # every event cites ids that are not the user's (different each time)
+        self.models = {MODEL}  # the models it serves
         self.retry_after = "1"
         self.timeout_seconds = 5.0
         self.requests: list[dict] = []  # users, status, digest, at
@@ -92,7 +94,7 @@ class FakeLLM:
             self.requests.append(record)
         if headers.get("authorization") != f"Bearer {API_KEY}":
             return self._error(record, 401, "Incorrect API key provided", "invalid_api_key")
-        if body.get("model") != MODEL:
+        if body.get("model") not in self.models:
             return self._error(
                 record, 404, f"The model `{body.get('model')}` does not exist", "model_not_found"
             )
@@ -106,6 +108,10 @@ class FakeLLM:
             time.sleep(self.timeout_seconds)
         answer = {user_id: answer_events(user["behaviors"]) for user_id, user in users.items()}
         first = next(iter(answer), None)
+        if self.foreign_ids:
+            for events in answer.values():
+                for event in events:
+                    event["behavior_ids"] = [i + 1_000_000 for i in event["behavior_ids"]]
         for user_id in self.bad_users & set(answer):
             answer[user_id] = [{"event_type": "purchase", "category": "conversion", "behavior_ids": [-1]}]
         if directive == "missing" and first:
@@ -131,7 +137,7 @@ class FakeLLM:
                 "id": "chatcmpl-fake",
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": MODEL,
+                "model": body["model"],
                 "choices": [
                     {
                         "index": 0,

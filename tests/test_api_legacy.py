@@ -4,9 +4,9 @@ import pytest
 from django.core.cache import cache
 
 from extraction.extractors import make_extractor
-from jobs.engine import chunk_claim, job_drain, process_one_chunk
+from jobs.engine import chunk_claim, job_drain, job_fail, job_mark_running, process_one_chunk
 from jobs.models import Job
-from jobs.services import job_cancel, job_fail, job_mark_running, job_start
+from jobs.services import job_cancel, job_start
 
 pytestmark = pytest.mark.django_db
 

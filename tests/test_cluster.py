@@ -1,6 +1,7 @@
 """Integration: jobs run by real qcluster processes on the test database (SQLite or PostgreSQL)."""
 
 import os
+import signal
 from collections import Counter
 
 import pytest
@@ -8,7 +9,7 @@ from django.core.management import call_command
 
 from extraction.models import ExtractedEvent, ExtractionState
 from jobs.models import Job
-from jobs.services import job_cancel, job_counters_reconcile, job_start, jobs_resume_stalled
+from jobs.services import job_cancel, job_counters_reconcile, job_start
 from tests.cluster import Cluster, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -68,8 +69,7 @@ def test_a_killed_cluster_is_resumed_and_every_user_committed_once(clusters, mak
     job.refresh_from_db()
     assert job.status == "running" and job.succeeded_items < 300
 
-    # Leases run out (2 s), then resume_jobs rings the bell again and a new cluster finishes the job.
-    wait_for(jobs_resume_stalled, timeout=30, what="resume_jobs to find the stalled job")
+    # A new cluster rings the job as it starts, and takes over the dead drains' places and chunks.
     clusters()
     wait_for(lambda: finished(job), timeout=60, what="the resumed job to finish")
 
@@ -145,3 +145,109 @@ def test_a_job_runs_on_the_redis_broker_when_redis_url_is_set(clusters, make_use
     wait_for(lambda: finished(job), timeout=60, what="the job to finish through Redis")
     assert (job.status, job.succeeded_items) == ("completed", len(ids))
     assert not OrmQ.objects.exists()  # the database queue was never used
+
+
+# Recovery after faults (the failure model) ---------------------------------------------------------
+def pids_of(path, users=None):
+    """Worker processes that extracted (these) users, from a calls file."""
+    lines = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    return [int(pid) for user_id, pid in lines if users is None or user_id in users]
+
+
+def test_pending_users_flow_again_soon_after_a_new_cluster_starts(clusters, make_users, tmp_path, settings):
+    """The only cluster dies; nothing may wait for its chunks' leases (60 s here) to run out."""
+    settings.JOBS_LEASE_SECONDS = 60
+    make_users(400)
+    first = clusters(JOBS_LEASE_SECONDS="60")
+    job = job_start(extractor="test", chunk_size=5, options={"seconds_per_user": 0.01})
+    wait_for(lambda: Job.objects.get(id=job.id).succeeded_items >= 40, timeout=60, what="some progress")
+    first.kill()
+    killed_at = Job.objects.get(id=job.id).succeeded_items
+    clusters(JOBS_LEASE_SECONDS="60")
+    wait_for(
+        lambda: Job.objects.get(id=job.id).succeeded_items > killed_at + 20,
+        timeout=30,  # half the lease: only the new cluster's ring can explain progress
+        what="pending users to flow again",
+    )
+
+
+def test_a_frozen_workers_chunk_is_taken_over_and_its_late_commit_refused(
+    clusters, make_users, tmp_path, settings
+):
+    """SIGSTOP a worker past its lease, then SIGCONT: its chunk is done once elsewhere, within the
+    lease and a few seconds, and the frozen worker's commit is fenced off."""
+    lease = 6
+    settings.JOBS_LEASE_SECONDS = lease
+    ids = make_users(20)
+    calls_file = tmp_path / "calls.txt"
+    cluster = clusters(JOBS_LEASE_SECONDS=str(lease), JOBS_DRAIN_TASKS="2")
+    job = job_start(
+        extractor="test", chunk_size=10, options={"calls_file": str(calls_file), "seconds_per_user": 0.2}
+    )
+    first_chunk = ids[:10]
+    frozen = wait_for(lambda: pids_of(calls_file, first_chunk), timeout=30, what="the first chunk")[0]
+    assert frozen in cluster.pids()
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        # The other worker ends its chunk in 2 s and finds nothing it may claim until the lease ends.
+        wait_for(lambda: finished(job), timeout=lease + 15 + 5, what="the frozen chunk to be done elsewhere")
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert (job.status, job.succeeded_items) == ("completed", 20)
+    wait_for(lambda: "lost to an expired lease" in cluster.output(), timeout=30, what="the late commit")
+    assert sorted(ExtractedEvent.objects.values_list("user_id", flat=True)) == ids
+    assert job_counters_reconcile(job.id) == {}
+
+
+def test_a_job_gets_all_its_drains_back_after_a_cluster_dies_on_redis(clusters, make_users, tmp_path):
+    """Redis loses a killed cluster's drain tasks; the job must not go on with fewer workers."""
+    import uuid
+
+    from eventproject.db import DatabaseNow
+    from jobs.models import Drain
+
+    make_users(3000)
+    calls_file = tmp_path / "calls.txt"
+    redis = {
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "Q_CLUSTER_NAME": f"test-{uuid.uuid4().hex[:8]}",
+        "JOBS_DRAIN_TASKS": "4",
+        "JOBS_DRAIN_STALE_SECONDS": "3",
+    }
+    first, second = clusters(**redis), clusters(**redis)
+    job = job_start(
+        user_ids=None,
+        extractor="test",
+        chunk_size=5,
+        options={"calls_file": str(calls_file), "seconds_per_user": 0.02},
+        enqueue=False,
+    )
+    # Not rung from here (this process's broker is the database): the clusters' healing rings it.
+    live = Drain.objects.filter(job=job, seen_at__gte=DatabaseNow(-3))
+    wait_for(lambda: live.count() == 4, timeout=30, what="four drains at work")
+    first.kill()
+    third = clusters(**redis)
+    wait_for(lambda: set(pids_of(calls_file)) & third.pids(), timeout=30, what="the new cluster to take part")
+    wait_for(lambda: live.count() == 4, timeout=30, what="four drains at work again")
+    assert second.process.poll() is None
+
+
+def test_a_stop_that_hangs_then_a_sigkill_loses_nothing(clusters, make_users, tmp_path):
+    """A process manager's stop: SIGTERM (here to the whole group, which can hang django-q2), then
+    SIGKILL after its timeout. A new cluster finishes the job; nobody is committed twice."""
+    ids = make_users(300)
+    calls_file = tmp_path / "calls.txt"
+    cluster = clusters()
+    job = job_start(
+        extractor="test", chunk_size=5, options={"calls_file": str(calls_file), "seconds_per_user": 0.01}
+    )
+    wait_for(lambda: Job.objects.get(id=job.id).succeeded_items >= 40, timeout=60, what="some progress")
+    cluster.stop_group(timeout=5)
+    clusters()
+    wait_for(lambda: finished(job), timeout=90, what="the job to finish on the new cluster")
+    assert (job.status, job.succeeded_items, job.failed_items) == ("completed", 300, 0)
+    assert sorted(ExtractedEvent.objects.values_list("user_id", flat=True)) == ids
+    assert job_counters_reconcile(job.id) == {}
+    extracted, _ = calls(calls_file)
+    assert set(extracted) == set(ids)
+    assert sum(n - 1 for n in extracted.values()) <= 10  # only the chunks in flight (2 workers × 5)

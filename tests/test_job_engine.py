@@ -3,25 +3,30 @@
 from datetime import timedelta
 
 import pytest
-import time_machine
-from django.utils import timezone
 
+from eventproject.db import DatabaseNow, database_now
 from extraction.extractors import Control, make_extractor
 from extraction.models import ExtractedEvent, ExtractionState
 from extraction.services import chunk_extract
-from jobs.engine import LEASE_LOST, LeaseKeeper, chunk_claim, chunk_commit, job_drain, process_one_chunk
+from jobs.engine import (
+    LEASE_LOST,
+    DrainKeeper,
+    JobControl,
+    chunk_claim,
+    chunk_commit,
+    job_drain,
+    process_one_chunk,
+)
 from jobs.models import Job, JobItem
-from jobs.services import job_counters_reconcile, job_mark_running, job_start
+from jobs.services import job_counters_reconcile, job_start
 from tests.cluster import wait_for
 
 pytestmark = pytest.mark.django_db
 
 
-def running_job(users, **options):
-    job = job_start(user_ids=users, extractor="test", options=options, chunk_size=2, enqueue=False)
-    job_mark_running(job.id)
-    job.refresh_from_db()
-    return job
+def near(moment, expected, *, within=2.0) -> bool:
+    """`moment` is `expected` give or take `within` seconds (the database clock ticks meanwhile)."""
+    return abs((moment - expected).total_seconds()) <= within
 
 
 def extracted(claim, extractor):
@@ -53,18 +58,19 @@ def test_a_job_drains_to_completion(make_users):
     assert_counters_match_items(job)
 
 
-def test_a_claim_takes_a_chunk_with_a_fresh_token_and_lease(make_users):
+def test_a_claim_takes_a_chunk_with_a_fresh_token_and_a_lease_on_the_database_clock(make_users, running_job):
     job = running_job(make_users(3))
-    now = timezone.now()
-    claim = chunk_claim(job, now=now)
+    claim = chunk_claim(job)
+    now = database_now()
     assert [user_id for _, user_id, _ in claim.items] == ["u001", "u002"]
     items = JobItem.objects.filter(claim_token=claim.token)
     assert items.count() == 2
-    assert {(i.status, i.attempts, i.lease_expires_at, i.started_at) for i in items} == {
-        ("running", 1, now + timedelta(seconds=60), now)
-    }
-    assert chunk_claim(job, now=now).user_ids == ["u003"]
-    assert chunk_claim(job, now=now) is None
+    for item in items:
+        assert (item.status, item.attempts) == ("running", 1)
+        assert near(item.lease_expires_at, now + timedelta(seconds=15))
+        assert near(item.started_at, now)
+    assert chunk_claim(job).user_ids == ["u003"]
+    assert chunk_claim(job) is None
 
 
 def test_nothing_is_claimed_from_a_job_that_is_not_running(make_users):
@@ -73,23 +79,23 @@ def test_nothing_is_claimed_from_a_job_that_is_not_running(make_users):
     assert chunk_claim(job) is None
 
 
-def test_an_expired_lease_is_claimed_again(make_users):
+def test_an_expired_lease_is_claimed_again(make_users, running_job, expire_leases):
     job = running_job(make_users(2))
     first = chunk_claim(job)
     assert chunk_claim(job) is None
-    with time_machine.travel(timezone.now() + timedelta(seconds=61)):
-        second = chunk_claim(job)
+    expire_leases(job)
+    second = chunk_claim(job)
     assert second.user_ids == first.user_ids
     assert second.token != first.token
     assert set(JobItem.objects.values_list("attempts", flat=True)) == {2}
 
 
-def test_a_stale_token_cannot_commit(make_users):
+def test_a_stale_token_cannot_commit(make_users, running_job, expire_leases):
     job = running_job(make_users(2))
     extractor = make_extractor("test")
     stale = chunk_claim(job)
-    with time_machine.travel(timezone.now() + timedelta(seconds=61)):
-        fresh = chunk_claim(job)
+    expire_leases(job)
+    fresh = chunk_claim(job)
     assert chunk_commit(stale, job, extracted(stale, extractor), extractor) == 0
     assert set(statuses(job).values()) == {"running"}
     assert not ExtractedEvent.objects.exists()
@@ -99,12 +105,12 @@ def test_a_stale_token_cannot_commit(make_users):
     assert set(statuses(job).values()) == {"succeeded"}
 
 
-def test_tokens_paid_for_work_lost_with_its_lease_still_count(make_users):
+def test_tokens_paid_for_work_lost_with_its_lease_still_count(make_users, running_job, expire_leases):
     job = running_job(make_users(2), tokens_per_user=10)
     extractor = make_extractor("test", job.options)
     stale = chunk_claim(job)
-    with time_machine.travel(timezone.now() + timedelta(seconds=61)):
-        fresh = chunk_claim(job)
+    expire_leases(job)
+    fresh = chunk_claim(job)
     for claim, owned in ((stale, 0), (fresh, 2)):
         control = Control()
         outcomes = chunk_extract(user_ids=claim.user_ids, extractor=extractor, control=control)
@@ -116,22 +122,26 @@ def test_tokens_paid_for_work_lost_with_its_lease_still_count(make_users):
     assert set(job.items.values_list("prompt_tokens", "completion_tokens")) == {(20, 10)}
 
 
-def test_a_transient_error_is_retried_with_backoff_then_fails_with_the_last_error(make_users, settings):
+def test_a_transient_error_is_retried_with_backoff_then_fails_with_the_last_error(
+    make_users, running_job, settings
+):
     settings.JOBS_RETRY_BACKOFF_SECONDS = 10
     job = running_job(make_users(1), error="model timed out")
     extractor = make_extractor("test", job.options)
-    start = timezone.now()
-    with time_machine.travel(start, tick=False) as clock:
-        assert process_one_chunk(job, extractor)
-        item = JobItem.objects.get()
-        assert (item.status, item.attempts, item.error) == ("pending", 1, "model timed out")
-        assert item.retry_at == start + timedelta(seconds=10)
-        assert process_one_chunk(job, extractor) is None  # backing off
-        clock.shift(10)
-        assert process_one_chunk(job, extractor)
-        assert JobItem.objects.get().retry_at == start + timedelta(seconds=10 + 20)
-        clock.shift(20)
-        assert process_one_chunk(job, extractor)
+
+    def backoff_over():
+        JobItem.objects.update(retry_at=DatabaseNow(-1))
+
+    assert process_one_chunk(job, extractor)
+    item = JobItem.objects.get()
+    assert (item.status, item.attempts, item.error) == ("pending", 1, "model timed out")
+    assert near(item.retry_at, database_now() + timedelta(seconds=10))
+    assert process_one_chunk(job, extractor) is None  # backing off
+    backoff_over()
+    assert process_one_chunk(job, extractor)
+    assert near(JobItem.objects.get().retry_at, database_now() + timedelta(seconds=20))
+    backoff_over()
+    assert process_one_chunk(job, extractor)
     item = JobItem.objects.get()
     assert (item.status, item.attempts, item.error) == ("failed", 3, "model timed out")
     assert ExtractionState.objects.get().status == "failed"
@@ -140,26 +150,29 @@ def test_a_transient_error_is_retried_with_backoff_then_fails_with_the_last_erro
     assert_counters_match_items(job)
 
 
-def test_a_permanent_error_fails_the_item_at_once(make_users):
+def test_a_permanent_error_fails_the_item_at_once(make_users, running_job):
     job = running_job(make_users(3), error="no behaviours in range", permanent=True, fail_users=["u002"])
     process_one_chunk(job, make_extractor("test", job.options))
     assert statuses(job) == {"u001": "succeeded", "u002": "failed", "u003": "pending"}
     assert JobItem.objects.get(user_id="u002").attempts == 1
 
 
-def test_many_identical_errors_in_a_row_fail_the_job_fast(make_users, settings):
+def test_many_identical_errors_in_a_row_fail_the_job_fast(make_users, running_job, settings):
     settings.JOBS_FAIL_FAST_AFTER = 4
     job = running_job(make_users(10), error="401 invalid api key", permanent=True)
     job_drain(job.id)
     job.refresh_from_db()
     assert job.status == "failed"
-    assert job.error == "4 items in a row failed with: 401 invalid api key"
+    assert job.error == (
+        "4 items in a row failed with the same kind of error (401 invalid api key); "
+        "the last one: 401 invalid api key"
+    )
     assert (job.failed_items, job.cancelled_items) == (4, 6)
     assert not job.items.filter(status__in=["pending", "running"]).exists()
     assert_counters_match_items(job)
 
 
-def test_a_success_breaks_the_streak(make_users, settings):
+def test_a_success_breaks_the_streak(make_users, running_job, settings):
     settings.JOBS_FAIL_FAST_AFTER = 3
     job = running_job(make_users(6), error="bad", permanent=True, fail_users=["u001", "u002", "u004", "u005"])
     job_drain(job.id)
@@ -167,7 +180,7 @@ def test_a_success_breaks_the_streak(make_users, settings):
     assert (job.status, job.failed_items, job.succeeded_items) == ("completed", 4, 2)
 
 
-def test_a_fatal_extractor_error_fails_the_job_and_releases_its_chunk(make_users):
+def test_a_fatal_extractor_error_fails_the_job_and_releases_its_chunk(make_users, running_job):
     job = running_job(make_users(5), fatal="endpoint rejected the API key", tokens_per_user=10)
     job_drain(job.id)
     job.refresh_from_db()
@@ -186,7 +199,7 @@ def test_a_fatal_extractor_error_fails_the_job_and_releases_its_chunk(make_users
     ]
 
 
-def test_an_extractor_crash_is_a_retryable_error_for_its_chunk(make_users, monkeypatch):
+def test_an_extractor_crash_is_a_retryable_error_for_its_chunk(make_users, running_job, monkeypatch):
     job = running_job(make_users(2))
     extractor = make_extractor("test")
 
@@ -207,14 +220,13 @@ def test_an_unknown_extractor_fails_the_job_with_its_name(make_users):
     assert job.error.startswith("cannot start extractor 'gone': unknown extractor 'gone'")
 
 
-def test_a_lease_lost_on_the_last_attempt_fails_the_item(make_users):
-    job = job_start(user_ids=make_users(1), extractor="test", max_attempts=2, enqueue=False)
-    job_mark_running(job.id)
-    job.refresh_from_db()
-    start = timezone.now()
-    chunk_claim(job, now=start)
-    chunk_claim(job, now=start + timedelta(seconds=61))
-    assert chunk_claim(job, now=start + timedelta(seconds=122)) is None
+def test_a_lease_lost_on_the_last_attempt_fails_the_item(make_users, running_job, expire_leases):
+    job = running_job(make_users(1), start={"max_attempts": 2})
+    chunk_claim(job)
+    expire_leases(job)
+    chunk_claim(job)
+    expire_leases(job)
+    assert chunk_claim(job) is None
     item = JobItem.objects.get()
     assert (item.status, item.attempts, item.error) == ("failed", 2, LEASE_LOST)
     job.refresh_from_db()
@@ -222,7 +234,7 @@ def test_a_lease_lost_on_the_last_attempt_fails_the_item(make_users):
     assert_counters_match_items(job)
 
 
-def test_a_user_deleted_mid_job_fails_as_unknown(make_users):
+def test_a_user_deleted_mid_job_fails_as_unknown(make_users, running_job):
     job = running_job(make_users(2))
     from extraction.models import UserProfile
 
@@ -232,7 +244,7 @@ def test_a_user_deleted_mid_job_fails_as_unknown(make_users):
     assert (item.status, item.error) == ("failed", "unknown user: no profile")
 
 
-def test_a_claim_starts_above_where_the_last_one_ended_and_the_drain_looks_back_once(make_users):
+def test_a_claim_starts_above_where_the_last_one_ended_and_the_drain_looks_back_once(make_users, running_job):
     job = running_job(make_users(5))
     first = chunk_claim(job)
     later = chunk_claim(job, after=JobItem.objects.get(user_id="u004").id)
@@ -241,7 +253,7 @@ def test_a_claim_starts_above_where_the_last_one_ended_and_the_drain_looks_back_
     assert chunk_claim(job).user_ids == ["u003", "u004"]  # from the start again
 
 
-def test_a_drain_finds_items_below_its_position(make_users):
+def test_a_drain_finds_items_below_its_position(make_users, running_job):
     job = running_job(make_users(4))
     claim = chunk_claim(job)  # u001, u002 held by someone else for a while
     JobItem.objects.filter(claim_token=claim.token).update(status="pending", claim_token=None)
@@ -251,19 +263,20 @@ def test_a_drain_finds_items_below_its_position(make_users):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_slow_chunk_keeps_its_lease(make_users, settings):
-    settings.JOBS_LEASE_SECONDS = 0.3  # the keeper extends every 0.1 s
+def test_a_drain_keeper_extends_its_chunks_leases_and_beats_its_place(make_users, running_job, settings):
+    settings.JOBS_LEASE_SECONDS = 1  # the keeper beats every third of a second
     job = running_job(make_users(2))
     claim = chunk_claim(job)
     first = JobItem.objects.get(user_id="u001").lease_expires_at
-    keeper = LeaseKeeper(claim)
+    keeper = DrainKeeper(None)
+    keeper.hold(claim, JobControl(job.id))
     with keeper:
         wait_for(
-            lambda: JobItem.objects.get(user_id="u001").lease_expires_at > first + timedelta(seconds=0.1),
+            lambda: JobItem.objects.get(user_id="u001").lease_expires_at > first + timedelta(seconds=0.3),
             timeout=5,
             what="the lease to be extended",
         )
-    assert not keeper.thread.is_alive()  # it stops with the chunk
+    assert not keeper.thread.is_alive()  # it stops with the drain
     assert JobItem.objects.filter(claim_token=claim.token, lease_expires_at__gt=first).count() == 2
 
 

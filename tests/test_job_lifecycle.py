@@ -1,25 +1,21 @@
 """Cancel, resume, retry the failed users, and the periodic healing of stalled jobs."""
 
-from datetime import timedelta
-
 import pytest
-from django.utils import timezone
 from django_q.models import OrmQ
 
+from eventproject.db import DatabaseNow
 from extraction.extractors import make_extractor
 from extraction.services import chunk_extract
-from jobs.engine import chunk_claim, chunk_commit, job_drain, process_one_chunk
-from jobs.models import Job, JobItem
+from jobs.engine import chunk_claim, chunk_commit, job_drain, job_mark_running, jobs_heal, process_one_chunk
+from jobs.models import Drain, Job, JobItem
 from jobs.services import (
     JobConflict,
     JobStateError,
     job_cancel,
     job_counters_reconcile,
-    job_mark_running,
     job_resume,
     job_retry_failed,
     job_start,
-    jobs_resume_stalled,
 )
 
 pytestmark = pytest.mark.django_db
@@ -138,60 +134,73 @@ def test_retry_failed_needs_a_finished_job_with_failures(make_users):
         job_retry_failed(job)
 
 
-def test_resume_stalled_rings_for_a_job_nobody_works_on(make_users, django_capture_on_commit_callbacks):
+def test_healing_rings_a_job_nobody_works_on_once_per_quiet_period(
+    make_users, django_capture_on_commit_callbacks
+):
     job = started(make_users(3))
     with django_capture_on_commit_callbacks(execute=True):
-        assert jobs_resume_stalled() == [f"job {job.id}: re-enqueued 4 drain tasks"]
+        assert jobs_heal() == [f"job {job.id}: 0 live drains, rang 4 more"]
     assert OrmQ.objects.count() == 4
-    assert jobs_resume_stalled() == []  # the bell was just rung
+    assert jobs_heal() == []  # the bell was just rung: those drains may still wait in the queue
+    assert jobs_heal(force=True) == [f"job {job.id}: 0 live drains, rang 4 more"]  # a cluster starting
 
 
-def test_resume_stalled_leaves_a_job_with_live_workers(make_users):
+def test_healing_backs_off_while_a_job_stays_short_of_drains(make_users, settings):
+    """A job whose drains wait behind other jobs' in the queue is not rung again every few seconds."""
+    settings.JOBS_DRAIN_STALE_SECONDS = 10
     job = started(make_users(3))
-    chunk_claim(job)
-    assert jobs_resume_stalled() == []
+    for short_rings, quiet in ((0, 10), (1, 20), (3, 80), (9, 320)):
+        Job.objects.filter(id=job.id).update(short_rings=short_rings, bell_rung_at=DatabaseNow(-quiet + 1))
+        assert jobs_heal() == []
+        Job.objects.filter(id=job.id).update(bell_rung_at=DatabaseNow(-quiet - 1))
+        assert jobs_heal() == [f"job {job.id}: 0 live drains, rang 4 more"]
 
 
-def test_resume_stalled_rings_once_leases_expired(make_users):
+def test_healing_rings_only_the_drains_a_job_lacks(make_users):
+    job = started(make_users(3))
+    for _ in range(3):
+        Drain.objects.create(job=job, started_at=DatabaseNow(), seen_at=DatabaseNow())
+    assert jobs_heal() == [f"job {job.id}: 3 live drains, rang 1 more"]
+    Drain.objects.create(job=job, started_at=DatabaseNow(), seen_at=DatabaseNow())
+    assert jobs_heal(force=True) == []  # at full strength
+
+
+def test_healing_rings_for_a_dead_workers_chunk_once_its_lease_expired(make_users, expire_leases):
     job = started(make_users(2))
-    chunk_claim(job)
-    later = timezone.now() + timedelta(seconds=61)
-    assert jobs_resume_stalled(now=later) == [f"job {job.id}: re-enqueued 4 drain tasks"]
+    chunk_claim(job)  # then the worker dies: no drain beats for it
+    assert jobs_heal() == []  # its lease is still live: nothing to claim
+    expire_leases(job)
+    assert jobs_heal() == [f"job {job.id}: 0 live drains, rang 4 more"]
 
 
-def test_resume_stalled_finishes_a_running_job_with_nothing_left(make_users):
+def test_healing_finishes_a_running_job_with_nothing_left(make_users):
     job = started(make_users(1))
     JobItem.objects.update(status="succeeded")
     Job.objects.filter(id=job.id).update(succeeded_items=1)
-    assert jobs_resume_stalled() == [f"job {job.id}: nothing left, now completed"]
+    assert jobs_heal() == [f"job {job.id}: nothing left, now completed"]
 
 
-def test_resume_stalled_cancels_items_a_dead_worker_left_in_a_stopped_job(make_users):
+def test_healing_cancels_items_a_dead_worker_left_in_a_stopped_job(make_users, expire_leases):
     job = started(make_users(2))
     chunk_claim(job)
     job_cancel(job)
-    later = timezone.now() + timedelta(seconds=61)
-    assert jobs_resume_stalled(now=later) == [
-        f"job {job.id}: cancelled 2 items left running by a stopped worker"
+    assert jobs_heal() == []  # the chunk may still commit
+    expire_leases(job)
+    assert jobs_heal() == [
+        f"job {job.id}: cancelled 2 items a stopped job still held",
+        f"job {job.id}: nothing left, now cancelled",
     ]
     job.refresh_from_db()
     assert (job.status, job.cancelled_items) == ("cancelled", 2)
 
 
-def test_the_migration_installs_the_every_minute_resume_schedule_once():
+def test_the_migrations_leave_no_every_minute_schedule_behind():
+    """Clusters heal by themselves now; 0003 removes the schedule 0002 installed."""
     from importlib import import_module
 
     from django.apps import apps
     from django_q.models import Schedule
 
-    migration = import_module("jobs.migrations.0002_resume_schedule")
-    Schedule.objects.all().delete()  # a transactional test may have flushed it
-    migration.install(apps, None)
-    migration.install(apps, None)
-    schedule = Schedule.objects.get(name="resume stalled jobs")
-    assert (schedule.func, schedule.schedule_type, schedule.minutes, schedule.repeats) == (
-        "jobs.tasks.resume_stalled_jobs",
-        "I",
-        1,
-        -1,
-    )
+    import_module("jobs.migrations.0002_resume_schedule").install(apps, None)
+    import_module("jobs.migrations.0003_heal_in_clusters").uninstall(apps, None)
+    assert not Schedule.objects.filter(func="jobs.tasks.resume_stalled_jobs").exists()

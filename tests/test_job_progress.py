@@ -5,10 +5,10 @@ import time_machine
 from django.utils import timezone
 
 from extraction.extractors import make_extractor
-from jobs.engine import chunk_claim, process_one_chunk
+from jobs.engine import chunk_claim, job_mark_running, process_one_chunk
 from jobs.models import JobItem
 from jobs.selectors import job_progress
-from jobs.services import job_mark_running, job_start
+from jobs.services import job_start
 
 pytestmark = pytest.mark.django_db
 

@@ -76,7 +76,7 @@ def test_users_in_an_active_job_are_refused_with_that_job(make_users):
         ({"user_ids": "u001"}, {"user_ids": "must be a list of user ids"}),
         ({"user_ids": ["u001", None, ""]}, {"user_ids": "item 1 is not a string; item 2 is empty"}),
         ({"chunk_size": 0}, {"chunk_size": "must be an integer from 1 to 10000"}),
-        ({"max_attempts": 1000}, {"max_attempts": "must be an integer from 1 to 100"}),
+        ({"max_attempts": 1000}, {"max_attempts": "must be an integer from 1 to 20"}),
     ],
 )
 def test_bad_input_is_refused_field_by_field(make_users, kwargs, errors):

@@ -4,14 +4,15 @@ and a killed cluster resuming without paying twice."""
 from collections import Counter
 
 import pytest
+from django.core.management import CommandError
 
 from extraction.extractors import Control, ExtractionError, make_extractor
 from extraction.models import ExtractedEvent
 from extraction.selectors import user_inputs_load
-from jobs.engine import chunk_claim, chunk_commit, job_drain
+from jobs.engine import chunk_claim, chunk_commit, job_drain, job_mark_running
 from jobs.models import Job
 from jobs.selectors import job_progress
-from jobs.services import job_cancel, job_counters_reconcile, job_mark_running, job_start, jobs_resume_stalled
+from jobs.services import job_cancel, job_counters_reconcile, job_start
 from tests.cluster import Cluster, wait_for
 from tests.fake_openai import API_KEY, MODEL
 
@@ -154,7 +155,6 @@ def test_a_killed_job_resumes_without_repeating_finished_calls(server, make_user
     finally:
         first.stop()
     assert Job.objects.get(id=job.id).succeeded_items < 60  # killed before the end
-    wait_for(jobs_resume_stalled, timeout=30, what="the lease to run out")
     second = Cluster(tmp_path / "second.log", **env)
     try:
         wait_for(
@@ -168,3 +168,65 @@ def test_a_killed_job_resumes_without_repeating_finished_calls(server, make_user
     repeated = sum(n - 1 for n in digests.values())
     # Only calls in flight when the worker died (2 at a time) are paid twice; the others came from the cache.
     assert repeated <= 2, digests
+
+
+def test_a_model_name_longer_than_32_characters_is_recorded_on_every_event(server, make_users):
+    model = "meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo"
+    server.models.add(model)
+    make_users(6, behaviors=3)
+    job = job_start(extractor="llm", options={"model": model}, enqueue=False)
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert (job.status, job.succeeded_items) == ("completed", 6)
+    assert set(ExtractedEvent.objects.values_list("extractor_version", flat=True)) == {f"1+{model}"}
+
+
+def test_answers_that_keep_naming_other_users_behaviours_fail_the_job_fast(server, make_users, settings):
+    """Each message names other ids, so no two are equal: the streak counts the kind of error."""
+    settings.JOBS_FAIL_FAST_AFTER = 5
+    make_users(40, behaviors=3)
+    server.foreign_ids = True
+    job = job_start(
+        extractor="llm", chunk_size=4, max_attempts=1, options={"max_concurrency": 4}, enqueue=False
+    )
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert job.error.startswith(
+        "5 items in a row failed with the same kind of error (the model's answer was unusable); "
+        "the last one: the model's answer for this user was unusable: event 0: behaviour ids ["
+    )
+    assert job.succeeded_items == 0 and job.cancelled_items > 0
+    assert job_counters_reconcile(job.id) == {}
+
+
+def test_a_job_its_token_cap_stopped_resumes_only_with_a_higher_cap(server, make_users, api, run):
+    make_users(12, behaviors=6)
+    job = job_start(
+        extractor="llm", chunk_size=3, enqueue=False, options={"max_concurrency": 1, "max_total_tokens": 1500}
+    )
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert job.status == "failed"
+    spent = job.prompt_tokens + job.completion_tokens
+    refusal = f"stopped at its token cap: {spent:,} of 1,500 tokens spent"
+
+    client = api("operator")
+    response = client.post(f"/api/v1/jobs/{job.id}/resume/", {}, format="json")
+    assert response.status_code == 409 and refusal in response.json()["detail"]
+    response = client.post(f"/api/v1/jobs/{job.id}/resume/", {"max_total_tokens": spent}, format="json")
+    assert response.status_code == 400
+    assert response.json() == {
+        "max_total_tokens": [f"must be a whole number above the {spent:,} tokens the job has spent"]
+    }
+    with pytest.raises(CommandError, match=refusal):
+        run("resume_job", str(job.id))
+
+    out, _ = run("resume_job", str(job.id), "--max-total-tokens", "1000000")
+    assert out.strip() == f"job {job.id} is queued"
+    job.refresh_from_db()
+    assert job.options["max_total_tokens"] == 1_000_000
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert (job.status, job.succeeded_items) == ("completed", 12)
+    assert job_counters_reconcile(job.id) == {}

@@ -82,13 +82,16 @@ class EventDraft:
 class ExtractionError(Exception):
     """One user's extraction failed. Transient errors are retried; permanent ones are not.
 
-    `stopped`: the user was never tried because the job stopped (cancel, token limit); it
-    does not count as an attempt.
+    `kind` names the sort of failure without the details that differ from user to user (ids,
+    counts), so that a job fails fast on many errors of one kind in a row; it defaults to the message.
+    `stopped`: the user was never tried because the chunk stopped (a cancel, the token cap, a lost
+    lease, the chunk's deadline); it does not count as an attempt.
     """
 
-    def __init__(self, message: str, *, permanent: bool = False, stopped: bool = False):
+    def __init__(self, message: str, *, kind: str = "", permanent: bool = False, stopped: bool = False):
         super().__init__(message)
         self.message = message
+        self.kind = kind or message
         self.permanent = permanent
         self.stopped = stopped
 
@@ -123,8 +126,13 @@ class Control:
             return sum(prompt + completion for prompt, completion in self.usage.values())
 
     def stopped(self) -> bool:
-        """True once the job no longer runs (cancelled, failed): make no more calls."""
+        """True once the chunk must stop (the job was cancelled or failed, the chunk lost its lease or
+        reached its deadline): make no more calls."""
         return False
+
+    def seconds_left(self) -> float | None:
+        """Time left before the chunk's deadline (None: no deadline); no request may outlast it."""
+        return None
 
     def tokens_used(self) -> int:
         """Tokens the job has spent so far, as committed by all its workers."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection
 
 from ..llm_client import Completion, LLMCallError, LLMClient, LLMConfigError, LLMStopped
@@ -39,6 +40,8 @@ USERS_MARKER = "USERS (JSON; behaviours are [id, time, action, item, app, media,
 # Expected answer size per behaviour, to keep a call's reply under max_completion_tokens.
 COMPLETION_TOKENS_PER_BEHAVIOR = 15
 PART_TRIES = 3  # how often one user (or segment) is asked before it fails for this attempt
+MODEL_NAME_MAX_LENGTH = 200  # recorded in each event's extractor version ("1+" and the name)
+UNUSABLE = "the model's answer was unusable"
 THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 
@@ -127,6 +130,7 @@ class CallOutcome:
     events: dict[int, list[EventDraft]] = field(default_factory=dict)  # by id(part)
     invalid: dict[int, str] = field(default_factory=dict)
     failure: str = ""  # the whole call failed
+    failure_kind: str = UNUSABLE  # what sort of failure (fail-fast counts these, not the messages)
     stopped: str = ""  # the call was not made: why
     extra: list[str] = field(default_factory=list)  # users answered without being asked
     completion: Completion | None = None
@@ -164,6 +168,20 @@ class LLMExtractor(Extractor):
         cleaned["model"] = (
             cleaned["model"] or settings.EXTRACTION_LLM_MODEL
         )  # the job keeps the model it used
+        errors = {}
+        if len(cleaned["model"]) > MODEL_NAME_MAX_LENGTH:
+            errors["options.model"] = f"must be at most {MODEL_NAME_MAX_LENGTH} characters"
+        room = settings.JOBS_CHUNK_SECONDS_AT_LEAST
+        if cleaned["timeout"] > room:
+            # A request is cut at its chunk's deadline: one that may need longer would never finish.
+            errors["options.timeout"] = (
+                f"a call may take up to {cleaned['timeout']:g} s, but a chunk is sure of only {room} s "
+                f"before the task timeout (Q_TIMEOUT {settings.Q_TIMEOUT} s − a drain's "
+                f"{settings.JOBS_DRAIN_BUDGET_SECONDS} s budget − {settings.JOBS_COMMIT_RESERVE_SECONDS} s "
+                f"kept to commit); use a timeout of at most {room} s, or raise Q_TIMEOUT"
+            )
+        if errors:
+            raise ValidationError(errors)
         return cleaned
 
     def __init__(self, options=None):
@@ -317,12 +335,12 @@ class LLMExtractor(Extractor):
     def _must_stop(self, control: Control) -> str:
         """Why no more calls may be made for this job, if there is a reason (checked before each call)."""
         if control.stopped():
-            return "the job stopped before this user was sent"
+            return "the chunk stopped (job stopped, lease lost or deadline reached) before this user was sent"
         limit = self.options["max_total_tokens"]
         if limit and (used := control.tokens_used() + control.spent()) >= limit:
             control.fail_job(
                 f"token limit reached: {used:,} of {limit:,} tokens spent (options.max_total_tokens); "
-                f"resume the job to go on"
+                f"resume the job with a higher max_total_tokens to go on"
             )
             return "the job's token limit was reached before this user was sent"
         return ""
@@ -337,7 +355,7 @@ class LLMExtractor(Extractor):
             if len(outcome.parts) > 1:
                 half = len(outcome.parts) // 2
                 return [outcome.parts[:half], outcome.parts[half:]]
-            retry = self._tried(outcome.parts, outcome.failure, done)
+            retry = self._tried(outcome.parts, outcome.failure, done, kind=outcome.failure_kind)
             return [retry] if retry else []
         again = []
         for part in outcome.parts:
@@ -349,14 +367,21 @@ class LLMExtractor(Extractor):
         return [[part] for part in self._tried(again, None, done, reasons=outcome.invalid)]
 
     @staticmethod
-    def _tried(parts: list[Part], reason: str | None, done: dict, reasons: dict | None = None) -> list[Part]:
+    def _tried(
+        parts: list[Part], reason: str | None, done: dict, reasons: dict | None = None, kind: str = UNUSABLE
+    ) -> list[Part]:
         """Count a try for each part; those with tries left come back, the others fail."""
         retry = []
         for part in parts:
             part.tries += 1
             if part.tries >= PART_TRIES:
                 message = reason or (reasons or {}).get(id(part), "invalid answer")
-                done[id(part)] = ExtractionError(f"the model's answer for this user was unusable: {message}")
+                done[id(part)] = ExtractionError(
+                    f"the model's answer for this user was unusable: {message}"
+                    if kind == UNUSABLE
+                    else message,
+                    kind=kind,
+                )
             else:
                 retry.append(part)
         return retry
@@ -387,13 +412,18 @@ class LLMExtractor(Extractor):
         """One request, in a pool thread: not sent at all once the job stopped (checked right before
         it goes out); holds a slot of this worker's max_concurrency only while it is out."""
         try:
-            completion = client.complete(messages, should_stop=lambda: self._must_stop(control), slot=slot)
+            completion = client.complete(
+                messages,
+                should_stop=lambda: self._must_stop(control),
+                seconds_left=control.seconds_left,
+                slot=slot,
+            )
         except LLMStopped as exc:
             return CallOutcome(parts, stopped=str(exc))
         except LLMConfigError as exc:
             raise ExtractorFatalError(str(exc)) from exc
         except LLMCallError as exc:
-            return CallOutcome(parts, failure=str(exc))
+            return CallOutcome(parts, failure=str(exc), failure_kind=exc.kind)
         return self._read(parts, completion)
 
     @staticmethod

@@ -1,5 +1,6 @@
 """API shapes: input serializers validate, output serializers render. No logic beyond that."""
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -27,8 +28,21 @@ class JobStartInput(serializers.Serializer):
         default="rules", max_length=32, help_text="An extractor name, e.g. rules"
     )
     options = serializers.DictField(default=dict, help_text="Extractor options, checked by the extractor")
-    chunk_size = serializers.IntegerField(required=False, min_value=1, max_value=10_000)
-    max_attempts = serializers.IntegerField(required=False, min_value=1, max_value=100)
+    chunk_size = serializers.IntegerField(
+        required=False, min_value=1, max_value=settings.JOBS_CHUNK_SIZE_LIMIT
+    )
+    max_attempts = serializers.IntegerField(
+        required=False, min_value=1, max_value=settings.JOBS_MAX_ATTEMPTS_LIMIT
+    )
+
+
+class JobResumeInput(serializers.Serializer):
+    max_total_tokens = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        help_text="A new token cap (options.max_total_tokens), above what the job has spent: needed to "
+        "resume a job its old cap stopped",
+    )
 
 
 class TopError(serializers.Serializer):

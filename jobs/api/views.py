@@ -27,6 +27,7 @@ from .serializers import (
     JobDetail,
     JobFilter,
     JobItemOutput,
+    JobResumeInput,
     JobStartInput,
     JobSummary,
     Progress,
@@ -202,13 +203,16 @@ class JobCancelView(JobActionView):
     tags=["jobs"],
     summary="Resume a job",
     description="A queued or running job gets its drain tasks again; a cancelled or failed job puts its "
-    "cancelled users back to work.",
-    request=None,
-    responses={200: JobDetail, **WRITE_ERRORS},
+    "cancelled users back to work. A job stopped by its token cap resumes only with a higher "
+    "`max_total_tokens` (else 409).",
+    request=JobResumeInput,
+    responses={200: JobDetail, 400: OpenApiResponse(description="A bad token cap"), **WRITE_ERRORS},
 )
 class JobResumeView(JobActionView):
     def act(self, job, request):
-        return job_resume(job)
+        data = JobResumeInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        return job_resume(job, **data.validated_data)
 
 
 @extend_schema(

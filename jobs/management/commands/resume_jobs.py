@@ -1,18 +1,18 @@
 from django.core.management.base import BaseCommand
 
-from jobs.services import jobs_resume_stalled
+from jobs.engine import jobs_heal
 
 
 class Command(BaseCommand):
     help = (
-        "Re-enqueue drain tasks for every queued or running job that has claimable items and nobody "
-        "working on it; finish jobs with nothing left. Safe to run at any time (it also runs every minute "
-        "inside the cluster)."
+        "Heal every job now: ring drain tasks for queued or running jobs with work and fewer live drains "
+        "than JOBS_DRAIN_TASKS, finish jobs with nothing left, cancel items that stopped jobs still hold. "
+        "Safe to run at any time; every running `qcluster` does it when it starts and every few seconds."
     )
 
     def handle(self, *args, **options):
-        done = jobs_resume_stalled()
+        done = jobs_heal(force=True)
         for line in done:
             self.stdout.write(line)
         if not done:
-            self.stdout.write("nothing to resume")
+            self.stdout.write("every job is healthy: nothing to do")
