@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 export DEBUG ?= 1
 SAMPLE_USERS ?= 2000
 
-.PHONY: run test lint bench clean
+CHAOS_SECONDS ?= 600
+
+.PHONY: run test lint bench chaos clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +33,11 @@ bench: $(VENV)/.installed
 	$(PY) -m tests.bench.engine
 	$(PY) -m tests.bench.api
 	$(PY) -m tests.bench.llm
+	$(PY) -m tests.bench.recovery
+
+# Real clusters under random faults on PostgreSQL, then every invariant checked (tests/chaos.py).
+chaos: $(VENV)/.installed
+	$(PY) -m tests.chaos --seconds $(CHAOS_SECONDS)
 
 clean:
 	rm -rf $(VENV) db.sqlite3* test_db.sqlite3*

@@ -23,21 +23,27 @@ def test_database_url() -> str:
     return f"postgres://{s['USER']}:{s['PASSWORD'] or ''}@{host}:{port}/{s['NAME']}"
 
 
-def process_tree(root: int) -> set[int]:
-    """`root` and every process below it (read from /proc)."""
-    parents: dict[int, list[int]] = {}
+def process_children() -> dict[int, list[int]]:
+    """Every process's children, read from /proc."""
+    children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
         except OSError:  # gone meanwhile
             continue
         pid, ppid = int(text.split(" ", 1)[0]), int(text.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(pid)
+        children.setdefault(ppid, []).append(pid)
+    return children
+
+
+def process_tree(root: int) -> set[int]:
+    """`root` and every process below it."""
+    children = process_children()
     tree, todo = set(), [root]
     while todo:
         pid = todo.pop()
         tree.add(pid)
-        todo.extend(parents.get(pid, []))
+        todo.extend(children.get(pid, []))
     return tree
 
 
@@ -64,6 +70,11 @@ class Cluster:
     def pids(self) -> set[int]:
         """The cluster's processes: main, sentinel, workers, monitor, pusher."""
         return process_tree(self.process.pid)
+
+    def sentinels_children(self) -> list[int]:
+        """The processes the cluster's sentinel watches over: its workers, pusher and monitor."""
+        children = process_children()
+        return [pid for sentinel in children.get(self.process.pid, []) for pid in children.get(sentinel, [])]
 
     def stop_group(self, timeout: float) -> bool:
         """SIGTERM to every process of the cluster at once (which can hang django-q2), then SIGKILL

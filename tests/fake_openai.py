@@ -7,6 +7,7 @@ code fences, missing / extra / foreign ids, a wrong API key.
 """
 
 import hashlib
+import random
 import threading
 import time
 from collections import deque
@@ -16,6 +17,7 @@ import orjson
 
 from extraction.extractors.llm import USERS_MARKER
 
+DIRECTIVES = ("429", "500", "timeout", "malformed", "think", "fence", "missing", "extra", "foreign", "empty")
 API_KEY = "test-key"
 MODEL = "fake-model"
 
@@ -50,15 +52,18 @@ class FakeLLM:
     def __init__(self):
         self.lock = threading.Lock()
         self.latency = 0.0
-        # Directives for the next requests, one each: "429", "500", "timeout", "malformed", "think",
-        # "fence", "missing", "extra", "foreign", "empty".
+        # Directives for the next requests, one each (see DIRECTIVES).
         self.script: deque[str] = deque()
         self.bad_users: set[str] = set()  # always answered with foreign ids
         self.foreign_ids = False  # every event cites ids that are not the user's (different each time)
         self.models = {MODEL}  # the models it serves
         self.retry_after = "1"
         self.timeout_seconds = 5.0
-        self.requests: list[dict] = []  # users, status, digest, at
+        self.requests: list[dict] = []  # users, status, digest, at, usage
+        # Random misbehaviour (the chaos suite): each unscripted request draws a directive with this
+        # probability, from a seeded generator.
+        self.fault_rate = 0.0
+        self.faults = random.Random(0)
         self.in_flight = 0
         self.max_in_flight = 0
         self.busy_seconds = 0.0  # summed time requests spent inside the server
@@ -70,6 +75,8 @@ class FakeLLM:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             directive = self.script.popleft() if self.script else ""
+            if not directive and self.fault_rate and self.faults.random() < self.fault_rate:
+                directive = self.faults.choice(DIRECTIVES)
         started = time.monotonic()
         try:
             time.sleep(self.latency)
@@ -130,6 +137,7 @@ class FakeLLM:
         elif directive == "fence":
             content = f"Here are the events:\n```json\n{content}\n```"
         record["status"] = 200
+        record["usage"] = (len(prompt.encode()) // 3, len(content.encode()) // 3)
         return (
             200,
             {},

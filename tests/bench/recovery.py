@@ -1,0 +1,197 @@
+"""Benchmark of recovery: how long work stands still after a crash, on PostgreSQL with either broker.
+
+    python -m tests.bench.recovery [--brokers orm,redis] [--runs 2]
+
+Real `qcluster` processes (2 workers each, the default lease of JOBS_LEASE_SECONDS) run a job of
+the tests' scripted extractor (20 ms per user, chunks of 10), and:
+  - restart: the only cluster is SIGKILLed mid-job and a new one started; measured from the new
+    cluster's start to the next user committed. Goal: 15 s.
+  - freeze: a worker holding a chunk is SIGSTOPped (and thawed at the end); measured from the
+    freeze to the moment every user of its chunk is committed by another worker. Goal: the lease
+    + 15 s.
+"""
+
+import argparse
+import contextlib
+import os
+import signal
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from tests.bench.common import drop_pg_database, pg_database, print_table
+
+EXTRACTORS = "test=tests.extractors.ScriptedExtractor"
+RESTART_GOAL = 15.0  # seconds from a new cluster's start (the reliability issue's goal)
+FREEZE_SLACK = 15.0  # seconds past the lease (the same issue)
+
+
+class Bench:
+    def __init__(self, folder: Path):
+        from django.conf import settings
+
+        self.folder = folder
+        self.lease = settings.JOBS_LEASE_SECONDS
+        self.runs = 0
+
+    def cluster(self, broker: dict):
+        from tests.cluster import Cluster
+
+        self.runs += 1
+        return Cluster(
+            self.folder / f"cluster-{self.runs}.log", EXTRACTION_EXTRA_EXTRACTORS=EXTRACTORS, **broker
+        )
+
+    def job(self, calls_file: Path | None = None, users: int = 2000):
+        """A job over `users` new users (profiles only: the scripted extractor needs no more), so that
+        no run waits for the last one's users to be free."""
+        from extraction.services import profiles_upsert
+        from jobs.services import job_start
+
+        ids = [f"r{self.runs}-{i:05d}" for i in range(users)]
+        profiles_upsert({user_id: {} for user_id in ids})
+        options = {"seconds_per_user": 0.02, **({"calls_file": str(calls_file)} if calls_file else {})}
+        return job_start(user_ids=ids, extractor="test", options=options, chunk_size=10, enqueue=False)
+
+    def restart(self, broker: dict) -> float:
+        from jobs.engine import jobs_heal
+        from jobs.models import Job
+        from tests.cluster import wait_for
+
+        first = self.cluster(broker)
+        job = self.job()
+        jobs_heal(force=True)  # rung through the broker of this process (see main)
+        done = Job.objects.filter(id=job.id).values_list("succeeded_items", flat=True)
+        wait_for(lambda: done.get() >= 200, timeout=120, what="progress")
+        first.kill()
+        at_kill = done.get()
+        second = self.cluster(broker)
+        started = time.monotonic()
+        try:
+            wait_for(
+                lambda: done.get() > at_kill, timeout=300, what="progress after the restart", interval=0.02
+            )
+            return time.monotonic() - started
+        finally:
+            second.stop()
+            self.cancel(job)
+
+    def freeze(self, broker: dict) -> float:
+        from jobs.engine import jobs_heal
+        from jobs.models import JobItem
+        from tests.cluster import wait_for
+        from tests.test_cluster import pids_of
+
+        calls = self.folder / f"calls-{uuid.uuid4().hex[:6]}.txt"
+        cluster = self.cluster(broker)
+        job = self.job(calls)
+        jobs_heal(force=True)
+        try:
+            wait_for(
+                lambda: calls.exists() and len(calls.read_text().splitlines()) >= 100,
+                timeout=120,
+                what="work",
+            )
+            pid = pids_of(calls)[-1]
+            os.kill(pid, signal.SIGSTOP)
+            frozen_at = time.monotonic()
+            token = wait_for(
+                lambda: (
+                    JobItem.objects.filter(job=job, status="running")
+                    .exclude(claim_token=None)
+                    .values_list("claim_token", flat=True)
+                    .first()
+                ),
+                timeout=10,
+                what="a chunk in flight",
+            )
+            chunk = list(JobItem.objects.filter(claim_token=token).values_list("user_id", flat=True))
+            wait_for(
+                lambda: (
+                    JobItem.objects.filter(job=job, user_id__in=chunk, status="succeeded").count()
+                    == len(chunk)
+                ),
+                timeout=300,
+                what="the frozen chunk done elsewhere",
+                interval=0.05,
+            )
+            return time.monotonic() - frozen_at
+        finally:
+            for process in cluster.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process, signal.SIGCONT)
+            cluster.stop()
+            self.cancel(job)
+
+    @staticmethod
+    def cancel(job) -> None:
+        from jobs.engine import jobs_heal
+        from jobs.services import JobError, job_cancel
+
+        with contextlib.suppress(JobError):
+            job_cancel(job)
+        jobs_heal()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--brokers", default="orm,redis")
+    parser.add_argument("--runs", type=int, default=2, help="runs of each measurement (the median is shown)")
+    args = parser.parse_args()
+    name = f"eventproject_bench_recovery_{os.getpid()}"
+    url = pg_database(name)
+    os.environ.update({"DATABASE_URL": url, "DEBUG": os.environ.get("DEBUG", "1")})
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventproject.settings")
+    os.environ["EXTRACTION_EXTRA_EXTRACTORS"] = EXTRACTORS
+    import django
+
+    django.setup()
+    import logging
+
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connection
+    from django_q.conf import Conf
+
+    logging.getLogger("django-q").setLevel(logging.WARNING)
+    try:
+        call_command("migrate", verbosity=0)
+        bench = Bench(Path(tempfile.mkdtemp(prefix="bench-recovery-")))
+        rows = {"restart": {}, "freeze": {}}
+        for broker_name in [b.strip() for b in args.brokers.split(",") if b.strip()]:
+            broker = {"Q_CLUSTER_NAME": f"bench-{uuid.uuid4().hex[:8]}"}
+            if broker_name == "redis":
+                broker["REDIS_URL"] = "redis://127.0.0.1:6379/0"
+            Conf.ORM = None if broker_name == "redis" else "default"  # ring through it from here too
+            Conf.REDIS = broker.get("REDIS_URL")
+            Conf.CLUSTER_NAME = Conf.PREFIX = broker["Q_CLUSTER_NAME"]
+            for what in ("restart", "freeze"):
+                times = [getattr(bench, what)(broker) for _ in range(args.runs)]
+                rows[what][broker_name] = (
+                    f"{statistics.median(times):.1f} s ({', '.join(f'{t:.1f}' for t in times)})"
+                )
+        connection.close()
+    finally:
+        drop_pg_database(name)
+    lease = bench.lease
+    print_table(
+        "Recovery after a crash (tests/bench/recovery.py)",
+        f"PostgreSQL, real qcluster processes with 2 workers each, lease {lease} s, heal every "
+        f"{settings.JOBS_HEAL_SECONDS:g} s; job of 2,000 users, 20 ms each, "
+        f"chunks of 10; median of {args.runs} runs (each run in brackets)",
+        [
+            ("new cluster start → next user committed", f"goal ≤ {RESTART_GOAL:.0f} s", rows["restart"]),
+            (
+                "worker frozen → its chunk committed elsewhere",
+                f"goal ≤ {lease + FREEZE_SLACK:.0f} s (lease {lease} + {FREEZE_SLACK:.0f})",
+                rows["freeze"],
+            ),
+        ],
+        list(rows["restart"]),
+    )
+
+
+if __name__ == "__main__":
+    main()
