@@ -133,7 +133,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": os.environ.get("TEST_SQLITE_NAME") or str(BASE_DIR / "test_db.sqlite3")
     }
-elif DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A process frozen (SIGSTOP, a VM stall) inside a transaction would hold its row locks, the job's
+    # among them, and stall every worker: the server ends such a session after this many seconds.
+    idle_seconds = env_int("DATABASE_IDLE_TRANSACTION_SECONDS", 10, minimum=1)
+    DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
+        f"-c idle_in_transaction_session_timeout={idle_seconds}s"
+    )
+else:
     raise ImproperlyConfigured("DATABASE_URL must point to PostgreSQL or SQLite")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -158,12 +158,14 @@ def test_pending_users_flow_again_soon_after_a_new_cluster_starts(clusters, make
     """The only cluster dies; nothing may wait for its chunks' leases (60 s here) to run out."""
     settings.JOBS_LEASE_SECONDS = 60
     make_users(400)
-    first = clusters(JOBS_LEASE_SECONDS="60")
+    settings.JOBS_DRAIN_TASKS = 4  # all held by the cluster that dies: none left in the queue
+    env = {"JOBS_LEASE_SECONDS": "60", "JOBS_DRAIN_TASKS": "4"}
+    first = clusters(**env)
     job = job_start(extractor="test", chunk_size=5, options={"seconds_per_user": 0.01})
     wait_for(lambda: Job.objects.get(id=job.id).succeeded_items >= 40, timeout=60, what="some progress")
     first.kill()
     killed_at = Job.objects.get(id=job.id).succeeded_items
-    clusters(JOBS_LEASE_SECONDS="60")
+    clusters(**env)
     wait_for(
         lambda: Job.objects.get(id=job.id).succeeded_items > killed_at + 20,
         timeout=30,  # half the lease: only the new cluster's ring can explain progress

@@ -14,7 +14,7 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from eventproject.db import DatabaseNow, database_now
-from extraction.extractors import make_extractor
+from extraction.extractors import ExtractionError, make_extractor
 from extraction.services import chunk_extract
 from jobs.engine import (
     DrainKeeper,
@@ -81,11 +81,13 @@ def test_a_job_failed_by_another_lane_keeps_no_pending_items(make_users, running
 @pytest.mark.django_db(transaction=True)
 def test_a_cancel_committing_in_the_middle_of_a_chunk_commit_is_seen(make_users, running_job):
     """The commit reads the job's status under the row lock its counter update takes: a cancel that
-    commits while the chunk's commit runs (here: holds the lock meanwhile) cannot be missed."""
-    job = running_job(make_users(2), error="the model timed out")
+    commits while the chunk's commit runs (here: holds the lock meanwhile) cannot be missed. The
+    users were never tried (the chunk stopped): they go back to pending only if the job still runs."""
+    job = running_job(make_users(2))
     extractor = make_extractor("test", job.options)
     claim = chunk_claim(job)
-    results = extracted(claim, extractor)
+    stop = ExtractionError("the chunk stopped", stopped=True)
+    results = {user_id: (None, stop) for user_id in claim.user_ids}
     canceller = connection.copy()  # another session
     with canceller.cursor() as cursor:
         cursor.execute("BEGIN")
@@ -257,6 +259,7 @@ def test_a_drain_ends_before_the_task_timeout_and_enqueues_its_continuation(
     make_users, running_job, settings, django_capture_on_commit_callbacks
 ):
     settings.Q_TIMEOUT, settings.JOBS_COMMIT_RESERVE_SECONDS = 4, 3  # chunks must stop 1 s in
+    settings.JOBS_DRAIN_TASKS = 1  # claims of the whole chunk (20 users, 4 s), not a share of it
     from jobs.engine import job_drain
 
     job = running_job(make_users(20), seconds_per_user=0.2, start={"chunk_size": 20})
