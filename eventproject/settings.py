@@ -4,6 +4,7 @@ Every knob is an environment variable with a safe default; a bad value raises
 ImproperlyConfigured at start-up instead of failing later in a worker.
 """
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -80,9 +81,11 @@ INSTALLED_APPS = [
     "django_q",
     "extraction",
     "jobs",
+    "ops",
 ]
 
 MIDDLEWARE = [
+    "ops.middleware.request_latency",  # outermost: times everything
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -160,10 +163,17 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # Caches: the API's write throttles count here, so with several web processes use Redis.
+# "cluster_stats" holds django-q2's cluster heartbeats when the broker is the database, so that
+# /healthz in the web server sees clusters running in other processes and on other machines
+# (its table is created by the ops app's migration).
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["REDIS_URL"]}
     if os.environ.get("REDIS_URL")
-    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "cluster_stats": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "ops_cluster_stats",
+    },
 }
 
 API_WRITE_RATE = os.environ.get("API_WRITE_RATE", "60/minute")
@@ -278,8 +288,21 @@ Q_CLUSTER = {
     "save_limit": 500,
     "poll": 0.5,
     "label": "Task queue",
+    "cache": "cluster_stats",  # heartbeats, with the ORM broker (the Redis broker keeps them in Redis)
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
+
+
+# Operations: /healthz and /metrics (the ops app).
+# /metrics answers only clients in these networks (comma-separated addresses or CIDR ranges).
+METRICS_ALLOWED_NETWORKS = []
+for network in env_list("METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1"):
+    try:
+        METRICS_ALLOWED_NETWORKS.append(ipaddress.ip_network(network, strict=False))
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"METRICS_ALLOWED_NETWORKS entries must be addresses or networks like 10.0.0.0/8, got {network!r}"
+        ) from None

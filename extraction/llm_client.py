@@ -23,6 +23,8 @@ import openai
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
+from ops import metrics
+
 from .models import LLMCacheEntry, RateLimit
 
 logger = logging.getLogger(__name__)
@@ -132,13 +134,15 @@ class LLMClient:
                 with slot or nullcontext():
                     if reason := should_stop():
                         raise LLMStopped(reason)
-                    response = self.client.chat.completions.create(
-                        model=self.model,
-                        messages=messages,
-                        temperature=self.temperature,
-                        max_tokens=self.max_completion_tokens,
-                        response_format={"type": "json_object"},
-                    )
+                    with metrics.llm_call_timed() as call:  # counted for /metrics, whatever the outcome
+                        response = self.client.chat.completions.create(
+                            model=self.model,
+                            messages=messages,
+                            temperature=self.temperature,
+                            max_tokens=self.max_completion_tokens,
+                            response_format={"type": "json_object"},
+                        )
+                        call.usage(response.usage)
             except openai.APIStatusError as exc:
                 delay = self._refusal(exc, attempt)
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:

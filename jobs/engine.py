@@ -36,6 +36,7 @@ from extraction.extractors import (
     make_extractor,
 )
 from extraction.services import chunk_extract, extraction_failures_record, extraction_results_save
+from ops import metrics
 
 from . import services
 from .models import Job, JobItem
@@ -131,6 +132,7 @@ def chunk_claim(
             if len(rows) < size:
                 cursor.execute(_stamp_sql(_pending_sql()), {**params, "limit": size - len(rows)})
                 rows += cursor.fetchall()
+        metrics.count(metrics.LEASE_EXPIRED, len(expired))  # last: a counter row is the last lock taken
     if not rows:
         return None
     return Claim(job.id, token, sorted(rows))
@@ -218,6 +220,7 @@ def chunk_commit(
     counters move by the same amounts. The tokens of items lost to an expired lease are kept too.
     """
     owned = _owned_commit(claim, job, results, extractor, usage or {})
+    metrics.count(metrics.LEASE_LOST, len(claim.items) - len(owned))
     if usage and len(owned) < len(claim.items):
         _uncommitted_usage_keep(job, claim, usage, committed=owned)
     return len(owned)
@@ -296,6 +299,7 @@ def _owned_commit(claim: Claim, job: Job, results: dict, extractor: Extractor, u
             errors=errors,
             tokens=tokens,
         )
+        metrics.count(metrics.ITEM_RETRIES, len(retried))
     return owned
 
 

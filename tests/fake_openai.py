@@ -56,7 +56,7 @@ class FakeLLM:
         self.bad_users: set[str] = set()  # always answered with foreign ids
         self.retry_after = "1"
         self.timeout_seconds = 5.0
-        self.requests: list[dict] = []  # users, status, digest, at
+        self.requests: list[dict] = []  # users, status, digest, at, and the usage of answers
         self.in_flight = 0
         self.max_in_flight = 0
         self.busy_seconds = 0.0  # summed time requests spent inside the server
@@ -124,6 +124,11 @@ class FakeLLM:
         elif directive == "fence":
             content = f"Here are the events:\n```json\n{content}\n```"
         record["status"] = 200
+        record["usage"] = usage = {
+            "prompt_tokens": len(prompt.encode()) // 3,
+            "completion_tokens": len(content.encode()) // 3,
+            "total_tokens": (len(prompt.encode()) + len(content.encode())) // 3,
+        }
         return (
             200,
             {},
@@ -139,11 +144,7 @@ class FakeLLM:
                         "message": {"role": "assistant", "content": content},
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": len(prompt.encode()) // 3,
-                    "completion_tokens": len(content.encode()) // 3,
-                    "total_tokens": (len(prompt.encode()) + len(content.encode())) // 3,
-                },
+                "usage": usage,
             },
         )
 
@@ -155,6 +156,11 @@ class FakeLLM:
             headers or {},
             {"error": {"message": message, "type": "invalid_request_error", "code": code}},
         )
+
+
+def tokens_reported(fake: FakeLLM, kind: str) -> int:
+    """Tokens of `kind` (prompt_tokens, completion_tokens) the server reported in all its answers."""
+    return sum(request["usage"][kind] for request in fake.requests if "usage" in request)
 
 
 class Handler(BaseHTTPRequestHandler):
