@@ -85,7 +85,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "ops.middleware.request_latency",  # outermost: times everything
+    "ops.middleware.request_latency",  # outermost: times everything, static files included
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -94,6 +94,11 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+if not DEBUG:  # in debug mode the development servers serve static files from the apps' folders
+    MIDDLEWARE.insert(
+        MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+    )
 
 ROOT_URLCONF = "eventproject.urls"
 WSGI_APPLICATION = "eventproject.wsgi.application"
@@ -159,8 +164,20 @@ except (ZoneInfoNotFoundError, ValueError):
 USE_I18N = True
 USE_TZ = True
 
+# Static files: `manage.py collectstatic` gathers them into STATIC_ROOT, where WhiteNoise serves
+# them (compressed, under names carrying their hash, cached for ever by browsers). In debug mode
+# they come straight from the apps' folders, so development needs no collectstatic.
+# (WhiteNoise's middleware is added in MIDDLEWARE when DEBUG is off.)
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "staticfiles")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 
 # Caches: the API's write throttles count here, so with several web processes use Redis.
 # "cluster_stats" holds django-q2's cluster heartbeats when the broker is the database, so that
