@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 import redis
+from django.core.cache import caches
 from django.db.migrations.recorder import MigrationRecorder
 from django_q.brokers import get_broker
 from django_q.conf import Conf
@@ -17,7 +18,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _fresh_redis_client():
+def _no_earlier_heartbeats():
+    """No heartbeat left by a cluster of an earlier test (the cache table is not flushed), and a
+    Redis client made with this test's REDIS_URL."""
+    caches["cluster_stats"].clear()
     health._redis.cache_clear()
     yield
     health._redis.cache_clear()
