@@ -90,26 +90,42 @@ class DatabaseSwitch:
             self.away = tmp_path / "database-away"
 
     def cut(self) -> None:
-        if not self.postgresql:
-            shutil.move(self.folder, self.away)
-            return
-        name = connection.ops.quote_name(connection.settings_dict["NAME"])
-        with connection.cursor() as cursor:
-            cursor.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
-            cursor.execute(
+        if self.postgresql:
+            self._maintenance(
+                f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS false",
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name = %s",
-                [self.APPLICATION],
+                "WHERE application_name = %s AND datname = %s",
             )
+        else:
+            shutil.move(self.folder, self.away)
 
     def restore(self) -> None:
-        if not self.postgresql:
-            if self.away.exists():
-                shutil.move(self.away, self.folder)
-            return
-        name = connection.ops.quote_name(connection.settings_dict["NAME"])
-        with connection.cursor() as cursor:
-            cursor.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        if self.postgresql:
+            self._maintenance(f"ALTER DATABASE {self.name} ALLOW_CONNECTIONS true")
+        elif self.away.exists():
+            shutil.move(self.away, self.folder)
+
+    @property
+    def name(self) -> str:
+        return connection.ops.quote_name(connection.settings_dict["NAME"])
+
+    def _maintenance(self, *statements: str) -> None:
+        """Run statements from the server's maintenance database (PostgreSQL refuses to close the
+        database a session is connected to)."""
+        import psycopg
+
+        s = connection.settings_dict
+        with psycopg.connect(
+            host=s["HOST"] or "127.0.0.1",
+            port=s["PORT"] or 5432,
+            user=s["USER"],
+            password=s["PASSWORD"] or None,
+            dbname="postgres",
+            autocommit=True,
+        ) as admin:
+            for statement in statements:
+                params = [self.APPLICATION, connection.settings_dict["NAME"]] if "%s" in statement else None
+                admin.execute(statement, params)
 
 
 def test_healthz_is_503_while_the_database_is_gone_and_recovers_when_it_is_back(web_server, tmp_path):
