@@ -4,6 +4,7 @@ Every knob is an environment variable with a safe default; a bad value raises
 ImproperlyConfigured at start-up instead of failing later in a worker.
 """
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -80,9 +81,11 @@ INSTALLED_APPS = [
     "extraction",
     "jobs",  # before django_q: its `qcluster` command (which also heals jobs) replaces django-q2's
     "django_q",
+    "ops",
 ]
 
 MIDDLEWARE = [
+    "ops.middleware.request_latency",  # outermost: times everything, static files included
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -91,6 +94,11 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+if not DEBUG:  # in debug mode the development servers serve static files from the apps' folders
+    MIDDLEWARE.insert(
+        MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+    )
 
 ROOT_URLCONF = "eventproject.urls"
 WSGI_APPLICATION = "eventproject.wsgi.application"
@@ -163,14 +171,33 @@ except (ZoneInfoNotFoundError, ValueError):
 USE_I18N = True
 USE_TZ = True
 
+# Static files: `manage.py collectstatic` gathers them into STATIC_ROOT, where WhiteNoise serves
+# them (compressed, under names carrying their hash, cached for ever by browsers). In debug mode
+# they come straight from the apps' folders, so development needs no collectstatic.
+# (WhiteNoise's middleware is added in MIDDLEWARE when DEBUG is off.)
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "staticfiles")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 
 # Caches: the API's write throttles count here, so with several web processes use Redis.
+# "cluster_stats" holds django-q2's cluster heartbeats when the broker is the database, so that
+# /healthz in the web server sees clusters running in other processes and on other machines
+# (its table is created by the ops app's migration).
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["REDIS_URL"]}
     if os.environ.get("REDIS_URL")
-    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "cluster_stats": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "ops_cluster_stats",
+    },
 }
 
 API_WRITE_RATE = os.environ.get("API_WRITE_RATE", "60/minute")
@@ -306,8 +333,21 @@ Q_CLUSTER = {
     "save_limit": 500,
     "poll": 0.5,
     "label": "Task queue",
+    "cache": "cluster_stats",  # heartbeats, with the ORM broker (the Redis broker keeps them in Redis)
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
+
+
+# Operations: /healthz and /metrics (the ops app).
+# /metrics answers only clients in these networks (comma-separated addresses or CIDR ranges).
+METRICS_ALLOWED_NETWORKS = []
+for network in env_list("METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1"):
+    try:
+        METRICS_ALLOWED_NETWORKS.append(ipaddress.ip_network(network, strict=False))
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"METRICS_ALLOWED_NETWORKS entries must be addresses or networks like 10.0.0.0/8, got {network!r}"
+        ) from None

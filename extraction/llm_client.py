@@ -23,6 +23,8 @@ import openai
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
+from ops import metrics
+
 from .models import LLMCacheEntry, RateLimit
 
 logger = logging.getLogger(__name__)
@@ -144,14 +146,16 @@ class LLMClient:
                     left = seconds_left()
                     if left is not None and left < MIN_REQUEST_SECONDS:
                         raise LLMStopped("the chunk's deadline is too near to send this user")
-                    response = self.client.chat.completions.create(
-                        model=self.model,
-                        messages=messages,
-                        temperature=self.temperature,
-                        max_tokens=self.max_completion_tokens,
-                        response_format={"type": "json_object"},
-                        timeout=self.timeout if left is None else min(self.timeout, left),
-                    )
+                    with metrics.llm_call_timed() as call:  # counted for /metrics, whatever the outcome
+                        response = self.client.chat.completions.create(
+                            model=self.model,
+                            messages=messages,
+                            temperature=self.temperature,
+                            max_tokens=self.max_completion_tokens,
+                            response_format={"type": "json_object"},
+                            timeout=self.timeout if left is None else min(self.timeout, left),
+                        )
+                        call.usage(response.usage)
             except openai.APIStatusError as exc:
                 delay = self._refusal(exc, attempt)
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:

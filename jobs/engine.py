@@ -42,6 +42,7 @@ from extraction.extractors import (
     make_extractor,
 )
 from extraction.services import chunk_extract, extraction_failures_record, extraction_results_save
+from ops import metrics
 
 from .models import Drain, Job, JobItem
 
@@ -238,6 +239,7 @@ def chunk_claim(job: Job, *, after: int = 0, size: int | None = None) -> Claim |
             if len(rows) < size:
                 cursor.execute(_stamp_sql(_pending_sql()), {**params, "limit": size - len(rows)})
                 rows += cursor.fetchall()
+        metrics.count(metrics.LEASE_EXPIRED, len(expired))  # last: a counter row is the last lock taken
     if not rows:
         return None
     return Claim(job.id, token, sorted(rows))
@@ -390,28 +392,39 @@ def chunk_commit(
     (or retry) status and the tokens paid for them (`usage`, from Control.usage), and the job's
     counters move by the same amounts. The tokens of items lost to an expired lease are kept too.
     """
-    owned = _owned_commit(claim, job, results, extractor, usage or {})
-    if usage and len(owned) < len(claim.items):
-        _uncommitted_usage_keep(job, claim, usage, committed=owned)
+    owned, taken = _owned_commit(claim, job, results, extractor, usage or {})
+    if usage and taken:
+        _uncommitted_usage_keep(job, claim, usage, lost=taken)
     return len(owned)
 
 
-def _owned_commit(claim: Claim, job: Job, results: dict, extractor: Extractor, usage) -> set[int]:
-    """Lock order: the claim's items, then the job's row last (as every writer does), so that a
+def _owned_commit(
+    claim: Claim, job: Job, results: dict, extractor: Extractor, usage
+) -> tuple[set[int], set[int]]:
+    """Returns the items this claim owned and committed, and those another claim took (its lease
+    was lost). Items carrying this claim's token but no longer running were committed by an
+    earlier try of this very commit (see _commit_with_retries): neither.
+
+    Lock order: the claim's items, then the job's row last (as every writer does), so that a
     cancel or a failure landing meanwhile is seen here, under that lock, and never deadlocks."""
     now = timezone.now()
+    ids = [item_id for item_id, _, _ in claim.items]
     with transaction.atomic():
         owned = set(
             JobItem.objects.select_for_update()
-            .filter(
-                id__in=[item_id for item_id, _, _ in claim.items],
-                claim_token=claim.token,
-                status=JobItem.Status.RUNNING,
-            )
+            .filter(id__in=ids, claim_token=claim.token, status=JobItem.Status.RUNNING)
             .values_list("id", flat=True)
         )
+        taken = set()
+        if len(owned) < len(ids):
+            taken = set(
+                JobItem.objects.filter(id__in=ids)
+                .exclude(claim_token=claim.token)
+                .values_list("id", flat=True)
+            )
+            metrics.count(metrics.LEASE_LOST, len(taken))
         if not owned:
-            return owned
+            return owned, taken
         succeeded, failed, retried, stopped = {}, {}, {}, []
         saved = []
         for item_id, user_id, attempts in claim.items:
@@ -478,7 +491,8 @@ def _owned_commit(claim: Claim, job: Job, results: dict, extractor: Extractor, u
                 status=JobItem.Status.CANCELLED, finished_at=now, retry_at=None
             )
             Job.objects.filter(id=job.id).update(cancelled_items=F("cancelled_items") + swept)
-    return owned
+        metrics.count(metrics.ITEM_RETRIES, len(retried))
+    return owned, taken
 
 
 def _usage_record(claim: Claim, usage: dict[str, list[int]], item_ids: Collection[int]) -> tuple[int, int]:
@@ -498,12 +512,12 @@ def _usage_record(claim: Claim, usage: dict[str, list[int]], item_ids: Collectio
 
 
 def _uncommitted_usage_keep(
-    job: Job, claim: Claim, usage: dict[str, list[int]], *, committed: Collection[int] = ()
+    job: Job, claim: Claim, usage: dict[str, list[int]], *, lost: Collection[int] | None = None
 ) -> None:
     """Tokens are paid even when the work is thrown away (a lost lease, a failed job): add those of
-    the claim's other items to the items and the job, so the job's cost stays true. Its own short
-    transaction, items before the job row, like every commit."""
-    lost = {item_id for item_id, _, _ in claim.items if item_id not in committed}
+    the `lost` items (default: all the claim's) to the items and the job, so the job's cost stays
+    true. Its own short transaction, items before the job row, like every commit."""
+    lost = {item_id for item_id, _, _ in claim.items} if lost is None else lost
     with transaction.atomic():
         prompt, completion = _usage_record(claim, usage, lost)
         if prompt or completion:

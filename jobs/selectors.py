@@ -73,6 +73,12 @@ def job_progress(job: Job, *, now: datetime | None = None) -> dict[str, Any]:
     }
 
 
+def jobs_throughput(now: datetime | None = None) -> float:
+    """Items finished per second over the last minute, summed over every running job."""
+    now = now or timezone.now()
+    return round(sum(_throughput(job, now) for job in Job.objects.filter(status=Job.Status.RUNNING)), 2)
+
+
 def _throughput(job: Job, now: datetime) -> float:
     """Items finished per second over the last minute (or over the last THROUGHPUT_SAMPLE finishes)."""
     since = now - THROUGHPUT_WINDOW

@@ -316,7 +316,7 @@ def check(server) -> list[tuple[str, bool, str]]:
         )
     )
     # A user is committed once per success: its state's time is that of its events.
-    paid = sum(p + c for r in server.requests if (usage := r.get("usage")) for p, c in [usage])
+    paid = sum(r["usage"]["total_tokens"] for r in server.requests if "usage" in r)
     recorded = sum(j.prompt_tokens + j.completion_tokens for j in jobs)
     results.append(
         (

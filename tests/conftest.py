@@ -143,3 +143,40 @@ def llm_server(settings, monkeypatch):
         monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
         running.fake.url = running.base_url
         yield running.fake
+
+
+@pytest.fixture(scope="session")
+def static_root(tmp_path_factory):
+    """Static files collected as in production (DEBUG off: compressed, with hashed names)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT
+
+    root = tmp_path_factory.mktemp("static")
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
+        cwd=ROOT,
+        env={**os.environ, "DEBUG": "0", "SECRET_KEY": "collectstatic", "STATIC_ROOT": str(root)},
+        check=True,
+    )
+    return root
+
+
+@pytest.fixture
+def web_server(transactional_db, tmp_path, static_root):
+    """web_server(**env) starts gunicorn as the deploy unit does, DEBUG off, on the test database;
+    every server started is stopped at the end."""
+    from tests.servers import WebServer
+
+    started = []
+
+    def start(**env: str) -> WebServer:
+        server = WebServer(tmp_path / f"web-{len(started)}.log", **{"STATIC_ROOT": str(static_root), **env})
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

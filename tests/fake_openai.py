@@ -59,7 +59,7 @@ class FakeLLM:
         self.models = {MODEL}  # the models it serves
         self.retry_after = "1"
         self.timeout_seconds = 5.0
-        self.requests: list[dict] = []  # users, status, digest, at, usage
+        self.requests: list[dict] = []  # users, status, digest, at, and the usage of answers
         # Random misbehaviour (the chaos suite): each unscripted request draws a directive with this
         # probability, from a seeded generator.
         self.fault_rate = 0.0
@@ -137,7 +137,11 @@ class FakeLLM:
         elif directive == "fence":
             content = f"Here are the events:\n```json\n{content}\n```"
         record["status"] = 200
-        record["usage"] = (len(prompt.encode()) // 3, len(content.encode()) // 3)
+        record["usage"] = usage = {
+            "prompt_tokens": len(prompt.encode()) // 3,
+            "completion_tokens": len(content.encode()) // 3,
+            "total_tokens": (len(prompt.encode()) + len(content.encode())) // 3,
+        }
         return (
             200,
             {},
@@ -153,11 +157,7 @@ class FakeLLM:
                         "message": {"role": "assistant", "content": content},
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": len(prompt.encode()) // 3,
-                    "completion_tokens": len(content.encode()) // 3,
-                    "total_tokens": (len(prompt.encode()) + len(content.encode())) // 3,
-                },
+                "usage": usage,
             },
         )
 
@@ -169,6 +169,11 @@ class FakeLLM:
             headers or {},
             {"error": {"message": message, "type": "invalid_request_error", "code": code}},
         )
+
+
+def tokens_reported(fake: FakeLLM, kind: str) -> int:
+    """Tokens of `kind` (prompt_tokens, completion_tokens) the server reported in all its answers."""
+    return sum(request["usage"][kind] for request in fake.requests if "usage" in request)
 
 
 class Handler(BaseHTTPRequestHandler):

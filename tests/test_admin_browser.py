@@ -1,7 +1,8 @@
 """The admin in a real browser (Debian's Chromium driven by Playwright), against a live server and a
 running qcluster: start a job and watch it finish, cancel one, retry failed users.
 
-Screenshots land in tests/output/<test>/.
+Screenshots land in tests/output/<test>/. Without Chromium these tests are skipped, saying how to
+install it; in CI (REQUIRE_BROWSER=1) its absence fails the run instead.
 """
 
 import os
@@ -15,10 +16,18 @@ from playwright.sync_api import expect, sync_playwright
 from jobs.models import Job
 from jobs.services import job_start
 from tests.cluster import Cluster, wait_for
-
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+from tests.tools import executable, unavailable
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+if not executable(CHROMIUM):
+    pytestmark.append(
+        unavailable(
+            f"the admin's browser tests need Chromium at {CHROMIUM}: install it with "
+            "`sudo apt-get install chromium` (Debian/Ubuntu), or point CHROMIUM at a Chromium binary",
+            required_by="REQUIRE_BROWSER",
+        )
+    )
 OUTPUT = Path(__file__).parent / "output"
 # The flags a sandboxed headless Chromium needs here (no network beyond loopback, running as root).
 CHROMIUM_ARGS = [

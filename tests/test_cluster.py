@@ -208,7 +208,7 @@ def test_a_job_gets_all_its_drains_back_after_a_cluster_dies_on_redis(clusters, 
     from eventproject.db import DatabaseNow
     from jobs.models import Drain
 
-    make_users(3000)
+    make_users(6000)  # 6,000 × 50 ms: longer than the test, so that four drains always have work
     calls_file = tmp_path / "calls.txt"
     redis = {
         "REDIS_URL": "redis://127.0.0.1:6379/0",
@@ -221,7 +221,7 @@ def test_a_job_gets_all_its_drains_back_after_a_cluster_dies_on_redis(clusters, 
         user_ids=None,
         extractor="test",
         chunk_size=5,
-        options={"calls_file": str(calls_file), "seconds_per_user": 0.02},
+        options={"calls_file": str(calls_file), "seconds_per_user": 0.05},
         enqueue=False,
     )
     # Not rung from here (this process's broker is the database): the clusters' healing rings it.

@@ -34,6 +34,10 @@ def test_it_starts_with_development_defaults_in_debug():
         ({"DEBUG": "1", "EXTRACTION_RULES_FILE": "/no/such.json"}, "is not a file"),
         ({"DEBUG": "1", "EXTRACTION_EXTRA_EXTRACTORS": "broken"}, "must look like name=module.Class"),
         ({"DEBUG": "1", "Q_TIMEOUT": "100", "Q_RETRY": "90"}, "Q_RETRY must be larger than Q_TIMEOUT"),
+        (
+            {"DEBUG": "1", "METRICS_ALLOWED_NETWORKS": "10.0.0.0/8,intranet"},
+            "METRICS_ALLOWED_NETWORKS entries must be addresses or networks like 10.0.0.0/8, got 'intranet'",
+        ),
     ],
 )
 def test_it_refuses_bad_configuration_by_name(env, message):

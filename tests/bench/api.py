@@ -85,6 +85,7 @@ def main() -> None:
         DEBUG="0",
         SECRET_KEY="bench",
         ALLOWED_HOSTS="127.0.0.1",
+        WEB_ACCESS_LOG="",  # gunicorn.conf.py logs every request otherwise
     )
     server = subprocess.Popen(
         [

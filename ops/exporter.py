@@ -1,0 +1,161 @@
+"""What /metrics reports, in the Prometheus text format through prometheus-client.
+
+Two sources, each right for what it measures:
+
+- Engine and LLM figures come from the database at scrape time (the job tables, and the counters
+  of ops.metrics), so they are the same whichever web process is scraped and they add up the work
+  of every cluster on every machine. Several web servers report the same values: aggregate them
+  with max(), not sum().
+- Request latency is measured in the web process. Under gunicorn, whose workers are separate
+  processes, prometheus-client's multiprocess mode adds them up: gunicorn.conf.py points
+  PROMETHEUS_MULTIPROC_DIR at a fresh folder before any worker starts. Writing a database row per
+  request instead would cost every request a write.
+"""
+
+import os
+from collections.abc import Iterator
+from functools import cache
+
+from django.db.models import Count, Q, Sum
+from django_q.brokers import get_broker
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from jobs.models import Job, JobItem
+from jobs.selectors import jobs_throughput
+
+from . import metrics
+from .health import ALIVE_STATUSES, cluster_stats
+
+PREFIX = "eventproject"
+
+REQUEST_SECONDS = Histogram(
+    f"{PREFIX}_http_request_duration_seconds",
+    "Time from a request's arrival to its response (the first byte of a stream), by route",
+    ["method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=None,  # in the registry /metrics builds, or in the multiprocess files
+)
+
+
+@cache
+def registry() -> CollectorRegistry:
+    """The registry /metrics renders: the database figures and the request latency of every
+    worker process of this web server (one process without gunicorn's multiprocess folder)."""
+    built = CollectorRegistry()
+    built.register(DatabaseCollector())
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        MultiProcessCollector(built)
+    else:
+        built.register(REQUEST_SECONDS)
+    return built
+
+
+class DatabaseCollector:
+    """Figures read from the database on each scrape: about ten small queries."""
+
+    def collect(self) -> Iterator:
+        yield from self._jobs_and_items()
+        yield GaugeMetricFamily(
+            f"{PREFIX}_items_per_second",
+            "Items finished per second over the last minute, summed over the running jobs",
+            value=jobs_throughput(),
+        )
+        counters = metrics.counters_read()
+        lease = CounterMetricFamily(
+            f"{PREFIX}_lease_losses",
+            "Items whose lease was lost: expired (the worker died or stalled; claimed again or failed) "
+            "or at commit (the worker finished too late; its work was thrown away)",
+            labels=["kind"],
+        )
+        lease.add_metric(["expired"], counters.get((metrics.LEASE_EXPIRED, ""), 0))
+        lease.add_metric(["at_commit"], counters.get((metrics.LEASE_LOST, ""), 0))
+        yield lease
+        yield CounterMetricFamily(
+            f"{PREFIX}_item_retries",
+            "Items sent back for another attempt after a retryable error",
+            value=counters.get((metrics.ITEM_RETRIES, ""), 0),
+        )
+        yield from self._llm(counters)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_queue_tasks",
+            "Tasks waiting in django-q2's broker queue (the doorbells; the work itself is the pending items)",
+            value=get_broker().queue_size(),
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_clusters_alive",
+            "Task clusters whose heartbeat is fresh",
+            value=sum(str(stat.status) in ALIVE_STATUSES for stat in cluster_stats()),
+        )
+
+    def _jobs_and_items(self) -> Iterator:
+        rows = (
+            Job.objects.order_by()
+            .values("status")
+            .annotate(
+                jobs=Count("id"),
+                total=Sum("total_items"),
+                succeeded=Sum("succeeded_items"),
+                failed=Sum("failed_items"),
+                cancelled=Sum("cancelled_items"),
+            )
+        )
+        jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs by status", labels=["status"])
+        by_status = {row["status"]: row for row in rows}
+        for status in Job.Status.values:
+            jobs.add_metric([status], by_status.get(status, {}).get("jobs", 0))
+        yield jobs
+
+        def total(field: str, statuses=Job.Status.values) -> int:
+            return sum(by_status[status][field] or 0 for status in statuses if status in by_status)
+
+        # Jobs are never deleted and an item succeeds or fails once, so these only grow.
+        finished = CounterMetricFamily(
+            f"{PREFIX}_items_finished", "Items finished, by outcome", labels=["outcome"]
+        )
+        finished.add_metric(["succeeded"], total("succeeded"))
+        finished.add_metric(["failed"], total("failed"))
+        yield finished
+
+        running = JobItem.objects.filter(Q(job__status__in=Job.ACTIVE), status=JobItem.Status.RUNNING).count()
+        active = Job.ACTIVE
+        finished_in_active = total("succeeded", active) + total("failed", active) + total("cancelled", active)
+        items = GaugeMetricFamily(
+            f"{PREFIX}_job_items",
+            "Items of all jobs by status: pending and running are the work still to do",
+            labels=["status"],
+        )
+        items.add_metric(["pending"], max(total("total", active) - finished_in_active - running, 0))
+        items.add_metric(["running"], running)
+        items.add_metric(["succeeded"], total("succeeded"))
+        items.add_metric(["failed"], total("failed"))
+        items.add_metric(["cancelled"], total("cancelled"))
+        yield items
+
+    def _llm(self, counters: dict[tuple[str, str], int]) -> Iterator:
+        calls = CounterMetricFamily(
+            f"{PREFIX}_llm_calls",
+            "Requests sent to the LLM endpoint (each retry is one), by outcome",
+            labels=["outcome"],
+        )
+        tokens = CounterMetricFamily(
+            f"{PREFIX}_llm_tokens", "Tokens the LLM endpoint reported, paid for", labels=["kind"]
+        )
+        tokens.add_metric(["prompt"], counters.get((metrics.LLM_TOKENS, "prompt"), 0))
+        tokens.add_metric(["completion"], counters.get((metrics.LLM_TOKENS, "completion"), 0))
+        for (name, label), value in sorted(counters.items()):
+            if name == metrics.LLM_CALLS:
+                calls.add_metric([label], value)
+        yield calls
+        yield tokens
+        cumulative, buckets = 0, []
+        for bound in [*map(str, metrics.LLM_SECONDS_BUCKETS), "+Inf"]:
+            cumulative += counters.get((metrics.LLM_SECONDS_BUCKET, bound), 0)
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(
+            f"{PREFIX}_llm_call_duration_seconds",
+            "Time each request to the LLM endpoint took, answered or not",
+            buckets=buckets,
+            sum_value=counters.get((metrics.LLM_MICROSECONDS_SUM, ""), 0) / 1_000_000,
+        )

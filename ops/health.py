@@ -1,0 +1,136 @@
+"""What /healthz checks. Each check returns a dict with "ok" and, when not ok, "error" saying what
+is wrong in words an operator can act on. All of them together cost a handful of small queries
+(and a Redis round trip or two), so a load balancer may ask every second.
+"""
+
+import re
+from functools import cache
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.contrib.staticfiles.storage import staticfiles_storage
+from django.core.cache import caches
+from django.db import DatabaseError, connection
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.recorder import MigrationRecorder
+from django_q.conf import Conf
+from django_q.signing import BadSignature, SignedPackage
+from django_q.status import Stat
+
+# A cluster rewrites its heartbeat every half second and keeps it for 3 s (django-q2's guard loop).
+ALIVE_STATUSES = {str(Conf.STARTING), str(Conf.WORKING), str(Conf.IDLE)}
+REDIS_TIMEOUT_SECONDS = 1.0
+
+
+def health_report() -> dict[str, Any]:
+    """{"status": "ok" | "failing", "errors": [...], "checks": {name: {"ok": ..., ...}}}"""
+    checks = {"database": database_check()}
+    database_up = checks["database"]["ok"]
+    unchecked = {"ok": False, "error": "not checked: the database is unreachable"}
+    checks["migrations"] = migrations_check() if database_up else unchecked
+    if not settings.DEBUG:
+        checks["static_files"] = static_files_check()
+    if settings.REDIS_URL:
+        checks["broker"] = broker_check()
+    checks["cluster"] = cluster_check() if database_up or settings.REDIS_URL else unchecked
+    errors = [f"{name}: {check['error']}" for name, check in checks.items() if not check["ok"]]
+    return {"status": "failing" if errors else "ok", "errors": errors, "checks": checks}
+
+
+def database_check() -> dict[str, Any]:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError as exc:
+        return {"ok": False, "error": f"cannot reach the database: {_safe(exc)}"}
+    return {"ok": True, "vendor": connection.vendor}
+
+
+@cache
+def migrations_on_disk() -> frozenset[tuple[str, str]]:
+    """The latest migration of every app, as this code ships them (read once per process: the code
+    cannot change under a running process)."""
+    return frozenset(MigrationLoader(None, ignore_no_migrations=True).graph.leaf_nodes())
+
+
+def migrations_check() -> dict[str, Any]:
+    try:
+        applied = set(MigrationRecorder.Migration.objects.values_list("app", "name"))
+    except DatabaseError as exc:
+        return {"ok": False, "error": f"cannot read the applied migrations: {_safe(exc)}"}
+    missing = sorted(f"{app}.{name}" for app, name in migrations_on_disk() - applied)
+    if missing:
+        return {"ok": False, "error": f"not applied (run manage.py migrate): {', '.join(missing)}"}
+    return {"ok": True}
+
+
+def static_files_check() -> dict[str, Any]:
+    """With DEBUG off, pages name static files by the manifest collectstatic writes; without it
+    every admin page fails."""
+    if getattr(staticfiles_storage, "hashed_files", True):
+        return {"ok": True}
+    return {
+        "ok": False,
+        "error": f"no static files manifest in {settings.STATIC_ROOT}: run manage.py collectstatic "
+        "and restart the web server",
+    }
+
+
+def broker_check() -> dict[str, Any]:
+    try:
+        _redis().ping()
+    except redis.RedisError as exc:
+        return {"ok": False, "error": f"cannot reach Redis: {_safe(exc)}"}
+    return {"ok": True}
+
+
+def cluster_check() -> dict[str, Any]:
+    try:
+        stats = cluster_stats()
+    except (DatabaseError, redis.RedisError) as exc:
+        return {"ok": False, "error": f"cannot read the clusters' heartbeats: {_safe(exc)}"}
+    alive = [stat for stat in stats if str(stat.status) in ALIVE_STATUSES]
+    if not alive:
+        return {
+            "ok": False,
+            "alive": 0,
+            "error": f"no task cluster named {Conf.PREFIX!r} has been seen alive in the last 3 s "
+            "(start one: manage.py qcluster)",
+        }
+    return {"ok": True, "alive": len(alive)}
+
+
+def cluster_stats() -> list[Stat]:
+    """The live heartbeats of every cluster, read without writing anything: from Redis when it is
+    the broker, else from the database cache that django-q2 writes them to (settings.Q_CLUSTER)."""
+    if settings.REDIS_URL:
+        client = _redis()
+        keys = list(client.scan_iter(match=f"{Conf.Q_STAT}:*", count=1000))
+        packs = client.mget(keys) if keys else []
+    else:
+        stats_cache = caches[Conf.CACHE]
+        keys = stats_cache.get(Conf.Q_STAT) or []
+        packs = list(stats_cache.get_many(keys).values())
+    stats = []
+    for pack in packs:
+        if pack:
+            try:
+                stats.append(SignedPackage.loads(pack))
+            except BadSignature:  # another SECRET_KEY: not one of ours
+                continue
+    return stats
+
+
+@cache
+def _redis() -> redis.Redis:
+    """One client per process, with short timeouts: a hung Redis must not hang the health check."""
+    return redis.Redis.from_url(
+        settings.REDIS_URL, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+    )
+
+
+def _safe(exc: Exception) -> str:
+    """The error's first line, with any password in a URL masked: health answers are public."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return re.sub(r"(\w+://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)[:300]

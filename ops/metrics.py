@@ -1,0 +1,131 @@
+"""The write side of /metrics: counters kept in the database, so that every worker process of every
+cluster on every machine adds to the same figures, and a restart loses none of them.
+
+Only what no table already records is counted here (the job tables give jobs, items and their
+progress): lease losses and retries, called by the job engine inside its own transactions, so a
+count and the rows it counts commit together; and each request to the LLM endpoint with its
+outcome, tokens and duration, called by extraction.llm_client.
+
+    metrics.count("item_retries", 3)
+    with metrics.llm_call_timed() as call:
+        response = client.chat.completions.create(...)
+        call.usage(response.usage)
+"""
+
+import logging
+import os
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import openai
+from django.db import connection, transaction
+
+from .models import Counter
+
+logger = logging.getLogger(__name__)
+
+SHARDS = 16
+# Counter names, with their label values.
+LEASE_EXPIRED = "lease_expired"  # items whose lease ran out before their worker committed
+LEASE_LOST = "lease_lost"  # items a worker finished after losing the lease: its work was thrown away
+ITEM_RETRIES = "item_retries"  # items sent back to pending for another attempt after an error
+LLM_CALLS = "llm_calls"  # label: outcome
+LLM_TOKENS = "llm_tokens"  # label: prompt | completion
+LLM_SECONDS_BUCKET = "llm_seconds_bucket"  # label: the bucket's upper bound; counts are not cumulative
+LLM_MICROSECONDS_SUM = "llm_microseconds_sum"  # summed whole, so the total never drifts
+# Upper bounds (seconds) of the LLM call duration buckets; calls above the last go to +Inf.
+LLM_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+
+
+def count(name: str, amount: int = 1, *, label: str = "") -> None:
+    """Add `amount` to a counter (nothing when it is 0). Inside a transaction it commits with it."""
+    if amount:
+        counters_add({(name, label): amount})
+
+
+def counters_add(amounts: dict[tuple[str, str], int]) -> None:
+    """Add to several counters in one statement. Rows go in sorted order, so two transactions
+    adding to the same counters lock their rows in the same order and cannot deadlock."""
+    rows = sorted((name, label, amount) for (name, label), amount in amounts.items() if amount)
+    if not rows:
+        return
+    table = Counter._meta.db_table
+    shard = os.getpid() % SHARDS
+    values = ", ".join(["(%s, %s, %s, %s)"] * len(rows))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (name, label, shard, value) VALUES {values} "
+            f"ON CONFLICT (name, label, shard) DO UPDATE SET value = {table}.value + excluded.value",
+            [part for name, label, amount in rows for part in (name, label, shard, amount)],
+        )
+
+
+def counters_read() -> dict[tuple[str, str], int]:
+    """Every counter, its shards summed: {(name, label): value}."""
+    totals: dict[tuple[str, str], int] = {}
+    for name, label, value in Counter.objects.values_list("name", "label", "value"):
+        totals[name, label] = totals.get((name, label), 0) + value
+    return totals
+
+
+class LLMCall:
+    """What one request to the LLM endpoint reports; see llm_call_timed."""
+
+    def __init__(self):
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def usage(self, usage) -> None:
+        """The response's `usage` (may be None: some servers do not say)."""
+        if usage is not None:
+            self.prompt_tokens = usage.prompt_tokens or 0
+            self.completion_tokens = usage.completion_tokens or 0
+
+
+@contextmanager
+def llm_call_timed() -> Iterator[LLMCall]:
+    """Count one request to the LLM endpoint: its outcome (from the exception that left the block,
+    if any), the tokens it reported, and how long it took. Never fails the call itself."""
+    call = LLMCall()
+    started = time.monotonic()
+    outcome = "ok"
+    try:
+        yield call
+    except BaseException as exc:
+        outcome = llm_outcome(exc)
+        raise
+    finally:
+        try:
+            llm_call_record(time.monotonic() - started, outcome, call.prompt_tokens, call.completion_tokens)
+        except Exception:  # a paid answer matters more than its count
+            logger.exception("could not count an LLM call")
+
+
+def llm_outcome(exc: BaseException) -> str:
+    """A few stable outcome names, for a label that stays small whatever the endpoint answers."""
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code == 429:
+            return "rate_limited"
+        return "server_error" if exc.status_code >= 500 else "refused"
+    if isinstance(exc, openai.APITimeoutError):  # before its base class, APIConnectionError
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection_error"
+    return "error"
+
+
+def llm_call_record(seconds: float, outcome: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+    index = bisect_left(LLM_SECONDS_BUCKETS, seconds)
+    bucket = str(LLM_SECONDS_BUCKETS[index]) if index < len(LLM_SECONDS_BUCKETS) else "+Inf"
+    with transaction.atomic():  # a savepoint when called inside a transaction: a failure stays here
+        counters_add(
+            {
+                (LLM_CALLS, outcome): 1,
+                (LLM_TOKENS, "prompt"): prompt_tokens,
+                (LLM_TOKENS, "completion"): completion_tokens,
+                (LLM_SECONDS_BUCKET, bucket): 1,
+                (LLM_MICROSECONDS_SUM, ""): round(seconds * 1_000_000),
+            }
+        )

@@ -1,0 +1,174 @@
+"""GET /metrics: who may read it, and figures that agree with the job tables and the LLM traffic.
+tests/test_ops_live.py scrapes a real gunicorn while a real cluster works."""
+
+import ipaddress
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from extraction.extractors import make_extractor
+from jobs.engine import chunk_claim, chunk_commit, job_drain, job_mark_running
+from jobs.services import job_cancel, job_start
+from ops import metrics
+from tests.fake_openai import tokens_reported
+
+pytestmark = pytest.mark.django_db
+
+
+def parse(text: str) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted label pairs): value}"""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def scrape(client) -> dict[tuple[str, tuple], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"].startswith("text/plain; version=0.0.4")
+    return parse(response.content.decode())
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples[name, tuple(sorted(labels.items()))]
+
+
+def test_it_serves_the_prometheus_text_format_to_loopback(client):
+    samples = scrape(client)
+    assert value(samples, "eventproject_jobs", status="running") == 0
+    assert value(samples, "eventproject_items_finished_total", outcome="succeeded") == 0
+    assert value(samples, "eventproject_llm_call_duration_seconds_count") == 0
+    assert client.get("/metrics", REMOTE_ADDR="::1").status_code == 200
+
+
+def test_it_refuses_other_addresses_unless_configured(client, settings):
+    response = client.get("/metrics", REMOTE_ADDR="10.1.2.3")
+    assert response.status_code == 403
+    assert b"METRICS_ALLOWED_NETWORKS" in response.content
+    settings.METRICS_ALLOWED_NETWORKS = [ipaddress.ip_network("10.1.0.0/16")]
+    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="10.2.0.1").status_code == 403
+    assert client.get("/metrics").status_code == 403  # loopback is no longer in the list
+
+
+@pytest.mark.parametrize("header", ["HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP"])
+def test_a_request_through_a_proxy_on_this_machine_is_refused(client, header):
+    response = client.get("/metrics", **{header: "203.0.113.9"})  # the proxy itself is on loopback
+    assert response.status_code == 403
+    assert b"proxy" in response.content
+
+
+def test_writes_are_refused(client):
+    assert client.post("/metrics").status_code == 405
+
+
+def test_job_and_item_figures_agree_with_the_jobs(
+    client, make_users, settings, django_capture_on_commit_callbacks
+):
+    settings.JOBS_RETRY_BACKOFF_SECONDS = 0
+    ids = make_users(13)
+    done = job_start(user_ids=ids[:6], extractor="test", options={"error": "nope", "fail_users": ["u002"]})
+    job_drain(done.id)  # u002: two retries, then failed on its third attempt
+    with django_capture_on_commit_callbacks(execute=True):  # its drain tasks go into the queue
+        job_start(user_ids=ids[6:9], extractor="test", chunk_size=1)  # queued
+    running = job_start(user_ids=ids[9:12], extractor="test", chunk_size=1, enqueue=False)
+    job_mark_running(running.id)
+    running.refresh_from_db()
+    chunk_claim(running)  # one running item, two pending
+    cancelled = job_start(user_ids=ids[12:], extractor="test", enqueue=False)
+    job_cancel(cancelled)
+
+    samples = scrape(client)
+    assert {
+        status: value(samples, "eventproject_jobs", status=status)
+        for status in ("completed", "queued", "running", "cancelled", "failed")
+    } == {
+        "completed": 1,
+        "queued": 1,
+        "running": 1,
+        "cancelled": 1,
+        "failed": 0,
+    }
+    assert value(samples, "eventproject_items_finished_total", outcome="succeeded") == 5
+    assert value(samples, "eventproject_items_finished_total", outcome="failed") == 1
+    assert value(samples, "eventproject_job_items", status="pending") == 3 + 2
+    assert value(samples, "eventproject_job_items", status="running") == 1
+    assert value(samples, "eventproject_job_items", status="cancelled") == 1
+    assert value(samples, "eventproject_item_retries_total") == 2
+    assert value(samples, "eventproject_items_per_second") == 0  # nothing finished in the running job yet
+    assert value(samples, "eventproject_queue_tasks") == 3  # a drain task per chunk of the queued job
+
+
+def test_lease_losses_are_counted_when_they_expire_and_when_a_late_commit_is_refused(
+    client, make_users, running_job, expire_leases
+):
+    job = running_job(make_users(3), start={"chunk_size": 3})
+    extractor = make_extractor("test")
+    stale = chunk_claim(job)
+    expire_leases(job)
+    fresh = chunk_claim(job)
+    samples = scrape(client)
+    assert value(samples, "eventproject_lease_losses_total", kind="expired") == 3
+    assert value(samples, "eventproject_lease_losses_total", kind="at_commit") == 0
+    assert chunk_commit(stale, job, {}, extractor) == 0
+    assert chunk_commit(fresh, job, {}, extractor) == 3
+    samples = scrape(client)
+    assert value(samples, "eventproject_lease_losses_total", kind="at_commit") == 3
+    assert value(samples, "eventproject_lease_losses_total", kind="expired") == 3
+
+
+@pytest.mark.django_db(transaction=True)  # the extractor's threads read the users on their own connections
+def test_llm_calls_tokens_and_durations_match_what_the_endpoint_saw(client, llm_server, make_users):
+    llm_server.latency = 0.3
+    llm_server.script.extend(["429", "500"])  # two refusals, retried
+    make_users(8, behaviors=4)
+    job = job_start(extractor="llm", options={"max_concurrency": 1, "token_budget": 1200}, enqueue=False)
+    job_drain(job.id, budget_seconds=60)
+    job.refresh_from_db()
+    assert job.status == "completed"
+    answered = [request for request in llm_server.requests if request["status"] == 200]
+    samples = scrape(client)
+    assert value(samples, "eventproject_llm_calls_total", outcome="ok") == len(answered) >= 2
+    assert value(samples, "eventproject_llm_calls_total", outcome="rate_limited") == 1
+    assert value(samples, "eventproject_llm_calls_total", outcome="server_error") == 1
+    # What the endpoint reported, exactly (the job's share per user is rounded).
+    for kind in ("prompt", "completion"):
+        reported = tokens_reported(llm_server, f"{kind}_tokens")
+        assert value(samples, "eventproject_llm_tokens_total", kind=kind) == reported > 0
+    calls = len(answered) + 2
+    assert value(samples, "eventproject_llm_call_duration_seconds_count") == calls
+    # Every answer, refusals included, took the server's 0.3 s.
+    assert value(samples, "eventproject_llm_call_duration_seconds_bucket", le="0.25") == 0
+    assert value(samples, "eventproject_llm_call_duration_seconds_bucket", le="2.5") == calls
+    assert value(samples, "eventproject_llm_call_duration_seconds_bucket", le="+Inf") == calls
+    assert 0.3 * calls < value(samples, "eventproject_llm_call_duration_seconds_sum") < 2.5 * calls
+
+
+def test_a_failure_to_count_never_fails_the_llm_call(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("counter table gone")
+
+    monkeypatch.setattr(metrics, "counters_add", broken)
+    with metrics.llm_call_timed() as call:
+        call.prompt_tokens = 5
+    assert "could not count an LLM call" in caplog.text
+
+
+def test_counters_add_up_over_shards(monkeypatch):
+    metrics.count(metrics.ITEM_RETRIES, 2)
+    monkeypatch.setattr(metrics.os, "getpid", lambda: 12345)  # another process: another shard
+    metrics.count(metrics.ITEM_RETRIES, 3)
+    metrics.count(metrics.ITEM_RETRIES, 0)
+    assert metrics.counters_read() == {(metrics.ITEM_RETRIES, ""): 5}
+
+
+def test_request_latency_is_recorded_by_route_not_by_path(client, personas):
+    client.force_login(personas["admin"])
+    for job_id in (1, 2, 3):
+        client.get(f"/api/v1/jobs/{job_id}/progress/")
+    samples = scrape(client)
+    labels = {"method": "GET", "route": "api/v1/jobs/<int:pk>/progress/", "status": "404"}
+    assert value(samples, "eventproject_http_request_duration_seconds_count", **labels) >= 3
+    assert not [key for key in samples if "/1/" in str(key)]
