@@ -53,20 +53,34 @@ def make_users():
     return make
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Throttle counts and stream slots live in the cache: each test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def personas(db):
-    """A reader (logged in, no permissions), an operator (staff with the Job permissions), an admin."""
-    from django.contrib.auth.models import Permission, User
+    """Accounts in the groups the migration creates (all staff, so they may use the admin):
+    nobody (no group), viewer, analyst, operator, reader (analyst + viewer: reads everything,
+    writes nothing), and admin (a superuser)."""
+    from django.contrib.auth.models import Group, User
 
-    reader = User.objects.create_user("reader", password="pw")
-    operator = User.objects.create_user("operator", password="pw", is_staff=True)
-    operator.user_permissions.set(
-        Permission.objects.filter(
-            content_type__app_label="jobs", codename__in=["add_job", "change_job", "view_job"]
-        )
-    )
-    admin = User.objects.create_superuser("admin", "admin@example.com", "pw")
-    return {"reader": reader, "operator": operator, "admin": admin}
+    groups = {
+        "nobody": [],
+        "viewer": ["viewers"],
+        "analyst": ["analysts"],
+        "operator": ["operators"],
+        "reader": ["analysts", "viewers"],
+    }
+    made = {}
+    for name, group_names in groups.items():
+        made[name] = User.objects.create_user(name, password="pw", is_staff=True)
+        made[name].groups.set(Group.objects.filter(name__in=group_names))
+    made["admin"] = User.objects.create_superuser("admin", "admin@example.com", "pw")
+    return made
 
 
 @pytest.fixture

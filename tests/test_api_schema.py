@@ -17,7 +17,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from jobs.api.views import WriteThrottle
 from jobs.engine import job_drain
 from jobs.services import job_start
 
@@ -58,9 +57,9 @@ def admin_token(db, personas):
 
 
 @pytest.fixture
-def data(db, make_users, monkeypatch):
+def data(db, make_users, settings):
     """Something behind the endpoints: users, a finished job with a failure, a queued job."""
-    monkeypatch.setattr(WriteThrottle, "THROTTLE_RATES", {"job-writes": "100000/minute"})
+    settings.API_WRITE_RATE = settings.API_READ_RATE = settings.API_EXPORT_RATE = "100000/minute"
     make_users(5)
     done = job_start(
         user_ids=["u001", "u002"],
