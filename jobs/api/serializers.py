@@ -198,15 +198,14 @@ class EventOutput(serializers.ModelSerializer):
 
 class BoundedDateTimeField(serializers.DateTimeField):
     """A time from 1900 to 9998: beyond, the conversion to UTC overflows (0001-01-01 in UTC+8 is in
-    year 0), and no event starts there anyway."""
+    year 0, inside DRF too), and no event starts there anyway."""
 
     default_error_messages = {"out_of_range": "Give a time from year 1900 to 9998."}
 
-    def to_internal_value(self, value):
-        moment = super().to_internal_value(value)
-        if not 1900 <= moment.year <= 9998:
+    def enforce_timezone(self, value):
+        if not 1900 <= value.year <= 9998:
             self.fail("out_of_range")
-        return moment.astimezone(UTC)
+        return super().enforce_timezone(value).astimezone(UTC)
 
 
 class EventFilter(serializers.Serializer):
