@@ -14,11 +14,20 @@ from ..selectors import job_progress
 
 
 class UserIds(serializers.ListField):
-    """A list of user ids, counted with duplicates (the admin's start form counts the same way)."""
+    """A list of user ids, counted with duplicates (the admin's start form counts the same way), and
+    counted before any is validated, so an oversized list costs nothing."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("child", serializers.CharField(max_length=128, trim_whitespace=True))
         super().__init__(allow_empty=False, max_length=settings.JOBS_MAX_USER_IDS, **kwargs)
+
+    def to_internal_value(self, data):
+        limit = settings.JOBS_MAX_USER_IDS
+        if isinstance(data, list) and len(data) > limit:
+            raise serializers.ValidationError(
+                f"{len(data):,} user ids; at most {limit:,} per job (JOBS_MAX_USER_IDS). Split the list."
+            )
+        return super().to_internal_value(data)
 
 
 class JobStartInput(serializers.Serializer):
