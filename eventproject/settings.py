@@ -269,9 +269,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
-        # The HTTP client logs every request's URL at INFO, and OPENAI_BASE_URL may carry credentials.
-        "httpx": {"level": "WARNING"},
-        "openai": {"level": "WARNING"},
+        # The HTTP client (httpx, or the httpx2 fork the openai client uses) logs each request's URL
+        # at INFO, and OPENAI_BASE_URL may carry credentials: its loggers say warnings only.
+        **{name: {"level": "WARNING"} for name in ("httpx", "httpx2", "httpcore", "httpcore2", "openai")},
     },
 }
 # Error reports (the debug page, mails to admins) hide settings whose names say they are secret;
@@ -303,6 +303,17 @@ for entry in env_list("EXTRACTION_EXTRA_EXTRACTORS"):
 # The LLM extractor: any OpenAI-compatible chat-completions endpoint. OPENAI_API_KEY is read
 # from the environment by the client itself and never stored.
 OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL") or None
+if OPENAI_BASE_URL:
+    from urllib.parse import urlsplit
+
+    try:
+        _parts = urlsplit(OPENAI_BASE_URL)
+        _parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        _parts = None
+    if _parts is None or _parts.scheme not in ("http", "https") or not _parts.hostname:
+        # Not echoed: it may carry credentials.
+        raise ImproperlyConfigured("OPENAI_BASE_URL must be an http(s) URL such as http://127.0.0.1:8001/v1")
 EXTRACTION_LLM_MODEL = os.environ.get("EXTRACTION_LLM_MODEL", "gpt-4o-mini")
 EXTRACTION_LLM_PROMPT_FILE = os.environ.get("EXTRACTION_LLM_PROMPT_FILE") or None
 if EXTRACTION_LLM_PROMPT_FILE and not Path(EXTRACTION_LLM_PROMPT_FILE).is_file():

@@ -75,3 +75,9 @@ def test_it_refuses_bad_configuration_by_name(env, message):
     code, stderr = settings_error(**env)
     assert code != 0
     assert "ImproperlyConfigured" in stderr and message in stderr
+
+
+def test_a_bad_openai_base_url_is_refused_without_echoing_its_credentials():
+    code, stderr = settings_error(DEBUG="1", OPENAI_BASE_URL="ftp://bob:SECRET-PW@llm.example/v1")
+    assert code != 0 and "OPENAI_BASE_URL must be an http(s) URL" in stderr
+    assert "SECRET-PW" not in stderr
