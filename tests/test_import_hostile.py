@@ -91,7 +91,7 @@ def test_a_gzip_bomb_is_skipped_line_by_line_in_bounded_memory(write_file, setti
 
 
 def test_a_profile_over_the_attribute_limit_is_reported(run, write_file):
-    big = "兴趣," * 3000  # a comma list of 6,000 entries
+    big = "兴趣，" * 6000  # a comma list (full-width commas) of 6,000 entries
     path = write_file("p.csv", f"user_id,interests,city\nu1,SUV,北京\nu2,{big},上海\n".encode())
     out, err = run("import_data", "profiles", path)
     assert f"{path}:3: the attributes take" in err and "(IMPORT_MAX_ATTRIBUTES_BYTES)" in err
