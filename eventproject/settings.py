@@ -247,6 +247,8 @@ SPECTACULAR_SETTINGS = {
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "OAS_VERSION": "3.1.0",  # for JSON Schema 2020-12: the stream's events declare their JSON data
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "jobs.api.schema.add_links"],
     "COMPONENT_SPLIT_REQUEST": True,
     # The API's own path converters (jobs/api/urls.py), described as what they accept.
     "PATH_CONVERTER_OVERRIDES": {

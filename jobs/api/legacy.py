@@ -6,7 +6,7 @@ authentication and permission errors keep their HTTP status and carry it as the 
 """
 
 from django.conf import settings
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -38,9 +38,14 @@ def envelope(data=None, *, code: int = 0, message: str = "success", http_status:
     return Response({"code": code, "message": message, "data": data}, status=http_status)
 
 
+@extend_schema_field({"const": None})
+class NullField(serializers.JSONField):
+    """The envelope's data of an error: always null."""
+
+
 def envelope_schema(name: str, data: serializers.Serializer | None):
     fields = {"code": serializers.IntegerField(), "message": serializers.CharField()}
-    fields["data"] = data if data is not None else serializers.JSONField(allow_null=True)
+    fields["data"] = data if data is not None else NullField()
     return inline_serializer(name, fields)
 
 

@@ -237,6 +237,43 @@ class JobItemsView(JobsBase, generics.ListAPIView):
         return JobItem.objects.filter(job=job, **filters.validated_data)
 
 
+# An event of the stream as OpenAPI 3.2 describes Server-Sent Events: its data is JSON.
+STREAM_EVENT = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"const": "progress"},
+                "id": {"type": "string", "description": "Send it back in Last-Event-ID"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": "#/components/schemas/Progress"},
+                },
+            },
+        },
+        {
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"const": "end"},
+                "id": {"const": STREAM_END_ID},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "type": "object",
+                        "required": ["id", "status"],
+                        "properties": {"id": {"type": "integer"}, "status": {"type": "string"}},
+                    },
+                },
+            },
+        },
+    ]
+}
+
+
 class EventStreamRenderer(BaseRenderer):
     media_type = "text/event-stream"
     format = "txt"
@@ -255,7 +292,7 @@ class EventStreamRenderer(BaseRenderer):
     "then stops). At most API_STREAMS_PER_USER streams per user are open at once (429 beyond).",
     parameters=[OpenApiParameter("Last-Event-ID", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False)],
     responses={
-        (200, "text/event-stream"): OpenApiTypes.STR,
+        (200, "text/event-stream"): OpenApiResponse(STREAM_EVENT, description="One object per event"),
         204: OpenApiResponse(description="The job has ended, and the client saw it end"),
         **ERRORS,
     },
