@@ -81,3 +81,31 @@ def test_a_bad_openai_base_url_is_refused_without_echoing_its_credentials():
     code, stderr = settings_error(DEBUG="1", OPENAI_BASE_URL="ftp://bob:SECRET-PW@llm.example/v1")
     assert code != 0 and "OPENAI_BASE_URL must be an http(s) URL" in stderr
     assert "SECRET-PW" not in stderr
+
+
+BEHIND_TLS_PROBE = """
+import django
+django.setup()
+from django.test import Client
+client = Client(HTTP_HOST="events.example.com")
+plain = client.get("/admin/login/")
+print(plain.status_code, plain["Location"])
+secure = client.get("/admin/login/", HTTP_X_FORWARDED_PROTO="https")
+print(secure.status_code, secure["Strict-Transport-Security"], secure.cookies["csrftoken"]["secure"])
+"""
+
+
+def test_behind_tls_it_redirects_to_https_and_sends_hsts_and_secure_cookies():
+    clean = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "DATABASE_URL", "HTTPS")}
+    result = subprocess.run(
+        [sys.executable, "-c", BEHIND_TLS_PROBE],
+        env={**clean, **PRODUCTION, "HTTPS": "on", "DJANGO_SETTINGS_MODULE": "eventproject.settings"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "301 https://events.example.com/admin/login/",
+        "200 max-age=31536000; includeSubDomains; preload True",
+    ]
