@@ -104,21 +104,29 @@ def test_a_new_type_allowed_by_the_job_gets_a_short_clean_label(llm_server, sett
     assert len(orjson.dumps(new[0].context)) <= settings.EXTRACTION_LLM_CONTEXT_MAX_BYTES
 
 
-def test_a_job_stores_only_what_the_victim_really_did(llm_server):
+def run_job_over(text: str):
+    """A job over u1 (ordinary) and u2, whose own behaviour text is `text` (steering u2 itself, so
+    however the engine packs its claims, u2's answer is steered)."""
     behaviors_insert(
-        [BehaviorRow("u1", "search", T0, item=STEERING["purchase_for_another"])]
-        + [
-            BehaviorRow("u2", action, T0 + timedelta(minutes=n), item="汉EV")
-            for n, action in enumerate(VICTIM_ACTIONS)
-        ]
+        [BehaviorRow("u1", "search", T0, item="汉EV")]
+        + [BehaviorRow("u2", a, T0 + timedelta(minutes=n), item=text) for n, a in enumerate(VICTIM_ACTIONS)]
     )
-    job = job_start(extractor="llm", options={"max_concurrency": 1}, enqueue=False)
+    job = job_start(extractor="llm", options={"max_concurrency": 1}, max_attempts=1, enqueue=False)
     job_drain(job.id)
     job.refresh_from_db()
-    assert (job.status, job.succeeded_items) == ("completed", 2)
+    return job
+
+
+def test_a_job_never_stores_a_purchase_nobody_made(llm_server):
+    job = run_job_over(STEERING["self_promotion"])
+    assert (job.status, job.succeeded_items, job.failed_items) == ("completed", 1, 1)
     assert not ExtractedEvent.objects.filter(category="conversion").exists()
-    assert list(ExtractedEvent.objects.filter(user_id="u2").values_list("event_type", flat=True)) == [
-        "search",
-        "browse_model",
-        "compare",
-    ]
+    assert "cites no behaviour whose action fits it" in job.items.get(user_id="u2").error
+
+
+def test_a_job_stores_a_steered_context_only_within_its_bounds(llm_server, settings):
+    job = run_job_over(STEERING["oversized_context_and_label"])
+    assert (job.status, job.succeeded_items) == ("completed", 2)
+    (event,) = ExtractedEvent.objects.filter(user_id="u2")
+    assert event.label == "搜索"
+    assert len(orjson.dumps(event.context)) <= settings.EXTRACTION_LLM_CONTEXT_MAX_BYTES
