@@ -302,6 +302,12 @@ class JobItemAdmin(GuardedAdmin):
     def has_view_permission(self, request, obj=None):
         return request.user.has_perm("jobs.view_job")  # items are part of a job, as in the API
 
+    def get_list_display(self, request):
+        """Users link to their profile page only for those who may open it."""
+        if request.user.has_perm("extraction.view_userprofile"):
+            return self.list_display
+        return ["user_id" if name == "user_link" else name for name in self.list_display]
+
     @admin.display(description="job", ordering="job")
     def job_link(self, item: JobItem) -> str:
         return job_link(item.job_id)

@@ -135,3 +135,12 @@ def test_a_users_page_shows_only_what_the_account_may_see(client, personas, extr
     page = client.get("/admin/extraction/userprofile/u001/change/").content.decode()
     assert 'id="behaviors"' not in page and 'id="events"' not in page
     assert "Your account may not see behaviours." in page and "may not see events" in page
+
+
+def test_job_items_link_to_profiles_only_for_those_who_may_open_them(client, personas, extracted):
+    profile_link = 'href="/admin/extraction/userprofile/u001/change/"'
+    client.force_login(personas["viewer"])
+    page = client.get(f"/admin/jobs/jobitem/?job={extracted.id}").content.decode()
+    assert "u001" in page and profile_link not in page
+    client.force_login(personas["reader"])
+    assert profile_link in client.get(f"/admin/jobs/jobitem/?job={extracted.id}").content.decode()
