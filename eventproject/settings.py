@@ -27,7 +27,7 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
 
 
-def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -37,6 +37,8 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
     if number < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}, got {number}")
     return number
 
 
@@ -57,6 +59,14 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [part.strip() for part in os.environ.get(name, default).split(",") if part.strip()]
 
 
+def env_rate(name: str, default: str) -> str:
+    """A throttle rate such as 60/minute (DRF's format)."""
+    rate = os.environ.get(name) or default
+    if not re.fullmatch(r"\d+/(second|minute|hour|day|s|m|h|d)", rate):
+        raise ImproperlyConfigured(f"{name} must look like 60/minute, got {rate!r}")
+    return rate
+
+
 DEBUG = env_bool("DEBUG", False)
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
@@ -64,9 +74,33 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
     SECRET_KEY = "development-only-insecure-key"
+elif not DEBUG and (
+    len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("django-insecure")
+):
+    # The same bar as `check --deploy`: a guessable key signs forged sessions.
+    raise ImproperlyConfigured(
+        "SECRET_KEY must be at least 50 random characters when DEBUG is off "
+        '(python -c "import secrets; print(secrets.token_urlsafe(50))")'
+    )
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
+if not DEBUG and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS must name the site's host names when DEBUG is off")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+# Served behind TLS (HTTPS=on): the proxy in front terminates it and says so in X-Forwarded-Proto;
+# everything else is redirected to https, cookies travel only over it, and browsers are told to
+# use nothing else (HSTS) for HSTS_SECONDS.
+HTTPS = env_bool("HTTPS", False)
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 31_536_000, minimum=1)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", True)
+SECURE_REFERRER_POLICY = "same-origin"
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -78,6 +112,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "axes",
     "extraction",
     "jobs",  # before django_q: its `qcluster` command (which also heals jobs) replaces django-q2's
     "django_q",
@@ -93,12 +128,29 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Refuses a too large request body before anything reads it (the CSRF check would).
+    "eventproject.middleware.request_body_limit",
+    # Last, as django-axes asks: locks out logins after LOGIN_FAILURE_LIMIT failures.
+    "axes.middleware.AxesMiddleware",
 ]
 if not DEBUG:  # in debug mode the development servers serve static files from the apps' folders
     MIDDLEWARE.insert(
         MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
         "whitenoise.middleware.WhiteNoiseMiddleware",
     )
+
+# Admin logins are throttled against password guessing (django-axes): after LOGIN_FAILURE_LIMIT
+# failures for one user name from one address, that pair is refused (HTTP 429) for
+# LOGIN_LOCKOUT_MINUTES, even with the right password. API tokens are not passwords: not counted.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "eventproject.urls"
 WSGI_APPLICATION = "eventproject.wsgi.application"
@@ -200,9 +252,15 @@ CACHES = {
     },
 }
 
-API_WRITE_RATE = os.environ.get("API_WRITE_RATE", "60/minute")
-if not re.fullmatch(r"\d+/(second|minute|hour|day|s|m|h|d)", API_WRITE_RATE):
-    raise ImproperlyConfigured(f"API_WRITE_RATE must look like 60/minute, got {API_WRITE_RATE!r}")
+# Per user. Exports stream whole tables: their own, tighter rate.
+API_WRITE_RATE = env_rate("API_WRITE_RATE", "60/minute")
+API_READ_RATE = env_rate("API_READ_RATE", "600/minute")
+API_EXPORT_RATE = env_rate("API_EXPORT_RATE", "30/hour")
+# Server-Sent Events hold a worker while open: a few per user, each for a bounded time (the
+# browser reconnects by itself, sending Last-Event-ID).
+API_STREAMS_PER_USER = env_int("API_STREAMS_PER_USER", 3, minimum=1)
+API_STREAM_MAX_SECONDS = env_int("API_STREAM_MAX_SECONDS", 300, minimum=1)
+API_STREAM_POLL_SECONDS = env_float("API_STREAM_POLL_SECONDS", 1.0, minimum=0.05)
 
 REST_FRAMEWORK = {
     # Token first: its WWW-Authenticate header makes anonymous requests 401, not 403.
@@ -212,7 +270,6 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_THROTTLE_RATES": {"job-writes": API_WRITE_RATE},
     "URL_FORMAT_OVERRIDE": None,  # "format" is an ordinary query parameter here
 }
 SPECTACULAR_SETTINGS = {
@@ -224,7 +281,14 @@ SPECTACULAR_SETTINGS = {
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "OAS_VERSION": "3.1.0",  # for JSON Schema 2020-12: the stream's events declare their JSON data
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "jobs.api.schema.add_links"],
     "COMPONENT_SPLIT_REQUEST": True,
+    # The API's own path converters (jobs/api/urls.py), described as what they accept.
+    "PATH_CONVERTER_OVERRIDES": {
+        "id": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+        "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
+    },
     "ENUM_NAME_OVERRIDES": {
         "JobStatusEnum": "jobs.models.JobStatus",
         "ItemStatusEnum": "jobs.models.ItemStatus",
@@ -239,8 +303,16 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # The HTTP client (httpx, or the httpx2 fork the openai client uses) logs each request's URL
+        # at INFO, and OPENAI_BASE_URL may carry credentials: its loggers say warnings only.
+        **{name: {"level": "WARNING"} for name in ("httpx", "httpx2", "httpcore", "httpcore2", "openai")},
+    },
 }
+# Error reports (the debug page, mails to admins) hide settings whose names say they are secret;
+# *_URL settings may carry credentials (OPENAI_BASE_URL, REDIS_URL), so they are hidden too.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "eventproject.middleware.SecretsHiddenReporterFilter"
 
 
 # Extraction
@@ -267,6 +339,17 @@ for entry in env_list("EXTRACTION_EXTRA_EXTRACTORS"):
 # The LLM extractor: any OpenAI-compatible chat-completions endpoint. OPENAI_API_KEY is read
 # from the environment by the client itself and never stored.
 OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL") or None
+if OPENAI_BASE_URL:
+    from urllib.parse import urlsplit
+
+    try:
+        _parts = urlsplit(OPENAI_BASE_URL)
+        _parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        _parts = None
+    if _parts is None or _parts.scheme not in ("http", "https") or not _parts.hostname:
+        # Not echoed: it may carry credentials.
+        raise ImproperlyConfigured("OPENAI_BASE_URL must be an http(s) URL such as http://127.0.0.1:8001/v1")
 EXTRACTION_LLM_MODEL = os.environ.get("EXTRACTION_LLM_MODEL", "gpt-4o-mini")
 EXTRACTION_LLM_PROMPT_FILE = os.environ.get("EXTRACTION_LLM_PROMPT_FILE") or None
 if EXTRACTION_LLM_PROMPT_FILE and not Path(EXTRACTION_LLM_PROMPT_FILE).is_file():
@@ -275,6 +358,27 @@ if EXTRACTION_LLM_PROMPT_FILE and not Path(EXTRACTION_LLM_PROMPT_FILE).is_file()
 EXTRACTION_LLM_REQUESTS_PER_MINUTE = env_int("EXTRACTION_LLM_REQUESTS_PER_MINUTE", 0)
 EXTRACTION_LLM_MAX_RETRIES = env_int("EXTRACTION_LLM_MAX_RETRIES", 4)
 EXTRACTION_LLM_BACKOFF_SECONDS = env_float("EXTRACTION_LLM_BACKOFF_SECONDS", 1.0)
+
+
+# Input limits, all in one place. Whatever arrives from outside (a request, an imported file, an
+# LLM's answer) is measured against these before it is kept; what is over is refused by name.
+# Request bodies (the admin's file of user ids, API posts): refused before they are read.
+UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 16_000_000, minimum=10_000)
+# User ids one start may name, counted the same way in the API, the admin and the commands.
+JOBS_MAX_USER_IDS = env_int("JOBS_MAX_USER_IDS", 100_000, minimum=1)
+# Imports: one line (a CSV record, a JSON Lines object), decompressed; what a row may store.
+IMPORT_MAX_LINE_CHARS = env_int("IMPORT_MAX_LINE_CHARS", 65_536, minimum=1_024, maximum=100_000_000)
+IMPORT_MAX_JSON_DEPTH = env_int("IMPORT_MAX_JSON_DEPTH", 10, minimum=1, maximum=100)
+IMPORT_MAX_EXTRA_BYTES = env_int("IMPORT_MAX_EXTRA_BYTES", 8_192, minimum=256)
+IMPORT_MAX_ATTRIBUTES_BYTES = env_int("IMPORT_MAX_ATTRIBUTES_BYTES", 16_384, minimum=256)
+IMPORT_MAX_DURATION_SECONDS = env_int("IMPORT_MAX_DURATION_SECONDS", 7 * 86_400, minimum=1)
+IMPORT_EARLIEST_YEAR = env_int("IMPORT_EARLIEST_YEAR", 1970, minimum=1900)
+IMPORT_LATEST_YEAR = env_int("IMPORT_LATEST_YEAR", 2100, minimum=IMPORT_EARLIEST_YEAR, maximum=9000)
+# What an LLM's answer may store per event (its labels come from the ruleset for known types).
+EXTRACTION_LLM_LABEL_MAX_CHARS = env_int("EXTRACTION_LLM_LABEL_MAX_CHARS", 32, minimum=1, maximum=64)
+EXTRACTION_LLM_CONTEXT_MAX_BYTES = env_int("EXTRACTION_LLM_CONTEXT_MAX_BYTES", 2_048, minimum=64)
+EXTRACTION_LLM_CONTEXT_MAX_KEYS = env_int("EXTRACTION_LLM_CONTEXT_MAX_KEYS", 16, minimum=1)
+EXTRACTION_LLM_CONTEXT_VALUE_MAX_CHARS = env_int("EXTRACTION_LLM_CONTEXT_VALUE_MAX_CHARS", 200, minimum=8)
 
 
 # Jobs and the django-q2 cluster.

@@ -8,12 +8,14 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
+from eventproject.admin_guards import GuardedAdmin
+
 from .models import Behavior, Category, ExtractedEvent, ExtractionState, UserProfile
 
 TIMELINE_LIMIT = 2000
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(GuardedAdmin):
     """Data arrives through imports and extraction, not through forms."""
 
     show_full_result_count = False  # tables of millions: one count is enough
@@ -39,21 +41,30 @@ class UserProfileAdmin(ReadOnlyAdmin):
     change_form_template = "admin/extraction/userprofile/change_form.html"
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        behaviors = list(
-            Behavior.objects.filter(user_id=object_id).order_by("occurred_at", "id")[:TIMELINE_LIMIT]
-        )
-        events = list(ExtractedEvent.objects.filter(user_id=object_id).order_by("sequence")[:TIMELINE_LIMIT])
+        """The profile, and next to it what else the viewer may see: behaviours, events, state."""
+        profile = self.get_object(request, object_id)
+        if profile is None or not self.has_view_permission(request, profile):
+            return super().change_view(request, object_id, form_url, extra_context)  # its own answer
+        may = request.user.has_perm
+        behaviors, events = [], []
+        if may("extraction.view_behavior"):
+            behaviors = list(profile.behaviors.order_by("occurred_at", "id")[:TIMELINE_LIMIT])
+        if may("extraction.view_extractedevent"):
+            events = list(profile.events.order_by("sequence")[:TIMELINE_LIMIT])
         used_by = {}
         for event in events:
             for behavior_id in event.behavior_ids:
                 used_by.setdefault(behavior_id, []).append(event.sequence)
         extra_context = {
             **(extra_context or {}),
+            "may_see_behaviors": may("extraction.view_behavior"),
+            "may_see_events": may("extraction.view_extractedevent"),
+            "may_see_state": may("extraction.view_extractionstate"),
             "behaviors": [(b, used_by.get(b.id, [])) for b in behaviors],
             "events": events,
             "truncated": len(behaviors) == TIMELINE_LIMIT or len(events) == TIMELINE_LIMIT,
             "timeline_limit": TIMELINE_LIMIT,
-            "state": ExtractionState.objects.filter(user_id=object_id).first(),
+            "state": ExtractionState.objects.filter(user=profile).first(),
         }
         return super().change_view(request, object_id, form_url, extra_context)
 

@@ -5,7 +5,11 @@ One request: `LLMClient.cached()` answers it when the same request was answered 
 before; otherwise `complete()` waits for a slot of the global rate limit, calls, and retries
 429 / 5xx / timeouts / connection errors with backoff and jitter, honouring Retry-After.
 401 / 403 / 404 and an unknown model raise LLMConfigError: the job cannot work, stop it.
-The API key comes from the environment only; it is never stored, logged or part of a job.
+
+Secrets stay here. The API key comes from the environment only; credentials in OPENAI_BASE_URL
+(user:password@, ?api-key=…) are used but never shown: messages name the endpoint without them.
+Provider response bodies (which may echo a key, a prompt or another user's data) never go into a
+message either; errors say what happened in our own words, with the HTTP status.
 """
 
 import hashlib
@@ -18,6 +22,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import openai
 from django.conf import settings
@@ -32,6 +37,15 @@ logger = logging.getLogger(__name__)
 RATE_LIMIT_NAME = "llm"
 MAX_RETRY_AFTER_SECONDS = 120
 MIN_REQUEST_SECONDS = 1.0  # a request with less time than this before the chunk's deadline is not sent
+DEFAULT_ENDPOINT = "https://api.openai.com/v1"
+# Error codes of OpenAI-compatible endpoints worth telling a person, in words (never their text).
+KNOWN_CODES = {
+    "context_length_exceeded": "the prompt is longer than the model's context; lower options.token_budget",
+    "insufficient_quota": "the account's quota is used up",
+    "rate_limit_exceeded": "the endpoint's rate limit was reached",
+    "invalid_api_key": "the API key was rejected",
+    "model_not_found": "no such model",
+}
 
 
 class LLMConfigError(Exception):
@@ -104,6 +118,34 @@ def rate_limit_wait(requests_per_minute: int, *, now: Callable[[], float] = time
     return max(row[0] - interval - current, 0.0)
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """OPENAI_BASE_URL taken apart: what the client calls, and what a person may be shown."""
+
+    base_url: str  # with user:password@ if given (the HTTP client sends it as Basic auth)
+    query: dict[str, str]  # ?api-key=… and the like, sent with every request
+    shown: str  # scheme://host:port/path: no credentials, no query
+
+    @classmethod
+    def from_url(cls, url: str | None) -> "Endpoint":
+        parts = urlsplit(url or DEFAULT_ENDPOINT)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return cls(
+            base_url=urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
+            query=query,
+            shown=urlunsplit((parts.scheme, host, parts.path, "", "")),
+        )
+
+
+def endpoint() -> Endpoint:
+    return Endpoint.from_url(settings.OPENAI_BASE_URL)
+
+
 class LLMClient:
     def __init__(self, *, model: str, temperature: float, timeout: float, max_completion_tokens: int):
         api_key = os.environ.get("OPENAI_API_KEY", "")
@@ -111,8 +153,13 @@ class LLMClient:
             raise LLMConfigError("OPENAI_API_KEY is not set in the workers' environment")
         self.model, self.temperature, self.timeout = model, temperature, timeout
         self.max_completion_tokens = max_completion_tokens
+        self.endpoint = endpoint()
         self.client = openai.OpenAI(
-            base_url=settings.OPENAI_BASE_URL, api_key=api_key, timeout=timeout, max_retries=0
+            base_url=self.endpoint.base_url,
+            default_query=self.endpoint.query or None,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=0,
         )
 
     def cached(self, messages: list[dict]) -> Completion | None:
@@ -158,9 +205,19 @@ class LLMClient:
                         call.usage(response.usage)
             except openai.APIStatusError as exc:
                 delay = self._refusal(exc, attempt)
-            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                kind = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection error"
-                delay = self._backoff(attempt, f"{type(exc).__name__}: {exc}", kind)
+            except openai.APITimeoutError:
+                delay = self._backoff(
+                    attempt, f"no answer within {self.timeout:g} s (options.timeout)", "timeout"
+                )
+            except openai.APIConnectionError:
+                delay = self._backoff(
+                    attempt, f"could not connect to {self.endpoint.shown}", "connection error"
+                )
+            except openai.OpenAIError as exc:  # an answer the client could not read
+                raise LLMCallError(
+                    f"the LLM endpoint's answer could not be read ({type(exc).__name__})",
+                    kind="unreadable answer",
+                ) from None
             else:
                 usage = response.usage
                 content = (response.choices[0].message.content or "") if response.choices else ""
@@ -186,27 +243,32 @@ class LLMClient:
             LLMCacheEntry.objects.bulk_create([entry], ignore_conflicts=True)  # a twin may have won
 
     def _refusal(self, exc: openai.APIStatusError, attempt: int) -> float:
-        status, detail = exc.status_code, _detail(exc)
+        """Why the endpoint said no, in our words: the body is read only to classify it."""
+        status, code = exc.status_code, _error_code(exc)
+        said = f"HTTP {status}" + (f": {KNOWN_CODES[code]}" if code in KNOWN_CODES else "")
         if status == 401:
-            raise LLMConfigError(f"the LLM endpoint rejected the API key (HTTP 401): {detail}")
-        if status == 403:
-            raise LLMConfigError(f"the LLM endpoint refused access (HTTP 403): {detail}")
-        if status == 404 or (status == 400 and "model" in detail.lower() and "not" in detail.lower()):
             raise LLMConfigError(
-                f"the LLM endpoint does not know model {self.model!r} at {self.client.base_url} "
-                f"(HTTP {status}): {detail}"
+                "the LLM endpoint rejected the API key (HTTP 401); check OPENAI_API_KEY on the workers"
+            )
+        if status == 403:
+            raise LLMConfigError("the LLM endpoint refused access (HTTP 403); the key may not use this model")
+        if status == 404 or code == "model_not_found" or (status == 400 and _mentions_unknown_model(exc)):
+            raise LLMConfigError(
+                f"the LLM endpoint at {self.endpoint.shown} does not know model {self.model!r} "
+                f"(HTTP {status}); check EXTRACTION_LLM_MODEL or the job's model option"
             )
         if status == 429 or status >= 500:
-            retry_after = _retry_after(exc)
-            return self._backoff(attempt, f"HTTP {status}: {detail}", f"HTTP {status}", at_least=retry_after)
-        raise LLMCallError(
-            f"the LLM endpoint refused the request (HTTP {status}): {detail}", kind=f"HTTP {status}"
-        )
+            kind = "too many requests" if status == 429 else "a server error"
+            reason = f"HTTP {status}, {kind}" if code not in KNOWN_CODES else said
+            return self._backoff(attempt, reason, f"HTTP {status}", at_least=_retry_after(exc))
+        raise LLMCallError(f"the LLM endpoint refused the request ({said})", kind=f"HTTP {status}")
 
     @staticmethod
     def _backoff(attempt: int, reason: str, kind: str, at_least: float = 0.0) -> float:
         if attempt > settings.EXTRACTION_LLM_MAX_RETRIES:
-            raise LLMCallError(f"gave up after {attempt} attempts: {reason}", kind=kind)
+            raise LLMCallError(
+                f"the LLM endpoint kept failing; gave up after {attempt} attempts (last: {reason})", kind=kind
+            )
         base = settings.EXTRACTION_LLM_BACKOFF_SECONDS * 2 ** (attempt - 1)
         delay = max(at_least, base * random.uniform(0.5, 1.5))
         logger.info("LLM call attempt %d failed (%s); retrying in %.1f s", attempt, reason, delay)
@@ -221,13 +283,21 @@ class LLMClient:
             time.sleep(min(left, 0.5))
 
 
-def _detail(exc: openai.APIStatusError) -> str:
+def _error_body(exc: openai.APIStatusError) -> dict:
     body = exc.body
-    if isinstance(body, dict):
-        body = body.get("error", body)
-        if isinstance(body, dict):
-            body = body.get("message") or body
-    return str(body or exc.message)[:500]
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body["error"]
+    return body if isinstance(body, dict) else {}
+
+
+def _error_code(exc: openai.APIStatusError) -> str:
+    code = _error_body(exc).get("code")
+    return code if isinstance(code, str) else ""
+
+
+def _mentions_unknown_model(exc: openai.APIStatusError) -> bool:
+    message = str(_error_body(exc).get("message") or exc.message).lower()
+    return "model" in message and "not" in message
 
 
 def _retry_after(exc: openai.APIStatusError) -> float:

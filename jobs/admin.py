@@ -5,12 +5,13 @@ Every action goes through jobs.services, the same functions the API and the comm
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, re_path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+
+from eventproject.admin_guards import GuardedAdmin, integer_id
 
 from .forms import JobStartForm
 from .models import Job, JobItem
@@ -64,7 +65,7 @@ class ExtractorFilter(admin.SimpleListFilter):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(GuardedAdmin):
     list_display = [
         "id",
         "status_badge",
@@ -116,6 +117,9 @@ class JobAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False  # jobs are the history of what was extracted
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("jobs.view_job")  # as in the API: watching needs view, not change
 
     def has_cancel_permission(self, request, obj=None):
         return request.user.has_perm("jobs.change_job")
@@ -200,7 +204,9 @@ class JobAdmin(admin.ModelAdmin):
         allowed, act, done = actions[action]
         if not allowed(request):
             raise PermissionDenied
-        job = get_object_or_404(Job, id=job_id)
+        job = self.get_object(request, job_id)
+        if job is None:
+            raise Http404(f"No job {job_id}")
         try:
             job = act(job)
         except JobError as exc:
@@ -210,7 +216,9 @@ class JobAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.id]))
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        job = get_object_or_404(Job, id=object_id)
+        job = self.get_object(request, object_id)
+        if job is None:  # the admin's own answer: back to the list, saying there is no such job
+            return super().change_view(request, object_id, form_url, extra_context)
         may_change, may_retry = self.has_cancel_permission(request), self.has_retry_permission(request)
         extra_context = {
             **(extra_context or {}),
@@ -273,14 +281,13 @@ class JobFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         if self.value():
-            if not self.value().isdigit():
-                return queryset.none()
-            return queryset.filter(job_id=int(self.value()))
+            job_id = integer_id(self.value())
+            return queryset.none() if job_id is None else queryset.filter(job_id=job_id)
         return queryset
 
 
 @admin.register(JobItem)
-class JobItemAdmin(admin.ModelAdmin):
+class JobItemAdmin(GuardedAdmin):
     """Read-only: one row per user of a job, reached from the job page, never as an inline."""
 
     list_display = [
@@ -309,7 +316,13 @@ class JobItemAdmin(admin.ModelAdmin):
         return False
 
     def has_view_permission(self, request, obj=None):
-        return request.user.has_perm("jobs.view_jobitem") or request.user.has_perm("jobs.view_job")
+        return request.user.has_perm("jobs.view_job")  # items are part of a job, as in the API
+
+    def get_list_display(self, request):
+        """Users link to their profile page only for those who may open it."""
+        if request.user.has_perm("extraction.view_userprofile"):
+            return self.list_display
+        return ["user_id" if name == "user_link" else name for name in self.list_display]
 
     @admin.display(description="job", ordering="job")
     def job_link(self, item: JobItem) -> str:

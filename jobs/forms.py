@@ -9,7 +9,35 @@ from django.conf import settings
 from extraction.extractors import extractor_names
 
 USER_ID_SEPARATORS = re.compile(r"[\s,;，]+")
-MAX_FILE_BYTES = 50_000_000
+USER_ID_MAX_CHARS = 128  # as the API's user_ids items
+
+
+def too_many_ids(count: int) -> str:
+    return (
+        f"More than {settings.JOBS_MAX_USER_IDS:,} user ids ({count:,} so far): at most "
+        f"{settings.JOBS_MAX_USER_IDS:,} per job (JOBS_MAX_USER_IDS, as in the API). Split the list."
+    )
+
+
+def ids_from_file(upload) -> list[str]:
+    """User ids, one a line, read line by line and counted like the API counts its list (every id,
+    duplicates too); stops at the first line over a limit. Raises ValidationError naming it."""
+    ids: list[str] = []
+    for number, raw in enumerate(upload, start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+        except UnicodeDecodeError:
+            raise forms.ValidationError(f"Line {number} is not UTF-8 text.") from None
+        if not line or line.startswith("#") or (not ids and line == "user_id"):
+            continue
+        if len(line) > USER_ID_MAX_CHARS:
+            raise forms.ValidationError(
+                f"Line {number}: a user id longer than {USER_ID_MAX_CHARS} characters."
+            )
+        ids.append(line)
+        if len(ids) > settings.JOBS_MAX_USER_IDS:
+            raise forms.ValidationError(too_many_ids(len(ids)))
+    return ids
 
 
 class JobStartForm(forms.Form):
@@ -30,7 +58,8 @@ class JobStartForm(forms.Form):
     users_file = forms.FileField(
         label="File of user ids",
         required=False,
-        help_text="UTF-8 text, one id per line; a 'user_id' header and # comments are skipped.",
+        help_text=f"UTF-8 text, one id per line; a 'user_id' header and # comments are skipped. At most "
+        f"{settings.UPLOAD_MAX_BYTES / 1_000_000:g} MB and {settings.JOBS_MAX_USER_IDS:,} ids.",
     )
     options = forms.CharField(
         required=False,
@@ -73,24 +102,25 @@ class JobStartForm(forms.Form):
             ids = [part for part in USER_ID_SEPARATORS.split(data.get("user_ids", "")) if part]
             if not ids:
                 self.add_error("user_ids", "Paste at least one user id.")
+            elif len(ids) > settings.JOBS_MAX_USER_IDS:
+                self.add_error("user_ids", too_many_ids(len(ids)))
             data["ids"] = ids
         elif who == "file":
             upload = data.get("users_file")
             if not upload:
                 self.add_error("users_file", "Choose a file.")
-            elif upload.size > MAX_FILE_BYTES:
-                self.add_error("users_file", f"The file is larger than {MAX_FILE_BYTES // 1_000_000} MB.")
+            elif upload.size > settings.UPLOAD_MAX_BYTES:
+                self.add_error(
+                    "users_file", f"The file is larger than {settings.UPLOAD_MAX_BYTES / 1_000_000:g} MB."
+                )
             else:
                 try:
-                    lines = upload.read().decode("utf-8-sig").splitlines()
-                except UnicodeDecodeError:
-                    self.add_error("users_file", "The file is not UTF-8 text.")
-                    return data
-                ids = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-                ids = ids[1:] if ids[:1] == ["user_id"] else ids
-                if not ids:
-                    self.add_error("users_file", "The file holds no user ids.")
-                data["ids"] = ids
+                    data["ids"] = ids_from_file(upload)
+                except forms.ValidationError as exc:
+                    self.add_error("users_file", exc)
+                else:
+                    if not data["ids"]:
+                        self.add_error("users_file", "The file holds no user ids.")
         else:
             data["ids"] = None
         return data

@@ -53,6 +53,14 @@ def make_users():
     return make
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Throttle counts and stream slots live in the cache: each test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def running_job():
     """running_job(user_ids, **options) -> a running job of the test extractor (chunks of 2, nothing
@@ -86,18 +94,34 @@ def expire_leases():
 
 @pytest.fixture
 def personas(db):
-    """A reader (logged in, no permissions), an operator (staff with the Job permissions), an admin."""
-    from django.contrib.auth.models import Permission, User
+    """Accounts in the groups the migration creates (all staff, so they may use the admin):
+    nobody (no group), viewer, analyst, operator, reader (analyst + viewer: reads everything,
+    writes nothing), and admin (a superuser)."""
+    from importlib import import_module
 
-    reader = User.objects.create_user("reader", password="pw")
-    operator = User.objects.create_user("operator", password="pw", is_staff=True)
-    operator.user_permissions.set(
-        Permission.objects.filter(
-            content_type__app_label="jobs", codename__in=["add_job", "change_job", "view_job"]
-        )
-    )
-    admin = User.objects.create_superuser("admin", "admin@example.com", "pw")
-    return {"reader": reader, "operator": operator, "admin": admin}
+    from django.contrib.auth.models import Group, Permission, User
+
+    # The groups migration 0005 made; a transactional test's flush removes them, so make them again.
+    for name, perms in import_module("jobs.migrations.0005_groups").GROUPS.items():
+        group, created = Group.objects.get_or_create(name=name)
+        if created:
+            group.permissions.set(
+                Permission.objects.get(content_type__app_label=app, codename=codename)
+                for app, codename in (perm.split(".") for perm in perms)
+            )
+    groups = {
+        "nobody": [],
+        "viewer": ["viewers"],
+        "analyst": ["analysts"],
+        "operator": ["operators"],
+        "reader": ["analysts", "viewers"],
+    }
+    made = {}
+    for name, group_names in groups.items():
+        made[name] = User.objects.create_user(name, is_staff=True)  # no password: hashing is slow
+        made[name].groups.set(Group.objects.filter(name__in=group_names))
+    made["admin"] = User.objects.create_superuser("admin", "admin@example.com")
+    return made
 
 
 @pytest.fixture
@@ -158,7 +182,7 @@ def static_root(tmp_path_factory):
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
         cwd=ROOT,
-        env={**os.environ, "DEBUG": "0", "SECRET_KEY": "collectstatic", "STATIC_ROOT": str(root)},
+        env={**os.environ, "DEBUG": "0", "ALLOWED_HOSTS": "localhost", "STATIC_ROOT": str(root)},
         check=True,
     )
     return root

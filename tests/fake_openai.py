@@ -3,23 +3,51 @@
 It reads the users out of the prompt (the JSON after the extractor's USERS marker) and answers
 with plausible events built from their behaviour ids. `script` makes it misbehave in the ways
 real endpoints do: slow, 429 with Retry-After, 500, timeouts, malformed JSON, <think> blocks,
-code fences, missing / extra / foreign ids, a wrong API key.
+code fences, missing / extra / foreign ids, a wrong API key. Its error bodies echo what the
+request carried (the Authorization header, the query), as careless providers do.
+
+It is also a gullible model: behaviour text holding `@@steer {json}` is obeyed, whoever's
+behaviour it is, the way a prompt injection in one user's search keyword steers a real model's
+answer for another user packed into the same prompt. The JSON: {"user": id, "events": [...]}
+replaces that user's events ({"append": true} adds them); "behavior_ids": "all" stands for all
+of that user's behaviour ids in the prompt; "grow": [keys, chars] makes the event's context that
+many keys of that many characters (with formula signs, zero-width spaces, nested objects and a
+number beyond 64 bits) and its label as long, with a bidi override and a NUL: a model talked into
+writing a lot, as short behaviour text can do.
 """
 
 import hashlib
+import json
 import random
+import re
 import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
 from extraction.extractors.llm import USERS_MARKER
 
-DIRECTIVES = ("429", "500", "timeout", "malformed", "think", "fence", "missing", "extra", "foreign", "empty")
+DIRECTIVES = (
+    "429",
+    "500",
+    "400",
+    "timeout",
+    "malformed",
+    "think",
+    "fence",
+    "missing",
+    "extra",
+    "foreign",
+    "empty",
+    "deep",
+    "echo",
+)
 API_KEY = "test-key"
 MODEL = "fake-model"
+STEER = re.compile(r"@@steer (\{.*\})")
 
 
 def answer_events(behaviors: list[list]) -> list[dict]:
@@ -52,7 +80,10 @@ class FakeLLM:
     def __init__(self):
         self.lock = threading.Lock()
         self.latency = 0.0
-        # Directives for the next requests, one each (see DIRECTIVES).
+        # Directives for the next requests, one each: "429", "500", "400", "timeout", "malformed",
+        # "think", "fence", "missing", "extra", "foreign", "empty", "deep" (JSON nested 50,000 deep),
+        # "echo" (no JSON, the prompt and the request's credentials repeated instead). The chaos
+        # suite draws from DIRECTIVES.
         self.script: deque[str] = deque()
         self.bad_users: set[str] = set()  # always answered with foreign ids
         self.foreign_ids = False  # every event cites ids that are not the user's (different each time)
@@ -96,24 +127,30 @@ class FakeLLM:
             "at": time.monotonic(),
             "directive": directive,
             "digest": hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest(),
+            "query": headers.get(":query", {}),
+            "authorization": headers.get("authorization", ""),
         }
         with self.lock:
             self.requests.append(record)
+        echo = f" (request: authorization {headers.get('authorization')!r}, query {headers.get(':query')!r})"
         if headers.get("authorization") != f"Bearer {API_KEY}":
-            return self._error(record, 401, "Incorrect API key provided", "invalid_api_key")
+            return self._error(record, 401, "Incorrect API key provided" + echo, "invalid_api_key")
         if body.get("model") not in self.models:
             return self._error(
-                record, 404, f"The model `{body.get('model')}` does not exist", "model_not_found"
+                record, 404, f"The model `{body.get('model')}` does not exist" + echo, "model_not_found"
             )
         if directive == "429":
             return self._error(
                 record, 429, "Rate limit reached", "rate_limit_exceeded", {"Retry-After": self.retry_after}
             )
         if directive == "500":
-            return self._error(record, 500, "The server had an error", "server_error")
+            return self._error(record, 500, "The server had an error" + echo, "server_error")
+        if directive == "400":
+            return self._error(record, 400, "Bad request" + echo, "invalid_request_error")
         if directive == "timeout":
             time.sleep(self.timeout_seconds)
         answer = {user_id: answer_events(user["behaviors"]) for user_id, user in users.items()}
+        steer(users, answer)
         first = next(iter(answer), None)
         if self.foreign_ids:
             for events in answer.values():
@@ -129,13 +166,18 @@ class FakeLLM:
             answer[first][0]["behavior_ids"] = [987654321]
         elif directive == "empty" and first:
             answer[first] = []
-        content = orjson.dumps({"users": answer}).decode()
+        # The standard library's JSON: a steered answer may hold numbers beyond 64 bits.
+        content = json.dumps({"users": answer}, ensure_ascii=False)
         if directive == "malformed":
             content = content[: len(content) // 2]
         elif directive == "think":
             content = f"<think>\nThe user browsed a lot {{not json}}.\n</think>\n{content}"
         elif directive == "fence":
             content = f"Here are the events:\n```json\n{content}\n```"
+        elif directive == "deep":
+            content = '{"users": ' + "[" * 50_000 + "]" * 50_000 + "}"
+        elif directive == "echo":  # a reply that is no JSON, but repeats what it was sent
+            content = f"I cannot answer this. You sent me: {prompt}{echo}"
         record["status"] = 200
         record["usage"] = usage = {
             "prompt_tokens": len(prompt.encode()) // 3,
@@ -176,6 +218,36 @@ def tokens_reported(fake: FakeLLM, kind: str) -> int:
     return sum(request["usage"][kind] for request in fake.requests if "usage" in request)
 
 
+def steer(users: dict, answer: dict) -> None:
+    """Obey every `@@steer {...}` found in any behaviour's text, as a gullible model would."""
+    for user in users.values():
+        for behavior in user["behaviors"]:
+            for text in behavior[3:7]:
+                match = STEER.search(text or "")
+                if not match:
+                    continue
+                order = orjson.loads(match.group(1))
+                target = order["user"]
+                if target not in users:
+                    continue
+                events = []
+                for event in order["events"]:
+                    event = dict(event)
+                    if event.get("behavior_ids") == "all":
+                        event["behavior_ids"] = [b[0] for b in users[target]["behaviors"]]
+                    if grow := event.pop("grow", None):
+                        keys, chars = grow
+                        filler = ("=cmd|' /C calc'!A0\u200b" + "买" * chars)[:chars]
+                        event["context"] = {
+                            **{f"k{n}": filler for n in range(keys)},
+                            "nested": {"deeper": {"deepest": ["a"] * chars}},
+                            "huge": 10**40,
+                        }
+                        event["label"] = "\u202e" + "买" * chars + "\u0000<script>alert(1)</script>"
+                    events.append(event)
+                answer[target] = [*answer.get(target, []), *events] if order.get("append") else events
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes; with Nagle's algorithm the body then waits for the
@@ -185,12 +257,13 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = orjson.loads(self.rfile.read(length) or b"{}")
-        if self.path.rstrip("/") != "/v1/chat/completions":
+        url = urlsplit(self.path)
+        if url.path.rstrip("/") != "/v1/chat/completions":
             status, headers, payload = 404, {}, {"error": {"message": "no such path"}}
         else:
-            status, headers, payload = self.server.fake.handle(
-                {k.lower(): v for k, v in self.headers.items()}, body
-            )
+            request_headers = {k.lower(): v for k, v in self.headers.items()}
+            request_headers[":query"] = dict(parse_qsl(url.query))
+            status, headers, payload = self.server.fake.handle(request_headers, body)
         data = orjson.dumps(payload)
         try:
             self.send_response(status)

@@ -1,5 +1,4 @@
 import pytest
-from django.core.cache import cache
 
 from extraction.extractors import make_extractor
 from jobs.engine import chunk_claim, job_drain, job_mark_running, process_one_chunk
@@ -7,11 +6,6 @@ from jobs.models import Job
 from jobs.services import job_cancel, job_start
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def fresh_throttles():
-    cache.clear()
 
 
 def test_it_starts_a_job_for_everyone_needing_extraction(api, make_users, personas):
@@ -142,7 +136,7 @@ def test_the_list_costs_the_same_queries_for_many_jobs(api, make_users, django_a
     for i in range(1, 31):
         job_start(user_ids=[f"u{i:03d}"], enqueue=False)
     client = api()
-    with django_assert_num_queries(3):  # token, count, page
+    with django_assert_num_queries(5):  # token, permissions (the user's, its groups'), count, page
         assert len(client.get("/api/v1/jobs/?page_size=30").json()["results"]) == 30
 
 
@@ -190,8 +184,9 @@ def test_progress_costs_a_fixed_number_of_queries(api, make_users, django_assert
     process_one_chunk(job, make_extractor("test", job.options))
     chunk_claim(job)
     client = api("reader")
-    # token, job, running count, running users, throughput, top errors
-    with django_assert_num_queries(6):
+    # token, permissions (the user's, its groups'), job, running count, running users, throughput,
+    # top errors
+    with django_assert_num_queries(8):
         body = client.get(f"/api/v1/jobs/{job.id}/progress/").json()
     assert (body["succeeded"], body["failed"], body["running"]) == (1, 1, 2)
 
@@ -254,10 +249,8 @@ def test_items_are_listed_with_their_errors_in_cursor_pages(api, make_users):
     assert client.get("/api/v1/jobs/999/items/").status_code == 404
 
 
-def test_writes_are_throttled(api, make_users, monkeypatch):
-    from jobs.api.views import WriteThrottle
-
-    monkeypatch.setattr(WriteThrottle, "THROTTLE_RATES", {"job-writes": "2/minute"})
+def test_writes_are_throttled(api, make_users, settings):
+    settings.API_WRITE_RATE = "2/minute"
     make_users(1)
     client = api()
     job = job_start(user_ids=["u001"], enqueue=False)

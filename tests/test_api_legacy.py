@@ -1,7 +1,6 @@
 """The predecessor's endpoints, field by field, in its envelope."""
 
 import pytest
-from django.core.cache import cache
 
 from extraction.extractors import make_extractor
 from jobs.engine import chunk_claim, job_drain, job_fail, job_mark_running, process_one_chunk
@@ -9,11 +8,6 @@ from jobs.models import Job
 from jobs.services import job_cancel, job_start
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def fresh_throttles():
-    cache.clear()
 
 
 def test_progress_is_idle_before_any_job(api):
@@ -143,7 +137,7 @@ def test_progress_of_a_finished_job(api, make_users, finish, status, error):
 
 def test_sync_extract_answers_the_events_of_each_user(api, make_users):
     make_users(2)
-    body = api().post("/api/v1/events/extract", {"user_ids": ["u001", "u002"]}, format="json").json()
+    body = api("admin").post("/api/v1/events/extract", {"user_ids": ["u001", "u002"]}, format="json").json()
     assert body["code"] == 0 and body["message"] == "2 users extracted"
     data = body["data"]
     assert data["job_id"] == Job.objects.get().id
@@ -155,10 +149,10 @@ def test_sync_extract_answers_the_events_of_each_user(api, make_users):
 def test_sync_extract_refuses_big_lists_and_busy_users(api, make_users, settings):
     settings.LEGACY_SYNC_MAX_USERS = 1
     make_users(2)
-    too_many = api().post("/api/v1/events/extract", {"user_ids": ["u001", "u002"]}, format="json")
+    too_many = api("admin").post("/api/v1/events/extract", {"user_ids": ["u001", "u002"]}, format="json")
     assert too_many.status_code == 400
     assert too_many.json()["message"].startswith("user_ids: at most 1 users here")
     job_start(user_ids=["u001"], enqueue=False)
-    busy = api().post("/api/v1/events/extract", {"user_ids": ["u001"]}, format="json").json()
+    busy = api("admin").post("/api/v1/events/extract", {"user_ids": ["u001"]}, format="json").json()
     assert busy["code"] == 1002 and "already in an active job" in busy["message"]
-    assert api().post("/api/v1/events/extract", {}, format="json").status_code == 400
+    assert api("admin").post("/api/v1/events/extract", {}, format="json").status_code == 400

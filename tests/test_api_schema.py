@@ -1,4 +1,6 @@
-"""The OpenAPI schema describes every endpoint, and the API keeps to it under a property-based fuzz."""
+"""The OpenAPI schema describes every endpoint, and the API keeps to it under a property-based fuzz:
+every endpoint (the predecessor's and the stream too), authenticated, one call at a time and in
+sequences that follow the schema's links (a started job's id to its progress, cancel, retry…)."""
 
 import json
 
@@ -17,7 +19,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from jobs.api.views import WriteThrottle
 from jobs.engine import job_drain
 from jobs.services import job_start
 
@@ -58,9 +59,10 @@ def admin_token(db, personas):
 
 
 @pytest.fixture
-def data(db, make_users, monkeypatch):
+def data(db, make_users, settings):
     """Something behind the endpoints: users, a finished job with a failure, a queued job."""
-    monkeypatch.setattr(WriteThrottle, "THROTTLE_RATES", {"job-writes": "100000/minute"})
+    settings.API_WRITE_RATE = settings.API_READ_RATE = settings.API_EXPORT_RATE = "100000/minute"
+    settings.API_STREAM_MAX_SECONDS, settings.API_STREAM_POLL_SECONDS = 0.3, 0.05  # a stream ends soon
     make_users(5)
     done = job_start(
         user_ids=["u001", "u002"],
@@ -79,23 +81,42 @@ def data(db, make_users, monkeypatch):
     signals.request_finished.connect(close_old_connections)
 
 
-# Loaded at collection (settings are ready then; the schema needs no database). The stream holds
-# its connection until its job ends, so it is tested on its own in test_api_stream.
-schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application()).exclude(
-    path_regex=r"/stream/$"
-)
+# Loaded at collection (settings are ready then; the schema needs no database).
+schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
+QUIET = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much]
+
+
+def test_every_endpoint_is_fuzzed(db):
+    fuzzed = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
+    assert len(fuzzed) == 17 and ("GET", "/api/v1/jobs/{id}/stream/") in fuzzed
 
 
 @schema.parametrize()
-@settings(
-    max_examples=25,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.filter_too_much,
-    ],
-)
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=QUIET)
 def test_the_api_never_fails_nor_breaks_its_schema(case, data, admin_token):
     case.call_and_validate(headers={"Authorization": f"Token {admin_token}"}, checks=CHECKS)
+
+
+class Workflow(schema.as_state_machine()):
+    """Calls chained along the schema's links, as the admin's token."""
+
+    token = ""
+
+    def get_call_kwargs(self, case):
+        return {"headers": {"Authorization": f"Token {self.token}"}}
+
+    def validate_response(self, response, case, additional_checks=None, **kwargs):
+        case.validate_response(response, checks=CHECKS)
+
+
+def test_sequences_along_the_links_never_fail_nor_break_the_schema(data, admin_token):
+    Workflow.token = admin_token
+    Workflow.run(
+        settings=settings(
+            max_examples=20,
+            stateful_step_count=6,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
+    )

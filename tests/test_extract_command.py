@@ -125,3 +125,10 @@ def test_cancel_job(run, make_users):
     assert out.strip() == f"job {job.id} is cancelled"
     with pytest.raises(CommandError, match="only queued or running jobs can be cancelled"):
         run("cancel_job", str(job.id))
+
+
+def test_it_counts_user_ids_as_the_api_does(run, make_users, write_file, settings):
+    settings.JOBS_MAX_USER_IDS = 2
+    make_users(2)
+    with pytest.raises(CommandError, match="3 user ids; at most 2 per job"):
+        run("extract", "--users-file", write_file("ids.txt", "u001\nu002\nu001\n"), "--detach")

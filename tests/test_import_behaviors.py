@@ -92,7 +92,9 @@ def test_it_reports_each_bad_row_with_its_line_and_imports_the_rest(run, write_f
     assert f"{path}:5: unparseable timestamp 'yesterday'" in err
     assert f"{path}:6: non-numeric duration '12s'" in err
     assert f"{path}:7: missing action" in err
-    assert f"{path}:8: duration must be a number of seconds >= 0" in err
+    assert (
+        f"{path}:8: duration must be from 0 to 604,800 seconds (IMPORT_MAX_DURATION_SECONDS), got '-5'" in err
+    )
     assert Behavior.objects.count() == 2
 
 
@@ -163,10 +165,16 @@ def test_it_names_a_missing_column(run, write_file):
 
 def test_it_explains_a_file_that_is_not_utf8(run, write_file):
     content = "user_id,action,timestamp\nu1,浏览,2024-06-01\n".encode("gbk")
-    with pytest.raises(CommandError, match="not valid UTF-8.*--encoding"):
-        run("import_data", "behaviors", write_file("gbk.csv", content))
-    run("import_data", "behaviors", write_file("gbk.csv", content), "--encoding", "gbk")
+    path = write_file("gbk.csv", content)
+    out, err = run("import_data", "behaviors", path)
+    assert f"{path}:2: bytes that are not valid text in the file's encoding" in err
+    assert "imported 0" in out and "rejected 1" in out
+    run("import_data", "behaviors", path, "--encoding", "gbk")
     assert Behavior.objects.get().action == "浏览"
+    with pytest.raises(
+        CommandError, match="the header is not valid UTF-8; save the file as UTF-8 or pass --encoding"
+    ):
+        run("import_data", "behaviors", write_file("gbk2.csv", "用户,action,timestamp\n".encode("gbk")))
 
 
 def test_it_validates_its_options(run, write_file, tmp_path):

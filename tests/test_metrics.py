@@ -169,6 +169,6 @@ def test_request_latency_is_recorded_by_route_not_by_path(client, personas):
     for job_id in (1, 2, 3):
         client.get(f"/api/v1/jobs/{job_id}/progress/")
     samples = scrape(client)
-    labels = {"method": "GET", "route": "api/v1/jobs/<int:pk>/progress/", "status": "404"}
+    labels = {"method": "GET", "route": "api/v1/jobs/<id:pk>/progress/", "status": "404"}
     assert value(samples, "eventproject_http_request_duration_seconds_count", **labels) >= 3
     assert not [key for key in samples if "/1/" in str(key)]

@@ -4,6 +4,34 @@ import sys
 
 import pytest
 
+PRODUCTION_KEY = "k3Jx9-qLw2ZpT7vN4bR8sY1cU6mE0aH5dF2gK9jL3nP7qS4tV8wX1zA6"
+PRODUCTION = {"DEBUG": "0", "SECRET_KEY": PRODUCTION_KEY, "ALLOWED_HOSTS": "events.example.com"}
+
+
+def deploy_check(**env) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "DATABASE_URL", "HTTPS")}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_behind_tls_the_deploy_check_finds_nothing():
+    result = deploy_check(**PRODUCTION, HTTPS="on")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "System check identified no issues (0 silenced)."
+    assert result.stderr == ""
+
+
+def test_without_https_the_deploy_check_names_what_tls_would_fix():
+    result = deploy_check(**PRODUCTION)
+    assert result.returncode != 0
+    for check in ("security.W004", "security.W008", "security.W012", "security.W016"):
+        assert check in result.stderr
+
 
 def settings_error(**env):
     """Import the settings in a fresh interpreter with this environment; return stderr."""
@@ -38,9 +66,56 @@ def test_it_starts_with_development_defaults_in_debug():
             {"DEBUG": "1", "METRICS_ALLOWED_NETWORKS": "10.0.0.0/8,intranet"},
             "METRICS_ALLOWED_NETWORKS entries must be addresses or networks like 10.0.0.0/8, got 'intranet'",
         ),
+        ({"DEBUG": "0", "SECRET_KEY": "short"}, "SECRET_KEY must be at least 50 random characters"),
+        ({"DEBUG": "0", "SECRET_KEY": PRODUCTION_KEY}, "ALLOWED_HOSTS must name the site's host names"),
+        ({"DEBUG": "1", "HTTPS": "sometimes"}, "HTTPS must be a boolean"),
+        ({"DEBUG": "1", "API_READ_RATE": "fast"}, "API_READ_RATE must look like 60/minute"),
+        ({"DEBUG": "1", "IMPORT_MAX_LINE_CHARS": "10"}, "IMPORT_MAX_LINE_CHARS must be at least 1024"),
+        ({"DEBUG": "1", "IMPORT_LATEST_YEAR": "99999"}, "IMPORT_LATEST_YEAR must be at most 9000"),
+        ({"DEBUG": "1", "API_STREAMS_PER_USER": "0"}, "API_STREAMS_PER_USER must be at least 1"),
     ],
 )
 def test_it_refuses_bad_configuration_by_name(env, message):
     code, stderr = settings_error(**env)
     assert code != 0
     assert "ImproperlyConfigured" in stderr and message in stderr
+
+
+def test_a_bad_openai_base_url_is_refused_without_echoing_its_credentials():
+    code, stderr = settings_error(DEBUG="1", OPENAI_BASE_URL="ftp://bob:SECRET-PW@llm.example/v1")
+    assert code != 0 and "OPENAI_BASE_URL must be an http(s) URL" in stderr
+    assert "SECRET-PW" not in stderr
+
+
+BEHIND_TLS_PROBE = """
+import django
+django.setup()
+from django.test import Client
+client = Client(HTTP_HOST="events.example.com")
+plain = client.get("/admin/login/")
+print(plain.status_code, plain["Location"])
+secure = client.get("/admin/login/", HTTP_X_FORWARDED_PROTO="https")
+print(secure.status_code, secure["Strict-Transport-Security"], secure.cookies["csrftoken"]["secure"])
+"""
+
+
+def test_behind_tls_it_redirects_to_https_and_sends_hsts_and_secure_cookies(static_root):
+    clean = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "DATABASE_URL", "HTTPS")}
+    result = subprocess.run(
+        [sys.executable, "-c", BEHIND_TLS_PROBE],
+        env={
+            **clean,
+            **PRODUCTION,
+            "HTTPS": "on",
+            "STATIC_ROOT": str(static_root),  # the admin's pages name their collected files
+            "DJANGO_SETTINGS_MODULE": "eventproject.settings",
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "301 https://events.example.com/admin/login/",
+        "200 max-age=31536000; includeSubDomains; preload True",
+    ]

@@ -66,6 +66,14 @@ class Ruleset:
             rule = self.decisions[key] = self._decide(*key)
         return rule
 
+    def action_supports(self, action: str, event_type: str) -> bool:
+        """Whether a behaviour with this action can be the evidence of `event_type`: a rule maps the
+        action to that type (an unknown type: to any conversion type)."""
+        rules = self.rules_by_action.get(action.strip().lower(), ())
+        if event_type in self.event_types:
+            return any(rule.event_type.name == event_type for rule in rules)
+        return any(rule.event_type.category == Category.CONVERSION for rule in rules)
+
     def _decide(self, action: str, place: str) -> Rule:
         for rule in self.rules_by_action.get(action.strip().lower(), ()):
             if rule.matches_place(place):

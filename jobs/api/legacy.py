@@ -6,7 +6,7 @@ authentication and permission errors keep their HTTP status and carry it as the 
 """
 
 from django.conf import settings
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,8 +18,8 @@ from ..engine import job_drain
 from ..models import Job
 from ..selectors import job_progress
 from ..services import JobConflict, JobError, JobInvalid, job_start
-from .serializers import EventOutput
-from .views import JobPermission, WriteThrottle
+from .access import VIEW_EVENT, VIEW_JOB, Guarded
+from .serializers import EventOutput, UserIds
 
 CODE_JOB_RUNNING = 1001
 CODE_USERS_BUSY = 1002
@@ -38,30 +38,26 @@ def envelope(data=None, *, code: int = 0, message: str = "success", http_status:
     return Response({"code": code, "message": message, "data": data}, status=http_status)
 
 
+@extend_schema_field({"const": None})
+class NullField(serializers.JSONField):
+    """The envelope's data of an error: always null."""
+
+
 def envelope_schema(name: str, data: serializers.Serializer | None):
     fields = {"code": serializers.IntegerField(), "message": serializers.CharField()}
-    fields["data"] = data if data is not None else serializers.JSONField(allow_null=True)
+    fields["data"] = data if data is not None else NullField()
     return inline_serializer(name, fields)
 
 
 class UserIdsInput(serializers.Serializer):
-    user_ids = serializers.ListField(
-        child=serializers.CharField(max_length=128),
-        allow_null=True,
-        allow_empty=False,
-        required=False,
-        default=None,
-        max_length=100_000,
-    )
+    user_ids = UserIds(allow_null=True, required=False, default=None)
 
 
-class LegacyView(APIView):
-    """Errors in the old envelope too."""
+class LegacyView(Guarded, APIView):
+    """Errors in the old envelope too. Reads need jobs.view_job, starts jobs.add_job."""
 
-    permission_classes = [JobPermission]
-    throttle_classes = [WriteThrottle]
-    throttle_scope = "job-writes"
-    write_permission = "jobs.add_job"
+    read_permissions = (VIEW_JOB,)
+    write_permissions = ("jobs.add_job", VIEW_JOB)
 
     def handle_exception(self, exc):
         response = super().handle_exception(exc)
@@ -193,6 +189,8 @@ def legacy_progress(job: Job | None) -> dict:
     responses={
         200: envelope_schema("LegacyProgress", ProgressData),
         401: envelope_schema("LegacyAuth2", None),
+        403: envelope_schema("LegacyForbidden2", None),
+        429: envelope_schema("LegacyThrottled2", None),
     },
 )
 class LegacyProgressView(LegacyView):
@@ -229,6 +227,9 @@ SyncData = inline_serializer(
     },
 )
 class LegacySyncView(LegacyView):
+    # It answers the users' events: reading them needs their permission too.
+    write_permissions = ("jobs.add_job", VIEW_JOB, VIEW_EVENT)
+
     def post(self, request: Request) -> Response:
         limit = getattr(settings, "LEGACY_SYNC_MAX_USERS", 100)
         data = UserIdsInput(data=request.data)

@@ -9,7 +9,6 @@ from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, OpenApiTypes, extend_schema
 from rest_framework import generics
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
@@ -17,20 +16,30 @@ from extraction.models import ExtractedEvent, UserProfile
 from extraction.selectors import users_needing_extraction
 from extraction.services import EVENT_COLUMNS
 
+from .access import VIEW_EVENT, VIEW_PROFILE, ExportThrottle, Guarded
 from .serializers import EventFilter, EventOutput, UserOutput
-from .views import ERRORS
+from .views import ERRORS, IdCursorPages
 
 EXPORT_COLUMNS = ["id", *EVENT_COLUMNS[:-1]]  # all but created_at
 EXPORT_BATCH = 2000
 CSV_TIMES = {EXPORT_COLUMNS.index(name) for name in ("starts_at", "ends_at")}
 CSV_JSON = {EXPORT_COLUMNS.index(name) for name in ("context", "behavior_ids")}
+# A cell starting with one of these is run as a formula by spreadsheets (OWASP: CSV injection);
+# the full-width forms too, which Excel reads as formulas in Chinese and Japanese locales.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "＝", "＋", "－", "＠")
 
 
-class EventPages(CursorPagination):
+def csv_cell(value):
+    """A value as a CSV cell a spreadsheet shows as text: a leading formula sign gets a ' before it."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+class EventPages(IdCursorPages):
     page_size = 100
     page_size_query_param = "page_size"
     max_page_size = 1000
-    ordering = "id"
 
 
 def filtered_events(params) -> "tuple[object, dict]":
@@ -53,7 +62,8 @@ def filtered_events(params) -> "tuple[object, dict]":
     summary="A user: profile, behaviour count, extraction state",
     responses={200: UserOutput, **ERRORS},
 )
-class UserView(generics.RetrieveAPIView):
+class UserView(Guarded, generics.RetrieveAPIView):
+    read_permissions = (VIEW_PROFILE,)
     serializer_class = UserOutput
     lookup_field = "user_id"
 
@@ -69,7 +79,8 @@ class UserView(generics.RetrieveAPIView):
     summary="A user's events in time order",
     responses={200: EventOutput(many=True), **ERRORS},
 )
-class UserEventsView(generics.ListAPIView):
+class UserEventsView(Guarded, generics.ListAPIView):
+    read_permissions = (VIEW_EVENT,)
     serializer_class = EventOutput
     pagination_class = None  # one user's sequence is short, and read whole
 
@@ -84,7 +95,8 @@ class UserEventsView(generics.ListAPIView):
     parameters=[EventFilter],
     responses={200: EventOutput(many=True), 400: OpenApiResponse(description="Bad filter"), **ERRORS},
 )
-class EventsView(generics.ListAPIView):
+class EventsView(Guarded, generics.ListAPIView):
+    read_permissions = (VIEW_EVENT,)
     serializer_class = EventOutput
     pagination_class = EventPages
 
@@ -103,7 +115,9 @@ class Echo:
     tags=["results"],
     summary="Export events as CSV or JSON Lines, streamed",
     description="Same filters as the event list. Rows are read in batches and streamed, so memory stays "
-    "flat whatever the number of events. context and behavior_ids are JSON in CSV cells.",
+    "flat whatever the number of events. context and behavior_ids are JSON in CSV cells; a CSV cell "
+    "starting with = + - @ (or a tab or line break) gets a ' before it, so spreadsheets show it as "
+    "text instead of running it. Throttled per user at API_EXPORT_RATE, apart from other reads.",
     parameters=[EventFilter],
     responses={
         (200, "text/csv"): OpenApiTypes.STR,
@@ -111,9 +125,12 @@ class Echo:
         400: OpenApiResponse(description="Bad filter"),
         401: ERRORS[401],
         403: ERRORS[403],
+        429: ERRORS[429],
     },
 )
-class EventsExportView(APIView):
+class EventsExportView(Guarded, APIView):
+    read_permissions = (VIEW_EVENT,)
+    throttle_classes = [ExportThrottle]
     file_format = "csv"
 
     def get(self, request: Request):
@@ -137,7 +154,7 @@ class EventsExportView(APIView):
                 if i in CSV_TIMES
                 else orjson.dumps(value).decode()
                 if i in CSV_JSON
-                else value
+                else csv_cell(value)
                 for i, value in enumerate(row)
             )
 

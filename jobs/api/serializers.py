@@ -1,5 +1,7 @@
 """API shapes: input serializers validate, output serializers render. No logic beyond that."""
 
+from datetime import UTC
+
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -10,19 +12,31 @@ from extraction.services import EVENT_COLUMNS
 from ..models import Job, JobItem
 from ..selectors import job_progress
 
-MAX_USER_IDS = 100_000
+
+class UserIds(serializers.ListField):
+    """A list of user ids, counted with duplicates (the admin's start form counts the same way), and
+    counted before any is validated, so an oversized list costs nothing."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("child", serializers.CharField(max_length=128, trim_whitespace=True))
+        super().__init__(allow_empty=False, max_length=settings.JOBS_MAX_USER_IDS, **kwargs)
+
+    def to_internal_value(self, data):
+        limit = settings.JOBS_MAX_USER_IDS
+        if isinstance(data, list) and len(data) > limit:
+            raise serializers.ValidationError(
+                f"{len(data):,} user ids; at most {limit:,} per job (JOBS_MAX_USER_IDS). Split the list."
+            )
+        return super().to_internal_value(data)
 
 
 class JobStartInput(serializers.Serializer):
-    user_ids = serializers.ListField(
-        child=serializers.CharField(max_length=128, trim_whitespace=True),
+    user_ids = UserIds(
         allow_null=True,
-        allow_empty=False,
         required=False,
         default=None,
-        max_length=MAX_USER_IDS,
         help_text="Users to extract; null (the default) means every user needing extraction and not "
-        "already in an active job.",
+        "already in an active job. At most JOBS_MAX_USER_IDS (100,000) ids.",
     )
     extractor = serializers.CharField(
         default="rules", max_length=32, help_text="An extractor name, e.g. rules"
@@ -204,12 +218,24 @@ class EventOutput(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class BoundedDateTimeField(serializers.DateTimeField):
+    """A time from 1900 to 9998: beyond, the conversion to UTC overflows (0001-01-01 in UTC+8 is in
+    year 0, inside DRF too), and no event starts there anyway."""
+
+    default_error_messages = {"out_of_range": "Give a time from year 1900 to 9998."}
+
+    def enforce_timezone(self, value):
+        if not 1900 <= value.year <= 9998:
+            self.fail("out_of_range")
+        return super().enforce_timezone(value).astimezone(UTC)
+
+
 class EventFilter(serializers.Serializer):
     user = serializers.CharField(required=False, max_length=128, help_text="A user id")
     type = serializers.CharField(required=False, max_length=64, help_text="An event type, e.g. purchase")
     category = serializers.ChoiceField(required=False, choices=Category.choices)
-    since = serializers.DateTimeField(required=False, help_text="Events starting at or after this time")
-    until = serializers.DateTimeField(required=False, help_text="Events starting before this time")
+    since = BoundedDateTimeField(required=False, help_text="Events starting at or after this time")
+    until = BoundedDateTimeField(required=False, help_text="Events starting before this time")
 
     def validate(self, data):
         if "since" in data and "until" in data and data["until"] <= data["since"]:

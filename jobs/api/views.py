@@ -9,17 +9,17 @@ from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, OpenApiTypes, extend_schema
 from rest_framework import generics, status
+from rest_framework.exceptions import NotFound, Throttled
 from rest_framework.pagination import CursorPagination, PageNumberPagination
-from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from ..models import Job, JobItem
 from ..selectors import job_progress
 from ..services import JobConflict, JobError, JobInvalid, job_cancel, job_resume, job_retry_failed, job_start
+from .access import Guarded, stream_slot_release, stream_slot_take
 from .serializers import (
     Conflict,
     Detail,
@@ -33,45 +33,24 @@ from .serializers import (
     Progress,
 )
 
-STREAM_POLL_SECONDS = 0.5
 STREAM_KEEPALIVE_SECONDS = 15
-STREAM_MAX_SECONDS = 3600  # then the client reconnects (EventSource does it by itself)
+STREAM_RETRY_MILLISECONDS = 2000  # how soon EventSource reconnects after a stream closed
+STREAM_END_ID = "end"
 
 ERRORS = {
     401: OpenApiResponse(Detail, description="Not logged in (session or token)"),
     403: OpenApiResponse(Detail, description="Logged in without the permission"),
     404: OpenApiResponse(Detail, description="No such job"),
+    429: OpenApiResponse(Detail, description="Too many requests: the per-user rate was reached"),
 }
 WRITE_ERRORS = {
     **ERRORS,
     409: OpenApiResponse(Conflict, description="The job's status does not allow it, or users are busy"),
-    429: OpenApiResponse(Detail, description="Too many write requests"),
 }
 
 
-class JobPermission(BasePermission):
-    """Reading needs a login; writes need the view's Django model permission on Job."""
-
-    def has_permission(self, request: Request, view) -> bool:
-        if not (request.user and request.user.is_authenticated):
-            return False
-        return request.method in SAFE_METHODS or request.user.has_perm(view.write_permission)
-
-
-class WriteThrottle(ScopedRateThrottle):
-    """Throttles only writes, per user, at API_WRITE_RATE."""
-
-    scope_attr = "throttle_scope"
-
-    def allow_request(self, request, view) -> bool:
-        return request.method in SAFE_METHODS or super().allow_request(request, view)
-
-
-class JobsBase:
-    permission_classes = [JobPermission]
-    throttle_classes = [WriteThrottle]
-    throttle_scope = "job-writes"
-    write_permission = "jobs.add_job"
+class JobsBase(Guarded):
+    """Reads need jobs.view_job; starting and retrying need jobs.add_job."""
 
 
 def job_error_response(exc: JobError) -> Response:
@@ -91,13 +70,29 @@ class JobPages(PageNumberPagination):
     max_page_size = 100
 
 
-class ItemPages(CursorPagination):
+class IdCursorPages(CursorPagination):
+    """Cursor pages in id order whose cursor, which a client can forge, must hold a valid id."""
+
+    ordering = "id"
+
+    def decode_cursor(self, request):
+        cursor = super().decode_cursor(request)
+        if cursor and cursor.position is not None:
+            try:
+                position = int(cursor.position)
+            except ValueError:
+                raise NotFound(self.invalid_cursor_message) from None
+            if not 0 <= position < 2**63:
+                raise NotFound(self.invalid_cursor_message)
+        return cursor
+
+
+class ItemPages(IdCursorPages):
     """Cursor pages: a job may have a million items, and a page must not count them all."""
 
     page_size = 100
     page_size_query_param = "page_size"
     max_page_size = 1000
-    ordering = "id"
 
 
 @extend_schema(tags=["jobs"])
@@ -177,7 +172,7 @@ class JobProgressView(JobsBase, APIView):
 class JobActionView(JobsBase, APIView):
     """POST-only actions on one job: cancel, resume, retry-failed."""
 
-    write_permission = "jobs.change_job"
+    write_permissions = ("jobs.change_job",)
     action_name = ""
 
     def post(self, request: Request, pk: int) -> Response:
@@ -222,7 +217,7 @@ class JobResumeView(JobActionView):
     responses={201: JobDetail, **WRITE_ERRORS},
 )
 class JobRetryFailedView(JobActionView):
-    write_permission = "jobs.add_job"
+    write_permissions = ("jobs.add_job",)
     success_status = status.HTTP_201_CREATED
 
     def act(self, job, request):
@@ -246,6 +241,43 @@ class JobItemsView(JobsBase, generics.ListAPIView):
         return JobItem.objects.filter(job=job, **filters.validated_data)
 
 
+# An event of the stream as OpenAPI 3.2 describes Server-Sent Events: its data is JSON.
+STREAM_EVENT = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"const": "progress"},
+                "id": {"type": "string", "description": "Send it back in Last-Event-ID"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": "#/components/schemas/Progress"},
+                },
+            },
+        },
+        {
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"const": "end"},
+                "id": {"const": STREAM_END_ID},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "type": "object",
+                        "required": ["id", "status"],
+                        "properties": {"id": {"type": "integer"}, "status": {"type": "string"}},
+                    },
+                },
+            },
+        },
+    ]
+}
+
+
 class EventStreamRenderer(BaseRenderer):
     media_type = "text/event-stream"
     format = "txt"
@@ -257,35 +289,71 @@ class EventStreamRenderer(BaseRenderer):
 @extend_schema(
     tags=["jobs"],
     summary="Progress pushed as Server-Sent Events",
-    description="`event: progress` with the progress object each time it changes, comments as keep-alives, "
-    "and `event: end` when the job has finished. The stream closes after an hour; clients reconnect.",
-    responses={(200, "text/event-stream"): OpenApiTypes.STR, **ERRORS},
+    description="`event: progress` (its `id` names that state) each time the progress changes, comments "
+    "as keep-alives, and `event: end` (id `end`) when the job has finished. A stream closes after "
+    "API_STREAM_MAX_SECONDS and the client reconnects, sending the last id it saw in `Last-Event-ID`: "
+    "a state it already has is not sent again, and a finished job it saw end answers 204 (EventSource "
+    "then stops). At most API_STREAMS_PER_USER streams per user are open at once (429 beyond).",
+    parameters=[OpenApiParameter("Last-Event-ID", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False)],
+    responses={
+        (200, "text/event-stream"): OpenApiResponse(STREAM_EVENT, description="One object per event"),
+        204: OpenApiResponse(description="The job has ended, and the client saw it end"),
+        **ERRORS,
+    },
 )
 class JobStreamView(JobsBase, APIView):
     renderer_classes = [JSONRenderer, EventStreamRenderer]
 
     def get(self, request: Request, pk: int):
         job = get_object_or_404(Job, pk=pk)
-        response = StreamingHttpResponse(self.events(job), content_type="text/event-stream")
+        last_id = request.headers.get("Last-Event-ID", "")
+        if last_id == STREAM_END_ID and job.status in Job.FINISHED:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        slot = stream_slot_take(request.user.pk)
+        if slot is None:
+            raise Throttled(
+                wait=STREAM_RETRY_MILLISECONDS / 1000,
+                detail=f"at most {settings.API_STREAMS_PER_USER} progress streams may be open per user; "
+                f"close one, or poll /api/v1/jobs/{job.id}/progress/",
+            )
+        response = StreamingHttpResponse(ProgressStream(job, last_id, slot), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
         return response
 
-    @staticmethod
-    def events(job: Job):
-        yield "retry: 2000\n\n"
-        last_tag, last_sent, opened = None, time.monotonic(), time.monotonic()
-        while time.monotonic() - opened < getattr(settings, "API_STREAM_MAX_SECONDS", STREAM_MAX_SECONDS):
+
+class ProgressStream:
+    """The events of one stream. `close()` (called by the server when the response ends, even if it
+    was never read) gives the user's stream slot back."""
+
+    def __init__(self, job: Job, last_id: str, slot: str):
+        self.job, self.last_id, self.slot = job, last_id, slot
+        self.events = self._events()
+
+    def __iter__(self):
+        return self.events
+
+    def close(self) -> None:
+        self.events.close()
+        stream_slot_release(self.slot)
+
+    def _events(self):
+        job = self.job
+        yield f"retry: {STREAM_RETRY_MILLISECONDS}\n\n"
+        last_tag, last_sent, opened = self.last_id, time.monotonic(), time.monotonic()
+        while time.monotonic() - opened < settings.API_STREAM_MAX_SECONDS:
             job.refresh_from_db()
             progress = Progress(job_progress(job)).data
-            tag = progress_etag(progress)
+            tag = progress_etag(progress)[3:-1]
             if tag != last_tag:
-                yield f"event: progress\ndata: {json.dumps(progress)}\n\n"
+                yield f"id: {tag}\nevent: progress\ndata: {json.dumps(progress)}\n\n"
                 last_tag, last_sent = tag, time.monotonic()
             elif time.monotonic() - last_sent > STREAM_KEEPALIVE_SECONDS:
                 yield ": keep-alive\n\n"
                 last_sent = time.monotonic()
             if job.status in Job.FINISHED:
-                yield f"event: end\ndata: {json.dumps({'id': job.id, 'status': job.status})}\n\n"
+                end = json.dumps({"id": job.id, "status": job.status})
+                yield f"id: {STREAM_END_ID}\nevent: end\ndata: {end}\n\n"
                 return
-            time.sleep(STREAM_POLL_SECONDS)
+            time.sleep(settings.API_STREAM_POLL_SECONDS)
+        yield ": the stream's time is up; reconnect with Last-Event-ID\n\n"

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
@@ -73,6 +74,11 @@ class Command(BaseCommand):
         user_ids = users if users else read_user_ids(users_file) if users_file else None
         if users_file and not user_ids:
             raise CommandError(f"--users-file {users_file}: no user ids in it")
+        if user_ids and len(user_ids) > settings.JOBS_MAX_USER_IDS:  # counted as the API counts them
+            raise CommandError(
+                f"{len(user_ids):,} user ids; at most {settings.JOBS_MAX_USER_IDS:,} per job "
+                f"(JOBS_MAX_USER_IDS). Split the list, or leave it out for everyone needing extraction."
+            )
         if estimate:
             return self._estimate(user_ids, extractor, options)
         try:

@@ -1,0 +1,40 @@
+"""Guards that sit in front of every view."""
+
+import re
+
+from django.conf import settings
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.views.debug import SafeExceptionReporterFilter
+
+
+def request_body_limit(get_response):
+    """Refuse a request whose body is larger than UPLOAD_MAX_BYTES before anything reads it.
+
+    Django reads no more than Content-Length, so checking the header is enough. A form page of the
+    admin gets itself back with the message (a person is looking at it); others get 413.
+    """
+
+    def middleware(request: HttpRequest) -> HttpResponse:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > settings.UPLOAD_MAX_BYTES:
+            limit = f"{settings.UPLOAD_MAX_BYTES / 1_000_000:g} MB"
+            message = f"The request is larger than {limit} (UPLOAD_MAX_BYTES); nothing was read."
+            if request.path.startswith("/api/"):
+                return JsonResponse({"detail": message}, status=413)
+            if request.path.startswith("/admin/") and hasattr(request, "_messages"):
+                messages.error(request, message + " Split the file and start one job per part.")
+                return HttpResponseRedirect(request.get_full_path())
+            return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
+        return get_response(request)
+
+    return middleware
+
+
+class SecretsHiddenReporterFilter(SafeExceptionReporterFilter):
+    """Also hides *_URL settings, which may carry credentials (user:password@, ?api-key=)."""
+
+    hidden_settings = re.compile("API|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE|URL", flags=re.I)

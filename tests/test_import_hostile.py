@@ -1,0 +1,98 @@
+"""Imports never crash on a row: every hostile row of tests/fixtures/hostile/imports.py is a
+`file:line: reason`, the rows around it are imported, and --strict imports nothing."""
+
+import gzip
+import tracemalloc
+
+import pytest
+from django.core.management.base import CommandError
+
+from extraction.importers import import_file
+from extraction.models import Behavior
+from tests.fixtures.hostile.imports import CSV_GOOD, CSV_HEADER, CSV_KEPT_AS_TEXT, CSV_ROWS, GOOD, JSONL_ROWS
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize(("what", "line", "reason"), JSONL_ROWS, ids=[r[0] for r in JSONL_ROWS])
+def test_a_hostile_json_line_is_reported_and_the_import_goes_on(run, write_file, what, line, reason):
+    path = write_file("hostile.jsonl", GOOD + b"\n" + line + b"\n" + GOOD.replace(b'"ok"', b'"ok2"') + b"\n")
+    out, err = run("import_data", "behaviors", path)
+    assert f"{path}:2: " in err and reason in err, err[:500]
+    assert "imported 2" in out and "rejected 1" in out
+    assert sorted(Behavior.objects.values_list("user_id", flat=True)) == ["ok", "ok2"]
+    assert len(err) < 1000  # the message quotes at most a little of the row
+
+
+@pytest.mark.parametrize(("what", "record", "reason"), CSV_ROWS, ids=[r[0] for r in CSV_ROWS])
+def test_a_hostile_csv_record_is_reported_and_the_import_goes_on(run, write_file, what, record, reason):
+    path = write_file("hostile.csv", CSV_HEADER + CSV_GOOD + record + CSV_GOOD.replace(b"ok,", b"ok2,"))
+    out, err = run("import_data", "behaviors", path, "--show-errors", "1")
+    assert err.startswith(f"{path}:3: ") and reason in err.splitlines()[0], err[:500]
+    assert "imported 2" in out
+    assert sorted(Behavior.objects.values_list("user_id", flat=True)) == ["ok", "ok2"]
+
+
+def test_numbers_a_database_cannot_hold_stay_text_in_csv(run, write_file):
+    out, _ = run("import_data", "behaviors", write_file("a.csv", CSV_HEADER + CSV_KEPT_AS_TEXT))
+    assert "imported 1" in out
+    assert Behavior.objects.get().extra == {"price": "123456789012345678901234567890"}
+
+
+def test_strict_imports_none_of_a_file_with_one_hostile_row(run, write_file):
+    lines = [GOOD] + [line for _, line, _ in JSONL_ROWS] + [GOOD.replace(b'"ok"', b'"ok2"')]
+    path = write_file("hostile.jsonl", b"\n".join(lines) + b"\n")
+    with pytest.raises(CommandError, match=f"--strict: {len(JSONL_ROWS)} bad rows, nothing was imported"):
+        run("import_data", "behaviors", path, "--strict")
+    assert not Behavior.objects.exists()
+    out, err = run("import_data", "behaviors", path)
+    assert f"imported 2, updated 0, duplicates 0, rejected {len(JSONL_ROWS)}" in out
+    assert [line.split(": ", 1)[0] for line in err.splitlines()[: len(JSONL_ROWS)]] == [
+        f"{path}:{n}" for n in range(2, len(JSONL_ROWS) + 2)
+    ]
+
+
+def good_rows(count: int) -> bytes:
+    return b"".join(
+        f'{{"user_id": "u{n}", "action": "browse", "timestamp": "2024-06-01 10:{n % 60:02d}:00"}}\n'.encode()
+        for n in range(count)
+    )
+
+
+def test_a_truncated_gz_keeps_what_was_read_and_says_where_it_broke(run, write_file):
+    whole = gzip.compress(good_rows(2000))
+    path = write_file("cut.jsonl.gz", whole[: len(whole) // 2])
+    out, err = run("import_data", "behaviors", path)
+    imported = Behavior.objects.count()
+    assert 0 < imported < 2000
+    assert f"{path}:{imported + 1}: the compressed file is truncated or damaged" in err
+    assert "nothing after this line could be read" in err
+    assert f"imported {imported}" in out and "rejected 1" in out
+    with pytest.raises(CommandError, match="--strict: 1 bad rows"):
+        run("import_data", "behaviors", write_file("cut2.jsonl.gz", whole[: len(whole) // 2]), "--strict")
+
+
+def test_a_gzip_bomb_is_skipped_line_by_line_in_bounded_memory(write_file, settings):
+    """One 30 MB line of a 30 kB file between good rows: the old reader held the whole line."""
+    bomb = gzip.compress(
+        good_rows(1) + b'{"user_id": "bomb", "item": "' + b"A" * 30_000_000 + b'"}\n' + GOOD + b"\n"
+    )
+    path = write_file("bomb.jsonl.gz", bomb)
+    errors = []
+    tracemalloc.start()
+    try:
+        summary = import_file("behaviors", path, on_error=lambda line, reason: errors.append((line, reason)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert errors == [(2, "line longer than 65,536 characters (IMPORT_MAX_LINE_CHARS)")]
+    assert (summary.imported, summary.rejected) == (2, 1)
+    assert peak < 5_000_000, f"peak {peak:,} bytes of Python memory"
+
+
+def test_a_profile_over_the_attribute_limit_is_reported(run, write_file):
+    big = "兴趣，" * 6000  # a comma list (full-width commas) of 6,000 entries
+    path = write_file("p.csv", f"user_id,interests,city\nu1,SUV,北京\nu2,{big},上海\n".encode())
+    out, err = run("import_data", "profiles", path)
+    assert f"{path}:3: the attributes take" in err and "(IMPORT_MAX_ATTRIBUTES_BYTES)" in err
+    assert "imported 1" in out and "rejected 1" in out
