@@ -29,6 +29,26 @@ def staging_table(cursor, name: str, source_table: str, columns: Sequence[str]) 
     cursor.execute(f"TRUNCATE {name}" if is_postgresql() else f"DELETE FROM {name}")
 
 
+def rows_sql(rows: list[dict[str, Any]], columns: dict[str, str]) -> tuple[str, list[Any]]:
+    """A table `v` of these rows, and its parameters, so that one statement reads or writes a whole
+    chunk (no statement per row, no staging table, no limit on parameters). PostgreSQL unnests one
+    array per column: 2-4× faster than jsonb_to_recordset for a chunk's update (measured here);
+    SQLite reads the rows from one JSON parameter. `columns` maps each key to its PostgreSQL type."""
+    if is_postgresql():
+        arrays = [[row[name] for row in rows] for name in columns]
+        casts = ", ".join(f"%s::{kind}[]" for kind in columns.values())
+        return f"unnest({casts}) AS v({', '.join(columns)})", arrays
+    named = ", ".join(f"value ->> '{name}' AS {name}" for name in columns)
+    return f"(SELECT {named} FROM json_each(%s)) AS v", [json_text(rows)]
+
+
+def values_sql(values: list[Any], kind: str = "text") -> tuple[str, list[Any]]:
+    """A subquery of these values and its parameter, for `column IN (…)` over a whole chunk."""
+    if is_postgresql():
+        return f"SELECT unnest(%s::{kind}[])", [values]
+    return "SELECT value FROM json_each(%s)", [json_text(values)]
+
+
 def copy_rows(cursor, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Append rows to `table`; values must already be database-ready (see db_datetime)."""
     cols = ", ".join(columns)

@@ -2,13 +2,14 @@
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from django.db import connection
 from django.db.models import Exists, OuterRef, QuerySet
 from psycopg.types.datetime import TimestamptzLoader
 
-from eventproject.db import is_postgresql
+from eventproject.db import is_postgresql, values_sql
 
 from .extractors import BehaviorRecord, UserInput
 from .models import Behavior, ExtractionState, UserProfile
@@ -32,12 +33,16 @@ def user_inputs_load(user_ids: Iterable[str]) -> list[UserInput]:
     Unknown ids are left out.
     """
     user_ids = list(user_ids)
-    profiles = {
-        user_id: (attributes, version)
-        for user_id, attributes, version in UserProfile.objects.filter(user_id__in=user_ids).values_list(
-            "user_id", "attributes", "input_version"
+    chosen, params = values_sql(user_ids)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT user_id, attributes, input_version FROM {UserProfile._meta.db_table} "
+            f"WHERE user_id IN ({chosen})",
+            params,
         )
-    }
+        profiles = {
+            user_id: (_json(attributes), version) for user_id, attributes, version in cursor.fetchall()
+        }
     behaviors: dict[str, list[BehaviorRecord]] = {user_id: [] for user_id in profiles}
     for user_id, record in _behavior_rows(list(profiles)):
         behaviors[user_id].append(record)
@@ -48,51 +53,39 @@ def user_inputs_load(user_ids: Iterable[str]) -> list[UserInput]:
     ]
 
 
+def _json(value) -> Any:
+    """A JSON column as read by raw SQL: text here, already decoded by some drivers."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
 def _behavior_rows(user_ids: list[str]) -> list[tuple[str, BehaviorRecord]]:
     """Behaviour rows of these users in time order, decoded.
 
     The hottest read of an extraction run, so it skips the ORM's per-value
     converters (3× slower here): PostgreSQL times go through psycopg's C loader,
-    and the common empty `extra` is not parsed at all.
+    records are made by tuple's own constructor, and the common empty `extra` is
+    not parsed at all.
     """
     if not user_ids:
         return []
     table = Behavior._meta.db_table
-    columns = "user_id, id, action, occurred_at, item, app, media, place, duration_seconds, extra"
-    select = f"SELECT {columns} FROM {table} "
-    order = " ORDER BY user_id, occurred_at, id"
+    chosen, params = values_sql(user_ids)
     with connection.cursor() as cursor:
         if is_postgresql():
             cursor.cursor.adapters.register_loader("timestamptz", TimestamptzLoader)  # aware, in UTC
-            cursor.execute(select + "WHERE user_id = ANY(%s)" + order, [user_ids])
-            tag = _same
-        else:  # Django's converter gives naive UTC datetimes
-            cursor.execute(
-                select + f"WHERE user_id IN ({', '.join(['%s'] * len(user_ids))})" + order, user_ids
-            )
-            tag = _utc
-        rows = cursor.fetchall()
-    return [
-        (
-            user_id,
-            BehaviorRecord(
-                id_,
-                action,
-                tag(moment),
-                item,
-                app,
-                media,
-                place,
-                duration,
-                {} if extra == "{}" else orjson.loads(extra),
-            ),
+        cursor.execute(
+            f"SELECT user_id, id, action, occurred_at, item, app, media, place, duration_seconds, extra "
+            f"FROM {table} WHERE user_id IN ({chosen}) ORDER BY user_id, occurred_at, id",
+            params,
         )
-        for user_id, id_, action, moment, item, app, media, place, duration, extra in rows
+        rows = cursor.fetchall()
+    make, empty, loads = BehaviorRecord._make, BehaviorRecord._field_defaults["extra"], orjson.loads
+    if is_postgresql():
+        return [(row[0], make((*row[1:9], empty if row[9] == "{}" else loads(row[9])))) for row in rows]
+    return [  # Django's converter would give naive UTC datetimes
+        (row[0], make((row[1], row[2], _utc(row[3]), *row[4:9], empty if row[9] == "{}" else loads(row[9]))))
+        for row in rows
     ]
-
-
-def _same(value):
-    return value
 
 
 def _utc(value: datetime) -> datetime:

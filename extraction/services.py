@@ -9,7 +9,15 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from eventproject.db import copy_rows, datetime_adapter, is_postgresql, json_text, staging_table
+from eventproject.db import (
+    copy_rows,
+    datetime_adapter,
+    is_postgresql,
+    json_text,
+    rows_sql,
+    staging_table,
+    values_sql,
+)
 
 from .extractors import Control, ExtractionError, Extractor, UserInput, UserResult
 from .models import Behavior, ExtractedEvent, ExtractionState, UserProfile
@@ -148,102 +156,151 @@ def profiles_upsert(profiles: dict[str, dict[str, Any]]) -> tuple[int, int]:
     return inserted, written - inserted
 
 
+NO_PROFILE = "unknown user: no profile"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One user's extraction, from the extractor to the commit: its input (None when it has no
+    profile) and its events or the error that stopped it."""
+
+    user_id: str
+    user: UserInput | None
+    result: UserResult
+
+    @property
+    def succeeded(self) -> bool:
+        return not isinstance(self.result, ExtractionError)
+
+
 def chunk_extract(
     *, user_ids: Sequence[str], extractor: Extractor, control: Control | None = None
-) -> list[tuple[UserInput, UserResult]]:
-    """Load these users and run the extractor on them; writes nothing.
+) -> list[Outcome]:
+    """Load these users and run the extractor on them; writes nothing. One outcome per id, in order:
+    an id without a profile (deleted meanwhile) fails for good, and a user the extractor left out
+    fails instead of silently getting no events."""
+    inputs = {user.user_id: user for user in user_inputs_load(user_ids)}
+    results = extractor.extract(list(inputs.values()), control)
+    left_out = ExtractionError(f"extractor {extractor.name!r} returned no result for this user")
+    no_profile = ExtractionError(NO_PROFILE, permanent=True)
+    return [
+        Outcome(user_id, inputs[user_id], results.get(user_id, left_out))
+        if user_id in inputs
+        else Outcome(user_id, None, no_profile)
+        for user_id in user_ids
+    ]
 
-    Every user comes back with a result: a user the extractor left out gets an
-    error instead of silently no events. Ids with no profile are not returned.
-    """
-    inputs = user_inputs_load(user_ids)
-    results = extractor.extract(inputs, control)
-    missing = ExtractionError(f"extractor {extractor.name!r} returned no result for this user")
-    return [(user, results.get(user.user_id, missing)) for user in inputs]
 
-
-def extraction_results_save(
-    *, outcomes: Sequence[tuple[UserInput, UserResult]], extractor: Extractor
-) -> None:
-    """Record one chunk of extraction outcomes in one transaction.
-
-    For every user that succeeded, the new events replace the old ones together
-    with the user's state, so a user never has events from two runs. A user that
-    failed keeps the events of its last success; only the failure is recorded.
-    """
-    now = timezone.now()
-    db_datetime = datetime_adapter()
-    succeeded = [(user, result) for user, result in outcomes if not isinstance(result, ExtractionError)]
-    failed = [(user, result) for user, result in outcomes if isinstance(result, ExtractionError)]
-    created_at = db_datetime(now)
-    events = (
-        (
-            user.user_id,
-            sequence,
-            draft.event_type,
-            draft.label,
-            draft.category,
-            db_datetime(draft.starts_at),
-            db_datetime(draft.ends_at),
-            json_text(draft.context),
-            json_text(draft.behavior_ids),
-            extractor.name,
-            extractor.version,
-            created_at,
-        )
-        for user, drafts in succeeded
-        for sequence, draft in enumerate(drafts, start=1)
-    )
+def extraction_results_save(*, outcomes: Sequence[Outcome], extractor: Extractor) -> None:
+    """Save the events of the users that succeeded, in one transaction: each user's new events
+    replace its old ones together with its state, so a user never has events from two runs.
+    (Failures keep the events of the last success: extraction_failures_record notes them.)"""
     with transaction.atomic():
-        if succeeded:
-            ExtractedEvent.objects.filter(user_id__in=[user.user_id for user, _ in succeeded]).delete()
-            with connection.cursor() as cursor:
-                copy_rows(cursor, ExtractedEvent._meta.db_table, EVENT_COLUMNS, events)
-            _states_upsert(
-                (
-                    user.user_id,
-                    ExtractionState.Outcome.SUCCEEDED,
-                    created_at,
-                    "",
-                    created_at,
-                    len(drafts),
-                    extractor.name,
-                    extractor.version,
-                    user.input_version,
-                    user.fingerprint(),
-                )
-                for user, drafts in succeeded
-            )
-        if failed:
-            extraction_failures_record(errors={user.user_id: error.message for user, error in failed})
+        extraction_results_write(outcomes=outcomes, extractor=extractor)
 
 
-STATE_COLUMNS = (
-    "user_id",
-    "status",
-    "attempted_at",
-    "error",
-    "extracted_at",
-    "event_count",
-    "extractor",
-    "extractor_version",
-    "input_version",
-    "input_fingerprint",
-)
+def extraction_results_write(*, outcomes: Sequence[Outcome], extractor: Extractor) -> None:
+    """extraction_results_save inside the caller's own transaction (the engine's fenced commit).
 
-
-def _states_upsert(rows) -> None:
-    """Insert or replace the states of users that succeeded (COPY: 10× faster than bulk_create here)."""
-    table = ExtractionState._meta.db_table
-    columns = ", ".join(STATE_COLUMNS)
-    updates = ", ".join(f"{column} = excluded.{column}" for column in STATE_COLUMNS[1:])
+    Three statements whatever the chunk's size: delete the old events, write the new ones (COPY on
+    PostgreSQL), upsert the states from one JSON parameter.
+    """
+    saved = [outcome for outcome in outcomes if outcome.succeeded and outcome.user is not None]
+    if not saved:
+        return
+    now = timezone.now()
+    events_table = ExtractedEvent._meta.db_table
+    chosen, params = values_sql([outcome.user_id for outcome in saved])
     with connection.cursor() as cursor:
-        staging_table(cursor, "staging_state", table, STATE_COLUMNS)
-        copy_rows(cursor, "staging_state", STATE_COLUMNS, rows)
-        cursor.execute(
-            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM staging_state WHERE 1 = 1 "
-            f"ON CONFLICT (user_id) DO UPDATE SET {updates}"
-        )
+        cursor.execute(f"DELETE FROM {events_table} WHERE user_id IN ({chosen})", params)
+        if is_postgresql():
+            with cursor.copy(f"COPY {events_table} ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
+                copy.write("".join(_event_lines(saved, extractor, now)))
+        else:
+            copy_rows(cursor, events_table, EVENT_COLUMNS, _event_rows(saved, extractor, now))
+        _states_upsert(cursor, saved, extractor, now)
+
+
+def _event_rows(saved: Sequence[Outcome], extractor: Extractor, now: datetime):
+    db_datetime = datetime_adapter()
+    created_at = db_datetime(now)
+    for outcome in saved:
+        for sequence, draft in enumerate(outcome.result, start=1):
+            yield (
+                outcome.user_id,
+                sequence,
+                draft.event_type,
+                draft.label,
+                draft.category,
+                db_datetime(draft.starts_at),
+                db_datetime(draft.ends_at),
+                json_text(draft.context),
+                json_text(draft.behavior_ids),
+                extractor.name,
+                extractor.version,
+                created_at,
+            )
+
+
+# COPY's text format: a backslash starts an escape, tabs and line ends separate.
+COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _event_lines(saved: Sequence[Outcome], extractor: Extractor, now: datetime):
+    """The events as lines of COPY text, built here: psycopg's write_row costs about three times
+    as much per row (measured: 9 µs per event row). JSON from orjson holds no raw tab or line end,
+    only backslashes to double."""
+    tail = (
+        f"\t{extractor.name.translate(COPY_ESCAPES)}\t{extractor.version.translate(COPY_ESCAPES)}"
+        f"\t{now.isoformat()}\n"
+    )
+    for outcome in saved:
+        user_id = outcome.user_id.translate(COPY_ESCAPES)
+        for sequence, draft in enumerate(outcome.result, start=1):
+            yield (
+                f"{user_id}\t{sequence}\t{draft.event_type.translate(COPY_ESCAPES)}\t"
+                f"{draft.label.translate(COPY_ESCAPES)}\t{draft.category}\t{draft.starts_at.isoformat()}\t"
+                f"{draft.ends_at.isoformat()}\t{json_text(draft.context).replace(chr(92), chr(92) * 2)}\t"
+                f"{json_text(draft.behavior_ids)}{tail}"
+            )
+
+
+STATE_COLUMNS = {
+    "user_id": "text",
+    "event_count": "integer",
+    "input_version": "integer",
+    "input_fingerprint": "text",
+}
+
+
+def _states_upsert(cursor, saved: Sequence[Outcome], extractor: Extractor, now: datetime) -> None:
+    """Insert or replace the states of users that succeeded, in one statement."""
+    table = ExtractionState._meta.db_table
+    rows, params = rows_sql(
+        [
+            {
+                "user_id": outcome.user_id,
+                "event_count": len(outcome.result),
+                "input_version": outcome.user.input_version,
+                "input_fingerprint": outcome.user.fingerprint(),
+            }
+            for outcome in saved
+        ],
+        STATE_COLUMNS,
+    )
+    at = datetime_adapter()(now)
+    cursor.execute(
+        f"INSERT INTO {table} (user_id, status, attempted_at, error, extracted_at, event_count, extractor, "
+        f"extractor_version, input_version, input_fingerprint) "
+        f"SELECT v.user_id, 'succeeded', %s, '', %s, v.event_count, %s, %s, v.input_version, "
+        f"v.input_fingerprint FROM {rows} WHERE true "
+        f"ON CONFLICT (user_id) DO UPDATE SET status = excluded.status, "
+        f"attempted_at = excluded.attempted_at, error = '', extracted_at = excluded.extracted_at, "
+        f"event_count = excluded.event_count, extractor = excluded.extractor, "
+        f"extractor_version = excluded.extractor_version, input_version = excluded.input_version, "
+        f"input_fingerprint = excluded.input_fingerprint",
+        [at, at, extractor.name, extractor.version, *params],
+    )
 
 
 def extraction_failures_record(*, errors: dict[str, str]) -> None:

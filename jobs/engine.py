@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +32,15 @@ from django.db.models import Case, Count, Exists, F, IntegerField, Min, OuterRef
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from eventproject.db import DatabaseNow, connection_reset, database_now, is_postgresql, now_sql
+from eventproject.db import (
+    DatabaseNow,
+    connection_reset,
+    database_now,
+    datetime_adapter,
+    is_postgresql,
+    now_sql,
+    rows_sql,
+)
 from extraction.extractors import (
     Control,
     ExtractionError,
@@ -41,7 +49,7 @@ from extraction.extractors import (
     UnknownExtractor,
     make_extractor,
 )
-from extraction.services import chunk_extract, extraction_failures_record, extraction_results_save
+from extraction.services import Outcome, chunk_extract, extraction_failures_record, extraction_results_write
 from ops import metrics
 
 from .models import Drain, Job, JobItem
@@ -189,7 +197,7 @@ def _pending_sql() -> str:
     through every item already done (measured: 77 ms per claim after 200,000 of 1,000,000 items).
 
     PostgreSQL: FOR UPDATE SKIP LOCKED lets workers claim different rows at once.
-    SQLite: the IMMEDIATE transaction already serialises writers.
+    SQLite: one statement is one transaction, and SQLite runs one writer at a time.
     """
     lock = "FOR UPDATE SKIP LOCKED" if is_postgresql() else ""
     return (
@@ -201,21 +209,33 @@ def _pending_sql() -> str:
     )
 
 
-def chunk_claim(job: Job, *, after: int = 0, size: int | None = None) -> Claim | None:
-    """Claim up to `size` (the job's chunk size) claimable items of a running job: expired leases
-    first, then pending ones with an id above `after` (where this worker's previous claim ended).
-
-    Items whose lease expired on their last allowed attempt fail here instead.
-    """
+def chunk_claim(job: Job, *, after: int = 0, size: int | None = None, expired: bool = True) -> Claim | None:
+    """Claim up to `size` (the job's chunk size) claimable items of a running job: with `expired`,
+    items whose lease ran out first (see expired_reclaim), then pending ones with an id above
+    `after` (where this worker's previous claim ended), in one statement."""
     size = size or job.chunk_size
     token = uuid.uuid4()
-    params = {
+    rows = _expired_reclaim(job, token, size) if expired else []
+    if len(rows) < size:
+        params = {**_claim_params(job, token), "limit": size - len(rows), "after": after}
+        with connection.cursor() as cursor:
+            cursor.execute(_stamp_sql(_pending_sql()), params)
+            rows += cursor.fetchall()
+    return Claim(job.id, token, sorted(rows)) if rows else None
+
+
+def _claim_params(job: Job, token: uuid.UUID) -> dict[str, Any]:
+    return {
         "token": token if is_postgresql() else token.hex,  # as Django's UUIDField stores it
         "lease": float(settings.JOBS_LEASE_SECONDS),
         "job": job.id,
-        "limit": size,
-        "after": after,
     }
+
+
+def _expired_reclaim(job: Job, token: uuid.UUID, size: int) -> list[tuple[int, str, int]]:
+    """Claim items of a running job whose lease ran out (their worker died or froze); those on
+    their last allowed attempt fail instead. Workers look for these every few seconds, not at
+    every claim: a dead worker's chunk waits out its lease anyway."""
     with transaction.atomic():
         expired = dict(
             JobItem.objects.select_for_update(skip_locked=True, of=("self",))  # not the job's row
@@ -227,22 +247,18 @@ def chunk_claim(job: Job, *, after: int = 0, size: int | None = None) -> Claim |
             )
             .values_list("id", "attempts")[:size]
         )
+        if not expired:
+            return []
         exhausted = [item_id for item_id, attempts in expired.items() if attempts >= job.max_attempts]
-        if exhausted:  # before any pending row is locked: the job row is taken last (see chunk_commit)
+        if exhausted:
             _fail_exhausted_leases(job, exhausted)
-        reclaim = [item_id for item_id in expired if item_id not in exhausted]
         rows = []
-        with connection.cursor() as cursor:
-            if reclaim:
-                cursor.execute(_stamp_sql(", ".join(map(str, reclaim))), params)
+        if reclaim := [item_id for item_id in expired if item_id not in exhausted]:
+            with connection.cursor() as cursor:
+                cursor.execute(_stamp_sql(", ".join(map(str, reclaim))), _claim_params(job, token))
                 rows = cursor.fetchall()
-            if len(rows) < size:
-                cursor.execute(_stamp_sql(_pending_sql()), {**params, "limit": size - len(rows)})
-                rows += cursor.fetchall()
         metrics.count(metrics.LEASE_EXPIRED, len(expired))  # last: a counter row is the last lock taken
-    if not rows:
-        return None
-    return Claim(job.id, token, sorted(rows))
+    return rows
 
 
 def _fail_exhausted_leases(job: Job, item_ids: list[int]) -> None:
@@ -273,6 +289,7 @@ class JobControl(Control):
         self.checked_at = -1.0
         self.status = Job.Status.RUNNING
         self.lease_lost = False
+        self.finished = False  # extraction is over: the commit (fenced) is all that is left
 
     def lose_lease(self) -> None:
         """Another worker took over (some of) this chunk's items: its work would be thrown away."""
@@ -353,7 +370,7 @@ class DrainKeeper:
             renewed = JobItem.objects.filter(claim_token=token, status=JobItem.Status.RUNNING).update(
                 lease_expires_at=DatabaseNow(settings.JOBS_LEASE_SECONDS)
             )
-            if renewed < count and token in self.held:  # (a chunk that just committed is released)
+            if renewed < count and not control.finished:
                 logger.warning(
                     "claim %s lost its lease: %d of its %d items were taken", token, count - renewed, count
                 )
@@ -376,6 +393,44 @@ class DrainKeeper:
 
 
 # Commits -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Committed:
+    """What a chunk's commit did: how many items it still owned, and how many of the job's items are
+    left to do (for the size of the next claim)."""
+
+    owned: int
+    left: int
+
+
+# The columns of the rows a commit moves the claim's items with (see _item_outcome_sql).
+ITEM_OUTCOME_COLUMNS = {
+    "id": "bigint",
+    "status": "text",
+    "error": "text",
+    "events": "integer",
+    "backoff": "double precision",
+    "undo": "integer",
+    "prompt": "bigint",
+    "completion": "bigint",
+}
+
+
+def _item_outcome_sql(rows: str) -> str:
+    """Move every item of the claim to its outcome (`rows`, see rows_sql) in one statement, fenced by
+    the claim's token; the items it returns are those the claim still owned."""
+    table = JobItem._meta.db_table
+    return (
+        f"UPDATE {table} SET status = v.status, lease_expires_at = NULL, error = v.error, "
+        f"event_count = v.events, attempts = {table}.attempts - v.undo, "
+        f"finished_at = CASE WHEN v.status IN ('succeeded', 'failed') THEN %s END, "
+        f"retry_at = CASE WHEN v.backoff IS NULL THEN NULL ELSE {now_sql('v.backoff')} END, "
+        f"prompt_tokens = {table}.prompt_tokens + v.prompt, "
+        f"completion_tokens = {table}.completion_tokens + v.completion "
+        f"FROM {rows} WHERE {table}.id = v.id AND {table}.claim_token = %s AND {table}.status = 'running' "
+        f"RETURNING {table}.id"
+    )
+
+
 def retry_backoff_seconds(attempts: int) -> float:
     """JOBS_RETRY_BACKOFF_SECONDS after the first attempt, doubling after each one, never above
     JOBS_RETRY_BACKOFF_MAX_SECONDS (minutes, not months; and no overflow at any attempt count)."""
@@ -384,131 +439,106 @@ def retry_backoff_seconds(attempts: int) -> float:
 
 
 def chunk_commit(
-    claim: Claim, job: Job, results: dict, extractor: Extractor, *, usage: dict[str, list[int]] | None = None
-) -> int:
-    """Commit a chunk's outcomes for the items this claim still owns; returns how many it owned.
+    claim: Claim,
+    job: Job,
+    outcomes: Sequence[Outcome],
+    extractor: Extractor,
+    *,
+    usage: dict[str, list[int]] | None = None,
+) -> Committed:
+    """Commit a chunk's outcomes (one per claimed item, in the claim's order) for the items this
+    claim still owns.
 
-    In one transaction: new events replace old ones for succeeded users, items get their final
-    (or retry) status and the tokens paid for them (`usage`, from Control.usage), and the job's
-    counters move by the same amounts. The tokens of items lost to an expired lease are kept too.
+    In one transaction, a handful of statements whatever the chunk's size: the items move to their
+    outcome (fenced by the token) with the tokens paid for them (`usage`, from Control.usage); new
+    events replace old ones for succeeded users; the job's counters move by the same amounts. The
+    tokens of items another claim took (a lost lease) are kept too: paid is paid.
     """
-    owned, taken = _owned_commit(claim, job, results, extractor, usage or {})
+    usage = usage or {}
+    with transaction.atomic():
+        moves, failing = _item_moves(claim, job, outcomes, usage)
+        rows, params = rows_sql(moves, ITEM_OUTCOME_COLUMNS)
+        token = claim.token if is_postgresql() else claim.token.hex
+        with connection.cursor() as cursor:
+            cursor.execute(_item_outcome_sql(rows), [datetime_adapter()(timezone.now()), *params, token])
+            owned = {item_id for (item_id,) in cursor.fetchall()}
+        taken = _taken(claim, owned)
+        if owned:
+            mine = [
+                outcome
+                for (item_id, _, _), outcome in zip(claim.items, outcomes, strict=True)
+                if item_id in owned
+            ]
+            extraction_results_write(outcomes=mine, extractor=extractor)
+            if failed := {o.user_id: o.result.message for o in mine if o.user_id in failing}:
+                extraction_failures_record(errors=failed)
+            status, left = _job_counters_move(job, mine, failing, usage)
+            if status != Job.Status.RUNNING:
+                _released_sweep(job, claim, owned)
+            retried = sum(1 for move in moves if move["backoff"] is not None and move["id"] in owned)
+            metrics.count(metrics.ITEM_RETRIES, retried)  # last: a counter row is the last lock taken
+        else:
+            left = None
     if usage and taken:
         _uncommitted_usage_keep(job, claim, usage, lost=taken)
-    return len(owned)
+    if left is None:
+        left = job_items_left(job.id)
+    return Committed(len(owned), left)
 
 
-def _owned_commit(
-    claim: Claim, job: Job, results: dict, extractor: Extractor, usage
-) -> tuple[set[int], set[int]]:
-    """Returns the items this claim owned and committed, and those another claim took (its lease
-    was lost). Items carrying this claim's token but no longer running were committed by an
-    earlier try of this very commit (see _commit_with_retries): neither.
-
-    Lock order: the claim's items, then the job's row last (as every writer does), so that a
-    cancel or a failure landing meanwhile is seen here, under that lock, and never deadlocks."""
-    now = timezone.now()
-    ids = [item_id for item_id, _, _ in claim.items]
-    with transaction.atomic():
-        owned = set(
-            JobItem.objects.select_for_update()
-            .filter(id__in=ids, claim_token=claim.token, status=JobItem.Status.RUNNING)
-            .values_list("id", flat=True)
-        )
-        taken = set()
-        if len(owned) < len(ids):
-            taken = set(
-                JobItem.objects.filter(id__in=ids)
-                .exclude(claim_token=claim.token)
-                .values_list("id", flat=True)
-            )
-            metrics.count(metrics.LEASE_LOST, len(taken))
-        if not owned:
-            return owned, taken
-        succeeded, failed, retried, stopped = {}, {}, {}, []
-        saved = []
-        for item_id, user_id, attempts in claim.items:
-            if item_id not in owned:
-                continue
-            user, result = results.get(
-                user_id, (None, ExtractionError("unknown user: no profile", permanent=True))
-            )
-            if not isinstance(result, ExtractionError):
-                succeeded[item_id] = len(result)
-                saved.append((user, result))
-            elif result.stopped:
-                stopped.append(item_id)
-            elif result.permanent or attempts >= job.max_attempts:
-                failed[item_id] = (user_id, result)
-            else:
-                retried[item_id] = (user_id, result, attempts)
-        extraction_results_save(outcomes=saved, extractor=extractor)
-        if failed:
-            extraction_failures_record(errors={user_id: error.message for user_id, error in failed.values()})
-        mine = JobItem.objects.filter(claim_token=claim.token, status=JobItem.Status.RUNNING)
-        if succeeded:
-            mine.filter(id__in=list(succeeded)).update(
-                status=JobItem.Status.SUCCEEDED,
-                finished_at=now,
-                lease_expires_at=None,
-                error="",
-                event_count=_per_item(succeeded),
-            )
-        if failed:
-            mine.filter(id__in=list(failed)).update(
-                status=JobItem.Status.FAILED,
-                finished_at=now,
-                lease_expires_at=None,
-                error=_per_item({i: error.message for i, (_, error) in failed.items()}),
-            )
-        if retried:
-            mine.filter(id__in=list(retried)).update(
+def _item_moves(claim: Claim, job: Job, outcomes: Sequence[Outcome], usage) -> tuple[list[dict], set[str]]:
+    """Each claimed item's move, and the users who fail for good (others retry, or were not tried)."""
+    moves, failing = [], set()
+    for (item_id, user_id, attempts), outcome in zip(claim.items, outcomes, strict=True):
+        prompt, completion = usage.get(user_id, (0, 0))
+        move = {"id": item_id, "prompt": prompt, "completion": completion, "undo": 0, "backoff": None}
+        error = outcome.result
+        if outcome.succeeded:
+            move.update(status=JobItem.Status.SUCCEEDED, error="", events=len(outcome.result))
+        elif error.stopped:  # never tried (a stop, a lost lease, the deadline): not an attempt
+            move.update(status=JobItem.Status.PENDING, error="", events=None, undo=1)
+        elif error.permanent or attempts >= job.max_attempts:
+            move.update(status=JobItem.Status.FAILED, error=error.message, events=None)
+            failing.add(user_id)
+        else:
+            move.update(
                 status=JobItem.Status.PENDING,
-                lease_expires_at=None,
-                retry_at=_per_item(
-                    {i: retry_backoff_seconds(attempts) for i, (_, _, attempts) in retried.items()},
-                    DatabaseNow,
-                ),
-                error=_per_item({i: error.message for i, (_, error, _) in retried.items()}),
+                error=error.message,
+                events=None,
+                backoff=retry_backoff_seconds(attempts),
             )
-        if stopped:  # never tried (the job stopped, the lease was lost, the deadline came): no attempt
-            mine.filter(id__in=stopped).update(
-                status=JobItem.Status.PENDING, lease_expires_at=None, attempts=F("attempts") - 1
-            )
-        tokens = _usage_record(claim, usage, owned)
-        status = _job_counters_move(
-            job,
-            succeeded=len(succeeded),
-            failed=len(failed),
-            events=sum(succeeded.values()),
-            errors=[error for _, error in failed.values()] + [error for _, error, _ in retried.values()],
-            tokens=tokens,
-        )
-        released = [*retried, *stopped]
-        if released and status != Job.Status.RUNNING:
-            # The job was cancelled or failed while this chunk ran: a stopped job keeps no pending items.
-            swept = JobItem.objects.filter(id__in=released, status=JobItem.Status.PENDING).update(
-                status=JobItem.Status.CANCELLED, finished_at=now, retry_at=None
-            )
-            Job.objects.filter(id=job.id).update(cancelled_items=F("cancelled_items") + swept)
-        metrics.count(metrics.ITEM_RETRIES, len(retried))
-    return owned, taken
+        moves.append(move)
+    return moves, failing
 
 
-def _usage_record(claim: Claim, usage: dict[str, list[int]], item_ids: Collection[int]) -> tuple[int, int]:
-    """Add the tokens the extractor spent on these items' users to the items; return the totals."""
-    spent = {
-        item_id: usage[user_id]
-        for item_id, user_id, _ in claim.items
-        if item_id in item_ids and user_id in usage
-    }
-    if not spent:
-        return 0, 0
-    JobItem.objects.filter(id__in=list(spent)).update(
-        prompt_tokens=F("prompt_tokens") + _per_item({i: p for i, (p, _) in spent.items()}),
-        completion_tokens=F("completion_tokens") + _per_item({i: c for i, (_, c) in spent.items()}),
+def _taken(claim: Claim, owned: set[int]) -> set[int]:
+    """The claim's items another claim took (its lease ran out). Items still carrying this claim's
+    token but no longer running were committed by an earlier try of this very commit
+    (_commit_with_retries): they are not lost."""
+    if len(owned) == len(claim.items):
+        return set()
+    ids = [item_id for item_id, _, _ in claim.items if item_id not in owned]
+    taken = set(
+        JobItem.objects.filter(id__in=ids).exclude(claim_token=claim.token).values_list("id", flat=True)
     )
-    return sum(p for p, _ in spent.values()), sum(c for _, c in spent.values())
+    metrics.count(metrics.LEASE_LOST, len(taken))
+    return taken
+
+
+def _released_sweep(job: Job, claim: Claim, owned: set[int]) -> None:
+    """The job was cancelled or failed while this chunk ran: the users this commit put back to
+    pending are cancelled instead, for a stopped job keeps no pending items."""
+    swept = JobItem.objects.filter(id__in=owned, status=JobItem.Status.PENDING).update(
+        status=JobItem.Status.CANCELLED, finished_at=timezone.now(), retry_at=None
+    )
+    if swept:
+        Job.objects.filter(id=job.id).update(cancelled_items=F("cancelled_items") + swept)
+
+
+def job_items_left(job_id: int) -> int:
+    """Items of the job not finished yet, by its counters."""
+    finished = F("succeeded_items") + F("failed_items") + F("cancelled_items")
+    return Job.objects.filter(id=job_id).values_list(F("total_items") - finished, flat=True).first() or 0
 
 
 def _uncommitted_usage_keep(
@@ -518,43 +548,43 @@ def _uncommitted_usage_keep(
     the `lost` items (default: all the claim's) to the items and the job, so the job's cost stays
     true. Its own short transaction, items before the job row, like every commit."""
     lost = {item_id for item_id, _, _ in claim.items} if lost is None else lost
+    spent = {
+        item_id: usage[user_id] for item_id, user_id, _ in claim.items if item_id in lost and user_id in usage
+    }
+    if not spent:
+        return
     with transaction.atomic():
-        prompt, completion = _usage_record(claim, usage, lost)
-        if prompt or completion:
-            Job.objects.filter(id=job.id).update(
-                prompt_tokens=F("prompt_tokens") + prompt,
-                completion_tokens=F("completion_tokens") + completion,
-            )
+        JobItem.objects.filter(id__in=list(spent)).update(
+            prompt_tokens=F("prompt_tokens") + _per_item({i: p for i, (p, _) in spent.items()}),
+            completion_tokens=F("completion_tokens") + _per_item({i: c for i, (_, c) in spent.items()}),
+        )
+        Job.objects.filter(id=job.id).update(
+            prompt_tokens=F("prompt_tokens") + sum(p for p, _ in spent.values()),
+            completion_tokens=F("completion_tokens") + sum(c for _, c in spent.values()),
+        )
 
 
-def _per_item(values: dict[int, Any], wrap: Callable[[Any], Any] = Value) -> Case:
-    """A CASE giving each item id its value, with one WHEN per distinct value (chunks repeat few)."""
+def _per_item(values: dict[int, Any]) -> Case:
+    """A CASE giving each item id its value, with one WHEN per distinct value."""
     groups: dict[Any, list[int]] = defaultdict(list)
     for item_id, value in values.items():
         groups[value].append(item_id)
-    return Case(*(When(id__in=ids, then=wrap(value)) for value, ids in groups.items()))
+    return Case(*(When(id__in=ids, then=Value(value)) for value, ids in groups.items()))
 
 
-def _job_counters_move(
-    job: Job,
-    *,
-    succeeded: int,
-    failed: int,
-    events: int,
-    errors: list[ExtractionError],
-    tokens: tuple[int, int] = (0, 0),
-) -> str:
-    """Move the job's counters and its fail-fast streak; fail the job when the streak is too long.
-
-    Returns the job's status as it stands under the row lock this update takes: a cancel or a
-    failure that committed meanwhile is seen here, never missed.
-    """
+def _job_counters_move(job: Job, mine: list[Outcome], failing: set[str], usage) -> tuple[str, int]:
+    """Move the job's counters and its fail-fast streak by what this commit did; fail the job when
+    the streak is too long. Returns the job's status as it stands under the row lock this update
+    takes (a cancel or a failure that committed meanwhile is seen here, never missed) and how many
+    items it has left."""
+    succeeded = [o for o in mine if o.succeeded]
+    errors = [o.result for o in mine if not o.succeeded and not o.result.stopped]
     moves = {
-        "succeeded_items": succeeded,
-        "failed_items": failed,
-        "event_count": events,
-        "prompt_tokens": tokens[0],
-        "completion_tokens": tokens[1],
+        "succeeded_items": len(succeeded),
+        "failed_items": sum(1 for o in mine if o.user_id in failing),
+        "event_count": sum(len(o.result) for o in succeeded),
+        "prompt_tokens": sum(usage.get(o.user_id, (0, 0))[0] for o in mine),
+        "completion_tokens": sum(usage.get(o.user_id, (0, 0))[1] for o in mine),
     }
     sets = [f"{name} = {name} + %s" for name in moves]
     params: list[Any] = list(moves.values())
@@ -570,28 +600,30 @@ def _job_counters_move(
         sets += ["error_streak = 0", "error_streak_kind = ''", "error_streak_message = ''"]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {Job._meta.db_table} SET {', '.join(sets)} WHERE id = %s RETURNING status",
+            f"UPDATE {Job._meta.db_table} SET {', '.join(sets)} WHERE id = %s "
+            f"RETURNING status, total_items - succeeded_items - failed_items - cancelled_items",
             [*params, job.id],
         )
-        (status,) = cursor.fetchone()
+        status, left = cursor.fetchone()
     if streak is not None and streak >= settings.JOBS_FAIL_FAST_AFTER:
         message = (
             f"{streak} items in a row failed with the same kind of error ({kind}); "
             f"the last one: {errors[-1].message}"
         )
         if job_fail(job.id, message):
-            return Job.Status.FAILED
-    return status
+            return Job.Status.FAILED, left
+    return status, left
 
 
 def _commit_with_retries(
-    claim: Claim, job: Job, results: dict, extractor: Extractor, control: Control
-) -> int:
+    claim: Claim, job: Job, outcomes: Sequence[Outcome], extractor: Extractor, control: Control
+) -> Committed:
     """chunk_commit, tried again on a fresh connection when the database drops it: the fence makes a
-    second try commit nothing twice (a first try that did commit left no item with this token)."""
+    second try commit nothing twice (a first try that did commit left no item running with this
+    token)."""
     for attempt in range(1, COMMIT_TRIES + 1):
         try:
-            return chunk_commit(claim, job, results, extractor, usage=control.usage)
+            return chunk_commit(claim, job, outcomes, extractor, usage=control.usage)
         except DatabaseError:
             if attempt == COMMIT_TRIES or connection.in_atomic_block:
                 raise
@@ -622,11 +654,12 @@ def process_one_chunk(
     *,
     after: int = 0,
     size: int | None = None,
+    expired: bool = True,
     keeper: DrainKeeper | None = None,
     deadline: float | None = None,
-) -> Claim | None:
+) -> tuple[Claim, Committed] | None:
     """Claim (see chunk_claim), extract and commit one chunk; None when nothing was claimable."""
-    claim = chunk_claim(job, after=after, size=size)
+    claim = chunk_claim(job, after=after, size=size, expired=expired)
     if claim is None:
         return None
     control = JobControl(job.id, deadline=deadline)
@@ -635,28 +668,28 @@ def process_one_chunk(
     try:
         try:
             outcomes = chunk_extract(user_ids=claim.user_ids, extractor=extractor, control=control)
-            results = {user.user_id: (user, result) for user, result in outcomes}
         except ExtractorFatalError as exc:
             job_fail(job.id, str(exc), release_token=claim.token)
             _uncommitted_usage_keep(job, claim, control.usage)
-            return claim
+            return claim, Committed(0, job_items_left(job.id))
         except Exception as exc:  # an outage or a bug: every user of the chunk gets a retryable error
             logger.exception("extracting chunk %s of job %s failed", claim.token, job.id)
             error = ExtractionError(f"{type(exc).__name__}: {exc}", kind=type(exc).__name__)
-            results = {user_id: (None, error) for user_id in claim.user_ids}
-        owned = _commit_with_retries(claim, job, results, extractor, control)
+            outcomes = [Outcome(user_id, None, error) for user_id in claim.user_ids]
+        control.finished = True  # its lease may lapse now without alarm: the commit is fenced
+        committed = _commit_with_retries(claim, job, outcomes, extractor, control)
     finally:
         if keeper:
             keeper.release(claim)
-    if owned < len(claim.items):
+    if committed.owned < len(claim.items):
         logger.warning(
             "job %s: %d items of claim %s were lost to an expired lease; their work was discarded, "
             "its tokens counted",
             job.id,
-            len(claim.items) - owned,
+            len(claim.items) - committed.owned,
             claim.token,
         )
-    return claim
+    return claim, committed
 
 
 def drain_enter(job_id: int, drain_id: int | None = None) -> int | None:
@@ -762,7 +795,8 @@ def job_drain(
 
 def _drain_lane(run: DrainRun, *, lane: int, own_connection: bool = False) -> None:
     """Claim, extract and commit chunks one after the other until there is nothing left, the time is
-    up, or the drain lost its place. A dropped connection is retried on a fresh one.
+    up, or the drain lost its place. A dropped connection is retried on a fresh one. Expired leases
+    are looked for at the start, every drain beat, and whenever nothing pending is left.
 
     Of several lanes, the first starts with small claims that double up to the chunk size, so
     calls go out while the others load whole chunks. `own_connection`: this lane runs in a thread
@@ -771,21 +805,28 @@ def _drain_lane(run: DrainRun, *, lane: int, own_connection: bool = False) -> No
     job, extractor = run.job, run.extractor
     after = 0  # where this lane's last claim ended
     size = max(1, job.chunk_size // 8) if lane == 0 and extractor.lanes > 1 else job.chunk_size
+    left = job_items_left(job.id)
+    expired_checked = -math.inf
     try:
         while not run.keeper.evicted:
             try:
                 if time.monotonic() >= run.claim_until:
                     return
-                claim = process_one_chunk(
+                check_expired = time.monotonic() - expired_checked >= drain_beat_seconds() or not after
+                if check_expired:
+                    expired_checked = time.monotonic()
+                done = process_one_chunk(
                     job,
                     extractor,
                     after=after,
-                    size=_claim_size(job, size, extractor),
+                    size=_claim_size(size, left, extractor),
+                    expired=check_expired,
                     keeper=run.keeper,
                     deadline=run.deadline,
                 )
-                if claim:
-                    after, size = claim.last_id, min(2 * size, job.chunk_size)
+                if done:
+                    claim, committed = done
+                    after, size, left = claim.last_id, min(2 * size, job.chunk_size), committed.left
                     if run.on_chunk:
                         run.on_chunk()
                     continue
@@ -809,12 +850,10 @@ def _drain_lane(run: DrainRun, *, lane: int, own_connection: bool = False) -> No
             connection.close()
 
 
-def _claim_size(job: Job, size: int, extractor: Extractor) -> int:
+def _claim_size(size: int, left: int, extractor: Extractor) -> int:
     """Guided self-scheduling: no claim above an even share of the items left among the lanes that
     may be working, so the last chunks are small and the workers finish together (instead of one
     working through a whole chunk alone while the others idle)."""
-    finished = F("succeeded_items") + F("failed_items") + F("cancelled_items")
-    left = Job.objects.filter(id=job.id).values_list(F("total_items") - finished, flat=True).first() or 0
     return max(1, min(size, math.ceil(left / (settings.JOBS_DRAIN_TASKS * extractor.lanes))))
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from extraction.extractors import EventDraft, UserInput, make_extractor
 from extraction.models import ExtractedEvent, UserProfile
-from extraction.services import BehaviorRow, behaviors_insert, extraction_results_save
+from extraction.services import BehaviorRow, Outcome, behaviors_insert, extraction_results_save
 from jobs.engine import job_drain
 from jobs.services import job_start
 
@@ -147,7 +147,9 @@ def export_peak_bytes(client, events: int) -> int:
     users = [UserInput(f"m{i:05d}", {}, 1, []) for i in range(events // 10)]
     UserProfile.objects.bulk_create([UserProfile(user_id=u.user_id) for u in users], ignore_conflicts=True)
     drafts = [EventDraft("browse_model", "engagement", "浏览车型", T0, T0, [1], {"model": "P7"})] * 10
-    extraction_results_save(outcomes=[(u, drafts) for u in users], extractor=make_extractor("rules"))
+    extraction_results_save(
+        outcomes=[Outcome(u.user_id, u, drafts) for u in users], extractor=make_extractor("rules")
+    )
     tracemalloc.start()
     try:
         size = sum(len(chunk) for chunk in client.get("/api/v1/events/export.jsonl").streaming_content)

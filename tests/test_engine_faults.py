@@ -15,7 +15,7 @@ from django_q.models import OrmQ
 
 from eventproject.db import DatabaseNow, database_now
 from extraction.extractors import ExtractionError, make_extractor
-from extraction.services import chunk_extract
+from extraction.services import Outcome, chunk_extract
 from jobs.engine import (
     DrainKeeper,
     JobControl,
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.django_db
 
 
 def extracted(claim, extractor):
-    return {u.user_id: (u, r) for u, r in chunk_extract(user_ids=claim.user_ids, extractor=extractor)}
+    return chunk_extract(user_ids=claim.user_ids, extractor=extractor)
 
 
 def assert_stopped_job_holds_nothing(job):
@@ -87,7 +87,7 @@ def test_a_cancel_committing_in_the_middle_of_a_chunk_commit_is_seen(make_users,
     extractor = make_extractor("test", job.options)
     claim = chunk_claim(job)
     stop = ExtractionError("the chunk stopped", stopped=True)
-    results = {user_id: (None, stop) for user_id in claim.user_ids}
+    results = [Outcome(user_id, None, stop) for user_id in claim.user_ids]
     canceller = connection.copy()  # another session
     with canceller.cursor() as cursor:
         cursor.execute("BEGIN")

@@ -10,7 +10,7 @@ import pytest
 
 from extraction.extractors import EventDraft, make_extractor
 from extraction.selectors import user_inputs_load
-from extraction.services import BehaviorRow, behaviors_insert, extraction_results_save
+from extraction.services import BehaviorRow, Outcome, behaviors_insert, extraction_results_save
 
 pytestmark = pytest.mark.django_db
 PAYLOADS = json.loads((Path(__file__).parent / "fixtures/hostile/csv_injection.json").read_text())
@@ -28,7 +28,8 @@ def hostile_events():
         users.append(user_id)
     inputs = {user.user_id: user for user in user_inputs_load(users)}
     outcomes = [
-        (
+        Outcome(
+            user_id,
             inputs[user_id],
             [
                 EventDraft(

@@ -5,7 +5,14 @@ import pytest
 from extraction.extractors import ExtractionError, make_extractor
 from extraction.models import ExtractedEvent, ExtractionState, UserProfile
 from extraction.selectors import user_inputs_load, users_needing_extraction
-from extraction.services import BehaviorRow, behaviors_insert, chunk_extract, extraction_results_save
+from extraction.services import (
+    BehaviorRow,
+    Outcome,
+    behaviors_insert,
+    chunk_extract,
+    extraction_failures_record,
+    extraction_results_save,
+)
 
 pytestmark = pytest.mark.django_db
 T0 = datetime(2024, 6, 1, 10, tzinfo=UTC)
@@ -85,8 +92,10 @@ def test_a_failure_while_saving_leaves_the_old_events(rules, monkeypatch):
 def test_a_failed_user_keeps_the_events_of_its_last_success(rules):
     add_behaviors("u1", "purchase")
     extract_and_save(rules, "u1")
-    (user,) = user_inputs_load(["u1"])
-    extraction_results_save(outcomes=[(user, ExtractionError("model timed out"))], extractor=rules)
+    extraction_results_save(
+        outcomes=[Outcome("u1", None, ExtractionError("model timed out"))], extractor=rules
+    )
+    extraction_failures_record(errors={"u1": "model timed out"})
     assert ExtractedEvent.objects.filter(user_id="u1").count() == 1
     state = ExtractionState.objects.get(user_id="u1")
     assert (state.status, state.error, state.event_count) == ("failed", "model timed out", 1)
@@ -96,13 +105,13 @@ def test_a_user_the_extractor_left_out_gets_an_error(rules, monkeypatch):
     add_behaviors("u1", "purchase")
     add_behaviors("u2", "purchase")
     monkeypatch.setattr(rules, "extract", lambda users, control=None: {"u1": []})
-    outcomes = dict(
-        (u.user_id, r) for u, r in chunk_extract(user_ids=["u1", "u2", "nobody"], extractor=rules)
-    )
-    assert outcomes["u1"] == []
-    assert isinstance(outcomes["u2"], ExtractionError)
-    assert "returned no result" in outcomes["u2"].message
-    assert "nobody" not in outcomes
+    outcomes = {o.user_id: o for o in chunk_extract(user_ids=["u1", "u2", "nobody"], extractor=rules)}
+    assert list(outcomes) == ["u1", "u2", "nobody"]  # one outcome per id, in order
+    assert outcomes["u1"].result == []
+    assert "returned no result" in outcomes["u2"].result.message
+    assert not outcomes["u2"].result.permanent
+    assert (outcomes["nobody"].user, outcomes["nobody"].result.message) == (None, "unknown user: no profile")
+    assert outcomes["nobody"].result.permanent
 
 
 def needing():
@@ -125,6 +134,5 @@ def test_users_needing_extraction_follow_their_input(rules):
 
 def test_a_failed_user_needs_extraction_again(rules):
     add_behaviors("u1", "purchase")
-    (user,) = user_inputs_load(["u1"])
-    extraction_results_save(outcomes=[(user, ExtractionError("boom"))], extractor=rules)
+    extraction_failures_record(errors={"u1": "boom"})
     assert needing() == {"u1"}

@@ -30,10 +30,7 @@ def near(moment, expected, *, within=2.0) -> bool:
 
 
 def extracted(claim, extractor):
-    return {
-        user.user_id: (user, result)
-        for user, result in chunk_extract(user_ids=claim.user_ids, extractor=extractor)
-    }
+    return chunk_extract(user_ids=claim.user_ids, extractor=extractor)
 
 
 def statuses(job):
@@ -96,12 +93,11 @@ def test_a_stale_token_cannot_commit(make_users, running_job, expire_leases):
     stale = chunk_claim(job)
     expire_leases(job)
     fresh = chunk_claim(job)
-    assert chunk_commit(stale, job, extracted(stale, extractor), extractor) == 0
+    assert chunk_commit(stale, job, extracted(stale, extractor), extractor).owned == 0
     assert set(statuses(job).values()) == {"running"}
     assert not ExtractedEvent.objects.exists()
     assert process_one_chunk(job, extractor) is None  # the fresh claim still holds them
-    owned = chunk_commit(fresh, job, extracted(fresh, extractor), extractor)
-    assert owned == 2
+    assert chunk_commit(fresh, job, extracted(fresh, extractor), extractor).owned == 2
     assert set(statuses(job).values()) == {"succeeded"}
 
 
@@ -114,8 +110,7 @@ def test_tokens_paid_for_work_lost_with_its_lease_still_count(make_users, runnin
     for claim, owned in ((stale, 0), (fresh, 2)):
         control = Control()
         outcomes = chunk_extract(user_ids=claim.user_ids, extractor=extractor, control=control)
-        results = {user.user_id: (user, result) for user, result in outcomes}
-        assert chunk_commit(claim, job, results, extractor, usage=control.usage) == owned
+        assert chunk_commit(claim, job, outcomes, extractor, usage=control.usage).owned == owned
     job.refresh_from_db()
     assert set(statuses(job).values()) == {"succeeded"}
     assert (job.prompt_tokens, job.completion_tokens) == (40, 20)  # both attempts were paid for

@@ -43,8 +43,9 @@ def test_cancel_stops_pending_users_at_once_and_keeps_finished_work(make_users):
         "u005": "cancelled",
         "u006": "cancelled",
     }
-    outcomes = {u.user_id: (u, r) for u, r in chunk_extract(user_ids=claim.user_ids, extractor=extractor)}
-    chunk_commit(claim, job, outcomes, extractor)  # the running chunk still commits
+    chunk_commit(
+        claim, job, chunk_extract(user_ids=claim.user_ids, extractor=extractor), extractor
+    )  # the running chunk still commits
     job_drain(job.id)  # and the next worker to look finds nothing running
     job.refresh_from_db()
     assert (job.status, job.succeeded_items, job.cancelled_items) == ("cancelled", 4, 2)

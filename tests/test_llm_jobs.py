@@ -9,6 +9,7 @@ from django.core.management import CommandError
 from extraction.extractors import Control, ExtractionError, make_extractor
 from extraction.models import ExtractedEvent
 from extraction.selectors import user_inputs_load
+from extraction.services import Outcome
 from jobs.engine import chunk_claim, chunk_commit, job_drain, job_mark_running
 from jobs.models import Job
 from jobs.selectors import job_progress
@@ -105,11 +106,11 @@ def test_users_never_sent_go_back_to_pending_or_are_cancelled_with_the_job(serve
     extractor = make_extractor("llm")
     stop = ExtractionError("the job stopped before this user was sent", stopped=True)
     claim = chunk_claim(job)
-    chunk_commit(claim, job, {user_id: (None, stop) for user_id in claim.user_ids}, extractor)
+    chunk_commit(claim, job, [Outcome(user_id, None, stop) for user_id in claim.user_ids], extractor)
     assert set(job.items.values_list("status", "attempts")) == {("pending", 0)}  # not an attempt
     claim = chunk_claim(job)
     job_cancel(job)
-    chunk_commit(claim, job, {user_id: (None, stop) for user_id in claim.user_ids}, extractor)
+    chunk_commit(claim, job, [Outcome(user_id, None, stop) for user_id in claim.user_ids], extractor)
     job.refresh_from_db()
     assert set(job.items.values_list("status", flat=True)) == {"cancelled"}
     assert job.cancelled_items == 4
