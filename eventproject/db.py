@@ -49,11 +49,17 @@ def values_sql(values: list[Any], kind: str = "text") -> tuple[str, list[Any]]:
     return "SELECT value FROM json_each(%s)", [json_text(values)]
 
 
-def copy_rows(cursor, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Append rows to `table`; values must already be database-ready (see db_datetime)."""
+def copy_rows(
+    cursor, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, types: Sequence[str] = ()
+) -> None:
+    """Append rows to `table`; values must already be database-ready (see datetime_adapter).
+    With the columns' PostgreSQL `types`, COPY goes in binary (no text to build and parse)."""
     cols = ", ".join(columns)
     if is_postgresql():
-        with cursor.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+        binary = " (FORMAT BINARY)" if types else ""
+        with cursor.copy(f"COPY {table} ({cols}) FROM STDIN{binary}") as copy:
+            if types:
+                copy.set_types(list(types))
             for row in rows:
                 copy.write_row(row)
     else:
@@ -70,6 +76,20 @@ def datetime_adapter() -> Callable[[datetime], Any]:
     if is_postgresql():
         return lambda value: value
     return lambda value: str(value.astimezone(UTC).replace(tzinfo=None))
+
+
+def json_adapter() -> Callable[[Any], Any]:
+    """Turns values into what copy_rows' binary COPY takes for a jsonb column (PostgreSQL), or the
+    JSON text SQLite stores."""
+    if is_postgresql():
+        from psycopg.types.json import Jsonb
+
+        return lambda value: Jsonb(value, dumps=_json_bytes)
+    return json_text
+
+
+def _json_bytes(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def json_text(value: Any) -> str:

@@ -13,6 +13,7 @@ from eventproject.db import (
     copy_rows,
     datetime_adapter,
     is_postgresql,
+    json_adapter,
     json_text,
     rows_sql,
     staging_table,
@@ -48,6 +49,12 @@ EVENT_COLUMNS = (
     "extractor",
     "extractor_version",
     "created_at",
+)
+# Their PostgreSQL types, for binary COPY (psycopg formats these in C: measured 9 µs an event row
+# with the server's share, against 11 µs in text; the server's share is most of it).
+EVENT_TYPES = (
+    *("text", "int4", "text", "text", "text", "timestamptz", "timestamptz"),
+    *("jsonb", "jsonb", "text", "text", "timestamptz"),
 )
 
 
@@ -202,8 +209,8 @@ def extraction_results_save(*, outcomes: Sequence[Outcome], extractor: Extractor
 def extraction_results_write(*, outcomes: Sequence[Outcome], extractor: Extractor) -> None:
     """extraction_results_save inside the caller's own transaction (the engine's fenced commit).
 
-    Three statements whatever the chunk's size: delete the old events, write the new ones (COPY on
-    PostgreSQL), upsert the states from one JSON parameter.
+    Three statements whatever the chunk's size: delete the old events, write the new ones (binary
+    COPY on PostgreSQL), upsert the states.
     """
     saved = [outcome for outcome in outcomes if outcome.succeeded and outcome.user is not None]
     if not saved:
@@ -213,16 +220,12 @@ def extraction_results_write(*, outcomes: Sequence[Outcome], extractor: Extracto
     chosen, params = values_sql([outcome.user_id for outcome in saved])
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {events_table} WHERE user_id IN ({chosen})", params)
-        if is_postgresql():
-            with cursor.copy(f"COPY {events_table} ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
-                copy.write("".join(_event_lines(saved, extractor, now)))
-        else:
-            copy_rows(cursor, events_table, EVENT_COLUMNS, _event_rows(saved, extractor, now))
+        copy_rows(cursor, events_table, EVENT_COLUMNS, _event_rows(saved, extractor, now), types=EVENT_TYPES)
         _states_upsert(cursor, saved, extractor, now)
 
 
 def _event_rows(saved: Sequence[Outcome], extractor: Extractor, now: datetime):
-    db_datetime = datetime_adapter()
+    db_datetime, db_json = datetime_adapter(), json_adapter()
     created_at = db_datetime(now)
     for outcome in saved:
         for sequence, draft in enumerate(outcome.result, start=1):
@@ -234,34 +237,11 @@ def _event_rows(saved: Sequence[Outcome], extractor: Extractor, now: datetime):
                 draft.category,
                 db_datetime(draft.starts_at),
                 db_datetime(draft.ends_at),
-                json_text(draft.context),
-                json_text(draft.behavior_ids),
+                db_json(draft.context),
+                db_json(draft.behavior_ids),
                 extractor.name,
                 extractor.version,
                 created_at,
-            )
-
-
-# COPY's text format: a backslash starts an escape, tabs and line ends separate.
-COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _event_lines(saved: Sequence[Outcome], extractor: Extractor, now: datetime):
-    """The events as lines of COPY text, built here: psycopg's write_row costs about three times
-    as much per row (measured: 9 µs per event row). JSON from orjson holds no raw tab or line end,
-    only backslashes to double."""
-    tail = (
-        f"\t{extractor.name.translate(COPY_ESCAPES)}\t{extractor.version.translate(COPY_ESCAPES)}"
-        f"\t{now.isoformat()}\n"
-    )
-    for outcome in saved:
-        user_id = outcome.user_id.translate(COPY_ESCAPES)
-        for sequence, draft in enumerate(outcome.result, start=1):
-            yield (
-                f"{user_id}\t{sequence}\t{draft.event_type.translate(COPY_ESCAPES)}\t"
-                f"{draft.label.translate(COPY_ESCAPES)}\t{draft.category}\t{draft.starts_at.isoformat()}\t"
-                f"{draft.ends_at.isoformat()}\t{json_text(draft.context).replace(chr(92), chr(92) * 2)}\t"
-                f"{json_text(draft.behavior_ids)}{tail}"
             )
 
 

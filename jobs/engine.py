@@ -364,13 +364,13 @@ class DrainKeeper:
             seen_at=DatabaseNow()
         ):
             self.evicted = True
-        with self.lock:
-            held = list(self.held.items())
+        with self.lock:  # a chunk being committed holds its items' locks: renewing them would wait
+            held = [(token, held) for token, held in self.held.items() if not held[1].finished]
         for token, (count, control) in held:
             renewed = JobItem.objects.filter(claim_token=token, status=JobItem.Status.RUNNING).update(
                 lease_expires_at=DatabaseNow(settings.JOBS_LEASE_SECONDS)
             )
-            if renewed < count and not control.finished:
+            if renewed < count:
                 logger.warning(
                     "claim %s lost its lease: %d of its %d items were taken", token, count - renewed, count
                 )
@@ -676,7 +676,7 @@ def process_one_chunk(
             logger.exception("extracting chunk %s of job %s failed", claim.token, job.id)
             error = ExtractionError(f"{type(exc).__name__}: {exc}", kind=type(exc).__name__)
             outcomes = [Outcome(user_id, None, error) for user_id in claim.user_ids]
-        control.finished = True  # its lease may lapse now without alarm: the commit is fenced
+        control.finished = True  # no more renewals: the commit takes the items' locks, then moves them
         committed = _commit_with_retries(claim, job, outcomes, extractor, control)
     finally:
         if keeper:
