@@ -1,16 +1,21 @@
 """Data in the admin: profiles, behaviours and events, all searchable by user id.
 
-A user's page shows its behaviour timeline next to its extracted events, each event linked to
-the behaviours it came from.
+A user's page draws its behaviour timeline with its extracted events as spans over it, then lists
+both, each event linked to the behaviours it came from. The events list counts events by type and
+category (of what its filters select).
 """
 
 from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from eventproject.admin_guards import GuardedAdmin
+from eventproject.charts import COLORS, horizontal_bars_svg, timeline_svg
 
 from .models import Behavior, Category, ExtractedEvent, ExtractionState, UserProfile
+from .overview import event_counts
 
 TIMELINE_LIMIT = 2000
 
@@ -63,6 +68,7 @@ class UserProfileAdmin(ReadOnlyAdmin):
             "behaviors": [(b, used_by.get(b.id, [])) for b in behaviors],
             "events": events,
             "truncated": len(behaviors) == TIMELINE_LIMIT or len(events) == TIMELINE_LIMIT,
+            "timeline": timeline_svg(behaviors, events),
             "timeline_limit": TIMELINE_LIMIT,
             "state": ExtractionState.objects.filter(user=profile).first(),
         }
@@ -88,7 +94,7 @@ class BehaviorAdmin(ReadOnlyAdmin):
 
 
 class CategoryFilter(admin.SimpleListFilter):
-    title = "category"
+    title = gettext_lazy("category")
     parameter_name = "category"
 
     def lookups(self, request, model_admin):
@@ -113,10 +119,41 @@ class ExtractedEventAdmin(ReadOnlyAdmin):
     search_fields = ["=user__user_id"]
     list_filter = [CategoryFilter]
     raw_id_fields = ["user"]
+    change_list_template = "admin/extraction/extractedevent/change_list.html"
 
-    @admin.display(description="user", ordering="user")
+    class Media:
+        css = {"all": ["jobs/admin.css"]}
+
+    @admin.display(description=gettext_lazy("user"), ordering="user")
     def user_id_link(self, event: ExtractedEvent) -> str:
         return user_link(event.user_id)
+
+    def changelist_view(self, request, extra_context=None):
+        """The list, and above it the counts by type and category of the events its filters select."""
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            counts = event_counts(changelist.queryset)
+            response.context_data["event_counts"] = counts
+            response.context_data["type_chart"] = horizontal_bars_svg(
+                [
+                    {
+                        "label": f"{row['label'] or row['event_type']} · {row['event_type']}",
+                        "count": row["count"],
+                        "color": COLORS.get(row["category"], "#417690"),
+                    }
+                    for row in counts["by_type"]
+                ],
+                label=_("Events by type"),
+            )
+            response.context_data["category_chart"] = horizontal_bars_svg(
+                [
+                    {"label": category, "count": count, "color": COLORS.get(category, "#417690")}
+                    for category, count in counts["by_category"]
+                ],
+                label=_("Events by category"),
+            )
+        return response
 
 
 @admin.register(ExtractionState)
@@ -134,6 +171,6 @@ class ExtractionStateAdmin(ReadOnlyAdmin):
     search_fields = ["=user__user_id"]
     raw_id_fields = ["user"]
 
-    @admin.display(description="user", ordering="user")
+    @admin.display(description=gettext_lazy("user"), ordering="user")
     def user_id_link(self, state: ExtractionState) -> str:
         return user_link(state.user_id)
