@@ -123,6 +123,8 @@ MIDDLEWARE = [
     "ops.middleware.request_latency",  # outermost: times everything, static files included
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # The language from the browser's Accept-Language (English unless it asks for Chinese).
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -212,7 +214,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-LANGUAGE_CODE = "en-us"
+# The admin and the API's messages speak English (the default) or Simplified Chinese, as the
+# browser asks; the project's own words are in locale/ (compiled .mo files are committed).
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 # Behaviour logs come from Chinese apps: naive timestamps in imported files are
 # read in this zone unless the import names another.
 TIME_ZONE = os.environ.get("TIME_ZONE", "Asia/Shanghai")

@@ -4,9 +4,11 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Exists, Min, OuterRef, Q
+from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from extraction.extractors import Extractor
+from extraction.models import UserProfile
 from extraction.selectors import user_inputs_load, users_needing_extraction
 
 from .models import Job, JobItem
@@ -122,6 +124,10 @@ def job_estimate(*, user_ids: list[str] | None, extractor, chunk_size: int = 500
         active = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
         user_ids = users_needing_extraction().filter(~Exists(active)).values_list("user_id", flat=True)
     totals = {"users": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    if type(extractor).estimate is Extractor.estimate:
+        # An offline extractor costs nothing: count the users without loading their behaviours.
+        totals["users"] = _users_known(user_ids, chunk_size)
+        return totals
     chunk: list[str] = []
     for user_id in user_ids.iterator(chunk_size=chunk_size) if hasattr(user_ids, "iterator") else user_ids:
         chunk.append(user_id)
@@ -131,6 +137,16 @@ def job_estimate(*, user_ids: list[str] | None, extractor, chunk_size: int = 500
     if chunk:
         _estimate_add(totals, extractor, chunk)
     return totals
+
+
+def _users_known(user_ids, chunk_size: int) -> int:
+    if isinstance(user_ids, QuerySet):  # everyone needing extraction
+        return user_ids.count()
+    ids = list(dict.fromkeys(user_ids))
+    return sum(
+        UserProfile.objects.filter(user_id__in=ids[start : start + chunk_size]).count()
+        for start in range(0, len(ids), chunk_size)
+    )
 
 
 def _estimate_add(totals: dict[str, int], extractor, user_ids: list[str]) -> None:
