@@ -387,6 +387,20 @@ EXTRACTION_LLM_CONTEXT_MAX_KEYS = env_int("EXTRACTION_LLM_CONTEXT_MAX_KEYS", 16,
 EXTRACTION_LLM_CONTEXT_VALUE_MAX_CHARS = env_int("EXTRACTION_LLM_CONTEXT_VALUE_MAX_CHARS", 200, minimum=8)
 
 
+# Imports started in the admin: the uploaded file is kept in IMPORTS_DIR until its import ends,
+# and read there by whichever cluster worker runs it, so with clusters on several machines the
+# folder must be shared storage (NFS, a mounted volume) that the web server writes and every
+# cluster reads. An import checkpoints every IMPORTS_BATCH_ROWS rows (and every second) and holds
+# a lease of IMPORTS_LEASE_SECONDS, renewed at each checkpoint: a dead worker's import is taken
+# over when it runs out. A task imports for at most IMPORTS_BUDGET_SECONDS, then queues its own
+# continuation (below Q_TIMEOUT, which would kill it); after IMPORTS_MAX_TAKEOVERS deaths in a
+# row the import fails (a file that kills its worker must not kill them all in turn).
+IMPORTS_DIR = Path(os.environ.get("IMPORTS_DIR") or BASE_DIR / "var" / "imports")
+IMPORTS_BATCH_ROWS = env_int("IMPORTS_BATCH_ROWS", 5000, minimum=1)
+IMPORTS_LEASE_SECONDS = env_int("IMPORTS_LEASE_SECONDS", 30, minimum=1)
+IMPORTS_MAX_TAKEOVERS = env_int("IMPORTS_MAX_TAKEOVERS", 3, minimum=1)
+IMPORTS_MAX_ERRORS_KEPT = 1000  # rejected rows listed in the report (all are counted)
+
 # Jobs and the django-q2 cluster.
 # A drain task claims chunks for at most JOBS_DRAIN_BUDGET_SECONDS, then re-enqueues itself; each
 # chunk stops extracting JOBS_COMMIT_RESERVE_SECONDS before Q_TIMEOUT and commits what it did, so a
@@ -425,6 +439,13 @@ if JOBS_CHUNK_SECONDS_AT_LEAST < 2 * JOBS_LEASE_SECONDS:
     raise ImproperlyConfigured(
         "Q_TIMEOUT − JOBS_DRAIN_BUDGET_SECONDS − JOBS_COMMIT_RESERVE_SECONDS (the least time a chunk has) "
         f"must be at least 2 × JOBS_LEASE_SECONDS, got {JOBS_CHUNK_SECONDS_AT_LEAST} s"
+    )
+
+IMPORTS_BUDGET_SECONDS = env_int("IMPORTS_BUDGET_SECONDS", JOBS_DRAIN_BUDGET_SECONDS, minimum=1)
+if IMPORTS_BUDGET_SECONDS > Q_TIMEOUT - JOBS_COMMIT_RESERVE_SECONDS:
+    raise ImproperlyConfigured(
+        f"IMPORTS_BUDGET_SECONDS must leave JOBS_COMMIT_RESERVE_SECONDS before Q_TIMEOUT: at most "
+        f"{Q_TIMEOUT - JOBS_COMMIT_RESERVE_SECONDS}, got {IMPORTS_BUDGET_SECONDS}"
     )
 
 REDIS_URL = os.environ.get("REDIS_URL") or None

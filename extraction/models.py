@@ -1,5 +1,6 @@
 """The extraction domain: users, their raw behaviours, and the events extracted from them."""
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -156,3 +157,84 @@ class RateLimit(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class DataImport(models.Model):
+    """A file of behaviours or profiles uploaded in the admin and imported on the cluster.
+
+    The row is the truth: a task carries only its id. Progress is checkpointed in the transaction
+    that writes each batch (the last line handled, the counts, the rejected rows), so a worker that
+    dies loses nothing written and counts nothing twice: whoever takes the import over, once its
+    lease has run out, reads past the lines already handled and goes on from there.
+    """
+
+    class Kind(models.TextChoices):
+        BEHAVIORS = "behaviors"
+        PROFILES = "profiles"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    file_name = models.CharField(max_length=255, help_text="The name it was uploaded under")
+    stored_name = models.CharField(max_length=255, help_text="Its name in IMPORTS_DIR")
+    file_size = models.PositiveBigIntegerField()
+    file_format = models.CharField(max_length=8)
+    encoding = models.CharField(max_length=32, default="utf-8-sig")
+    timezone = models.CharField(max_length=64)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, help_text="Why the file as a whole could not be imported")
+    # The checkpoint, written with each batch.
+    line = models.PositiveBigIntegerField(default=0, help_text="The last line handled")
+    bytes_read = models.PositiveBigIntegerField(default=0)
+    rows_read = models.PositiveBigIntegerField(default=0)
+    imported = models.PositiveBigIntegerField(default=0)
+    updated = models.PositiveBigIntegerField(default=0)
+    duplicates = models.PositiveBigIntegerField(default=0)
+    rejected = models.PositiveBigIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True, help_text="[line, reason] of the first rejected rows")
+    # The claim: one worker at a time, on a lease (database clock) renewed at each checkpoint.
+    claim_token = models.UUIDField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    takeovers = models.PositiveSmallIntegerField(
+        default=0, help_text="How often a worker died or stalled holding it and another took over"
+    )
+    rung_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "completed", "failed"]),
+                name="dataimport_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["behaviors", "profiles"]), name="dataimport_kind_valid"
+            ),
+        ]
+        indexes = [
+            # Healing: the imports not yet finished.
+            models.Index(
+                fields=["status"], condition=Q(status__in=["queued", "running"]), name="dataimport_active"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Import {self.pk} of {self.kind} ({self.status})"
+
+    @property
+    def percent(self) -> float:
+        if self.status == self.Status.COMPLETED:
+            return 100.0
+        return round(100 * min(self.bytes_read / self.file_size, 1.0), 1) if self.file_size else 0.0
