@@ -33,6 +33,19 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}" if value >= 10 else f"{value:,.2f}"
 
 
+def progress_bar(percent: float, color: str = "#417690") -> SafeString:
+    """A small bar for lists, its value told to screen readers (role="progressbar")."""
+    return format_html(
+        '<div class="job-bar" role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow="{}" '
+        'title="{}%"><div style="width:{}%;background:{}"></div></div> {}%',
+        round(percent, 1),
+        percent,
+        min(percent, 100),
+        color,
+        round(percent, 1),
+    )
+
+
 def _join(pieces: Sequence[SafeString]) -> SafeString:
     return format_html_join("", "{}", ((piece,) for piece in pieces))
 

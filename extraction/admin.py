@@ -5,16 +5,21 @@ both, each event linked to the behaviours it came from. The events list counts e
 category (of what its filters select).
 """
 
-from django.contrib import admin
-from django.urls import reverse
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from eventproject.admin_guards import GuardedAdmin
-from eventproject.charts import COLORS, horizontal_bars_svg, timeline_svg
+from eventproject.charts import COLORS, horizontal_bars_svg, progress_bar, timeline_svg
 
-from .models import Behavior, Category, ExtractedEvent, ExtractionState, UserProfile
+from .forms import ImportUploadForm
+from .imports import import_create, import_report, import_summary_text
+from .models import Behavior, Category, DataImport, ExtractedEvent, ExtractionState, UserProfile
 from .overview import event_counts
 
 TIMELINE_LIMIT = 2000
@@ -174,3 +179,107 @@ class ExtractionStateAdmin(ReadOnlyAdmin):
     @admin.display(description=gettext_lazy("user"), ordering="user")
     def user_id_link(self, state: ExtractionState) -> str:
         return user_link(state.user_id)
+
+
+IMPORT_STATUS_NAMES = {
+    "queued": gettext_lazy("queued"),
+    "running": gettext_lazy("running"),
+    "completed": gettext_lazy("completed"),
+    "failed": gettext_lazy("failed"),
+}
+
+
+@admin.register(DataImport)
+class DataImportAdmin(GuardedAdmin):
+    """Upload a file of behaviours or profiles; a cluster imports it; follow it live to its report."""
+
+    list_display = [
+        "id",
+        "file_name",
+        "kind",
+        "status_badge",
+        "progress",
+        "rows_read",
+        "imported",
+        "duplicates",
+        "rejected",
+        "created_by",
+        "created_at",
+    ]
+    list_display_links = ["id", "file_name"]
+    list_filter = ["status", "kind"]
+    list_select_related = ["created_by"]
+    change_form_template = "admin/extraction/dataimport/change_form.html"
+    exclude = ["errors", "claim_token", "stored_name", "rung_at"]
+
+    class Media:
+        css = {"all": ["jobs/admin.css"]}
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in DataImport._meta.fields if field.name not in self.exclude]
+
+    def has_change_permission(self, request, obj=None):
+        return False  # an import changes only as it runs
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the record of what came in
+
+    @admin.display(description=gettext_lazy("status"), ordering="status")
+    def status_badge(self, data_import: DataImport) -> str:
+        return format_html(
+            '<span class="job-status job-status-{}">{}</span>',
+            data_import.status,
+            IMPORT_STATUS_NAMES.get(data_import.status, data_import.status),
+        )
+
+    @admin.display(description=gettext_lazy("progress"))
+    def progress(self, data_import: DataImport) -> str:
+        return progress_bar(data_import.percent)
+
+    def get_urls(self):
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        own = [path("add/", self.admin_site.admin_view(self.upload_view), name=f"{prefix}_add")]
+        return own + super().get_urls()
+
+    def upload_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = ImportUploadForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            data_import = import_create(
+                kind=data["kind"],
+                upload=data["upload"],
+                created_by=request.user,
+                file_format=data["file_format"],
+                encoding=data["encoding"],
+                tz=data["timezone"],
+            )
+            self.message_user(
+                request,
+                _("Import %(id)s of %(name)s queued: a cluster imports it in the background.")
+                % {"id": data_import.id, "name": data_import.file_name},
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(reverse("admin:extraction_dataimport_change", args=[data_import.id]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Import a file"),
+            "opts": self.opts,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/extraction/dataimport/upload.html", context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        data_import = self.get_object(request, object_id)
+        if data_import is None or not self.has_view_permission(request, data_import):
+            return super().change_view(request, object_id, form_url, extra_context)
+        extra_context = {
+            **(extra_context or {}),
+            "data_import": data_import,
+            "status_name": IMPORT_STATUS_NAMES.get(data_import.status, data_import.status),
+            "progress_url": reverse("import", args=[data_import.id]),
+            "report": import_report(data_import),
+            "summary": import_summary_text(data_import),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)

@@ -14,7 +14,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from eventproject.admin_guards import GuardedAdmin, integer_id
-from eventproject.charts import COLORS, stacked_bar_svg, throughput_svg
+from eventproject.charts import COLORS, progress_bar, stacked_bar_svg, throughput_svg
 from extraction.extractors import make_extractor
 
 from .forms import JobStartForm
@@ -41,18 +41,6 @@ STATUS_NAMES = {
     "succeeded": gettext_lazy("succeeded"),
     "left": gettext_lazy("not yet processed"),
 }
-
-
-def progress_bar(percent: float, status: str) -> str:
-    return format_html(
-        '<div class="job-bar" role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow="{}" '
-        'title="{}%"><div style="width:{}%;background:{}"></div></div> {}%',
-        round(percent, 1),
-        percent,
-        min(percent, 100),
-        STATUS_COLORS.get(status, "#417690"),
-        round(percent, 1),
-    )
 
 
 def job_link(job_id: int) -> str:
@@ -161,7 +149,7 @@ class JobAdmin(GuardedAdmin):
     def progress(self, job: Job) -> str:
         processed = job.succeeded_items + job.failed_items
         percent = 100 * processed / job.total_items if job.total_items else 100.0
-        return progress_bar(percent, job.status)
+        return progress_bar(percent, STATUS_COLORS.get(job.status, "#417690"))
 
     @admin.display(description=gettext_lazy("duration"))
     def duration(self, job: Job) -> str:

@@ -102,7 +102,7 @@ def personas(db):
     from django.contrib.auth.models import Group, Permission, User
 
     # The groups migration 0005 made; a transactional test's flush removes them, so make them again.
-    grants = import_module("extraction.migrations.0005_import_permissions").GRANTS
+    grants = import_module("jobs.migrations.0006_import_permissions").GRANTS
     for name, perms in import_module("jobs.migrations.0005_groups").GROUPS.items():
         group, created = Group.objects.get_or_create(name=name)
         if created:

@@ -3,7 +3,7 @@
 from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
-# Group -> permissions added to it (the groups themselves come from jobs' migration 0005).
+# Group -> permissions added to it (the groups themselves come from migration 0005).
 GRANTS = {"operators": ["extraction.add_dataimport", "extraction.view_dataimport"]}
 
 
@@ -32,6 +32,7 @@ def revoke(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
+        ("jobs", "0005_groups"),  # after the groups are made (it sets their permissions whole)
         ("extraction", "0004_data_import"),
         ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
