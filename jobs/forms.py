@@ -20,6 +20,17 @@ USER_ID_MAX_CHARS = 128  # as the API's user_ids items
 
 
 OPTION_SEPARATOR = "__"  # field name: <extractor>__<option>
+# Labels of the options extractors share; others are shown as their name, spaced.
+OPTION_LABELS = {
+    "model": gettext_lazy("Model"),
+    "temperature": gettext_lazy("Temperature"),
+    "max_concurrency": gettext_lazy("Concurrency"),
+    "token_budget": gettext_lazy("Prompt tokens per call"),
+    "max_completion_tokens": gettext_lazy("Completion tokens per call"),
+    "timeout": gettext_lazy("Timeout (s)"),
+    "max_total_tokens": gettext_lazy("Token cap"),
+    "allow_new_event_types": gettext_lazy("Allow new event types"),
+}
 
 
 def too_many_ids(count: int) -> str:
@@ -55,7 +66,7 @@ def option_field(extractor: str, name: str, kind: type, default: Any, cls) -> fo
     """A form field for one option of an extractor, typed and bounded as the extractor checks it."""
     low, high = cls.option_limits.get(name, (None, None))
     help_text = cls.option_help.get(name, "")
-    label = name.replace("_", " ").capitalize()
+    label = OPTION_LABELS.get(name) or name.replace("_", " ").capitalize()
     attrs = {"data-extractor": extractor}
     if kind is bool:
         return forms.BooleanField(

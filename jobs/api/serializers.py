@@ -3,6 +3,8 @@
 from datetime import UTC
 
 from django.conf import settings
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -26,7 +28,8 @@ class UserIds(serializers.ListField):
         limit = settings.JOBS_MAX_USER_IDS
         if isinstance(data, list) and len(data) > limit:
             raise serializers.ValidationError(
-                f"{len(data):,} user ids; at most {limit:,} per job (JOBS_MAX_USER_IDS). Split the list."
+                _("%(count)s user ids; at most %(limit)s per job (JOBS_MAX_USER_IDS). Split the list.")
+                % {"count": f"{len(data):,}", "limit": f"{limit:,}"}
             )
         return super().to_internal_value(data)
 
@@ -223,7 +226,7 @@ class BoundedDateTimeField(serializers.DateTimeField):
     """A time from 1900 to 9998: beyond, the conversion to UTC overflows (0001-01-01 in UTC+8 is in
     year 0, inside DRF too), and no event starts there anyway."""
 
-    default_error_messages = {"out_of_range": "Give a time from year 1900 to 9998."}
+    default_error_messages = {"out_of_range": gettext_lazy("Give a time from year 1900 to 9998.")}
 
     def enforce_timezone(self, value):
         if not 1900 <= value.year <= 9998:
@@ -240,7 +243,7 @@ class EventFilter(serializers.Serializer):
 
     def validate(self, data):
         if "since" in data and "until" in data and data["until"] <= data["since"]:
-            raise serializers.ValidationError({"until": "must be later than since"})
+            raise serializers.ValidationError({"until": _("must be later than since")})
         return data
 
 

@@ -4,8 +4,8 @@
   const card = document.getElementById("import-progress");
   if (!card) return;
   const ENDED = ["completed", "failed"];
-  const t = window.gettext || ((text) => text);
-  const STATUS = {queued: t("queued"), running: t("running"), completed: t("completed"), failed: t("failed")};
+  const gettext = window.gettext || ((text) => text);
+  const STATUS = {queued: gettext("queued"), running: gettext("running"), completed: gettext("completed"), failed: gettext("failed")};
   const field = (name) => card.querySelector(`[data-field="${name}"]`);
 
   function show(p) {
@@ -16,7 +16,7 @@
     field("status").className = `job-status job-status-${p.status}`;
     card.querySelector("[data-bar]").style.width = `${Math.min(p.percent, 100)}%`;
     card.querySelector("[data-progressbar]").setAttribute("aria-valuenow", p.percent.toFixed(1));
-    card.querySelector("[data-report]").textContent = p.report.length ? p.report.join("\n") : t("None so far.");
+    card.querySelector("[data-report]").textContent = p.report.length ? p.report.join("\n") : gettext("None so far.");
     if (ENDED.includes(p.status)) {
       const outcome = card.querySelector("[data-outcome]");
       outcome.textContent = p.status === "failed" ? p.error : p.summary;

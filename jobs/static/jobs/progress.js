@@ -5,11 +5,11 @@
   const card = document.getElementById("job-progress");
   if (!card) return;
   const FINISHED = ["completed", "failed", "cancelled"];
-  const t = window.gettext || ((text) => text);
+  const gettext = window.gettext || ((text) => text);
   const fill = (format, values) => (window.interpolate ? window.interpolate(format, values, true) :
     format.replace(/%\((\w+)\)s/g, (_, name) => values[name]));
-  const STATUS = {queued: t("queued"), running: t("running"), cancelling: t("cancelling"),
-                  cancelled: t("cancelled"), completed: t("completed"), failed: t("failed")};
+  const STATUS = {queued: gettext("queued"), running: gettext("running"), cancelling: gettext("cancelling"),
+                  cancelled: gettext("cancelled"), completed: gettext("completed"), failed: gettext("failed")};
   // Buttons that change a job ask first (their question is in data-confirm, in the page's language).
   document.querySelectorAll("form.job-action[data-confirm]").forEach((form) => {
     form.addEventListener("submit", (event) => { if (!window.confirm(form.dataset.confirm)) event.preventDefault(); });
@@ -22,7 +22,7 @@
     seconds = Math.round(seconds);
     const h = Math.floor(seconds / 3600), m = Math.floor(seconds / 60) % 60, s = seconds % 60;
     const values = {h, m, s};
-    return h ? fill(t("%(h)s h %(m)s min"), values) : m ? fill(t("%(m)s min %(s)s s"), values) : fill(t("%(s)s s"), values);
+    return h ? fill(gettext("%(h)s h %(m)s min"), values) : m ? fill(gettext("%(m)s min %(s)s s"), values) : fill(gettext("%(s)s s"), values);
   }
 
   function show(p) {
@@ -36,7 +36,7 @@
       // A finished job has no current rate: its average over the run tells how fast it went.
       const average = p.elapsed_seconds ? p.processed / Math.max(p.elapsed_seconds, 1) : 0;
       set("throughput_per_second", average.toFixed(1));
-      card.querySelector("[data-throughput-label]").textContent = t("Average throughput");
+      card.querySelector("[data-throughput-label]").textContent = gettext("Average throughput");
     } else {
       set("throughput_per_second", p.throughput_per_second.toFixed(1));
     }
@@ -57,9 +57,9 @@
     if (FINISHED.includes(p.status)) {
       const outcome = card.querySelector("[data-outcome]");
       const words = {
-        completed: fill(t("Job %(id)s completed: %(succeeded)s users succeeded, %(failed)s failed."), p),
-        failed: fill(t("Job %(id)s failed: %(error)s"), p),
-        cancelled: fill(t("Job %(id)s was cancelled: %(succeeded)s users succeeded, %(failed)s failed, " +
+        completed: fill(gettext("Job %(id)s completed: %(succeeded)s users succeeded, %(failed)s failed."), p),
+        failed: fill(gettext("Job %(id)s failed: %(error)s"), p),
+        cancelled: fill(gettext("Job %(id)s was cancelled: %(succeeded)s users succeeded, %(failed)s failed, " +
                           "%(cancelled)s not processed."), p),
       };
       outcome.textContent = words[p.status];

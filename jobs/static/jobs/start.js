@@ -6,7 +6,7 @@
   const form = document.getElementById("job-start-form");
   if (!form) return;
   const chooser = form.querySelector("#id_extractor");
-  const t = window.gettext || ((text) => text);
+  const gettext = window.gettext || ((text) => text);
 
   function showOptions() {
     form.querySelectorAll("fieldset.extractor-options").forEach((fieldset) => {
@@ -22,7 +22,7 @@
     event.preventDefault();
     const data = new FormData(form);
     data.append("_estimate", "1");
-    target.textContent = t("Estimating…");
+    target.textContent = gettext("Estimating…");
     button.disabled = true;
     try {
       const response = await fetch(window.location.href, {
@@ -30,7 +30,7 @@
       });
       target.innerHTML = await response.text();  // the server's own fragment (escaped by its template)
     } catch (error) {
-      target.textContent = t("The estimate could not be fetched; try again.");
+      target.textContent = gettext("The estimate could not be fetched; try again.");
     } finally {
       button.disabled = false;
     }
