@@ -67,7 +67,7 @@ def throughput_svg(series: dict[str, Any]) -> SafeString:
         return format_html('<p class="help">{}</p>', _("The job has not started yet."))
     width, height, left, bottom, top = 640, 170, 52, 22, 12
     plot_w, plot_h = width - left - 8, height - bottom - top
-    peak = series["peak"] or 1.0
+    peak = max(series["peak"], series["average"]) or 1.0  # the top of the scale: both lines fit
     bar_w = plot_w / len(points)
     step = series["step_seconds"]
     bars = format_html_join(
@@ -122,7 +122,7 @@ def throughput_svg(series: dict[str, Any]) -> SafeString:
         ty=top + 4,
         unit_y=top + 16,
         unit=_("users/s"),
-        peak=_number(series["peak"]),
+        peak=_number(peak),
         bars=bars,
         ay=_f(average_y),
         aty=_f(max(average_y - 3, top + 10)),
@@ -305,10 +305,11 @@ def timeline_svg(behaviors: Sequence, events: Sequence) -> SafeString:
                 behavior.item,
             )
         )
-    ticks = []
+    ticks, labelled_x = [], None
     for i, (start, _end) in enumerate(scale.sessions):
-        if i and scale.x0s[i] - scale.x0s[i - 1] < 70:
+        if labelled_x is not None and scale.x0s[i] - labelled_x < 90:
             continue  # no room for another date
+        labelled_x = scale.x0s[i]
         ticks.append(
             format_html(
                 '<text x="{}" y="14" class="chart-label">{}</text>'
@@ -318,6 +319,16 @@ def timeline_svg(behaviors: Sequence, events: Sequence) -> SafeString:
                 _f(scale.x0s[i]),
                 _f(scale.x0s[i]),
                 height - 8,
+            )
+        )
+    if event_rows and action_rows:  # events above, behaviours below
+        divider_y = top + len(event_rows) * row_h
+        labels.append(
+            format_html(
+                '<line x1="6" y1="{}" x2="{}" y2="{}" class="timeline-divider"/>',
+                divider_y,
+                width - 10,
+                divider_y,
             )
         )
     label = _("Timeline: %(behaviors)s behaviours and %(events)s events in %(sessions)s sessions") % {

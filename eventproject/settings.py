@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.translation import gettext_lazy
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -463,7 +464,7 @@ Q_CLUSTER = {
     "catch_up": False,
     "save_limit": 500,
     "poll": 0.5,
-    "label": "Task queue",
+    "label": gettext_lazy("Task queue"),
     "cache": "cluster_stats",  # heartbeats, with the ORM broker (the Redis broker keeps them in Redis)
 }
 if REDIS_URL:

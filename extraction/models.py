@@ -71,8 +71,8 @@ class Behavior(models.Model):
 
 
 class Category(models.TextChoices):
-    CONVERSION = "conversion"
-    ENGAGEMENT = "engagement"
+    CONVERSION = "conversion", gettext_lazy("conversion")
+    ENGAGEMENT = "engagement", gettext_lazy("engagement")
 
 
 class ExtractedEvent(models.Model):
@@ -125,8 +125,8 @@ class ExtractionState(models.Model):
     """Per user: how the last extraction went and which input the stored events came from."""
 
     class Outcome(models.TextChoices):
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
+        SUCCEEDED = "succeeded", gettext_lazy("succeeded")
+        FAILED = "failed", gettext_lazy("failed")
 
     user = models.OneToOneField(
         UserProfile,
@@ -199,14 +199,14 @@ class DataImport(models.Model):
     """
 
     class Kind(models.TextChoices):
-        BEHAVIORS = "behaviors"
-        PROFILES = "profiles"
+        BEHAVIORS = "behaviors", gettext_lazy("behaviors")
+        PROFILES = "profiles", gettext_lazy("profiles")
 
     class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        COMPLETED = "completed"
-        FAILED = "failed"
+        QUEUED = "queued", gettext_lazy("queued")
+        RUNNING = "running", gettext_lazy("running")
+        COMPLETED = "completed", gettext_lazy("completed")
+        FAILED = "failed", gettext_lazy("failed")
 
     ACTIVE = (Status.QUEUED, Status.RUNNING)
 

@@ -19,7 +19,7 @@ from extraction.extractors import make_extractor
 
 from .forms import JobStartForm
 from .models import Job, JobItem
-from .selectors import job_estimate, job_outcome_mix, job_throughput_series
+from .selectors import job_estimate, job_outcome_mix, job_progress, job_throughput_series
 from .services import JobConflict, JobError, JobInvalid, job_cancel, job_resume, job_retry_failed, job_start
 
 STATUS_COLORS = {
@@ -287,6 +287,7 @@ class JobAdmin(GuardedAdmin):
             "items_url": reverse("admin:jobs_jobitem_changelist") + f"?job={job.id}",
             "progress_url": reverse("job-progress", args=[job.id]),
             "status_name": STATUS_NAMES.get(job.status, job.status),
+            "percent": job_progress(job)["percent"],
             "throughput_chart": throughput_svg(series),
             "average_throughput": series["average"],
             "outcome_chart": stacked_bar_svg(mix, label=_("Users by outcome"), names=STATUS_NAMES),

@@ -10,26 +10,26 @@ import math
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext, gettext_lazy
 
 from extraction.models import UserProfile
 
 
 class JobStatus(models.TextChoices):
-    QUEUED = "queued"
-    RUNNING = "running"
-    CANCELLING = "cancelling"
-    CANCELLED = "cancelled"
-    COMPLETED = "completed"
-    FAILED = "failed"
+    QUEUED = "queued", gettext_lazy("queued")
+    RUNNING = "running", gettext_lazy("running")
+    CANCELLING = "cancelling", gettext_lazy("cancelling")
+    CANCELLED = "cancelled", gettext_lazy("cancelled")
+    COMPLETED = "completed", gettext_lazy("completed")
+    FAILED = "failed", gettext_lazy("failed")
 
 
 class ItemStatus(models.TextChoices):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+    PENDING = "pending", gettext_lazy("pending")
+    RUNNING = "running", gettext_lazy("running")
+    SUCCEEDED = "succeeded", gettext_lazy("succeeded")
+    FAILED = "failed", gettext_lazy("failed")
+    CANCELLED = "cancelled", gettext_lazy("cancelled")
 
 
 class Job(models.Model):
@@ -118,7 +118,7 @@ class Job(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"Job {self.pk} ({self.status})"
+        return gettext("Job %(id)s (%(status)s)") % {"id": self.pk, "status": self.get_status_display()}
 
     @property
     def is_active(self) -> bool:

@@ -196,12 +196,12 @@ def job_throughput_series(job: Job, *, now: datetime | None = None) -> dict[str,
         points.append(
             {"at": edges[i], "seconds": step * i, "count": counts[f"i{i}"], "rate": counts[f"i{i}"] / width}
         )
-    elapsed = (end - job.started_at).total_seconds()
+    elapsed = _elapsed(job, now)  # as the progress card shows it, so both averages agree
     return {
         "step_seconds": step,
         "started_at": job.started_at,
         "points": points,
-        "average": processed / elapsed if elapsed > 0 else 0.0,
+        "average": processed / max(elapsed, 1.0),
         "peak": max((p["rate"] for p in points), default=0.0),
     }
 

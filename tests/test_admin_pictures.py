@@ -87,7 +87,7 @@ def test_the_job_page_draws_throughput_and_outcomes_and_a_finished_jobs_average(
     assert page.count('class="chart-bar"') >= 1
     assert '<svg class="chart chart-mix"' in page and "succeeded: 6" in page
     assert 'id="job-average"' in page and "0.0 users/s" not in page.split('id="job-average"')[1][:120]
-    assert 'role="progressbar"' in page and 'aria-valuenow="0"' in page
+    assert 'role="progressbar"' in page and 'aria-valuenow="100.0"' in page
 
 
 def test_the_job_list_bars_carry_their_value_for_screen_readers(client, personas, make_users):

@@ -34,7 +34,8 @@
     field("status").className = `job-status job-status-${p.status}`;
     if (FINISHED.includes(p.status)) {
       // A finished job has no current rate: its average over the run tells how fast it went.
-      const average = p.elapsed_seconds ? p.processed / Math.max(p.elapsed_seconds, 1) : 0;
+      // (the same figure as the throughput chart's: processed over the elapsed time, at least 1 s)
+      const average = p.elapsed_seconds !== null ? p.processed / Math.max(p.elapsed_seconds, 1) : 0;
       set("throughput_per_second", average.toFixed(1));
       card.querySelector("[data-throughput-label]").textContent = gettext("Average throughput");
     } else {
