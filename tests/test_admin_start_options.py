@@ -91,6 +91,6 @@ def test_an_estimate_with_bad_options_names_the_field(client, personas, make_use
     )
     assert response.status_code == 400
     assert (
-        "Timeout: " in response.content.decode()
+        "Timeout (s): " in response.content.decode()
         and "but a chunk is sure of only" in response.content.decode()
     )
