@@ -5,6 +5,7 @@ import re
 from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.utils.translation import gettext as _
 from django.views.debug import SafeExceptionReporterFilter
 
 
@@ -21,12 +22,13 @@ def request_body_limit(get_response):
         except ValueError:
             length = 0
         if length > settings.UPLOAD_MAX_BYTES:
-            limit = f"{settings.UPLOAD_MAX_BYTES / 1_000_000:g} MB"
-            message = f"The request is larger than {limit} (UPLOAD_MAX_BYTES); nothing was read."
+            message = _("The request is larger than %(limit)s MB (UPLOAD_MAX_BYTES); nothing was read.") % {
+                "limit": f"{settings.UPLOAD_MAX_BYTES / 1_000_000:g}"
+            }
             if request.path.startswith("/api/"):
                 return JsonResponse({"detail": message}, status=413)
             if request.path.startswith("/admin/") and hasattr(request, "_messages"):
-                messages.error(request, message + " Split the file and start one job per part.")
+                messages.error(request, message + " " + _("Split the file and try again with each part."))
                 return HttpResponseRedirect(request.get_full_path())
             return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
         return get_response(request)

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.translation import gettext_lazy
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -123,6 +124,8 @@ MIDDLEWARE = [
     "ops.middleware.request_latency",  # outermost: times everything, static files included
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # The language from the browser's Accept-Language (English unless it asks for Chinese).
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -212,7 +215,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-LANGUAGE_CODE = "en-us"
+# The admin and the API's messages speak English (the default) or Simplified Chinese, as the
+# browser asks; the project's own words are in locale/ (compiled .mo files are committed).
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 # Behaviour logs come from Chinese apps: naive timestamps in imported files are
 # read in this zone unless the import names another.
 TIME_ZONE = os.environ.get("TIME_ZONE", "Asia/Shanghai")
@@ -381,6 +388,20 @@ EXTRACTION_LLM_CONTEXT_MAX_KEYS = env_int("EXTRACTION_LLM_CONTEXT_MAX_KEYS", 16,
 EXTRACTION_LLM_CONTEXT_VALUE_MAX_CHARS = env_int("EXTRACTION_LLM_CONTEXT_VALUE_MAX_CHARS", 200, minimum=8)
 
 
+# Imports started in the admin: the uploaded file is kept in IMPORTS_DIR until its import ends,
+# and read there by whichever cluster worker runs it, so with clusters on several machines the
+# folder must be shared storage (NFS, a mounted volume) that the web server writes and every
+# cluster reads. An import checkpoints every IMPORTS_BATCH_ROWS rows (and every second) and holds
+# a lease of IMPORTS_LEASE_SECONDS, renewed at each checkpoint: a dead worker's import is taken
+# over when it runs out. A task imports for at most IMPORTS_BUDGET_SECONDS, then queues its own
+# continuation (below Q_TIMEOUT, which would kill it); after IMPORTS_MAX_TAKEOVERS deaths in a
+# row the import fails (a file that kills its worker must not kill them all in turn).
+IMPORTS_DIR = Path(os.environ.get("IMPORTS_DIR") or BASE_DIR / "var" / "imports")
+IMPORTS_BATCH_ROWS = env_int("IMPORTS_BATCH_ROWS", 5000, minimum=1)
+IMPORTS_LEASE_SECONDS = env_int("IMPORTS_LEASE_SECONDS", 30, minimum=1)
+IMPORTS_MAX_TAKEOVERS = env_int("IMPORTS_MAX_TAKEOVERS", 3, minimum=1)
+IMPORTS_MAX_ERRORS_KEPT = 1000  # rejected rows listed in the report (all are counted)
+
 # Jobs and the django-q2 cluster.
 # A drain task claims chunks for at most JOBS_DRAIN_BUDGET_SECONDS, then re-enqueues itself; each
 # chunk stops extracting JOBS_COMMIT_RESERVE_SECONDS before Q_TIMEOUT and commits what it did, so a
@@ -421,6 +442,13 @@ if JOBS_CHUNK_SECONDS_AT_LEAST < 2 * JOBS_LEASE_SECONDS:
         f"must be at least 2 × JOBS_LEASE_SECONDS, got {JOBS_CHUNK_SECONDS_AT_LEAST} s"
     )
 
+IMPORTS_BUDGET_SECONDS = env_int("IMPORTS_BUDGET_SECONDS", JOBS_DRAIN_BUDGET_SECONDS, minimum=1)
+if IMPORTS_BUDGET_SECONDS > Q_TIMEOUT - JOBS_COMMIT_RESERVE_SECONDS:
+    raise ImproperlyConfigured(
+        f"IMPORTS_BUDGET_SECONDS must leave JOBS_COMMIT_RESERVE_SECONDS before Q_TIMEOUT: at most "
+        f"{Q_TIMEOUT - JOBS_COMMIT_RESERVE_SECONDS}, got {IMPORTS_BUDGET_SECONDS}"
+    )
+
 REDIS_URL = os.environ.get("REDIS_URL") or None
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)
 Q_CLUSTER = {
@@ -436,7 +464,7 @@ Q_CLUSTER = {
     "catch_up": False,
     "save_limit": 500,
     "poll": 0.5,
-    "label": "Task queue",
+    "label": gettext_lazy("Task queue"),
     "cache": "cluster_stats",  # heartbeats, with the ORM broker (the Redis broker keeps them in Redis)
 }
 if REDIS_URL:

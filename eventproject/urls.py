@@ -1,13 +1,17 @@
 from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
+from django.utils.translation import gettext as _
 from django.views.defaults import page_not_found
+from django.views.i18n import JavaScriptCatalog
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from ops.views import MetricsView, healthz
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # The admin pages' scripts' words in the page's language (the project's djangojs catalog).
+    path("jsi18n/", JavaScriptCatalog.as_view(), name="javascript-catalog"),
     path("api/v1/", include("jobs.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
@@ -19,7 +23,7 @@ urlpatterns = [
 def not_found(request, exception):
     """API clients get JSON, like every other API error; people get the HTML page."""
     if request.path.startswith("/api/"):
-        return JsonResponse({"detail": "Not found."}, status=404)
+        return JsonResponse({"detail": _("Not found.")}, status=404)
     return page_not_found(request, exception)
 
 

@@ -1,16 +1,26 @@
 """Data in the admin: profiles, behaviours and events, all searchable by user id.
 
-A user's page shows its behaviour timeline next to its extracted events, each event linked to
-the behaviours it came from.
+A user's page draws its behaviour timeline with its extracted events as spans over it, then lists
+both, each event linked to the behaviours it came from. The events list counts events by type and
+category (of what its filters select).
 """
 
-from django.contrib import admin
-from django.urls import reverse
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from eventproject.admin_guards import GuardedAdmin
+from eventproject.charts import COLORS, horizontal_bars_svg, progress_bar, timeline_svg
 
-from .models import Behavior, Category, ExtractedEvent, ExtractionState, UserProfile
+from .forms import ImportUploadForm
+from .imports import import_create, import_report, import_summary_text
+from .models import Behavior, Category, DataImport, ExtractedEvent, ExtractionState, UserProfile
+from .overview import event_counts
 
 TIMELINE_LIMIT = 2000
 
@@ -63,6 +73,7 @@ class UserProfileAdmin(ReadOnlyAdmin):
             "behaviors": [(b, used_by.get(b.id, [])) for b in behaviors],
             "events": events,
             "truncated": len(behaviors) == TIMELINE_LIMIT or len(events) == TIMELINE_LIMIT,
+            "timeline": timeline_svg(behaviors, events),
             "timeline_limit": TIMELINE_LIMIT,
             "state": ExtractionState.objects.filter(user=profile).first(),
         }
@@ -88,7 +99,7 @@ class BehaviorAdmin(ReadOnlyAdmin):
 
 
 class CategoryFilter(admin.SimpleListFilter):
-    title = "category"
+    title = gettext_lazy("category")
     parameter_name = "category"
 
     def lookups(self, request, model_admin):
@@ -113,10 +124,41 @@ class ExtractedEventAdmin(ReadOnlyAdmin):
     search_fields = ["=user__user_id"]
     list_filter = [CategoryFilter]
     raw_id_fields = ["user"]
+    change_list_template = "admin/extraction/extractedevent/change_list.html"
 
-    @admin.display(description="user", ordering="user")
+    class Media:
+        css = {"all": ["jobs/admin.css"]}
+
+    @admin.display(description=gettext_lazy("user"), ordering="user")
     def user_id_link(self, event: ExtractedEvent) -> str:
         return user_link(event.user_id)
+
+    def changelist_view(self, request, extra_context=None):
+        """The list, and above it the counts by type and category of the events its filters select."""
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            counts = event_counts(changelist.queryset)
+            response.context_data["event_counts"] = counts
+            response.context_data["type_chart"] = horizontal_bars_svg(
+                [
+                    {
+                        "label": f"{row['label'] or row['event_type']} · {row['event_type']}",
+                        "count": row["count"],
+                        "color": COLORS.get(row["category"], "#417690"),
+                    }
+                    for row in counts["by_type"]
+                ],
+                label=_("Events by type"),
+            )
+            response.context_data["category_chart"] = horizontal_bars_svg(
+                [
+                    {"label": category, "count": count, "color": COLORS.get(category, "#417690")}
+                    for category, count in counts["by_category"]
+                ],
+                label=_("Events by category"),
+            )
+        return response
 
 
 @admin.register(ExtractionState)
@@ -134,6 +176,110 @@ class ExtractionStateAdmin(ReadOnlyAdmin):
     search_fields = ["=user__user_id"]
     raw_id_fields = ["user"]
 
-    @admin.display(description="user", ordering="user")
+    @admin.display(description=gettext_lazy("user"), ordering="user")
     def user_id_link(self, state: ExtractionState) -> str:
         return user_link(state.user_id)
+
+
+IMPORT_STATUS_NAMES = {
+    "queued": gettext_lazy("queued"),
+    "running": gettext_lazy("running"),
+    "completed": gettext_lazy("completed"),
+    "failed": gettext_lazy("failed"),
+}
+
+
+@admin.register(DataImport)
+class DataImportAdmin(GuardedAdmin):
+    """Upload a file of behaviours or profiles; a cluster imports it; follow it live to its report."""
+
+    list_display = [
+        "id",
+        "file_name",
+        "kind",
+        "status_badge",
+        "progress",
+        "rows_read",
+        "imported",
+        "duplicates",
+        "rejected",
+        "created_by",
+        "created_at",
+    ]
+    list_display_links = ["id", "file_name"]
+    list_filter = ["status", "kind"]
+    list_select_related = ["created_by"]
+    change_form_template = "admin/extraction/dataimport/change_form.html"
+    exclude = ["errors", "claim_token", "stored_name", "rung_at"]
+
+    class Media:
+        css = {"all": ["jobs/admin.css"]}
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in DataImport._meta.fields if field.name not in self.exclude]
+
+    def has_change_permission(self, request, obj=None):
+        return False  # an import changes only as it runs
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the record of what came in
+
+    @admin.display(description=gettext_lazy("status"), ordering="status")
+    def status_badge(self, data_import: DataImport) -> str:
+        return format_html(
+            '<span class="job-status job-status-{}">{}</span>',
+            data_import.status,
+            IMPORT_STATUS_NAMES.get(data_import.status, data_import.status),
+        )
+
+    @admin.display(description=gettext_lazy("progress"))
+    def progress(self, data_import: DataImport) -> str:
+        return progress_bar(data_import.percent)
+
+    def get_urls(self):
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        own = [path("add/", self.admin_site.admin_view(self.upload_view), name=f"{prefix}_add")]
+        return own + super().get_urls()
+
+    def upload_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = ImportUploadForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            data_import = import_create(
+                kind=data["kind"],
+                upload=data["upload"],
+                created_by=request.user,
+                file_format=data["file_format"],
+                encoding=data["encoding"],
+                tz=data["timezone"],
+            )
+            self.message_user(
+                request,
+                _("Import %(id)s of %(name)s queued: a cluster imports it in the background.")
+                % {"id": data_import.id, "name": data_import.file_name},
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(reverse("admin:extraction_dataimport_change", args=[data_import.id]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Import a file"),
+            "opts": self.opts,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/extraction/dataimport/upload.html", context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        data_import = self.get_object(request, object_id)
+        if data_import is None or not self.has_view_permission(request, data_import):
+            return super().change_view(request, object_id, form_url, extra_context)
+        extra_context = {
+            **(extra_context or {}),
+            "data_import": data_import,
+            "status_name": IMPORT_STATUS_NAMES.get(data_import.status, data_import.status),
+            "progress_url": reverse("import", args=[data_import.id]),
+            "report": import_report(data_import),
+            "summary": import_summary_text(data_import),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import re
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -85,6 +86,10 @@ class ImportFileError(Exception):
     """The file as a whole cannot be imported (unreadable, missing columns)."""
 
 
+class ImportPaused(Exception):
+    """`on_batch` asked to stop; everything up to the last checkpoint is written and recorded."""
+
+
 class RowError(ValueError):
     """One row is bad; the message says why."""
 
@@ -98,6 +103,18 @@ class ImportSummary:
     rejected: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
     committed: bool = True
+
+    def text(self, kind: str) -> str:
+        """The closing line of an import, the same in the command, the admin and the API."""
+        return (
+            f"{kind}: read {self.read}, imported {self.imported}, updated {self.updated}, "
+            f"duplicates {self.duplicates}, rejected {self.rejected}"
+        )
+
+
+def error_line(location: str, line: int, reason: str) -> str:
+    """A rejected row as reported: `file:line: reason`."""
+    return f"{location}:{line}: {reason}"
 
 
 def detect_format(path: Path) -> Format:
@@ -496,15 +513,26 @@ def import_file(
     on_error: Callable[[int, str], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     max_errors_kept: int = 1000,
+    summary: ImportSummary | None = None,
+    after_line: int = 0,
+    on_batch: Callable[[ImportSummary, int, int], bool] | None = None,
+    checkpoint_seconds: float | None = None,
 ) -> ImportSummary:
     """Import one file; with `strict`, everything is imported in one transaction or nothing.
 
     `on_error(line, reason)` hears every rejected row as it is found;
     `on_progress(bytes_read)` hears about progress through the file.
+
+    Resumable imports (the admin's, on the cluster) checkpoint: `on_batch(summary, line, bytes_read)`
+    runs in the transaction that writes each batch, so what it records (the last line handled and
+    the counts so far) commits together with those rows or not at all; it returns False to stop
+    (ImportPaused is raised after that batch commits). A batch is also written every
+    `checkpoint_seconds`, however few rows it holds, so progress shows. To resume, pass the
+    recorded `summary` and `after_line`: records up to that line are read past, not counted again.
     """
     path = Path(path)
     fmt = fmt or detect_format(path)
-    summary = ImportSummary()
+    summary = summary or ImportSummary()
     try:
         raw: BinaryIO = path.open("rb")
     except OSError as exc:
@@ -529,6 +557,9 @@ def import_file(
                 raw,
                 max_errors_kept,
                 stop_writing_on_error=strict,
+                after_line=after_line,
+                on_batch=on_batch,
+                checkpoint_seconds=checkpoint_seconds,
             )
             if strict and summary.rejected:
                 transaction.set_rollback(True)
@@ -550,12 +581,17 @@ def _import_records(
     max_errors_kept,
     *,
     stop_writing_on_error,
+    after_line=0,
+    on_batch=None,
+    checkpoint_seconds=None,
 ) -> None:
     from_csv = fmt == "csv"
     behaviors: list[BehaviorRow] = []
     profiles: dict[str, dict[str, Any]] = {}
     checked_header = False
     pending_bytes = 0  # of the values waiting in the batch, roughly
+    last_line = after_line  # the last line handled, recorded at each checkpoint
+    flushed_at = time.monotonic()
 
     def reject(line: int, reason: str) -> None:
         summary.rejected += 1
@@ -564,7 +600,19 @@ def _import_records(
         if on_error:
             on_error(line, reason)
 
-    def flush() -> None:
+    def flush(*, final: bool = False) -> None:
+        nonlocal flushed_at
+        flushed_at = time.monotonic()
+        if on_batch is None:
+            write()
+            return
+        with transaction.atomic():
+            write()
+            go_on = on_batch(summary, last_line, raw.tell())
+        if not (go_on or final):
+            raise ImportPaused(last_line)
+
+    def write() -> None:
         nonlocal pending_bytes
         pending_bytes = 0
         writing = not (stop_writing_on_error and summary.rejected)
@@ -585,6 +633,15 @@ def _import_records(
             on_progress(raw.tell())
 
     for line, record in records:
+        if line <= after_line:  # handled before the checkpoint this import resumes from
+            continue
+        if (
+            checkpoint_seconds is not None
+            and last_line > after_line
+            and time.monotonic() - flushed_at >= checkpoint_seconds
+        ):
+            flush()
+        last_line = line
         summary.read += 1
         if isinstance(record, RowError):
             reject(line, str(record))
@@ -609,4 +666,4 @@ def _import_records(
             continue
         if len(behaviors) >= batch_size or len(profiles) >= batch_size or pending_bytes > BATCH_MAX_BYTES:
             flush()
-    flush()
+    flush(final=True)

@@ -1,7 +1,9 @@
 """The extraction domain: users, their raw behaviours, and the events extracted from them."""
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext_lazy
 
 
 class UserProfile(models.Model):
@@ -11,13 +13,15 @@ class UserProfile(models.Model):
     "needs extraction" is a comparison with the version the last success saw.
     """
 
-    user_id = models.CharField(max_length=128, primary_key=True)
-    attributes = models.JSONField(default=dict, blank=True)
-    input_version = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    user_id = models.CharField(max_length=128, primary_key=True, verbose_name=gettext_lazy("user id"))
+    attributes = models.JSONField(default=dict, blank=True, verbose_name=gettext_lazy("attributes"))
+    input_version = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("input version"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=gettext_lazy("updated at"))
 
     class Meta:
+        verbose_name = gettext_lazy("user profile")
+        verbose_name_plural = gettext_lazy("user profiles")
         ordering = ["user_id"]
 
     def __str__(self) -> str:
@@ -35,17 +39,20 @@ class Behavior(models.Model):
         related_name="behaviors",
         db_constraint=False,
         db_index=False,  # the natural-key index starts with user_id
+        verbose_name=gettext_lazy("user"),
     )
-    action = models.CharField(max_length=64)
-    occurred_at = models.DateTimeField()
-    item = models.CharField(max_length=255, blank=True, default="")
-    app = models.CharField(max_length=128, blank=True, default="")
-    media = models.CharField(max_length=128, blank=True, default="")
-    place = models.CharField(max_length=255, blank=True, default="")
-    duration_seconds = models.FloatField(null=True, blank=True)
-    extra = models.JSONField(default=dict, blank=True)
+    action = models.CharField(max_length=64, verbose_name=gettext_lazy("action"))
+    occurred_at = models.DateTimeField(verbose_name=gettext_lazy("occurred at"))
+    item = models.CharField(max_length=255, blank=True, default="", verbose_name=gettext_lazy("item"))
+    app = models.CharField(max_length=128, blank=True, default="", verbose_name=gettext_lazy("app"))
+    media = models.CharField(max_length=128, blank=True, default="", verbose_name=gettext_lazy("media"))
+    place = models.CharField(max_length=255, blank=True, default="", verbose_name=gettext_lazy("place"))
+    duration_seconds = models.FloatField(null=True, blank=True, verbose_name=gettext_lazy("duration seconds"))
+    extra = models.JSONField(default=dict, blank=True, verbose_name=gettext_lazy("extra"))
 
     class Meta:
+        verbose_name = gettext_lazy("behaviour")
+        verbose_name_plural = gettext_lazy("behaviours")
         constraints = [
             # Re-importing a file adds nothing. Also the index that reads one
             # user's behaviours in time order (extraction's hot query).
@@ -64,27 +71,41 @@ class Behavior(models.Model):
 
 
 class Category(models.TextChoices):
-    CONVERSION = "conversion"
-    ENGAGEMENT = "engagement"
+    CONVERSION = "conversion", gettext_lazy("conversion")
+    ENGAGEMENT = "engagement", gettext_lazy("engagement")
 
 
 class ExtractedEvent(models.Model):
     """A higher-level event made from one or more behaviours of one user."""
 
-    user = models.ForeignKey(UserProfile, on_delete=models.CASCADE, related_name="events", db_index=False)
-    sequence = models.PositiveIntegerField(help_text="Position in the user's event sequence")
-    event_type = models.CharField(max_length=64)
-    label = models.CharField(max_length=64, blank=True)
-    category = models.CharField(max_length=16, choices=Category.choices)
-    starts_at = models.DateTimeField()
-    ends_at = models.DateTimeField()
-    context = models.JSONField(default=dict, blank=True)
-    behavior_ids = models.JSONField(default=list)
-    extractor = models.CharField(max_length=32)
-    extractor_version = models.CharField(max_length=255)  # "1+" and the model name
-    created_at = models.DateTimeField()
+    user = models.ForeignKey(
+        UserProfile,
+        on_delete=models.CASCADE,
+        related_name="events",
+        db_index=False,
+        verbose_name=gettext_lazy("user"),
+    )
+    sequence = models.PositiveIntegerField(
+        help_text=gettext_lazy("Position in the user's event sequence"), verbose_name=gettext_lazy("sequence")
+    )
+    event_type = models.CharField(max_length=64, verbose_name=gettext_lazy("event type"))
+    label = models.CharField(max_length=64, blank=True, verbose_name=gettext_lazy("label"))
+    category = models.CharField(
+        max_length=16, choices=Category.choices, verbose_name=gettext_lazy("category")
+    )
+    starts_at = models.DateTimeField(verbose_name=gettext_lazy("starts at"))
+    ends_at = models.DateTimeField(verbose_name=gettext_lazy("ends at"))
+    context = models.JSONField(default=dict, blank=True, verbose_name=gettext_lazy("context"))
+    behavior_ids = models.JSONField(default=list, verbose_name=gettext_lazy("behavior ids"))
+    extractor = models.CharField(max_length=32, verbose_name=gettext_lazy("extractor"))
+    extractor_version = models.CharField(
+        max_length=255, verbose_name=gettext_lazy("extractor version")
+    )  # "1+" and the model name
+    created_at = models.DateTimeField(verbose_name=gettext_lazy("created at"))
 
     class Meta:
+        verbose_name = gettext_lazy("extracted event")
+        verbose_name_plural = gettext_lazy("extracted events")
         ordering = ["user_id", "sequence"]
         constraints = [
             # Also the index for "a user's events in order".
@@ -104,24 +125,34 @@ class ExtractionState(models.Model):
     """Per user: how the last extraction went and which input the stored events came from."""
 
     class Outcome(models.TextChoices):
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
+        SUCCEEDED = "succeeded", gettext_lazy("succeeded")
+        FAILED = "failed", gettext_lazy("failed")
 
     user = models.OneToOneField(
-        UserProfile, on_delete=models.CASCADE, primary_key=True, related_name="extraction_state"
+        UserProfile,
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="extraction_state",
+        verbose_name=gettext_lazy("user"),
     )
-    status = models.CharField(max_length=16, choices=Outcome.choices)
-    attempted_at = models.DateTimeField()
-    error = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Outcome.choices, verbose_name=gettext_lazy("status"))
+    attempted_at = models.DateTimeField(verbose_name=gettext_lazy("attempted at"))
+    error = models.TextField(blank=True, verbose_name=gettext_lazy("error"))
     # The fields below describe the stored events, i.e. the last success.
-    extracted_at = models.DateTimeField(null=True, blank=True)
-    event_count = models.PositiveIntegerField(default=0)
-    extractor = models.CharField(max_length=32, blank=True)
-    extractor_version = models.CharField(max_length=255, blank=True)
-    input_version = models.PositiveIntegerField(default=0)
-    input_fingerprint = models.CharField(max_length=64, blank=True)
+    extracted_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("extracted at"))
+    event_count = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("event count"))
+    extractor = models.CharField(max_length=32, blank=True, verbose_name=gettext_lazy("extractor"))
+    extractor_version = models.CharField(
+        max_length=255, blank=True, verbose_name=gettext_lazy("extractor version")
+    )
+    input_version = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("input version"))
+    input_fingerprint = models.CharField(
+        max_length=64, blank=True, verbose_name=gettext_lazy("input fingerprint")
+    )
 
     class Meta:
+        verbose_name = gettext_lazy("extraction state")
+        verbose_name_plural = gettext_lazy("extraction states")
         constraints = [
             models.CheckConstraint(
                 condition=Q(status__in=["succeeded", "failed"]), name="state_status_valid"
@@ -156,3 +187,116 @@ class RateLimit(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class DataImport(models.Model):
+    """A file of behaviours or profiles uploaded in the admin and imported on the cluster.
+
+    The row is the truth: a task carries only its id. Progress is checkpointed in the transaction
+    that writes each batch (the last line handled, the counts, the rejected rows), so a worker that
+    dies loses nothing written and counts nothing twice: whoever takes the import over, once its
+    lease has run out, reads past the lines already handled and goes on from there.
+    """
+
+    class Kind(models.TextChoices):
+        BEHAVIORS = "behaviors", gettext_lazy("behaviors")
+        PROFILES = "profiles", gettext_lazy("profiles")
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", gettext_lazy("queued")
+        RUNNING = "running", gettext_lazy("running")
+        COMPLETED = "completed", gettext_lazy("completed")
+        FAILED = "failed", gettext_lazy("failed")
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    kind = models.CharField(max_length=16, choices=Kind.choices, verbose_name=gettext_lazy("kind"))
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.QUEUED, verbose_name=gettext_lazy("status")
+    )
+    file_name = models.CharField(
+        max_length=255,
+        help_text=gettext_lazy("The name it was uploaded under"),
+        verbose_name=gettext_lazy("file name"),
+    )
+    stored_name = models.CharField(
+        max_length=255,
+        help_text=gettext_lazy("Its name in IMPORTS_DIR"),
+        verbose_name=gettext_lazy("stored name"),
+    )
+    file_size = models.PositiveBigIntegerField(verbose_name=gettext_lazy("file size"))
+    file_format = models.CharField(max_length=8, verbose_name=gettext_lazy("file format"))
+    encoding = models.CharField(max_length=32, default="utf-8-sig", verbose_name=gettext_lazy("encoding"))
+    timezone = models.CharField(max_length=64, verbose_name=gettext_lazy("timezone"))
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=gettext_lazy("created by"),
+    )
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
+    started_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("started at"))
+    finished_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("finished at"))
+    error = models.TextField(
+        blank=True,
+        help_text=gettext_lazy("Why the file as a whole could not be imported"),
+        verbose_name=gettext_lazy("error"),
+    )
+    # The checkpoint, written with each batch.
+    line = models.PositiveBigIntegerField(
+        default=0, help_text=gettext_lazy("The last line handled"), verbose_name=gettext_lazy("line")
+    )
+    bytes_read = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("bytes read"))
+    rows_read = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("rows read"))
+    imported = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("imported"))
+    updated = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("updated"))
+    duplicates = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("duplicates"))
+    rejected = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("rejected"))
+    errors = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=gettext_lazy("[line, reason] of the first rejected rows"),
+        verbose_name=gettext_lazy("errors"),
+    )
+    # The claim: one worker at a time, on a lease (database clock) renewed at each checkpoint.
+    claim_token = models.UUIDField(null=True, blank=True, verbose_name=gettext_lazy("claim token"))
+    lease_expires_at = models.DateTimeField(
+        null=True, blank=True, verbose_name=gettext_lazy("lease expires at")
+    )
+    takeovers = models.PositiveSmallIntegerField(
+        default=0,
+        help_text=gettext_lazy("How often a worker died or stalled holding it and another took over"),
+        verbose_name=gettext_lazy("takeovers"),
+    )
+    rung_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("rung at"))
+
+    class Meta:
+        verbose_name = gettext_lazy("data import")
+        verbose_name_plural = gettext_lazy("data imports")
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "completed", "failed"]),
+                name="dataimport_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["behaviors", "profiles"]), name="dataimport_kind_valid"
+            ),
+        ]
+        indexes = [
+            # Healing: the imports not yet finished.
+            models.Index(
+                fields=["status"], condition=Q(status__in=["queued", "running"]), name="dataimport_active"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Import {self.pk} of {self.kind} ({self.status})"
+
+    @property
+    def percent(self) -> float:
+        if self.status == self.Status.COMPLETED:
+            return 100.0
+        return round(100 * min(self.bytes_read / self.file_size, 1.0), 1) if self.file_size else 0.0

@@ -4,17 +4,22 @@ Every action goes through jobs.services, the same functions the API and the comm
 """
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, re_path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
 
 from eventproject.admin_guards import GuardedAdmin, integer_id
+from eventproject.charts import COLORS, progress_bar, stacked_bar_svg, throughput_svg
+from extraction.extractors import make_extractor
 
 from .forms import JobStartForm
 from .models import Job, JobItem
+from .selectors import job_estimate, job_outcome_mix, job_progress, job_throughput_series
 from .services import JobConflict, JobError, JobInvalid, job_cancel, job_resume, job_retry_failed, job_start
 
 STATUS_COLORS = {
@@ -25,20 +30,25 @@ STATUS_COLORS = {
     "completed": "#2e7d32",
     "failed": "#ba2121",
 }
-
-
-def progress_bar(percent: float, status: str) -> str:
-    return format_html(
-        '<div class="job-bar" title="{}%"><div style="width:{}%;background:{}"></div></div> {}%',
-        percent,
-        min(percent, 100),
-        STATUS_COLORS.get(status, "#417690"),
-        round(percent, 1),
-    )
+# Statuses and outcomes as people read them (the stored values stay English).
+STATUS_NAMES = {
+    "queued": gettext_lazy("queued"),
+    "running": gettext_lazy("running"),
+    "cancelling": gettext_lazy("cancelling"),
+    "cancelled": gettext_lazy("cancelled"),
+    "completed": gettext_lazy("completed"),
+    "failed": gettext_lazy("failed"),
+    "succeeded": gettext_lazy("succeeded"),
+    "left": gettext_lazy("not yet processed"),
+}
 
 
 def job_link(job_id: int) -> str:
-    return format_html('<a href="{}">job {}</a>', reverse("admin:jobs_job_change", args=[job_id]), job_id)
+    return format_html(
+        '<a href="{}">{}</a>',
+        reverse("admin:jobs_job_change", args=[job_id]),
+        _("job %(id)s") % {"id": job_id},
+    )
 
 
 def _token_cap(form) -> int | None:
@@ -47,12 +57,12 @@ def _token_cap(form) -> int | None:
     if not value:
         return None
     if not value.isdigit() or len(value) > 15:
-        raise JobInvalid({"max_total_tokens": "must be a whole number of tokens"})
+        raise JobInvalid({"max_total_tokens": _("must be a whole number of tokens")})
     return int(value)
 
 
 class ExtractorFilter(admin.SimpleListFilter):
-    title = "extractor"
+    title = gettext_lazy("extractor")
     parameter_name = "extractor"
 
     def lookups(self, request, model_admin):
@@ -85,9 +95,9 @@ class JobAdmin(GuardedAdmin):
     change_form_template = "admin/jobs/job/change_form.html"
     fieldsets = [
         (None, {"fields": ["status", "extractor", "options", "selection", "parent", "created_by"]}),
-        ("Timing", {"fields": ["created_at", "started_at", "finished_at"]}),
+        (gettext_lazy("Timing"), {"fields": ["created_at", "started_at", "finished_at"]}),
         (
-            "Counts",
+            gettext_lazy("Counts"),
             {
                 "fields": [
                     "total_items",
@@ -102,7 +112,7 @@ class JobAdmin(GuardedAdmin):
                 ]
             },
         ),
-        ("Error", {"fields": ["error"]}),
+        (gettext_lazy("Error"), {"fields": ["error"]}),
     ]
 
     class Media:
@@ -127,17 +137,21 @@ class JobAdmin(GuardedAdmin):
     def has_retry_permission(self, request, obj=None):
         return request.user.has_perm("jobs.add_job")
 
-    @admin.display(description="status", ordering="status")
+    @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_badge(self, job: Job) -> str:
-        return format_html('<span class="job-status job-status-{}">{}</span>', job.status, job.status)
+        return format_html(
+            '<span class="job-status job-status-{}">{}</span>',
+            job.status,
+            STATUS_NAMES.get(job.status, job.status),
+        )
 
-    @admin.display(description="progress")
+    @admin.display(description=gettext_lazy("progress"))
     def progress(self, job: Job) -> str:
         processed = job.succeeded_items + job.failed_items
         percent = 100 * processed / job.total_items if job.total_items else 100.0
-        return progress_bar(percent, job.status)
+        return progress_bar(percent, STATUS_COLORS.get(job.status, "#417690"))
 
-    @admin.display(description="duration")
+    @admin.display(description=gettext_lazy("duration"))
     def duration(self, job: Job) -> str:
         if not job.started_at:
             return "—"
@@ -159,44 +173,82 @@ class JobAdmin(GuardedAdmin):
         return own + super().get_urls()
 
     def start_view(self, request: HttpRequest) -> HttpResponse:
+        """The start form. "Estimate" shows what the job would cost (users, calls, tokens, as
+        `extract --estimate`) without starting it; the page's script asks for it in the background
+        and shows the answer under the form, which keeps what was typed and chosen."""
         if not self.has_add_permission(request):
             raise PermissionDenied
         form = JobStartForm(request.POST or None, request.FILES or None)
+        estimate = None
         if request.method == "POST" and form.is_valid():
-            try:
-                job = job_start(**form.job_arguments(), created_by=request.user)
-            except JobInvalid as exc:
-                form.add_service_errors(exc.errors)
-            except JobConflict as exc:
-                links = format_html_join(", ", "{}", ((job_link(job_id),) for job_id in exc.job_ids))
-                form.add_error(None, format_html("{} See {}.", str(exc), links))
+            if "_estimate" in request.POST:
+                estimate = self._estimate(form)
             else:
-                self.message_user(
-                    request, f"Started job {job.id} over {job.total_items} users.", messages.SUCCESS
-                )
-                return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.id]))
+                response = self._start(request, form)
+                if response:
+                    return response
+        if request.headers.get("X-Requested-With") == "fetch":  # the estimate, asked by the page's script
+            return TemplateResponse(
+                request,
+                "admin/jobs/job/estimate.html",
+                {"estimate": estimate, "form": form, "fetched": True},
+                status=200 if estimate else 400,
+            )
         context = {
             **self.admin_site.each_context(request),
-            "title": "Start an extraction job",
+            "title": _("Start an extraction job"),
             "opts": self.opts,
             "form": form,
+            "estimate": estimate,
             "media": self.media + form.media,
         }
         return TemplateResponse(request, "admin/jobs/job/start.html", context)
 
+    def _start(self, request: HttpRequest, form: JobStartForm) -> HttpResponse | None:
+        try:
+            job = job_start(**form.job_arguments(), created_by=request.user)
+        except JobInvalid as exc:
+            form.add_service_errors(exc.errors)
+        except JobConflict as exc:
+            links = format_html_join(", ", "{}", ((job_link(job_id),) for job_id in exc.job_ids))
+            form.add_error(None, format_html("{} {} {}.", str(exc), _("See"), links))
+        else:
+            self.message_user(
+                request,
+                _("Started job %(id)s over %(count)s users.") % {"id": job.id, "count": job.total_items},
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.id]))
+        return None
+
+    def _estimate(self, form: JobStartForm) -> dict | None:
+        arguments = form.job_arguments()
+        try:
+            extractor = make_extractor(arguments["extractor"], arguments["options"])
+        except ValidationError as exc:
+            form.add_service_errors({field: " ".join(errors) for field, errors in exc.message_dict.items()})
+            return None
+        return job_estimate(user_ids=arguments["user_ids"], extractor=extractor)
+
     def action_view(self, request: HttpRequest, job_id: int, action: str) -> HttpResponse:
         """POST cancel, resume or retry-failed for one job, then back to a job page with a message."""
         actions = {
-            "cancel": (self.has_cancel_permission, job_cancel, "Job {job.id} is {job.status}."),
+            "cancel": (
+                self.has_cancel_permission,
+                job_cancel,
+                lambda job: (
+                    _("Job %(id)s is %(status)s.") % {"id": job.id, "status": STATUS_NAMES[job.status]}
+                ),
+            ),
             "resume": (
                 self.has_cancel_permission,
                 lambda job: job_resume(job, max_total_tokens=_token_cap(request.POST)),
-                "Job {job.id} resumed.",
+                lambda job: _("Job %(id)s resumed.") % {"id": job.id},
             ),
             "retry-failed": (
                 self.has_retry_permission,
                 lambda job: job_retry_failed(job, created_by=request.user),
-                "Started job {job.id} to retry the failed users.",
+                lambda job: _("Started job %(id)s to retry the failed users.") % {"id": job.id},
             ),
         }
         if request.method != "POST":
@@ -206,13 +258,13 @@ class JobAdmin(GuardedAdmin):
             raise PermissionDenied
         job = self.get_object(request, job_id)
         if job is None:
-            raise Http404(f"No job {job_id}")
+            raise Http404(_("No job %(id)s") % {"id": job_id})
         try:
             job = act(job)
         except JobError as exc:
             self.message_user(request, str(exc), messages.ERROR)
         else:
-            self.message_user(request, done.format(job=job), messages.SUCCESS)
+            self.message_user(request, done(job), messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:jobs_job_change", args=[job.id]))
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
@@ -220,6 +272,8 @@ class JobAdmin(GuardedAdmin):
         if job is None:  # the admin's own answer: back to the list, saying there is no such job
             return super().change_view(request, object_id, form_url, extra_context)
         may_change, may_retry = self.has_cancel_permission(request), self.has_retry_permission(request)
+        series = job_throughput_series(job)
+        mix = job_outcome_mix(job)
         extra_context = {
             **(extra_context or {}),
             "job": job,
@@ -232,11 +286,21 @@ class JobAdmin(GuardedAdmin):
             "tokens_spent": job.prompt_tokens + job.completion_tokens,
             "items_url": reverse("admin:jobs_jobitem_changelist") + f"?job={job.id}",
             "progress_url": reverse("job-progress", args=[job.id]),
+            "status_name": STATUS_NAMES.get(job.status, job.status),
+            "percent": job_progress(job)["percent"],
+            "throughput_chart": throughput_svg(series),
+            "average_throughput": series["average"],
+            "outcome_chart": stacked_bar_svg(mix, label=_("Users by outcome"), names=STATUS_NAMES),
+            "outcomes": [
+                {**part, "name": STATUS_NAMES[part["outcome"]], "color": COLORS[part["outcome"]]}
+                for part in mix
+            ],
         }
         return super().change_view(request, object_id, form_url, extra_context)
 
     # Bulk actions ---------------------------------------------------------------------------------
-    def _bulk(self, request, queryset, action, verb: str) -> None:
+    def _bulk(self, request, queryset, action, verb) -> None:
+        """Apply `action` to each job; `verb(count)` is the message, with %(ids)s for the job ids."""
         done, refused = [], []
         for job in queryset:
             try:
@@ -245,39 +309,49 @@ class JobAdmin(GuardedAdmin):
             except JobError as exc:
                 refused.append(str(exc))
         if done:
-            self.message_user(
-                request, f"{verb} job{'s' if len(done) > 1 else ''} {', '.join(done)}.", messages.SUCCESS
-            )
+            self.message_user(request, verb(len(done)) % {"ids": ", ".join(done)}, messages.SUCCESS)
         for reason in refused:
             self.message_user(request, reason, messages.WARNING)
 
-    @admin.action(description="Cancel selected jobs", permissions=["cancel"])
+    @admin.action(description=gettext_lazy("Cancel selected jobs"), permissions=["cancel"])
     def cancel_selected(self, request, queryset):
-        self._bulk(request, queryset, job_cancel, "Cancelled")
+        self._bulk(
+            request,
+            queryset,
+            job_cancel,
+            lambda n: ngettext("Cancelled job %(ids)s.", "Cancelled jobs %(ids)s.", n),
+        )
 
-    @admin.action(description="Resume selected jobs", permissions=["cancel"])
+    @admin.action(description=gettext_lazy("Resume selected jobs"), permissions=["cancel"])
     def resume_selected(self, request, queryset):
-        self._bulk(request, queryset, job_resume, "Resumed")
+        self._bulk(
+            request,
+            queryset,
+            job_resume,
+            lambda n: ngettext("Resumed job %(ids)s.", "Resumed jobs %(ids)s.", n),
+        )
 
-    @admin.action(description="Retry the failed users of selected jobs", permissions=["retry"])
+    @admin.action(description=gettext_lazy("Retry the failed users of selected jobs"), permissions=["retry"])
     def retry_failed_selected(self, request, queryset):
         self._bulk(
             request,
             queryset,
             lambda job: job_retry_failed(job, created_by=request.user),
-            "Retried the failed users of",
+            lambda n: ngettext(
+                "Retried the failed users of job %(ids)s.", "Retried the failed users of jobs %(ids)s.", n
+            ),
         )
 
 
 class JobFilter(admin.SimpleListFilter):
     """Items of one job, chosen by id (a list of every job would not scale)."""
 
-    title = "job"
+    title = gettext_lazy("job")
     parameter_name = "job"
 
     def lookups(self, request, model_admin):
         value = self.value()
-        return [(value, f"job {value}")] if value else []
+        return [(value, _("job %(id)s") % {"id": value})] if value else []
 
     def queryset(self, request, queryset):
         if self.value():
@@ -324,11 +398,11 @@ class JobItemAdmin(GuardedAdmin):
             return self.list_display
         return ["user_id" if name == "user_link" else name for name in self.list_display]
 
-    @admin.display(description="job", ordering="job")
+    @admin.display(description=gettext_lazy("job"), ordering="job")
     def job_link(self, item: JobItem) -> str:
         return job_link(item.job_id)
 
-    @admin.display(description="user", ordering="user")
+    @admin.display(description=gettext_lazy("user"), ordering="user")
     def user_link(self, item: JobItem) -> str:
         url = reverse("admin:extraction_userprofile_change", args=[item.user_id])
         return format_html('<a href="{}">{}</a>', url, item.user_id)

@@ -11,6 +11,8 @@ from .selectors import job_progress
 
 POLL_SECONDS = 0.5
 NO_WORKER_HINT_AFTER = 15
+# Away from a terminal (a log file, CI), a plain progress line at most this often.
+PLAIN_EVERY_SECONDS = 5.0
 
 
 def summary_line(progress: dict[str, Any]) -> str:
@@ -58,19 +60,90 @@ def describe(progress: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def follow(job: Job, out: TextIO) -> dict[str, Any]:
-    """Show a live progress bar until the job finishes; returns its final progress.
+class ProgressReport:
+    """A job's progress told as one story, on a terminal or in a log.
+
+    The count is of users *finished*: succeeded, failed or cancelled, and the figures beside it
+    (ok, failed, cancelled) add up to it, so a full bar never sits beside a smaller ok= count
+    without saying where the rest went. On a terminal it is a live bar; elsewhere (a log file,
+    CI) a plain line every `every` seconds, when the status changes, and at the end, instead of
+    a redraw per update that would fill the log with carriage returns.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        out: TextIO,
+        *,
+        interactive: bool | None = None,
+        every: float = PLAIN_EVERY_SECONDS,
+        clock=time.monotonic,
+    ):
+        self.job_id, self.total, self.out = job.id, job.total_items, out
+        self.interactive = _is_terminal(out) if interactive is None else interactive
+        self.every, self.clock = every, clock
+        self.last_line, self.last_printed_at, self.last_status = "", None, None
+        self.bar = (
+            tqdm(total=job.total_items, unit="users", desc=f"job {job.id}", file=out, dynamic_ncols=True)
+            if self.interactive
+            else None
+        )
+
+    def update(self, *, status: str, succeeded: int, failed: int, cancelled: int) -> None:
+        finished = succeeded + failed + cancelled
+        if self.bar is not None:
+            self.bar.update(finished - self.bar.n)
+            self.bar.set_postfix_str(f"ok={succeeded}, failed={failed}, cancelled={cancelled}, {status}")
+            return
+        percent = 100 * finished / self.total if self.total else 100.0
+        line = (
+            f"job {self.job_id} {status}: {finished:,}/{self.total:,} users finished ({percent:.1f} %): "
+            f"ok={succeeded:,} failed={failed:,} cancelled={cancelled:,}"
+        )
+        now = self.clock()
+        due = self.last_printed_at is None or now - self.last_printed_at >= self.every
+        if line != self.last_line and (due or status != self.last_status or status in Job.FINISHED):
+            self.out.write(line + "\n")
+            self.last_line, self.last_printed_at = line, now
+        self.last_status = status
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            self.out.write(text + "\n")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _is_terminal(out: TextIO) -> bool:
+    isatty = getattr(out, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def follow(job: Job, out: TextIO, **report_options) -> dict[str, Any]:
+    """Report the job's progress (see ProgressReport) until it finishes; returns its final progress.
 
     KeyboardInterrupt stops following, not the job.
     """
     started = time.monotonic()
     hinted = False
-    with tqdm(total=job.total_items, unit="users", desc=f"job {job.id}", file=out, dynamic_ncols=True) as bar:
+    report = ProgressReport(job, out, **report_options)
+    try:
         while True:
             job.refresh_from_db()
             progress = job_progress(job)
-            bar.update(progress["processed"] + progress["cancelled"] - bar.n)
-            bar.set_postfix(ok=progress["succeeded"], failed=progress["failed"], status=progress["status"])
+            report.update(
+                status=progress["status"],
+                succeeded=progress["succeeded"],
+                failed=progress["failed"],
+                cancelled=progress["cancelled"],
+            )
             if job.status in Job.FINISHED:
                 return progress
             if (
@@ -78,6 +151,8 @@ def follow(job: Job, out: TextIO) -> dict[str, Any]:
                 and job.status == Job.Status.QUEUED
                 and time.monotonic() - started > NO_WORKER_HINT_AFTER
             ):
-                bar.write("no worker has picked the job up yet: is `python manage.py qcluster` running?")
+                report.note("no worker has picked the job up yet: is `python manage.py qcluster` running?")
                 hinted = True
             time.sleep(POLL_SECONDS)
+    finally:
+        report.close()

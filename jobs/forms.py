@@ -1,22 +1,43 @@
-"""The admin's start form: everything it accepts goes to services.job_start like the API's input."""
+"""The admin's start form: everything it accepts goes to services.job_start like the API's input.
 
-import json
+Extractor options are typed fields built from each extractor's own schema (`options_spec`,
+`option_limits`, `option_help`), so an operator picks a model or a temperature instead of writing
+JSON; the extractor checks them again, as it does for the API.
+"""
+
 import re
+from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
-from extraction.extractors import extractor_names
+from extraction.extractors import extractor_class, extractor_names
 
 USER_ID_SEPARATORS = re.compile(r"[\s,;，]+")
 USER_ID_MAX_CHARS = 128  # as the API's user_ids items
 
 
+OPTION_SEPARATOR = "__"  # field name: <extractor>__<option>
+# Labels of the options extractors share; others are shown as their name, spaced.
+OPTION_LABELS = {
+    "model": gettext_lazy("Model"),
+    "temperature": gettext_lazy("Temperature"),
+    "max_concurrency": gettext_lazy("Concurrency"),
+    "token_budget": gettext_lazy("Prompt tokens per call"),
+    "max_completion_tokens": gettext_lazy("Completion tokens per call"),
+    "timeout": gettext_lazy("Timeout (s)"),
+    "max_total_tokens": gettext_lazy("Token cap"),
+    "allow_new_event_types": gettext_lazy("Allow new event types"),
+}
+
+
 def too_many_ids(count: int) -> str:
-    return (
-        f"More than {settings.JOBS_MAX_USER_IDS:,} user ids ({count:,} so far): at most "
-        f"{settings.JOBS_MAX_USER_IDS:,} per job (JOBS_MAX_USER_IDS, as in the API). Split the list."
-    )
+    return _(
+        "More than %(limit)s user ids (%(count)s so far): at most %(limit)s per job "
+        "(JOBS_MAX_USER_IDS, as in the API). Split the list."
+    ) % {"limit": f"{settings.JOBS_MAX_USER_IDS:,}", "count": f"{count:,}"}
 
 
 def ids_from_file(upload) -> list[str]:
@@ -27,12 +48,13 @@ def ids_from_file(upload) -> list[str]:
         try:
             line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
         except UnicodeDecodeError:
-            raise forms.ValidationError(f"Line {number} is not UTF-8 text.") from None
+            raise forms.ValidationError(_("Line %(line)s is not UTF-8 text.") % {"line": number}) from None
         if not line or line.startswith("#") or (not ids and line == "user_id"):
             continue
         if len(line) > USER_ID_MAX_CHARS:
             raise forms.ValidationError(
-                f"Line {number}: a user id longer than {USER_ID_MAX_CHARS} characters."
+                _("Line %(line)s: a user id longer than %(limit)s characters.")
+                % {"line": number, "limit": USER_ID_MAX_CHARS}
             )
         ids.append(line)
         if len(ids) > settings.JOBS_MAX_USER_IDS:
@@ -40,59 +62,133 @@ def ids_from_file(upload) -> list[str]:
     return ids
 
 
+def option_field(extractor: str, name: str, kind: type, default: Any, cls) -> forms.Field:
+    """A form field for one option of an extractor, typed and bounded as the extractor checks it."""
+    low, high = cls.option_limits.get(name, (None, None))
+    help_text = cls.option_help.get(name, "")
+    label = OPTION_LABELS.get(name) or name.replace("_", " ").capitalize()
+    attrs = {"data-extractor": extractor}
+    if kind is bool:
+        return forms.BooleanField(
+            label=label,
+            required=False,
+            initial=default,
+            help_text=help_text,
+            widget=forms.CheckboxInput(attrs),
+        )
+    if kind is int:
+        return forms.IntegerField(
+            label=label,
+            required=False,
+            initial=default,
+            min_value=low,
+            max_value=high,
+            help_text=help_text,
+            widget=forms.NumberInput(attrs),
+        )
+    if kind is float:
+        return forms.FloatField(
+            label=label,
+            required=False,
+            initial=default,
+            min_value=low,
+            max_value=high,
+            help_text=help_text,
+            widget=forms.NumberInput({**attrs, "step": "any"}),
+        )
+    if kind is list:
+        return forms.CharField(
+            label=label,
+            required=False,
+            help_text=help_text or _("Separated by commas."),
+            widget=forms.TextInput(attrs),
+        )
+    return forms.CharField(
+        label=label, required=False, initial=default, help_text=help_text, widget=forms.TextInput(attrs)
+    )
+
+
 class JobStartForm(forms.Form):
     WHO = [
-        ("needing", "Everyone needing extraction (not in another active job)"),
-        ("list", "These users (pasted below)"),
-        ("file", "Users in a file (one id per line)"),
+        ("needing", gettext_lazy("Everyone needing extraction (not in another active job)")),
+        ("list", gettext_lazy("These users (pasted below)")),
+        ("file", gettext_lazy("Users in a file (one id per line)")),
     ]
 
-    extractor = forms.ChoiceField(choices=[], initial="rules")
-    who = forms.ChoiceField(label="Users", choices=WHO, initial="needing", widget=forms.RadioSelect)
+    extractor = forms.ChoiceField(label=gettext_lazy("Extractor"), choices=[], initial="rules")
+    who = forms.ChoiceField(
+        label=gettext_lazy("Users"), choices=WHO, initial="needing", widget=forms.RadioSelect
+    )
     user_ids = forms.CharField(
-        label="User ids",
+        label=gettext_lazy("User ids"),
         required=False,
         widget=forms.Textarea(attrs={"rows": 4, "cols": 60}),
-        help_text="Separated by new lines, spaces or commas.",
+        help_text=gettext_lazy("Separated by new lines, spaces or commas."),
     )
-    users_file = forms.FileField(
-        label="File of user ids",
-        required=False,
-        help_text=f"UTF-8 text, one id per line; a 'user_id' header and # comments are skipped. At most "
-        f"{settings.UPLOAD_MAX_BYTES / 1_000_000:g} MB and {settings.JOBS_MAX_USER_IDS:,} ids.",
-    )
-    options = forms.CharField(
-        required=False,
-        initial="{}",
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text="Extractor options as a JSON object.",
-    )
+    users_file = forms.FileField(label=gettext_lazy("File of user ids"), required=False)
     chunk_size = forms.IntegerField(
+        label=gettext_lazy("Chunk size"),
         required=False,
         min_value=1,
         max_value=settings.JOBS_CHUNK_SIZE_LIMIT,
-        help_text=f"Users a worker claims at a time. Default: the extractor's own (rules 500, llm 200), "
-        f"else {settings.JOBS_CHUNK_SIZE}.",
     )
     max_attempts = forms.IntegerField(
+        label=gettext_lazy("Max attempts"),
         required=False,
         min_value=1,
         max_value=settings.JOBS_MAX_ATTEMPTS_LIMIT,
-        help_text=f"Default {settings.JOBS_MAX_ATTEMPTS}.",
     )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["extractor"].choices = [(name, name) for name in extractor_names()]
+        # Help texts naming settings are made here, in the language of the request.
+        self.fields["users_file"].help_text = _(
+            "UTF-8 text, one id per line; a 'user_id' header and # comments are skipped. At most "
+            "%(megabytes)s MB and %(ids)s ids."
+        ) % {
+            "megabytes": f"{settings.UPLOAD_MAX_BYTES / 1_000_000:g}",
+            "ids": f"{settings.JOBS_MAX_USER_IDS:,}",
+        }
+        self.fields["chunk_size"].help_text = _(
+            "Users a worker claims at a time. Default: the extractor's own (rules 500, llm 200), "
+            "else %(size)s."
+        ) % {"size": settings.JOBS_CHUNK_SIZE}
+        self.fields["max_attempts"].help_text = _("Default %(attempts)s.") % {
+            "attempts": settings.JOBS_MAX_ATTEMPTS
+        }
+        self.option_groups: dict[str, list[str]] = {}
+        for extractor in extractor_names():
+            cls = extractor_class(extractor)
+            names = []
+            for option, (kind, default) in cls.options_spec.items():
+                field_name = f"{extractor}{OPTION_SEPARATOR}{option}"
+                self.fields[field_name] = option_field(extractor, option, kind, default, cls)
+                names.append(field_name)
+            self.option_groups[extractor] = names
 
-    def clean_options(self) -> dict:
-        text = self.cleaned_data["options"].strip() or "{}"
-        try:
-            options = json.loads(text)
-        except ValueError as exc:
-            raise forms.ValidationError(f"Not valid JSON: {exc}") from None
-        if not isinstance(options, dict):
-            raise forms.ValidationError("Must be a JSON object, like {}.")
+    def main_fields(self) -> list[forms.BoundField]:
+        """The fields every job has (the options come in groups, one per extractor)."""
+        return [self[name] for name in self.fields if OPTION_SEPARATOR not in name]
+
+    def option_fieldsets(self) -> list[tuple[str, list[forms.BoundField]]]:
+        return [
+            (extractor, [self[name] for name in names]) for extractor, names in self.option_groups.items()
+        ]
+
+    def options(self) -> dict[str, Any]:
+        """The chosen extractor's options as typed: what was left empty takes the extractor's default."""
+        data = self.cleaned_data
+        extractor = data.get("extractor")
+        cls = extractor_class(extractor)
+        options: dict[str, Any] = {}
+        for option, (kind, _default) in cls.options_spec.items():
+            value = data.get(f"{extractor}{OPTION_SEPARATOR}{option}")
+            if value is None or value == "":
+                continue
+            if kind is list:
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            options[option] = value
         return options
 
     def clean(self):
@@ -101,17 +197,19 @@ class JobStartForm(forms.Form):
         if who == "list":
             ids = [part for part in USER_ID_SEPARATORS.split(data.get("user_ids", "")) if part]
             if not ids:
-                self.add_error("user_ids", "Paste at least one user id.")
+                self.add_error("user_ids", _("Paste at least one user id."))
             elif len(ids) > settings.JOBS_MAX_USER_IDS:
                 self.add_error("user_ids", too_many_ids(len(ids)))
             data["ids"] = ids
         elif who == "file":
             upload = data.get("users_file")
             if not upload:
-                self.add_error("users_file", "Choose a file.")
+                self.add_error("users_file", _("Choose a file."))
             elif upload.size > settings.UPLOAD_MAX_BYTES:
                 self.add_error(
-                    "users_file", f"The file is larger than {settings.UPLOAD_MAX_BYTES / 1_000_000:g} MB."
+                    "users_file",
+                    _("The file is larger than %(megabytes)s MB.")
+                    % {"megabytes": f"{settings.UPLOAD_MAX_BYTES / 1_000_000:g}"},
                 )
             else:
                 try:
@@ -120,28 +218,30 @@ class JobStartForm(forms.Form):
                     self.add_error("users_file", exc)
                 else:
                     if not data["ids"]:
-                        self.add_error("users_file", "The file holds no user ids.")
+                        self.add_error("users_file", _("The file holds no user ids."))
         else:
             data["ids"] = None
         return data
 
     def job_arguments(self) -> dict:
         data = self.cleaned_data
-        arguments = {"user_ids": data["ids"], "extractor": data["extractor"], "options": data["options"]}
+        arguments = {"user_ids": data["ids"], "extractor": data["extractor"], "options": self.options()}
         for name in ("chunk_size", "max_attempts"):
             if data.get(name) is not None:
                 arguments[name] = data[name]
         return arguments
 
     def add_service_errors(self, errors: dict[str, str]) -> None:
-        """Show the service's field errors on the form's fields."""
+        """Show the service's field errors on the form's fields (an option's on its own field)."""
+        extractor = self.cleaned_data.get("extractor")
         for field, message in errors.items():
+            option_field_name = f"{extractor}{OPTION_SEPARATOR}{field.removeprefix('options.')}"
             if field == "user_ids":
                 self.add_error(
                     "users_file" if self.cleaned_data.get("who") == "file" else "user_ids", message
                 )
-            elif field.startswith("options"):
-                self.add_error("options", f"{field}: {message}")
+            elif field.startswith("options.") and option_field_name in self.fields:
+                self.add_error(option_field_name, message)
             elif field in self.fields:
                 self.add_error(field, message)
             else:

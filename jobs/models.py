@@ -10,25 +10,26 @@ import math
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils.translation import gettext, gettext_lazy
 
 from extraction.models import UserProfile
 
 
 class JobStatus(models.TextChoices):
-    QUEUED = "queued"
-    RUNNING = "running"
-    CANCELLING = "cancelling"
-    CANCELLED = "cancelled"
-    COMPLETED = "completed"
-    FAILED = "failed"
+    QUEUED = "queued", gettext_lazy("queued")
+    RUNNING = "running", gettext_lazy("running")
+    CANCELLING = "cancelling", gettext_lazy("cancelling")
+    CANCELLED = "cancelled", gettext_lazy("cancelled")
+    COMPLETED = "completed", gettext_lazy("completed")
+    FAILED = "failed", gettext_lazy("failed")
 
 
 class ItemStatus(models.TextChoices):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+    PENDING = "pending", gettext_lazy("pending")
+    RUNNING = "running", gettext_lazy("running")
+    SUCCEEDED = "succeeded", gettext_lazy("succeeded")
+    FAILED = "failed", gettext_lazy("failed")
+    CANCELLED = "cancelled", gettext_lazy("cancelled")
 
 
 class Job(models.Model):
@@ -36,14 +37,27 @@ class Job(models.Model):
     ACTIVE = (Status.QUEUED, Status.RUNNING, Status.CANCELLING)
     FINISHED = (Status.CANCELLED, Status.COMPLETED, Status.FAILED)
 
-    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    extractor = models.CharField(max_length=32)
-    options = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=16,
+        choices=JobStatus.choices,
+        default=JobStatus.QUEUED,
+        verbose_name=gettext_lazy("status"),
+    )
+    extractor = models.CharField(max_length=32, verbose_name=gettext_lazy("extractor"))
+    options = models.JSONField(default=dict, blank=True, verbose_name=gettext_lazy("options"))
     selection = models.JSONField(
-        default=dict, blank=True, help_text="How the users were chosen: needing extraction, a list, a retry"
+        default=dict,
+        blank=True,
+        help_text=gettext_lazy("How the users were chosen: needing extraction, a list, a retry"),
+        verbose_name=gettext_lazy("selection"),
     )
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=gettext_lazy("created by"),
     )
     parent = models.ForeignKey(
         "self",
@@ -51,34 +65,41 @@ class Job(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="retries",
-        help_text="The job whose failed users this job retries",
+        help_text=gettext_lazy("The job whose failed users this job retries"),
+        verbose_name=gettext_lazy("parent"),
     )
-    chunk_size = models.PositiveIntegerField()
-    max_attempts = models.PositiveIntegerField()
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    error = models.TextField(blank=True)
+    chunk_size = models.PositiveIntegerField(verbose_name=gettext_lazy("chunk size"))
+    max_attempts = models.PositiveIntegerField(verbose_name=gettext_lazy("max attempts"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
+    started_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("started at"))
+    finished_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("finished at"))
+    error = models.TextField(blank=True, verbose_name=gettext_lazy("error"))
     # Counters, changed in the same transaction as the item rows they count;
     # job_counters_reconcile() recomputes them from the items.
-    total_items = models.PositiveIntegerField(default=0)
-    succeeded_items = models.PositiveIntegerField(default=0)
-    failed_items = models.PositiveIntegerField(default=0)
-    cancelled_items = models.PositiveIntegerField(default=0)
-    event_count = models.PositiveBigIntegerField(default=0)
-    prompt_tokens = models.PositiveBigIntegerField(default=0)
-    completion_tokens = models.PositiveBigIntegerField(default=0)
+    total_items = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("total items"))
+    succeeded_items = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("succeeded items"))
+    failed_items = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("failed items"))
+    cancelled_items = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("cancelled items"))
+    event_count = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("event count"))
+    prompt_tokens = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("prompt tokens"))
+    completion_tokens = models.PositiveBigIntegerField(
+        default=0, verbose_name=gettext_lazy("completion tokens")
+    )
     # Fail-fast: how many item attempts in a row failed with the same kind of error (messages
     # differ by the user or behaviour ids they name), and the last such message.
-    error_streak = models.PositiveIntegerField(default=0)
-    error_streak_kind = models.CharField(max_length=200, blank=True)
-    error_streak_message = models.TextField(blank=True)
+    error_streak = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("error streak"))
+    error_streak_kind = models.CharField(
+        max_length=200, blank=True, verbose_name=gettext_lazy("error streak kind")
+    )
+    error_streak_message = models.TextField(blank=True, verbose_name=gettext_lazy("error streak message"))
     # When the job was last rung by its start, a resume or a heal (database clock), and how many
     # heals in a row found it short of drains: healing backs off instead of piling up bells.
-    bell_rung_at = models.DateTimeField(null=True, blank=True)
-    short_rings = models.PositiveSmallIntegerField(default=0)
+    bell_rung_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("bell rung at"))
+    short_rings = models.PositiveSmallIntegerField(default=0, verbose_name=gettext_lazy("short rings"))
 
     class Meta:
+        verbose_name = gettext_lazy("job")
+        verbose_name_plural = gettext_lazy("jobs")
         ordering = ["-id"]
         constraints = [
             models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="job_status_valid"),
@@ -97,7 +118,7 @@ class Job(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"Job {self.pk} ({self.status})"
+        return gettext("Job %(id)s (%(status)s)") % {"id": self.pk, "status": self.get_status_display()}
 
     @property
     def is_active(self) -> bool:
@@ -113,7 +134,9 @@ class JobItem(models.Model):
     ACTIVE = (Status.PENDING, Status.RUNNING)
     PROCESSED = (Status.SUCCEEDED, Status.FAILED)
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="items", db_index=False)
+    job = models.ForeignKey(
+        Job, on_delete=models.CASCADE, related_name="items", db_index=False, verbose_name=gettext_lazy("job")
+    )
     # No database constraint: a profile deleted mid-job must not take the job's history with it;
     # the item then fails with "unknown user".
     user = models.ForeignKey(
@@ -122,22 +145,39 @@ class JobItem(models.Model):
         db_constraint=False,
         related_name="job_items",
         db_index=False,
+        verbose_name=gettext_lazy("user"),
     )
-    status = models.CharField(max_length=16, choices=ItemStatus.choices, default=ItemStatus.PENDING)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    claim_token = models.UUIDField(null=True, blank=True)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    retry_at = models.DateTimeField(null=True, blank=True, help_text="Not claimed again before this time")
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    error = models.TextField(blank=True)
-    event_count = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(
+        max_length=16,
+        choices=ItemStatus.choices,
+        default=ItemStatus.PENDING,
+        verbose_name=gettext_lazy("status"),
+    )
+    attempts = models.PositiveSmallIntegerField(default=0, verbose_name=gettext_lazy("attempts"))
+    claim_token = models.UUIDField(null=True, blank=True, verbose_name=gettext_lazy("claim token"))
+    lease_expires_at = models.DateTimeField(
+        null=True, blank=True, verbose_name=gettext_lazy("lease expires at")
+    )
+    retry_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=gettext_lazy("Not claimed again before this time"),
+        verbose_name=gettext_lazy("retry at"),
+    )
+    started_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("started at"))
+    finished_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("finished at"))
+    error = models.TextField(blank=True, verbose_name=gettext_lazy("error"))
+    event_count = models.PositiveIntegerField(null=True, blank=True, verbose_name=gettext_lazy("event count"))
     # Tokens paid for this user over all its attempts (LLM extractors). A database default, as
     # items are created by INSERT … SELECT.
-    prompt_tokens = models.PositiveIntegerField(db_default=0)
-    completion_tokens = models.PositiveIntegerField(db_default=0)
+    prompt_tokens = models.PositiveIntegerField(db_default=0, verbose_name=gettext_lazy("prompt tokens"))
+    completion_tokens = models.PositiveIntegerField(
+        db_default=0, verbose_name=gettext_lazy("completion tokens")
+    )
 
     class Meta:
+        verbose_name = gettext_lazy("job item")
+        verbose_name_plural = gettext_lazy("job items")
         constraints = [
             models.CheckConstraint(condition=Q(status__in=ItemStatus.values), name="jobitem_status_valid"),
             # A user is in at most one active job: concurrent starts cannot double-process anyone.

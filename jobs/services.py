@@ -11,6 +11,8 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, F, OuterRef, Sum
 from django.db.models.functions import Coalesce
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from eventproject.db import copy_rows, staging_table, tables_analyze
 from extraction.extractors import UnknownExtractor, extractor_class
@@ -42,8 +44,12 @@ class JobConflict(JobError):
     def __init__(self, busy: dict[str, int], total: int):
         jobs = sorted(set(busy.values()))
         super().__init__(
-            f"{total} users are already in an active job ({_named(busy, total)}; "
-            f"job{'s' if len(jobs) > 1 else ''} {', '.join(map(str, jobs))})"
+            ngettext(
+                "%(total)s users are already in an active job (%(users)s; job %(jobs)s)",
+                "%(total)s users are already in an active job (%(users)s; jobs %(jobs)s)",
+                len(jobs),
+            )
+            % {"total": total, "users": _named(busy, total), "jobs": ", ".join(map(str, jobs))}
         )
         self.busy = busy
         self.job_ids = jobs
@@ -55,7 +61,7 @@ class JobStateError(JobError):
 
 def _named(ids: Iterable[str], total: int) -> str:
     ids = list(ids)[:NAMED_AT_MOST]
-    more = f" and {total - len(ids)} more" if total > len(ids) else ""
+    more = _(" and %(count)s more") % {"count": total - len(ids)} if total > len(ids) else ""
     return ", ".join(ids) + more
 
 
@@ -97,9 +103,13 @@ def job_start(
     chunk_size = default_chunk_size if chunk_size is None else chunk_size
     max_attempts = settings.JOBS_MAX_ATTEMPTS if max_attempts is None else max_attempts
     if not isinstance(chunk_size, int) or not 1 <= chunk_size <= settings.JOBS_CHUNK_SIZE_LIMIT:
-        errors["chunk_size"] = f"must be an integer from 1 to {settings.JOBS_CHUNK_SIZE_LIMIT}"
+        errors["chunk_size"] = _("must be an integer from 1 to %(limit)s") % {
+            "limit": settings.JOBS_CHUNK_SIZE_LIMIT
+        }
     if not isinstance(max_attempts, int) or not 1 <= max_attempts <= settings.JOBS_MAX_ATTEMPTS_LIMIT:
-        errors["max_attempts"] = f"must be an integer from 1 to {settings.JOBS_MAX_ATTEMPTS_LIMIT}"
+        errors["max_attempts"] = _("must be an integer from 1 to %(limit)s") % {
+            "limit": settings.JOBS_MAX_ATTEMPTS_LIMIT
+        }
     ids = None if user_ids is None else _clean_user_ids(user_ids, errors)
     if errors:
         raise JobInvalid(errors)
@@ -132,23 +142,23 @@ def job_start(
 
 def _clean_user_ids(user_ids: Iterable[Any], errors: dict[str, str]) -> list[str]:
     if isinstance(user_ids, str | bytes) or not isinstance(user_ids, Iterable):
-        errors["user_ids"] = "must be a list of user ids, or null for every user needing extraction"
+        errors["user_ids"] = _("must be a list of user ids, or null for every user needing extraction")
         return []
     ids, seen, bad = [], set(), []
     for position, value in enumerate(user_ids):
         if isinstance(value, bool) or not isinstance(value, str | int):
-            bad.append(f"item {position} is not a string")
+            bad.append(_("item %(position)s is not a string") % {"position": position})
             continue
         text = str(value).strip()
         if not text or len(text) > 128:
-            bad.append(f"item {position} is empty or longer than 128 characters")
+            bad.append(_("item %(position)s is empty or longer than 128 characters") % {"position": position})
         elif text not in seen:
             seen.add(text)
             ids.append(text)
     if bad:
         errors["user_ids"] = "; ".join(bad[:NAMED_AT_MOST])
     elif not ids:
-        errors["user_ids"] = "give at least one user id, or null for every user needing extraction"
+        errors["user_ids"] = _("give at least one user id, or null for every user needing extraction")
     return ids
 
 
@@ -172,7 +182,9 @@ def _items_create_for(job: Job, ids: list[str]) -> int:
         )
         unknown = [user_id for (user_id,) in cursor.fetchall()]
         if unknown:
-            raise JobInvalid({"user_ids": f"unknown users: {_named(unknown, len(unknown))}"})
+            raise JobInvalid(
+                {"user_ids": _("unknown users: %(users)s") % {"users": _named(unknown, len(unknown))}}
+            )
         _refuse_busy(ids, cursor=cursor)
         cursor.execute(_item_insert_sql("SELECT user_id FROM staging_user_ids"), [job.id])
         return cursor.rowcount
@@ -212,14 +224,17 @@ def _job_opened(job: Job, total: int, *, enqueue: bool) -> None:
 def job_retry_failed(job: Job, *, created_by=None) -> Job:
     """A new job over the failed users of a finished job, linked to it as its parent."""
     if job.is_active:
-        raise JobStateError(f"job {job.id} is {job.status}; retry its failed users once it has finished")
+        raise JobStateError(
+            _("job %(id)s is %(status)s; retry its failed users once it has finished")
+            % {"id": job.id, "status": job.status}
+        )
     failed = list(
         JobItem.objects.filter(job=job, status=JobItem.Status.FAILED)
         .filter(Exists(UserProfile.objects.filter(user_id=OuterRef("user_id"))))
         .values_list("user_id", flat=True)
     )
     if not failed:
-        raise JobStateError(f"job {job.id} has no failed users to retry")
+        raise JobStateError(_("job %(id)s has no failed users to retry") % {"id": job.id})
     return job_start(
         user_ids=failed,
         extractor=job.extractor,
@@ -238,7 +253,10 @@ def job_cancel(job: Job) -> Job:
             status=Job.Status.CANCELLING
         ):
             job.refresh_from_db()
-            raise JobStateError(f"job {job.id} is {job.status}; only queued or running jobs can be cancelled")
+            raise JobStateError(
+                _("job %(id)s is %(status)s; only queued or running jobs can be cancelled")
+                % {"id": job.id, "status": job.status}
+            )
         job_pending_cancel(job.id)
     job_finish_if_done(job.id)
     job.refresh_from_db()
@@ -256,7 +274,10 @@ def job_resume(job: Job, *, max_total_tokens: int | None = None) -> Job:
         job_ring(job.id, tasks=settings.JOBS_DRAIN_TASKS)
         return job
     if job.status not in (Job.Status.CANCELLED, Job.Status.FAILED):
-        raise JobStateError(f"job {job.id} is {job.status}; only cancelled, failed or unfinished jobs resume")
+        raise JobStateError(
+            _("job %(id)s is %(status)s; only cancelled, failed or unfinished jobs resume")
+            % {"id": job.id, "status": job.status}
+        )
     options = _options_with_token_cap(job, max_total_tokens)
     with transaction.atomic():
         elsewhere = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
@@ -266,7 +287,7 @@ def job_resume(job: Job, *, max_total_tokens: int | None = None) -> Job:
             .update(status=JobItem.Status.PENDING, finished_at=None, retry_at=None, attempts=0, error="")
         )
         if not resumed:
-            raise JobStateError(f"job {job.id} has no cancelled users left to resume")
+            raise JobStateError(_("job %(id)s has no cancelled users left to resume") % {"id": job.id})
         if not Job.objects.filter(id=job.id, status=job.status).update(
             status=Job.Status.QUEUED,
             options=options,
@@ -277,7 +298,7 @@ def job_resume(job: Job, *, max_total_tokens: int | None = None) -> Job:
             error_streak_message="",
             cancelled_items=F("cancelled_items") - resumed,
         ):
-            raise JobStateError(f"job {job.id} changed while resuming; try again")
+            raise JobStateError(_("job %(id)s changed while resuming; try again") % {"id": job.id})
         job_ring(job.id, tasks=min(settings.JOBS_DRAIN_TASKS, math.ceil(resumed / job.chunk_size)))
     job.refresh_from_db()
     return job
@@ -292,19 +313,27 @@ def _options_with_token_cap(job: Job, max_total_tokens: int | None) -> dict[str,
     if max_total_tokens is None:
         if cap and spent >= cap:
             raise JobStateError(
-                f"job {job.id} stopped at its token cap: {spent:,} of {cap:,} tokens spent "
-                f"(options.max_total_tokens); resume it with a higher max_total_tokens"
+                _(
+                    "job %(id)s stopped at its token cap: %(spent)s of %(cap)s tokens spent "
+                    "(options.max_total_tokens); resume it with a higher max_total_tokens"
+                )
+                % {"id": job.id, "spent": f"{spent:,}", "cap": f"{cap:,}"}
             )
         return options
     if "max_total_tokens" not in extractor_class(job.extractor).options_spec:
-        raise JobInvalid({"max_total_tokens": f"extractor {job.extractor!r} has no token cap"})
+        raise JobInvalid(
+            {"max_total_tokens": _("extractor %(name)r has no token cap") % {"name": job.extractor}}
+        )
     if (
         isinstance(max_total_tokens, bool)
         or not isinstance(max_total_tokens, int)
         or max_total_tokens <= spent
     ):
         raise JobInvalid(
-            {"max_total_tokens": f"must be a whole number above the {spent:,} tokens the job has spent"}
+            {
+                "max_total_tokens": _("must be a whole number above the %(spent)s tokens the job has spent")
+                % {"spent": f"{spent:,}"}
+            }
         )
     options["max_total_tokens"] = max_total_tokens
     try:

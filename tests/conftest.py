@@ -102,12 +102,13 @@ def personas(db):
     from django.contrib.auth.models import Group, Permission, User
 
     # The groups migration 0005 made; a transactional test's flush removes them, so make them again.
+    grants = import_module("jobs.migrations.0006_import_permissions").GRANTS
     for name, perms in import_module("jobs.migrations.0005_groups").GROUPS.items():
         group, created = Group.objects.get_or_create(name=name)
         if created:
             group.permissions.set(
                 Permission.objects.get(content_type__app_label=app, codename=codename)
-                for app, codename in (perm.split(".") for perm in perms)
+                for app, codename in (perm.split(".") for perm in [*perms, *grants.get(name, [])])
             )
     groups = {
         "nobody": [],

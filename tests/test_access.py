@@ -45,7 +45,13 @@ def test_the_migration_creates_the_three_groups_with_their_permissions(db):
         for group in Group.objects.prefetch_related("permissions__content_type")
     }
     assert perms == {
-        "operators": ["jobs.add_job", "jobs.change_job", "jobs.view_job"],
+        "operators": [
+            "extraction.add_dataimport",
+            "extraction.view_dataimport",
+            "jobs.add_job",
+            "jobs.change_job",
+            "jobs.view_job",
+        ],
         "analysts": [
             "extraction.view_behavior",
             "extraction.view_extractedevent",

@@ -7,6 +7,7 @@ import json
 import pytest
 import schemathesis
 from django.core import signals
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
@@ -19,6 +20,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from extraction.imports import import_create, import_run
 from jobs.engine import job_drain
 from jobs.services import job_start
 
@@ -45,6 +47,8 @@ def test_the_schema_is_valid_and_documents_every_endpoint(client, db):
         "/api/v1/events/extract/start",
         "/api/v1/events/extract/progress",
         "/api/v1/events/extract",
+        "/api/v1/imports/",
+        "/api/v1/imports/{id}/",
     }
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
@@ -59,8 +63,9 @@ def admin_token(db, personas):
 
 
 @pytest.fixture
-def data(db, make_users, settings):
-    """Something behind the endpoints: users, a finished job with a failure, a queued job."""
+def data(db, make_users, settings, tmp_path):
+    """Something behind the endpoints: users, a finished job with a failure, a queued job, an import
+    that rejected a row."""
     settings.API_WRITE_RATE = settings.API_READ_RATE = settings.API_EXPORT_RATE = "100000/minute"
     settings.API_STREAM_MAX_SECONDS, settings.API_STREAM_POLL_SECONDS = 0.3, 0.05  # a stream ends soon
     make_users(5)
@@ -72,6 +77,9 @@ def data(db, make_users, settings):
     )
     job_drain(done.id)
     job_start(user_ids=["u003"], enqueue=False)
+    settings.IMPORTS_DIR = tmp_path / "imports"
+    upload = SimpleUploadedFile("p.csv", "user_id,城市\nu009,上海\n,x\n".encode())
+    import_run(import_create(kind="profiles", upload=upload).id)
     # Requests go through the WSGI app: keep it from closing the test's connection, as Django's
     # own test client does.
     signals.request_started.disconnect(close_old_connections)
@@ -88,7 +96,7 @@ QUIET = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.
 
 def test_every_endpoint_is_fuzzed(db):
     fuzzed = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
-    assert len(fuzzed) == 17 and ("GET", "/api/v1/jobs/{id}/stream/") in fuzzed
+    assert len(fuzzed) == 19 and ("GET", "/api/v1/jobs/{id}/stream/") in fuzzed
 
 
 @schema.parametrize()

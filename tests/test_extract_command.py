@@ -1,7 +1,10 @@
+import io
+
 import pytest
 from django.core.management.base import CommandError
 
 from extraction.models import ExtractedEvent
+from jobs.console import ProgressReport, follow
 from jobs.models import Job
 
 pytestmark = pytest.mark.django_db
@@ -132,3 +135,56 @@ def test_it_counts_user_ids_as_the_api_does(run, make_users, write_file, setting
     make_users(2)
     with pytest.raises(CommandError, match="3 user ids; at most 2 per job"):
         run("extract", "--users-file", write_file("ids.txt", "u001\nu002\nu001\n"), "--detach")
+
+
+def finished_job(make_users, *, succeeded: int, failed: int, cancelled: int) -> Job:
+    """A finished job whose counters say so (the report reads counters, not items)."""
+    from jobs.services import job_start
+
+    total = succeeded + failed + cancelled
+    job = job_start(user_ids=make_users(total), enqueue=False)
+    Job.objects.filter(id=job.id).update(
+        status="completed", succeeded_items=succeeded, failed_items=failed, cancelled_items=cancelled
+    )
+    job.refresh_from_db()
+    return job
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bar_and_its_counts_tell_one_story_on_a_terminal(make_users):
+    job = finished_job(make_users, succeeded=7, failed=2, cancelled=1)
+    out = Terminal()
+    follow(job, out)
+    last = out.getvalue().split("\r")[-1]
+    # Full bar: 10 users finished, and the counts beside it add up to those 10.
+    assert "10/10" in last and "ok=7, failed=2, cancelled=1" in last, last
+
+
+def test_away_from_a_terminal_it_prints_plain_lines_not_redraws(run, make_users):
+    make_users(5)
+    out, _ = run("extract", "--sync", "--chunk-size", "2")
+    assert "\r" not in out and "\x1b" not in out
+    job = Job.objects.get()
+    assert f"job {job.id} completed: 5/5 users finished (100.0 %): ok=5 failed=0 cancelled=0\n" in out
+
+
+def test_away_from_a_terminal_a_line_comes_every_few_seconds_not_per_update(make_users):
+    job = finished_job(make_users, succeeded=0, failed=0, cancelled=1)
+    Job.objects.filter(id=job.id).update(total_items=100, cancelled_items=0)
+    job.refresh_from_db()
+    now = [0.0]
+    out = io.StringIO()
+    report = ProgressReport(job, out, every=5, clock=lambda: now[0])
+    for step in range(1, 21):  # an update every half second for ten seconds
+        now[0] = step * 0.5
+        report.update(status="running", succeeded=step, failed=0, cancelled=0)
+    report.update(status="completed", succeeded=20, failed=0, cancelled=0)
+    assert out.getvalue().splitlines() == [
+        f"job {job.id} running: 1/100 users finished (1.0 %): ok=1 failed=0 cancelled=0",  # the first
+        f"job {job.id} running: 11/100 users finished (11.0 %): ok=11 failed=0 cancelled=0",  # 5 s later
+        f"job {job.id} completed: 20/100 users finished (20.0 %): ok=20 failed=0 cancelled=0",  # the end
+    ]

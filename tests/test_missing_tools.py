@@ -31,7 +31,7 @@ def test_without_chromium_the_browser_tests_are_skipped_saying_how_to_install_it
     monkeypatch.delenv("REQUIRE_BROWSER", raising=False)
     result = run_browser_tests(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 skipped" in result.stdout
+    assert "7 skipped" in result.stdout
     assert "need Chromium at" in result.stdout and "apt-get install chromium" in result.stdout
     assert not (tmp_path / "test_db.sqlite3").exists()
 

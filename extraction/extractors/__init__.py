@@ -6,6 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+from django.utils.translation import gettext as _
 
 from .base import (
     BehaviorRecord,
@@ -58,7 +59,8 @@ def extractor_class(name: str) -> type[Extractor]:
         path = settings.EXTRACTION_EXTRACTORS[name]
     except KeyError:
         raise UnknownExtractor(
-            f"unknown extractor {name!r} (available: {', '.join(extractor_names())})"
+            _("unknown extractor %(name)r (available: %(names)s)")
+            % {"name": name, "names": ", ".join(extractor_names())}
         ) from None
     return _load(path)
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import orjson
 from django.core.exceptions import ValidationError
+from django.utils.translation import gettext as _
 
 
 class BehaviorRecord(NamedTuple):
@@ -155,6 +156,8 @@ class Extractor:
     options_spec: ClassVar[dict[str, tuple[type, Any]]] = {}
     # Option name -> (lowest, highest) allowed value, for numbers.
     option_limits: ClassVar[dict[str, tuple[float, float]]] = {}
+    # Option name -> what it does, in a sentence (the admin's start form shows it under the field).
+    option_help: ClassVar[dict[str, Any]] = {}
 
     # Users a job claims at a time when the job does not say (None: JOBS_CHUNK_SIZE).
     default_chunk_size: ClassVar[int | None] = None
@@ -168,24 +171,32 @@ class Extractor:
     @classmethod
     def clean_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(options, Mapping):
-            raise ValidationError({"options": "must be an object"})
+            raise ValidationError({"options": _("must be an object")})
         errors = {}
         cleaned = {name: default for name, (_, default) in cls.options_spec.items()}
         for key, value in options.items():
             if key not in cls.options_spec:
-                allowed = ", ".join(sorted(cls.options_spec)) or "none"
-                errors[f"options.{key}"] = f"unknown option for extractor {cls.name!r} (allowed: {allowed})"
+                allowed = ", ".join(sorted(cls.options_spec)) or _("none")
+                errors[f"options.{key}"] = _(
+                    "unknown option for extractor %(name)r (allowed: %(allowed)s)"
+                ) % {
+                    "name": cls.name,
+                    "allowed": allowed,
+                }
                 continue
             kind = cls.options_spec[key][0]
             ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value, ok = float(value), True
             if not ok:
-                errors[f"options.{key}"] = f"must be of type {kind.__name__}"
+                errors[f"options.{key}"] = _("must be of type %(type)s") % {"type": kind.__name__}
                 continue
             limits = cls.option_limits.get(key)
             if limits and not limits[0] <= value <= limits[1]:
-                errors[f"options.{key}"] = f"must be from {limits[0]} to {limits[1]}"
+                errors[f"options.{key}"] = _("must be from %(low)s to %(high)s") % {
+                    "low": limits[0],
+                    "high": limits[1],
+                }
                 continue
             cleaned[key] = value
         if errors:

@@ -27,6 +27,8 @@ import orjson
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from ..llm_client import Completion, LLMCallError, LLMClient, LLMConfigError, LLMStopped
 from ..models import Category
@@ -155,6 +157,16 @@ class LLMExtractor(Extractor):
         "allow_new_event_types": (bool, False),
     }
 
+    option_help = {
+        "model": gettext_lazy("The model's name at the endpoint; empty: EXTRACTION_LLM_MODEL."),
+        "temperature": gettext_lazy("0 answers the same way each time; up to 2."),
+        "max_concurrency": gettext_lazy("Calls in flight at once per worker."),
+        "token_budget": gettext_lazy("Prompt tokens per call, at most."),
+        "max_completion_tokens": gettext_lazy("Tokens an answer may take, at most."),
+        "timeout": gettext_lazy("Seconds a call may take."),
+        "max_total_tokens": gettext_lazy("The job fails when it has spent this many tokens (0: no cap)."),
+        "allow_new_event_types": gettext_lazy("Keep event types the ruleset does not name."),
+    }
     option_limits = {
         "max_concurrency": (1, 64),
         "token_budget": (1_000, 1_000_000),
@@ -172,16 +184,23 @@ class LLMExtractor(Extractor):
         )  # the job keeps the model it used
         errors = {}
         if len(cleaned["model"]) > MODEL_NAME_MAX_LENGTH:
-            errors["options.model"] = f"must be at most {MODEL_NAME_MAX_LENGTH} characters"
+            errors["options.model"] = _("must be at most %(limit)s characters") % {
+                "limit": MODEL_NAME_MAX_LENGTH
+            }
         room = settings.JOBS_CHUNK_SECONDS_AT_LEAST
         if cleaned["timeout"] > room:
             # A request is cut at its chunk's deadline: one that may need longer would never finish.
-            errors["options.timeout"] = (
-                f"a call may take up to {cleaned['timeout']:g} s, but a chunk is sure of only {room} s "
-                f"before the task timeout (Q_TIMEOUT {settings.Q_TIMEOUT} s − a drain's "
-                f"{settings.JOBS_DRAIN_BUDGET_SECONDS} s budget − {settings.JOBS_COMMIT_RESERVE_SECONDS} s "
-                f"kept to commit); use a timeout of at most {room} s, or raise Q_TIMEOUT"
-            )
+            errors["options.timeout"] = _(
+                "a call may take up to %(timeout)s s, but a chunk is sure of only %(room)s s before the "
+                "task timeout (Q_TIMEOUT %(q_timeout)s s − a drain's %(budget)s s budget − %(reserve)s s "
+                "kept to commit); use a timeout of at most %(room)s s, or raise Q_TIMEOUT"
+            ) % {
+                "timeout": f"{cleaned['timeout']:g}",
+                "room": room,
+                "q_timeout": settings.Q_TIMEOUT,
+                "budget": settings.JOBS_DRAIN_BUDGET_SECONDS,
+                "reserve": settings.JOBS_COMMIT_RESERVE_SECONDS,
+            }
         if errors:
             raise ValidationError(errors)
         return cleaned

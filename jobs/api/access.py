@@ -13,6 +13,7 @@ from rest_framework.throttling import SimpleRateThrottle
 VIEW_JOB = "jobs.view_job"
 VIEW_PROFILE = "extraction.view_userprofile"
 VIEW_EVENT = "extraction.view_extractedevent"
+VIEW_IMPORT = "extraction.view_dataimport"
 
 
 class ModelPermissions(BasePermission):

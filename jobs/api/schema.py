@@ -9,6 +9,7 @@ LEGACY_JOB_ID = "$response.body#/data/job_id"
 JOB_READS = ["v1_jobs_retrieve", "v1_jobs_progress_retrieve", "v1_jobs_items_list", "v1_jobs_stream_retrieve"]
 JOB_ACTIONS = ["v1_jobs_cancel_create", "v1_jobs_resume_create", "v1_jobs_retry_failed_create"]
 USER_READS = ["v1_users_retrieve", "v1_users_events_list"]
+FIRST_IMPORT_ID = "$response.body#/results/0/id"
 
 # (path, method, status) -> (the value, the operations taking it, the parameter it fills)
 LINKS = {
@@ -20,6 +21,7 @@ LINKS = {
     ("/api/v1/events/extract/start", "post", "200"): (LEGACY_JOB_ID, JOB_READS, "id"),
     ("/api/v1/jobs/{id}/items/", "get", "200"): (FIRST_USER_ID, USER_READS, "user_id"),
     ("/api/v1/events/", "get", "200"): (FIRST_USER_ID, USER_READS, "user_id"),
+    ("/api/v1/imports/", "get", "200"): (FIRST_IMPORT_ID, ["v1_imports_retrieve"], "id"),
 }
 
 

@@ -3,10 +3,13 @@
 from datetime import UTC
 
 from django.conf import settings
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from extraction.models import Category, ExtractedEvent, ExtractionState, UserProfile
+from extraction.imports import import_report, import_summary_text
+from extraction.models import Category, DataImport, ExtractedEvent, ExtractionState, UserProfile
 from extraction.services import EVENT_COLUMNS
 
 from ..models import Job, JobItem
@@ -25,7 +28,8 @@ class UserIds(serializers.ListField):
         limit = settings.JOBS_MAX_USER_IDS
         if isinstance(data, list) and len(data) > limit:
             raise serializers.ValidationError(
-                f"{len(data):,} user ids; at most {limit:,} per job (JOBS_MAX_USER_IDS). Split the list."
+                _("%(count)s user ids; at most %(limit)s per job (JOBS_MAX_USER_IDS). Split the list.")
+                % {"count": f"{len(data):,}", "limit": f"{limit:,}"}
             )
         return super().to_internal_value(data)
 
@@ -222,7 +226,7 @@ class BoundedDateTimeField(serializers.DateTimeField):
     """A time from 1900 to 9998: beyond, the conversion to UTC overflows (0001-01-01 in UTC+8 is in
     year 0, inside DRF too), and no event starts there anyway."""
 
-    default_error_messages = {"out_of_range": "Give a time from year 1900 to 9998."}
+    default_error_messages = {"out_of_range": gettext_lazy("Give a time from year 1900 to 9998.")}
 
     def enforce_timezone(self, value):
         if not 1900 <= value.year <= 9998:
@@ -239,7 +243,7 @@ class EventFilter(serializers.Serializer):
 
     def validate(self, data):
         if "since" in data and "until" in data and data["until"] <= data["since"]:
-            raise serializers.ValidationError({"until": "must be later than since"})
+            raise serializers.ValidationError({"until": _("must be later than since")})
         return data
 
 
@@ -250,3 +254,56 @@ class JobFilter(serializers.Serializer):
 
 class ItemFilter(serializers.Serializer):
     status = serializers.ChoiceField(required=False, choices=JobItem.Status.choices)
+
+
+class RejectedRow(serializers.Serializer):
+    line = serializers.IntegerField()
+    reason = serializers.CharField()
+
+
+class ImportOutput(serializers.ModelSerializer):
+    """An import's state, counts and report, as the admin shows them."""
+
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    percent = serializers.FloatField(read_only=True, help_text="How far through the file")
+    rows_read = serializers.IntegerField(read_only=True, help_text="Rows (or lines) read so far")
+    errors = serializers.SerializerMethodField(help_text="The first rejected rows")
+    report = serializers.SerializerMethodField(help_text="The rejected rows as `file:line: reason`")
+    summary = serializers.SerializerMethodField(help_text="The closing line, as import_data prints it")
+
+    class Meta:
+        model = DataImport
+        fields = [
+            "id",
+            "kind",
+            "status",
+            "file_name",
+            "file_size",
+            "file_format",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "percent",
+            "line",
+            "rows_read",
+            "imported",
+            "updated",
+            "duplicates",
+            "rejected",
+            "error",
+            "errors",
+            "report",
+            "summary",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(RejectedRow(many=True))
+    def get_errors(self, data_import: DataImport) -> list[dict]:
+        return [{"line": line, "reason": reason} for line, reason in data_import.errors]
+
+    def get_report(self, data_import: DataImport) -> list[str]:
+        return import_report(data_import)
+
+    def get_summary(self, data_import: DataImport) -> str:
+        return import_summary_text(data_import)

@@ -1,6 +1,6 @@
 from django.urls import path, register_converter
 
-from . import legacy, results, views
+from . import imports, legacy, results, views
 
 
 class IdConverter:
@@ -53,6 +53,8 @@ urlpatterns = [
         results.EventsExportView.as_view(file_format="jsonl"),
         name="events-export-jsonl",
     ),
+    path("imports/", imports.ImportsView.as_view(), name="imports"),
+    path("imports/<id:pk>/", imports.ImportView.as_view(), name="import"),
     # The predecessor's endpoints.
     path("events/extract/start", legacy.LegacyStartView.as_view(), name="legacy-start"),
     path("events/extract/progress", legacy.LegacyProgressView.as_view(), name="legacy-progress"),

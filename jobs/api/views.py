@@ -7,6 +7,7 @@ import time
 from django.conf import settings
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, OpenApiTypes, extend_schema
 from rest_framework import generics, status
 from rest_framework.exceptions import NotFound, Throttled
@@ -313,8 +314,11 @@ class JobStreamView(JobsBase, APIView):
         if slot is None:
             raise Throttled(
                 wait=STREAM_RETRY_MILLISECONDS / 1000,
-                detail=f"at most {settings.API_STREAMS_PER_USER} progress streams may be open per user; "
-                f"close one, or poll /api/v1/jobs/{job.id}/progress/",
+                detail=_(
+                    "at most %(count)s progress streams may be open per user; close one, or poll "
+                    "/api/v1/jobs/%(id)s/progress/"
+                )
+                % {"count": settings.API_STREAMS_PER_USER, "id": job.id},
             )
         response = StreamingHttpResponse(ProgressStream(job, last_id, slot), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from eventproject.db import tables_analyze
-from extraction.importers import ImportFileError, import_file
+from extraction.importers import ImportFileError, error_line, import_file
 from extraction.models import Behavior, UserProfile
 
 PROGRESS_MIN_BYTES = 5_000_000
@@ -48,7 +48,7 @@ class Command(BaseCommand):
         def on_error(line: int, reason: str) -> None:
             nonlocal shown
             if shown < show_errors:
-                self.stderr.write(f"{path}:{line}: {reason}")
+                self.stderr.write(error_line(str(path), line, reason))
             shown += 1
 
         size = path.stat().st_size
@@ -82,9 +82,6 @@ class Command(BaseCommand):
             tables_analyze(Behavior, UserProfile)
         if shown > show_errors:
             self.stderr.write(f"… and {shown - show_errors} more rejected rows")
-        self.stdout.write(
-            f"{kind}: read {summary.read}, imported {summary.imported}, updated {summary.updated}, "
-            f"duplicates {summary.duplicates}, rejected {summary.rejected}"
-        )
+        self.stdout.write(summary.text(kind))
         if not summary.committed:
             raise CommandError(f"--strict: {summary.rejected} bad rows, nothing was imported")

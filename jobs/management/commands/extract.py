@@ -4,11 +4,10 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from tqdm import tqdm
 
 from extraction.extractors import UnknownExtractor, extractor_names, make_extractor
 from jobs import engine
-from jobs.console import follow, summary_line
+from jobs.console import ProgressReport, follow, summary_line
 from jobs.models import Job
 from jobs.selectors import job_estimate, job_progress
 from jobs.services import JobError, job_start
@@ -121,12 +120,21 @@ class Command(BaseCommand):
         )
 
     def _run_here(self, job: Job) -> dict:
-        with tqdm(total=job.total_items, unit="users", desc=f"job {job.id}", file=self.stdout) as bar:
+        report = ProgressReport(job, self.stdout)
 
-            def on_chunk() -> None:
-                job.refresh_from_db(fields=["succeeded_items", "failed_items", "cancelled_items"])
-                bar.update(job.succeeded_items + job.failed_items + job.cancelled_items - bar.n)
+        def on_chunk() -> None:
+            job.refresh_from_db(fields=["status", "succeeded_items", "failed_items", "cancelled_items"])
+            report.update(
+                status=job.status,
+                succeeded=job.succeeded_items,
+                failed=job.failed_items,
+                cancelled=job.cancelled_items,
+            )
 
+        try:
             engine.job_drain(job.id, budget_seconds=float("inf"), on_chunk=on_chunk)
+            on_chunk()  # the final state, as the job ended
+        finally:
+            report.close()
         job.refresh_from_db()
         return job_progress(job)

@@ -1,4 +1,4 @@
-"""`manage.py qcluster`: django-q2's cluster, whose main process also heals jobs.
+"""`manage.py qcluster`: django-q2's cluster, whose main process also heals jobs (and imports).
 
 The main process of a django-q2 cluster only waits for its sentinel; here it heals every job when
 the cluster starts (so the pending users of a job whose only cluster died flow again at once) and
@@ -17,6 +17,7 @@ from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as ClusterCommand
 
 from eventproject.db import connection_reset
+from extraction.imports import imports_heal
 from jobs.engine import jobs_heal
 
 logger = logging.getLogger("jobs.heal")
@@ -42,7 +43,7 @@ def heal_while(alive) -> None:
     force = True  # a cluster that starts rings every job short of drains, whenever it was last rung
     while alive():
         try:
-            for line in jobs_heal(force=force):
+            for line in [*jobs_heal(force=force), *imports_heal()]:
                 logger.info("heal: %s", line)
             force = False
         except DatabaseError as exc:

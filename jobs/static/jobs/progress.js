@@ -5,6 +5,15 @@
   const card = document.getElementById("job-progress");
   if (!card) return;
   const FINISHED = ["completed", "failed", "cancelled"];
+  const gettext = window.gettext || ((text) => text);
+  const fill = (format, values) => (window.interpolate ? window.interpolate(format, values, true) :
+    format.replace(/%\((\w+)\)s/g, (_, name) => values[name]));
+  const STATUS = {queued: gettext("queued"), running: gettext("running"), cancelling: gettext("cancelling"),
+                  cancelled: gettext("cancelled"), completed: gettext("completed"), failed: gettext("failed")};
+  // Buttons that change a job ask first (their question is in data-confirm, in the page's language).
+  document.querySelectorAll("form.job-action[data-confirm]").forEach((form) => {
+    form.addEventListener("submit", (event) => { if (!window.confirm(form.dataset.confirm)) event.preventDefault(); });
+  });
   const renderedStatus = card.dataset.status;
   const field = (name) => card.querySelector(`[data-field="${name}"]`);
 
@@ -12,7 +21,8 @@
     if (seconds === null || seconds === undefined) return "—";
     seconds = Math.round(seconds);
     const h = Math.floor(seconds / 3600), m = Math.floor(seconds / 60) % 60, s = seconds % 60;
-    return h ? `${h} h ${m} min` : m ? `${m} min ${s} s` : `${s} s`;
+    const values = {h, m, s};
+    return h ? fill(gettext("%(h)s h %(m)s min"), values) : m ? fill(gettext("%(m)s min %(s)s s"), values) : fill(gettext("%(s)s s"), values);
   }
 
   function show(p) {
@@ -20,14 +30,23 @@
     set("percent", p.percent.toFixed(1));
     ["processed", "total", "succeeded", "failed", "cancelled", "running", "pending", "current_batch",
      "total_batches", "event_count", "prompt_tokens", "completion_tokens"].forEach((name) => set(name, p[name].toLocaleString()));
-    set("status", p.status);
+    set("status", STATUS[p.status] || p.status);
     field("status").className = `job-status job-status-${p.status}`;
-    set("throughput_per_second", p.throughput_per_second.toFixed(1));
+    if (FINISHED.includes(p.status)) {
+      // A finished job has no current rate: its average over the run tells how fast it went.
+      // (the same figure as the throughput chart's: processed over the elapsed time, at least 1 s)
+      const average = p.elapsed_seconds !== null ? p.processed / Math.max(p.elapsed_seconds, 1) : 0;
+      set("throughput_per_second", average.toFixed(1));
+      card.querySelector("[data-throughput-label]").textContent = gettext("Average throughput");
+    } else {
+      set("throughput_per_second", p.throughput_per_second.toFixed(1));
+    }
     set("estimated_seconds_remaining", duration(p.estimated_seconds_remaining));
     set("elapsed_seconds", duration(p.elapsed_seconds));
     set("current_user_ids", p.current_user_ids.length ? p.current_user_ids.join(", ") : "—");
     const bar = card.querySelector("[data-bar]");
     bar.style.width = `${Math.min(p.percent, 100)}%`;
+    card.querySelector("[data-progressbar]").setAttribute("aria-valuenow", p.percent.toFixed(1));
     const errors = card.querySelector("[data-errors]");
     errors.hidden = p.top_errors.length === 0;
     const list = card.querySelector("[data-error-list]");
@@ -39,10 +58,10 @@
     if (FINISHED.includes(p.status)) {
       const outcome = card.querySelector("[data-outcome]");
       const words = {
-        completed: `Job ${p.id} completed: ${p.succeeded} users succeeded, ${p.failed} failed.`,
-        failed: `Job ${p.id} failed: ${p.error}`,
-        cancelled: `Job ${p.id} was cancelled: ${p.succeeded} users succeeded, ${p.failed} failed, ` +
-                   `${p.cancelled} not processed.`,
+        completed: fill(gettext("Job %(id)s completed: %(succeeded)s users succeeded, %(failed)s failed."), p),
+        failed: fill(gettext("Job %(id)s failed: %(error)s"), p),
+        cancelled: fill(gettext("Job %(id)s was cancelled: %(succeeded)s users succeeded, %(failed)s failed, " +
+                          "%(cancelled)s not processed."), p),
       };
       outcome.textContent = words[p.status];
       outcome.className = `job-outcome job-outcome-${p.status}`;

@@ -1,0 +1,70 @@
+"""A real cluster imports an uploaded file; killed in the middle (SIGKILL, every process), the import
+is taken over by the next cluster from its last checkpoint and ends with exact counts."""
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from extraction.imports import import_create
+from extraction.models import Behavior
+from tests.cluster import Cluster, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+ROWS = 30_000
+
+
+@pytest.fixture
+def cluster_env(settings, tmp_path):
+    settings.IMPORTS_DIR = tmp_path / "imports"
+    return {
+        "IMPORTS_DIR": str(settings.IMPORTS_DIR),
+        "IMPORTS_BATCH_ROWS": "50",
+        "IMPORTS_LEASE_SECONDS": "3",
+        "JOBS_HEAL_SECONDS": "1",
+        "Q_WORKERS": "2",
+    }
+
+
+def test_an_import_whose_cluster_is_killed_mid_way_is_finished_by_the_next_one(cluster_env, tmp_path):
+    lines = ["user_id,event_time,action,item,duration,app,media,poi,price,page_url\n"]
+    lines += [f"u{n % 500},2024-06-01 10:00:{n % 60:02d}.{n:06d},browse,P{n},3,,,,,\n" for n in range(ROWS)]
+    data_import = import_create(
+        kind="behaviors", upload=SimpleUploadedFile("big.csv", "".join(lines).encode())
+    )
+    first = Cluster(tmp_path / "first.log", **cluster_env)
+    try:
+
+        def under_way():
+            data_import.refresh_from_db()
+            return data_import.rows_read >= 2_000
+
+        wait_for(under_way, timeout=60, what=f"the import to be under way; cluster said:\n{first.output()}")
+        first.kill()
+    finally:
+        first.stop()
+    data_import.refresh_from_db()
+    assert data_import.status == "running" and data_import.rows_read < ROWS, "finished before the kill"
+    killed_at = data_import.rows_read
+
+    second = Cluster(tmp_path / "second.log", **cluster_env)
+    try:
+
+        def finished():
+            data_import.refresh_from_db()
+            return data_import.status in ("completed", "failed")
+
+        wait_for(finished, timeout=90, what=f"the import to finish; cluster said:\n{second.output()}")
+    finally:
+        second.stop()
+    assert data_import.status == "completed", data_import.error
+    # Every row exactly once: none lost at the kill, none counted twice after it.
+    assert (data_import.rows_read, data_import.imported, data_import.duplicates, data_import.rejected) == (
+        ROWS,
+        ROWS,
+        0,
+        0,
+    )
+    assert Behavior.objects.count() == ROWS
+    assert data_import.line == ROWS + 1 and killed_at < ROWS
+    # The dead cluster's task is gone with it: healing in the new cluster rang the import again.
+    assert f"heal: import {data_import.id}: rang it again" in second.output()
