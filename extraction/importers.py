@@ -25,7 +25,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, ClassVar, Literal
 
 import orjson
 from django.conf import settings
@@ -489,181 +489,232 @@ def parse_profile(record: dict[str, Any], *, from_csv: bool) -> tuple[str, dict[
     return user_id, attributes
 
 
-def _check_header(kind: Kind, first: dict[str, Any], location: str) -> None:
-    if kind == "behaviors":
+@dataclass(frozen=True)
+class ImportOptions:
+    """How a file is read: what a person chooses for an import."""
+
+    fmt: Format | None = None  # None: from the file's name
+    encoding: str = "utf-8-sig"
+    tz: tzinfo = UTC  # of timestamps without an offset
+    strict: bool = False  # one transaction for the whole file, rolled back if any row is bad
+    batch_size: int = 5000
+    max_errors_kept: int = 1000
+
+
+@dataclass
+class Checkpoints:
+    """A resumable import (the admin's, on the cluster): `save(summary, line, bytes_read)` runs in
+    the transaction that writes each batch, so what it records (the last line handled, the counts)
+    commits with those rows or not at all; it returns False to stop (ImportPaused is raised once
+    that batch is committed). A batch is written every `every_seconds` however few rows it holds,
+    so progress shows. To resume, pass the recorded `summary` and `after_line`: records up to that
+    line are read past, not counted again."""
+
+    save: Callable[[ImportSummary, int, int], bool]
+    summary: ImportSummary = field(default_factory=ImportSummary)
+    after_line: int = 0
+    every_seconds: float = 1.0
+
+
+class Importer:
+    """Imports one kind of file, streaming: rows are read one at a time, checked, and written in
+    batches. A subclass says how a record becomes a row and how a batch is written.
+
+    `on_error(line, reason)` hears every rejected row as it is found; `on_progress(bytes_read)`
+    hears about progress through the file.
+    """
+
+    kind: ClassVar[Kind]
+
+    def __init__(
+        self,
+        options: ImportOptions = ImportOptions(),
+        *,
+        on_error: Callable[[int, str], None] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+        checkpoints: Checkpoints | None = None,
+    ):
+        self.options, self.on_error, self.on_progress = options, on_error, on_progress
+        self.checkpoints = checkpoints
+        self.summary = checkpoints.summary if checkpoints else ImportSummary()
+        self.pending_bytes = 0  # of the values waiting in the batch, roughly
+
+    # What a kind says -------------------------------------------------------------------------
+    def add(self, record: dict[str, Any], *, from_csv: bool) -> None:
+        """Check one record and add it to the batch (RowError: it is bad)."""
+        raise NotImplementedError
+
+    def write(self) -> None:
+        """Write the batch, count what it did, and empty it."""
+        raise NotImplementedError
+
+    def batch_full(self) -> bool:
+        raise NotImplementedError
+
+    def check_header(self, first: dict[str, Any], location: str) -> None:
+        raise NotImplementedError
+
+    # The run ----------------------------------------------------------------------------------
+    def run(self, path: str | Path) -> ImportSummary:
+        path = Path(path)
+        fmt = self.options.fmt or detect_format(path)
+        try:
+            raw: BinaryIO = path.open("rb")
+        except OSError as exc:
+            raise ImportFileError(f"{path}: {exc.strerror}") from exc
+        with raw:
+            binary = gzip.GzipFile(fileobj=raw) if path.suffix.lower() == ".gz" else raw
+            stream = io.TextIOWrapper(
+                binary,
+                encoding=self.options.encoding,
+                errors="surrogateescape",
+                newline="" if fmt == "csv" else None,
+            )
+            self.raw = raw
+            records = read_records(stream, fmt, location=str(path))
+            with transaction.atomic() if self.options.strict else nullcontext():
+                self._records_import(records, from_csv=fmt == "csv")
+                if self.options.strict and self.summary.rejected:
+                    transaction.set_rollback(True)
+                    self.summary.committed = False
+                    self.summary.imported = self.summary.updated = self.summary.duplicates = 0
+        return self.summary
+
+    def _records_import(self, records, *, from_csv: bool) -> None:
+        summary, checkpoints = self.summary, self.checkpoints
+        after_line = checkpoints.after_line if checkpoints else 0
+        last_line = after_line  # the last line handled, recorded at each checkpoint
+        flushed_at = time.monotonic()
+        checked_header = not from_csv
+        for line, record in records:
+            if line <= after_line:  # handled before the checkpoint this import resumes from
+                continue
+            if (
+                checkpoints
+                and last_line > after_line
+                and time.monotonic() - flushed_at >= checkpoints.every_seconds
+            ):
+                self._flush(last_line)
+                flushed_at = time.monotonic()
+            last_line = line
+            summary.read += 1
+            if isinstance(record, RowError):
+                self._reject(line, str(record))
+                continue
+            if not checked_header:
+                self.check_header(record, str(self.raw.name))
+                checked_header = True
+            try:
+                self.add(record, from_csv=from_csv)
+            except RowError as exc:
+                self._reject(line, str(exc))
+                continue
+            if self.batch_full() or self.pending_bytes > BATCH_MAX_BYTES:
+                self._flush(last_line)
+                flushed_at = time.monotonic()
+        self._flush(last_line, final=True)
+
+    def _reject(self, line: int, reason: str) -> None:
+        self.summary.rejected += 1
+        if len(self.summary.errors) < self.options.max_errors_kept:
+            self.summary.errors.append((line, reason))
+        if self.on_error:
+            self.on_error(line, reason)
+
+    def _flush(self, last_line: int, *, final: bool = False) -> None:
+        if self.checkpoints is None:
+            self._write()
+            return
+        with transaction.atomic():
+            self._write()
+            go_on = self.checkpoints.save(self.summary, last_line, self.raw.tell())
+        if not (go_on or final):
+            raise ImportPaused(last_line)
+
+    def _write(self) -> None:
+        self.pending_bytes = 0
+        if self.options.strict and self.summary.rejected:
+            self.clear()  # nothing of a strict import is written once a row was bad
+        else:
+            self.write()
+        if self.on_progress:
+            self.on_progress(self.raw.tell())
+
+    def clear(self) -> None:
+        raise NotImplementedError
+
+
+class BehaviorImporter(Importer):
+    kind = "behaviors"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch: list[BehaviorRow] = []
+
+    def check_header(self, first, location):
         present = {BEHAVIOR_ALIASES[name] for name in first if name in BEHAVIOR_ALIASES}
         missing = [name for name in REQUIRED_BEHAVIOR_FIELDS if name not in present]
         if missing:
             raise ImportFileError(
                 f"{location}: no column for {', '.join(missing)} (found: {', '.join(first) or 'nothing'})"
             )
-    elif not any(name in first for name in PROFILE_USER_ID):
-        raise ImportFileError(f"{location}: no user_id column (found: {', '.join(first)})")
+
+    def add(self, record, *, from_csv):
+        row = parse_behavior(record, self.options.tz, from_csv=from_csv)
+        self.batch.append(row)
+        self.pending_bytes += 200 + len(row.item) + len(row.place) + len(orjson.dumps(row.extra))
+
+    def batch_full(self) -> bool:
+        return len(self.batch) >= self.options.batch_size
+
+    def write(self):
+        inserted = behaviors_insert(self.batch)
+        self.summary.imported += inserted
+        self.summary.duplicates += len(self.batch) - inserted
+        self.clear()
+
+    def clear(self):
+        self.batch.clear()
+
+
+class ProfileImporter(Importer):
+    kind = "profiles"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch: dict[str, dict[str, Any]] = {}
+
+    def check_header(self, first, location):
+        if not any(name in first for name in PROFILE_USER_ID):
+            raise ImportFileError(f"{location}: no user_id column (found: {', '.join(first)})")
+
+    def add(self, record, *, from_csv):
+        user_id, attributes = parse_profile(record, from_csv=from_csv)
+        if user_id in self.batch:
+            # The same user twice in a batch: the later row wins, like a later batch would.
+            self.summary.duplicates += 1
+        self.batch[user_id] = attributes
+        self.pending_bytes += 200 + len(orjson.dumps(attributes))
+
+    def batch_full(self) -> bool:
+        return len(self.batch) >= self.options.batch_size
+
+    def write(self):
+        inserted, updated = profiles_upsert(self.batch)
+        self.summary.imported += inserted
+        self.summary.updated += updated
+        self.summary.duplicates += len(self.batch) - inserted - updated
+        self.clear()
+
+    def clear(self):
+        self.batch.clear()
+
+
+IMPORTERS: dict[str, type[Importer]] = {"behaviors": BehaviorImporter, "profiles": ProfileImporter}
 
 
 def import_file(
-    kind: Kind,
-    path: str | Path,
-    *,
-    fmt: Format | None = None,
-    encoding: str = "utf-8-sig",
-    tz: tzinfo = UTC,
-    strict: bool = False,
-    batch_size: int = 5000,
-    on_error: Callable[[int, str], None] | None = None,
-    on_progress: Callable[[int], None] | None = None,
-    max_errors_kept: int = 1000,
-    summary: ImportSummary | None = None,
-    after_line: int = 0,
-    on_batch: Callable[[ImportSummary, int, int], bool] | None = None,
-    checkpoint_seconds: float | None = None,
+    kind: Kind, path: str | Path, options: ImportOptions = ImportOptions(), **hooks
 ) -> ImportSummary:
-    """Import one file; with `strict`, everything is imported in one transaction or nothing.
-
-    `on_error(line, reason)` hears every rejected row as it is found;
-    `on_progress(bytes_read)` hears about progress through the file.
-
-    Resumable imports (the admin's, on the cluster) checkpoint: `on_batch(summary, line, bytes_read)`
-    runs in the transaction that writes each batch, so what it records (the last line handled and
-    the counts so far) commits together with those rows or not at all; it returns False to stop
-    (ImportPaused is raised after that batch commits). A batch is also written every
-    `checkpoint_seconds`, however few rows it holds, so progress shows. To resume, pass the
-    recorded `summary` and `after_line`: records up to that line are read past, not counted again.
-    """
-    path = Path(path)
-    fmt = fmt or detect_format(path)
-    summary = summary or ImportSummary()
-    try:
-        raw: BinaryIO = path.open("rb")
-    except OSError as exc:
-        raise ImportFileError(f"{path}: {exc.strerror}") from exc
-    with raw:
-        binary = gzip.GzipFile(fileobj=raw) if path.suffix.lower() == ".gz" else raw
-        stream = io.TextIOWrapper(
-            binary, encoding=encoding, errors="surrogateescape", newline="" if fmt == "csv" else None
-        )
-        records = read_records(stream, fmt, location=str(path))
-        # Strict: one transaction for the whole file, rolled back if any row was bad.
-        with transaction.atomic() if strict else nullcontext():
-            _import_records(
-                kind,
-                records,
-                fmt,
-                tz,
-                summary,
-                batch_size,
-                on_error,
-                on_progress,
-                raw,
-                max_errors_kept,
-                stop_writing_on_error=strict,
-                after_line=after_line,
-                on_batch=on_batch,
-                checkpoint_seconds=checkpoint_seconds,
-            )
-            if strict and summary.rejected:
-                transaction.set_rollback(True)
-                summary.committed = False
-                summary.imported = summary.updated = summary.duplicates = 0
-    return summary
-
-
-def _import_records(
-    kind,
-    records,
-    fmt,
-    tz,
-    summary,
-    batch_size,
-    on_error,
-    on_progress,
-    raw,
-    max_errors_kept,
-    *,
-    stop_writing_on_error,
-    after_line=0,
-    on_batch=None,
-    checkpoint_seconds=None,
-) -> None:
-    from_csv = fmt == "csv"
-    behaviors: list[BehaviorRow] = []
-    profiles: dict[str, dict[str, Any]] = {}
-    checked_header = False
-    pending_bytes = 0  # of the values waiting in the batch, roughly
-    last_line = after_line  # the last line handled, recorded at each checkpoint
-    flushed_at = time.monotonic()
-
-    def reject(line: int, reason: str) -> None:
-        summary.rejected += 1
-        if len(summary.errors) < max_errors_kept:
-            summary.errors.append((line, reason))
-        if on_error:
-            on_error(line, reason)
-
-    def flush(*, final: bool = False) -> None:
-        nonlocal flushed_at
-        flushed_at = time.monotonic()
-        if on_batch is None:
-            write()
-            return
-        with transaction.atomic():
-            write()
-            go_on = on_batch(summary, last_line, raw.tell())
-        if not (go_on or final):
-            raise ImportPaused(last_line)
-
-    def write() -> None:
-        nonlocal pending_bytes
-        pending_bytes = 0
-        writing = not (stop_writing_on_error and summary.rejected)
-        if kind == "behaviors":
-            if writing:
-                inserted = behaviors_insert(behaviors)
-                summary.imported += inserted
-                summary.duplicates += len(behaviors) - inserted
-            behaviors.clear()
-        else:
-            if writing:
-                inserted, updated = profiles_upsert(profiles)
-                summary.imported += inserted
-                summary.updated += updated
-                summary.duplicates += len(profiles) - inserted - updated
-            profiles.clear()
-        if on_progress:
-            on_progress(raw.tell())
-
-    for line, record in records:
-        if line <= after_line:  # handled before the checkpoint this import resumes from
-            continue
-        if (
-            checkpoint_seconds is not None
-            and last_line > after_line
-            and time.monotonic() - flushed_at >= checkpoint_seconds
-        ):
-            flush()
-        last_line = line
-        summary.read += 1
-        if isinstance(record, RowError):
-            reject(line, str(record))
-            continue
-        if from_csv and not checked_header:
-            _check_header(kind, record, str(raw.name))
-            checked_header = True
-        try:
-            if kind == "behaviors":
-                row = parse_behavior(record, tz, from_csv=from_csv)
-                behaviors.append(row)
-                pending_bytes += 200 + len(row.item) + len(row.place) + len(orjson.dumps(row.extra))
-            else:
-                user_id, attributes = parse_profile(record, from_csv=from_csv)
-                if user_id in profiles:
-                    # The same user twice in a batch: the later row wins, like a later batch would.
-                    summary.duplicates += 1
-                profiles[user_id] = attributes
-                pending_bytes += 200 + len(orjson.dumps(attributes))
-        except RowError as exc:
-            reject(line, str(exc))
-            continue
-        if len(behaviors) >= batch_size or len(profiles) >= batch_size or pending_bytes > BATCH_MAX_BYTES:
-            flush()
-    flush(final=True)
+    """Import one file of this kind (`hooks`: on_error, on_progress, checkpoints; see Importer)."""
+    return IMPORTERS[kind](options, **hooks).run(path)

@@ -22,7 +22,16 @@ from django.utils import timezone
 
 from eventproject.db import DatabaseNow, tables_analyze
 
-from .importers import ImportFileError, ImportPaused, ImportSummary, detect_format, error_line, import_file
+from .importers import (
+    Checkpoints,
+    ImportFileError,
+    ImportOptions,
+    ImportPaused,
+    ImportSummary,
+    detect_format,
+    error_line,
+    import_file,
+)
 from .models import Behavior, DataImport, UserProfile
 
 logger = logging.getLogger(__name__)
@@ -135,19 +144,15 @@ def import_run(import_id: int) -> None:
         return time.monotonic() < deadline
 
     try:
-        summary = import_file(
-            data_import.kind,
-            path,
+        options = ImportOptions(
             fmt=data_import.file_format,
             encoding=data_import.encoding,
             tz=ZoneInfo(data_import.timezone),
             batch_size=settings.IMPORTS_BATCH_ROWS,
             max_errors_kept=settings.IMPORTS_MAX_ERRORS_KEPT,
-            summary=_summary_of(data_import),
-            after_line=data_import.line,
-            on_batch=checkpoint,
-            checkpoint_seconds=1.0,
         )
+        resume = Checkpoints(checkpoint, summary=_summary_of(data_import), after_line=data_import.line)
+        summary = import_file(data_import.kind, path, options, checkpoints=resume)
     except ImportPaused:
         _requeue(data_import.id, token)
         return

@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connection, transaction
 from django.db.models import F
@@ -24,43 +24,9 @@ from .extractors import Control, ExtractionError, Extractor, UserInput, UserResu
 from .models import Behavior, ExtractedEvent, ExtractionState, UserProfile
 from .selectors import user_inputs_load
 
-BEHAVIOR_COLUMNS = (
-    "user_id",
-    "action",
-    "occurred_at",
-    "item",
-    "app",
-    "media",
-    "place",
-    "duration_seconds",
-    "extra",
-)
 
-EVENT_COLUMNS = (
-    "user_id",
-    "sequence",
-    "event_type",
-    "label",
-    "category",
-    "starts_at",
-    "ends_at",
-    "context",
-    "behavior_ids",
-    "extractor",
-    "extractor_version",
-    "created_at",
-)
-# Their PostgreSQL types, for binary COPY (psycopg formats these in C: measured 9 µs an event row
-# with the server's share, against 11 µs in text; the server's share is most of it).
-EVENT_TYPES = (
-    *("text", "int4", "text", "text", "text", "timestamptz", "timestamptz"),
-    *("jsonb", "jsonb", "text", "text", "timestamptz"),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class BehaviorRow:
-    """One validated behaviour, ready to insert."""
+class BehaviorRow(NamedTuple):
+    """One validated behaviour, ready to insert: its fields are its table's columns, in order."""
 
     user_id: str
     action: str
@@ -71,6 +37,35 @@ class BehaviorRow:
     place: str = ""
     duration_seconds: float | None = None
     extra: dict[str, Any] | None = None
+
+
+BEHAVIOR_COLUMNS = BehaviorRow._fields
+
+
+class EventRow(NamedTuple):
+    """One extracted event as stored: its fields are its table's columns, in order (for COPY)."""
+
+    user_id: str
+    sequence: int
+    event_type: str
+    label: str
+    category: str
+    starts_at: Any  # a datetime, as the database takes it (see datetime_adapter)
+    ends_at: Any
+    context: Any  # JSON, as the database takes it (see json_adapter)
+    behavior_ids: Any
+    extractor: str
+    extractor_version: str
+    created_at: Any
+
+
+EVENT_COLUMNS = EventRow._fields
+# Their PostgreSQL types, for binary COPY (psycopg formats these in C: measured 9 µs an event row
+# with the server's share, against 11 µs in text; the server's share is most of it).
+EVENT_TYPES = (
+    *("text", "int4", "text", "text", "text", "timestamptz", "timestamptz"),
+    *("jsonb", "jsonb", "text", "text", "timestamptz"),
+)
 
 
 def behaviors_insert(rows: Sequence[BehaviorRow]) -> int:
@@ -93,18 +88,8 @@ def behaviors_insert(rows: Sequence[BehaviorRow]) -> int:
             "staging_behavior",
             BEHAVIOR_COLUMNS,
             (
-                (
-                    r.user_id,
-                    r.action,
-                    db_datetime(r.occurred_at),
-                    r.item,
-                    r.app,
-                    r.media,
-                    r.place,
-                    r.duration_seconds,
-                    json_text(r.extra or {}),
-                )
-                for r in rows
+                row._replace(occurred_at=db_datetime(row.occurred_at), extra=json_text(row.extra or {}))
+                for row in rows
             ),
         )
         cursor.execute(
@@ -229,19 +214,19 @@ def _event_rows(saved: Sequence[Outcome], extractor: Extractor, now: datetime):
     created_at = db_datetime(now)
     for outcome in saved:
         for sequence, draft in enumerate(outcome.result, start=1):
-            yield (
-                outcome.user_id,
-                sequence,
-                draft.event_type,
-                draft.label,
-                draft.category,
-                db_datetime(draft.starts_at),
-                db_datetime(draft.ends_at),
-                db_json(draft.context),
-                db_json(draft.behavior_ids),
-                extractor.name,
-                extractor.version,
-                created_at,
+            yield EventRow(
+                user_id=outcome.user_id,
+                sequence=sequence,
+                event_type=draft.event_type,
+                label=draft.label,
+                category=draft.category,
+                starts_at=db_datetime(draft.starts_at),
+                ends_at=db_datetime(draft.ends_at),
+                context=db_json(draft.context),
+                behavior_ids=db_json(draft.behavior_ids),
+                extractor=extractor.name,
+                extractor_version=extractor.version,
+                created_at=created_at,
             )
 
 

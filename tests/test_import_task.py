@@ -81,8 +81,9 @@ def test_a_worker_that_died_mid_import_is_taken_over_from_its_checkpoint(imports
 
     real = importers.import_file
 
-    def dying_import_file(*args, on_batch, **kwargs):
-        return real(*args, on_batch=die_after_three(on_batch), **kwargs)
+    def dying_import_file(*args, checkpoints, **kwargs):
+        checkpoints.save = die_after_three(checkpoints.save)
+        return real(*args, checkpoints=checkpoints, **kwargs)
 
     importers_import_file = pytest.MonkeyPatch()
     importers_import_file.setattr("extraction.imports.import_file", dying_import_file)

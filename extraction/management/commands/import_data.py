@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from eventproject.db import tables_analyze
-from extraction.importers import ImportFileError, error_line, import_file
+from extraction.importers import ImportFileError, ImportOptions, error_line, import_file
 from extraction.models import Behavior, UserProfile
 
 PROGRESS_MIN_BYTES = 5_000_000
@@ -65,17 +65,10 @@ class Command(BaseCommand):
                 bar.update(position - bar.n)
 
             try:
-                summary = import_file(
-                    kind,
-                    path,
-                    fmt=format,
-                    encoding=encoding,
-                    tz=tz,
-                    strict=strict,
-                    batch_size=batch_size,
-                    on_error=on_error,
-                    on_progress=on_progress,
+                options = ImportOptions(
+                    fmt=format, encoding=encoding, tz=tz, strict=strict, batch_size=batch_size
                 )
+                summary = import_file(kind, path, options, on_error=on_error, on_progress=on_progress)
             except (ImportFileError, LookupError) as exc:
                 raise CommandError(str(exc)) from exc
         if summary.imported or summary.updated:
