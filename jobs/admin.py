@@ -3,6 +3,8 @@
 Every action goes through jobs.services, the same functions the API and the commands call.
 """
 
+import json
+
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
@@ -19,7 +21,7 @@ from extraction.extractors import make_extractor
 
 from .forms import JobStartForm
 from .models import Job, JobItem
-from .selectors import job_estimate, job_outcome_mix, job_progress, job_throughput_series
+from .selectors import job_estimate, job_outcome_mix, job_throughput_series
 from .services import JobConflict, JobError, JobInvalid, job_cancel, job_resume, job_retry_failed, job_start
 
 STATUS_COLORS = {
@@ -147,9 +149,7 @@ class JobAdmin(GuardedAdmin):
 
     @admin.display(description=gettext_lazy("progress"))
     def progress(self, job: Job) -> str:
-        processed = job.succeeded_items + job.failed_items
-        percent = 100 * processed / job.total_items if job.total_items else 100.0
-        return progress_bar(percent, STATUS_COLORS.get(job.status, "#417690"))
+        return progress_bar(job.percent, STATUS_COLORS.get(job.status, "#417690"))
 
     @admin.display(description=gettext_lazy("duration"))
     def duration(self, job: Job) -> str:
@@ -277,17 +277,16 @@ class JobAdmin(GuardedAdmin):
         extra_context = {
             **(extra_context or {}),
             "job": job,
-            "can_cancel": may_change and job.status in (Job.Status.QUEUED, Job.Status.RUNNING),
-            "can_resume": may_change
-            and job.status in (Job.Status.CANCELLED, Job.Status.FAILED)
-            and job.cancelled_items > 0,
-            "can_retry": may_retry and not job.is_active and job.failed_items > 0,
+            "can_cancel": may_change and job.can_cancel,
+            "can_resume": may_change and job.can_resume,
+            "can_retry": may_retry and job.can_retry,
+            "finished_statuses": json.dumps(Job.FINISHED),
             "token_cap": job.options.get("max_total_tokens") or 0,
             "tokens_spent": job.prompt_tokens + job.completion_tokens,
             "items_url": reverse("admin:jobs_jobitem_changelist") + f"?job={job.id}",
             "progress_url": reverse("job-progress", args=[job.id]),
             "status_name": STATUS_NAMES.get(job.status, job.status),
-            "percent": job_progress(job)["percent"],
+            "percent": job.percent,
             "throughput_chart": throughput_svg(series),
             "average_throughput": series["average"],
             "outcome_chart": stacked_bar_svg(mix, label=_("Users by outcome"), names=STATUS_NAMES),

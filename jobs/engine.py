@@ -124,7 +124,7 @@ def job_fail(job_id: int, message: str, *, release_token=None) -> bool:
     """
     now = timezone.now()
     with transaction.atomic():
-        applied = Job.objects.filter(id=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
+        applied = Job.objects.filter(id=job_id, status__in=Job.WORKING).update(
             status=Job.Status.FAILED, error=message[:10_000], finished_at=now
         )
         if applied:
@@ -707,7 +707,7 @@ def drain_enter(job_id: int, drain_id: int | None = None) -> int | None:
         with transaction.atomic():
             alive = list(
                 Job.objects.select_for_update()  # serialises the drains of one job here
-                .filter(id=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+                .filter(id=job_id, status__in=Job.WORKING)
                 .values_list("id", flat=True)
             )
             if not alive:
@@ -744,7 +744,7 @@ def job_drain(
     job = Job.objects.filter(id=job_id).first()
     if job is None:
         return
-    if job.status not in (Job.Status.QUEUED, Job.Status.RUNNING):
+    if job.status not in Job.WORKING:
         job_finish_if_done(job_id)  # a cancel waits for the last chunk: this may be after it
         return
     try:  # before the job counts as started: a worker's first job imports the extractor's code
@@ -885,7 +885,7 @@ def _stopped_jobs_sweep() -> list[str]:
     stale = Q(status=JobItem.Status.PENDING) | Q(
         status=JobItem.Status.RUNNING, lease_expires_at__lt=DatabaseNow()
     )
-    not_running = Job.objects.exclude(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+    not_running = Job.objects.exclude(status__in=Job.WORKING)
     for job_id in not_running.filter(
         Exists(JobItem.objects.filter(stale, job_id=OuterRef("pk")))
     ).values_list("id", flat=True):
@@ -906,8 +906,7 @@ def _jobs_finish() -> list[str]:
     nothing_running = ~Exists(JobItem.objects.filter(job_id=OuterRef("pk"), status=JobItem.Status.RUNNING))
     nothing_left = ~Exists(JobItem.objects.filter(job_id=OuterRef("pk"), status__in=JobItem.ACTIVE))
     ending = Job.objects.filter(
-        Q(status__in=[Job.Status.QUEUED, Job.Status.RUNNING]) & nothing_left
-        | Q(status=Job.Status.CANCELLING) & nothing_running
+        Q(status__in=Job.WORKING) & nothing_left | Q(status=Job.Status.CANCELLING) & nothing_running
     )
     for job_id in ending.values_list("id", flat=True):
         job_mark_running(job_id)
@@ -925,7 +924,7 @@ def _jobs_ring(*, force: bool) -> list[str]:
     live = Drain.objects.filter(job_id=OuterRef("pk"), seen_at__gte=DatabaseNow(-stale))
     claimable = JobItem.objects.filter(job_id=OuterRef("pk")).filter(_claimable())
     candidates = (
-        Job.objects.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+        Job.objects.filter(status__in=Job.WORKING)
         .filter(Exists(claimable))
         .annotate(live=Coalesce(_count(live), 0))
     )

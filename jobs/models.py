@@ -33,9 +33,14 @@ class ItemStatus(models.TextChoices):
 
 
 class Job(models.Model):
+    """A batch extraction over many users. Its statuses and what each allows live here, for the
+    services, the engine, the admin, the API, the console and the page's script alike."""
+
     Status = JobStatus
-    ACTIVE = (Status.QUEUED, Status.RUNNING, Status.CANCELLING)
+    ACTIVE = (Status.QUEUED, Status.RUNNING, Status.CANCELLING)  # its users are not free
     FINISHED = (Status.CANCELLED, Status.COMPLETED, Status.FAILED)
+    WORKING = (Status.QUEUED, Status.RUNNING)  # drains may work on it: it can be cancelled
+    STOPPED = (Status.CANCELLED, Status.FAILED)  # it can be resumed, if it left users undone
 
     status = models.CharField(
         max_length=16,
@@ -123,6 +128,29 @@ class Job(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.status in self.WORKING
+
+    @property
+    def can_resume(self) -> bool:
+        """A stopped job with cancelled users to put back to work (a working one is only rung again)."""
+        return self.status in self.STOPPED and self.cancelled_items > 0
+
+    @property
+    def can_retry(self) -> bool:
+        """A finished job with failed users, to retry as a new job."""
+        return self.status in self.FINISHED and self.failed_items > 0
+
+    @property
+    def processed_items(self) -> int:
+        return self.succeeded_items + self.failed_items
+
+    @property
+    def percent(self) -> float:
+        """How far it is: users processed (succeeded or failed) of all; a job of nobody is done."""
+        return round(100 * self.processed_items / self.total_items, 2) if self.total_items else 100.0
 
     @property
     def total_batches(self) -> int:

@@ -249,9 +249,7 @@ def job_retry_failed(job: Job, *, created_by=None) -> Job:
 def job_cancel(job: Job) -> Job:
     """Cancel: pending items at once; running chunks finish and keep their work; then cancelled."""
     with transaction.atomic():
-        if not Job.objects.filter(id=job.id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
-            status=Job.Status.CANCELLING
-        ):
+        if not Job.objects.filter(id=job.id, status__in=Job.WORKING).update(status=Job.Status.CANCELLING):
             job.refresh_from_db()
             raise JobStateError(
                 _("job %(id)s is %(status)s; only queued or running jobs can be cancelled")
@@ -270,10 +268,10 @@ def job_resume(job: Job, *, max_total_tokens: int | None = None) -> Job:
     A job stopped by its token cap (options.max_total_tokens) would stop again at once: it resumes
     only with a higher cap, `max_total_tokens`, which replaces the old one.
     """
-    if job.status in (Job.Status.QUEUED, Job.Status.RUNNING):
+    if job.status in Job.WORKING:
         job_ring(job.id, tasks=settings.JOBS_DRAIN_TASKS)
         return job
-    if job.status not in (Job.Status.CANCELLED, Job.Status.FAILED):
+    if job.status not in Job.STOPPED:
         raise JobStateError(
             _("job %(id)s is %(status)s; only cancelled, failed or unfinished jobs resume")
             % {"id": job.id, "status": job.status}

@@ -128,8 +128,7 @@ class JobSummary(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_percent(self, job: Job) -> float:
-        processed = job.succeeded_items + job.failed_items
-        return round(100 * processed / job.total_items, 2) if job.total_items else 100.0
+        return job.percent
 
 
 class JobDetail(JobSummary):

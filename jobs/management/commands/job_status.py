@@ -43,10 +43,9 @@ class Command(BaseCommand):
             f"{'failed':>7}  {'created':<19}"
         )
         for job in jobs:
-            processed = job.succeeded_items + job.failed_items
-            percent = 100 * processed / job.total_items if job.total_items else 100.0
+            progress = f"{job.processed_items}/{job.total_items} {job.percent:.0f}%"
             self.stdout.write(
                 f"{job.id:>6}  {job.status:<10}  {job.extractor:<9}  "
-                f"{f'{processed}/{job.total_items} {percent:.0f}%':>16}  {job.succeeded_items:>9}  "
+                f"{progress:>16}  {job.succeeded_items:>9}  "
                 f"{job.failed_items:>7}  {localtime(job.created_at):%Y-%m-%d %H:%M:%S}"
             )

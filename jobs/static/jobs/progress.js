@@ -4,7 +4,7 @@
   "use strict";
   const card = document.getElementById("job-progress");
   if (!card) return;
-  const FINISHED = ["completed", "failed", "cancelled"];
+  const FINISHED = JSON.parse(card.dataset.finished);  // the finished statuses, as the Job model says
   const gettext = window.gettext || ((text) => text);
   const fill = (format, values) => (window.interpolate ? window.interpolate(format, values, true) :
     format.replace(/%\((\w+)\)s/g, (_, name) => values[name]));
