@@ -15,8 +15,9 @@ from django.utils.translation import gettext_lazy
 
 from extraction.extractors import extractor_class, extractor_names
 
+from .services import JobInvalid, too_many_ids, user_ids_read
+
 USER_ID_SEPARATORS = re.compile(r"[\s,;，]+")
-USER_ID_MAX_CHARS = 128  # as the API's user_ids items
 
 
 OPTION_SEPARATOR = "__"  # field name: <extractor>__<option>
@@ -31,35 +32,6 @@ OPTION_LABELS = {
     "max_total_tokens": gettext_lazy("Token cap"),
     "allow_new_event_types": gettext_lazy("Allow new event types"),
 }
-
-
-def too_many_ids(count: int) -> str:
-    return _(
-        "More than %(limit)s user ids (%(count)s so far): at most %(limit)s per job "
-        "(JOBS_MAX_USER_IDS, as in the API). Split the list."
-    ) % {"limit": f"{settings.JOBS_MAX_USER_IDS:,}", "count": f"{count:,}"}
-
-
-def ids_from_file(upload) -> list[str]:
-    """User ids, one a line, read line by line and counted like the API counts its list (every id,
-    duplicates too); stops at the first line over a limit. Raises ValidationError naming it."""
-    ids: list[str] = []
-    for number, raw in enumerate(upload, start=1):
-        try:
-            line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
-        except UnicodeDecodeError:
-            raise forms.ValidationError(_("Line %(line)s is not UTF-8 text.") % {"line": number}) from None
-        if not line or line.startswith("#") or (not ids and line == "user_id"):
-            continue
-        if len(line) > USER_ID_MAX_CHARS:
-            raise forms.ValidationError(
-                _("Line %(line)s: a user id longer than %(limit)s characters.")
-                % {"line": number, "limit": USER_ID_MAX_CHARS}
-            )
-        ids.append(line)
-        if len(ids) > settings.JOBS_MAX_USER_IDS:
-            raise forms.ValidationError(too_many_ids(len(ids)))
-    return ids
 
 
 def option_field(extractor: str, name: str, kind: type, default: Any, cls) -> forms.Field:
@@ -213,9 +185,9 @@ class JobStartForm(forms.Form):
                 )
             else:
                 try:
-                    data["ids"] = ids_from_file(upload)
-                except forms.ValidationError as exc:
-                    self.add_error("users_file", exc)
+                    data["ids"] = user_ids_read(upload)
+                except JobInvalid as exc:
+                    self.add_error("users_file", exc.errors["users_file"])
                 else:
                     if not data["ids"]:
                         self.add_error("users_file", _("The file holds no user ids."))

@@ -140,6 +140,44 @@ def job_start(
     return job
 
 
+USER_ID_MAX_CHARS = 128  # UserProfile.user_id's length
+
+
+def too_many_ids(count: int) -> str:
+    return _(
+        "More than %(limit)s user ids (%(count)s so far): at most %(limit)s per job "
+        "(JOBS_MAX_USER_IDS, as in the API). Split the list."
+    ) % {"limit": f"{settings.JOBS_MAX_USER_IDS:,}", "count": f"{count:,}"}
+
+
+def user_ids_read(lines: Iterable[bytes]) -> list[str]:
+    """The user ids of a file, one a line (the admin's upload, `extract --users-file`): blank lines,
+    '#' comments and a 'user_id' header are skipped. Read line by line and counted like the API
+    counts its list (every id, duplicates too); JobInvalid (field `users_file`) names the first
+    line over a limit."""
+    ids: list[str] = []
+
+    def refuse(message: str) -> JobInvalid:
+        return JobInvalid({"users_file": message})
+
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+        except UnicodeDecodeError:
+            raise refuse(_("Line %(line)s is not UTF-8 text.") % {"line": number}) from None
+        if not line or line.startswith("#") or (not ids and line == "user_id"):
+            continue
+        if len(line) > USER_ID_MAX_CHARS:
+            raise refuse(
+                _("Line %(line)s: a user id longer than %(limit)s characters.")
+                % {"line": number, "limit": USER_ID_MAX_CHARS}
+            )
+        ids.append(line)
+        if len(ids) > settings.JOBS_MAX_USER_IDS:
+            raise refuse(too_many_ids(len(ids)))
+    return ids
+
+
 def _clean_user_ids(user_ids: Iterable[Any], errors: dict[str, str]) -> list[str]:
     if isinstance(user_ids, str | bytes) or not isinstance(user_ids, Iterable):
         errors["user_ids"] = _("must be a list of user ids, or null for every user needing extraction")
@@ -150,8 +188,11 @@ def _clean_user_ids(user_ids: Iterable[Any], errors: dict[str, str]) -> list[str
             bad.append(_("item %(position)s is not a string") % {"position": position})
             continue
         text = str(value).strip()
-        if not text or len(text) > 128:
-            bad.append(_("item %(position)s is empty or longer than 128 characters") % {"position": position})
+        if not text or len(text) > USER_ID_MAX_CHARS:
+            bad.append(
+                _("item %(position)s is empty or longer than %(limit)s characters")
+                % {"position": position, "limit": USER_ID_MAX_CHARS}
+            )
         elif text not in seen:
             seen.add(text)
             ids.append(text)

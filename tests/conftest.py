@@ -205,3 +205,13 @@ def web_server(transactional_db, tmp_path, static_root):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _default_language_after_each_test():
+    """A request that asked for Chinese leaves its language active in this thread (LocaleMiddleware
+    never switches back): the next test starts in the default language again."""
+    yield
+    from django.utils import translation
+
+    translation.deactivate()

@@ -133,8 +133,10 @@ def test_cancel_job(run, make_users):
 def test_it_counts_user_ids_as_the_api_does(run, make_users, write_file, settings):
     settings.JOBS_MAX_USER_IDS = 2
     make_users(2)
-    with pytest.raises(CommandError, match="3 user ids; at most 2 per job"):
+    with pytest.raises(CommandError, match=r"More than 2 user ids \(3 so far\): at most 2 per job"):
         run("extract", "--users-file", write_file("ids.txt", "u001\nu002\nu001\n"), "--detach")
+    with pytest.raises(CommandError, match="3 user ids; at most 2 per job"):
+        run("extract", "--users", "u001", "u002", "u001", "--detach")
 
 
 def finished_job(make_users, *, succeeded: int, failed: int, cancelled: int) -> Job:

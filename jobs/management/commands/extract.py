@@ -10,18 +10,18 @@ from jobs import engine
 from jobs.console import ProgressReport, follow, summary_line
 from jobs.models import Job
 from jobs.selectors import job_estimate, job_progress
-from jobs.services import JobError, job_start
+from jobs.services import JobError, JobInvalid, job_start, user_ids_read
 
 
 def read_user_ids(path: Path) -> list[str]:
-    """One user id per line; blank lines, '#' comments and a 'user_id' header are skipped."""
+    """The ids of a --users-file, read as the admin reads an uploaded one."""
     try:
-        with path.open(encoding="utf-8-sig") as handle:
-            lines = [line.strip() for line in handle]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CommandError(f"--users-file {path}: {exc}") from exc
-    ids = [line for line in lines if line and not line.startswith("#")]
-    return ids[1:] if ids[:1] == ["user_id"] else ids
+        with path.open("rb") as handle:
+            return user_ids_read(handle)
+    except OSError as exc:
+        raise CommandError(f"--users-file {path}: {exc.strerror}") from exc
+    except JobInvalid as exc:
+        raise CommandError(f"--users-file {path}: {exc.errors['users_file']}") from None
 
 
 class Command(BaseCommand):
