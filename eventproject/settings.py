@@ -373,6 +373,8 @@ EXTRACTION_LLM_BACKOFF_SECONDS = env_float("EXTRACTION_LLM_BACKOFF_SECONDS", 1.0
 UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 16_000_000, minimum=10_000)
 # User ids one start may name, counted the same way in the API, the admin and the commands.
 JOBS_MAX_USER_IDS = env_int("JOBS_MAX_USER_IDS", 100_000, minimum=1)
+# The predecessor's synchronous POST /api/v1/events/extract runs in the request: a few users only.
+LEGACY_SYNC_MAX_USERS = env_int("LEGACY_SYNC_MAX_USERS", 100, minimum=1, maximum=10_000)
 # Imports: one line (a CSV record, a JSON Lines object), decompressed; what a row may store.
 IMPORT_MAX_LINE_CHARS = env_int("IMPORT_MAX_LINE_CHARS", 65_536, minimum=1_024, maximum=100_000_000)
 IMPORT_MAX_JSON_DEPTH = env_int("IMPORT_MAX_JSON_DEPTH", 10, minimum=1, maximum=100)

@@ -231,7 +231,7 @@ class LegacySyncView(LegacyView):
     write_permissions = ("jobs.add_job", VIEW_JOB, VIEW_EVENT)
 
     def post(self, request: Request) -> Response:
-        limit = getattr(settings, "LEGACY_SYNC_MAX_USERS", 100)
+        limit = settings.LEGACY_SYNC_MAX_USERS
         data = UserIdsInput(data=request.data)
         data.is_valid(raise_exception=True)
         user_ids = data.validated_data["user_ids"]
