@@ -62,6 +62,42 @@ def _fresh_cache():
 
 
 @pytest.fixture
+def clusters(tmp_path):
+    """clusters(**env) starts a real `manage.py qcluster` on the test database (its log in tmp_path);
+    every cluster started is stopped at the end, as a process manager stops one."""
+    from tests.cluster import Cluster
+
+    started = []
+
+    def start(**env: str):
+        cluster = Cluster(tmp_path / f"cluster-{len(started)}.log", **env)
+        started.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.stop()
+
+
+@pytest.fixture
+def imports_dir(settings, tmp_path):
+    """IMPORTS_DIR in tmp_path, where uploaded files are kept for the cluster."""
+    settings.IMPORTS_DIR = tmp_path / "imports"
+    return settings.IMPORTS_DIR
+
+
+@pytest.fixture
+def extract_claim():
+    """extract_claim(claim, extractor) -> the claim's outcomes, as a worker would get them."""
+    from extraction.services import chunk_extract
+
+    def extract(claim, extractor):
+        return chunk_extract(user_ids=claim.user_ids, extractor=extractor)
+
+    return extract
+
+
+@pytest.fixture
 def running_job():
     """running_job(user_ids, **options) -> a running job of the test extractor (chunks of 2, nothing
     enqueued: the test drives the engine itself). `job_start` arguments go in `start`."""

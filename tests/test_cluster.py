@@ -10,7 +10,7 @@ from django.core.management import call_command
 from extraction.models import ExtractedEvent, ExtractionState
 from jobs.models import Job
 from jobs.services import job_cancel, job_counters_reconcile, job_start
-from tests.cluster import Cluster, wait_for
+from tests.cluster import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -19,20 +19,11 @@ CLUSTER_ENV = {"Q_WORKERS": "2", "JOBS_LEASE_SECONDS": "2", "JOBS_DRAIN_TASKS": 
 
 
 @pytest.fixture
-def clusters(transactional_db, tmp_path, settings):
-    # This process starts and resumes jobs too.
+def clusters(clusters, settings):
+    """Clusters with short leases and many drain tasks; this process starts and resumes jobs too."""
     settings.JOBS_LEASE_SECONDS = int(CLUSTER_ENV["JOBS_LEASE_SECONDS"])
     settings.JOBS_DRAIN_TASKS = int(CLUSTER_ENV["JOBS_DRAIN_TASKS"])
-    started = []
-
-    def start(**env):
-        cluster = Cluster(tmp_path / f"cluster-{len(started)}.log", **{**CLUSTER_ENV, **env})
-        started.append(cluster)
-        return cluster
-
-    yield start
-    for cluster in started:
-        cluster.stop()
+    return lambda **env: clusters(**{**CLUSTER_ENV, **env})
 
 
 def finished(job):

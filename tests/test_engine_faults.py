@@ -15,7 +15,7 @@ from django_q.models import OrmQ
 
 from eventproject.db import DatabaseNow, database_now
 from extraction.extractors import ExtractionError, make_extractor
-from extraction.services import Outcome, chunk_extract
+from extraction.services import Outcome
 from jobs.engine import (
     DrainKeeper,
     JobControl,
@@ -34,10 +34,6 @@ from tests.cluster import wait_for
 pytestmark = pytest.mark.django_db
 
 
-def extracted(claim, extractor):
-    return chunk_extract(user_ids=claim.user_ids, extractor=extractor)
-
-
 def assert_stopped_job_holds_nothing(job):
     """A job that is not running keeps no pending or running items, and its counters are true."""
     job.refresh_from_db()
@@ -47,26 +43,26 @@ def assert_stopped_job_holds_nothing(job):
 
 
 # A cancel or a failure landing while chunks run --------------------------------------------------
-def test_a_cancel_while_a_chunk_fails_retryably_leaves_its_users_free(make_users, running_job):
+def test_a_cancel_while_a_chunk_fails_retryably_leaves_its_users_free(extract_claim, make_users, running_job):
     users = make_users(2)
     job = running_job(users, error="the model timed out")
     extractor = make_extractor("test", job.options)
     claim = chunk_claim(job)
     job_cancel(job)  # lands while the chunk is being extracted
-    chunk_commit(claim, job, extracted(claim, extractor), extractor)  # retryable errors for both
+    chunk_commit(claim, job, extract_claim(claim, extractor), extractor)  # retryable errors for both
     job_finish_if_done(job.id)  # what the drain does next
     assert_stopped_job_holds_nothing(job)
     assert job.cancelled_items == 2
     assert job_start(user_ids=users, enqueue=False).total_items == 2  # no "already in an active job"
 
 
-def test_a_job_failed_by_another_lane_keeps_no_pending_items(make_users, running_job):
+def test_a_job_failed_by_another_lane_keeps_no_pending_items(extract_claim, make_users, running_job):
     job = running_job(make_users(4), error="the model timed out", fail_users=["u003", "u004"])
     extractor = make_extractor("test", job.options)
     first, second = chunk_claim(job), chunk_claim(job)
     job_fail(job.id, "fail-fast in another lane")  # e.g. the token cap, a fatal error elsewhere
-    chunk_commit(first, job, extracted(first, extractor), extractor)  # u001, u002 succeed
-    chunk_commit(second, job, extracted(second, extractor), extractor)  # u003, u004 would retry
+    chunk_commit(first, job, extract_claim(first, extractor), extractor)  # u001, u002 succeed
+    chunk_commit(second, job, extract_claim(second, extractor), extractor)  # u003, u004 would retry
     assert_stopped_job_holds_nothing(job)
     assert dict(job.items.values_list("user_id", "status")) == {
         "u001": "succeeded",

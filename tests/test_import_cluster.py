@@ -6,7 +6,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from extraction.imports import import_create
 from extraction.models import Behavior
-from tests.cluster import Cluster, wait_for
+from tests.cluster import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -25,37 +25,31 @@ def cluster_env(settings, tmp_path):
     }
 
 
-def test_an_import_whose_cluster_is_killed_mid_way_is_finished_by_the_next_one(cluster_env, tmp_path):
+def test_an_import_whose_cluster_is_killed_mid_way_is_finished_by_the_next_one(cluster_env, clusters):
     lines = ["user_id,event_time,action,item,duration,app,media,poi,price,page_url\n"]
     lines += [f"u{n % 500},2024-06-01 10:00:{n % 60:02d}.{n:06d},browse,P{n},3,,,,,\n" for n in range(ROWS)]
     data_import = import_create(
         kind="behaviors", upload=SimpleUploadedFile("big.csv", "".join(lines).encode())
     )
-    first = Cluster(tmp_path / "first.log", **cluster_env)
-    try:
+    first = clusters(**cluster_env)
 
-        def under_way():
-            data_import.refresh_from_db()
-            return data_import.rows_read >= 2_000
+    def under_way():
+        data_import.refresh_from_db()
+        return data_import.rows_read >= 2_000
 
-        wait_for(under_way, timeout=60, what=f"the import to be under way; cluster said:\n{first.output()}")
-        first.kill()
-    finally:
-        first.stop()
+    wait_for(under_way, timeout=60, what=f"the import to be under way; cluster said:\n{first.output()}")
+    first.kill()
     data_import.refresh_from_db()
     assert data_import.status == "running" and data_import.rows_read < ROWS, "finished before the kill"
     killed_at = data_import.rows_read
 
-    second = Cluster(tmp_path / "second.log", **cluster_env)
-    try:
+    second = clusters(**cluster_env)
 
-        def finished():
-            data_import.refresh_from_db()
-            return data_import.status in ("completed", "failed")
+    def finished():
+        data_import.refresh_from_db()
+        return data_import.status in ("completed", "failed")
 
-        wait_for(finished, timeout=90, what=f"the import to finish; cluster said:\n{second.output()}")
-    finally:
-        second.stop()
+    wait_for(finished, timeout=90, what=f"the import to finish; cluster said:\n{second.output()}")
     assert data_import.status == "completed", data_import.error
     # Every row exactly once: none lost at the kill, none counted twice after it.
     assert (data_import.rows_read, data_import.imported, data_import.duplicates, data_import.rejected) == (

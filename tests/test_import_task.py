@@ -30,10 +30,9 @@ def behaviors_csv(rows: int, *, bad_every: int = 0) -> bytes:
 
 
 @pytest.fixture
-def imports_dir(settings, tmp_path):
-    settings.IMPORTS_DIR = tmp_path / "imports"
-    settings.IMPORTS_BATCH_ROWS = 10
-    return settings.IMPORTS_DIR
+def imports_dir(imports_dir, settings):
+    settings.IMPORTS_BATCH_ROWS = 10  # batches of ten: checkpoints to count
+    return imports_dir
 
 
 def upload(content: bytes, name: str = "log.csv", kind: str = "behaviors") -> DataImport:

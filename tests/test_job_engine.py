@@ -29,10 +29,6 @@ def near(moment, expected, *, within=2.0) -> bool:
     return abs((moment - expected).total_seconds()) <= within
 
 
-def extracted(claim, extractor):
-    return chunk_extract(user_ids=claim.user_ids, extractor=extractor)
-
-
 def statuses(job):
     return dict(job.items.values_list("user_id", "status"))
 
@@ -87,17 +83,17 @@ def test_an_expired_lease_is_claimed_again(make_users, running_job, expire_lease
     assert set(JobItem.objects.values_list("attempts", flat=True)) == {2}
 
 
-def test_a_stale_token_cannot_commit(make_users, running_job, expire_leases):
+def test_a_stale_token_cannot_commit(extract_claim, make_users, running_job, expire_leases):
     job = running_job(make_users(2))
     extractor = make_extractor("test")
     stale = chunk_claim(job)
     expire_leases(job)
     fresh = chunk_claim(job)
-    assert chunk_commit(stale, job, extracted(stale, extractor), extractor).owned == 0
+    assert chunk_commit(stale, job, extract_claim(stale, extractor), extractor).owned == 0
     assert set(statuses(job).values()) == {"running"}
     assert not ExtractedEvent.objects.exists()
     assert process_one_chunk(job, extractor) is None  # the fresh claim still holds them
-    assert chunk_commit(fresh, job, extracted(fresh, extractor), extractor).owned == 2
+    assert chunk_commit(fresh, job, extract_claim(fresh, extractor), extractor).owned == 2
     assert set(statuses(job).values()) == {"succeeded"}
 
 

@@ -27,11 +27,6 @@ T0 = datetime(2024, 6, 1, 10, tzinfo=UTC)
 ACTIONS = ["search", "browse", "browse", "compare", "visit", "add_to_cart", "purchase"]
 
 
-@pytest.fixture
-def server(llm_server):
-    return llm_server
-
-
 def users(count, behaviors=7, start=1):
     """UserInputs u1… with behaviours whose ids are unique across users."""
     made = []
@@ -57,10 +52,10 @@ def extract(batch, **options):
     return control, extractor.extract(batch, control)
 
 
-def test_valid_replies_become_events_with_times_from_the_behaviours(server):
+def test_valid_replies_become_events_with_times_from_the_behaviours(llm_server):
     batch = users(3)
     control, results = extract(batch)
-    assert len(server.requests) == 1  # three small users packed into one call
+    assert len(llm_server.requests) == 1  # three small users packed into one call
     events = results["u2"]
     assert [(e.event_type, e.category, e.label) for e in events] == [
         ("search", "engagement", "搜索"),
@@ -81,108 +76,108 @@ def test_valid_replies_become_events_with_times_from_the_behaviours(server):
 
 
 @pytest.mark.parametrize("directive", ["think", "fence"])
-def test_think_blocks_and_code_fences_are_read_through(server, directive):
-    server.script.append(directive)
+def test_think_blocks_and_code_fences_are_read_through(llm_server, directive):
+    llm_server.script.append(directive)
     _, results = extract(users(2))
     assert all(isinstance(r, list) and r for r in results.values())
-    assert len(server.requests) == 1
+    assert len(llm_server.requests) == 1
 
 
-def test_a_429_is_retried_after_retry_after(server):
-    server.script.append("429")
-    server.retry_after = "1"
+def test_a_429_is_retried_after_retry_after(llm_server):
+    llm_server.script.append("429")
+    llm_server.retry_after = "1"
     started = time.monotonic()
     _, results = extract(users(2))
     assert time.monotonic() - started >= 1.0  # honoured, although the backoff alone is 0.05 s
-    assert [r["status"] for r in server.requests] == [429, 200]
+    assert [r["status"] for r in llm_server.requests] == [429, 200]
     assert all(isinstance(r, list) for r in results.values())
 
 
-def test_a_500_is_retried(server):
-    server.script.extend(["500", "500"])
+def test_a_500_is_retried(llm_server):
+    llm_server.script.extend(["500", "500"])
     _, results = extract(users(2))
-    assert [r["status"] for r in server.requests] == [500, 500, 200]
+    assert [r["status"] for r in llm_server.requests] == [500, 500, 200]
     assert all(isinstance(r, list) for r in results.values())
 
 
-def test_a_timeout_is_retried(server):
-    server.script.append("timeout")
-    server.timeout_seconds = 3
+def test_a_timeout_is_retried(llm_server):
+    llm_server.script.append("timeout")
+    llm_server.timeout_seconds = 3
     _, results = extract(users(1), timeout=1.0)
-    assert len(server.requests) == 2
+    assert len(llm_server.requests) == 2
     assert isinstance(results["u1"], list)
 
 
-def test_endless_server_errors_fail_the_users_not_the_job(server, settings):
+def test_endless_server_errors_fail_the_users_not_the_job(llm_server, settings):
     settings.EXTRACTION_LLM_MAX_RETRIES = 1
-    server.script.extend(["500"] * 50)
+    llm_server.script.extend(["500"] * 50)
     _, results = extract(users(1))
     assert isinstance(results["u1"], ExtractionError)
     assert not results["u1"].permanent
     assert "HTTP 500" in results["u1"].message
 
 
-def test_a_malformed_reply_splits_the_call_and_retries_the_halves(server):
-    server.script.append("malformed")
+def test_a_malformed_reply_splits_the_call_and_retries_the_halves(llm_server):
+    llm_server.script.append("malformed")
     _, results = extract(users(4))
-    assert [len(r["users"]) for r in server.requests] == [4, 2, 2]
+    assert [len(r["users"]) for r in llm_server.requests] == [4, 2, 2]
     assert all(isinstance(r, list) and r for r in results.values())
 
 
 @pytest.mark.parametrize("directive", ["missing", "foreign", "empty"])
-def test_a_user_with_an_invalid_part_is_asked_again_alone(server, directive):
-    server.script.append(directive)
+def test_a_user_with_an_invalid_part_is_asked_again_alone(llm_server, directive):
+    llm_server.script.append(directive)
     _, results = extract(users(3))
-    first, second = server.requests[0]["users"], server.requests[1]["users"]
+    first, second = llm_server.requests[0]["users"], llm_server.requests[1]["users"]
     assert len(first) == 3 and second == [first[0]]  # only the user the reply got wrong
-    assert len(server.requests) == 2
+    assert len(llm_server.requests) == 2
     assert all(isinstance(r, list) and r for r in results.values())
 
 
-def test_extra_users_in_a_reply_are_ignored_and_not_cached(server):
-    server.script.append("extra")
+def test_extra_users_in_a_reply_are_ignored_and_not_cached(llm_server):
+    llm_server.script.append("extra")
     _, results = extract(users(2))
     assert set(results) == {"u1", "u2"}
     assert not LLMCacheEntry.objects.exists()
 
 
-def test_one_bad_user_cannot_sink_the_others(server):
-    server.bad_users = {"u3"}
+def test_one_bad_user_cannot_sink_the_others(llm_server):
+    llm_server.bad_users = {"u3"}
     _, results = extract(users(5))
     assert isinstance(results["u3"], ExtractionError)
     assert "behaviour ids [-1] are not this user's" in results["u3"].message
     assert all(isinstance(results[f"u{n}"], list) and results[f"u{n}"] for n in (1, 2, 4, 5))
     # u3 was asked three times in all, the others once.
-    asked = [u for r in server.requests for u in r["users"]]
+    asked = [u for r in llm_server.requests for u in r["users"]]
     assert asked.count("u3") == 3 and asked.count("u1") == 1
 
 
-def test_a_wrong_api_key_stops_with_a_clear_message(server, monkeypatch):
+def test_a_wrong_api_key_stops_with_a_clear_message(llm_server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
     with pytest.raises(
         ExtractorFatalError, match=r"rejected the API key \(HTTP 401\); check OPENAI_API_KEY"
     ) as exc:
         extract(users(2))
     assert "Incorrect API key provided" not in str(exc.value)  # the provider's words stay out
-    assert len(server.requests) == 1  # not retried
+    assert len(llm_server.requests) == 1  # not retried
 
 
-def test_an_unknown_model_stops_with_a_clear_message(server):
+def test_an_unknown_model_stops_with_a_clear_message(llm_server):
     with pytest.raises(ExtractorFatalError, match="does not know model 'gpt-nope'"):
         extract(users(1), model="gpt-nope")
 
 
-def test_identical_requests_are_answered_from_the_cache(server):
+def test_identical_requests_are_answered_from_the_cache(llm_server):
     batch = users(3)
     extract(batch)
-    calls = len(server.requests)
+    calls = len(llm_server.requests)
     control, results = extract(batch)
-    assert len(server.requests) == calls  # nothing sent again
+    assert len(llm_server.requests) == calls  # nothing sent again
     assert control.usage == {}  # and nothing paid
     assert all(isinstance(r, list) for r in results.values())
 
 
-def test_pruning_the_cache_deletes_old_answers_only_and_they_are_asked_again(server, run):
+def test_pruning_the_cache_deletes_old_answers_only_and_they_are_asked_again(llm_server, run):
     old, recent = users(2), users(2, start=3)
     extract(old)
     LLMCacheEntry.objects.update(created_at=datetime.now(UTC) - timedelta(days=40))
@@ -195,15 +190,15 @@ def test_pruning_the_cache_deletes_old_answers_only_and_they_are_asked_again(ser
     out, _ = run("prune_llm_cache", "--days", "30")
     assert out.startswith("deleted 1 cached answers made before") and out.endswith("; 1 kept\n")
 
-    calls = len(server.requests)
+    calls = len(llm_server.requests)
     extract(recent)
-    assert len(server.requests) == calls  # still cached
+    assert len(llm_server.requests) == calls  # still cached
     extract(old)
-    assert len(server.requests) == calls + 1  # asked again, and cached again
+    assert len(llm_server.requests) == calls + 1  # asked again, and cached again
     assert LLMCacheEntry.objects.count() == 2
 
 
-def test_the_cache_is_pruned_in_batches_and_days_must_not_be_negative(server, run):
+def test_the_cache_is_pruned_in_batches_and_days_must_not_be_negative(llm_server, run):
     for n in range(1, 6):
         extract(users(1, start=n))
     assert cache_prune(datetime.now(UTC) + timedelta(seconds=1), batch_size=2) == 5
@@ -212,34 +207,34 @@ def test_the_cache_is_pruned_in_batches_and_days_must_not_be_negative(server, ru
         run("prune_llm_cache", "--days", "-1")
 
 
-def test_a_user_too_large_for_one_call_is_split_and_merged(server):
+def test_a_user_too_large_for_one_call_is_split_and_merged(llm_server):
     (big,) = users(1, behaviors=140)
     _, results = extract([big], token_budget=3000)
-    assert len(server.requests) > 1
-    assert all(r["users"] == ["u1"] for r in server.requests)
+    assert len(llm_server.requests) > 1
+    assert all(r["users"] == ["u1"] for r in llm_server.requests)
     events = results["u1"]
     ids = [i for e in events for i in e.behavior_ids]
     assert sorted(ids) == [b.id for b in big.behaviors]  # every behaviour, once, across segments
     assert [e.starts_at for e in events] == sorted(e.starts_at for e in events)
 
 
-def test_calls_stay_within_the_token_budget_and_the_concurrency(server):
-    server.latency = 0.2
+def test_calls_stay_within_the_token_budget_and_the_concurrency(llm_server):
+    llm_server.latency = 0.2
     batch = users(40, behaviors=30)
     _, results = extract(batch, token_budget=4000, max_concurrency=3)
-    assert server.max_in_flight <= 3
-    assert len(server.requests) == make_extractor("llm", {"token_budget": 4000}).estimate(batch)["calls"]
+    assert llm_server.max_in_flight <= 3
+    assert len(llm_server.requests) == make_extractor("llm", {"token_budget": 4000}).estimate(batch)["calls"]
     assert all(isinstance(r, list) for r in results.values())
 
 
-def test_users_without_behaviours_need_no_call(server):
+def test_users_without_behaviours_need_no_call(llm_server):
     empty = UserInput("nobody", {}, 1, [])
     _, results = extract([empty])
     assert results == {"nobody": []}
-    assert server.requests == []
+    assert llm_server.requests == []
 
 
-def test_the_options_are_checked(server):
+def test_the_options_are_checked(llm_server):
     with pytest.raises(ValidationError) as caught:
         make_extractor("llm", {"max_concurrency": 0, "temperature": 5.0, "api_key": "x"})
     assert set(caught.value.message_dict) == {

@@ -14,18 +14,13 @@ from jobs.engine import chunk_claim, chunk_commit, job_drain, job_mark_running
 from jobs.models import Job
 from jobs.selectors import job_progress
 from jobs.services import job_cancel, job_counters_reconcile, job_start
-from tests.cluster import Cluster, wait_for
+from tests.cluster import wait_for
 from tests.fake_openai import API_KEY, MODEL
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def server(llm_server):
-    return llm_server
-
-
-def test_a_job_records_tokens_per_item_and_on_the_job(server, make_users):
+def test_a_job_records_tokens_per_item_and_on_the_job(llm_server, make_users):
     make_users(30, behaviors=6)
     job = job_start(extractor="llm", options={"max_concurrency": 2}, enqueue=False)
     assert job.chunk_size == 200  # the LLM extractor's own default
@@ -48,7 +43,7 @@ def test_a_job_records_tokens_per_item_and_on_the_job(server, make_users):
     assert job_counters_reconcile(job.id) == {}
 
 
-def test_a_wrong_api_key_fails_the_job_fast_with_a_clear_message(server, make_users, monkeypatch):
+def test_a_wrong_api_key_fails_the_job_fast_with_a_clear_message(llm_server, make_users, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong")
     make_users(10)
     job = job_start(extractor="llm", chunk_size=5, enqueue=False)
@@ -57,10 +52,10 @@ def test_a_wrong_api_key_fails_the_job_fast_with_a_clear_message(server, make_us
     assert job.status == "failed"
     assert job.error.startswith("the LLM endpoint rejected the API key (HTTP 401)")
     assert job.cancelled_items == 10
-    assert len(server.requests) <= 2  # one per lane (two chunks at once), never retried
+    assert len(llm_server.requests) <= 2  # one per lane (two chunks at once), never retried
 
 
-def test_the_token_limit_stops_the_job_with_a_clear_status(server, make_users):
+def test_the_token_limit_stops_the_job_with_a_clear_status(llm_server, make_users):
     make_users(30, behaviors=6)
     job = job_start(
         extractor="llm", chunk_size=3, enqueue=False, options={"max_concurrency": 1, "max_total_tokens": 1500}
@@ -86,19 +81,19 @@ class StopAfter(Control):
         return len(self.server.requests) >= self.calls
 
 
-def test_the_stop_is_checked_before_every_call(server, make_users):
+def test_the_stop_is_checked_before_every_call(llm_server, make_users):
     make_users(20, behaviors=4)
     extractor = make_extractor("llm", {"max_concurrency": 1, "token_budget": 1000})
     inputs = user_inputs_load([f"u{i:03d}" for i in range(1, 21)])
     assert extractor.estimate(inputs)["calls"] > 3
-    results = extractor.extract(inputs, StopAfter(2, server))
-    assert len(server.requests) == 2
+    results = extractor.extract(inputs, StopAfter(2, llm_server))
+    assert len(llm_server.requests) == 2
     stopped = [r for r in results.values() if isinstance(r, ExtractionError)]
     assert stopped and all(r.stopped for r in stopped)
     assert sum(isinstance(r, list) for r in results.values()) == len(inputs) - len(stopped)
 
 
-def test_users_never_sent_go_back_to_pending_or_are_cancelled_with_the_job(server, make_users):
+def test_users_never_sent_go_back_to_pending_or_are_cancelled_with_the_job(llm_server, make_users):
     make_users(4)
     job = job_start(extractor="llm", chunk_size=4, enqueue=False)
     job_mark_running(job.id)
@@ -117,22 +112,22 @@ def test_users_never_sent_go_back_to_pending_or_are_cancelled_with_the_job(serve
     assert job_counters_reconcile(job.id) == {}
 
 
-def test_estimate_tells_calls_and_tokens_before_starting(server, make_users, run):
+def test_estimate_tells_calls_and_tokens_before_starting(llm_server, make_users, run):
     make_users(8, behaviors=10)
     out, _ = run("extract", "--estimate", "--extractor", "llm", "--options", '{"token_budget": 2000}')
     assert out.startswith("estimate for 8 users with extractor llm: ")
     assert "calls, about" in out and "prompt and" in out
-    assert not Job.objects.exists() and server.requests == []
+    assert not Job.objects.exists() and llm_server.requests == []
     out, _ = run("extract", "--estimate")
     assert "with extractor rules: 0 calls" in out
 
 
-def test_a_killed_job_resumes_without_repeating_finished_calls(server, make_users, tmp_path, settings):
+def test_a_killed_job_resumes_without_repeating_finished_calls(llm_server, make_users, clusters, settings):
     settings.JOBS_LEASE_SECONDS = 2
     make_users(60, behaviors=4)
-    server.latency = 0.3
+    llm_server.latency = 0.3
     env = {
-        "OPENAI_BASE_URL": server.url,
+        "OPENAI_BASE_URL": llm_server.url,
         "OPENAI_API_KEY": API_KEY,
         "EXTRACTION_LLM_MODEL": MODEL,
         "Q_WORKERS": "1",
@@ -143,37 +138,29 @@ def test_a_killed_job_resumes_without_repeating_finished_calls(server, make_user
         "calls"
     ]
     assert calls >= 10
-    first = Cluster(tmp_path / "first.log", **env)
-    try:
-        # 60 users in many calls, two at a time: kill the worker half-way through.
-        job = job_start(extractor="llm", chunk_size=60, options=options)
-        wait_for(
-            lambda: len([r for r in server.requests if r.get("status") == 200]) >= 4,
-            timeout=60,
-            what="some calls answered",
-        )
-        first.kill()
-    finally:
-        first.stop()
+    first = clusters(**env)
+    # 60 users in many calls, two at a time: kill the worker half-way through.
+    job = job_start(extractor="llm", chunk_size=60, options=options)
+    wait_for(
+        lambda: len([r for r in llm_server.requests if r.get("status") == 200]) >= 4,
+        timeout=60,
+        what="some calls answered",
+    )
+    first.kill()
     assert Job.objects.get(id=job.id).succeeded_items < 60  # killed before the end
-    second = Cluster(tmp_path / "second.log", **env)
-    try:
-        wait_for(
-            lambda: Job.objects.get(id=job.id).status == "completed", timeout=90, what="the job to finish"
-        )
-    finally:
-        second.stop()
+    clusters(**env)
+    wait_for(lambda: Job.objects.get(id=job.id).status == "completed", timeout=90, what="the job to finish")
     job.refresh_from_db()
     assert job.succeeded_items == 60
-    digests = Counter(r["digest"] for r in server.requests)
+    digests = Counter(r["digest"] for r in llm_server.requests)
     repeated = sum(n - 1 for n in digests.values())
     # Only calls in flight when the worker died (2 at a time) are paid twice; the others came from the cache.
     assert repeated <= 2, digests
 
 
-def test_a_model_name_longer_than_32_characters_is_recorded_on_every_event(server, make_users):
+def test_a_model_name_longer_than_32_characters_is_recorded_on_every_event(llm_server, make_users):
     model = "meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo"
-    server.models.add(model)
+    llm_server.models.add(model)
     make_users(6, behaviors=3)
     job = job_start(extractor="llm", options={"model": model}, enqueue=False)
     job_drain(job.id)
@@ -182,11 +169,11 @@ def test_a_model_name_longer_than_32_characters_is_recorded_on_every_event(serve
     assert set(ExtractedEvent.objects.values_list("extractor_version", flat=True)) == {f"1+{model}"}
 
 
-def test_answers_that_keep_naming_other_users_behaviours_fail_the_job_fast(server, make_users, settings):
+def test_answers_that_keep_naming_other_users_behaviours_fail_the_job_fast(llm_server, make_users, settings):
     """Each message names other ids, so no two are equal: the streak counts the kind of error."""
     settings.JOBS_FAIL_FAST_AFTER = 5
     make_users(40, behaviors=3)
-    server.foreign_ids = True
+    llm_server.foreign_ids = True
     job = job_start(
         extractor="llm", chunk_size=4, max_attempts=1, options={"max_concurrency": 4}, enqueue=False
     )
@@ -201,7 +188,7 @@ def test_answers_that_keep_naming_other_users_behaviours_fail_the_job_fast(serve
     assert job_counters_reconcile(job.id) == {}
 
 
-def test_a_job_its_token_cap_stopped_resumes_only_with_a_higher_cap(server, make_users, api, run):
+def test_a_job_its_token_cap_stopped_resumes_only_with_a_higher_cap(llm_server, make_users, api, run):
     make_users(12, behaviors=6)
     job = job_start(
         extractor="llm", chunk_size=3, enqueue=False, options={"max_concurrency": 1, "max_total_tokens": 1500}

@@ -7,7 +7,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from extraction.extractors import make_extractor
-from extraction.services import chunk_extract
 from jobs.engine import chunk_claim, chunk_commit, job_drain, job_mark_running
 from jobs.services import job_cancel, job_start
 from ops import metrics
@@ -103,7 +102,7 @@ def test_job_and_item_figures_agree_with_the_jobs(
 
 
 def test_lease_losses_are_counted_when_they_expire_and_when_a_late_commit_is_refused(
-    client, make_users, running_job, expire_leases
+    client, make_users, running_job, expire_leases, extract_claim
 ):
     job = running_job(make_users(3), start={"chunk_size": 3})
     extractor = make_extractor("test")
@@ -114,11 +113,8 @@ def test_lease_losses_are_counted_when_they_expire_and_when_a_late_commit_is_ref
     assert value(samples, "eventproject_lease_losses_total", kind="expired") == 3
     assert value(samples, "eventproject_lease_losses_total", kind="at_commit") == 0
 
-    def extracted(claim, extractor):
-        return chunk_extract(user_ids=claim.user_ids, extractor=extractor)
-
-    assert chunk_commit(stale, job, extracted(stale, extractor), extractor).owned == 0
-    assert chunk_commit(fresh, job, extracted(fresh, extractor), extractor).owned == 3
+    assert chunk_commit(stale, job, extract_claim(stale, extractor), extractor).owned == 0
+    assert chunk_commit(fresh, job, extract_claim(fresh, extractor), extractor).owned == 3
     samples = scrape(client)
     assert value(samples, "eventproject_lease_losses_total", kind="at_commit") == 3
     assert value(samples, "eventproject_lease_losses_total", kind="expired") == 3

@@ -10,27 +10,12 @@ from django.db import connection
 
 from jobs.models import Job
 from jobs.services import job_start
-from tests.cluster import Cluster, wait_for
 from tests.cluster import test_database_url as database_url
+from tests.cluster import wait_for
 from tests.fake_openai import API_KEY, MODEL, tokens_reported
 from tests.test_metrics import parse, value
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def clusters(tmp_path):
-    """clusters(**env) starts a qcluster on the test database; all are stopped at the end."""
-    started = []
-
-    def start(**env: str) -> Cluster:
-        cluster = Cluster(tmp_path / f"cluster-{len(started)}.log", **env)
-        started.append(cluster)
-        return cluster
-
-    yield start
-    for cluster in started:
-        cluster.stop()
 
 
 def health(server) -> tuple[int, dict]:
