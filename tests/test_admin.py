@@ -73,7 +73,10 @@ def test_cancel_resume_and_retry_through_the_admin(client, personas, make_users)
     assert f"Started job {retry.id} to retry the failed users." in response.content.decode()
     again = client.post(f"/admin/jobs/job/{job.id}/cancel/", follow=True).content.decode()
     assert "only queued or running jobs can be cancelled" in again
-    assert client.post(f"/admin/jobs/job/{job.id}/explode/").status_code in (302, 404)  # no such action
+    before = Job.objects.values().get(id=job.id)
+    response = client.post(f"/admin/jobs/job/{job.id}/explode/")  # no such action
+    assert (response.status_code, response["Location"]) == (302, f"/admin/jobs/job/{job.id}/explode/change/")
+    assert Job.objects.values().get(id=job.id) == before  # nothing was done
 
 
 def test_the_start_form_starts_a_job_through_the_service(client, personas, make_users):

@@ -111,9 +111,20 @@ def test_no_behaviours_give_no_events():
     assert extract() == []
 
 
-def test_it_is_deterministic():
-    behaviors = [behavior(i, a, i * 7, item=f"m{i % 2}") for i, a in enumerate(["browse"] * 5 + ["visit"], 1)]
-    assert extract(*behaviors) == extract(*behaviors)
+def test_a_users_events_depend_only_on_that_users_behaviours():
+    """Not on the other users of the chunk, their order, or what the extractor decided before (its
+    (action, place) decisions are cached across users and chunks)."""
+    mine = [behavior(i, a, i * 7, item=f"m{i % 2}") for i, a in enumerate(["browse"] * 5 + ["visit"], 1)]
+    other = [behavior(100 + i, a, i, place="4S店") for i, a in enumerate(["visit", "browse", "purchase"])]
+    alone = extract(*mine)
+    warmed = make_extractor("rules")
+    users = [UserInput("other", {}, 1, other), UserInput("u1", {}, 1, mine)]
+    assert warmed.extract(users)["u1"] == alone
+    assert warmed.extract(users[::-1])["u1"] == alone
+    # Alternating models: no run to merge.
+    assert summary(alone) == [("browse_model", "engagement", [n]) for n in range(1, 6)] + [
+        ("place_visit", "engagement", [6])
+    ]
 
 
 def test_the_ruleset_file_in_settings_replaces_the_default(settings, tmp_path):
