@@ -6,9 +6,11 @@ whose DATABASE_URL points at a fresh database; the parent collects the figures
 """
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -62,9 +64,30 @@ def child_env(url: str, **extra: str) -> dict[str, str]:
     }
 
 
+STOP_SECONDS = 20  # how long a process gets to stop after SIGTERM before it is killed
+
+
+def process_stop(process: subprocess.Popen, *, seconds: float = STOP_SECONDS) -> None:
+    """Stop a process started with start_new_session=True the way a process manager does (systemd's
+    KillMode=mixed): SIGTERM to the main process only, SIGKILL to its whole group after `seconds`.
+
+    A `qcluster` whose children get SIGTERM too can hang for ever (a django-q2 bug), and one that
+    hangs anyway is killed: the engine's leases make that safe. Nothing it started is left running.
+    """
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            print(f"process {process.pid} did not stop in {seconds} s: killed", file=sys.stderr)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # children left behind by the main process
+    process.wait()
+
+
 @contextmanager
 def qcluster(env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """A real `manage.py qcluster` for the length of the block, stopped (and waited for) after it."""
+    """A real `manage.py qcluster` for the length of the block, stopped (see process_stop) after it."""
     cluster = subprocess.Popen(
         [sys.executable, "manage.py", "qcluster"],
         cwd=ROOT,
@@ -76,8 +99,22 @@ def qcluster(env: dict[str, str]) -> Iterator[subprocess.Popen]:
     try:
         yield cluster
     finally:
-        cluster.terminate()
-        cluster.wait(timeout=60)
+        process_stop(cluster)
+
+
+def cluster_wait_alive(*, seconds: float = 60) -> None:
+    """Wait (in a child with Django set up) until a cluster's heartbeat says it is working, so a
+    measurement starts with the cluster up rather than counting its start-up."""
+    from django_q.conf import Conf
+
+    from ops.health import cluster_stats
+
+    up = {str(Conf.IDLE), str(Conf.WORKING)}
+    deadline = time.monotonic() + seconds
+    while not any(str(stat.status) in up for stat in cluster_stats()):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no cluster came up within {seconds} s")
+        time.sleep(0.1)
 
 
 def run_child(module: str, url: str, *args: str, **env: str) -> dict[str, float]:
