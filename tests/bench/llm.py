@@ -16,6 +16,11 @@ import time
 
 from tests.bench.common import backend_urls, child_env, print_table, qcluster
 
+# The LLM extractor's targets since its first version: the run within 85 % of the ideal bound (every
+# call slot busy all the time) and at most 10 % more calls than the token and user budgets allow.
+TARGET_EFFICIENCY = 0.85
+TARGET_EXTRA_CALLS = 0.10
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -101,9 +106,9 @@ def main() -> None:
         [
             row("users/s", f"{options.users / seconds:,.1f}", "-"),
             row("run time, s", f"{seconds:.1f}", f"ideal bound {ideal:.1f} s"),
-            row("efficiency (ideal / run time)", f"{100 * ideal / seconds:.0f}%", "target ≥ 85%"),
+            row("efficiency (ideal / run time)", f"{100 * ideal / seconds:.0f}%", f"target ≥ {TARGET_EFFICIENCY:.0%}"),
             row("calls made", f"{calls:,}", f"minimum the budgets allow: {minimum:,}"),
-            row("calls over the minimum", f"{100 * (calls / minimum - 1):.1f}%", "target ≤ 10%"),
+            row("calls over the minimum", f"{100 * (calls / minimum - 1):.1f}%", f"target ≤ {TARGET_EXTRA_CALLS:.0%}"),
             row("most calls in flight", f"{fake.max_in_flight}", f"slots: {slots}"),
             row(
                 "mean time a call spent in the server, ms",
