@@ -106,9 +106,17 @@ def main() -> None:
         [
             row("users/s", f"{options.users / seconds:,.1f}", "-"),
             row("run time, s", f"{seconds:.1f}", f"ideal bound {ideal:.1f} s"),
-            row("efficiency (ideal / run time)", f"{100 * ideal / seconds:.0f}%", f"target ≥ {TARGET_EFFICIENCY:.0%}"),
+            row(
+                "efficiency (ideal / run time)",
+                f"{100 * ideal / seconds:.0f}%",
+                f"target ≥ {TARGET_EFFICIENCY:.0%}",
+            ),
             row("calls made", f"{calls:,}", f"minimum the budgets allow: {minimum:,}"),
-            row("calls over the minimum", f"{100 * (calls / minimum - 1):.1f}%", f"target ≤ {TARGET_EXTRA_CALLS:.0%}"),
+            row(
+                "calls over the minimum",
+                f"{100 * (calls / minimum - 1):.1f}%",
+                f"target ≤ {TARGET_EXTRA_CALLS:.0%}",
+            ),
             row("most calls in flight", f"{fake.max_in_flight}", f"slots: {slots}"),
             row(
                 "mean time a call spent in the server, ms",
