@@ -203,6 +203,11 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
         f"-c idle_in_transaction_session_timeout={idle_seconds}s"
     )
+    # Under ASGI each request runs on a thread of its own, so a persistent connection would be a new
+    # connection per request: the web server (gunicorn.conf.py) sets a pool of this size per process.
+    if pool_size := env_int("DATABASE_POOL_SIZE", 0):
+        DATABASES["default"]["CONN_MAX_AGE"] = 0  # a pooled connection goes back after each request
+        DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 1, "max_size": pool_size, "timeout": 30}
 else:
     raise ImproperlyConfigured("DATABASE_URL must point to PostgreSQL or SQLite")
 

@@ -27,6 +27,8 @@ from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 from django.db import close_old_connections, connection
 
+from ops.exporter import STREAM_FEEDS, STREAMS_OPEN
+
 from ..models import Job
 from ..selectors import job_progress, job_progress_state, progress_tag
 from .access import stream_slot_release
@@ -130,6 +132,7 @@ class ProgressStream:
 
     async def _async_events(self) -> AsyncIterator[str]:
         feed = feed_join(self.job_id)
+        STREAMS_OPEN.inc()
         try:
             yield f"retry: {STREAM_RETRY_MILLISECONDS}\n\n"
             last_tag = self.last_id
@@ -155,6 +158,7 @@ class ProgressStream:
             yield TIME_UP
         finally:  # also when the client went away (the server cancels the response)
             feed_leave(feed)
+            STREAMS_OPEN.dec()
             if not self._released:
                 self._released = True
                 await sync_to_async(stream_slot_release)(self.slot)
@@ -183,6 +187,7 @@ class Feed:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        STREAM_FEEDS.inc()
         try:
             while self.listeners:
                 try:
@@ -195,6 +200,7 @@ class Feed:
                         return
                 await asyncio.sleep(settings.API_STREAM_POLL_SECONDS)
         finally:
+            STREAM_FEEDS.dec()
             feeds = _feeds()
             if feeds.get(self.job_id) is self:
                 del feeds[self.job_id]
@@ -225,11 +231,6 @@ def feed_join(job_id: int) -> Feed:
 def feed_leave(feed: Feed) -> None:
     """One listener fewer; the feed's task stops at its next poll when none is left."""
     feed.listeners -= 1
-
-
-def feeds_running() -> dict[int, int]:
-    """{job id: listeners} of the feeds of this process's running event loop (for tests)."""
-    return {job_id: feed.listeners for job_id, feed in _feeds().items()}
 
 
 def _reader() -> ThreadPoolExecutor:
