@@ -2,8 +2,7 @@
 
 The workers are uvicorn's (ASGI): a progress stream (SSE) is a coroutine, not a thread, and each
 process reads a watched job's progress once per poll for all its streams (jobs/api/streams.py).
-Other views run as they do under WSGI, each request on a thread of its own, so on PostgreSQL each
-worker keeps a pool of WEB_DATABASE_POOL_SIZE connections instead of one connection per thread.
+Other views run one at a time per process on its synchronous thread (eventproject/asgi.py).
 
 Everything a deployment tunes comes from the environment (the same file the systemd units read):
 
@@ -11,7 +10,6 @@ Everything a deployment tunes comes from the environment (the same file the syst
     WEB_CONCURRENCY     worker processes (default 2 × cores + 1)
     WEB_TIMEOUT         seconds a worker may stay silent before it is restarted (default 60)
     WEB_ACCESS_LOG      where the access log goes (default "-", standard output; empty: none)
-    WEB_DATABASE_POOL_SIZE  PostgreSQL connections per worker at most (default 8)
 """
 
 import multiprocessing
@@ -37,9 +35,6 @@ keepalive = 5
 accesslog = os.environ.get("WEB_ACCESS_LOG", "-") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-# Read by the workers' settings (eventproject/settings.py); the environment may say otherwise.
-# (Named apart so that clusters, which read the same environment file, keep plain connections.)
-os.environ["DATABASE_POOL_SIZE"] = str(_env_int("WEB_DATABASE_POOL_SIZE", 8))
 # Workers import the application themselves, so `systemctl reload` (SIGHUP) brings in new code.
 preload_app = False
 

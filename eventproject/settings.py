@@ -203,11 +203,6 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
         f"-c idle_in_transaction_session_timeout={idle_seconds}s"
     )
-    # Under ASGI each request runs on a thread of its own, so a persistent connection would be a new
-    # connection per request: the web server (gunicorn.conf.py) sets a pool of this size per process.
-    if pool_size := env_int("DATABASE_POOL_SIZE", 0):
-        DATABASES["default"]["CONN_MAX_AGE"] = 0  # a pooled connection goes back after each request
-        DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": 1, "max_size": pool_size, "timeout": 30}
 else:
     raise ImproperlyConfigured("DATABASE_URL must point to PostgreSQL or SQLite")
 
@@ -272,7 +267,7 @@ API_EXPORT_RATE = env_rate("API_EXPORT_RATE", "30/hour")
 # browser reconnects by itself, sending Last-Event-ID).
 API_STREAMS_PER_USER = env_int("API_STREAMS_PER_USER", 3, minimum=1)
 API_STREAM_MAX_SECONDS = env_int("API_STREAM_MAX_SECONDS", 300, minimum=1)
-API_STREAM_POLL_SECONDS = env_float("API_STREAM_POLL_SECONDS", 1.0, minimum=0.05)
+API_STREAM_POLL_SECONDS = env_float("API_STREAM_POLL_SECONDS", 0.5, minimum=0.05)
 
 REST_FRAMEWORK = {
     # Token first: its WWW-Authenticate header makes anonymous requests 401, not 403.

@@ -127,3 +127,15 @@ def test_a_reconnecting_client_with_the_last_id_gets_nothing_twice(web_server, t
     first_id = next(line[4:] for line in body.decode().splitlines() if line.startswith("id: "))
     status, _, body = server.get(path, {"Authorization": f"Token {token}", "Last-Event-ID": first_id})
     assert status == 200 and b"event: progress" not in body
+
+
+def test_an_export_is_streamed_whole_on_the_asgi_server(web_server, token, make_users):
+    make_users(3)
+    job = job_start(user_ids=["u001", "u002", "u003"], enqueue=False)
+    job_mark_running(job.id)
+    job_drain(job.id)
+    server = web_server(WEB_CONCURRENCY="1")
+    status, headers, body = server.get("/api/v1/events/export.jsonl", {"Authorization": f"Token {token}"})
+    assert status == 200 and headers["content-type"] == "application/x-ndjson"
+    rows = [json.loads(line) for line in body.decode().splitlines()]
+    assert sorted({row["user_id"] for row in rows}) == ["u001", "u002", "u003"]

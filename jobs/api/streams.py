@@ -25,7 +25,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, connections
 
 from ops.exporter import STREAM_FEEDS, STREAMS_OPEN
 
@@ -78,7 +78,7 @@ def snapshot_read(job_id: int, previous: Snapshot | None) -> Snapshot | None:
     job, state = found
     if previous is not None and progress_tag(state) == previous.tag:
         return previous
-    progress = job_progress(job)
+    progress = job_progress(job, state=state)
     return Snapshot(progress_tag(progress), Progress(progress).data, job.status in Job.FINISHED)
 
 
@@ -254,16 +254,24 @@ def _read(job_id: int, previous: Snapshot | None) -> Snapshot | None:
 
 async def sync_body_as_async(parts: Iterator) -> AsyncIterator:
     """A synchronous streaming body (an export) served under ASGI part by part, never whole:
-    Django would otherwise read it all into memory first. Its parts are made on the request's
-    own thread, a few dozen per trip there."""
+    Django would otherwise read it all into memory first. Its parts are made on a thread of its
+    own (with its own database connection, closed at the end), a few dozen per trip there, so a
+    long export holds neither the process's synchronous thread nor anyone's connection."""
+    loop = asyncio.get_running_loop()
+    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export")
 
     def some() -> list:
         return [part for _, part in zip(range(SYNC_PARTS_PER_TRIP), parts, strict=False)]
 
+    def end() -> None:
+        if hasattr(parts, "close"):
+            parts.close()
+        connections.close_all()  # this thread's
+
     try:
-        while batch := await sync_to_async(some)():
+        while batch := await loop.run_in_executor(thread, some):
             for part in batch:
                 yield part
     finally:
-        if hasattr(parts, "close"):
-            await sync_to_async(parts.close)()
+        await loop.run_in_executor(thread, end)
+        thread.shutdown(wait=False)

@@ -168,7 +168,7 @@ class JobProgressView(JobsBase, APIView):
             return Response(
                 status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag, "Cache-Control": "no-cache"}
             )
-        progress = job_progress(job)
+        progress = job_progress(job, state=state)
         # The tag of what is sent, read after the state above: never older than the body.
         headers = {"ETag": progress_etag(progress_tag(progress)), "Cache-Control": "no-cache"}
         return Response(Progress(progress).data, headers=headers)

@@ -6,9 +6,11 @@ whose DATABASE_URL points at a fresh database; the parent collects the figures
 """
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,8 +78,19 @@ def qcluster(env: dict[str, str]) -> Iterator[subprocess.Popen]:
     try:
         yield cluster
     finally:
-        cluster.terminate()
-        cluster.wait(timeout=60)
+        stop_group(cluster)
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 45) -> None:
+    """SIGTERM to the main process only (gunicorn and qcluster stop their own workers; a group-wide
+    SIGTERM can hang django-q2), then SIGKILL of its whole group if it has not ended in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError):  # workers left behind
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
 
 
 def run_child(module: str, url: str, *args: str, **env: str) -> dict[str, float]:
