@@ -1,12 +1,15 @@
-"""gunicorn's settings for eventproject; `gunicorn eventproject.wsgi` in this folder reads them.
+"""gunicorn's settings for eventproject; `gunicorn eventproject.asgi` in this folder reads them.
+
+The workers are uvicorn's (ASGI): a progress stream (SSE) is a coroutine, not a thread, and each
+process reads a watched job's progress once per poll for all its streams (jobs/api/streams.py).
+Other views run one at a time per process on its synchronous thread (eventproject/asgi.py).
 
 Everything a deployment tunes comes from the environment (the same file the systemd units read):
 
-    WEB_BIND          address to listen on (default 127.0.0.1:8000; a proxy or load balancer in front)
-    WEB_CONCURRENCY   worker processes (default 2 × cores + 1)
-    WEB_THREADS       threads per worker (default 4): progress streams (SSE) hold a thread each
-    WEB_TIMEOUT       seconds a worker may stay silent before it is restarted (default 60)
-    WEB_ACCESS_LOG    where the access log goes (default "-", standard output; empty: none)
+    WEB_BIND            address to listen on (default 127.0.0.1:8000; a proxy or load balancer in front)
+    WEB_CONCURRENCY     worker processes (default 2 × cores + 1)
+    WEB_TIMEOUT         seconds a worker may stay silent before it is restarted (default 60)
+    WEB_ACCESS_LOG      where the access log goes (default "-", standard output; empty: none)
 """
 
 import multiprocessing
@@ -24,14 +27,12 @@ def _env_int(name: str, default: int) -> int:
 
 bind = os.environ.get("WEB_BIND") or "127.0.0.1:8000"
 workers = _env_int("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count() + 1)
-threads = _env_int("WEB_THREADS", 4)
-worker_class = "gthread"
+worker_class = "eventproject.web_worker.Worker"
 timeout = _env_int("WEB_TIMEOUT", 60)
 graceful_timeout = 30  # on stop or reload, requests in flight get this long to finish
 keepalive = 5
-# One line per request on stdout (the journal, under systemd), with the time it took in µs.
+# One line per request on stdout (the journal, under systemd), in uvicorn's format.
 accesslog = os.environ.get("WEB_ACCESS_LOG", "-") or None
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus "%(a)s"'
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Workers import the application themselves, so `systemctl reload` (SIGHUP) brings in new code.

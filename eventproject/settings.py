@@ -267,7 +267,7 @@ API_EXPORT_RATE = env_rate("API_EXPORT_RATE", "30/hour")
 # browser reconnects by itself, sending Last-Event-ID).
 API_STREAMS_PER_USER = env_int("API_STREAMS_PER_USER", 3, minimum=1)
 API_STREAM_MAX_SECONDS = env_int("API_STREAM_MAX_SECONDS", 300, minimum=1)
-API_STREAM_POLL_SECONDS = env_float("API_STREAM_POLL_SECONDS", 1.0, minimum=0.05)
+API_STREAM_POLL_SECONDS = env_float("API_STREAM_POLL_SECONDS", 0.5, minimum=0.05)
 
 REST_FRAMEWORK = {
     # Token first: its WWW-Authenticate header makes anonymous requests 401, not 403.

@@ -1,12 +1,16 @@
 """Reads of the job engine. job_progress() is the one progress function everything uses."""
 
+import hashlib
+import json
 import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Exists, Min, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, IntegerField, Min, OuterRef, Q, QuerySet, Subquery
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from eventproject.db import is_postgresql
 from extraction.extractors import Extractor
 from extraction.models import UserProfile
 from extraction.selectors import user_inputs_load, users_needing_extraction
@@ -22,21 +26,27 @@ TOP_ERRORS = 5
 TOP_ERRORS_SAMPLE = 10_000
 
 
-def job_progress(job: Job, *, now: datetime | None = None) -> dict[str, Any]:
+def job_progress(
+    job: Job, *, now: datetime | None = None, state: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Where a job stands, from the database alone (exact after any crash).
 
     Counts come from the job's counters (moved in the same transaction as the items),
     running items and rates from the items themselves. At most four small queries,
     whatever the job's size: the job row is the caller's, refresh it if it may be stale.
+    `state`, job_progress_state()'s figures read with that row, saves two of them.
     """
     now = now or timezone.now()
-    running_items = JobItem.objects.filter(job_id=job.id, status=JobItem.Status.RUNNING)
-    running = running_items.count() if job.is_active else 0
-    current_user_ids = (
-        list(running_items.order_by("id").values_list("user_id", flat=True)[:CURRENT_USERS_SHOWN])
-        if running
-        else []
-    )
+    if state is not None:  # job_progress_state() read the running items with the job
+        running, current_user_ids = state["running"], state["current_user_ids"]
+    else:  # (as job_progress_state() reads them: keep the two alike)
+        running_items = JobItem.objects.filter(job_id=job.id, status=JobItem.Status.RUNNING)
+        running = running_items.count() if job.is_active else 0
+        current_user_ids = (
+            list(running_items.order_by("id").values_list("user_id", flat=True)[:CURRENT_USERS_SHOWN])
+            if running
+            else []
+        )
     processed = job.succeeded_items + job.failed_items
     pending = max(job.total_items - processed - job.cancelled_items - running, 0)
     rate = _throughput(job, now) if job.status == Job.Status.RUNNING else 0.0
@@ -72,6 +82,79 @@ def job_progress(job: Job, *, now: datetime | None = None) -> dict[str, Any]:
         "elapsed_seconds": _elapsed(job, now),
         "error": job.error,
         "top_errors": _top_errors(job) if job.failed_items else [],
+    }
+
+
+# What job_progress() shows, apart from figures derived from the clock (rate, ETA, elapsed): a
+# change in any of them changes the progress's tag (the API's ETag, the stream's event id). The
+# rest never changes (id, extractor, created_at, chunk_size) or follows from these: pending,
+# percent and batches from the counts, top_errors from the failed items, which only ever grow.
+PROGRESS_STATE = (
+    "status",
+    "total",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "running",
+    "current_user_ids",
+    "event_count",
+    "prompt_tokens",
+    "completion_tokens",
+    "error",
+    "started_at",
+    "finished_at",
+)
+
+
+def progress_tag(progress: dict[str, Any]) -> str:
+    """A short hash of the PROGRESS_STATE figures of job_progress() or job_progress_state()."""
+    state = json.dumps([progress[key] for key in PROGRESS_STATE], default=str)
+    return hashlib.sha1(state.encode()).hexdigest()[:20]
+
+
+def job_progress_state(job_id: int) -> tuple[Job, dict[str, Any]] | None:
+    """A job and its PROGRESS_STATE figures in one small statement (None: no such job): the job's
+    row, the count of its running items and the first of their users, as job_progress() has them.
+
+    Cheap enough for every poll: a client whose copy is current (same tag) is answered from this
+    alone, and job_progress(), with its rates and top errors, runs only when something changed.
+    """
+    running = JobItem.objects.filter(job_id=OuterRef("pk"), status=JobItem.Status.RUNNING)
+    count = Subquery(
+        running.order_by().values("job_id").annotate(n=Count("id")).values("n"), output_field=IntegerField()
+    )
+    table, items = Job._meta.db_table, JobItem._meta.db_table
+    first = f"SELECT id, user_id FROM {items} WHERE job_id = {table}.id AND status = %s ORDER BY id LIMIT %s"
+    if is_postgresql():  # an array
+        ids = f"SELECT array_agg(user_id ORDER BY id) FROM ({first}) AS first_running"
+    else:  # a JSON array: SQLite keeps the subquery's order
+        ids = f"SELECT json_group_array(user_id) FROM ({first}) AS first_running"
+    job = (
+        Job.objects.filter(pk=job_id)
+        .annotate(
+            running_now=count,
+            running_ids=RawSQL(ids, (JobItem.Status.RUNNING, CURRENT_USERS_SHOWN)),
+        )
+        .first()
+    )
+    if job is None:
+        return None
+    running_count = (job.running_now or 0) if job.is_active else 0
+    ids = job.running_ids if running_count else []
+    return job, {
+        "status": job.status,
+        "total": job.total_items,
+        "succeeded": job.succeeded_items,
+        "failed": job.failed_items,
+        "cancelled": job.cancelled_items,
+        "running": running_count,
+        "current_user_ids": json.loads(ids) if isinstance(ids, str) else list(ids),
+        "event_count": job.event_count,
+        "prompt_tokens": job.prompt_tokens,
+        "completion_tokens": job.completion_tokens,
+        "error": job.error,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
     }
 
 

@@ -18,7 +18,7 @@ from functools import cache
 
 from django.db.models import Count, Q, Sum
 from django_q.brokers import get_broker
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -38,6 +38,17 @@ REQUEST_SECONDS = Histogram(
     registry=None,  # in the registry /metrics builds, or in the multiprocess files
 )
 
+# Progress streams under ASGI (jobs/api/streams.py), added up over the live worker processes.
+STREAMS_OPEN = Gauge(
+    f"{PREFIX}_progress_streams", "Progress streams (SSE) open", registry=None, multiprocess_mode="livesum"
+)
+STREAM_FEEDS = Gauge(
+    f"{PREFIX}_progress_feeds",
+    "Jobs whose progress a web process reads for its streams (one reader each, however many streams)",
+    registry=None,
+    multiprocess_mode="livesum",
+)
+
 
 @cache
 def registry() -> CollectorRegistry:
@@ -48,7 +59,8 @@ def registry() -> CollectorRegistry:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         MultiProcessCollector(built)
     else:
-        built.register(REQUEST_SECONDS)
+        for metric in (REQUEST_SECONDS, STREAMS_OPEN, STREAM_FEEDS):
+            built.register(metric)
     return built
 
 

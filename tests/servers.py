@@ -66,11 +66,12 @@ class WebServer:
             shlex.split(command),
             cwd=ROOT,
             env=production_env(
-                WEB_BIND=f"127.0.0.1:{self.port}",
-                WEB_CONCURRENCY="2",
-                WEB_THREADS="2",
-                PROMETHEUS_MULTIPROC_DIR=str(log.parent / f"metrics-{self.port}"),
-                **env,
+                **{
+                    "WEB_BIND": f"127.0.0.1:{self.port}",
+                    "WEB_CONCURRENCY": "2",
+                    "PROMETHEUS_MULTIPROC_DIR": str(log.parent / f"metrics-{self.port}"),
+                    **env,
+                }
             ),
             stdout=self.handle,
             stderr=subprocess.STDOUT,

@@ -184,9 +184,9 @@ def test_progress_costs_a_fixed_number_of_queries(api, make_users, django_assert
     process_one_chunk(job, make_extractor("test", job.options))
     chunk_claim(job)
     client = api("reader")
-    # token, permissions (the user's, its groups'), job, running count, running users, throughput,
+    # token, permissions (the user's, its groups'), the job with its running items, throughput,
     # top errors
-    with django_assert_num_queries(8):
+    with django_assert_num_queries(6):
         body = client.get(f"/api/v1/jobs/{job.id}/progress/").json()
     assert (body["succeeded"], body["failed"], body["running"]) == (1, 1, 2)
 

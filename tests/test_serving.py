@@ -52,12 +52,12 @@ def test_without_collectstatic_healthz_says_what_to_run(web_server, tmp_path):
 
 def test_a_bad_server_setting_stops_gunicorn_with_a_message_naming_it(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "--check-config", "eventproject.wsgi"],
+        [sys.executable, "-m", "gunicorn", "--check-config", "eventproject.asgi"],
         cwd=ROOT,
-        env={**os.environ, "WEB_THREADS": "many", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        env={**os.environ, "WEB_TIMEOUT": "many", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 1
-    assert "WEB_THREADS must be a positive integer, got 'many'" in result.stderr
+    assert "WEB_TIMEOUT must be a positive integer, got 'many'" in result.stderr

@@ -18,6 +18,7 @@ from extraction.services import EVENT_COLUMNS
 
 from .access import VIEW_EVENT, VIEW_PROFILE, ExportThrottle, Guarded
 from .serializers import EventFilter, EventOutput, UserOutput
+from .streams import asgi_served, sync_body_as_async
 from .views import ERRORS, IdCursorPages
 
 EXPORT_COLUMNS = ["id", *EVENT_COLUMNS[:-1]]  # all but created_at
@@ -139,6 +140,8 @@ class EventsExportView(Guarded, APIView):
             body, content_type = self.csv_lines(rows), "text/csv; charset=utf-8"
         else:
             body, content_type = self.json_lines(rows), "application/x-ndjson"
+        if asgi_served(request):
+            body = sync_body_as_async(body)
         response = StreamingHttpResponse(body, content_type=content_type)
         response["Content-Disposition"] = f'attachment; filename="events.{self.file_format}"'
         return response

@@ -1,12 +1,11 @@
 """Jobs over HTTP. Views stay thin: validate the input, call a service or selector, render."""
 
-import hashlib
 import json
-import time
 
 from django.conf import settings
-from django.http import StreamingHttpResponse
+from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
+from django.utils.http import parse_etags
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, OpenApiTypes, extend_schema
 from rest_framework import generics, status
@@ -18,9 +17,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ..models import Job, JobItem
-from ..selectors import job_progress
+from ..selectors import job_progress, job_progress_state, progress_tag
 from ..services import JobConflict, JobError, JobInvalid, job_cancel, job_resume, job_retry_failed, job_start
-from .access import Guarded, stream_slot_release, stream_slot_take
+from .access import Guarded, stream_slot_take
 from .serializers import (
     Conflict,
     Detail,
@@ -33,10 +32,7 @@ from .serializers import (
     JobSummary,
     Progress,
 )
-
-STREAM_KEEPALIVE_SECONDS = 15
-STREAM_RETRY_MILLISECONDS = 2000  # how soon EventSource reconnects after a stream closed
-STREAM_END_ID = "end"
+from .streams import STREAM_END_ID, STREAM_RETRY_MILLISECONDS, ProgressStream, asgi_served
 
 ERRORS = {
     401: OpenApiResponse(Detail, description="Not logged in (session or token)"),
@@ -139,16 +135,15 @@ class JobView(JobsBase, generics.RetrieveAPIView):
     queryset = Job.objects.select_related("created_by")
 
 
-def progress_etag(progress: dict) -> str:
+def progress_etag(tag: str) -> str:
     """A weak ETag: the same while nothing but time-derived figures (rate, ETA, elapsed) changed."""
-    state = {
-        k: v
-        for k, v in progress.items()
-        if k not in ("throughput_per_second", "estimated_seconds_remaining", "elapsed_seconds")
-    }
-    return (
-        'W/"' + hashlib.sha1(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:20] + '"'
-    )
+    return f'W/"{tag}"'
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """If-None-Match's weak comparison (RFC 9110 13.1.2): W/ is ignored on both sides."""
+    tags = parse_etags(if_none_match)
+    return "*" in tags or etag.removeprefix("W/") in {tag.removeprefix("W/") for tag in tags}
 
 
 @extend_schema(
@@ -160,14 +155,23 @@ def progress_etag(progress: dict) -> str:
     responses={200: Progress, 304: OpenApiResponse(description="Not modified"), **ERRORS},
 )
 class JobProgressView(JobsBase, APIView):
+    """A client whose copy is current gets 304 from one small query (job_progress_state); the full
+    progress, with its rates and top errors, is read only when something it shows changed."""
+
     def get(self, request: Request, pk: int) -> Response:
-        job = get_object_or_404(Job, pk=pk)
-        progress = Progress(job_progress(job)).data
-        etag = progress_etag(progress)
-        headers = {"ETag": etag, "Cache-Control": "no-cache"}
-        if etag in request.headers.get("If-None-Match", ""):
-            return Response(status=status.HTTP_304_NOT_MODIFIED, headers=headers)
-        return Response(progress, headers=headers)
+        found = job_progress_state(pk)
+        if found is None:
+            raise Http404
+        job, state = found
+        etag = progress_etag(progress_tag(state))
+        if etag_matches(request.headers.get("If-None-Match", ""), etag):
+            return Response(
+                status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag, "Cache-Control": "no-cache"}
+            )
+        progress = job_progress(job, state=state)
+        # The tag of what is sent, read after the state above: never older than the body.
+        headers = {"ETag": progress_etag(progress_tag(progress)), "Cache-Control": "no-cache"}
+        return Response(Progress(progress).data, headers=headers)
 
 
 class JobActionView(JobsBase, APIView):
@@ -320,44 +324,8 @@ class JobStreamView(JobsBase, APIView):
                 )
                 % {"count": settings.API_STREAMS_PER_USER, "id": job.id},
             )
-        response = StreamingHttpResponse(ProgressStream(job, last_id, slot), content_type="text/event-stream")
+        stream = ProgressStream(job.id, last_id, slot, asynchronous=asgi_served(request))
+        response = StreamingHttpResponse(stream, content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
         return response
-
-
-class ProgressStream:
-    """The events of one stream. `close()` (called by the server when the response ends, even if it
-    was never read) gives the user's stream slot back."""
-
-    def __init__(self, job: Job, last_id: str, slot: str):
-        self.job, self.last_id, self.slot = job, last_id, slot
-        self.events = self._events()
-
-    def __iter__(self):
-        return self.events
-
-    def close(self) -> None:
-        self.events.close()
-        stream_slot_release(self.slot)
-
-    def _events(self):
-        job = self.job
-        yield f"retry: {STREAM_RETRY_MILLISECONDS}\n\n"
-        last_tag, last_sent, opened = self.last_id, time.monotonic(), time.monotonic()
-        while time.monotonic() - opened < settings.API_STREAM_MAX_SECONDS:
-            job.refresh_from_db()
-            progress = Progress(job_progress(job)).data
-            tag = progress_etag(progress)[3:-1]
-            if tag != last_tag:
-                yield f"id: {tag}\nevent: progress\ndata: {json.dumps(progress)}\n\n"
-                last_tag, last_sent = tag, time.monotonic()
-            elif time.monotonic() - last_sent > STREAM_KEEPALIVE_SECONDS:
-                yield ": keep-alive\n\n"
-                last_sent = time.monotonic()
-            if job.status in Job.FINISHED:
-                end = json.dumps({"id": job.id, "status": job.status})
-                yield f"id: {STREAM_END_ID}\nevent: end\ndata: {end}\n\n"
-                return
-            time.sleep(settings.API_STREAM_POLL_SECONDS)
-        yield ": the stream's time is up; reconnect with Last-Event-ID\n\n"

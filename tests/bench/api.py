@@ -1,45 +1,260 @@
-"""Benchmark: many clients polling a job's progress over HTTP while a 1,000,000-item job runs.
+"""Benchmark: many watchers of one running job, polling its progress and following its stream.
 
-    python -m tests.bench.api [--items 1000000] [--clients 8] [--seconds 20]
+    python -m tests.bench.api [--items 1000000] [--poll-clients 50] [--poll-seconds 20]
+                              [--sse-clients 200] [--sse-seconds 30]
 
-On a fresh PostgreSQL database: a gunicorn server on loopback (2 workers × 4 threads), a qcluster
-with 2 workers draining a job of `--items` items with the no-op extractor, and `--clients` client
-processes each polling /api/v1/jobs/N/progress/ back to back with keep-alive and If-None-Match.
-Everything shares this 2-core machine, so the figures include that contention.
+On a fresh PostgreSQL database (BENCH_DB_PREFIX + "bench_api"): the production web server
+(`gunicorn --config gunicorn.conf.py eventproject.asgi`: uvicorn workers, 2 × cores + 1) on
+loopback, and a qcluster with 2 workers draining a job of `--items` items with the no-op extractor.
+Clients are asyncio connections in a few processes, so the client side stays cheap:
+
+(a) `--poll-clients` connections poll /api/v1/jobs/N/progress/ back to back with keep-alive and
+    If-None-Match: requests/s, p50/p95 latency, answers by status.
+(b) `--sse-clients` connections follow /api/v1/jobs/N/stream/ at once. Lag: a poller in this
+    process reads the job's processed count every 20 ms and stamps when each value was first
+    committed (seen); for each such value and each client, the lag is the time until that client
+    received an event showing at least that many processed. Events coalesce changes (a client
+    need not see every intermediate value), so "at least" is what seeing a change means; the
+    poller sees a commit up to 20 ms late, so lags are under-stated by that much at most. Values
+    committed in the last 2 s of the run are not counted (a client may not have had the time).
+    Meanwhile the web server's threads (all its processes) and its database connections
+    (pg_stat_activity, by application_name) are sampled every second: their maximum is shown.
+
+Everything shares this 2-core machine (server, cluster, PostgreSQL, clients), so the figures
+include that contention. Per-user throttles and stream slots are raised for the benchmark's one
+user (API_READ_RATE, API_STREAMS_PER_USER): it measures serving, not the limits.
 """
 
 import argparse
-import http.client
+import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
-from tests.bench.common import ROOT, backend_urls, child_env, print_table, qcluster
+import psycopg
+
+from tests.bench.common import ROOT, backend_urls, child_env, print_table, process_stop, qcluster
 
 EXTRACTORS = "noop=tests.extractors.NoopExtractor"
 PORT = 8765
+CLIENT_PROCESSES = 4
+
+# Issue 14, point 4: what polling cost before it (8 clients on gthread workers, same machine) …
+BASELINE_POLL_RPS = 234
+BASELINE_POLL_P95_MS = 68
+# … and what it asks for: 50 polling clients, 200 stream clients each seeing a change within 1 s.
+TARGET_POLL_RPS = 1000
+TARGET_POLL_P95_MS = 20
+TARGET_SSE_LAG_SECONDS = 1.0
+LAG_TAIL_SECONDS = 2.0  # values committed this close to the end are not counted
+DB_POLL_SECONDS = 0.02
 
 
-def poll(job_id: int, token: str, seconds: float, results) -> None:
-    """One client: poll the progress endpoint back to back; report (status code, ms) per request."""
-    connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+# Clients ------------------------------------------------------------------------------------------
+async def _request(reader, writer, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request on an open keep-alive connection."""
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    status, answer = await _head(reader)
+    if "content-length" in answer:
+        body = await reader.readexactly(int(answer["content-length"]))
+    elif answer.get("transfer-encoding") == "chunked":
+        body = b"".join([chunk async for chunk in _chunks(reader)])
+    else:
+        body = b""
+    return status, answer, body
+
+
+async def _head(reader) -> tuple[int, dict[str, str]]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    answer = {}
+    for line in head[1:]:
+        if ":" in line:
+            key, value = line.split(":", 1)
+            answer[key.strip().lower()] = value.strip()
+    return int(head[0].split()[1]), answer
+
+
+async def _chunks(reader):
+    while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+        yield (await reader.readexactly(size + 2))[:-2]
+    await reader.readuntil(b"\r\n")
+
+
+async def _poller(job_id: int, token: str, deadline: float, samples: list) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
     headers = {"Authorization": f"Token {token}"}
-    samples, deadline = [], time.monotonic() + seconds
+    path = f"/api/v1/jobs/{job_id}/progress/"
     while time.monotonic() < deadline:
         start = time.perf_counter()
-        connection.request("GET", f"/api/v1/jobs/{job_id}/progress/", headers=headers)
-        response = connection.getresponse()
-        response.read()
-        samples.append((response.status, (time.perf_counter() - start) * 1000))
-        if etag := response.getheader("ETag"):
+        status, answer, _ = await _request(reader, writer, path, headers)
+        samples.append((status, (time.perf_counter() - start) * 1000))
+        if etag := answer.get("etag"):
             headers["If-None-Match"] = etag
+    writer.close()
+
+
+async def _follower(job_id: int, token: str, deadline: float, seen: list, opened: list) -> None:
+    """Follow the stream; record (time.time(), processed) for every progress event."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+    writer.write(
+        (
+            f"GET /api/v1/jobs/{job_id}/stream/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Token {token}\r\nAccept: text/event-stream\r\n\r\n"
+        ).encode()
+    )
+    status, _ = await _head(reader)
+    opened.append(status)
+    if status != 200:
+        writer.close()
+        return
+    buffer = b""
+    try:
+        async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+            async for chunk in _chunks(reader):
+                buffer += chunk
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    for line in event.decode().splitlines():
+                        if line.startswith("data: ") and b"event: progress" in event:
+                            seen.append((time.time(), json.loads(line[6:])["processed"]))
+    except TimeoutError:
+        pass
+    writer.close()
+
+
+def poll_clients(job_id: int, token: str, clients: int, seconds: float, results) -> None:
+    """A process of `clients` polling connections; puts [(status, ms)]."""
+    samples: list = []
+    deadline = time.monotonic() + seconds
+
+    async def run():
+        await asyncio.gather(*(_poller(job_id, token, deadline, samples) for _ in range(clients)))
+
+    asyncio.run(run())
     results.put(samples)
 
 
+def stream_clients(job_id: int, token: str, clients: int, seconds: float, results) -> None:
+    """A process of `clients` stream connections; puts ([statuses], [[(time, processed)] per client])."""
+    seen: list[list] = [[] for _ in range(clients)]
+    opened: list[int] = []
+    deadline = time.monotonic() + seconds
+
+    async def run():
+        await asyncio.gather(*(_follower(job_id, token, deadline, seen[i], opened) for i in range(clients)))
+
+    asyncio.run(run())
+    results.put((opened, seen))
+
+
+def run_clients(target, job_id: int, token: str, clients: int, seconds: float) -> list:
+    """`clients` spread over CLIENT_PROCESSES processes; their results, once all are done."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    shares = [clients // CLIENT_PROCESSES + (i < clients % CLIENT_PROCESSES) for i in range(CLIENT_PROCESSES)]
+    processes = [
+        context.Process(target=target, args=(job_id, token, share, seconds, queue))
+        for share in shares
+        if share
+    ]
+    for process in processes:
+        process.start()
+    try:
+        return [queue.get(timeout=seconds + 120) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+# What the server holds -------------------------------------------------------------------------
+def process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        pid, ppid = int(text.split(" ", 1)[0]), int(text.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def threads_of(root: int) -> int:
+    total = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{pid}/task"))
+    return total
+
+
+class Watcher(threading.Thread):
+    """Samples, until stopped: the job's processed count every DB_POLL_SECONDS (when each value was
+    first seen), and every second the server's threads and its database connections."""
+
+    def __init__(self, url: str, job_id: int, server_pid: int):
+        super().__init__(daemon=True)
+        self.url, self.job_id, self.server_pid = url, job_id, server_pid
+        self.first_seen: dict[int, float] = {}
+        self.threads: list[int] = []
+        self.connections: list[int] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            next_sample = 0.0
+            while not self.stopping.is_set():
+                (processed,) = conn.execute(
+                    "SELECT succeeded_items + failed_items FROM jobs_job WHERE id = %s", (self.job_id,)
+                ).fetchone()
+                self.first_seen.setdefault(processed, time.time())
+                if time.monotonic() >= next_sample:
+                    next_sample = time.monotonic() + 1
+                    self.threads.append(threads_of(self.server_pid))
+                    (count,) = conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND application_name = 'bench-web'"
+                    ).fetchone()
+                    self.connections.append(count)
+                time.sleep(DB_POLL_SECONDS)
+
+
+def lags(first_seen: dict[int, float], clients: list[list], until: float) -> tuple[list[float], int]:
+    """Per (committed value, client): seconds until the client held a state at least that far.
+    Also how many such pairs the client never saw."""
+    found, missed = [], 0
+    commits = sorted((t, v) for v, t in first_seen.items() if t <= until)
+    for seen in clients:
+        for committed_at, value in commits:
+            when = next((t for t, processed in seen if processed >= value), None)
+            if when is None:
+                missed += 1
+            else:
+                found.append(max(when - committed_at, 0.0))
+    return found, missed
+
+
+def quantile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q * 100) - 1] if len(values) > 1 else values[0]
+
+
+# Set-up and run ---------------------------------------------------------------------------------
 def setup(url: str, items: int) -> tuple[int, str]:
     """Migrate, create `items` users and a queued no-op job over them, and an API token."""
     os.environ.update(child_env(url, EXTRACTION_EXTRA_EXTRACTORS=EXTRACTORS))
@@ -60,10 +275,22 @@ def setup(url: str, items: int) -> tuple[int, str]:
         profiles_upsert({f"p{i:07d}": {} for i in range(start, min(start + 50_000, items))})
     tables_analyze(UserProfile)
     job = job_start(extractor="noop", enqueue=False)
-    poller = User.objects.create_user("poller")
-    poller.groups.add(Group.objects.get(name="viewers"))  # reading progress needs jobs.view_job
-    token = Token.objects.create(user=poller).key
-    return job.id, token
+    watcher = User.objects.create_user("watcher")
+    watcher.groups.add(Group.objects.get(name="viewers"))  # reading progress needs jobs.view_job
+    return job.id, Token.objects.create(user=watcher).key
+
+
+def progress_now(job_id: int, token: str) -> dict:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
+    try:
+        connection.request(
+            "GET", f"/api/v1/jobs/{job_id}/progress/", headers={"Authorization": f"Token {token}"}
+        )
+        return json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
 
 
 def main() -> None:
@@ -71,14 +298,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--poll-clients", type=int, default=50)
+    parser.add_argument("--poll-seconds", type=float, default=20)
+    parser.add_argument("--sse-clients", type=int, default=200)
+    parser.add_argument("--sse-seconds", type=float, default=30)
     options = parser.parse_args()
 
-    url = backend_urls("bench_api", ["postgresql"])["postgresql"]
+    name = os.environ.get("BENCH_DB_PREFIX", "") + "bench_api"
+    url = backend_urls(name, ["postgresql"])["postgresql"]
     print(f"creating {options.items:,} users and a job …", file=sys.stderr)
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
         job_id, token = pool.apply(setup, (url, options.items))
     env = child_env(
         url,
@@ -87,30 +316,24 @@ def main() -> None:
         DEBUG="0",
         SECRET_KEY="bench-" + "k" * 30 + "-only-for-this-loopback-benchmark-0123456789",
         ALLOWED_HOSTS="127.0.0.1",
-        WEB_ACCESS_LOG="",  # gunicorn.conf.py logs every request otherwise
-        API_READ_RATE="1000000/minute",  # the benchmark measures the endpoint, not the throttle
+        API_READ_RATE="100000000/minute",  # one user: the benchmark measures serving, not the throttle
+        API_STREAMS_PER_USER=str(options.sse_clients + 10),
     )
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "eventproject.wsgi",
-            "-w",
-            "2",
-            "--threads",
-            "4",
-            "-b",
-            f"127.0.0.1:{PORT}",
-            "--log-level",
-            "warning",
-        ],
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "eventproject.asgi"],
         cwd=ROOT,
-        env=env,
+        env={
+            **env,
+            "DATABASE_URL": url + "?application_name=bench-web",
+            "WEB_BIND": f"127.0.0.1:{PORT}",
+            "WEB_ACCESS_LOG": "",
+            "LOG_LEVEL": "WARNING",
+        },
         start_new_session=True,
     )
+    watcher = None
     try:
-        with qcluster(env):
+        with qcluster({**env, "DATABASE_URL": url + "?application_name=bench-cluster"}):
             subprocess.run(
                 [sys.executable, "manage.py", "resume_jobs"],
                 cwd=ROOT,
@@ -119,13 +342,9 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
             )
             deadline = time.monotonic() + 60
-            while True:  # the server is up and the job is running
+            while True:  # the server answers and the job runs
                 try:
-                    connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=5)
-                    connection.request(
-                        "GET", f"/api/v1/jobs/{job_id}/progress/", headers={"Authorization": f"Token {token}"}
-                    )
-                    progress = json.loads(connection.getresponse().read())
+                    progress = progress_now(job_id, token)
                     if progress["status"] == "running" and progress["processed"] > 0:
                         break
                 except (OSError, KeyError, ValueError):
@@ -133,42 +352,103 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit("the server or the job did not start")
                 time.sleep(0.5)
-            queue = context.Queue()
-            clients = [
-                context.Process(target=poll, args=(job_id, token, options.seconds, queue))
-                for _ in range(options.clients)
+            watcher = Watcher(url, job_id, server.pid)
+            watcher.start()
+            print(f"(a) {options.poll_clients} clients polling …", file=sys.stderr)
+            polled = [
+                s
+                for part in run_clients(
+                    poll_clients, job_id, token, options.poll_clients, options.poll_seconds
+                )
+                for s in part
             ]
-            for client in clients:
-                client.start()
-            samples = [sample for _ in clients for sample in queue.get()]
-            for client in clients:
-                client.join()
-            connection = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)  # the old one timed out
-            connection.request(
-                "GET", f"/api/v1/jobs/{job_id}/progress/", headers={"Authorization": f"Token {token}"}
-            )
-            after = json.loads(connection.getresponse().read())
+            poll_threads, poll_connections = max(watcher.threads), max(watcher.connections)
+            during_poll = progress_now(job_id, token)
+            watcher.threads.clear()
+            watcher.connections.clear()
+            print(f"(b) {options.sse_clients} clients following the stream …", file=sys.stderr)
+            started = time.time()
+            streamed = run_clients(stream_clients, job_id, token, options.sse_clients, options.sse_seconds)
+            ended = time.time()
+            after = progress_now(job_id, token)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        if watcher:
+            watcher.stopping.set()
+            watcher.join(timeout=10)
+        process_stop(server)
 
-    latencies = sorted(ms for _, ms in samples)
-    codes = {code: sum(1 for c, _ in samples if c == code) for code in sorted({c for c, _ in samples})}
+    latencies = sorted(ms for _, ms in polled)
+    codes = {code: sum(1 for c, _ in polled if c == code) for code in sorted({c for c, _ in polled})}
+    statuses = [status for opened, _ in streamed for status in opened]
+    clients = [seen for _, per_client in streamed for seen in per_client]
+    window = {v: t for v, t in watcher.first_seen.items() if started + 1 <= t}  # once all have connected
+    lag, missed = lags(window, clients, until=ended - LAG_TAIL_SECONDS)
+    within = sum(1 for value in lag if value <= TARGET_SSE_LAG_SECONDS)
+    pg = "postgresql"
     print_table(
-        "Progress endpoint under polling",
-        f"PostgreSQL; gunicorn 2 workers × 4 threads on loopback; qcluster 2 workers draining a job of "
-        f"{options.items:,} no-op items; {options.clients} client processes polling back to back for "
-        f"{options.seconds:.0f} s with keep-alive and If-None-Match; all on one 2-core machine.",
+        "Many watchers of one running job",
+        f"PostgreSQL; gunicorn.conf.py (uvicorn workers, {2 * os.cpu_count() + 1} processes) on loopback; "
+        f"qcluster 2 workers draining a job of {options.items:,} no-op items; asyncio clients in "
+        f"{CLIENT_PROCESSES} processes; one user with raised read rate and stream slots; all on one "
+        f"{os.cpu_count()}-core machine. (a) {options.poll_clients} clients polling back to back for "
+        f"{options.poll_seconds:.0f} s with keep-alive and If-None-Match; (b) {options.sse_clients} clients "
+        f"following the stream for {options.sse_seconds:.0f} s (lag: see the module's docstring).",
         [
-            ("requests/s", "-", {"postgresql": f"{len(samples) / options.seconds:,.0f}"}),
-            ("p50 latency, ms", "-", {"postgresql": f"{statistics.median(latencies):.1f}"}),
-            ("p95 latency, ms", "-", {"postgresql": f"{statistics.quantiles(latencies, n=20)[-1]:.1f}"}),
-            ("responses by status", "-", {"postgresql": ", ".join(f"{c}: {n}" for c, n in codes.items())}),
-            ("job processed meanwhile", "-", {"postgresql": f"{after['processed']:,} of {after['total']:,}"}),
+            (
+                "(a) requests/s",
+                f"{BASELINE_POLL_RPS} (8 clients) / ≥ {TARGET_POLL_RPS}",
+                {pg: f"{len(polled) / options.poll_seconds:,.0f}"},
+            ),
+            ("(a) p50 latency, ms", "-", {pg: f"{statistics.median(latencies):.1f}"}),
+            (
+                "(a) p95 latency, ms",
+                f"{BASELINE_POLL_P95_MS} / ≤ {TARGET_POLL_P95_MS}",
+                {pg: f"{quantile(latencies, 0.95):.1f}"},
+            ),
+            ("(a) answers by status", "-", {pg: ", ".join(f"{c}: {n}" for c, n in codes.items())}),
+            ("(a) server threads / DB connections, max", "-", {pg: f"{poll_threads} / {poll_connections}"}),
+            (
+                "(a) job processed by then",
+                "-",
+                {pg: f"{during_poll['processed']:,} of {during_poll['total']:,}"},
+            ),
+            (
+                "(b) streams opened (200 answers)",
+                f"{options.sse_clients}",
+                {pg: f"{statuses.count(200)} of {len(statuses)}"},
+            ),
+            ("(b) commits seen by the DB poller", "-", {pg: f"{len(window):,}"}),
+            (
+                "(b) lag p50 / p95, s",
+                "-",
+                {pg: f"{statistics.median(lag):.3f} / {quantile(lag, 0.95):.3f}" if lag else "-"},
+            ),
+            ("(b) lag max, s", f"≤ {TARGET_SSE_LAG_SECONDS}", {pg: f"{max(lag):.3f}" if lag else "-"}),
+            (
+                "(b) (commit, client) pairs within 1 s",
+                "100%",
+                {pg: f"{100 * within / max(len(lag) + missed, 1):.2f}% ({missed} never seen)"},
+            ),
+            (
+                "(b) server threads, max",
+                f"< {options.sse_clients}",
+                {pg: str(max(watcher.threads, default=0))},
+            ),
+            (
+                "(b) server DB connections, max",
+                f"< {options.sse_clients}",
+                {pg: str(max(watcher.connections, default=0))},
+            ),
+            (
+                "(b) job processed by the end",
+                "-",
+                {pg: f"{after['processed']:,} of {after['total']:,} ({after['status']})"},
+            ),
         ],
-        ["postgresql"],
+        [pg],
     )
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # finally blocks stop what was started
     main()

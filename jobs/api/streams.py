@@ -1,0 +1,277 @@
+"""Progress streams (Server-Sent Events) and other long responses, under ASGI and WSGI alike.
+
+Under ASGI (how the web server runs, see gunicorn.conf.py) a stream is a coroutine, not a thread:
+each web process keeps one *feed* per watched job, a task that reads the job's progress every
+API_STREAM_POLL_SECONDS on one reader thread shared by every feed of the process, and wakes every
+stream of that job when it changed. So 200 clients of one job cost one small query a poll per
+process, not 200 threads and 200 database connections. The read is cheap while nothing changed:
+job_progress_state() and its tag; the full job_progress() runs only on a change.
+
+Under WSGI (`manage.py runserver`, the test client, `gunicorn eventproject.wsgi`) each stream
+polls for itself and holds its thread, as streams always did there.
+"""
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
+from django.db import close_old_connections, connection, connections
+
+from ops.exporter import STREAM_FEEDS, STREAMS_OPEN
+
+from ..models import Job
+from ..selectors import job_progress, job_progress_state, progress_tag
+from .access import stream_slot_release
+from .serializers import Progress
+
+logger = logging.getLogger(__name__)
+
+STREAM_KEEPALIVE_SECONDS = 15
+STREAM_RETRY_MILLISECONDS = 2000  # how soon EventSource reconnects after a stream closed
+STREAM_END_ID = "end"
+TIME_UP = ": the stream's time is up; reconnect with Last-Event-ID\n\n"
+# Parts of a long synchronous body (an export) handed to the event loop per trip to its thread.
+SYNC_PARTS_PER_TRIP = 64
+
+
+def asgi_served(request) -> bool:
+    """Whether the request came through ASGI (DRF's Request wraps Django's)."""
+    return isinstance(getattr(request, "_request", request), ASGIRequest)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A job's progress at one read: its tag (the event id), the serialized progress, and whether
+    the job had finished."""
+
+    tag: str
+    progress: dict[str, Any]
+    finished: bool
+
+    def progress_event(self) -> str:
+        return f"id: {self.tag}\nevent: progress\ndata: {json.dumps(self.progress)}\n\n"
+
+    def end_event(self) -> str:
+        end = json.dumps({"id": self.progress["id"], "status": self.progress["status"]})
+        return f"id: {STREAM_END_ID}\nevent: end\ndata: {end}\n\n"
+
+
+def snapshot_read(job_id: int, previous: Snapshot | None) -> Snapshot | None:
+    """The job's progress now: `previous` itself while its tag still holds (one small query), a new
+    snapshot when something changed, None when the job is gone.
+
+    The snapshot's tag is the full progress's own, so a tag never names an older body than its own.
+    """
+    found = job_progress_state(job_id)
+    if found is None:
+        return None
+    job, state = found
+    if previous is not None and progress_tag(state) == previous.tag:
+        return previous
+    progress = job_progress(job, state=state)
+    return Snapshot(progress_tag(progress), Progress(progress).data, job.status in Job.FINISHED)
+
+
+class ProgressStream:
+    """The events of one stream: an async iterator under ASGI (fed by the job's feed), a
+    generator polling by itself under WSGI. `close()` (called by the server when the response
+    ends, even if it was never read) and the end of the iteration give the user's slot back."""
+
+    def __init__(self, job_id: int, last_id: str, slot: str, *, asynchronous: bool):
+        self.job_id, self.last_id, self.slot = job_id, last_id, slot
+        self._released = False
+        self.events = self._async_events() if asynchronous else self._events()
+
+    def __iter__(self) -> Iterator[str]:
+        if not isinstance(self.events, Iterator):  # StreamingHttpResponse then takes __aiter__
+            raise TypeError("an asynchronous stream")
+        return self.events
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self.events
+
+    def close(self) -> None:
+        if hasattr(self.events, "close"):
+            self.events.close()
+        self._release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            stream_slot_release(self.slot)
+
+    def _events(self) -> Iterator[str]:
+        yield f"retry: {STREAM_RETRY_MILLISECONDS}\n\n"
+        last_tag, snapshot = self.last_id, None
+        opened = last_sent = time.monotonic()
+        while time.monotonic() - opened < settings.API_STREAM_MAX_SECONDS:
+            snapshot = snapshot_read(self.job_id, snapshot)
+            if snapshot is None:  # the job was deleted
+                return
+            if snapshot.tag != last_tag:
+                yield snapshot.progress_event()
+                last_tag, last_sent = snapshot.tag, time.monotonic()
+            elif time.monotonic() - last_sent > STREAM_KEEPALIVE_SECONDS:
+                yield ": keep-alive\n\n"
+                last_sent = time.monotonic()
+            if snapshot.finished:
+                yield snapshot.end_event()
+                return
+            time.sleep(settings.API_STREAM_POLL_SECONDS)
+        yield TIME_UP
+
+    async def _async_events(self) -> AsyncIterator[str]:
+        feed = feed_join(self.job_id)
+        STREAMS_OPEN.inc()
+        try:
+            yield f"retry: {STREAM_RETRY_MILLISECONDS}\n\n"
+            last_tag = self.last_id
+            opened = last_sent = time.monotonic()
+            while (left := settings.API_STREAM_MAX_SECONDS - (time.monotonic() - opened)) > 0:
+                changed, snapshot = feed.changed, feed.snapshot
+                if feed.gone:
+                    return
+                if snapshot is not None:
+                    if snapshot.tag != last_tag:
+                        yield snapshot.progress_event()
+                        last_tag, last_sent = snapshot.tag, time.monotonic()
+                    if snapshot.finished:
+                        yield snapshot.end_event()
+                        return
+                quiet = time.monotonic() - last_sent
+                try:
+                    await asyncio.wait_for(changed.wait(), min(left, STREAM_KEEPALIVE_SECONDS - quiet))
+                except TimeoutError:
+                    if time.monotonic() - last_sent >= STREAM_KEEPALIVE_SECONDS:
+                        yield ": keep-alive\n\n"
+                        last_sent = time.monotonic()
+            yield TIME_UP
+        finally:  # also when the client went away (the server cancels the response)
+            feed_leave(feed)
+            STREAMS_OPEN.dec()
+            if not self._released:
+                self._released = True
+                await sync_to_async(stream_slot_release)(self.slot)
+
+
+class Feed:
+    """One job's progress for every stream of it in this process: the latest snapshot, and an event
+    set (then replaced) each time a read found a change. Its task reads while streams listen."""
+
+    def __init__(self, job_id: int):
+        self.job_id = job_id
+        self.snapshot: Snapshot | None = None
+        self.gone = False  # the job was deleted
+        self.changed = asyncio.Event()
+        self.listeners = 0
+        self.task: asyncio.Task | None = None
+
+    def publish(self, snapshot: Snapshot | None) -> None:
+        if snapshot is None:
+            self.gone = True
+        elif snapshot is self.snapshot:
+            return
+        self.snapshot = snapshot
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        STREAM_FEEDS.inc()
+        try:
+            while self.listeners:
+                try:
+                    snapshot = await loop.run_in_executor(_reader(), _read, self.job_id, self.snapshot)
+                except Exception:  # the database is away: the streams wait, the next poll tries again
+                    logger.exception("reading job %s's progress for its streams failed", self.job_id)
+                else:
+                    self.publish(snapshot)
+                    if snapshot is None or snapshot.finished:
+                        return
+                await asyncio.sleep(settings.API_STREAM_POLL_SECONDS)
+        finally:
+            STREAM_FEEDS.dec()
+            feeds = _feeds()
+            if feeds.get(self.job_id) is self:
+                del feeds[self.job_id]
+
+
+# Feeds of this process, per event loop (one under a server; tests may run several in turn).
+_FEEDS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Feed]]" = weakref.WeakKeyDictionary()
+_READER: ThreadPoolExecutor | None = None
+_READER_LOCK = threading.Lock()
+
+
+def _feeds() -> dict[int, Feed]:
+    return _FEEDS.setdefault(asyncio.get_running_loop(), {})
+
+
+def feed_join(job_id: int) -> Feed:
+    """The job's feed in this process (started if none runs), with one more listener."""
+    feeds = _feeds()
+    feed = feeds.get(job_id)
+    if feed is None:
+        feed = feeds[job_id] = Feed(job_id)
+    feed.listeners += 1
+    if feed.task is None:
+        feed.task = asyncio.get_running_loop().create_task(feed.run())
+    return feed
+
+
+def feed_leave(feed: Feed) -> None:
+    """One listener fewer; the feed's task stops at its next poll when none is left."""
+    feed.listeners -= 1
+
+
+def _reader() -> ThreadPoolExecutor:
+    """The thread every feed of the process reads on: one database connection at most, whatever
+    the number of streams and jobs."""
+    global _READER
+    with _READER_LOCK:
+        if _READER is None:
+            _READER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="progress-feeds")
+        return _READER
+
+
+def _read(job_id: int, previous: Snapshot | None) -> Snapshot | None:
+    close_old_connections()  # as each request does: drop a connection that broke or aged
+    try:
+        return snapshot_read(job_id, previous)
+    except Exception:
+        connection.close()  # the next read starts on a fresh connection
+        raise
+
+
+async def sync_body_as_async(parts: Iterator) -> AsyncIterator:
+    """A synchronous streaming body (an export) served under ASGI part by part, never whole:
+    Django would otherwise read it all into memory first. Its parts are made on a thread of its
+    own (with its own database connection, closed at the end), a few dozen per trip there, so a
+    long export holds neither the process's synchronous thread nor anyone's connection."""
+    loop = asyncio.get_running_loop()
+    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export")
+
+    def some() -> list:
+        return [part for _, part in zip(range(SYNC_PARTS_PER_TRIP), parts, strict=False)]
+
+    def end() -> None:
+        if hasattr(parts, "close"):
+            parts.close()
+        connections.close_all()  # this thread's
+
+    try:
+        while batch := await loop.run_in_executor(thread, some):
+            for part in batch:
+                yield part
+    finally:
+        await loop.run_in_executor(thread, end)
+        thread.shutdown(wait=False)

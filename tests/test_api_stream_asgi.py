@@ -1,0 +1,141 @@
+"""Progress streams on the production server (gunicorn with uvicorn workers): coroutines fed by one
+reader per job per process, which end with `end`, and give their slot back when a client leaves."""
+
+import http.client
+import json
+import time
+
+import pytest
+from rest_framework.authtoken.models import Token
+
+from jobs.engine import job_drain, job_mark_running
+from jobs.services import job_start
+from tests.cluster import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class SSEClient:
+    """One stream read line by line over its own connection."""
+
+    def __init__(self, server, path: str, token: str, **headers: str):
+        self.connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+        self.connection.request("GET", path, headers={"Authorization": f"Token {token}", **headers})
+        self.response = self.connection.getresponse()
+        self.status = self.response.status
+
+    def next_event(self) -> tuple[str, dict]:
+        """The next event's (name, data); comments and the retry hint are skipped."""
+        fields: dict[str, str] = {}
+        while True:
+            line = self.response.readline().decode()
+            if not line:
+                raise EOFError("the stream closed")
+            if line == "\n" and "event" in fields:
+                return fields["event"], json.loads(fields["data"])
+            if ": " in line and not line.startswith(":"):
+                key, value = line.rstrip("\n").split(": ", 1)
+                fields[key] = value
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def gauge(server, name: str) -> float:
+    _, _, body = server.get("/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(f"eventproject_{name} "):
+            return float(line.split()[1])
+    return 0.0
+
+
+@pytest.fixture
+def token(personas):
+    return Token.objects.create(user=personas["reader"]).key
+
+
+def test_two_streams_of_one_job_share_one_reader_and_both_end(web_server, token, make_users):
+    make_users(4)
+    job = job_start(user_ids=["u001", "u002", "u003", "u004"], extractor="test", chunk_size=2, enqueue=False)
+    server = web_server(WEB_CONCURRENCY="1", API_STREAM_POLL_SECONDS="0.1")
+    path = f"/api/v1/jobs/{job.id}/stream/"
+    first, second = SSEClient(server, path, token), SSEClient(server, path, token)
+    try:
+        assert (first.status, second.status) == (200, 200)
+        assert first.next_event()[1]["status"] == second.next_event()[1]["status"] == "queued"
+        wait_for(
+            lambda: (gauge(server, "progress_streams"), gauge(server, "progress_feeds")) == (2, 1),
+            timeout=10,
+            what="two streams on one feed",
+        )
+        job_mark_running(job.id)
+        job_drain(job.id)  # the job runs and ends while both listen
+        for client in (first, second):
+            events = []
+            while not events or events[-1][0] != "end":
+                events.append(client.next_event())
+            assert events[-2][1]["status"] == "completed" and events[-2][1]["succeeded"] == 4
+            assert events[-1] == ("end", {"id": job.id, "status": "completed"})
+            with pytest.raises(EOFError):
+                client.next_event()
+    finally:
+        first.close()
+        second.close()
+    wait_for(
+        lambda: (gauge(server, "progress_streams"), gauge(server, "progress_feeds")) == (0, 0),
+        timeout=10,
+        what="the streams and their feed to be gone",
+    )
+
+
+def test_a_client_that_goes_away_gives_its_stream_slot_back(web_server, token, make_users):
+    make_users(2)
+    job = job_start(user_ids=["u001", "u002"], extractor="test", enqueue=False)
+    server = web_server(WEB_CONCURRENCY="1", API_STREAMS_PER_USER="1", API_STREAM_POLL_SECONDS="0.1")
+    path = f"/api/v1/jobs/{job.id}/stream/"
+    held = SSEClient(server, path, token)
+    assert held.status == 200
+    held.next_event()
+    refused = SSEClient(server, path, token)
+    assert refused.status == 429
+    refused.close()
+    held.close()  # without reading on: the server notices the disconnect
+
+    def another_stream_opens():
+        client = SSEClient(server, path, token)
+        client.close()
+        return client.status == 200
+
+    wait_for(another_stream_opens, timeout=10, what="the slot to come back", interval=0.2)
+    wait_for(lambda: gauge(server, "progress_streams") == 0, timeout=10, what="no stream open")
+
+
+def test_a_reconnecting_client_with_the_last_id_gets_nothing_twice(web_server, token, make_users):
+    make_users(1)
+    job = job_start(user_ids=["u001"], extractor="test", enqueue=False)
+    server = web_server(WEB_CONCURRENCY="1", API_STREAM_MAX_SECONDS="1", API_STREAM_POLL_SECONDS="0.1")
+    path = f"/api/v1/jobs/{job.id}/stream/"
+    client = SSEClient(server, path, token)
+    client.next_event()
+    started = time.monotonic()
+    lines = client.response.read().decode()  # the rest, until its lifetime is up
+    assert time.monotonic() - started < 5
+    assert lines.endswith(": the stream's time is up; reconnect with Last-Event-ID\n\n")
+    client.close()
+    status, _, body = server.get(path, {"Authorization": f"Token {token}", "Last-Event-ID": "x"})
+    assert status == 200 and b"event: progress" in body
+    first_id = next(line[4:] for line in body.decode().splitlines() if line.startswith("id: "))
+    status, _, body = server.get(path, {"Authorization": f"Token {token}", "Last-Event-ID": first_id})
+    assert status == 200 and b"event: progress" not in body
+
+
+def test_an_export_is_streamed_whole_on_the_asgi_server(web_server, token, make_users):
+    make_users(3)
+    job = job_start(user_ids=["u001", "u002", "u003"], enqueue=False)
+    job_mark_running(job.id)
+    job_drain(job.id)
+    server = web_server(WEB_CONCURRENCY="1")
+    status, headers, body = server.get("/api/v1/events/export.jsonl", {"Authorization": f"Token {token}"})
+    assert status == 200 and headers["content-type"] == "application/x-ndjson"
+    rows = [json.loads(line) for line in body.decode().splitlines()]
+    assert sorted({row["user_id"] for row in rows}) == ["u001", "u002", "u003"]
