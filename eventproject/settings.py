@@ -291,7 +291,7 @@ SPECTACULAR_SETTINGS = {
     "OAS_VERSION": "3.1.0",  # for JSON Schema 2020-12: the stream's events declare their JSON data
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "jobs.api.schema.add_links"],
     "COMPONENT_SPLIT_REQUEST": True,
-    # The API's own path converters (jobs/api/urls.py), described as what they accept.
+    # The API's own path converters (eventproject/api.py), described as what they accept.
     "PATH_CONVERTER_OVERRIDES": {
         "id": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
         "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
