@@ -145,44 +145,33 @@ ProgressData = inline_serializer(
 )
 
 
+# The predecessor's progress fields, each with the job_progress() figure it shows, and that figure
+# before any job (status "idle").
+LEGACY_FIELDS = {
+    "total_users": ("total", 0),
+    "processed_users": ("processed", 0),
+    "success_count": ("succeeded", 0),
+    "failed_count": ("failed", 0),
+    "current_batch": ("current_batch", 0),
+    "total_batches": ("total_batches", 0),
+    "current_user_ids": ("current_user_ids", []),
+    "progress_percent": ("percent", 0.0),
+    "estimated_remaining_seconds": ("estimated_seconds_remaining", None),
+    "start_time": ("started_at", None),
+    "end_time": ("finished_at", None),
+}
+
+
 def legacy_progress(job: Job | None) -> dict:
     if job is None:
-        return {
-            "status": "idle",
-            "job_id": None,
-            "total_users": 0,
-            "processed_users": 0,
-            "success_count": 0,
-            "failed_count": 0,
-            "current_batch": 0,
-            "total_batches": 0,
-            "current_user_ids": [],
-            "progress_percent": 0.0,
-            "estimated_remaining_seconds": None,
-            "start_time": None,
-            "end_time": None,
-            "error_message": None,
-        }
+        idle = {old: before for old, (_new, before) in LEGACY_FIELDS.items()}
+        return {"status": "idle", "job_id": None, **idle, "error_message": None}
     progress = job_progress(job)
     error = progress["error"] or (
         f"job {job.id} was cancelled" if job.status == Job.Status.CANCELLED else None
     )
-    return {
-        "status": LEGACY_STATUS[job.status],
-        "job_id": job.id,
-        "total_users": progress["total"],
-        "processed_users": progress["processed"],
-        "success_count": progress["succeeded"],
-        "failed_count": progress["failed"],
-        "current_batch": progress["current_batch"],
-        "total_batches": progress["total_batches"],
-        "current_user_ids": progress["current_user_ids"],
-        "progress_percent": progress["percent"],
-        "estimated_remaining_seconds": progress["estimated_seconds_remaining"],
-        "start_time": progress["started_at"],
-        "end_time": progress["finished_at"],
-        "error_message": error,
-    }
+    figures = {old: progress[new] for old, (new, _idle) in LEGACY_FIELDS.items()}
+    return {"status": LEGACY_STATUS[job.status], "job_id": job.id, **figures, "error_message": error}
 
 
 @extend_schema(
