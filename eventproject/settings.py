@@ -161,7 +161,7 @@ WSGI_APPLICATION = "eventproject.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "eventproject" / "templates"],  # the admin pages' shared pieces
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -235,6 +235,7 @@ USE_TZ = True
 # they come straight from the apps' folders, so development needs no collectstatic.
 # (WhiteNoise's middleware is added in MIDDLEWARE when DEBUG is off.)
 STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "eventproject" / "static"]  # scripts the apps' pages share
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "staticfiles")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
