@@ -115,6 +115,25 @@ def running_job():
 
 
 @pytest.fixture
+def failing_job():
+    """failing_job(users, failed, *, error="bad", drain=True) -> a job of the test extractor over
+    `users` in which the `failed` ones fail for good with `error`, drained to its end in this process
+    (or only started, nothing enqueued, with drain=False)."""
+    from jobs.engine import job_drain
+    from jobs.services import job_start
+
+    def start(users: list[str], failed: list[str], *, error: str = "bad", drain: bool = True):
+        options = {"error": error, "permanent": True, "fail_users": failed}
+        job = job_start(user_ids=users, extractor="test", enqueue=False, options=options)
+        if drain:
+            job_drain(job.id)
+            job.refresh_from_db()
+        return job
+
+    return start
+
+
+@pytest.fixture
 def expire_leases():
     """expire_leases(job): the job's running items' leases ran out a second ago (database clock)."""
     from eventproject.db import DatabaseNow
