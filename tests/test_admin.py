@@ -47,9 +47,8 @@ def test_an_operator_sees_the_buttons_the_status_allows(client, personas, make_u
     assert "job-retry" in page and "job-cancel" not in page and "job-resume" not in page
 
 
-def test_cancel_resume_and_retry_through_the_admin(client, personas, make_users, failing_job):
-    make_users(2)
-    job = failing_job(["u001", "u002"], ["u002"], drain=False)
+def test_cancel_resume_and_retry_through_the_admin(client, personas, make_users, running_job):
+    job = running_job(make_users(2), error="x", permanent=True, fail_users=["u002"])
     client.force_login(personas["operator"])
     response = client.post(f"/admin/jobs/job/{job.id}/cancel/", follow=True)
     assert f"Job {job.id} is cancelled." in response.content.decode()

@@ -182,8 +182,8 @@ def test_progress_costs_a_fixed_number_of_queries(api, make_users, running_job, 
     assert (body["succeeded"], body["failed"], body["running"]) == (1, 1, 2)
 
 
-def test_cancel_resume_and_retry_failed(api, make_users, failing_job):
-    job = failing_job(make_users(3), ["u002"], drain=False)
+def test_cancel_resume_and_retry_failed(api, make_users, running_job):
+    job = running_job(make_users(3), error="bad", permanent=True, fail_users=["u002"])
     client = api()
     cancelled = client.post(f"/api/v1/jobs/{job.id}/cancel/")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
