@@ -33,6 +33,11 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}" if value >= 10 else f"{value:,.2f}"
 
 
+def status_badge(status: str, name: str) -> SafeString:
+    """A status in lists, in its colour (jobs/admin.css's job-status-<status>), as people read it."""
+    return format_html('<span class="job-status job-status-{}">{}</span>', status, name)
+
+
 def progress_bar(percent: float, color: str = "#417690") -> SafeString:
     """A small bar for lists, its value told to screen readers (role="progressbar")."""
     return format_html(

@@ -161,7 +161,7 @@ WSGI_APPLICATION = "eventproject.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "eventproject" / "templates"],  # the admin pages' shared pieces
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -235,6 +235,7 @@ USE_TZ = True
 # they come straight from the apps' folders, so development needs no collectstatic.
 # (WhiteNoise's middleware is added in MIDDLEWARE when DEBUG is off.)
 STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "eventproject" / "static"]  # scripts the apps' pages share
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "staticfiles")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -291,7 +292,7 @@ SPECTACULAR_SETTINGS = {
     "OAS_VERSION": "3.1.0",  # for JSON Schema 2020-12: the stream's events declare their JSON data
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "jobs.api.schema.add_links"],
     "COMPONENT_SPLIT_REQUEST": True,
-    # The API's own path converters (jobs/api/urls.py), described as what they accept.
+    # The API's own path converters (eventproject/api.py), described as what they accept.
     "PATH_CONVERTER_OVERRIDES": {
         "id": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
         "user_id": {"type": "string", "minLength": 1, "maxLength": 128},

@@ -13,6 +13,7 @@ urlpatterns = [
     # The admin pages' scripts' words in the page's language (the project's djangojs catalog).
     path("jsi18n/", JavaScriptCatalog.as_view(), name="javascript-catalog"),
     path("api/v1/", include("jobs.api.urls")),
+    path("api/v1/", include("extraction.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("healthz", healthz, name="healthz"),

@@ -15,7 +15,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from eventproject.admin_guards import GuardedAdmin
-from eventproject.charts import COLORS, horizontal_bars_svg, progress_bar, timeline_svg
+from eventproject.charts import COLORS, horizontal_bars_svg, progress_bar, status_badge, timeline_svg
 
 from .forms import ImportUploadForm
 from .imports import import_create, import_report, import_summary_text
@@ -181,14 +181,6 @@ class ExtractionStateAdmin(ReadOnlyAdmin):
         return user_link(state.user_id)
 
 
-IMPORT_STATUS_NAMES = {
-    "queued": gettext_lazy("queued"),
-    "running": gettext_lazy("running"),
-    "completed": gettext_lazy("completed"),
-    "failed": gettext_lazy("failed"),
-}
-
-
 @admin.register(DataImport)
 class DataImportAdmin(GuardedAdmin):
     """Upload a file of behaviours or profiles; a cluster imports it; follow it live to its report."""
@@ -226,11 +218,7 @@ class DataImportAdmin(GuardedAdmin):
 
     @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_badge(self, data_import: DataImport) -> str:
-        return format_html(
-            '<span class="job-status job-status-{}">{}</span>',
-            data_import.status,
-            IMPORT_STATUS_NAMES.get(data_import.status, data_import.status),
-        )
+        return status_badge(data_import.status, data_import.get_status_display())
 
     @admin.display(description=gettext_lazy("progress"))
     def progress(self, data_import: DataImport) -> str:
@@ -277,7 +265,7 @@ class DataImportAdmin(GuardedAdmin):
         extra_context = {
             **(extra_context or {}),
             "data_import": data_import,
-            "status_name": IMPORT_STATUS_NAMES.get(data_import.status, data_import.status),
+            "status_name": data_import.get_status_display(),
             "progress_url": reverse("import", args=[data_import.id]),
             "report": import_report(data_import),
             "summary": import_summary_text(data_import),

@@ -1,5 +1,7 @@
 """The extraction domain: users, their raw behaviours, and the events extracted from them."""
 
+from typing import Any, NamedTuple
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -119,6 +121,26 @@ class ExtractedEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} #{self.sequence} {self.event_type}"
+
+
+class EventRow(NamedTuple):
+    """One extracted event as stored: its fields are its table's columns, in order (for COPY)."""
+
+    user_id: str
+    sequence: int
+    event_type: str
+    label: str
+    category: str
+    starts_at: Any  # a datetime, as the database takes it (see datetime_adapter)
+    ends_at: Any
+    context: Any  # JSON, as the database takes it (see json_adapter)
+    behavior_ids: Any
+    extractor: str
+    extractor_version: str
+    created_at: Any
+
+
+EVENT_COLUMNS = EventRow._fields
 
 
 class ExtractionState(models.Model):

@@ -6,13 +6,23 @@ from typing import Any
 
 import orjson
 from django.db import connection
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Count, Exists, OuterRef, QuerySet
 from psycopg.types.datetime import TimestamptzLoader
 
 from eventproject.db import is_postgresql, values_sql
 
 from .extractors import BehaviorRecord, UserInput
-from .models import Behavior, ExtractionState, UserProfile
+from .models import EVENT_COLUMNS, Behavior, DataImport, ExtractedEvent, ExtractionState, UserProfile
+
+# An event filter's fields (the API's EventFilter) -> the lookups they stand for.
+EVENT_LOOKUPS = {
+    "user": "user_id",
+    "type": "event_type",
+    "category": "category",
+    "since": "starts_at__gte",
+    "until": "starts_at__lt",
+}
+EXPORT_COLUMNS = ["id", *EVENT_COLUMNS[:-1]]  # all but created_at
 
 
 def users_needing_extraction() -> QuerySet[UserProfile]:
@@ -23,6 +33,36 @@ def users_needing_extraction() -> QuerySet[UserProfile]:
         input_version=OuterRef("input_version"),
     )
     return UserProfile.objects.filter(~Exists(fresh))
+
+
+def user_summaries() -> QuerySet[UserProfile]:
+    """Profiles with their extraction state, behaviour count and whether they need extraction, in
+    one query (look one up by user_id)."""
+    needing = users_needing_extraction().filter(user_id=OuterRef("user_id"))
+    return UserProfile.objects.select_related("extraction_state").annotate(
+        behavior_count=Count("behaviors"), needs_extraction=Exists(needing)
+    )
+
+
+def user_events(user: UserProfile) -> QuerySet[ExtractedEvent]:
+    """A user's events in sequence order (short: read whole)."""
+    return ExtractedEvent.objects.filter(user=user).order_by("sequence")
+
+
+def events_filter(**filters) -> QuerySet[ExtractedEvent]:
+    """Events matching validated filters named as in EVENT_LOOKUPS (user, type, category, since,
+    until); every one is optional."""
+    return ExtractedEvent.objects.filter(**{EVENT_LOOKUPS[key]: value for key, value in filters.items()})
+
+
+def events_export_rows(**filters) -> QuerySet:
+    """The filtered events as tuples of EXPORT_COLUMNS in id order, for an export to stream."""
+    return events_filter(**filters).order_by("id").values_list(*EXPORT_COLUMNS)
+
+
+def imports_list() -> QuerySet[DataImport]:
+    """Imports newest first, with who started them."""
+    return DataImport.objects.select_related("created_by").order_by("-id")
 
 
 def user_inputs_load(user_ids: Iterable[str]) -> list[UserInput]:

@@ -21,7 +21,7 @@ from eventproject.db import (
 )
 
 from .extractors import Control, ExtractionError, Extractor, UserInput, UserResult
-from .models import Behavior, ExtractedEvent, ExtractionState, UserProfile
+from .models import EVENT_COLUMNS, Behavior, EventRow, ExtractedEvent, ExtractionState, UserProfile
 from .selectors import user_inputs_load
 
 
@@ -42,24 +42,6 @@ class BehaviorRow(NamedTuple):
 BEHAVIOR_COLUMNS = BehaviorRow._fields
 
 
-class EventRow(NamedTuple):
-    """One extracted event as stored: its fields are its table's columns, in order (for COPY)."""
-
-    user_id: str
-    sequence: int
-    event_type: str
-    label: str
-    category: str
-    starts_at: Any  # a datetime, as the database takes it (see datetime_adapter)
-    ends_at: Any
-    context: Any  # JSON, as the database takes it (see json_adapter)
-    behavior_ids: Any
-    extractor: str
-    extractor_version: str
-    created_at: Any
-
-
-EVENT_COLUMNS = EventRow._fields
 # Their PostgreSQL types, for binary COPY (psycopg formats these in C: measured 9 µs an event row
 # with the server's share, against 11 µs in text; the server's share is most of it).
 EVENT_TYPES = (

@@ -16,7 +16,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from eventproject.admin_guards import GuardedAdmin, integer_id
-from eventproject.charts import COLORS, progress_bar, stacked_bar_svg, throughput_svg
+from eventproject.charts import COLORS, progress_bar, stacked_bar_svg, status_badge, throughput_svg
 from extraction.extractors import make_extractor
 
 from .forms import JobStartForm
@@ -32,15 +32,11 @@ STATUS_COLORS = {
     "completed": "#2e7d32",
     "failed": "#ba2121",
 }
-# Statuses and outcomes as people read them (the stored values stay English).
-STATUS_NAMES = {
-    "queued": gettext_lazy("queued"),
-    "running": gettext_lazy("running"),
-    "cancelling": gettext_lazy("cancelling"),
-    "cancelled": gettext_lazy("cancelled"),
-    "completed": gettext_lazy("completed"),
-    "failed": gettext_lazy("failed"),
+# A job's users by outcome (job_outcome_mix) as people read them, for its outcome chart.
+OUTCOME_NAMES = {
     "succeeded": gettext_lazy("succeeded"),
+    "failed": gettext_lazy("failed"),
+    "cancelled": gettext_lazy("cancelled"),
     "left": gettext_lazy("not yet processed"),
 }
 
@@ -141,11 +137,7 @@ class JobAdmin(GuardedAdmin):
 
     @admin.display(description=gettext_lazy("status"), ordering="status")
     def status_badge(self, job: Job) -> str:
-        return format_html(
-            '<span class="job-status job-status-{}">{}</span>',
-            job.status,
-            STATUS_NAMES.get(job.status, job.status),
-        )
+        return status_badge(job.status, job.get_status_display())
 
     @admin.display(description=gettext_lazy("progress"))
     def progress(self, job: Job) -> str:
@@ -237,7 +229,7 @@ class JobAdmin(GuardedAdmin):
                 self.has_cancel_permission,
                 job_cancel,
                 lambda job: (
-                    _("Job %(id)s is %(status)s.") % {"id": job.id, "status": STATUS_NAMES[job.status]}
+                    _("Job %(id)s is %(status)s.") % {"id": job.id, "status": job.get_status_display()}
                 ),
             ),
             "resume": (
@@ -285,13 +277,13 @@ class JobAdmin(GuardedAdmin):
             "tokens_spent": job.prompt_tokens + job.completion_tokens,
             "items_url": reverse("admin:jobs_jobitem_changelist") + f"?job={job.id}",
             "progress_url": reverse("job-progress", args=[job.id]),
-            "status_name": STATUS_NAMES.get(job.status, job.status),
+            "status_name": job.get_status_display(),
             "percent": job.percent,
             "throughput_chart": throughput_svg(series),
             "average_throughput": series["average"],
-            "outcome_chart": stacked_bar_svg(mix, label=_("Users by outcome"), names=STATUS_NAMES),
+            "outcome_chart": stacked_bar_svg(mix, label=_("Users by outcome"), names=OUTCOME_NAMES),
             "outcomes": [
-                {**part, "name": STATUS_NAMES[part["outcome"]], "color": COLORS[part["outcome"]]}
+                {**part, "name": OUTCOME_NAMES[part["outcome"]], "color": COLORS[part["outcome"]]}
                 for part in mix
             ],
         }

@@ -40,44 +40,17 @@ def option_field(extractor: str, name: str, kind: type, default: Any, cls) -> fo
     help_text = cls.option_help.get(name, "")
     label = OPTION_LABELS.get(name) or name.replace("_", " ").capitalize()
     attrs = {"data-extractor": extractor}
+    common = {"label": label, "required": False, "help_text": help_text}
     if kind is bool:
-        return forms.BooleanField(
-            label=label,
-            required=False,
-            initial=default,
-            help_text=help_text,
-            widget=forms.CheckboxInput(attrs),
-        )
-    if kind is int:
-        return forms.IntegerField(
-            label=label,
-            required=False,
-            initial=default,
-            min_value=low,
-            max_value=high,
-            help_text=help_text,
-            widget=forms.NumberInput(attrs),
-        )
-    if kind is float:
-        return forms.FloatField(
-            label=label,
-            required=False,
-            initial=default,
-            min_value=low,
-            max_value=high,
-            help_text=help_text,
-            widget=forms.NumberInput({**attrs, "step": "any"}),
-        )
+        return forms.BooleanField(initial=default, widget=forms.CheckboxInput(attrs), **common)
+    if kind in (int, float):
+        field, step = (forms.IntegerField, {}) if kind is int else (forms.FloatField, {"step": "any"})
+        widget = forms.NumberInput({**attrs, **step})
+        return field(initial=default, min_value=low, max_value=high, widget=widget, **common)
     if kind is list:
-        return forms.CharField(
-            label=label,
-            required=False,
-            help_text=help_text or _("Separated by commas."),
-            widget=forms.TextInput(attrs),
-        )
-    return forms.CharField(
-        label=label, required=False, initial=default, help_text=help_text, widget=forms.TextInput(attrs)
-    )
+        common["help_text"] = help_text or _("Separated by commas.")
+        return forms.CharField(widget=forms.TextInput(attrs), **common)
+    return forms.CharField(initial=default, widget=forms.TextInput(attrs), **common)
 
 
 class JobStartForm(forms.Form):

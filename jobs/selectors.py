@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from eventproject.db import is_postgresql
 from extraction.extractors import Extractor
-from extraction.models import UserProfile
+from extraction.models import ExtractedEvent, UserProfile
 from extraction.selectors import user_inputs_load, users_needing_extraction
 
 from .models import Job, JobItem
@@ -24,6 +24,36 @@ THROUGHPUT_WINDOW = timedelta(minutes=1)
 THROUGHPUT_SAMPLE = 2000
 TOP_ERRORS = 5
 TOP_ERRORS_SAMPLE = 10_000
+
+
+def jobs_list(**filters) -> QuerySet[Job]:
+    """Jobs newest first, with who started them, filtered by status and extractor (both optional)."""
+    return Job.objects.select_related("created_by").filter(**filters).order_by("-id")
+
+
+def job_items(job: Job, **filters) -> QuerySet[JobItem]:
+    """A job's items, filtered by status (optional); the caller orders or pages them."""
+    return JobItem.objects.filter(job=job, **filters)
+
+
+def job_latest(*, active: bool = False) -> Job | None:
+    """The newest job, or the newest active one."""
+    jobs = Job.objects.filter(status__in=Job.ACTIVE) if active else Job.objects.all()
+    return jobs.order_by("-id").first()
+
+
+def job_results(job: Job) -> tuple[dict[str, list[ExtractedEvent]], dict[str, str]]:
+    """Every user of a job with its events in sequence order (an empty list for none), and the
+    failed users with their errors. For small jobs (the predecessor's synchronous extract)."""
+    events: dict[str, list[ExtractedEvent]] = {
+        user_id: [] for user_id in job.items.values_list("user_id", flat=True)
+    }
+    for event in ExtractedEvent.objects.filter(user_id__in=job.items.values("user_id")).order_by(
+        "user_id", "sequence"
+    ):
+        events[event.user_id].append(event)
+    failed = dict(job.items.filter(status=JobItem.Status.FAILED).values_list("user_id", "error"))
+    return events, failed
 
 
 def job_progress(

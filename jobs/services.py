@@ -102,14 +102,12 @@ def job_start(
         errors.update({field: " ".join(messages) for field, messages in exc.message_dict.items()})
     chunk_size = default_chunk_size if chunk_size is None else chunk_size
     max_attempts = settings.JOBS_MAX_ATTEMPTS if max_attempts is None else max_attempts
-    if not isinstance(chunk_size, int) or not 1 <= chunk_size <= settings.JOBS_CHUNK_SIZE_LIMIT:
-        errors["chunk_size"] = _("must be an integer from 1 to %(limit)s") % {
-            "limit": settings.JOBS_CHUNK_SIZE_LIMIT
-        }
-    if not isinstance(max_attempts, int) or not 1 <= max_attempts <= settings.JOBS_MAX_ATTEMPTS_LIMIT:
-        errors["max_attempts"] = _("must be an integer from 1 to %(limit)s") % {
-            "limit": settings.JOBS_MAX_ATTEMPTS_LIMIT
-        }
+    for name, value, limit in (
+        ("chunk_size", chunk_size, settings.JOBS_CHUNK_SIZE_LIMIT),
+        ("max_attempts", max_attempts, settings.JOBS_MAX_ATTEMPTS_LIMIT),
+    ):
+        if not isinstance(value, int) or not 1 <= value <= limit:
+            errors[name] = _("must be an integer from 1 to %(limit)s") % {"limit": limit}
     ids = None if user_ids is None else _clean_user_ids(user_ids, errors)
     if errors:
         raise JobInvalid(errors)

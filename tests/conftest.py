@@ -97,21 +97,42 @@ def extract_claim():
     return extract
 
 
+def started_job(users: list[str], options: dict, **arguments):
+    """A job of the test extractor (or arguments' extractor) over these users; nothing enqueued."""
+    from jobs.services import job_start
+
+    arguments.setdefault("extractor", "test")
+    return job_start(user_ids=users, options=options, enqueue=False, **arguments)
+
+
 @pytest.fixture
 def running_job():
     """running_job(user_ids, **options) -> a running job of the test extractor (chunks of 2, nothing
     enqueued: the test drives the engine itself). `job_start` arguments go in `start`."""
     from jobs.engine import job_mark_running
-    from jobs.services import job_start
 
     def start(users, *, start: dict | None = None, **options):
-        arguments = {"extractor": "test", "chunk_size": 2, **(start or {})}
-        job = job_start(user_ids=users, options=options, enqueue=False, **arguments)
+        job = started_job(users, options, **{"chunk_size": 2, **(start or {})})
         job_mark_running(job.id)
         job.refresh_from_db()
         return job
 
     return start
+
+
+@pytest.fixture
+def failing_job():
+    """failing_job(users, failed, *, error="bad") -> a finished job of the test extractor over
+    `users` in which the `failed` ones failed for good with `error` (drained in this process)."""
+    from jobs.engine import job_drain
+
+    def finish(users: list[str], failed: list[str], *, error: str = "bad"):
+        job = started_job(users, {"error": error, "permanent": True, "fail_users": failed})
+        job_drain(job.id)
+        job.refresh_from_db()
+        return job
+
+    return finish
 
 
 @pytest.fixture

@@ -88,6 +88,14 @@ def test_an_analyst_reads_and_exports_results_but_not_jobs(api, extracted):
     assert client.post("/api/v1/jobs/", {}, format="json").status_code == 403
 
 
+@pytest.mark.parametrize(("persona", "expected"), [("operator", 403), ("analyst", 405)])
+def test_a_write_to_a_read_only_endpoint_needs_its_read_permissions(api, extracted, persona, expected):
+    """Endpoints that write nothing ask their read permissions of every method: who may not read them
+    learns nothing from a write either, and who may is told the method is not allowed."""
+    for url in RESULT_READS:
+        assert api(persona).post(url, {}, format="json").status_code == expected, url
+
+
 def test_an_operator_runs_jobs_but_reads_no_user_data(api, make_users):
     make_users(2)
     client = api("operator")

@@ -36,16 +36,10 @@ def test_a_staff_user_without_job_permissions_sees_no_start_form_and_no_buttons(
     assert Job.objects.get().status == "queued"
 
 
-def test_an_operator_sees_the_buttons_the_status_allows(client, personas, make_users):
+def test_an_operator_sees_the_buttons_the_status_allows(client, personas, make_users, failing_job):
     make_users(3)
     running = job_start(user_ids=["u001"], enqueue=False)
-    done = job_start(
-        user_ids=["u002", "u003"],
-        extractor="test",
-        enqueue=False,
-        options={"error": "x", "permanent": True, "fail_users": ["u003"]},
-    )
-    job_drain(done.id)
+    done = failing_job(["u002", "u003"], ["u003"])
     client.force_login(personas["operator"])
     page = client.get(f"/admin/jobs/job/{running.id}/change/").content.decode()
     assert "job-cancel" in page and "job-retry" not in page
@@ -53,14 +47,8 @@ def test_an_operator_sees_the_buttons_the_status_allows(client, personas, make_u
     assert "job-retry" in page and "job-cancel" not in page and "job-resume" not in page
 
 
-def test_cancel_resume_and_retry_through_the_admin(client, personas, make_users):
-    make_users(2)
-    job = job_start(
-        user_ids=["u001", "u002"],
-        extractor="test",
-        enqueue=False,
-        options={"error": "x", "permanent": True, "fail_users": ["u002"]},
-    )
+def test_cancel_resume_and_retry_through_the_admin(client, personas, make_users, running_job):
+    job = running_job(make_users(2), error="x", permanent=True, fail_users=["u002"])
     client.force_login(personas["operator"])
     response = client.post(f"/admin/jobs/job/{job.id}/cancel/", follow=True)
     assert f"Job {job.id} is cancelled." in response.content.decode()

@@ -18,6 +18,18 @@ from jobs.services import job_start
 pytestmark = pytest.mark.django_db
 
 
+def ended_job(user_ids: list[str], *, ago: timedelta, lasted: timedelta) -> Job:
+    """A completed job over these users that started `ago` and ran for `lasted` (its items are
+    stamped by finished_over)."""
+    job = job_start(user_ids=user_ids, enqueue=False)
+    start = timezone.now() - ago
+    Job.objects.filter(id=job.id).update(
+        status="completed", started_at=start, finished_at=start + lasted, succeeded_items=len(user_ids)
+    )
+    job.refresh_from_db()
+    return job
+
+
 def finished_over(job: Job, seconds: list[float], *, status: str = "succeeded") -> None:
     """Stamp the job's items as finished `seconds` after its start, one item per entry."""
     items = list(job.items.order_by("id").values_list("id", flat=True))
@@ -28,12 +40,7 @@ def finished_over(job: Job, seconds: list[float], *, status: str = "succeeded") 
 
 
 def test_the_throughput_series_counts_finishes_per_interval_and_adds_up(make_users):
-    job = job_start(user_ids=make_users(30), enqueue=False)
-    start = timezone.now() - timedelta(seconds=600)
-    Job.objects.filter(id=job.id).update(
-        status="completed", started_at=start, finished_at=start + timedelta(seconds=120), succeeded_items=30
-    )
-    job.refresh_from_db()
+    job = ended_job(make_users(30), ago=timedelta(seconds=600), lasted=timedelta(seconds=120))
     # 10 users in the first 10 s, none for a while, 20 in the last 10 s.
     finished_over(job, [1] * 10 + [115] * 20)
     series = job_throughput_series(job)
@@ -46,12 +53,7 @@ def test_the_throughput_series_counts_finishes_per_interval_and_adds_up(make_use
 
 
 def test_a_long_job_gets_no_more_than_the_cap_of_intervals_in_one_query(make_users):
-    job = job_start(user_ids=make_users(5), enqueue=False)
-    start = timezone.now() - timedelta(days=30)
-    Job.objects.filter(id=job.id).update(
-        status="completed", started_at=start, finished_at=start + timedelta(days=20), succeeded_items=5
-    )
-    job.refresh_from_db()
+    job = ended_job(make_users(5), ago=timedelta(days=30), lasted=timedelta(days=20))
     finished_over(job, [0, 10, 86400 * 5, 86400 * 19, 86400 * 21])  # the last one after the recorded end
     with CaptureQueriesContext(connection) as queries:
         series = job_throughput_series(job)

@@ -5,11 +5,20 @@ import pytest
 from jobs.models import Job
 
 pytestmark = pytest.mark.django_db
+START = "/admin/jobs/job/add/"
 
 
-def test_the_form_offers_each_extractors_options_as_typed_fields(client, personas):
+@pytest.fixture
+def operator(client, personas):
+    """The test client, logged in as an operator (who may start jobs)."""
     client.force_login(personas["operator"])
-    page = client.get("/admin/jobs/job/add/").content.decode()
+    return client
+
+
+def test_the_form_offers_each_extractors_options_as_typed_fields(operator):
+    page = operator.get(
+        START,
+    ).content.decode()
     assert '<fieldset class="module aligned extractor-options" data-extractor="llm">' in page
     assert 'type="number" name="llm__temperature" value="0.0" data-extractor="llm" step="any"' in page
     assert 'min="1" max="64"' in page  # max_concurrency, from option_limits
@@ -17,11 +26,10 @@ def test_the_form_offers_each_extractors_options_as_typed_fields(client, persona
     assert 'name="options"' not in page  # no raw JSON any more
 
 
-def test_typed_options_start_a_job_with_those_options(client, personas, make_users):
+def test_typed_options_start_a_job_with_those_options(operator, make_users):
     make_users(2)
-    client.force_login(personas["operator"])
-    response = client.post(
-        "/admin/jobs/job/add/",
+    response = operator.post(
+        START,
         {
             "extractor": "llm",
             "who": "list",
@@ -39,21 +47,19 @@ def test_typed_options_start_a_job_with_those_options(client, personas, make_use
     assert options["allow_new_event_types"] is True and options["token_budget"] == 12_000  # the default
 
 
-def test_a_list_option_is_typed_as_comma_separated_text(client, personas, make_users):
+def test_a_list_option_is_typed_as_comma_separated_text(operator, make_users):
     make_users(3)
-    client.force_login(personas["operator"])
-    client.post(
-        "/admin/jobs/job/add/",
+    operator.post(
+        START,
         {"extractor": "test", "who": "needing", "test__error": "no", "test__fail_users": "u001, u003"},
     )
     assert Job.objects.get().options["fail_users"] == ["u001", "u003"]
 
 
-def test_the_estimate_counts_users_calls_and_tokens_and_starts_nothing(client, personas, make_users, run):
+def test_the_estimate_counts_users_calls_and_tokens_and_starts_nothing(operator, make_users, run):
     make_users(5, behaviors=4)
-    client.force_login(personas["operator"])
     data = {"extractor": "llm", "who": "needing", "llm__token_budget": "2000", "_estimate": "1"}
-    fragment = client.post("/admin/jobs/job/add/", data, headers={"X-Requested-With": "fetch"})
+    fragment = operator.post(START, data, headers={"X-Requested-With": "fetch"})
     assert fragment.status_code == 200
     html = fragment.content.decode()
     assert not Job.objects.exists()
@@ -66,11 +72,10 @@ def test_the_estimate_counts_users_calls_and_tokens_and_starts_nothing(client, p
     assert f'<td data-estimate-field="prompt_tokens">{prompt}</td>' in html
 
 
-def test_the_estimate_of_an_offline_extractor_counts_users_without_loading_them(client, personas, make_users):
+def test_the_estimate_of_an_offline_extractor_counts_users_without_loading_them(operator, make_users):
     make_users(3)
-    client.force_login(personas["operator"])
-    response = client.post(
-        "/admin/jobs/job/add/",
+    response = operator.post(
+        START,
         {"extractor": "rules", "who": "list", "user_ids": "u001 u002 u002", "_estimate": "1"},
     )
     page = response.content.decode()  # without the page's script: the whole form again, with it
@@ -81,11 +86,10 @@ def test_the_estimate_of_an_offline_extractor_counts_users_without_loading_them(
     assert not Job.objects.exists()
 
 
-def test_an_estimate_with_bad_options_names_the_field(client, personas, make_users):
+def test_an_estimate_with_bad_options_names_the_field(operator, make_users):
     make_users(1)
-    client.force_login(personas["operator"])
-    response = client.post(
-        "/admin/jobs/job/add/",
+    response = operator.post(
+        START,
         {"extractor": "llm", "who": "needing", "llm__timeout": "3000", "_estimate": "1"},
         headers={"X-Requested-With": "fetch"},
     )

@@ -170,17 +170,8 @@ def test_progress_answers_304_while_nothing_changed(api, make_users):
     assert changed["ETag"] != etag
 
 
-def test_progress_costs_a_fixed_number_of_queries(api, make_users, django_assert_num_queries):
-    make_users(6)
-    job = job_start(
-        user_ids=[f"u00{i}" for i in range(1, 7)],
-        extractor="test",
-        chunk_size=2,
-        enqueue=False,
-        options={"error": "bad", "permanent": True, "fail_users": ["u001"]},
-    )
-    job_mark_running(job.id)
-    job.refresh_from_db()
+def test_progress_costs_a_fixed_number_of_queries(api, make_users, running_job, django_assert_num_queries):
+    job = running_job(make_users(6), error="bad", permanent=True, fail_users=["u001"])
     process_one_chunk(job, make_extractor("test", job.options))
     chunk_claim(job)
     client = api("reader")
@@ -191,14 +182,8 @@ def test_progress_costs_a_fixed_number_of_queries(api, make_users, django_assert
     assert (body["succeeded"], body["failed"], body["running"]) == (1, 1, 2)
 
 
-def test_cancel_resume_and_retry_failed(api, make_users):
-    make_users(3)
-    job = job_start(
-        user_ids=["u001", "u002", "u003"],
-        extractor="test",
-        enqueue=False,
-        options={"error": "bad", "permanent": True, "fail_users": ["u002"]},
-    )
+def test_cancel_resume_and_retry_failed(api, make_users, running_job):
+    job = running_job(make_users(3), error="bad", permanent=True, fail_users=["u002"])
     client = api()
     cancelled = client.post(f"/api/v1/jobs/{job.id}/cancel/")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
@@ -226,15 +211,8 @@ def test_actions_need_the_permission(api, make_users):
     assert api().get(f"/api/v1/jobs/{job.id}/cancel/").status_code == 405
 
 
-def test_items_are_listed_with_their_errors_in_cursor_pages(api, make_users):
-    make_users(5)
-    job = job_start(
-        user_ids=[f"u00{i}" for i in range(1, 6)],
-        extractor="test",
-        enqueue=False,
-        options={"error": "no data", "permanent": True, "fail_users": ["u002", "u004"]},
-    )
-    job_drain(job.id)
+def test_items_are_listed_with_their_errors_in_cursor_pages(api, make_users, failing_job):
+    job = failing_job(make_users(5), ["u002", "u004"], error="no data")
     client = api("reader")
     failed = client.get(f"/api/v1/jobs/{job.id}/items/?status=failed").json()
     assert [(i["user_id"], i["status"], i["error"], i["attempts"]) for i in failed["results"]] == [

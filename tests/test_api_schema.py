@@ -21,7 +21,6 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from extraction.imports import import_create, import_run
-from jobs.engine import job_drain
 from jobs.services import job_start
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -63,19 +62,13 @@ def admin_token(db, personas):
 
 
 @pytest.fixture
-def data(db, make_users, settings, tmp_path):
+def data(db, make_users, failing_job, settings, tmp_path):
     """Something behind the endpoints: users, a finished job with a failure, a queued job, an import
     that rejected a row."""
     settings.API_WRITE_RATE = settings.API_READ_RATE = settings.API_EXPORT_RATE = "100000/minute"
     settings.API_STREAM_MAX_SECONDS, settings.API_STREAM_POLL_SECONDS = 0.3, 0.05  # a stream ends soon
     make_users(5)
-    done = job_start(
-        user_ids=["u001", "u002"],
-        extractor="test",
-        enqueue=False,
-        options={"error": "bad", "permanent": True, "fail_users": ["u002"]},
-    )
-    job_drain(done.id)
+    failing_job(["u001", "u002"], ["u002"])
     job_start(user_ids=["u003"], enqueue=False)
     settings.IMPORTS_DIR = tmp_path / "imports"
     upload = SimpleUploadedFile("p.csv", "user_id,城市\nu009,上海\n,x\n".encode())

@@ -48,14 +48,21 @@ def test_a_job_completes_on_a_real_cluster(clusters):
     assert job_counters_reconcile(job.id) == {}
 
 
-def test_a_killed_cluster_is_resumed_and_every_user_committed_once(clusters, make_users, tmp_path):
-    ids = make_users(300)
-    calls_file = tmp_path / "calls.txt"
-    first = clusters()
+def job_under_way(calls_file) -> Job:
+    """A job over everyone, in chunks of 5 users of 10 ms each (each call written to calls_file),
+    once the running clusters have committed 40 of its users."""
     job = job_start(
         extractor="test", chunk_size=5, options={"calls_file": str(calls_file), "seconds_per_user": 0.01}
     )
     wait_for(lambda: Job.objects.get(id=job.id).succeeded_items >= 40, timeout=60, what="some progress")
+    return job
+
+
+def test_a_killed_cluster_is_resumed_and_every_user_committed_once(clusters, make_users, tmp_path):
+    ids = make_users(300)
+    calls_file = tmp_path / "calls.txt"
+    first = clusters()
+    job = job_under_way(calls_file)
     first.kill()
     job.refresh_from_db()
     assert job.status == "running" and job.succeeded_items < 300
@@ -231,10 +238,7 @@ def test_a_stop_that_hangs_then_a_sigkill_loses_nothing(clusters, make_users, tm
     ids = make_users(300)
     calls_file = tmp_path / "calls.txt"
     cluster = clusters()
-    job = job_start(
-        extractor="test", chunk_size=5, options={"calls_file": str(calls_file), "seconds_per_user": 0.01}
-    )
-    wait_for(lambda: Job.objects.get(id=job.id).succeeded_items >= 40, timeout=60, what="some progress")
+    job = job_under_way(calls_file)
     cluster.stop_group(timeout=5)
     clusters()
     wait_for(lambda: finished(job), timeout=90, what="the job to finish on the new cluster")

@@ -13,18 +13,10 @@ from jobs.services import job_start
 pytestmark = pytest.mark.django_db
 
 
-def test_it_reports_a_running_job_from_the_tables(make_users, django_assert_max_num_queries):
+def test_it_reports_a_running_job_from_the_tables(make_users, running_job, django_assert_max_num_queries):
     start = timezone.now()
     with time_machine.travel(start, tick=False) as clock:
-        job = job_start(
-            user_ids=make_users(7),
-            extractor="test",
-            chunk_size=2,
-            enqueue=False,
-            options={"error": "bad", "permanent": True, "fail_users": ["u002"]},
-        )
-        job_mark_running(job.id)
-        job.refresh_from_db()
+        job = running_job(make_users(7), error="bad", permanent=True, fail_users=["u002"])
         process_one_chunk(job, make_extractor("test", job.options))  # u001 ok, u002 failed
         clock.shift(10)
         process_one_chunk(job, make_extractor("test", job.options))  # u003, u004 ok

@@ -55,13 +55,19 @@ def test_a_wrong_api_key_fails_the_job_fast_with_a_clear_message(llm_server, mak
     assert len(llm_server.requests) <= 2  # one per lane (two chunks at once), never retried
 
 
-def test_the_token_limit_stops_the_job_with_a_clear_status(llm_server, make_users):
-    make_users(30, behaviors=6)
+def capped_job() -> Job:
+    """An LLM job over everyone with a cap of 1,500 tokens (a chunk of 3 costs ~650), drained here."""
     job = job_start(
         extractor="llm", chunk_size=3, enqueue=False, options={"max_concurrency": 1, "max_total_tokens": 1500}
     )
     job_drain(job.id)
     job.refresh_from_db()
+    return job
+
+
+def test_the_token_limit_stops_the_job_with_a_clear_status(llm_server, make_users):
+    make_users(30, behaviors=6)
+    job = capped_job()
     assert job.status == "failed"
     assert job.error.startswith("token limit reached:") and "of 1,500 tokens spent" in job.error
     # A chunk of 3 costs ~650 tokens: no call starts once 3 chunks are committed, and the two
@@ -190,11 +196,7 @@ def test_answers_that_keep_naming_other_users_behaviours_fail_the_job_fast(llm_s
 
 def test_a_job_its_token_cap_stopped_resumes_only_with_a_higher_cap(llm_server, make_users, api, run):
     make_users(12, behaviors=6)
-    job = job_start(
-        extractor="llm", chunk_size=3, enqueue=False, options={"max_concurrency": 1, "max_total_tokens": 1500}
-    )
-    job_drain(job.id)
-    job.refresh_from_db()
+    job = capped_job()
     assert job.status == "failed"
     spent = job.prompt_tokens + job.completion_tokens
     refusal = f"stopped at its token cap: {spent:,} of 1,500 tokens spent"

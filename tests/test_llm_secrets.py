@@ -65,13 +65,20 @@ def quick(settings, make_users, caplog):
     make_users(2)
 
 
+def one_user_job(llm_server, settings, answers: list[str]):
+    """An LLM job over u001 alone, one attempt, drained here against the fake server (credentials in
+    its URL's query) giving these answers."""
+    settings.OPENAI_BASE_URL = with_credentials(llm_server.url, query=True)
+    llm_server.script.extend(answers)
+    job = job_start(user_ids=["u001"], extractor="llm", max_attempts=1, enqueue=False)
+    job_drain(job.id)
+    return job
+
+
 def test_credentials_in_the_query_are_sent_but_never_shown(
     llm_server, settings, quick, api, client, personas, caplog
 ):
-    settings.OPENAI_BASE_URL = with_credentials(llm_server.url, query=True)
-    llm_server.script.extend(["500"] * 10)
-    job = job_start(user_ids=["u001"], extractor="llm", max_attempts=1, enqueue=False)
-    job_drain(job.id)
+    job = one_user_job(llm_server, settings, ["500"] * 10)
     assert llm_server.requests[0]["query"] == {"api-key": QUERY_KEY}  # it is used
     assert list(job.items.values_list("error", flat=True)) == [
         "the LLM endpoint kept failing; gave up after 2 attempts (last: HTTP 500, a server error)"
@@ -82,10 +89,7 @@ def test_credentials_in_the_query_are_sent_but_never_shown(
 def test_a_reply_repeating_the_request_is_not_quoted(
     llm_server, settings, quick, api, client, personas, caplog
 ):
-    settings.OPENAI_BASE_URL = with_credentials(llm_server.url, query=True)
-    llm_server.script.extend(["echo"] * 3)
-    job = job_start(user_ids=["u001"], extractor="llm", max_attempts=1, enqueue=False)
-    job_drain(job.id)
+    job = one_user_job(llm_server, settings, ["echo"] * 3)
     (error,) = job.items.values_list("error", flat=True)
     assert error.startswith("the model's answer for this user was unusable: the reply")
     assert_nothing_leaks(*everything_shown(job, api, client, personas, caplog))
@@ -135,9 +139,6 @@ def test_an_unreachable_endpoint_is_named_without_its_credentials(llm_server, se
 
 
 def test_a_refused_request_does_not_quote_the_provider(llm_server, settings, quick):
-    settings.OPENAI_BASE_URL = with_credentials(llm_server.url, query=True)
-    llm_server.script.extend(["400"] * 3)
-    job = job_start(user_ids=["u001"], extractor="llm", max_attempts=1, enqueue=False)
-    job_drain(job.id)
+    job = one_user_job(llm_server, settings, ["400"] * 3)
     (error,) = job.items.values_list("error", flat=True)
     assert error == "the LLM endpoint refused the request (HTTP 400)"

@@ -12,14 +12,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from extraction.models import ExtractedEvent
+from eventproject.api import Guarded
+from extraction.api.serializers import EventOutput
+from extraction.api.views import VIEW_EVENT
 
 from ..engine import job_drain
 from ..models import Job
-from ..selectors import job_progress
+from ..selectors import job_latest, job_progress, job_results
 from ..services import JobConflict, JobError, JobInvalid, job_start
-from .access import VIEW_EVENT, VIEW_JOB, Guarded
-from .serializers import EventOutput, UserIds
+from .access import ADD_JOB, VIEW_JOB
+from .serializers import UserIds
 
 CODE_JOB_RUNNING = 1001
 CODE_USERS_BUSY = 1002
@@ -57,7 +59,7 @@ class LegacyView(Guarded, APIView):
     """Errors in the old envelope too. Reads need jobs.view_job, starts jobs.add_job."""
 
     read_permissions = (VIEW_JOB,)
-    write_permissions = ("jobs.add_job", VIEW_JOB)
+    write_permissions = (ADD_JOB, VIEW_JOB)
 
     def handle_exception(self, exc):
         response = super().handle_exception(exc)
@@ -105,7 +107,7 @@ class LegacyStartView(LegacyView):
     def post(self, request: Request) -> Response:
         data = UserIdsInput(data=request.data)
         data.is_valid(raise_exception=True)
-        active = Job.objects.filter(status__in=Job.ACTIVE).order_by("-id").first()
+        active = job_latest(active=True)
         if active:
             return envelope(
                 {"status": "running", "job_id": active.id},
@@ -143,44 +145,33 @@ ProgressData = inline_serializer(
 )
 
 
+# The predecessor's progress fields, each with the job_progress() figure it shows, and that figure
+# before any job (status "idle").
+LEGACY_FIELDS = {
+    "total_users": ("total", 0),
+    "processed_users": ("processed", 0),
+    "success_count": ("succeeded", 0),
+    "failed_count": ("failed", 0),
+    "current_batch": ("current_batch", 0),
+    "total_batches": ("total_batches", 0),
+    "current_user_ids": ("current_user_ids", []),
+    "progress_percent": ("percent", 0.0),
+    "estimated_remaining_seconds": ("estimated_seconds_remaining", None),
+    "start_time": ("started_at", None),
+    "end_time": ("finished_at", None),
+}
+
+
 def legacy_progress(job: Job | None) -> dict:
     if job is None:
-        return {
-            "status": "idle",
-            "job_id": None,
-            "total_users": 0,
-            "processed_users": 0,
-            "success_count": 0,
-            "failed_count": 0,
-            "current_batch": 0,
-            "total_batches": 0,
-            "current_user_ids": [],
-            "progress_percent": 0.0,
-            "estimated_remaining_seconds": None,
-            "start_time": None,
-            "end_time": None,
-            "error_message": None,
-        }
+        idle = {old: before for old, (_new, before) in LEGACY_FIELDS.items()}
+        return {"status": "idle", "job_id": None, **idle, "error_message": None}
     progress = job_progress(job)
     error = progress["error"] or (
         f"job {job.id} was cancelled" if job.status == Job.Status.CANCELLED else None
     )
-    return {
-        "status": LEGACY_STATUS[job.status],
-        "job_id": job.id,
-        "total_users": progress["total"],
-        "processed_users": progress["processed"],
-        "success_count": progress["succeeded"],
-        "failed_count": progress["failed"],
-        "current_batch": progress["current_batch"],
-        "total_batches": progress["total_batches"],
-        "current_user_ids": progress["current_user_ids"],
-        "progress_percent": progress["percent"],
-        "estimated_remaining_seconds": progress["estimated_seconds_remaining"],
-        "start_time": progress["started_at"],
-        "end_time": progress["finished_at"],
-        "error_message": error,
-    }
+    figures = {old: progress[new] for old, (new, _idle) in LEGACY_FIELDS.items()}
+    return {"status": LEGACY_STATUS[job.status], "job_id": job.id, **figures, "error_message": error}
 
 
 @extend_schema(
@@ -195,7 +186,7 @@ def legacy_progress(job: Job | None) -> dict:
 )
 class LegacyProgressView(LegacyView):
     def get(self, request: Request) -> Response:
-        job = Job.objects.order_by("-id").first()
+        job = job_latest()
         return envelope(type(ProgressData)(legacy_progress(job)).data)  # times rendered like the rest
 
 
@@ -228,7 +219,7 @@ SyncData = inline_serializer(
 )
 class LegacySyncView(LegacyView):
     # It answers the users' events: reading them needs their permission too.
-    write_permissions = ("jobs.add_job", VIEW_JOB, VIEW_EVENT)
+    write_permissions = (ADD_JOB, VIEW_JOB, VIEW_EVENT)
 
     def post(self, request: Request) -> Response:
         limit = settings.LEGACY_SYNC_MAX_USERS
@@ -251,17 +242,9 @@ class LegacySyncView(LegacyView):
             return envelope(
                 {"job_id": job.id}, code=CODE_JOB_FAILED, message=job.error or f"job {job.status}"
             )
-        events = {user_id: [] for user_id in job.items.values_list("user_id", flat=True)}
-        for event in EventOutput(job_events(job), many=True).data:
-            events[event["user_id"]].append(event)
-        failed = dict(job.items.filter(status="failed").values_list("user_id", "error"))
+        events, failed = job_results(job)
+        events = {user_id: EventOutput(sequence, many=True).data for user_id, sequence in events.items()}
         return envelope(
             {"job_id": job.id, "events": events, "failed": failed},
             message=f"{len(events) - len(failed)} users extracted",
         )
-
-
-def job_events(job: Job):
-    return ExtractedEvent.objects.filter(user_id__in=job.items.values("user_id")).order_by(
-        "user_id", "sequence"
-    )

@@ -24,8 +24,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.handlers.asgi import ASGIRequest
-from django.db import close_old_connections, connection, connections
+from django.db import close_old_connections, connection
 
 from ops.exporter import STREAM_FEEDS, STREAMS_OPEN
 
@@ -40,13 +39,6 @@ STREAM_KEEPALIVE_SECONDS = 15
 STREAM_RETRY_MILLISECONDS = 2000  # how soon EventSource reconnects after a stream closed
 STREAM_END_ID = "end"
 TIME_UP = ": the stream's time is up; reconnect with Last-Event-ID\n\n"
-# Parts of a long synchronous body (an export) handed to the event loop per trip to its thread.
-SYNC_PARTS_PER_TRIP = 64
-
-
-def asgi_served(request) -> bool:
-    """Whether the request came through ASGI (DRF's Request wraps Django's)."""
-    return isinstance(getattr(request, "_request", request), ASGIRequest)
 
 
 @dataclass(frozen=True)
@@ -250,28 +242,3 @@ def _read(job_id: int, previous: Snapshot | None) -> Snapshot | None:
     except Exception:
         connection.close()  # the next read starts on a fresh connection
         raise
-
-
-async def sync_body_as_async(parts: Iterator) -> AsyncIterator:
-    """A synchronous streaming body (an export) served under ASGI part by part, never whole:
-    Django would otherwise read it all into memory first. Its parts are made on a thread of its
-    own (with its own database connection, closed at the end), a few dozen per trip there, so a
-    long export holds neither the process's synchronous thread nor anyone's connection."""
-    loop = asyncio.get_running_loop()
-    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export")
-
-    def some() -> list:
-        return [part for _, part in zip(range(SYNC_PARTS_PER_TRIP), parts, strict=False)]
-
-    def end() -> None:
-        if hasattr(parts, "close"):
-            parts.close()
-        connections.close_all()  # this thread's
-
-    try:
-        while batch := await loop.run_in_executor(thread, some):
-            for part in batch:
-                yield part
-    finally:
-        await loop.run_in_executor(thread, end)
-        thread.shutdown(wait=False)

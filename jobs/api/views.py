@@ -9,20 +9,20 @@ from django.utils.http import parse_etags
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, OpenApiTypes, extend_schema
 from rest_framework import generics, status
-from rest_framework.exceptions import NotFound, Throttled
-from rest_framework.pagination import CursorPagination, PageNumberPagination
+from rest_framework.exceptions import Throttled
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ..models import Job, JobItem
-from ..selectors import job_progress, job_progress_state, progress_tag
+from eventproject.api import ERRORS, Guarded, IdCursorPages, NumberedPages, asgi_served
+
+from ..models import Job
+from ..selectors import job_items, job_progress, job_progress_state, jobs_list, progress_tag
 from ..services import JobConflict, JobError, JobInvalid, job_cancel, job_resume, job_retry_failed, job_start
-from .access import Guarded, stream_slot_take
+from .access import ADD_JOB, CHANGE_JOB, VIEW_JOB, stream_slot_take
 from .serializers import (
     Conflict,
-    Detail,
     ItemFilter,
     JobDetail,
     JobFilter,
@@ -32,14 +32,8 @@ from .serializers import (
     JobSummary,
     Progress,
 )
-from .streams import STREAM_END_ID, STREAM_RETRY_MILLISECONDS, ProgressStream, asgi_served
+from .streams import STREAM_END_ID, STREAM_RETRY_MILLISECONDS, ProgressStream
 
-ERRORS = {
-    401: OpenApiResponse(Detail, description="Not logged in (session or token)"),
-    403: OpenApiResponse(Detail, description="Logged in without the permission"),
-    404: OpenApiResponse(Detail, description="No such job"),
-    429: OpenApiResponse(Detail, description="Too many requests: the per-user rate was reached"),
-}
 WRITE_ERRORS = {
     **ERRORS,
     409: OpenApiResponse(Conflict, description="The job's status does not allow it, or users are busy"),
@@ -48,6 +42,9 @@ WRITE_ERRORS = {
 
 class JobsBase(Guarded):
     """Reads need jobs.view_job; starting and retrying need jobs.add_job."""
+
+    read_permissions = (VIEW_JOB,)
+    write_permissions = (ADD_JOB,)
 
 
 def job_error_response(exc: JobError) -> Response:
@@ -61,41 +58,10 @@ def job_error_response(exc: JobError) -> Response:
     return Response({"detail": str(exc)}, status.HTTP_409_CONFLICT)
 
 
-class JobPages(PageNumberPagination):
-    page_size = 20
-    page_size_query_param = "page_size"
-    max_page_size = 100
-
-
-class IdCursorPages(CursorPagination):
-    """Cursor pages in id order whose cursor, which a client can forge, must hold a valid id."""
-
-    ordering = "id"
-
-    def decode_cursor(self, request):
-        cursor = super().decode_cursor(request)
-        if cursor and cursor.position is not None:
-            try:
-                position = int(cursor.position)
-            except ValueError:
-                raise NotFound(self.invalid_cursor_message) from None
-            if not 0 <= position < 2**63:
-                raise NotFound(self.invalid_cursor_message)
-        return cursor
-
-
-class ItemPages(IdCursorPages):
-    """Cursor pages: a job may have a million items, and a page must not count them all."""
-
-    page_size = 100
-    page_size_query_param = "page_size"
-    max_page_size = 1000
-
-
 @extend_schema(tags=["jobs"])
 class JobsView(JobsBase, generics.ListAPIView):
     serializer_class = JobSummary
-    pagination_class = JobPages
+    pagination_class = NumberedPages
 
     @extend_schema(
         summary="List jobs, newest first",
@@ -108,7 +74,7 @@ class JobsView(JobsBase, generics.ListAPIView):
     def get_queryset(self):
         filters = JobFilter(data=self.request.query_params)
         filters.is_valid(raise_exception=True)
-        return Job.objects.select_related("created_by").filter(**filters.validated_data).order_by("-id")
+        return jobs_list(**filters.validated_data)
 
     @extend_schema(
         summary="Start a job",
@@ -132,7 +98,9 @@ class JobsView(JobsBase, generics.ListAPIView):
 @extend_schema(tags=["jobs"], summary="A job with its progress", responses={200: JobDetail, **ERRORS})
 class JobView(JobsBase, generics.RetrieveAPIView):
     serializer_class = JobDetail
-    queryset = Job.objects.select_related("created_by")
+
+    def get_queryset(self):
+        return jobs_list()
 
 
 def progress_etag(tag: str) -> str:
@@ -177,7 +145,7 @@ class JobProgressView(JobsBase, APIView):
 class JobActionView(JobsBase, APIView):
     """POST-only actions on one job: cancel, resume, retry-failed."""
 
-    write_permissions = ("jobs.change_job",)
+    write_permissions = (CHANGE_JOB,)
     action_name = ""
 
     def post(self, request: Request, pk: int) -> Response:
@@ -222,7 +190,7 @@ class JobResumeView(JobActionView):
     responses={201: JobDetail, **WRITE_ERRORS},
 )
 class JobRetryFailedView(JobActionView):
-    write_permissions = ("jobs.add_job",)
+    write_permissions = (ADD_JOB,)
     success_status = status.HTTP_201_CREATED
 
     def act(self, job, request):
@@ -237,13 +205,13 @@ class JobRetryFailedView(JobActionView):
 )
 class JobItemsView(JobsBase, generics.ListAPIView):
     serializer_class = JobItemOutput
-    pagination_class = ItemPages
+    pagination_class = IdCursorPages  # a job may have a million items: a page must not count them
 
     def get_queryset(self):
         job = get_object_or_404(Job, pk=self.kwargs["pk"])
         filters = ItemFilter(data=self.request.query_params)
         filters.is_valid(raise_exception=True)
-        return JobItem.objects.filter(job=job, **filters.validated_data)
+        return job_items(job, **filters.validated_data)
 
 
 # An event of the stream as OpenAPI 3.2 describes Server-Sent Events: its data is JSON.

@@ -1,4 +1,5 @@
-// An import's live progress card: polls the import's API endpoint every second until it has ended.
+// An import's live progress card: polls the import's API endpoint every second until it has ended
+// (with pollJson, eventproject/static/eventproject/poll.js).
 (function () {
   "use strict";
   const card = document.getElementById("import-progress");
@@ -25,18 +26,7 @@
     }
   }
 
-  async function poll() {
-    let progress = null;
-    try {
-      const response = await fetch(card.dataset.url, {credentials: "same-origin", cache: "no-cache",
-                                                       headers: {Accept: "application/json"}});
-      if (response.ok) progress = await response.json();
-    } catch (error) { /* the server may be restarting: try again */ }
-    if (progress) {
-      show(progress);
-      if (ENDED.includes(progress.status)) return;
-    }
-    window.setTimeout(poll, 1000);
+  if (!ENDED.includes(card.dataset.status)) {
+    window.pollJson(card.dataset.url, (progress) => { show(progress); return ENDED.includes(progress.status); });
   }
-  if (!ENDED.includes(card.dataset.status)) poll();
 })();

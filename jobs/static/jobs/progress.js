@@ -1,5 +1,5 @@
-// The job page's live progress card: polls the progress endpoint every second (the browser sends
-// the ETag back, so an unchanged job costs a 304), and stops once the job has finished.
+// The job page's live progress card: polls the progress endpoint every second (with pollJson,
+// eventproject/static/eventproject/poll.js), and stops once the job has finished.
 (function () {
   "use strict";
   const card = document.getElementById("job-progress");
@@ -69,22 +69,11 @@
     }
   }
 
-  async function poll() {
-    let progress = null;
-    try {
-      const response = await fetch(card.dataset.url, {credentials: "same-origin", cache: "no-cache",
-                                                       headers: {Accept: "application/json"}});
-      if (response.ok) progress = await response.json();
-    } catch (error) { /* the server may be restarting: try again */ }
-    if (progress) {
-      show(progress);
-      if (FINISHED.includes(progress.status)) {
-        // The page was rendered while the job ran: reload once so its buttons match the outcome.
-        if (!FINISHED.includes(renderedStatus)) window.setTimeout(() => window.location.reload(), 1500);
-        return;
-      }
-    }
-    window.setTimeout(poll, 1000);
-  }
-  poll();
+  window.pollJson(card.dataset.url, (progress) => {
+    show(progress);
+    if (!FINISHED.includes(progress.status)) return false;
+    // The page was rendered while the job ran: reload once so its buttons match the outcome.
+    if (!FINISHED.includes(renderedStatus)) window.setTimeout(() => window.location.reload(), 1500);
+    return true;
+  });
 })();

@@ -1,10 +1,10 @@
-"""Results over HTTP: a user, its event sequence, events across users, and a streamed export."""
+"""Results and imports over HTTP: a user, its event sequence, events across users, a streamed export,
+and the imports started in the admin. Views stay thin: validate the input, call a selector, render."""
 
 import csv
 import io
 
 import orjson
-from django.db.models import Count, Exists, OuterRef
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, OpenApiTypes, extend_schema
@@ -12,16 +12,32 @@ from rest_framework import generics
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from extraction.models import ExtractedEvent, UserProfile
-from extraction.selectors import users_needing_extraction
-from extraction.services import EVENT_COLUMNS
+from eventproject.api import (
+    ERRORS,
+    ExportThrottle,
+    Guarded,
+    IdCursorPages,
+    NumberedPages,
+    asgi_served,
+    sync_body_as_async,
+)
 
-from .access import VIEW_EVENT, VIEW_PROFILE, ExportThrottle, Guarded
-from .serializers import EventFilter, EventOutput, UserOutput
-from .streams import asgi_served, sync_body_as_async
-from .views import ERRORS, IdCursorPages
+from ..models import UserProfile
+from ..selectors import (
+    EXPORT_COLUMNS,
+    events_export_rows,
+    events_filter,
+    imports_list,
+    user_events,
+    user_summaries,
+)
+from .serializers import EventFilter, EventOutput, ImportOutput, UserOutput
 
-EXPORT_COLUMNS = ["id", *EVENT_COLUMNS[:-1]]  # all but created_at
+# The permissions these reads need (analysts hold the first two, operators the last).
+VIEW_PROFILE = "extraction.view_userprofile"
+VIEW_EVENT = "extraction.view_extractedevent"
+VIEW_IMPORT = "extraction.view_dataimport"
+
 EXPORT_BATCH = 2000
 CSV_TIMES = {EXPORT_COLUMNS.index(name) for name in ("starts_at", "ends_at")}
 CSV_JSON = {EXPORT_COLUMNS.index(name) for name in ("context", "behavior_ids")}
@@ -37,25 +53,11 @@ def csv_cell(value):
     return value
 
 
-class EventPages(IdCursorPages):
-    page_size = 100
-    page_size_query_param = "page_size"
-    max_page_size = 1000
-
-
-def filtered_events(params) -> "tuple[object, dict]":
-    """Events matching the validated filters (user, type, category, since, until)."""
-    filters = EventFilter(data=params)
+def event_filters(request: Request) -> dict:
+    """The request's validated event filters (400 for a bad one)."""
+    filters = EventFilter(data=request.query_params)
     filters.is_valid(raise_exception=True)
-    data = filters.validated_data
-    lookups = {
-        "user": "user_id",
-        "type": "event_type",
-        "category": "category",
-        "since": "starts_at__gte",
-        "until": "starts_at__lt",
-    }
-    return ExtractedEvent.objects.filter(**{lookups[key]: value for key, value in data.items()})
+    return filters.validated_data
 
 
 @extend_schema(
@@ -69,10 +71,7 @@ class UserView(Guarded, generics.RetrieveAPIView):
     lookup_field = "user_id"
 
     def get_queryset(self):
-        needing = users_needing_extraction().filter(user_id=OuterRef("user_id"))
-        return UserProfile.objects.select_related("extraction_state").annotate(
-            behavior_count=Count("behaviors"), needs_extraction=Exists(needing)
-        )
+        return user_summaries()
 
 
 @extend_schema(
@@ -86,8 +85,7 @@ class UserEventsView(Guarded, generics.ListAPIView):
     pagination_class = None  # one user's sequence is short, and read whole
 
     def get_queryset(self):
-        user = get_object_or_404(UserProfile, user_id=self.kwargs["user_id"])
-        return ExtractedEvent.objects.filter(user=user).order_by("sequence")
+        return user_events(get_object_or_404(UserProfile, user_id=self.kwargs["user_id"]))
 
 
 @extend_schema(
@@ -99,10 +97,10 @@ class UserEventsView(Guarded, generics.ListAPIView):
 class EventsView(Guarded, generics.ListAPIView):
     read_permissions = (VIEW_EVENT,)
     serializer_class = EventOutput
-    pagination_class = EventPages
+    pagination_class = IdCursorPages
 
     def get_queryset(self):
-        return filtered_events(self.request.query_params)
+        return events_filter(**event_filters(self.request))
 
 
 class Echo:
@@ -135,7 +133,7 @@ class EventsExportView(Guarded, APIView):
     file_format = "csv"
 
     def get(self, request: Request):
-        rows = filtered_events(request.query_params).order_by("id").values_list(*EXPORT_COLUMNS)
+        rows = events_export_rows(**event_filters(request))
         if self.file_format == "csv":
             body, content_type = self.csv_lines(rows), "text/csv; charset=utf-8"
         else:
@@ -171,3 +169,32 @@ class EventsExportView(Guarded, APIView):
                 buffer.seek(0)
                 buffer.truncate()
         yield buffer.getvalue()
+
+
+class ImportsBase(Guarded):
+    """Reads need extraction.view_dataimport (operators have it)."""
+
+    read_permissions = (VIEW_IMPORT,)
+    serializer_class = ImportOutput
+
+    def get_queryset(self):
+        return imports_list()
+
+
+@extend_schema(
+    tags=["imports"], summary="Imports, newest first", responses={200: ImportOutput(many=True), **ERRORS}
+)
+class ImportsView(ImportsBase, generics.ListAPIView):
+    pagination_class = NumberedPages
+
+
+@extend_schema(
+    tags=["imports"],
+    summary="An import with its progress and report",
+    description="Poll it while `status` is queued or running: `percent` is how far through the file "
+    "(compressed bytes for .gz), the counts and `report` (rejected rows as `file:line: reason`, the "
+    "first 1,000) grow with every batch; `summary` is the line `import_data` prints.",
+    responses={200: ImportOutput, **ERRORS},
+)
+class ImportView(ImportsBase, generics.RetrieveAPIView):
+    pass
