@@ -6,8 +6,6 @@ from django.views.defaults import page_not_found
 from django.views.i18n import JavaScriptCatalog
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from ops.views import MetricsView, healthz
-
 urlpatterns = [
     path("admin/", admin.site.urls),
     # The admin pages' scripts' words in the page's language (the project's djangojs catalog).
@@ -16,8 +14,7 @@ urlpatterns = [
     path("api/v1/", include("extraction.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
-    path("healthz", healthz, name="healthz"),
-    path("metrics", MetricsView.as_view(), name="metrics"),
+    path("", include("ops.urls")),  # /healthz, /metrics
 ]
 
 

@@ -18,7 +18,7 @@ from functools import cache
 
 from django.db.models import Count, Q, Sum
 from django_q.brokers import get_broker
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -27,27 +27,7 @@ from jobs.selectors import jobs_throughput
 
 from . import metrics
 from .health import ALIVE_STATUSES, cluster_stats
-
-PREFIX = "eventproject"
-
-REQUEST_SECONDS = Histogram(
-    f"{PREFIX}_http_request_duration_seconds",
-    "Time from a request's arrival to its response (the first byte of a stream), by route",
-    ["method", "route", "status"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-    registry=None,  # in the registry /metrics builds, or in the multiprocess files
-)
-
-# Progress streams under ASGI (jobs/api/streams.py), added up over the live worker processes.
-STREAMS_OPEN = Gauge(
-    f"{PREFIX}_progress_streams", "Progress streams (SSE) open", registry=None, multiprocess_mode="livesum"
-)
-STREAM_FEEDS = Gauge(
-    f"{PREFIX}_progress_feeds",
-    "Jobs whose progress a web process reads for its streams (one reader each, however many streams)",
-    registry=None,
-    multiprocess_mode="livesum",
-)
+from .metrics import PREFIX, REQUEST_SECONDS, STREAM_FEEDS, STREAMS_OPEN
 
 
 @cache

@@ -21,10 +21,33 @@ from contextlib import contextmanager
 
 import openai
 from django.db import connection, transaction
+from prometheus_client import Gauge, Histogram
 
 from .models import Counter
 
 logger = logging.getLogger(__name__)
+
+PREFIX = "eventproject"
+
+# Figures of the web processes themselves, kept in memory (or in gunicorn's multiprocess folder) and
+# added up by /metrics: request latency (ops.middleware) and progress streams (jobs/api/streams.py).
+REQUEST_SECONDS = Histogram(
+    f"{PREFIX}_http_request_duration_seconds",
+    "Time from a request's arrival to its response (the first byte of a stream), by route",
+    ["method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=None,  # in the registry /metrics builds, or in the multiprocess files
+)
+
+STREAMS_OPEN = Gauge(
+    f"{PREFIX}_progress_streams", "Progress streams (SSE) open", registry=None, multiprocess_mode="livesum"
+)
+STREAM_FEEDS = Gauge(
+    f"{PREFIX}_progress_feeds",
+    "Jobs whose progress a web process reads for its streams (one reader each, however many streams)",
+    registry=None,
+    multiprocess_mode="livesum",
+)
 
 SHARDS = 16
 # Counter names, with their label values.

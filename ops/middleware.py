@@ -1,10 +1,10 @@
-"""Request latency for /metrics (ops.exporter.REQUEST_SECONDS)."""
+"""Request latency for /metrics (ops.metrics.REQUEST_SECONDS)."""
 
 import time
 
 from django.conf import settings
 
-from .exporter import REQUEST_SECONDS
+from .metrics import REQUEST_SECONDS
 
 # Other methods share one label value, so odd requests cannot grow the label set without bound.
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}

@@ -26,7 +26,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from ops.exporter import STREAM_FEEDS, STREAMS_OPEN
+from ops import metrics
 
 from ..models import Job
 from ..selectors import job_progress, job_progress_state, progress_tag
@@ -124,7 +124,7 @@ class ProgressStream:
 
     async def _async_events(self) -> AsyncIterator[str]:
         feed = feed_join(self.job_id)
-        STREAMS_OPEN.inc()
+        metrics.STREAMS_OPEN.inc()
         try:
             yield f"retry: {STREAM_RETRY_MILLISECONDS}\n\n"
             last_tag = self.last_id
@@ -150,7 +150,7 @@ class ProgressStream:
             yield TIME_UP
         finally:  # also when the client went away (the server cancels the response)
             feed_leave(feed)
-            STREAMS_OPEN.dec()
+            metrics.STREAMS_OPEN.dec()
             if not self._released:
                 self._released = True
                 await sync_to_async(stream_slot_release)(self.slot)
@@ -179,7 +179,7 @@ class Feed:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        STREAM_FEEDS.inc()
+        metrics.STREAM_FEEDS.inc()
         try:
             while self.listeners:
                 try:
@@ -192,7 +192,7 @@ class Feed:
                         return
                 await asyncio.sleep(settings.API_STREAM_POLL_SECONDS)
         finally:
-            STREAM_FEEDS.dec()
+            metrics.STREAM_FEEDS.dec()
             feeds = _feeds()
             if feeds.get(self.job_id) is self:
                 del feeds[self.job_id]
