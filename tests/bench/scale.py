@@ -16,7 +16,7 @@ Prints, beside the targets of issue 14 ("ten million users"):
     measured after WARMUP_ITEMS; the last one stops a tenth of a window before the end (the tail,
     where workers finish one by one, is not the claim's cost). The window is WINDOW_MAX items, or
     fewer when the first one shows that many would take more than WINDOW_SECONDS (the machine is
-    shared); its size is printed.
+    shared), and at most a tenth of the job; its size is printed.
   - progress: the Job row and job_progress() (the selector behind the API's progress), read every
     0.1 s from this process during both windows: p50 and p95
   - worker memory: RSS (from /proc) of the largest process under the cluster's sentinel (a worker),
