@@ -93,7 +93,7 @@ class JobAdmin(GuardedAdmin):
     change_form_template = "admin/jobs/job/change_form.html"
     fieldsets = [
         (None, {"fields": ["status", "extractor", "options", "selection", "parent", "created_by"]}),
-        (gettext_lazy("Timing"), {"fields": ["created_at", "started_at", "finished_at"]}),
+        (gettext_lazy("Timing"), {"fields": ["created_at", "started_at", "finished_at", "items_pruned_at"]}),
         (
             gettext_lazy("Counts"),
             {

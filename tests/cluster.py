@@ -90,11 +90,11 @@ class Cluster:
         self.process.wait(timeout=10)
         return stopped
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)  # the cluster stops its own workers
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
         with contextlib.suppress(ProcessLookupError):  # stray workers of a killed cluster

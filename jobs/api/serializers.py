@@ -110,6 +110,7 @@ class JobSummary(serializers.ModelSerializer):
             "created_at",
             "started_at",
             "finished_at",
+            "items_pruned_at",
             "error",
             "total_items",
             "succeeded_items",

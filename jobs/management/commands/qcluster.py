@@ -19,8 +19,14 @@ from django_q.management.commands.qcluster import Command as ClusterCommand
 from eventproject.db import connection_reset
 from extraction.imports import imports_heal
 from jobs.engine import jobs_heal
+from jobs.services import jobs_prune
 
 logger = logging.getLogger("jobs.heal")
+
+# With JOBS_PRUNE_DAYS set, each heal spends at most this long deleting old items (healing must not
+# wait behind a prune of millions), until nothing is left; then it looks again PRUNE_IDLE_SECONDS later.
+PRUNE_BUDGET_SECONDS = 1.0
+PRUNE_IDLE_SECONDS = 600.0
 
 
 class Command(ClusterCommand):
@@ -39,13 +45,20 @@ class Command(ClusterCommand):
 
 
 def heal_while(alive) -> None:
-    """Heal at once, then every JOBS_HEAL_SECONDS, until `alive()` says the cluster has stopped."""
+    """Heal at once, then every JOBS_HEAL_SECONDS, until `alive()` says the cluster has stopped;
+    prune old jobs' items between heals when JOBS_PRUNE_DAYS is set."""
     force = True  # a cluster that starts rings every job short of drains, whenever it was last rung
+    next_prune = time.monotonic()
     while alive():
         try:
             for line in [*jobs_heal(force=force), *imports_heal()]:
                 logger.info("heal: %s", line)
             force = False
+            if settings.JOBS_PRUNE_DAYS and time.monotonic() >= next_prune:
+                pruned = jobs_prune(days=settings.JOBS_PRUNE_DAYS, budget_seconds=PRUNE_BUDGET_SECONDS)
+                if pruned.total:
+                    logger.info("prune: deleted %s items of jobs %s", pruned.total, sorted(pruned.items))
+                next_prune = time.monotonic() + (0 if not pruned.done else PRUNE_IDLE_SECONDS)
         except DatabaseError as exc:
             logger.warning("could not heal jobs (%s); trying again", exc)
             connection_reset()
