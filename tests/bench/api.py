@@ -313,9 +313,6 @@ def main() -> None:
         url,
         EXTRACTION_EXTRA_EXTRACTORS=EXTRACTORS,
         Q_WORKERS="2",
-        DEBUG="0",
-        SECRET_KEY="bench-" + "k" * 30 + "-only-for-this-loopback-benchmark-0123456789",
-        ALLOWED_HOSTS="127.0.0.1",
         API_READ_RATE="100000000/minute",  # one user: the benchmark measures serving, not the throttle
         API_STREAMS_PER_USER=str(options.sse_clients + 10),
     )
