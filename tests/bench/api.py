@@ -25,7 +25,6 @@ include that contention. Per-user throttles and stream slots are raised for the 
 user (API_READ_RATE, API_STREAMS_PER_USER): it measures serving, not the limits.
 """
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.bench.common import ROOT, backend_urls, child_env, print_table, process_stop, qcluster
+from tests.bench.common import ROOT, arguments, backend_urls, child_env, print_table, process_stop, qcluster
 
 EXTRACTORS = "noop=tests.extractors.NoopExtractor"
 PORT = 8765
@@ -294,9 +293,7 @@ def progress_now(job_id: int, token: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arguments(__doc__)
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--poll-clients", type=int, default=50)
     parser.add_argument("--poll-seconds", type=float, default=20)

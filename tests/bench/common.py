@@ -5,6 +5,7 @@ whose DATABASE_URL points at a fresh database; the parent collects the figures
 (one JSON line per figure) and prints them side by side.
 """
 
+import argparse
 import atexit
 import contextlib
 import json
@@ -24,6 +25,11 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 FIGURE_PREFIX = "FIGURE "
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's command line, its module docstring as the help."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def pg_database(name: str) -> str:

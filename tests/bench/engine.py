@@ -27,6 +27,7 @@ from contextlib import contextmanager
 
 from tests.bench.common import (
     ROOT,
+    arguments,
     backend_urls,
     child_env,
     cluster_wait_alive,
@@ -106,6 +107,13 @@ def floor_worker(job_id: int, chunk: int) -> None:
             else:
                 break
     report("ended", time.monotonic())
+
+
+def sample_job(users: int):
+    """A rules job over the sample users generate_sample_data made (s0000001…)."""
+    from jobs.services import job_start
+
+    return job_start(user_ids=[f"s{i:07d}" for i in range(1, users + 1)], enqueue=False)
 
 
 def drain_in_process(job) -> int:
@@ -204,26 +212,36 @@ class Runner:
         assert not left, f"the floor left {left} items"
         return count / (ended - start)
 
-    def engine(self, count: int) -> tuple[float, list[float]]:
-        """The engine on a cluster that is already up: (items/s, progress latencies in ms)."""
+    def on_cluster(self, job, *, each_poll=None) -> float:
+        """Ring a job for a cluster that is already up and wait for its end: its items per second.
+        `each_poll(job)` runs after each look at the job (every 20 ms)."""
         from jobs.engine import job_ring
-        from jobs.selectors import job_progress
 
-        job = self.job("engine", count)
-        latencies = []
         with self.cluster():
             start = time.monotonic()
             job_ring(job.id, tasks=4)
             while job.status not in job.FINISHED:
                 time.sleep(0.02)
                 job.refresh_from_db()
-                started = time.perf_counter()
-                job_progress(job)
-                latencies.append((time.perf_counter() - started) * 1000)
+                if each_poll:
+                    each_poll(job)
             ended = time.monotonic()
         if job.status != "completed":
             raise SystemExit(f"job {job.id} ended {job.status}: {job.error}")
-        return count / (ended - start), latencies
+        return job.total_items / (ended - start)
+
+    def engine(self, count: int) -> tuple[float, list[float]]:
+        """The engine on no-op items: (items/s, latencies of the progress query polled meanwhile, ms)."""
+        from jobs.selectors import job_progress
+
+        latencies = []
+
+        def progress_timed(job) -> None:
+            started = time.perf_counter()
+            job_progress(job)
+            latencies.append((time.perf_counter() - started) * 1000)
+
+        return self.on_cluster(self.job("engine", count), each_poll=progress_timed), latencies
 
     def naive(self, count: int) -> float:
         from django_q.tasks import async_task
@@ -239,23 +257,11 @@ class Runner:
             return count / (time.monotonic() - start)
 
     def rules(self, users: int) -> float:
+        """Rules extraction end to end over `users` sample journeys (made here): users/s."""
         from django.core.management import call_command
 
-        from jobs.engine import job_ring
-        from jobs.services import job_start
-
         call_command("generate_sample_data", users=users, prefix="s", verbosity=0)
-        job = job_start(user_ids=[f"s{i:07d}" for i in range(1, users + 1)], enqueue=False)
-        with self.cluster():
-            start = time.monotonic()
-            job_ring(job.id, tasks=4)
-            while job.status not in job.FINISHED:
-                time.sleep(0.02)
-                job.refresh_from_db()
-            rate = users / (time.monotonic() - start)
-        if job.status != "completed":
-            raise SystemExit(f"rules job {job.id} ended {job.status}: {job.error}")
-        return rate
+        return self.on_cluster(sample_job(users))
 
     # Where a chunk's time goes, in one worker process ------------------------------------------------
     def statements_per_chunk(self, count: int = 10_000) -> float:
@@ -281,7 +287,6 @@ class Runner:
         from extraction import services
         from extraction.extractors.rules import RulesExtractor
         from jobs import engine
-        from jobs.services import job_start
 
         spent = defaultdict(float)
 
@@ -305,7 +310,7 @@ class Runner:
         originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
         for owner, name, phase in patches:
             setattr(owner, name, timed(phase, getattr(owner, name)))
-        job = job_start(user_ids=[f"s{i:07d}" for i in range(1, users + 1)], enqueue=False)
+        job = sample_job(users)
         start = time.perf_counter()
         try:
             chunks = drain_in_process(job)
@@ -338,9 +343,7 @@ class Runner:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arguments(__doc__)
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--naive", type=int, default=2_000)
     parser.add_argument("--users", type=int, default=10_000)

@@ -17,7 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.bench.common import backend_urls, child_env, parse_figures, print_table, report, run_child, timed
+from tests.bench.common import (
+    arguments,
+    backend_urls,
+    child_env,
+    parse_figures,
+    print_table,
+    report,
+    run_child,
+    timed,
+)
 
 # The first version's targets; the floor is a plain COPY of the same rows into a bare table, measured
 # on this 2-core machine when the importer was built.
@@ -141,9 +150,7 @@ def extraction_run(url: str, workers: int, users: int, chunk: int) -> tuple[floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arguments(__doc__)
     parser.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--users", type=int, default=20000)
     parser.add_argument("--chunk-size", type=int, default=500, help="users per chunk (default 500)")

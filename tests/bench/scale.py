@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.bench.common import ROOT, backend_urls, child_env, parse_figures, print_table, report
+from tests.bench.common import ROOT, arguments, backend_urls, child_env, parse_figures, print_table, report
 
 # Targets of issue 14, point 3 ("ten million users").
 CREATE_TARGET_S = 60
@@ -273,9 +273,7 @@ def worker_rss_mb(cluster) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arguments(__doc__)
     parser.add_argument("--items", type=int, default=10_000_000)
     parser.add_argument("--window", type=int, help=f"items per window (default: up to {WINDOW_MAX:,})")
     parser.add_argument("--run", action="store_true", help=argparse.SUPPRESS)  # the child
