@@ -108,7 +108,7 @@ def step(args: list[str]) -> None:
         for start in range(0, len(ids), chunk):
             outcomes = chunk_extract(user_ids=ids[start : start + chunk], extractor=extractor)
             extraction_results_save(outcomes=outcomes, extractor=extractor)
-            behaviors += sum(len(user.behaviors) for user, _ in outcomes)
+            behaviors += sum(len(outcome.user.behaviors) for outcome in outcomes if outcome.user)
         report("finished", time.time())
         report("behaviors", behaviors)
     elif name == "reset":
