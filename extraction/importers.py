@@ -227,7 +227,7 @@ def _read_csv(lines: BoundedLines, location: str) -> Iterator[tuple[int, dict[st
             yield line, RowError(f"{len(row)} fields but the header has {len(names)}")
             continue
         try:
-            _check_text(row)
+            _check_text("".join(row))  # one string: cells of a CSV row nest nothing
         except RowError as exc:
             yield line, exc
             continue
