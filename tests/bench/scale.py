@@ -313,7 +313,7 @@ def main() -> None:
 
     print_table(
         f"Scale benchmark: one job over {n} users (total {elapsed / 60:.1f} min)",
-        "2-core machine shared with other helpers' tests (timings are noisy); PostgreSQL 127.0.0.1; real "
+        f"{os.cpu_count()}-core machine (its load below); PostgreSQL 127.0.0.1; real "
         "`manage.py qcluster`, 2 workers, ORM broker, no-op extractor, default chunk size; the middle "
         f"{f['skipped_items']:,.0f} items marked done by one SQL UPDATE ({f['skip_update_s']:.0f} s) and "
         f"VACUUM ANALYZE ({f['skip_vacuum_s']:.0f} s), not drained; VACUUM ANALYZE after creation too "
