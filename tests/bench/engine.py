@@ -159,19 +159,21 @@ class Runner:
         tables_analyze(UserProfile)
         return ids
 
-    def job(self, prefix: str, count: int, extractor: str = "noop"):
+    def job(self, prefix: str, count: int):
+        """A queued no-op job over `count` new users, its items analysed (a start analyses only big
+        ones), so every claim plan sees them as they are."""
         from eventproject.db import tables_analyze
         from jobs.models import JobItem
         from jobs.services import job_start
 
-        job = job_start(user_ids=self.profiles(prefix, count), extractor=extractor, enqueue=False)
+        job = job_start(user_ids=self.profiles(prefix, count), extractor="noop", enqueue=False)
         tables_analyze(JobItem)
         return job
 
     @contextmanager
     def cluster(self):
         with qcluster(child_env(self.url, **CLUSTER_ENV)) as cluster:
-            cluster_wait_alive()
+            cluster_wait_alive(cluster)
             yield cluster
 
     # The three designs, one clock --------------------------------------------------------------------
