@@ -32,11 +32,22 @@ class ItemStatus(models.TextChoices):
     CANCELLED = "cancelled", gettext_lazy("cancelled")
 
 
+class JobPriority(models.IntegerChoices):
+    """A job's share of the workers, as a weight: among running jobs with work to do, one of weight
+    4 gets about twice the chunks of one of weight 2."""
+
+    LOW = 1, gettext_lazy("low")
+    NORMAL = 2, gettext_lazy("normal")
+    HIGH = 4, gettext_lazy("high")
+    URGENT = 8, gettext_lazy("urgent")
+
+
 class Job(models.Model):
     """A batch extraction over many users. Its statuses and what each allows live here, for the
     services, the engine, the admin, the API, the console and the page's script alike."""
 
     Status = JobStatus
+    Priority = JobPriority
     ACTIVE = (Status.QUEUED, Status.RUNNING, Status.CANCELLING)  # its users are not free
     FINISHED = (Status.CANCELLED, Status.COMPLETED, Status.FAILED)
     WORKING = (Status.QUEUED, Status.RUNNING)  # drains may work on it: it can be cancelled
@@ -74,6 +85,18 @@ class Job(models.Model):
         verbose_name=gettext_lazy("parent"),
     )
     chunk_size = models.PositiveIntegerField(verbose_name=gettext_lazy("chunk size"))
+    priority = models.PositiveSmallIntegerField(
+        choices=JobPriority.choices,
+        default=JobPriority.NORMAL,
+        help_text=gettext_lazy("Its share of the workers beside other running jobs"),
+        verbose_name=gettext_lazy("priority"),
+    )
+    max_workers = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text=gettext_lazy("The most workers it may hold at once (empty: no cap)"),
+        verbose_name=gettext_lazy("max workers"),
+    )
     max_attempts = models.PositiveIntegerField(verbose_name=gettext_lazy("max attempts"))
     created_at = models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
     started_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("started at"))
@@ -116,6 +139,10 @@ class Job(models.Model):
         ordering = ["-id"]
         constraints = [
             models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="job_status_valid"),
+            models.CheckConstraint(condition=Q(priority__in=JobPriority.values), name="job_priority_valid"),
+            models.CheckConstraint(
+                condition=Q(max_workers__isnull=True) | Q(max_workers__gte=1), name="job_max_workers_positive"
+            ),
             models.CheckConstraint(
                 condition=Q(
                     total_items__gte=models.F("succeeded_items")
