@@ -16,6 +16,9 @@ import os
 from collections.abc import Iterator
 from functools import cache
 
+import redis
+from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Count, Q, Sum
 from django_q.brokers import get_broker
 from prometheus_client import CollectorRegistry
@@ -26,7 +29,7 @@ from jobs.models import Job, JobItem
 from jobs.selectors import jobs_throughput
 
 from . import metrics
-from .health import ALIVE_STATUSES, cluster_stats
+from .health import ALIVE_STATUSES, broker_check, cluster_stats, database_check
 from .metrics import PREFIX, REQUEST_SECONDS, STREAM_FEEDS, STREAMS_OPEN
 
 
@@ -45,9 +48,45 @@ def registry() -> CollectorRegistry:
 
 
 class DatabaseCollector:
-    """Figures read from the database on each scrape: about ten small queries."""
+    """Figures read from the database on each scrape: about ten small queries. While the database
+    is unreachable only what says so is reported (`database_up` 0, the broker and, on Redis, the
+    clusters): the scrape itself still succeeds, so an alert can name the database."""
 
     def collect(self) -> Iterator:
+        database_up, figures = database_check()["ok"], []
+        if database_up:
+            try:
+                figures = list(self._database_figures())
+            except DatabaseError:  # gone since the check: say so rather than fail the scrape
+                database_up = False
+        yield GaugeMetricFamily(
+            f"{PREFIX}_database_up",
+            "1 when this web server can reach the database, else 0",
+            value=database_up,
+        )
+        broker_up = broker_check()["ok"] if settings.REDIS_URL else database_up
+        yield GaugeMetricFamily(
+            f"{PREFIX}_broker_up",
+            "1 when the task broker answers (Redis, or the database with the ORM broker), else 0",
+            value=broker_up,
+        )
+        yield from figures
+        if broker_up:
+            try:
+                queued = get_broker().queue_size()
+                alive = sum(str(stat.status) in ALIVE_STATUSES for stat in cluster_stats())
+            except (DatabaseError, redis.RedisError):
+                return  # gone since the check: no figure rather than a wrong one
+            yield GaugeMetricFamily(
+                f"{PREFIX}_queue_tasks",
+                "Tasks waiting in django-q2's broker queue (the doorbells; the work is the pending items)",
+                value=queued,
+            )
+            yield GaugeMetricFamily(
+                f"{PREFIX}_clusters_alive", "Task clusters whose heartbeat is fresh", value=alive
+            )
+
+    def _database_figures(self) -> Iterator:
         yield from self._jobs_and_items()
         yield GaugeMetricFamily(
             f"{PREFIX}_items_per_second",
@@ -70,16 +109,6 @@ class DatabaseCollector:
             value=counters.get((metrics.ITEM_RETRIES, ""), 0),
         )
         yield from self._llm(counters)
-        yield GaugeMetricFamily(
-            f"{PREFIX}_queue_tasks",
-            "Tasks waiting in django-q2's broker queue (the doorbells; the work itself is the pending items)",
-            value=get_broker().queue_size(),
-        )
-        yield GaugeMetricFamily(
-            f"{PREFIX}_clusters_alive",
-            "Task clusters whose heartbeat is fresh",
-            value=sum(str(stat.status) in ALIVE_STATUSES for stat in cluster_stats()),
-        )
 
     def _jobs_and_items(self) -> Iterator:
         rows = (

@@ -1,6 +1,16 @@
-"""What /healthz checks. Each check returns a dict with "ok" and, when not ok, "error" saying what
-is wrong in words an operator can act on. All of them together cost a handful of small queries
-(and a Redis round trip or two), so a load balancer may ask every second.
+"""What /healthz and /status check. Each check returns a dict with "ok" and, when not ok, "error"
+saying what is wrong in words an operator can act on.
+
+Two questions, two audiences:
+
+- /healthz, for a load balancer: can *this web process* serve requests (the database reachable,
+  every migration applied, static files collected when DEBUG is off)? Nothing about clusters or the
+  broker: a cluster outage must not take the web server out of service, since the admin and the
+  API are how operators see what is wrong.
+- /status, for monitoring and alerts: the same, plus the broker (Redis, when it is one) and the task
+  clusters' heartbeats.
+
+Each costs a handful of small queries (and a Redis round trip or two): fine to ask every second.
 """
 
 import re
@@ -23,17 +33,33 @@ ALIVE_STATUSES = {str(Conf.STARTING), str(Conf.WORKING), str(Conf.IDLE)}
 REDIS_TIMEOUT_SECONDS = 1.0
 
 
+UNCHECKED = {"ok": False, "error": "not checked: the database is unreachable"}
+
+
 def health_report() -> dict[str, Any]:
-    """{"status": "ok" | "failing", "errors": [...], "checks": {name: {"ok": ..., ...}}}"""
-    checks = {"database": database_check()}
-    database_up = checks["database"]["ok"]
-    unchecked = {"ok": False, "error": "not checked: the database is unreachable"}
-    checks["migrations"] = migrations_check() if database_up else unchecked
-    if not settings.DEBUG:
-        checks["static_files"] = static_files_check()
+    """/healthz: whether this web process can serve.
+    {"status": "ok" | "failing", "errors": [...], "checks": {name: {"ok": ..., ...}}}"""
+    return _report(_serving_checks())
+
+
+def status_report() -> dict[str, Any]:
+    """/status: what /healthz checks, plus the broker and the clusters (same shape)."""
+    checks = _serving_checks()
     if settings.REDIS_URL:
         checks["broker"] = broker_check()
-    checks["cluster"] = cluster_check() if database_up or settings.REDIS_URL else unchecked
+    checks["cluster"] = cluster_check() if checks["database"]["ok"] or settings.REDIS_URL else UNCHECKED
+    return _report(checks)
+
+
+def _serving_checks() -> dict[str, dict[str, Any]]:
+    checks = {"database": database_check()}
+    checks["migrations"] = migrations_check() if checks["database"]["ok"] else UNCHECKED
+    if not settings.DEBUG:
+        checks["static_files"] = static_files_check()
+    return checks
+
+
+def _report(checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     errors = [f"{name}: {check['error']}" for name, check in checks.items() if not check["ok"]]
     return {"status": "failing" if errors else "ok", "errors": errors, "checks": checks}
 

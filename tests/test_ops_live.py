@@ -1,5 +1,6 @@
-"""/healthz and /metrics of a real gunicorn (as deploy/eventproject-web.service runs it, DEBUG off)
-while real qcluster processes come and go and work on jobs."""
+"""/healthz, /status and /metrics of a real gunicorn (as deploy/eventproject-web.service runs it,
+DEBUG off) while real qcluster processes come and go and work on jobs, and while the database is
+away."""
 
 import json
 import shutil
@@ -18,9 +19,13 @@ from tests.test_metrics import parse, value
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
-def health(server) -> tuple[int, dict]:
-    status, _, body = server.get("/healthz")
+def health(server, path: str = "/healthz") -> tuple[int, dict]:
+    status, _, body = server.get(path)
     return status, json.loads(body)
+
+
+def status(server) -> tuple[int, dict]:
+    return health(server, "/status")
 
 
 def scrape(server) -> dict:
@@ -29,28 +34,33 @@ def scrape(server) -> dict:
     return parse(body.decode())
 
 
-def test_healthz_is_200_with_a_live_cluster_and_503_once_none_is_left(web_server, clusters):
+def test_status_follows_the_clusters_while_healthz_stays_200(web_server, clusters):
     server = web_server()
-    status, report = health(server)
-    assert status == 503 and report["errors"][0].startswith("cluster: no task cluster")
+    code, report = status(server)
+    assert code == 503 and report["errors"][0].startswith("cluster: no task cluster")
+    assert health(server)[0] == 200  # no cluster yet: the web server still serves
 
     killed = clusters()
-    wait_for(lambda: health(server)[0] == 200, timeout=30, what=f"a live cluster:\n{killed.output()}")
+    wait_for(lambda: status(server)[0] == 200, timeout=30, what=f"a live cluster:\n{killed.output()}")
     killed.kill()  # SIGKILL: its heartbeat is never updated again
-    wait_for(lambda: health(server)[0] == 503, timeout=10, what="the killed cluster to be missed")
-    assert health(server)[1]["checks"]["cluster"]["alive"] == 0
+    wait_for(lambda: status(server)[0] == 503, timeout=10, what="the killed cluster to be missed")
+    assert status(server)[1]["checks"]["cluster"]["alive"] == 0
+    assert health(server) == (200, {"status": "ok", "errors": [], "checks": health(server)[1]["checks"]})
+    assert value(scrape(server), "eventproject_clusters_alive") == 0
 
     stopped = clusters()
-    wait_for(lambda: health(server)[0] == 200, timeout=30, what=f"a live cluster:\n{stopped.output()}")
-    assert health(server)[1]["checks"]["cluster"] == {"ok": True, "alive": 1}
+    wait_for(lambda: status(server)[0] == 200, timeout=30, what=f"a live cluster:\n{stopped.output()}")
+    assert status(server)[1]["checks"]["cluster"] == {"ok": True, "alive": 1}
+    assert value(scrape(server), "eventproject_clusters_alive") == 1
     stopped.stop()  # SIGTERM: it says it is stopping
-    status, report = wait_for(
-        lambda: (result := health(server))[0] == 503 and result, timeout=10, what="a stopped cluster"
+    code, report = wait_for(
+        lambda: (result := status(server))[0] == 503 and result, timeout=10, what="a stopped cluster"
     )
     assert report["errors"] == [
         "cluster: no task cluster named 'eventproject' has been seen alive in the last 3 s "
         "(start one: manage.py qcluster)"
     ]
+    assert health(server)[0] == 200
 
 
 class DatabaseSwitch:
@@ -113,25 +123,38 @@ class DatabaseSwitch:
                 admin.execute(statement, params)
 
 
-def test_healthz_is_503_while_the_database_is_gone_and_recovers_when_it_is_back(web_server, tmp_path):
+def test_while_the_database_is_gone_healthz_and_status_say_so_and_metrics_still_answer(web_server, tmp_path):
     switch = DatabaseSwitch(tmp_path)
     server = web_server(DATABASE_URL=switch.url)
     assert health(server)[1]["checks"]["database"]["ok"]
+    assert value(scrape(server), "eventproject_database_up") == 1
     try:
         switch.cut()
-        status, report = health(server)
-        assert status == 503
+        code, report = health(server)
+        assert code == 503
         assert report["checks"]["database"]["ok"] is False
         assert report["errors"][0].startswith("database: cannot reach the database: ")
         assert report["checks"]["migrations"] == {
             "ok": False,
             "error": "not checked: the database is unreachable",
         }
+        code, report = status(server)
+        assert code == 503 and report["errors"][0].startswith("database: cannot reach the database: ")
+        assert report["checks"]["cluster"] == {
+            "ok": False,
+            "error": "not checked: the database is unreachable",
+        }
+        samples = scrape(server)  # 200: the scrape says what is down rather than failing
+        assert value(samples, "eventproject_database_up") == 0
+        assert value(samples, "eventproject_broker_up") == 0  # the ORM broker is the database
+        assert ("eventproject_jobs", (("status", "running"),)) not in samples
     finally:
         switch.restore()
-    status, report = health(server)
-    assert report["checks"]["database"]["ok"] and report["checks"]["migrations"] == {"ok": True}
-    assert report["errors"] == [error for error in report["errors"] if error.startswith("cluster:")]
+    code, report = health(server)
+    assert (
+        code == 200 and report["checks"]["database"]["ok"] and report["checks"]["migrations"] == {"ok": True}
+    )
+    assert value(scrape(server), "eventproject_database_up") == 1
 
 
 def test_metrics_scraped_while_a_job_runs_on_a_real_cluster_agree_with_its_progress(
@@ -140,7 +163,7 @@ def test_metrics_scraped_while_a_job_runs_on_a_real_cluster_agree_with_its_progr
     make_users(300)
     cluster = clusters(Q_WORKERS="2")
     server = web_server()
-    wait_for(lambda: health(server)[0] == 200, timeout=30, what=f"the cluster:\n{cluster.output()}")
+    wait_for(lambda: status(server)[0] == 200, timeout=30, what=f"the cluster:\n{cluster.output()}")
     job = job_start(extractor="test", chunk_size=5, options={"seconds_per_user": 0.03})
 
     def succeeded() -> int:
