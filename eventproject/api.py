@@ -6,20 +6,25 @@ writes need, the same ones the admin checks (see the groups in jobs/migrations/0
 """
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
-from django.db import connections
+from django.db import close_old_connections
 from django.urls import register_converter
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiResponse
-from rest_framework import serializers
-from rest_framework.exceptions import NotFound
+from rest_framework import parsers, serializers
+from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.utils import json
+
+from .storable import depth_problem, json_problem
 
 
 class ModelPermissions(BasePermission):
@@ -141,6 +146,7 @@ class IdCursorPages(CursorPagination):
     """
 
     ordering = "id"
+    position_limit = 2**63  # the ordering column's range (ids: 64 bits)
     page_size = 100
     page_size_query_param = "page_size"
     max_page_size = 1000
@@ -152,9 +158,67 @@ class IdCursorPages(CursorPagination):
                 position = int(cursor.position)
             except ValueError:
                 raise NotFound(self.invalid_cursor_message) from None
-            if not 0 <= position < 2**63:
+            if not 0 <= position < self.position_limit:
                 raise NotFound(self.invalid_cursor_message)
         return cursor
+
+
+class SequenceCursorPages(IdCursorPages):
+    """One user's events in sequence order, a page at a time: a user with tens of thousands of
+    events is not read (nor rendered) whole."""
+
+    ordering = "sequence"
+    position_limit = 2**31  # an integer column
+
+
+# JSON request bodies ------------------------------------------------------------------------------
+JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser (strict: no NaN), also refusing with a 400 naming the field what would fail
+    deeper down as a 500: nesting beyond API_MAX_JSON_DEPTH (Python's decoder runs out of stack
+    near a thousand levels), and text or numbers the database cannot store (eventproject.storable).
+    Every JSON body of the API comes through here, whichever view reads it."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        limit = settings.API_MAX_JSON_DEPTH
+        text = ""
+        try:
+            text = stream.read().decode(encoding)
+            data = json.loads(text)
+        except RecursionError:
+            problem = (field_nested_too_deep(text, limit), depth_problem(limit))
+        except ValueError as exc:  # bad JSON, or bytes that are not the charset's
+            raise ParseError(_("JSON parse error - %s") % exc) from None
+        else:
+            problem = json_problem(data, max_depth=limit)
+        if problem is None:
+            return data
+        field, reason = problem
+        if field:
+            raise ValidationError({field: [reason]})
+        raise ParseError(reason)
+
+
+def field_nested_too_deep(text: str, limit: int) -> str:
+    """The top-level field of a JSON object whose value nests deeper than `limit` ("" when the
+    document is not an object): for bodies too deep to decode at all. One linear scan."""
+    depth, field, last_string = 0, "", ""
+    for token in JSON_TOKEN.findall(text):
+        if token in ("[", "{"):
+            depth += 1
+            if depth > limit:
+                return field
+        elif token in ("]", "}"):
+            depth -= 1
+        elif token == ":":
+            if depth == 1:
+                field = json.loads(last_string)
+        else:
+            last_string = token
+    return field
 
 
 class Detail(serializers.Serializer):
@@ -170,8 +234,9 @@ ERRORS = {
 
 
 # Long responses under ASGI ------------------------------------------------------------------------
-# Parts of a long synchronous body (an export) handed to the event loop per trip to its thread.
-SYNC_PARTS_PER_TRIP = 64
+# The threads every long synchronous body (an export) of a web process shares to make its parts:
+# a body holds one only while it makes a part, never while its client is slow to read it.
+BODY_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="body")
 
 
 def asgi_served(request) -> bool:
@@ -181,24 +246,29 @@ def asgi_served(request) -> bool:
 
 async def sync_body_as_async(parts: Iterator) -> AsyncIterator:
     """A synchronous streaming body (an export) served under ASGI part by part, never whole:
-    Django would otherwise read it all into memory first. Its parts are made on a thread of its
-    own (with its own database connection, closed at the end), a few dozen per trip there, so a
-    long export holds neither the process's synchronous thread nor anyone's connection."""
-    loop = asyncio.get_running_loop()
-    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export")
+    Django would otherwise read it all into memory first. Each part is made on one of the
+    process's BODY_THREADS, which keep their database connections as request threads do
+    (CONN_MAX_AGE). A body whose parts are short queries of their own (an export's batches)
+    thus holds neither a thread nor a connection while its client reads, or stalls: the
+    connections a web process holds for exports are bounded by its body threads, however many
+    clients there are. (WEB_SEND_TIMEOUT ends a stalled one; eventproject/asgi.py.)"""
+    done = object()
 
-    def some() -> list:
-        return [part for _, part in zip(range(SYNC_PARTS_PER_TRIP), parts, strict=False)]
+    def part():
+        close_old_connections()
+        try:
+            return next(parts, done)
+        finally:
+            close_old_connections()
 
-    def end() -> None:
-        if hasattr(parts, "close"):
-            parts.close()
-        connections.close_all()  # this thread's
-
+    future = None
     try:
-        while batch := await loop.run_in_executor(thread, some):
-            for part in batch:
-                yield part
+        while True:
+            future = BODY_THREADS.submit(part)
+            if (made := await asyncio.wrap_future(future)) is done:
+                break
+            yield made
     finally:
-        await loop.run_in_executor(thread, end)
-        thread.shutdown(wait=False)
+        if hasattr(parts, "close") and future is not None:
+            # After the part in flight, if any (a generator cannot close while it runs).
+            future.add_done_callback(lambda _: BODY_THREADS.submit(parts.close))

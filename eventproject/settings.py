@@ -91,17 +91,33 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 # Served behind TLS (HTTPS=on): the proxy in front terminates it and says so in X-Forwarded-Proto;
 # everything else is redirected to https, cookies travel only over it, and browsers are told to
-# use nothing else (HSTS) for HSTS_SECONDS.
+# use nothing else (HSTS) for HSTS_SECONDS. Except what asks the web server directly, over plain
+# HTTP and never through the proxy: a load balancer's /healthz, the monitoring's /status and
+# Prometheus's /metrics (ops.views).
 HTTPS = env_bool("HTTPS", False)
 if HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^status$", r"^metrics$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 31_536_000, minimum=1)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", True)
 SECURE_REFERRER_POLICY = "same-origin"
+
+# The proxies and load balancers in front (addresses or networks, comma-separated). Only a request
+# arriving from one of them has its client address taken from X-Forwarded-For (walked from the
+# right past every trusted proxy: eventproject.proxies); any other client's own header is ignored,
+# so nobody can pose as another address to dodge or cause a login lock-out.
+TRUSTED_PROXIES = []
+for network in env_list("TRUSTED_PROXIES"):
+    try:
+        TRUSTED_PROXIES.append(ipaddress.ip_network(network, strict=False))
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"TRUSTED_PROXIES entries must be addresses or networks like 10.0.0.0/8, got {network!r}"
+        ) from None
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -113,6 +129,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served by us (no CDN)
     "axes",
     "extraction",
     "jobs",  # before django_q: its `qcluster` command (which also heals jobs) replaces django-q2's
@@ -153,6 +170,7 @@ AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1) / 60  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "eventproject.proxies.client_address"  # behind TRUSTED_PROXIES only
 AXES_VERBOSE = False
 
 ROOT_URLCONF = "eventproject.urls"
@@ -269,6 +287,9 @@ API_EXPORT_RATE = env_rate("API_EXPORT_RATE", "30/hour")
 API_STREAMS_PER_USER = env_int("API_STREAMS_PER_USER", 3, minimum=1)
 API_STREAM_MAX_SECONDS = env_int("API_STREAM_MAX_SECONDS", 300, minimum=1)
 API_STREAM_POLL_SECONDS = env_float("API_STREAM_POLL_SECONDS", 0.5, minimum=0.05)
+# Under ASGI, a client that takes no part of its response for this long (it stopped reading: a
+# stalled export, a stream nobody reads) has its connection closed (eventproject/asgi.py).
+WEB_SEND_TIMEOUT = env_float("WEB_SEND_TIMEOUT", 60.0, minimum=1.0)
 
 REST_FRAMEWORK = {
     # Token first: its WWW-Authenticate header makes anonymous requests 401, not 403.
@@ -278,6 +299,13 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # JSON bodies are refused with a 400 naming the field when they nest deeper than
+    # API_MAX_JSON_DEPTH or carry what the database cannot store (NUL, unpaired surrogates).
+    "DEFAULT_PARSER_CLASSES": [
+        "eventproject.api.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "URL_FORMAT_OVERRIDE": None,  # "format" is an ordinary query parameter here
 }
 SPECTACULAR_SETTINGS = {
@@ -289,6 +317,13 @@ SPECTACULAR_SETTINGS = {
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its docs page need a login (a session or a token), like every API call.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # Swagger UI from our own static files (drf-spectacular-sidecar), not from a CDN: the docs
+    # page runs in the admin's origin, beside its session.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "OAS_VERSION": "3.1.0",  # for JSON Schema 2020-12: the stream's events declare their JSON data
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "jobs.api.schema.add_links"],
     "COMPONENT_SPLIT_REQUEST": True,
@@ -372,6 +407,8 @@ EXTRACTION_LLM_BACKOFF_SECONDS = env_float("EXTRACTION_LLM_BACKOFF_SECONDS", 1.0
 # LLM's answer) is measured against these before it is kept; what is over is refused by name.
 # Request bodies (the admin's file of user ids, API posts): refused before they are read.
 UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 16_000_000, minimum=10_000)
+# Nesting of an API request's JSON body (the API's own bodies are two or three levels deep).
+API_MAX_JSON_DEPTH = env_int("API_MAX_JSON_DEPTH", 32, minimum=4, maximum=200)
 # User ids one start may name, counted the same way in the API, the admin and the commands.
 JOBS_MAX_USER_IDS = env_int("JOBS_MAX_USER_IDS", 100_000, minimum=1)
 # The predecessor's synchronous POST /api/v1/events/extract runs in the request: a few users only.
@@ -389,6 +426,9 @@ EXTRACTION_LLM_LABEL_MAX_CHARS = env_int("EXTRACTION_LLM_LABEL_MAX_CHARS", 32, m
 EXTRACTION_LLM_CONTEXT_MAX_BYTES = env_int("EXTRACTION_LLM_CONTEXT_MAX_BYTES", 2_048, minimum=64)
 EXTRACTION_LLM_CONTEXT_MAX_KEYS = env_int("EXTRACTION_LLM_CONTEXT_MAX_KEYS", 16, minimum=1)
 EXTRACTION_LLM_CONTEXT_VALUE_MAX_CHARS = env_int("EXTRACTION_LLM_CONTEXT_VALUE_MAX_CHARS", 200, minimum=8)
+# Behaviours one user may have for an extraction: a worker holds a user's whole log at once, so a
+# user above this fails (for good, saying so) instead of growing the worker without bound.
+EXTRACTION_MAX_BEHAVIORS_PER_USER = env_int("EXTRACTION_MAX_BEHAVIORS_PER_USER", 10_000, minimum=1)
 
 
 # Imports started in the admin: the uploaded file is kept in IMPORTS_DIR until its import ends,

@@ -1,10 +1,11 @@
 """Reads of the extraction domain."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC
 from typing import Any
 
 import orjson
+from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Exists, OuterRef, QuerySet
 from psycopg.types.datetime import TimestamptzLoader
@@ -45,7 +46,7 @@ def user_summaries() -> QuerySet[UserProfile]:
 
 
 def user_events(user: UserProfile) -> QuerySet[ExtractedEvent]:
-    """A user's events in sequence order (short: read whole)."""
+    """A user's events in sequence order (the API reads them a page at a time)."""
     return ExtractedEvent.objects.filter(user=user).order_by("sequence")
 
 
@@ -55,9 +56,18 @@ def events_filter(**filters) -> QuerySet[ExtractedEvent]:
     return ExtractedEvent.objects.filter(**{EVENT_LOOKUPS[key]: value for key, value in filters.items()})
 
 
-def events_export_rows(**filters) -> QuerySet:
-    """The filtered events as tuples of EXPORT_COLUMNS in id order, for an export to stream."""
-    return events_filter(**filters).order_by("id").values_list(*EXPORT_COLUMNS)
+def events_export_batches(*, batch_size: int, **filters) -> Iterator[list[tuple]]:
+    """The filtered events as tuples of EXPORT_COLUMNS in id order, `batch_size` at a time, each
+    batch a short query of its own (the ids above the last one sent): nothing stays open between
+    two batches, so an export whose client reads slowly, or not at all, holds no cursor and no
+    connection meanwhile. Events written while an export runs may or may not be in it."""
+    rows = events_filter(**filters).order_by("id").values_list(*EXPORT_COLUMNS)
+    last = 0  # ids start at 1
+    while batch := list(rows.filter(id__gt=last)[:batch_size]):
+        yield batch
+        if len(batch) < batch_size:
+            return
+        last = batch[-1][0]
 
 
 def imports_list() -> QuerySet[DataImport]:
@@ -65,30 +75,50 @@ def imports_list() -> QuerySet[DataImport]:
     return DataImport.objects.select_related("created_by").order_by("-id")
 
 
-def user_inputs_load(user_ids: Iterable[str]) -> list[UserInput]:
+class UserInputs(list):
+    """Users' inputs, in the order asked for (a list of UserInput), and `over_cap`: the ids left
+    out for having more than EXTRACTION_MAX_BEHAVIORS_PER_USER behaviours."""
+
+    def __init__(self, inputs: Iterable[UserInput], over_cap: Iterable[str] = ()):
+        super().__init__(inputs)
+        self.over_cap = frozenset(over_cap)
+
+
+def user_inputs_load(user_ids: Iterable[str]) -> UserInputs:
     """The inputs of these users (in the given order), in two queries.
 
     The version is read before the behaviours: if an import lands in between,
     the user is recorded with the older version and simply extracted again.
-    Unknown ids are left out.
+    Unknown ids are left out, and so are users with more behaviours than
+    EXTRACTION_MAX_BEHAVIORS_PER_USER (in `over_cap`): a worker holds a user's whole log at once,
+    so such a user's behaviours are never read. Counting stops one past the cap (the index on
+    the user's behaviours), so a huge log costs no more to refuse than a log at the cap.
     """
     user_ids = list(user_ids)
+    cap = settings.EXTRACTION_MAX_BEHAVIORS_PER_USER
     chosen, params = values_sql(user_ids)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT user_id, attributes, input_version FROM {UserProfile._meta.db_table} "
-            f"WHERE user_id IN ({chosen})",
-            params,
+            f"SELECT user_id, attributes, input_version, (SELECT count(*) FROM (SELECT 1 FROM "
+            f"{Behavior._meta.db_table} b WHERE b.user_id = p.user_id LIMIT %s) capped) "
+            f"FROM {UserProfile._meta.db_table} p WHERE user_id IN ({chosen})",
+            [cap + 1, *params],
         )
-        profiles = {
-            user_id: (_json(attributes), version) for user_id, attributes, version in cursor.fetchall()
-        }
+        profiles, over_cap = {}, []
+        for user_id, attributes, version, behaviors in cursor.fetchall():
+            if behaviors > cap:
+                over_cap.append(user_id)
+            else:
+                profiles[user_id] = (_json(attributes), version)
     behaviors = _behaviors_of(list(profiles))
-    return [
-        UserInput(user_id, *profiles[user_id], behaviors.get(user_id, []))
-        for user_id in user_ids
-        if user_id in profiles
-    ]
+    return UserInputs(
+        (
+            UserInput(user_id, *profiles[user_id], behaviors.get(user_id, []))
+            for user_id in user_ids
+            if user_id in profiles
+        ),
+        over_cap,
+    )
 
 
 def _json(value) -> Any:

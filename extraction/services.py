@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -131,6 +132,10 @@ def profiles_upsert(profiles: dict[str, dict[str, Any]]) -> tuple[int, int]:
 
 
 NO_PROFILE = "unknown user: no profile"
+OVER_CAP = (
+    "more than {cap:,} behaviours, more than a worker may hold for one user "
+    "(EXTRACTION_MAX_BEHAVIORS_PER_USER): not extracted; raise the cap to extract this user"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,16 +156,20 @@ def chunk_extract(
     *, user_ids: Sequence[str], extractor: Extractor, control: Control | None = None
 ) -> list[Outcome]:
     """Load these users and run the extractor on them; writes nothing. One outcome per id, in order:
-    an id without a profile (deleted meanwhile) fails for good, and a user the extractor left out
-    fails instead of silently getting no events."""
-    inputs = {user.user_id: user for user in user_inputs_load(user_ids)}
+    an id without a profile (deleted meanwhile) or with more behaviours than a worker may hold
+    fails for good, and a user the extractor left out fails instead of silently getting no events."""
+    loaded = user_inputs_load(user_ids)
+    inputs = {user.user_id: user for user in loaded}
     results = extractor.extract(list(inputs.values()), control)
     left_out = ExtractionError(f"extractor {extractor.name!r} returned no result for this user")
     no_profile = ExtractionError(NO_PROFILE, permanent=True)
+    over_cap = ExtractionError(
+        OVER_CAP.format(cap=settings.EXTRACTION_MAX_BEHAVIORS_PER_USER), permanent=True
+    )
     return [
         Outcome(user_id, inputs[user_id], results.get(user_id, left_out))
         if user_id in inputs
-        else Outcome(user_id, None, no_profile)
+        else Outcome(user_id, None, over_cap if user_id in loaded.over_cap else no_profile)
         for user_id in user_ids
     ]
 

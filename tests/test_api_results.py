@@ -11,6 +11,7 @@ from extraction.models import ExtractedEvent, UserProfile
 from extraction.services import BehaviorRow, Outcome, behaviors_insert, extraction_results_save
 from jobs.engine import job_drain
 from jobs.services import job_start
+from tests.test_bad_parameters import forged_cursor
 
 pytestmark = pytest.mark.django_db
 T0 = datetime(2024, 6, 1, 10, tzinfo=UTC)
@@ -52,7 +53,7 @@ def test_a_user_never_extracted_needs_it(api, make_users):
 
 
 def test_a_users_events_come_in_time_order(api, extracted):
-    events = api("reader").get("/api/v1/users/u002/events/").json()
+    events = api("reader").get("/api/v1/users/u002/events/").json()["results"]
     assert [(e["sequence"], e["event_type"], e["label"], e["category"]) for e in events] == [
         (1, "search", "搜索", "engagement"),
         (2, "browse_model", "浏览车型", "engagement"),
@@ -139,6 +140,29 @@ def test_events_export_as_json_lines(api, extracted):
     ]
     assert api("reader").get("/api/v1/events/export.jsonl?category=x").status_code == 400
     assert api(None).get("/api/v1/events/export.jsonl").status_code == 401
+
+
+def events_for(user_id: str, count: int) -> None:
+    """`count` events for one user (a profile made for it)."""
+    user = UserInput(user_id, {}, 1, [])
+    UserProfile.objects.create(user_id=user_id)
+    drafts = [EventDraft("browse_model", "engagement", "浏览车型", T0, T0, [1], {"model": "P7"})] * count
+    extraction_results_save(outcomes=[Outcome(user_id, user, drafts)], extractor=make_extractor("rules"))
+
+
+def test_a_user_with_many_events_gets_them_a_page_at_a_time(api):
+    events_for("busy", 250)
+    client = api("reader")
+    page = client.get("/api/v1/users/busy/events/").json()
+    assert len(page["results"]) == 100 and page["previous"] is None
+    sequences = [event["sequence"] for event in page["results"]]
+    while page["next"]:
+        page = client.get(page["next"]).json()
+        sequences += [event["sequence"] for event in page["results"]]
+    assert sequences == list(range(1, 251))
+    assert len(client.get("/api/v1/users/busy/events/?page_size=5000").json()["results"]) == 250  # ≤ 1,000
+    forged = client.get("/api/v1/users/busy/events/?cursor=" + forged_cursor(f"p={2**40}"))
+    assert forged.status_code == 404 and forged.json() == {"detail": "Invalid cursor"}
 
 
 def export_peak_bytes(client, events: int) -> int:

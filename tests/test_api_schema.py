@@ -3,6 +3,7 @@ every endpoint (the predecessor's and the stream too), authenticated, one call a
 sequences that follow the schema's links (a started job's id to its progress, cancel, retry…)."""
 
 import json
+import re
 
 import pytest
 import schemathesis
@@ -11,6 +12,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.renderers import OpenApiJsonRenderer
 from hypothesis import HealthCheck, settings
 from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
@@ -26,9 +29,14 @@ from jobs.services import job_start
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-def test_the_schema_is_valid_and_documents_every_endpoint(client, db):
+def test_the_schema_is_valid_and_documents_every_endpoint(client, admin_token):
     call_command("spectacular", "--validate", "--fail-on-warn", "--file", "/dev/null")
-    schema = json.loads(client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").content)
+    response = client.get(
+        "/api/schema/",
+        HTTP_ACCEPT="application/vnd.oai.openapi+json",
+        HTTP_AUTHORIZATION=f"Token {admin_token}",
+    )
+    schema = json.loads(response.content)
     assert set(schema["paths"]) == {
         "/api/v1/jobs/",
         "/api/v1/jobs/{id}/",
@@ -53,7 +61,35 @@ def test_the_schema_is_valid_and_documents_every_endpoint(client, db):
         for method, operation in operations.items():
             assert operation.get("summary"), f"{method} {path} has no summary"
             assert {"401"} <= set(operation["responses"]), f"{method} {path} does not document 401"
+
+
+def test_format_json_answers_the_schema_in_json(client, admin_token):
+    auth = {"HTTP_AUTHORIZATION": f"Token {admin_token}"}
+    response = client.get("/api/schema/?format=json", **auth)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/vnd.oai.openapi+json")
+    assert json.loads(response.content)["openapi"] == "3.1.0"
+    assert client.get("/api/schema/?format=yaml", **auth).content.startswith(b"openapi: 3.1.0")
+    assert client.get("/api/schema/", **auth).content.startswith(b"openapi: 3.1.0")  # YAML by default
+    assert client.get("/api/schema/?format=xml", **auth).status_code == 404
+
+
+def test_the_schema_and_the_docs_need_a_login(client, personas):
+    assert client.get("/api/schema/").status_code == 401
+    response = client.get("/api/docs/")
+    assert response.status_code == 302 and response["Location"] == "/admin/login/?next=/api/docs/"
+    client.force_login(personas["nobody"])  # any account: the API's permissions guard the data
+    assert client.get("/api/schema/?format=json").status_code == 200
     assert client.get("/api/docs/").status_code == 200
+
+
+def test_the_docs_page_loads_swagger_ui_from_this_server_only(client, personas):
+    client.force_login(personas["viewer"])
+    html = client.get("/api/docs/").content.decode()
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert any(source.endswith("swagger-ui-bundle.js") for source in sources), html
+    assert all(source.startswith("/static/") for source in sources), sources
+    assert "cdn" not in html.lower() and "//unpkg" not in html and "https://" not in html
 
 
 @pytest.fixture
@@ -82,8 +118,16 @@ def data(db, make_users, failing_job, settings, tmp_path):
     signals.request_finished.connect(close_old_connections)
 
 
+def served_schema() -> dict:
+    """The schema /api/schema/ serves (which needs a login, and the database is not there yet at
+    collection), generated and rendered the same way."""
+    document = OpenApiJsonRenderer().render(SchemaGenerator().get_schema(request=None, public=True), None, {})
+    return json.loads(document)
+
+
 # Loaded at collection (settings are ready then; the schema needs no database).
-schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
+schema = schemathesis.openapi.from_dict(served_schema())
+schema.app, schema.location = get_wsgi_application(), "/api/schema/"
 QUIET = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much]
 
 

@@ -136,3 +136,26 @@ def test_a_failed_user_needs_extraction_again(rules):
     add_behaviors("u1", "purchase")
     extraction_failures_record(errors={"u1": "boom"})
     assert needing() == {"u1"}
+
+
+def test_a_user_over_the_behaviour_cap_is_not_loaded_and_fails_for_good_naming_the_cap(make_users, settings):
+    settings.EXTRACTION_MAX_BEHAVIORS_PER_USER = 5
+    make_users(2, behaviors=5)  # at the cap: loaded
+    make_users(1, behaviors=6, prefix="big")  # one past it
+    loaded = user_inputs_load(["big001", "u001", "u002", "nobody"])
+    assert [user.user_id for user in loaded] == ["u001", "u002"]
+    assert loaded.over_cap == {"big001"}
+
+    from jobs.engine import job_drain
+    from jobs.services import job_start
+
+    job = job_start(user_ids=["u001", "big001", "u002"], chunk_size=3, enqueue=False)
+    job_drain(job.id)
+    items = {item.user_id: item for item in job.items.all()}
+    assert items["big001"].status == "failed" and items["big001"].attempts == 1  # permanent: no retry
+    assert items["big001"].error == (
+        "more than 5 behaviours, more than a worker may hold for one user "
+        "(EXTRACTION_MAX_BEHAVIORS_PER_USER): not extracted; raise the cap to extract this user"
+    )
+    assert {items["u001"].status, items["u002"].status} == {"succeeded"}
+    assert ExtractionState.objects.get(user_id="big001").status == "failed"

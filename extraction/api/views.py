@@ -18,6 +18,7 @@ from eventproject.api import (
     Guarded,
     IdCursorPages,
     NumberedPages,
+    SequenceCursorPages,
     asgi_served,
     sync_body_as_async,
 )
@@ -25,7 +26,7 @@ from eventproject.api import (
 from ..models import UserProfile
 from ..selectors import (
     EXPORT_COLUMNS,
-    events_export_rows,
+    events_export_batches,
     events_filter,
     imports_list,
     user_events,
@@ -76,13 +77,13 @@ class UserView(Guarded, generics.RetrieveAPIView):
 
 @extend_schema(
     tags=["results"],
-    summary="A user's events in time order",
+    summary="A user's events in time order, a page at a time",
     responses={200: EventOutput(many=True), **ERRORS},
 )
 class UserEventsView(Guarded, generics.ListAPIView):
     read_permissions = (VIEW_EVENT,)
     serializer_class = EventOutput
-    pagination_class = None  # one user's sequence is short, and read whole
+    pagination_class = SequenceCursorPages  # a user may have tens of thousands of events
 
     def get_queryset(self):
         return user_events(get_object_or_404(UserProfile, user_id=self.kwargs["user_id"]))
@@ -101,13 +102,6 @@ class EventsView(Guarded, generics.ListAPIView):
 
     def get_queryset(self):
         return events_filter(**event_filters(self.request))
-
-
-class Echo:
-    """A file-like object whose write returns what it was given, for csv.writer in a generator."""
-
-    def write(self, value: str) -> str:
-        return value
 
 
 @extend_schema(
@@ -133,11 +127,11 @@ class EventsExportView(Guarded, APIView):
     file_format = "csv"
 
     def get(self, request: Request):
-        rows = events_export_rows(**event_filters(request))
+        batches = events_export_batches(batch_size=EXPORT_BATCH, **event_filters(request))
         if self.file_format == "csv":
-            body, content_type = self.csv_lines(rows), "text/csv; charset=utf-8"
+            body, content_type = self.csv_lines(batches), "text/csv; charset=utf-8"
         else:
-            body, content_type = self.json_lines(rows), "application/x-ndjson"
+            body, content_type = self.json_lines(batches), "application/x-ndjson"
         if asgi_served(request):
             body = sync_body_as_async(body)
         response = StreamingHttpResponse(body, content_type=content_type)
@@ -145,30 +139,35 @@ class EventsExportView(Guarded, APIView):
         return response
 
     @staticmethod
-    def csv_lines(rows):
-        writer = csv.writer(Echo())
-        yield "\ufeff"  # a BOM, so spreadsheets read the Chinese labels as UTF-8
-        yield writer.writerow(EXPORT_COLUMNS)
-        for row in rows.iterator(chunk_size=EXPORT_BATCH):
-            yield writer.writerow(
-                value.isoformat()
-                if i in CSV_TIMES
-                else orjson.dumps(value).decode()
-                if i in CSV_JSON
-                else csv_cell(value)
-                for i, value in enumerate(row)
+    def csv_lines(batches):
+        """The CSV text, one part per batch of rows."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        buffer.write("\ufeff")  # a BOM, so spreadsheets read the Chinese labels as UTF-8
+        writer.writerow(EXPORT_COLUMNS)
+        for batch in batches:
+            writer.writerows(
+                (
+                    value.isoformat()
+                    if i in CSV_TIMES
+                    else orjson.dumps(value).decode()
+                    if i in CSV_JSON
+                    else csv_cell(value)
+                    for i, value in enumerate(row)
+                )
+                for row in batch
             )
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+        if text := buffer.getvalue():  # no batch at all: the header alone
+            yield text
 
     @staticmethod
-    def json_lines(rows):
-        buffer = io.BytesIO()
-        for count, row in enumerate(rows.iterator(chunk_size=EXPORT_BATCH), start=1):
-            buffer.write(orjson.dumps(dict(zip(EXPORT_COLUMNS, row, strict=True))) + b"\n")
-            if count % 500 == 0:
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-        yield buffer.getvalue()
+    def json_lines(batches):
+        """The JSON Lines, one part per batch of rows."""
+        for batch in batches:
+            yield b"".join(orjson.dumps(dict(zip(EXPORT_COLUMNS, row, strict=True))) + b"\n" for row in batch)
 
 
 class ImportsBase(Guarded):

@@ -6,6 +6,7 @@ callers, so the same extractor serves the job engine, the CLI and the tests.
 """
 
 import hashlib
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from typing import Any, ClassVar, NamedTuple
 import orjson
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
+
+from eventproject.storable import number_problem, text_problem
 
 
 class BehaviorRecord(NamedTuple):
@@ -144,6 +147,29 @@ class Control:
         raise ExtractorFatalError(message)
 
 
+def _option_value(value: Any, kind: type) -> tuple[Any, str]:
+    """The value as an option of this type (a whole number is a float option's too), or why it
+    cannot be one."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value), ""
+        except OverflowError:  # hundreds of digits: beyond any float, and any limit
+            return (math.inf if value > 0 else -math.inf), ""
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        return value, _("must be of type %(type)s") % {"type": kind.__name__}
+    return value, ""
+
+
+def _option_storable(value: Any) -> str:
+    """Why a typed option's value cannot be kept in the job's row (NUL, surrogates, a number
+    beyond 64 bits or not finite), or ""."""
+    if isinstance(value, str):
+        return text_problem(value)
+    if isinstance(value, int | float):
+        return number_problem(value)
+    return ""
+
+
 class Extractor:
     """Base class: subclasses set `name` and `version` and implement `extract`.
 
@@ -185,18 +211,12 @@ class Extractor:
                 }
                 continue
             kind = cls.options_spec[key][0]
-            ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value, ok = float(value), True
-            if not ok:
-                errors[f"options.{key}"] = _("must be of type %(type)s") % {"type": kind.__name__}
-                continue
+            value, problem = _option_value(value, kind)
             limits = cls.option_limits.get(key)
-            if limits and not limits[0] <= value <= limits[1]:
-                errors[f"options.{key}"] = _("must be from %(low)s to %(high)s") % {
-                    "low": limits[0],
-                    "high": limits[1],
-                }
+            if not problem and limits and not limits[0] <= value <= limits[1]:
+                problem = _("must be from %(low)s to %(high)s") % {"low": limits[0], "high": limits[1]}
+            if problem or (problem := _option_storable(value)):
+                errors[f"options.{key}"] = problem
                 continue
             cleaned[key] = value
         if errors:
