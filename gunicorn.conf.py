@@ -1,13 +1,22 @@
 """gunicorn's settings for eventproject; `gunicorn eventproject.asgi` in this folder reads them.
 
-The workers are uvicorn's (ASGI): a progress stream (SSE) is a coroutine, not a thread, and each
-process reads a watched job's progress once per poll for all its streams (jobs/api/streams.py).
-Other views run one at a time per process on its synchronous thread (eventproject/asgi.py).
+The worker class follows the application named on the command line (unless -k names one):
+
+- `gunicorn eventproject.asgi` (the deployment's, deploy/eventproject-web.service): uvicorn workers.
+  A progress stream (SSE) is a coroutine, not a thread, and each process reads a watched job's
+  progress once per poll for all its streams (jobs/api/streams.py); other views run one at a time
+  per process on its synchronous thread (eventproject/asgi.py).
+- `gunicorn eventproject.wsgi` (Django's usual command): gunicorn's threaded sync workers
+  (gthread, WEB_THREADS threads each); a stream holds a thread while it is open.
+
+A worker class that cannot run the application (uvicorn's for the WSGI one, a sync class for the
+ASGI one) stops gunicorn at start with a message saying so, instead of answering 500 to everything.
 
 Everything a deployment tunes comes from the environment (the same file the systemd units read):
 
     WEB_BIND            address to listen on (default 127.0.0.1:8000; a proxy or load balancer in front)
     WEB_CONCURRENCY     worker processes (default 2 × cores + 1)
+    WEB_THREADS         threads per worker process, with eventproject.wsgi only (default 4)
     WEB_TIMEOUT         seconds a worker may stay silent before it is restarted (default 60)
     WEB_ACCESS_LOG      where the access log goes (default "-", standard output; empty: none)
 """
@@ -27,7 +36,9 @@ def _env_int(name: str, default: int) -> int:
 
 bind = os.environ.get("WEB_BIND") or "127.0.0.1:8000"
 workers = _env_int("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count() + 1)
-worker_class = "eventproject.web_worker.Worker"
+# No worker_class here: a command-line -k wins, else pick_worker_class() (below) chooses by the
+# application. gunicorn itself turns its default sync class into gthread when threads > 1.
+threads = _env_int("WEB_THREADS", 4)
 timeout = _env_int("WEB_TIMEOUT", 60)
 graceful_timeout = 30  # on stop or reload, requests in flight get this long to finish
 keepalive = 5
@@ -44,8 +55,41 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the units set it; read aga
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="eventproject-metrics-")
 
 
+ASGI_WORKER = "eventproject.web_worker.Worker"
+
+
+def pick_worker_class(server):
+    """The worker class that fits the application: uvicorn's for the ASGI one, gthread (gunicorn's
+    default class, sync, becomes gthread when threads > 1) for the WSGI one. A -k that cannot run
+    the application is refused."""
+    application = (getattr(server.app, "app_uri", None) or server.cfg.wsgi_app or "").split(":")[0]
+    raw = server.cfg.settings["worker_class"].get()
+    chosen = raw if isinstance(raw, str) else f"{raw.__module__}.{raw.__name__}"
+    runs_asgi = chosen == ASGI_WORKER or "uvicorn" in chosen.lower()
+    if application.endswith("asgi") and not runs_asgi:
+        if chosen != "sync":  # gunicorn's default: nobody asked for it
+            raise RuntimeError(
+                f"{application} is an ASGI application: the {chosen} worker class cannot run it. "
+                "Leave -k out (uvicorn workers are chosen), or serve eventproject.wsgi instead."
+            )
+        server.cfg.set("worker_class", ASGI_WORKER)
+        server.worker_class = server.cfg.worker_class
+    elif not application.endswith("asgi") and runs_asgi:
+        raise RuntimeError(
+            f"{application or 'the application'} is a WSGI application: the {chosen} worker class "
+            "(ASGI) cannot run it. Serve eventproject.asgi, or leave -k out (gthread is chosen)."
+        )
+
+
+def on_reload(server):
+    """The configuration is read again on a reload (SIGHUP): choose again."""
+    pick_worker_class(server)
+
+
 def on_starting(server):
-    """A fresh start begins with empty figures: files of an earlier run would count twice."""
+    """The worker class is chosen; a fresh start begins with empty figures (files of an earlier
+    run would count twice)."""
+    pick_worker_class(server)
     folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     folder.mkdir(parents=True, exist_ok=True)
     for leftover in folder.glob("*.db"):

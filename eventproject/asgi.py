@@ -6,20 +6,128 @@ and every request would open a database connection of its own. This handler runs
 the process's one synchronous thread, as a sync worker would, with its persistent connection;
 what waits (progress streams) waits as coroutines beside it. So a worker process serves one
 ordinary request at a time: WEB_CONCURRENCY processes share the cores.
+
+Two bounds no middleware can keep, because Django reads a request's whole body (into memory, then
+a temporary file) before the first middleware runs, and waits as long as a client takes to read:
+
+- A body larger than UPLOAD_MAX_BYTES is never read. Declared so by its Content-Length, Django is
+  given an empty one and the request_body_limit middleware refuses it by the header (an admin form
+  gets its page back with the message); a chunked body is counted as it arrives and cut off with
+  413 once past the limit. Either way the connection is then closed, not drained.
+- A client that takes no part of its response for WEB_SEND_TIMEOUT seconds (it stopped reading)
+  is treated as gone: the response is closed, which ends an export or a stream and frees what it
+  held, and the server drops the connection.
 """
 
+import asyncio
+import logging
 import os
 
 from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventproject.settings")
 
+logger = logging.getLogger("eventproject.asgi")
+
+
+class BodyTooLarge(Exception):
+    """A chunked request body grew past UPLOAD_MAX_BYTES."""
+
 
 class Handler(ASGIHandler):
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        await self.handle(scope, receive, send)  # no ThreadSensitiveContext: one sync thread
+        from django.conf import settings
+
+        limit = settings.UPLOAD_MAX_BYTES
+        declared = declared_length(scope)
+        refused = declared is not None and declared > limit
+        send = closing_after(send) if refused else send
+        try:
+            # No ThreadSensitiveContext: one sync thread.
+            await self.handle(
+                scope,
+                no_body(receive) if refused else counted(receive, limit),
+                timed(send, settings.WEB_SEND_TIMEOUT, scope),
+            )
+        except BodyTooLarge:
+            from .middleware import body_too_large
+
+            await self.send_response(body_too_large(scope.get("path", "")), closing_after(send))
+
+
+def declared_length(scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the server refuses it before us
+    return None
+
+
+def no_body(receive):
+    """A receive that hands Django an empty body without reading the real one, then waits (for
+    ever: Django cancels it once the response is sent) instead of reading on."""
+    told = False
+
+    async def receive_nothing():
+        nonlocal told
+        if not told:
+            told = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()
+
+    return receive_nothing
+
+
+def counted(receive, limit: int):
+    """A receive that raises BodyTooLarge as soon as the body read so far passes `limit`."""
+    seen = 0
+
+    async def receive_counted():
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise BodyTooLarge
+        return message
+
+    return receive_counted
+
+
+def closing_after(send):
+    """A send that adds `Connection: close` to the response: the server then closes the connection
+    after it instead of reading the rest of a refused body to reach the next request."""
+
+    async def send_closing(message):
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await send(message)
+
+    return send_closing
+
+
+def timed(send, seconds: float, scope):
+    """A send that gives up after `seconds` (the client has stopped reading) as if the client had
+    gone: Django then closes the response (an export's or a stream's resources are freed), and the
+    server closes the connection."""
+
+    async def send_timed(message):
+        try:
+            async with asyncio.timeout(seconds):
+                await send(message)
+        except TimeoutError:
+            logger.warning(
+                "%s %s: the client read nothing for %g s (WEB_SEND_TIMEOUT); closing its response",
+                scope.get("method"),
+                scope.get("path"),
+                seconds,
+            )
+            raise asyncio.CancelledError from None
+
+    return send_timed
 
 
 def _application() -> Handler:

@@ -12,8 +12,10 @@ from django.views.debug import SafeExceptionReporterFilter
 def request_body_limit(get_response):
     """Refuse a request whose body is larger than UPLOAD_MAX_BYTES before anything reads it.
 
-    Django reads no more than Content-Length, so checking the header is enough. A form page of the
-    admin gets itself back with the message (a person is looking at it); others get 413.
+    Django reads no more than Content-Length, so checking the header is enough (under ASGI,
+    eventproject/asgi.py sees to it that nothing was read before, and cuts off a chunked body
+    without one). A form page of the admin gets itself back with the message (a person is looking
+    at it); others get 413.
     """
 
     def middleware(request: HttpRequest) -> HttpResponse:
@@ -22,18 +24,27 @@ def request_body_limit(get_response):
         except ValueError:
             length = 0
         if length > settings.UPLOAD_MAX_BYTES:
-            message = _("The request is larger than %(limit)s MB (UPLOAD_MAX_BYTES); nothing was read.") % {
-                "limit": f"{settings.UPLOAD_MAX_BYTES / 1_000_000:g}"
-            }
-            if request.path.startswith("/api/"):
-                return JsonResponse({"detail": message}, status=413)
             if request.path.startswith("/admin/") and hasattr(request, "_messages"):
+                message = body_too_large_message()
                 messages.error(request, message + " " + _("Split the file and try again with each part."))
                 return HttpResponseRedirect(request.get_full_path())
-            return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
+            return body_too_large(request.path)
         return get_response(request)
 
     return middleware
+
+
+def body_too_large_message() -> str:
+    return _("The request is larger than %(limit)s MB (UPLOAD_MAX_BYTES); nothing was read.") % {
+        "limit": f"{settings.UPLOAD_MAX_BYTES / 1_000_000:g}"
+    }
+
+
+def body_too_large(path: str) -> HttpResponse:
+    """413 saying the limit: JSON for the API, like its other errors; plain text elsewhere."""
+    if path.startswith("/api/"):
+        return JsonResponse({"detail": body_too_large_message()}, status=413)
+    return HttpResponse(body_too_large_message(), status=413, content_type="text/plain; charset=utf-8")
 
 
 class SecretsHiddenReporterFilter(SafeExceptionReporterFilter):

@@ -248,14 +248,19 @@ def static_root(tmp_path_factory):
 
 @pytest.fixture
 def web_server(transactional_db, tmp_path, static_root):
-    """web_server(**env) starts gunicorn as the deploy unit does, DEBUG off, on the test database;
-    every server started is stopped at the end."""
+    """web_server(application="eventproject.asgi", **env) starts gunicorn as the deploy unit does
+    (serving that application), DEBUG off, on the test database; every server started is stopped
+    at the end."""
     from tests.servers import WebServer
 
     started = []
 
-    def start(**env: str) -> WebServer:
-        server = WebServer(tmp_path / f"web-{len(started)}.log", **{"STATIC_ROOT": str(static_root), **env})
+    def start(application: str = "eventproject.asgi", **env: str) -> WebServer:
+        server = WebServer(
+            tmp_path / f"web-{len(started)}.log",
+            application=application,
+            **{"STATIC_ROOT": str(static_root), **env},
+        )
         started.append(server)
         return server
 
@@ -272,3 +277,41 @@ def _default_language_after_each_test():
     from django.utils import translation
 
     translation.deactivate()
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    """nginx(server) runs deploy/nginx.conf in front of that web server (tests/servers.py: Nginx);
+    every nginx started is stopped at the end."""
+    from tests.servers import Nginx
+
+    started = []
+
+    def start(server) -> Nginx:
+        folder = tmp_path / f"nginx-{len(started)}"
+        folder.mkdir()
+        started.append(Nginx(folder, server.port))
+        return started[-1]
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    """prometheus(server) runs a Prometheus scraping that web server every second (tests/servers.py:
+    Prometheus); every one started is stopped at the end."""
+    from tests.servers import Prometheus
+
+    started = []
+
+    def start(server) -> Prometheus:
+        folder = tmp_path / f"prometheus-{len(started)}"
+        folder.mkdir()
+        started.append(Prometheus(folder, server.port))
+        return started[-1]
+
+    yield start
+    for scraper in started:
+        scraper.stop()

@@ -1,14 +1,18 @@
-"""A real production web server for integration tests: gunicorn started with the command line of
-deploy/eventproject-web.service (the deployment's install path replaced by this checkout), DEBUG
-off, on the test database, answering on a free loopback port."""
+"""Real servers for integration tests: the production web server (gunicorn started with the command
+line of deploy/eventproject-web.service, the deployment's install path replaced by this checkout,
+DEBUG off, on the test database, answering on a free loopback port), and nginx and Prometheus in
+front of it and beside it."""
 
 import contextlib
 import http.client
+import json
 import os
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 from django.conf import settings
@@ -57,13 +61,15 @@ class WebServer:
     """gunicorn as deploy/eventproject-web.service runs it; stop() is SIGTERM to the master only,
     as the unit's KillMode=mixed does, then SIGKILL of the group after a timeout."""
 
-    def __init__(self, log: Path, **env: str):
+    def __init__(self, log: Path, *, application: str = "eventproject.asgi", **env: str):
         self.port = free_port()
         self.log = log
         self.handle = log.open("ab")
         (command,) = unit("eventproject-web.service")["ExecStart"]
+        command = shlex.split(command)
+        assert command[-1] == "eventproject.asgi", command
         self.process = subprocess.Popen(
-            shlex.split(command),
+            [*command[:-1], application],
             cwd=ROOT,
             env=production_env(
                 **{
@@ -94,9 +100,14 @@ class WebServer:
 
     def get(self, path: str, headers: dict | None = None) -> tuple[int, dict[str, str], bytes]:
         """(status, headers with lower-case names, body) over a new connection."""
+        return self.request("GET", path, headers=headers)
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
-            connection.request("GET", path, headers=headers or {})
+            connection.request(method, path, body=body, headers=headers or {})
             response = connection.getresponse()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
         finally:
@@ -116,3 +127,183 @@ class WebServer:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def session_cookie(user) -> str:
+    """A Cookie header that logs `user` in on a live server (a session saved in the test database,
+    signed with the key the servers share)."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.save()
+    return f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
+
+
+class Nginx:
+    """The real nginx running deploy/nginx.conf in front of a web server: the deploy file with this
+    test's ports, a certificate made for it, and the web server's address in place of the
+    deployment's, inside a main configuration of its own (PID file, logs and buffers in `folder`).
+    stop() is a fast shutdown (SIGTERM) of its master, by PID."""
+
+    BINARY = os.environ.get("NGINX", "/usr/sbin/nginx")
+
+    def __init__(self, folder: Path, upstream_port: int):
+        self.folder = folder
+        self.http_port, self.https_port = free_port(), free_port()
+        self.certificate = folder / "cert.pem"
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                "-keyout", str(folder / "key.pem"), "-out", str(self.certificate),
+                "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        site = (
+            (DEPLOY / "nginx.conf")
+            .read_text()
+            .replace("listen 80;", f"listen 127.0.0.1:{self.http_port};")
+            .replace("listen 443 ssl http2;", f"listen 127.0.0.1:{self.https_port} ssl http2;")
+            .replace("/etc/ssl/eventproject/fullchain.pem", str(self.certificate))
+            .replace("/etc/ssl/eventproject/privkey.pem", str(folder / "key.pem"))
+            .replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream_port};")
+        )
+        (folder / "site.conf").write_text(site)
+        temp = {
+            kind: folder / f"{kind}-temp" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        }
+        for path in temp.values():
+            path.mkdir()
+        (folder / "nginx.conf").write_text(
+            ("user root;\n" if os.geteuid() == 0 else "")  # its workers write the buffers here
+            + f"pid {folder / 'nginx.pid'};\nerror_log {folder / 'error.log'} info;\nevents {{}}\n"
+            + "http {\n"
+            + f"    access_log {folder / 'access.log'};\n"
+            + "".join(f"    {kind}_temp_path {path};\n" for kind, path in temp.items())
+            + f"    include {folder / 'site.conf'};\n}}\n"
+        )
+        self.process = subprocess.Popen(
+            [self.BINARY, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=(folder / "stderr.log").open("ab"),
+        )
+        try:
+            wait_for(self._listening, timeout=15, what=f"nginx to listen:\n{self.errors()}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _listening(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"nginx exited with {self.process.returncode}:\n{self.errors()}")
+        try:
+            socket.create_connection(("127.0.0.1", self.https_port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def https(self, timeout: float = 30) -> http.client.HTTPSConnection:
+        """A connection to nginx's TLS port that trusts only the test's certificate."""
+        context = ssl.create_default_context(cafile=str(self.certificate))
+        return http.client.HTTPSConnection("localhost", self.https_port, context=context, timeout=timeout)
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers with lower-case names, body) over HTTPS, a new connection."""
+        connection = self.https()
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
+
+    def errors(self) -> str:
+        return "".join(
+            (self.folder / name).read_text(errors="replace")
+            for name in ("stderr.log", "error.log")
+            if (self.folder / name).exists()
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+class Prometheus:
+    """The real Prometheus scraping a web server's /metrics directly over plain HTTP every
+    `interval`, with its configuration and storage in `folder`, on a free port; stop() is SIGTERM
+    to its PID."""
+
+    BINARY = os.environ.get("PROMETHEUS", "/usr/bin/prometheus")
+
+    def __init__(self, folder: Path, target_port: int, *, interval: str = "1s"):
+        self.port = free_port()
+        (folder / "prometheus.yml").write_text(
+            f"global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n"
+            "scrape_configs:\n  - job_name: eventproject\n    metrics_path: /metrics\n    scheme: http\n"
+            f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+        )
+        self.log = folder / "prometheus.log"
+        self.process = subprocess.Popen(
+            [
+                self.BINARY,
+                f"--config.file={folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("ab"),
+        )
+        try:
+            wait_for(self._ready, timeout=30, what=f"Prometheus to be ready:\n{self.output()}", interval=0.2)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"prometheus exited with {self.process.returncode}:\n{self.output()}")
+        try:
+            return self._get("/-/ready")[0] == 200
+        except OSError:
+            return False
+
+    def _get(self, path: str) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def query(self, expression: str) -> list[tuple[dict, float]]:
+        """An instant query through Prometheus's HTTP API: (labels, value) per series."""
+        status, body = self._get("/api/v1/query?" + urllib.parse.urlencode({"query": expression}))
+        answer = json.loads(body)
+        assert status == 200 and answer["status"] == "success", answer
+        return [(series["metric"], float(series["value"][1])) for series in answer["data"]["result"]]
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)

@@ -1,14 +1,19 @@
 """Production serving: gunicorn as deploy/eventproject-web.service starts it, DEBUG off, static files
-from collectstatic through WhiteNoise."""
+from collectstatic through WhiteNoise; `gunicorn eventproject.wsgi` too; HTTPS=on with what a load
+balancer and Prometheus ask over plain HTTP."""
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
 import pytest
+from rest_framework.authtoken.models import Token
 
 from tests.cluster import ROOT
+from tests.servers import session_cookie
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -61,3 +66,89 @@ def test_a_bad_server_setting_stops_gunicorn_with_a_message_naming_it(tmp_path):
     )
     assert result.returncode == 1
     assert "WEB_TIMEOUT must be a positive integer, got 'many'" in result.stderr
+
+
+def test_with_https_on_healthz_status_and_metrics_answer_plain_http_and_the_rest_redirects(web_server):
+    server = web_server(HTTPS="on")
+    for path, expected in [("/healthz", {200}), ("/status", {200, 503}), ("/metrics", {200})]:
+        status, headers, _ = server.get(path)
+        assert status in expected, (path, status, headers.get("location"))
+    for path in ("/admin/login/", "/api/v1/jobs/", "/api/docs/"):
+        status, headers, _ = server.get(path)
+        assert status == 301 and headers["location"] == f"https://127.0.0.1:{server.port}{path}"
+    # Through the proxy (it says https), the admin answers, with HSTS.
+    status, headers, _ = server.get("/admin/login/", {"X-Forwarded-Proto": "https"})
+    assert status == 200 and headers["strict-transport-security"].startswith("max-age=31536000")
+
+
+@pytest.mark.parametrize("application", ["eventproject.asgi", "eventproject.wsgi"])
+def test_gunicorn_serves_either_application_with_a_worker_class_that_fits_it(
+    web_server, personas, application
+):
+    server = web_server(application)
+    assert (
+        f"Using worker: {'eventproject.web_worker.Worker' if application.endswith('asgi') else 'gthread'}"
+        in (server.output())
+    )
+    status, _, body = server.get("/admin/login/")
+    assert status == 200 and b"csrfmiddlewaretoken" in body
+    token = Token.objects.create(user=personas["operator"]).key
+    status, headers, body = server.get("/api/v1/jobs/", {"Authorization": f"Token {token}"})
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert json.loads(body)["count"] == 0
+    status, _, body = server.request(
+        "POST",
+        "/api/v1/jobs/",
+        b'{"user_ids": ["nobody"]}',
+        {"Authorization": f"Token {token}", "Content-Type": "application/json"},
+    )
+    assert status == 400 and b"nobody" in body
+    assert server.get("/healthz")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["-k", "eventproject.web_worker.Worker", "eventproject.wsgi"],
+            "eventproject.wsgi is a WSGI application",
+        ),
+        (["-k", "gthread", "eventproject.asgi"], "eventproject.asgi is an ASGI application"),
+    ],
+)
+def test_a_worker_class_that_cannot_run_the_application_stops_gunicorn_saying_so(
+    tmp_path, arguments, message
+):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", *arguments],
+        cwd=ROOT,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # it serves instead: stop it and its workers
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise AssertionError("gunicorn started with a worker class that cannot run the application") from None
+    assert process.returncode == 1
+    assert message in stderr and "cannot run it" in stderr
+
+
+def test_the_api_docs_and_their_swagger_ui_files_come_from_this_server(web_server, personas):
+    server = web_server()
+    status, headers, _ = server.get("/api/docs/")
+    assert status == 302 and headers["location"] == "/admin/login/?next=/api/docs/"
+    status, _, body = server.get("/api/docs/", {"Cookie": session_cookie(personas["viewer"])})
+    assert status == 200
+    sources = re.findall(r'(?:src|href)="([^"]+)"', body.decode())
+    bundles = [source for source in sources if re.search(r"swagger-ui-bundle\.[0-9a-f]{12}\.js$", source)]
+    assert bundles and all(source.startswith("/static/drf_spectacular_sidecar/") for source in sources), (
+        sources
+    )
+    for source in sources:
+        status, headers, content = server.get(source)
+        assert status == 200 and content, source
