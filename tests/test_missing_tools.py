@@ -1,9 +1,12 @@
-"""A newcomer's `make test` passes without Chromium (its tests are skipped, saying how to install
-it); CI, which sets REQUIRE_BROWSER=1, fails instead of skipping them."""
+"""A newcomer's `make test` passes without Chromium, nginx or Prometheus (their tests are skipped,
+saying how to install them); CI, which sets REQUIRE_BROWSER=1, REQUIRE_NGINX=1 and
+REQUIRE_PROMETHEUS=1, fails instead of skipping them."""
 
 import os
 import subprocess
 import sys
+
+import pytest
 
 from tests.cluster import ROOT
 
@@ -11,12 +14,18 @@ from tests.cluster import ROOT
 def run_browser_tests(tmp_path, **env: str) -> subprocess.CompletedProcess:
     """pytest on the browser tests in a child process, on a database of its own (never created:
     nothing runs), as on a machine without Chromium."""
+    return run_tests(tmp_path, "tests/test_admin_browser.py", **env)
+
+
+def run_tests(tmp_path, module: str, **env: str) -> subprocess.CompletedProcess:
+    """pytest on a module of tests in a child process, on a database of its own (never created
+    when nothing runs), with the programs it needs pointed where there are none."""
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/test_admin_browser.py", "-rs", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", module, "-rs", "-p", "no:cacheprovider"],
         cwd=ROOT,
         env={
             **os.environ,
-            "CHROMIUM": str(tmp_path / "no-chromium-here"),
+            **{name: str(tmp_path / "not-here") for name in ("CHROMIUM", "NGINX", "PROMETHEUS", "PROMTOOL")},
             "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
             "TEST_SQLITE_NAME": str(tmp_path / "test_db.sqlite3"),
             **env,
@@ -41,3 +50,29 @@ def test_where_the_browser_is_required_a_missing_chromium_fails_the_run(tmp_path
     assert result.returncode != 0
     assert "REQUIRE_BROWSER=1: these tests must run here" in result.stdout
     assert "skipped" not in result.stdout.splitlines()[-1]
+
+
+TOOLS = [
+    ("tests/test_nginx.py", "REQUIRE_NGINX", "8 skipped", "apt-get install nginx-light"),
+    ("tests/test_prometheus.py", "REQUIRE_PROMETHEUS", "2 skipped", "apt-get install prometheus"),
+]
+
+
+@pytest.mark.parametrize(("module", "flag", "skipped", "install"), TOOLS)
+def test_without_nginx_or_prometheus_their_tests_are_skipped_saying_how_to_install_them(
+    tmp_path, monkeypatch, module, flag, skipped, install
+):
+    monkeypatch.delenv(flag, raising=False)
+    result = run_tests(tmp_path, module)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert skipped in result.stdout and install in result.stdout
+    assert not (tmp_path / "test_db.sqlite3").exists()
+
+
+@pytest.mark.parametrize(("module", "flag", "skipped", "install"), TOOLS)
+def test_where_nginx_or_prometheus_is_required_its_absence_fails_the_run(
+    tmp_path, module, flag, skipped, install
+):
+    result = run_tests(tmp_path, module, **{flag: "1"})
+    assert result.returncode != 0
+    assert f"{flag}=1: these tests must run here" in result.stdout
