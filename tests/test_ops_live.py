@@ -24,7 +24,7 @@ def health(server, path: str = "/healthz") -> tuple[int, dict]:
     return status, json.loads(body)
 
 
-def status(server) -> tuple[int, dict]:
+def status_page(server) -> tuple[int, dict]:
     return health(server, "/status")
 
 
@@ -36,25 +36,25 @@ def scrape(server) -> dict:
 
 def test_status_follows_the_clusters_while_healthz_stays_200(web_server, clusters):
     server = web_server()
-    code, report = status(server)
+    code, report = status_page(server)
     assert code == 503 and report["errors"][0].startswith("cluster: no task cluster")
     assert health(server)[0] == 200  # no cluster yet: the web server still serves
 
     killed = clusters()
-    wait_for(lambda: status(server)[0] == 200, timeout=30, what=f"a live cluster:\n{killed.output()}")
+    wait_for(lambda: status_page(server)[0] == 200, timeout=30, what=f"a live cluster:\n{killed.output()}")
     killed.kill()  # SIGKILL: its heartbeat is never updated again
-    wait_for(lambda: status(server)[0] == 503, timeout=10, what="the killed cluster to be missed")
-    assert status(server)[1]["checks"]["cluster"]["alive"] == 0
+    wait_for(lambda: status_page(server)[0] == 503, timeout=10, what="the killed cluster to be missed")
+    assert status_page(server)[1]["checks"]["cluster"]["alive"] == 0
     assert health(server) == (200, {"status": "ok", "errors": [], "checks": health(server)[1]["checks"]})
     assert value(scrape(server), "eventproject_clusters_alive") == 0
 
     stopped = clusters()
-    wait_for(lambda: status(server)[0] == 200, timeout=30, what=f"a live cluster:\n{stopped.output()}")
-    assert status(server)[1]["checks"]["cluster"] == {"ok": True, "alive": 1}
+    wait_for(lambda: status_page(server)[0] == 200, timeout=30, what=f"a live cluster:\n{stopped.output()}")
+    assert status_page(server)[1]["checks"]["cluster"] == {"ok": True, "alive": 1}
     assert value(scrape(server), "eventproject_clusters_alive") == 1
     stopped.stop()  # SIGTERM: it says it is stopping
     code, report = wait_for(
-        lambda: (result := status(server))[0] == 503 and result, timeout=10, what="a stopped cluster"
+        lambda: (result := status_page(server))[0] == 503 and result, timeout=10, what="a stopped cluster"
     )
     assert report["errors"] == [
         "cluster: no task cluster named 'eventproject' has been seen alive in the last 3 s "
@@ -138,7 +138,7 @@ def test_while_the_database_is_gone_healthz_and_status_say_so_and_metrics_still_
             "ok": False,
             "error": "not checked: the database is unreachable",
         }
-        code, report = status(server)
+        code, report = status_page(server)
         assert code == 503 and report["errors"][0].startswith("database: cannot reach the database: ")
         assert report["checks"]["cluster"] == {
             "ok": False,
@@ -163,7 +163,7 @@ def test_metrics_scraped_while_a_job_runs_on_a_real_cluster_agree_with_its_progr
     make_users(300)
     cluster = clusters(Q_WORKERS="2")
     server = web_server()
-    wait_for(lambda: status(server)[0] == 200, timeout=30, what=f"the cluster:\n{cluster.output()}")
+    wait_for(lambda: status_page(server)[0] == 200, timeout=30, what=f"the cluster:\n{cluster.output()}")
     job = job_start(extractor="test", chunk_size=5, options={"seconds_per_user": 0.03})
 
     def succeeded() -> int:
