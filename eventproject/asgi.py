@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventproject.settings")
@@ -38,8 +39,6 @@ class Handler(ASGIHandler):
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        from django.conf import settings
-
         limit = settings.UPLOAD_MAX_BYTES
         declared = declared_length(scope)
         refused = declared is not None and declared > limit
@@ -52,7 +51,7 @@ class Handler(ASGIHandler):
                 timed(send, settings.WEB_SEND_TIMEOUT, scope),
             )
         except BodyTooLarge:
-            from .middleware import body_too_large
+            from .middleware import body_too_large  # imports Django's apps: not before setup
 
             await self.send_response(body_too_large(scope.get("path", "")), closing_after(send))
 

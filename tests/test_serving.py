@@ -12,7 +12,7 @@ import sys
 import pytest
 from rest_framework.authtoken.models import Token
 
-from tests.cluster import ROOT
+from tests.cluster import ROOT, process_tree, wait_for
 from tests.servers import session_cookie
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -152,3 +152,19 @@ def test_the_api_docs_and_their_swagger_ui_files_come_from_this_server(web_serve
     for source in sources:
         status, headers, content = server.get(source)
         assert status == 200 and content, source
+
+
+def test_a_reload_keeps_the_worker_class_that_fits_the_application(web_server):
+    server = web_server(WEB_CONCURRENCY="1")
+    before = process_tree(server.process.pid) - {server.process.pid}
+    server.process.send_signal(signal.SIGHUP)  # systemctl reload: the configuration is read again
+    wait_for(
+        lambda: (
+            (process_tree(server.process.pid) - {server.process.pid}).isdisjoint(before)
+            and server.get("/healthz")[0] == 200
+        ),
+        timeout=60,
+        what=f"new workers after the reload:\n{server.output()[-2000:]}",
+    )
+    assert server.output().count("Using worker: eventproject.web_worker.Worker") >= 1
+    assert server.get("/admin/login/")[0] == 200
