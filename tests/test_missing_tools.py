@@ -17,11 +17,11 @@ def run_browser_tests(tmp_path, **env: str) -> subprocess.CompletedProcess:
     return run_tests(tmp_path, "tests/test_admin_browser.py", **env)
 
 
-def run_tests(tmp_path, module: str, **env: str) -> subprocess.CompletedProcess:
-    """pytest on a module of tests in a child process, on a database of its own (never created
-    when nothing runs), with the programs it needs pointed where there are none."""
+def run_tests(tmp_path, *modules: str, **env: str) -> subprocess.CompletedProcess:
+    """pytest on modules of tests in a child process, on a database of its own (never created
+    when nothing runs), with the programs they need pointed where there are none."""
     return subprocess.run(
-        [sys.executable, "-m", "pytest", module, "-rs", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", *modules, "-rs", "-p", "no:cacheprovider"],
         cwd=ROOT,
         env={
             **os.environ,
@@ -52,27 +52,25 @@ def test_where_the_browser_is_required_a_missing_chromium_fails_the_run(tmp_path
     assert "skipped" not in result.stdout.splitlines()[-1]
 
 
-TOOLS = [
-    ("tests/test_nginx.py", "REQUIRE_NGINX", "8 skipped", "apt-get install nginx-light"),
-    ("tests/test_prometheus.py", "REQUIRE_PROMETHEUS", "2 skipped", "apt-get install prometheus"),
-]
+PROXY_AND_MONITORING = ("tests/test_nginx.py", "tests/test_prometheus.py")
 
 
-@pytest.mark.parametrize(("module", "flag", "skipped", "install"), TOOLS)
-def test_without_nginx_or_prometheus_their_tests_are_skipped_saying_how_to_install_them(
-    tmp_path, monkeypatch, module, flag, skipped, install
+def test_without_nginx_and_prometheus_their_tests_are_skipped_saying_how_to_install_them(
+    tmp_path, monkeypatch
 ):
-    monkeypatch.delenv(flag, raising=False)
-    result = run_tests(tmp_path, module)
+    for flag in ("REQUIRE_NGINX", "REQUIRE_PROMETHEUS"):
+        monkeypatch.delenv(flag, raising=False)
+    result = run_tests(tmp_path, *PROXY_AND_MONITORING)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert skipped in result.stdout and install in result.stdout
+    assert "10 skipped" in result.stdout
+    assert "apt-get install nginx-light" in result.stdout and "apt-get install prometheus" in result.stdout
     assert not (tmp_path / "test_db.sqlite3").exists()
 
 
-@pytest.mark.parametrize(("module", "flag", "skipped", "install"), TOOLS)
-def test_where_nginx_or_prometheus_is_required_its_absence_fails_the_run(
-    tmp_path, module, flag, skipped, install
-):
-    result = run_tests(tmp_path, module, **{flag: "1"})
+@pytest.mark.parametrize("flag", ["REQUIRE_NGINX", "REQUIRE_PROMETHEUS"])
+def test_where_nginx_or_prometheus_is_required_its_absence_fails_the_run(tmp_path, monkeypatch, flag):
+    for other in ("REQUIRE_NGINX", "REQUIRE_PROMETHEUS"):
+        monkeypatch.delenv(other, raising=False)
+    result = run_tests(tmp_path, *PROXY_AND_MONITORING, **{flag: "1"})
     assert result.returncode != 0
     assert f"{flag}=1: these tests must run here" in result.stdout
