@@ -272,3 +272,49 @@ def _default_language_after_each_test():
     from django.utils import translation
 
     translation.deactivate()
+
+
+@pytest.fixture
+def postgres_server():
+    """A PostgreSQL server of this test's own (tests/own_servers.py: its own folder and port, fsync
+    off), which the test may stop, restart or cut off; removed at the end."""
+    from tests.own_servers import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_database(postgres_server, transactional_db):
+    """The test's database on `postgres_server`, migrated, whatever the suite runs on: Django's
+    connection and the clusters the test starts (`clusters`) use it, so the test may restart or
+    stop the server under a job. Yields the server."""
+    from tests.own_servers import django_database
+
+    with django_database(postgres_server.create_database("eventproject")):
+        yield postgres_server
+
+
+@pytest.fixture
+def redis_server():
+    """A Redis server of this test's own on a free port (nothing saved: a restart loses every key)."""
+    from tests.own_servers import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def network_namespace():
+    """A network namespace joined to this machine by a veth pair (tests/partition.py): run a process
+    in it with `ns.command(argv)`, reach servers at `ns.host_address` (start them with
+    `reachable_from=[ns]`), `ns.cut()` drops every packet silently, `ns.heal()`. Needs root and
+    iproute2; skipped without them, unless REQUIRE_NETNS=1 (CI), which fails instead."""
+    from tests.partition import NetworkNamespace, namespaces_available
+    from tests.tools import unavailable
+
+    if why := namespaces_available():
+        unavailable(why, required_by="REQUIRE_NETNS")  # fails the test where they are required
+        pytest.skip(why)
+    with NetworkNamespace() as ns:
+        yield ns
