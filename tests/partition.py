@@ -28,8 +28,11 @@ import random
 import re
 import signal
 import subprocess
+import threading
 import time
+from http.server import ThreadingHTTPServer
 from itertools import count
+from urllib.parse import urlsplit, urlunsplit
 
 NAME = re.compile(r"^evp(\d+)[nh](\d+)$")  # evp<maker's pid>n<index> (namespace), …h… (host link)
 NETWORK = ipaddress.ip_network("10.213.0.0/16")
@@ -132,6 +135,27 @@ class NetworkNamespace:
             self.network, self.host_address, self.address = str(network), str(host), str(inside)
             return
         raise RuntimeError(f"no free /30 in {NETWORK}")
+
+    def reach(self, url: str) -> str:
+        """`url` as seen from inside: a loopback host becomes this machine's end of the link (the
+        server must listen there too: `reachable_from`, or `listen_also` for an HTTP server)."""
+        parts = urlsplit(url)
+        if parts.hostname not in ("127.0.0.1", "localhost"):
+            return url
+        netloc = parts.netloc.rsplit("@", 1)
+        netloc[-1] = netloc[-1].replace(parts.hostname, self.host_address, 1)
+        return urlunsplit(parts._replace(netloc="@".join(netloc)))
+
+    def listen_also(self, httpd: ThreadingHTTPServer) -> ThreadingHTTPServer:
+        """Serve what `httpd` (a loopback HTTP server of this process) serves on this machine's
+        end of the link too, on the same port; returns the second server (shut it down after)."""
+        port = httpd.server_address[1]
+        also = type(httpd)((self.host_address, port), httpd.RequestHandlerClass)
+        # What the handlers read besides the server's own state (the fake LLM server's `fake`).
+        also.__dict__.update({k: v for k, v in httpd.__dict__.items() if k not in vars(also)})
+        also.daemon_threads = True
+        threading.Thread(target=also.serve_forever, daemon=True).start()
+        return also
 
     def command(self, argv: list[str]) -> list[str]:
         """`argv` run inside the namespace (`ip netns exec` execs it: the PID is the program's)."""

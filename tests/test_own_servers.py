@@ -161,3 +161,53 @@ def test_a_process_in_a_namespace_reaches_servers_made_reachable_from_it(network
             timeout=30,
         )
         assert probe.stdout.strip() == ns.address, probe.stderr
+
+
+def test_a_cluster_in_a_namespace_works_through_its_link(network_namespace, postgres_database, clusters):
+    from extraction.services import profiles_upsert
+    from jobs.models import Job
+    from jobs.services import job_start
+
+    profiles_upsert({f"ns{i}": {} for i in range(20)})
+    job = job_start(user_ids=[f"ns{i}" for i in range(20)], extractor="noop", options={}, chunk_size=5)
+    cluster = clusters(namespace=network_namespace)
+    wait_for(
+        lambda: Job.objects.get(id=job.id).status == Job.Status.COMPLETED, timeout=60, what="the job to end"
+    )
+
+    def clients() -> set[str]:
+        with psycopg.connect(postgres_database.url("eventproject")) as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT host(client_addr) FROM pg_stat_activity WHERE datname = 'eventproject'"
+            ).fetchall()
+        return {address for (address,) in rows} - {"127.0.0.1"}  # this process's connections
+
+    assert wait_for(clients, timeout=30, what=f"the cluster's connections\n{cluster.output()}") == {
+        network_namespace.address
+    }
+
+
+def test_an_http_server_of_the_test_answers_inside_a_namespace_too(network_namespace):
+    from tests.fake_openai import API_KEY, MODEL, FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        also = network_namespace.listen_also(server.httpd)
+        try:
+            post = (
+                "import json, sys, urllib.request; print(urllib.request.urlopen(urllib.request.Request("
+                "sys.argv[1] + '/chat/completions', json.dumps({'model': sys.argv[2], 'messages': "
+                "[{'role': 'user', 'content': 'hi'}]}).encode(), {'Authorization': 'Bearer ' + sys.argv[3]}"
+                "), timeout=10).status)"
+            )
+            url = network_namespace.reach(server.base_url)
+            probe = subprocess.run(
+                network_namespace.command([sys.executable, "-c", post, url, MODEL, API_KEY]),
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        finally:
+            also.shutdown()
+            also.server_close()
+    assert probe.stdout.strip() == "200", probe.stderr
+    assert url.startswith(f"http://{network_namespace.host_address}:") and len(server.fake.requests) == 1
