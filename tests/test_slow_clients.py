@@ -206,10 +206,11 @@ def test_stalled_exports_hold_no_database_connection_nor_thread(web_server, big_
             if postgresql:
                 seen_connections.append(server_connections())
             time.sleep(0.1)
-        # Old design: a thread and a connection per stalled export, held for ever. Now the
-        # process's synchronous thread and its BODY_THREADS, however many exports.
+        # Old design: a thread and a connection per stalled export (7 here), held for ever. Now
+        # the process's synchronous thread and its BODY_THREADS, however many exports (and a
+        # session a body thread just closed, which PostgreSQL may list a moment beside the next).
         assert max(seen_threads) <= threads_before + 1, (threads_before, seen_threads)
-        assert max(seen_connections, default=0) <= 1 + BODY_THREADS._max_workers, seen_connections
+        assert max(seen_connections, default=0) <= 1 + BODY_THREADS._max_workers + 1, seen_connections
         if postgresql:  # once every export waits on its client: none but the synchronous thread's
             wait_for(lambda: server_connections() <= 1, timeout=30, what="the exports to stall")
         # A stalled export goes on where it was when its client reads again, and is whole.
