@@ -429,6 +429,7 @@ IMPORTS_MAX_ERRORS_KEPT = 1000  # rejected rows listed in the report (all are co
 # Q_TIMEOUT so a live task is never doubled.
 JOBS_CHUNK_SIZE_LIMIT = 10_000
 JOBS_MAX_ATTEMPTS_LIMIT = 20
+JOBS_MAX_WORKERS_LIMIT = 1_000  # a job's max_workers
 JOBS_CHUNK_SIZE = env_int("JOBS_CHUNK_SIZE", 100, minimum=1)
 JOBS_MAX_ATTEMPTS = env_int("JOBS_MAX_ATTEMPTS", 3, minimum=1)
 if JOBS_CHUNK_SIZE > JOBS_CHUNK_SIZE_LIMIT or JOBS_MAX_ATTEMPTS > JOBS_MAX_ATTEMPTS_LIMIT:

@@ -97,6 +97,10 @@ class Job(models.Model):
         help_text=gettext_lazy("The most workers it may hold at once (empty: no cap)"),
         verbose_name=gettext_lazy("max workers"),
     )
+    # The fair-share scheduler's measure (jobs.worker.scheduler): seconds of work its chunks took,
+    # each divided by its priority. A worker serves the running job with the least; a job that
+    # starts running begins level with the others (transitions.job_mark_running).
+    virtual_time = models.FloatField(default=0.0, verbose_name=gettext_lazy("virtual time"))
     max_attempts = models.PositiveIntegerField(verbose_name=gettext_lazy("max attempts"))
     created_at = models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
     started_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("started at"))
@@ -289,13 +293,14 @@ class JobItem(models.Model):
 
 
 class Drain(models.Model):
-    """A drain task's place at work on a job: at most JOBS_DRAIN_TASKS per job, each beating while it
-    lives. A drain that finds every place held by a live one leaves, so ringing is always safe; a
-    place that has not beaten for JOBS_DRAIN_STALE_SECONDS belongs to a dead or frozen worker and is
-    given to the next drain. Healing counts the live ones to bring a job back to full strength.
+    """A drain task at work, and the job it serves now: each beats while it lives. At most
+    min(JOBS_DRAIN_TASKS, the job's max_workers) serve one job at once; a drain that finds no job
+    with room for it leaves, so ringing is always safe. A drain that has not beaten for
+    JOBS_DRAIN_STALE_SECONDS belongs to a dead or frozen worker: its row is removed and its place
+    taken. Progress counts a job's live drains ("running on N workers"), healing too.
     """
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="drains")
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="drains")
     started_at = models.DateTimeField()
     seen_at = models.DateTimeField(help_text="Last heartbeat, on the database's clock")
 

@@ -110,7 +110,7 @@ def started_job(users: list[str], options: dict, **arguments):
 def running_job():
     """running_job(user_ids, **options) -> a running job of the test extractor (chunks of 2, nothing
     enqueued: the test drives the engine itself). `job_start` arguments go in `start`."""
-    from jobs.engine import job_mark_running
+    from jobs.transitions import job_mark_running
 
     def start(users, *, start: dict | None = None, **options):
         job = started_job(users, options, **{"chunk_size": 2, **(start or {})})
@@ -125,7 +125,7 @@ def running_job():
 def failing_job():
     """failing_job(users, failed, *, error="bad") -> a finished job of the test extractor over
     `users` in which the `failed` ones failed for good with `error` (drained in this process)."""
-    from jobs.engine import job_drain
+    from jobs.worker.drain import job_drain
 
     def finish(users: list[str], failed: list[str], *, error: str = "bad"):
         job = started_job(users, {"error": error, "permanent": True, "fail_users": failed})

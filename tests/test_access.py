@@ -3,9 +3,9 @@
 import pytest
 from django.contrib.auth.models import Group
 
-from jobs.engine import job_drain
 from jobs.models import Job
 from jobs.services import job_start
+from jobs.worker.drain import job_drain
 
 pytestmark = pytest.mark.django_db
 

@@ -193,7 +193,7 @@ def test_the_start_form_offers_typed_options_and_an_estimate(page, live_server, 
 def test_the_pictures_of_a_user_and_of_the_events(page, live_server, make_users):
     from django.core.management import call_command
 
-    from jobs.engine import job_drain
+    from jobs.worker.drain import job_drain
 
     call_command("generate_sample_data", users=30, verbosity=0)
     job_drain(job_start(enqueue=False).id)

@@ -10,10 +10,13 @@ from extraction.extractors import Control, ExtractionError, make_extractor
 from extraction.models import ExtractedEvent
 from extraction.selectors import user_inputs_load
 from extraction.services import Outcome
-from jobs.engine import chunk_claim, chunk_commit, job_drain, job_mark_running
 from jobs.models import Job
 from jobs.selectors import job_progress
 from jobs.services import job_cancel, job_counters_reconcile, job_start
+from jobs.transitions import job_mark_running
+from jobs.worker.claims import chunk_claim
+from jobs.worker.commit import chunk_commit
+from jobs.worker.drain import job_drain
 from tests.cluster import wait_for
 from tests.fake_openai import API_KEY, MODEL
 
