@@ -490,7 +490,7 @@ def _item_moves(claim: Claim, job: Job, outcomes: Sequence[Outcome], usage) -> t
     """Each claimed item's move, and the users who fail for good (others retry, or were not tried)."""
     moves, failing = [], set()
     for (item_id, user_id, attempts), outcome in zip(claim.items, outcomes, strict=True):
-        prompt, completion = usage.get(user_id, (0, 0))
+        prompt, completion, _ = _spent(usage, user_id)
         move = {"id": item_id, "prompt": prompt, "completion": completion, "undo": 0, "backoff": None}
         error = outcome.result
         if outcome.succeeded:
@@ -549,19 +549,28 @@ def _uncommitted_usage_keep(
     true. Its own short transaction, items before the job row, like every commit."""
     lost = {item_id for item_id, _, _ in claim.items} if lost is None else lost
     spent = {
-        item_id: usage[user_id] for item_id, user_id, _ in claim.items if item_id in lost and user_id in usage
+        item_id: _spent(usage, user_id)
+        for item_id, user_id, _ in claim.items
+        if item_id in lost and user_id in usage
     }
     if not spent:
         return
     with transaction.atomic():
         JobItem.objects.filter(id__in=list(spent)).update(
-            prompt_tokens=F("prompt_tokens") + _per_item({i: p for i, (p, _) in spent.items()}),
-            completion_tokens=F("completion_tokens") + _per_item({i: c for i, (_, c) in spent.items()}),
+            prompt_tokens=F("prompt_tokens") + _per_item({i: p for i, (p, _, _) in spent.items()}),
+            completion_tokens=F("completion_tokens") + _per_item({i: c for i, (_, c, _) in spent.items()}),
         )
         Job.objects.filter(id=job.id).update(
-            prompt_tokens=F("prompt_tokens") + sum(p for p, _ in spent.values()),
-            completion_tokens=F("completion_tokens") + sum(c for _, c in spent.values()),
+            prompt_tokens=F("prompt_tokens") + sum(p for p, _, _ in spent.values()),
+            completion_tokens=F("completion_tokens") + sum(c for _, c, _ in spent.values()),
+            reasoning_tokens=F("reasoning_tokens") + sum(r for _, _, r in spent.values()),
         )
+
+
+def _spent(usage: dict[str, list[int]], user_id: str) -> tuple[int, int, int]:
+    """The (prompt, completion, reasoning) tokens paid for a user (see Control.usage)."""
+    prompt, completion, *reasoning = usage.get(user_id) or (0, 0)
+    return prompt, completion, sum(reasoning)
 
 
 def _per_item(values: dict[int, Any]) -> Case:
@@ -583,8 +592,9 @@ def _job_counters_move(job: Job, mine: list[Outcome], failing: set[str], usage) 
         "succeeded_items": len(succeeded),
         "failed_items": sum(1 for o in mine if o.user_id in failing),
         "event_count": sum(len(o.result) for o in succeeded),
-        "prompt_tokens": sum(usage.get(o.user_id, (0, 0))[0] for o in mine),
-        "completion_tokens": sum(usage.get(o.user_id, (0, 0))[1] for o in mine),
+        "prompt_tokens": sum(_spent(usage, o.user_id)[0] for o in mine),
+        "completion_tokens": sum(_spent(usage, o.user_id)[1] for o in mine),
+        "reasoning_tokens": sum(_spent(usage, o.user_id)[2] for o in mine),
     }
     sets = [f"{name} = {name} + %s" for name in moves]
     params: list[Any] = list(moves.values())
