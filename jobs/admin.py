@@ -105,6 +105,7 @@ class JobAdmin(GuardedAdmin):
                     "event_count",
                     "prompt_tokens",
                     "completion_tokens",
+                    "reasoning_tokens",
                     "chunk_size",
                     "max_attempts",
                 ]
