@@ -339,8 +339,6 @@ class LLMClient:
         parameter = refusal.refused_parameter(sent_parameters(shape, response_format))
         if parameter is None:
             return False
-        if parameter == "response_format" and response_format == RESPONSE_FORMATS[-1]:
-            return False
         if self.profile.learn(shape, response_format, parameter):
             what, instead = _adaptation_words(parameter, response_format)
             logger.warning(

@@ -238,10 +238,10 @@ class EndpointProfile:
             )
         elif parameter == "temperature":
             learned = rows.filter(sends_temperature=True).update(sends_temperature=False, accepted_at=None)
-        else:  # response_format: the next one down from what was asked
-            index = RESPONSE_FORMATS.index(response_format)
-            learned = rows.filter(response_format__in=RESPONSE_FORMATS[: index + 1]).update(
-                response_format=RESPONSE_FORMATS[index + 1], accepted_at=None
+        else:  # response_format: the next one down from the one refused, if that was the learned one
+            following = RESPONSE_FORMATS[RESPONSE_FORMATS.index(response_format) + 1]
+            learned = rows.filter(response_format=response_format).update(
+                response_format=following, accepted_at=None
             )
         self.reload()
         return learned == 1

@@ -549,16 +549,18 @@ def test_the_cache_key_names_the_format_and_keeps_answers_cached_before_formats(
 
 
 def test_an_answer_is_cached_under_the_format_it_was_asked_in(llm_server, make_users):
-    """Once an endpoint refused the schema, the cache is asked for the JSON-object answer."""
     make_users(3, behaviors=2)
     inputs = user_inputs_load(["u001", "u002", "u003"])
-    make_extractor("llm", {"response_format": "json_object"}).extract(inputs)
-    assert len(llm_server.requests) == 1
-    make_extractor("llm").extract(inputs)  # auto: a schema, a new request
-    assert len(llm_server.requests) == 2
-    llm_server.bodies.append((400, openai_error("This response_format type is unavailable now")))
-    LLMEndpointProfile.objects.update(accepted_at=None)
-    make_extractor("llm", {"response_format": "json_schema"}).extract(inputs)  # from the cache
+    make_extractor("llm").extract(inputs)  # auto: asked with the call's schema
+    assert [r["parameters"]["response_format"]["type"] for r in llm_server.requests] == ["json_schema"]
+    LLMEndpointProfile.objects.update(response_format="json_object")  # as after a refusal of schemas
+    make_extractor("llm").extract(inputs)  # the schema's answer is not the JSON object's: asked again
+    assert [r["parameters"]["response_format"]["type"] for r in llm_server.requests] == [
+        "json_schema",
+        "json_object",
+    ]
+    make_extractor("llm", {"response_format": "json_schema"}).extract(inputs)  # both from the cache
+    make_extractor("llm").extract(inputs)
     assert len(llm_server.requests) == 2
 
 
