@@ -38,6 +38,7 @@ from ..llm_client import (
     LLMStopped,
     endpoint,
     estimate_tokens,
+    without_thinking,
 )
 from ..llm_endpoints import AUTO, RESPONSE_FORMATS, endpoint_state, reasoning_share
 from ..models import Category
@@ -53,7 +54,6 @@ COMPLETION_TOKENS_PER_BEHAVIOR = 15
 PART_TRIES = 3  # how often one user (or segment) is asked before it fails for this attempt
 MODEL_NAME_MAX_LENGTH = 200  # recorded in each event's extractor version ("1+" and the name)
 UNUSABLE = "the model's answer was unusable"
-THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 # The event's context in a strict JSON schema (which admits no free-form object): the details the
 # prompt asks for, each null when it does not apply (nulls are dropped, as from any answer).
@@ -527,6 +527,10 @@ class LLMExtractor(Extractor):
         except ValueError as exc:
             outcome.failure = str(exc)
             return outcome
+        except Exception as exc:  # a hostile answer fails this call only: its users are asked again
+            logger.warning("an answer could not be parsed", exc_info=True)
+            outcome.failure = f"the reply could not be read ({type(exc).__name__})"
+            return outcome
         for part in parts:
             try:
                 outcome.events[id(part)] = events_from(
@@ -536,6 +540,9 @@ class LLMExtractor(Extractor):
                 )
             except ValueError as exc:
                 outcome.invalid[id(part)] = str(exc)
+            except Exception as exc:  # whatever a hostile answer does, it stays with this user
+                logger.warning("the answer for one user could not be validated", exc_info=True)
+                outcome.invalid[id(part)] = f"the user's events could not be read ({type(exc).__name__})"
         outcome.extra = sorted(set(answer) - {part.user.user_id for part in parts})
         if outcome.extra:
             logger.warning("the model answered for %d users it was not given", len(outcome.extra))
@@ -561,11 +568,12 @@ def _close_connection(barrier: threading.Barrier) -> None:
 
 
 def parse_answer(content: str) -> dict[str, Any]:
-    """The {"users": {...}} object of a reply, after <think> blocks and inside code fences.
+    """The {"users": {...}} object of a reply, after <think> blocks and inside code fences; in time
+    linear in the reply's size, whatever it holds. ValueError says what is wrong with it.
 
     Errors never quote the reply: it is the provider's text, and may carry the prompt's data.
     """
-    text = THINK.sub("", content).strip()
+    text = without_thinking(content).strip()
     if fenced := FENCE.search(text):
         text = fenced.group(1).strip()
     start, end = text.find("{"), text.rfind("}")
@@ -573,10 +581,12 @@ def parse_answer(content: str) -> dict[str, Any]:
         raise ValueError(f"the reply holds no JSON object ({len(content)} characters of text)")
     try:
         data = json.loads(text[start : end + 1])
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ValueError(f"the reply's JSON is malformed ({exc.msg} at character {exc.pos})") from None
     except RecursionError:
         raise ValueError("the reply's JSON is nested too deeply") from None
+    except ValueError:  # e.g. an integer of more digits than Python converts (4,300)
+        raise ValueError("the reply's JSON holds a number too long to read") from None
     users = data.get("users") if isinstance(data, dict) else None
     if not isinstance(users, dict):
         raise ValueError('the reply has no "users" object')
