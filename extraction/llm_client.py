@@ -456,7 +456,7 @@ def reasoning_tokens(response, content: str, completion_tokens: int) -> int:
     details = getattr(response.usage, "completion_tokens_details", None) if response.usage else None
     reported = getattr(details, "reasoning_tokens", None)
     if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 0:
-        return min(reported, completion_tokens) if completion_tokens else reported
+        return min(reported, completion_tokens)  # a part of them, whatever the endpoint says
     message = response.choices[0].message if response.choices else None
     texts = [getattr(message, name, None) for name in ("reasoning_content", "reasoning")]
     thought = sum(len(text.encode()) for text in texts if isinstance(text, str))
