@@ -383,6 +383,14 @@ if EXTRACTION_LLM_PROMPT_FILE and not Path(EXTRACTION_LLM_PROMPT_FILE).is_file()
 EXTRACTION_LLM_REQUESTS_PER_MINUTE = env_int("EXTRACTION_LLM_REQUESTS_PER_MINUTE", 0)
 EXTRACTION_LLM_MAX_RETRIES = env_int("EXTRACTION_LLM_MAX_RETRIES", 4)
 EXTRACTION_LLM_BACKOFF_SECONDS = env_float("EXTRACTION_LLM_BACKOFF_SECONDS", 1.0)
+# How answers are asked for when a job does not say: "auto" (the answer's JSON schema where the
+# endpoint takes one, else JSON mode, else plain text: learned from its refusals), or one of them.
+EXTRACTION_LLM_RESPONSE_FORMAT = os.environ.get("EXTRACTION_LLM_RESPONSE_FORMAT", "auto")
+if EXTRACTION_LLM_RESPONSE_FORMAT not in ("auto", "json_schema", "json_object", "text"):
+    raise ImproperlyConfigured(
+        "EXTRACTION_LLM_RESPONSE_FORMAT must be auto, json_schema, json_object or text, "
+        f"not {EXTRACTION_LLM_RESPONSE_FORMAT!r}"
+    )
 
 
 # Input limits, all in one place. Whatever arrives from outside (a request, an imported file, an

@@ -137,13 +137,14 @@ NO_PROFILE = "unknown user: no profile"
 class Outcome:
     """One user's extraction, from the extractor to the commit: its input (None when it has no
     profile), its events or the error that stopped it, and the tokens paid for it (LLM extractors;
-    paid is paid, whatever the result)."""
+    paid is paid, whatever the result; reasoning tokens are a part of the completion tokens)."""
 
     user_id: str
     user: UserInput | None
     result: UserResult
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def succeeded(self) -> bool:
@@ -177,8 +178,8 @@ def chunk_extract(
 
 def outcome_of(user_id: str, user: UserInput | None, result: UserResult, control: Control | None) -> Outcome:
     """An outcome with the tokens the control heard paid for this user."""
-    prompt, completion = control.usage.get(user_id, (0, 0)) if control else (0, 0)
-    return Outcome(user_id, user, result, prompt, completion)
+    prompt, completion, reasoning = control.usage.get(user_id, (0, 0, 0)) if control else (0, 0, 0)
+    return Outcome(user_id, user, result, prompt, completion, reasoning)
 
 
 def extraction_results_save(*, outcomes: Sequence[Outcome], extractor: Extractor) -> None:

@@ -21,7 +21,7 @@ from extraction.extractors import make_extractor
 
 from .forms import JobStartForm
 from .models import Job, JobItem
-from .selectors import job_estimate, job_outcome_mix, job_throughput_series
+from .selectors import job_estimate, job_outcome_mix, job_service, job_throughput_series
 from .services import JobConflict, JobError, JobInvalid, job_cancel, job_resume, job_retry_failed, job_start
 
 STATUS_COLORS = {
@@ -105,6 +105,7 @@ class JobAdmin(GuardedAdmin):
                     "event_count",
                     "prompt_tokens",
                     "completion_tokens",
+                    "reasoning_tokens",
                     "chunk_size",
                     "max_attempts",
                 ]
@@ -277,6 +278,7 @@ class JobAdmin(GuardedAdmin):
             "tokens_spent": job.prompt_tokens + job.completion_tokens,
             "items_url": reverse("admin:jobs_jobitem_changelist") + f"?job={job.id}",
             "progress_url": reverse("job-progress", args=[job.id]),
+            "llm": job_service(job),
             "status_name": job.get_status_display(),
             "percent": job.percent,
             "throughput_chart": throughput_svg(series),

@@ -117,6 +117,11 @@ class Job(models.Model):
     completion_tokens = models.PositiveBigIntegerField(
         default=0, verbose_name=gettext_lazy("completion tokens")
     )
+    # Of the completion tokens, those the model spent reasoning (where the endpoint reports them,
+    # or its reasoning text shows them).
+    reasoning_tokens = models.PositiveBigIntegerField(
+        default=0, verbose_name=gettext_lazy("reasoning tokens")
+    )
     # Fail-fast: how many item attempts in a row failed with the same kind of error (messages
     # differ by the user or behaviour ids they name), and the last such message.
     error_streak = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("error streak"))

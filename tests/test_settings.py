@@ -73,6 +73,10 @@ def test_it_starts_with_development_defaults_in_debug():
         ({"DEBUG": "1", "IMPORT_MAX_LINE_CHARS": "10"}, "IMPORT_MAX_LINE_CHARS must be at least 1024"),
         ({"DEBUG": "1", "IMPORT_LATEST_YEAR": "99999"}, "IMPORT_LATEST_YEAR must be at most 9000"),
         ({"DEBUG": "1", "API_STREAMS_PER_USER": "0"}, "API_STREAMS_PER_USER must be at least 1"),
+        (
+            {"DEBUG": "1", "EXTRACTION_LLM_RESPONSE_FORMAT": "yaml"},
+            "EXTRACTION_LLM_RESPONSE_FORMAT must be auto, json_schema, json_object or text, not 'yaml'",
+        ),
     ],
 )
 def test_it_refuses_bad_configuration_by_name(env, message):

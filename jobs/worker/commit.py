@@ -131,7 +131,7 @@ def uncommitted_usage_keep(
     the `lost` items (default: all the claim's) to the items and the job, so the job's cost stays
     true. Its own short transaction, items before the job row, like every commit."""
     spent = {
-        item.id: (o.prompt_tokens, o.completion_tokens)
+        item.id: o
         for item, o in zip(claim.items, outcomes, strict=True)
         if (lost is None or item.id in lost) and (o.prompt_tokens or o.completion_tokens)
     }
@@ -139,12 +139,14 @@ def uncommitted_usage_keep(
         return
     with transaction.atomic():
         JobItem.objects.filter(id__in=list(spent)).update(
-            prompt_tokens=F("prompt_tokens") + _per_item({i: p for i, (p, _) in spent.items()}),
-            completion_tokens=F("completion_tokens") + _per_item({i: c for i, (_, c) in spent.items()}),
+            prompt_tokens=F("prompt_tokens") + _per_item({i: o.prompt_tokens for i, o in spent.items()}),
+            completion_tokens=F("completion_tokens")
+            + _per_item({i: o.completion_tokens for i, o in spent.items()}),
         )
         Job.objects.filter(id=job.id).update(
-            prompt_tokens=F("prompt_tokens") + sum(p for p, _ in spent.values()),
-            completion_tokens=F("completion_tokens") + sum(c for _, c in spent.values()),
+            prompt_tokens=F("prompt_tokens") + sum(o.prompt_tokens for o in spent.values()),
+            completion_tokens=F("completion_tokens") + sum(o.completion_tokens for o in spent.values()),
+            reasoning_tokens=F("reasoning_tokens") + sum(o.reasoning_tokens for o in spent.values()),
         )
 
 
@@ -169,6 +171,7 @@ def _job_counters_move(job: Job, mine: list[tuple[Move, Outcome]], seconds: floa
         "event_count": sum(o.events for o in succeeded),
         "prompt_tokens": sum(o.prompt_tokens for _, o in mine),
         "completion_tokens": sum(o.completion_tokens for _, o in mine),
+        "reasoning_tokens": sum(o.reasoning_tokens for _, o in mine),
     }
     sets = [f"{name} = {name} + %s" for name in moves] + ["virtual_time = virtual_time + %s / priority"]
     params: list[Any] = [*moves.values(), seconds]

@@ -291,7 +291,7 @@ class Runner:
         of the sample users (made by rules()) again."""
         from extraction import services
         from extraction.extractors.rules import RulesExtractor
-        from jobs import engine
+        from jobs.worker import chunk, commit
 
         spent = defaultdict(float)
 
@@ -306,11 +306,11 @@ class Runner:
             return wrapper
 
         patches = [
-            (engine, "chunk_claim", "claim"),
+            (chunk, "chunk_claim", "claim"),
             (services, "user_inputs_load", "load"),
             (RulesExtractor, "extract", "extract"),
-            (engine, "extraction_results_write", "write events"),
-            (engine, "_commit_with_retries", "commit"),
+            (commit, "extraction_results_write", "write events"),
+            (chunk, "commit_with_retries", "commit"),
         ]
         originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
         for owner, name, phase in patches:

@@ -115,7 +115,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"estimate for {totals['users']} users with extractor {name}: {totals['calls']} calls, "
             f"about {totals['prompt_tokens']:,} prompt and {totals['completion_tokens']:,} completion tokens "
-            f"(before cache hits; tokens counted as 1 per 3 bytes of text)"
+            f"({totals['reasoning_tokens']:,} of them reasoning, in the share this endpoint and model "
+            f"reasoned so far; before cache hits; tokens counted as 1 per 3 bytes of text)"
         )
 
     def _run_here(self, job: Job) -> dict:

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0010_item_interruptions'),
+        ('jobs', '0011_job_reasoning_tokens'),
     ]
 
     operations = [
