@@ -53,6 +53,7 @@ from extraction.services import Outcome, chunk_extract, extraction_failures_reco
 from ops import metrics
 
 from .models import Drain, Job, JobItem
+from .webhook_events import JOB_CANCELLED, JOB_COMPLETED, JOB_FAILED, job_event_record
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +91,14 @@ def job_finish_if_done(job_id: int) -> str | None:
     now = timezone.now()
     active = JobItem.objects.filter(job_id=OuterRef("pk"), status__in=JobItem.ACTIVE)
     running = JobItem.objects.filter(job_id=OuterRef("pk"), status=JobItem.Status.RUNNING)
-    if (
-        Job.objects.filter(id=job_id, status=Job.Status.RUNNING)
-        .filter(~Exists(active))
-        .update(status=Job.Status.COMPLETED, finished_at=now)
-    ):
-        return Job.Status.COMPLETED
+    with transaction.atomic():
+        if (
+            Job.objects.filter(id=job_id, status=Job.Status.RUNNING)
+            .filter(~Exists(active))
+            .update(status=Job.Status.COMPLETED, finished_at=now)
+        ):
+            job_event_record(job_id, JOB_COMPLETED)
+            return Job.Status.COMPLETED
     with transaction.atomic():
         if (
             Job.objects.filter(id=job_id, status=Job.Status.CANCELLING)
@@ -103,6 +106,7 @@ def job_finish_if_done(job_id: int) -> str | None:
             .update(status=Job.Status.CANCELLED, finished_at=now)
         ):
             job_pending_cancel(job_id)
+            job_event_record(job_id, JOB_CANCELLED)
             return Job.Status.CANCELLED
     return None
 
@@ -134,6 +138,8 @@ def job_fail(job_id: int, message: str, *, release_token=None) -> bool:
                 claim_token=release_token, status=JobItem.Status.RUNNING
             ).update(status=JobItem.Status.CANCELLED, finished_at=now, lease_expires_at=None)
             Job.objects.filter(id=job_id).update(cancelled_items=F("cancelled_items") + released)
+        if applied:
+            job_event_record(job_id, JOB_FAILED)
     return bool(applied)
 
 

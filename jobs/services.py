@@ -25,6 +25,7 @@ from extraction.selectors import users_needing_extraction
 
 from .engine import job_finish_if_done, job_pending_cancel, job_ring
 from .models import Job, JobItem
+from .webhook_events import JOB_COMPLETED, job_event_record
 
 NAMED_AT_MOST = 20
 ANALYZE_AFTER_ITEMS = 50_000
@@ -87,12 +88,18 @@ def job_start(
     max_attempts: int | None = None,
     parent: Job | None = None,
     enqueue: bool = True,
+    everyone: bool = False,
+    priority: int = Job.Priority.NORMAL,
+    max_workers: int | None = None,
+    schedule=None,
 ) -> Job:
-    """Create a job over these users (None: every user needing extraction and not in an active job).
+    """Create a job over these users (None: every user needing extraction and not in an active job;
+    with `everyone`, every user not in an active job).
 
     Explicit ids that are unknown or already in an active job are refused by name. Items are
     created in one INSERT … SELECT (a million in seconds); drain tasks are enqueued after commit.
-    A job with nobody to process completes at once.
+    A job with nobody to process completes at once. `priority` (a Job.Priority weight) and
+    `max_workers` say how it shares the workers; `schedule` is the schedule that started it.
     """
     errors: dict[str, str] = {}
     default_chunk_size = settings.JOBS_CHUNK_SIZE
@@ -112,6 +119,12 @@ def job_start(
     ):
         if not isinstance(value, int) or not 1 <= value <= limit:
             errors[name] = _("must be an integer from 1 to %(limit)s") % {"limit": limit}
+    if priority not in Job.Priority.values:
+        errors["priority"] = _("must be one of %(values)s") % {
+            "values": ", ".join(map(str, Job.Priority.values))
+        }
+    if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+        errors["max_workers"] = _("must be a whole number of at least 1, or empty for no cap")
     ids = None if user_ids is None else _clean_user_ids(user_ids, errors)
     if errors:
         raise JobInvalid(errors)
@@ -119,7 +132,7 @@ def job_start(
     if parent is not None:
         selection = {"mode": "retry_failed", "parent": parent.id}
     elif ids is None:
-        selection = {"mode": "needing_extraction"}
+        selection = {"mode": "all" if everyone else "needing_extraction"}
     else:
         selection = {"mode": "users", "count": len(ids)}
     try:
@@ -132,8 +145,11 @@ def job_start(
                 chunk_size=chunk_size,
                 max_attempts=max_attempts,
                 parent=parent,
+                priority=priority,
+                max_workers=max_workers,
+                schedule=schedule,
             )
-            total = _items_create_for_needing(job) if ids is None else _items_create_for(job, ids)
+            total = _items_create_for_needing(job, everyone) if ids is None else _items_create_for(job, ids)
             _job_opened(job, total, enqueue=enqueue)
     except IntegrityError:
         # Another start took some of these users between our check and our insert.
@@ -205,9 +221,10 @@ def _clean_user_ids(user_ids: Iterable[Any], errors: dict[str, str]) -> list[str
     return ids
 
 
-def _items_create_for_needing(job: Job) -> int:
+def _items_create_for_needing(job: Job, everyone: bool = False) -> int:
     already_active = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
-    chosen = users_needing_extraction().filter(~Exists(already_active)).values("user_id")
+    users = UserProfile.objects.all() if everyone else users_needing_extraction()
+    chosen = users.filter(~Exists(already_active)).values("user_id")
     sql, params = chosen.query.sql_with_params()
     with connection.cursor() as cursor:
         try:
@@ -267,6 +284,7 @@ def _job_opened(job: Job, total: int, *, enqueue: bool) -> None:
             job_ring(job.id, tasks=min(settings.JOBS_DRAIN_TASKS, math.ceil(total / job.chunk_size)))
     else:
         Job.objects.filter(id=job.id).update(status=Job.Status.COMPLETED, started_at=now, finished_at=now)
+        job_event_record(job.id, JOB_COMPLETED)
     job.refresh_from_db()
 
 

@@ -2,18 +2,19 @@ from django.core.management.base import BaseCommand
 
 from extraction.imports import imports_heal
 from jobs.engine import jobs_heal
+from webhooks.delivery import deliveries_heal
 
 
 class Command(BaseCommand):
     help = (
         "Heal every job now: ring drain tasks for queued or running jobs with work and fewer live drains "
         "than JOBS_DRAIN_TASKS, finish jobs with nothing left, cancel items that stopped jobs still hold; "
-        "ring imports nobody is working on. "
+        "ring imports and due webhook deliveries nobody is working on. "
         "Safe to run at any time; every running `qcluster` does it when it starts and every few seconds."
     )
 
     def handle(self, *args, **options):
-        done = [*jobs_heal(force=True), *imports_heal()]
+        done = [*jobs_heal(force=True), *imports_heal(), *deliveries_heal()]
         for line in done:
             self.stdout.write(line)
         if not done:
