@@ -190,8 +190,8 @@ def _claim(import_id: int, token: uuid.UUID) -> DataImport | None:
             claim_token=None,
             lease_expires_at=None,
             finished_at=timezone.now(),
-            error=f"its worker stopped {settings.IMPORTS_MAX_TAKEOVERS + 1} times while importing it (killed, "
-            f"out of memory?); the lines before the last checkpoint are imported",
+            error=f"its worker stopped {settings.IMPORTS_MAX_TAKEOVERS + 1} times while importing it "
+            f"(killed, out of memory?); the lines before the last checkpoint are imported",
         )
         if failed:
             import_event_record(import_id, IMPORT_FAILED)

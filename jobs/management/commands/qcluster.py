@@ -1,4 +1,5 @@
-"""`manage.py qcluster`: django-q2's cluster, whose main process also heals jobs (and imports).
+"""`manage.py qcluster`: django-q2's cluster, whose main process also heals jobs (and imports, and
+webhook deliveries) and starts the jobs of due schedules.
 
 The main process of a django-q2 cluster only waits for its sentinel; here it heals every job when
 the cluster starts (so the pending users of a job whose only cluster died flow again at once) and
@@ -19,7 +20,9 @@ from django_q.management.commands.qcluster import Command as ClusterCommand
 from eventproject.db import connection_reset
 from extraction.imports import imports_heal
 from jobs.engine import jobs_heal
+from jobs.schedules import schedules_run_due
 from jobs.services import jobs_prune
+from webhooks.delivery import deliveries_heal
 
 logger = logging.getLogger("jobs.heal")
 
@@ -45,13 +48,14 @@ class Command(ClusterCommand):
 
 
 def heal_while(alive) -> None:
-    """Heal at once, then every JOBS_HEAL_SECONDS, until `alive()` says the cluster has stopped;
-    prune old jobs' items between heals when JOBS_PRUNE_DAYS is set."""
+    """Heal at once, then every JOBS_HEAL_SECONDS, until `alive()` says the cluster has stopped:
+    jobs, imports, due schedules (each due time starts one job, whichever cluster claims it) and
+    webhook deliveries; prune old jobs' items between heals when JOBS_PRUNE_DAYS is set."""
     force = True  # a cluster that starts rings every job short of drains, whenever it was last rung
     next_prune = time.monotonic()
     while alive():
         try:
-            for line in [*jobs_heal(force=force), *imports_heal()]:
+            for line in [*jobs_heal(force=force), *imports_heal(), *schedules_run_due(), *deliveries_heal()]:
                 logger.info("heal: %s", line)
             force = False
             if settings.JOBS_PRUNE_DAYS and time.monotonic() >= next_prune:
