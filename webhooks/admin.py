@@ -6,7 +6,6 @@ import json
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db import models
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -22,13 +21,13 @@ from .models import Attempt, Delivery, Endpoint
 from .services import delivery_redeliver, endpoint_create, endpoint_secret_renew
 
 
-def _formfield(field, **kwargs):
-    if isinstance(field, models.URLField):
-        kwargs["assume_scheme"] = "https"  # what Django 6 does; a receiver's URL names its scheme anyway
-    return field.formfield(**kwargs)
-
-
 class EndpointForm(forms.ModelForm):
+    url = forms.URLField(
+        max_length=1000,
+        assume_scheme="https",  # Django 6's default; a receiver's URL names its scheme anyway
+        label=Endpoint._meta.get_field("url").verbose_name,
+        help_text=Endpoint._meta.get_field("url").help_text,
+    )
     events = forms.MultipleChoiceField(
         choices=(), widget=forms.CheckboxSelectMultiple, label=gettext_lazy("events")
     )
@@ -36,7 +35,6 @@ class EndpointForm(forms.ModelForm):
     class Meta:
         model = Endpoint
         fields = ["name", "url", "events", "active"]
-        formfield_callback = _formfield
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -134,6 +132,9 @@ class AttemptInline(admin.TabularInline):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("webhooks.view_delivery")  # attempts are part of their delivery
 
 
 @admin.register(Delivery)
