@@ -98,3 +98,14 @@ def test_the_schedule_command_adds_lists_changes_and_deletes(run, make_users):
         run("schedule", "pause", "ghost")
     run("schedule", "delete", "nightly")
     assert not Schedule.objects.exists() and Job.objects.get().schedule is None
+
+
+def test_the_schedule_screens_speak_chinese_to_a_chinese_browser(client, personas):
+    schedule_create(name="nightly", cron="0 3 * * *")
+    client.force_login(personas["operator"])
+    zh = {"HTTP_ACCEPT_LANGUAGE": "zh-CN,zh;q=0.9"}
+    listing = client.get("/admin/jobs/schedule/", **zh).content.decode()
+    for words in ("暂停所选计划", "恢复所选计划", "下次运行时间", "需要抽取的用户"):
+        assert words in listing, words
+    page = client.get("/admin/jobs/schedule/add/", **zh).content.decode()
+    assert "Cron 表达式" in page and "按 Asia/Shanghai 时间" in page

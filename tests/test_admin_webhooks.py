@@ -111,3 +111,12 @@ def test_a_deliverys_page_lists_its_attempts_and_it_can_be_sent_again(
     assert f"Delivery {delivery.id} will be sent again." in response.content.decode()
     delivery.refresh_from_db()
     assert delivery.status == "pending"
+
+
+def test_the_webhook_screens_speak_chinese_to_a_chinese_browser(client, personas):
+    client.force_login(personas["integrator"])
+    zh = {"HTTP_ACCEPT_LANGUAGE": "zh-CN,zh;q=0.9"}
+    page = client.get("/admin/webhooks/endpoint/add/", **zh).content.decode()
+    for words in ("Webhook 端点", "任务完成（附计数）", "导入失败（附错误）"):
+        assert words in page, words
+    assert "Webhook 投递" in client.get("/admin/webhooks/delivery/", **zh).content.decode()
