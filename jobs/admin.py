@@ -16,6 +16,7 @@ from django.urls import path, re_path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
+from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
@@ -426,7 +427,7 @@ class ScheduleForm(forms.ModelForm):
         help_text=gettext_lazy("For a list of users: separated by new lines, spaces or commas."),
     )
     options = forms.JSONField(
-        label=gettext_lazy("options"),
+        label=capfirst(Schedule._meta.get_field("options").verbose_name),
         required=False,
         initial=dict,
         widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
@@ -452,7 +453,7 @@ class ScheduleForm(forms.ModelForm):
         if "cron" not in self.fields:  # shown read-only, to those who may only look
             return
         self.fields["extractor"] = forms.ChoiceField(
-            label=gettext_lazy("extractor"),
+            label=capfirst(Schedule._meta.get_field("extractor").verbose_name),
             choices=[(name, name) for name in extractor_names()],
             initial="rules",
         )
@@ -489,6 +490,9 @@ class ScheduleAdmin(GuardedAdmin):
     search_fields = ["name"]
     actions = ["pause_selected", "resume_selected"]
     readonly_fields = ["next_run_at", "time_zone", "created_by", "created_at", "run_list"]
+
+    class Media:
+        css = {"all": ["jobs/admin.css"]}
 
     def get_fields(self, request, obj=None):
         fields = list(ScheduleForm.Meta.fields)

@@ -167,7 +167,10 @@ def schedule_run_if_due(schedule_id: int, now: datetime) -> ScheduleRun | None:
     """Claim the schedule's due time and start its job, or skip while its previous job is active,
     or record why the start was refused; None when it was not due (or another cluster took it)."""
     with transaction.atomic():
-        schedule = Schedule.objects.filter(id=schedule_id, active=True, next_run_at__lte=now).first()
+        # A schedule another cluster is starting (its row locked, maybe for a long job start) is
+        # passed over at once instead of holding up this cluster's healing.
+        due = Schedule.objects.select_for_update(skip_locked=True, no_key=True)
+        schedule = due.filter(id=schedule_id, active=True, next_run_at__lte=now).first()
         if schedule is None:
             return None
         due_at = schedule.next_run_at

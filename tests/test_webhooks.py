@@ -336,3 +336,23 @@ def test_the_signing_secret_is_shown_once_and_reaches_no_row_and_no_log(
     for text in [*rows, caplog.text, str(queries.captured_queries)]:
         assert secret not in text and renewed not in text
         assert secret.removeprefix("whsec_") not in text
+
+
+def test_an_endpoint_deleted_while_its_delivery_is_sent_takes_the_delivery_with_it(
+    make_users, receiver, endpoint, monkeypatch
+):
+    made = endpoint("job.completed")[0]
+    finished_job(make_users(1))
+    delivery = only_delivery()
+    from webhooks import delivery as sender
+
+    real_post = sender.post
+
+    def post_then_delete(*args, **kwargs):
+        answer = real_post(*args, **kwargs)
+        Endpoint.objects.filter(id=made.id).delete()  # someone deletes it in the admin meanwhile
+        return answer
+
+    monkeypatch.setattr(sender, "post", post_then_delete)
+    assert delivery_attempt(delivery.id) is None
+    assert not Delivery.objects.exists() and not Attempt.objects.exists() and len(receiver.received) == 1

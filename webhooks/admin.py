@@ -10,6 +10,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllow
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
@@ -25,11 +26,14 @@ class EndpointForm(forms.ModelForm):
     url = forms.URLField(
         max_length=1000,
         assume_scheme="https",  # Django 6's default; a receiver's URL names its scheme anyway
-        label=Endpoint._meta.get_field("url").verbose_name,
+        widget=forms.URLInput(attrs={"class": "vURLField"}),
+        label=capfirst(Endpoint._meta.get_field("url").verbose_name),
         help_text=Endpoint._meta.get_field("url").help_text,
     )
     events = forms.MultipleChoiceField(
-        choices=(), widget=forms.CheckboxSelectMultiple, label=gettext_lazy("events")
+        choices=(),
+        widget=forms.CheckboxSelectMultiple,
+        label=capfirst(Endpoint._meta.get_field("events").verbose_name),
     )
 
     class Meta:

@@ -101,6 +101,9 @@ def delivery_attempt(delivery_id: int) -> Attempt | None:
     )
     result = {**ended, "last_status_code": answer.status_code, "last_error": answer.error[:1000]}
     with transaction.atomic():
+        # Locked: an endpoint deleted meanwhile took its deliveries with it; nothing to record then.
+        if not Delivery.objects.select_for_update().filter(id=delivery_id).exists():
+            return None
         attempt = Attempt.objects.create(
             delivery_id=delivery_id,
             number=delivery.attempt_count,
