@@ -9,7 +9,6 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, re_path, reverse
@@ -34,7 +33,7 @@ from .schedules import (
     schedule_resume,
     schedule_update,
 )
-from .selectors import job_estimate, job_outcome_mix, job_throughput_series
+from .selectors import job_estimate, job_outcome_mix, job_throughput_series, schedules_list
 from .services import JobConflict, JobError, JobInvalid, job_cancel, job_resume, job_retry_failed, job_start
 
 STATUS_COLORS = {
@@ -499,15 +498,7 @@ class ScheduleAdmin(GuardedAdmin):
         return [*fields, *self.readonly_fields] if obj else fields
 
     def get_queryset(self, request):
-        return (
-            super()
-            .get_queryset(request)
-            .prefetch_related(
-                Prefetch(
-                    "runs", ScheduleRun.objects.select_related("job").order_by("-id")[:1], to_attr="latest"
-                )
-            )
-        )
+        return schedules_list()
 
     def save_model(self, request, obj, form, change):
         values = {name: form.cleaned_data[name] for name in FIELDS}

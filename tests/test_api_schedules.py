@@ -99,3 +99,19 @@ def test_only_those_allowed_see_or_change_schedules(api):
     assert viewer.patch(url, {"active": False}, format="json").status_code == 403
     assert viewer.delete(url).status_code == 403
     assert api("operator").get("/api/v1/schedules/999/").status_code == 404
+
+
+def test_the_schedule_list_costs_the_same_few_queries_however_many_schedules(
+    api, make_users, django_assert_max_num_queries
+):
+    make_users(1)
+    client = api("viewer")
+    client.get("/api/v1/schedules/")  # the token and the permissions, cached for the user from now on
+    for n in range(5):
+        schedule = schedule_create(name=f"s{n}", cron="0 3 * * *", users="all")
+        Schedule.objects.filter(id=schedule.id).update(next_run_at=timezone.now())
+        schedules_run_due()
+        Job.objects.update(status="completed")
+    with django_assert_max_num_queries(8):
+        body = client.get("/api/v1/schedules/").json()
+    assert [schedule["last_run"]["outcome"] for schedule in body["results"]] == ["started"] * 5

@@ -13,6 +13,7 @@ from eventproject.api import ERRORS, Guarded, NumberedPages
 
 from ..models import Job, Schedule, ScheduleRun
 from ..schedules import schedule_create, schedule_delete, schedule_update
+from ..selectors import schedules_list
 from ..services import JobError
 from .views import job_error_response
 
@@ -93,8 +94,10 @@ class ScheduleSummary(serializers.ModelSerializer):
 
     @extend_schema_field(ScheduleRunOutput(allow_null=True))
     def get_last_run(self, schedule: Schedule) -> dict | None:
-        run = schedule.runs.select_related("job").first()
-        return ScheduleRunOutput(run).data if run else None
+        latest = getattr(schedule, "latest", None)  # prefetched by schedules_list()
+        if latest is None:
+            latest = list(schedule.runs.select_related("job")[:1])
+        return ScheduleRunOutput(latest[0]).data if latest else None
 
 
 class ScheduleDetail(ScheduleSummary):
@@ -129,7 +132,7 @@ class SchedulesView(SchedulesBase, generics.ListAPIView):
     pagination_class = NumberedPages
 
     def get_queryset(self):
-        return Schedule.objects.select_related("created_by").order_by("name")
+        return schedules_list()
 
     def post(self, request: Request) -> Response:
         data = ScheduleInput(data=request.data)
@@ -156,7 +159,9 @@ class SchedulesView(SchedulesBase, generics.ListAPIView):
 @extend_schema(tags=["schedules"])
 class ScheduleView(SchedulesBase, generics.RetrieveAPIView):
     serializer_class = ScheduleDetail
-    queryset = Schedule.objects.select_related("created_by")
+
+    def get_queryset(self):
+        return schedules_list()
 
     def patch(self, request: Request, pk: int) -> Response:
         schedule = get_object_or_404(Schedule, pk=pk)
