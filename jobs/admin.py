@@ -479,6 +479,11 @@ class ScheduleForm(forms.ModelForm):
         except JobInvalid as exc:
             for name, message in exc.errors.items():
                 self.add_error(name if name in self.fields else None, message)
+        taken = Schedule.objects.filter(name=self.cleaned_data.get("name")).exclude(pk=self.instance.pk)
+        if "name" not in self.errors and taken.exists():
+            self.add_error(
+                "name", _("a schedule named %(name)r exists") % {"name": self.cleaned_data["name"]}
+            )
 
 
 @admin.register(Schedule)

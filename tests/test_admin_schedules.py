@@ -47,6 +47,9 @@ def test_bad_fields_show_on_the_form(client, personas):
     assert "give the users of the list" in page
     assert "unknown option for extractor" in page
     assert not Schedule.objects.exists()
+    schedule_create(name="nightly", cron="0 3 * * *")
+    page = client.post("/admin/jobs/schedule/add/", FORM).content.decode()
+    assert "a schedule named &#x27;nightly&#x27; exists" in page and Schedule.objects.count() == 1
 
 
 def test_a_schedules_page_lists_its_runs_with_their_jobs_outcomes(client, personas, make_users):
