@@ -274,3 +274,33 @@ def claims_at_once(schedule_id: int, *, callers: int) -> list:
     for thread in threads:
         thread.join()
     return outcomes
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [
+        # 2026-03-29 02:00 CET → 03:00 CEST: 02:30 does not exist that day.
+        (datetime(2026, 3, 28, 12, tzinfo=UTC), ["2026-03-29 03:30", "2026-03-30 02:30", "2026-03-31 02:30"]),
+        # 2026-10-25 03:00 CEST → 02:00 CET: 02:30 happens twice that day.
+        (
+            datetime(2026, 10, 24, 12, tzinfo=UTC),
+            ["2026-10-25 02:30", "2026-10-26 02:30", "2026-10-27 02:30"],
+        ),
+    ],
+)
+def test_across_a_daylight_saving_change_a_daily_schedule_runs_once_a_day(
+    settings, make_users, start, expected
+):
+    """In Europe/Berlin, due schedules checked every ten minutes for three days from noon UTC."""
+    settings.TIME_ZONE = "Europe/Berlin"
+    make_users(1)
+    with time_machine.travel(start, tick=False) as traveller:
+        daily = schedule_create(name="daily", cron="30 2 * * *", users="all")
+        for step in range(1, 3 * 24 * 6):
+            traveller.move_to(start + timedelta(minutes=10 * step))
+            schedules_run_due()
+            Job.objects.update(status="completed")  # each run's job is over before the next
+    assert [
+        f"{run.ran_at.astimezone(BERLIN):%Y-%m-%d %H:%M}" for run in daily.runs.order_by("id")
+    ] == expected
