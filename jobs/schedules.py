@@ -158,6 +158,9 @@ def schedules_run_due(now: datetime | None = None) -> list[str]:
         except DatabaseError as exc:
             logger.warning("could not run schedule %s (%s)", schedule_id, exc)
             continue
+        except Exception:  # a bug must not stop this cluster's healing, nor the other schedules
+            logger.exception("schedule %s could not run", schedule_id)
+            continue
         if run is not None:
             done.append(f"schedule {run.schedule.name!r}: {run.outcome} {run.message}".rstrip())
     return done

@@ -304,3 +304,14 @@ def test_across_a_daylight_saving_change_a_daily_schedule_runs_once_a_day(
     assert [
         f"{run.ran_at.astimezone(BERLIN):%Y-%m-%d %H:%M}" for run in daily.runs.order_by("id")
     ] == expected
+
+
+@pytest.mark.django_db
+def test_a_broken_schedule_does_not_stop_the_others(clock, make_users, caplog):
+    make_users(1)
+    broken = schedule_create(name="a broken", cron="0 * * * *")
+    schedule_create(name="b fine", cron="0 * * * *", users="all")
+    Schedule.objects.filter(id=broken.id).update(cron="not cron")  # written by hand, past the checks
+    clock.move_to(at(SHANGHAI, 2026, 3, 1, 1, 0, 1))
+    assert [line.split(":")[0] for line in schedules_run_due()] == ["schedule 'b fine'"]
+    assert f"schedule {broken.id} could not run" in caplog.text
