@@ -1,5 +1,6 @@
 """Guards that sit in front of every view."""
 
+import logging
 import re
 
 from django.conf import settings
@@ -7,6 +8,11 @@ from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.utils.translation import gettext as _
 from django.views.debug import SafeExceptionReporterFilter
+
+from .outages import is_outage
+
+logger = logging.getLogger(__name__)
+OUTAGE_RETRY_AFTER_SECONDS = 5
 
 
 def request_body_limit(get_response):
@@ -40,3 +46,27 @@ class SecretsHiddenReporterFilter(SafeExceptionReporterFilter):
     """Also hides *_URL settings, which may carry credentials (user:password@, ?api-key=)."""
 
     hidden_settings = re.compile("API|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE|URL", flags=re.I)
+
+
+class OutageAnswer:
+    """A request that meets an outage (the database away, a dropped connection) is answered 503
+    with Retry-After, saying so, instead of a 500: nothing was lost, and the client may try again
+    in a moment. Jobs wait for the database meanwhile; /healthz reports it."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not is_outage(exception):
+            return None
+        logger.warning("%s %s: an outage (%s); answered 503", request.method, request.path, exception)
+        message = _("The database cannot be reached right now; nothing was lost. Try again in a moment.")
+        if request.path.startswith("/api/"):
+            response: HttpResponse = JsonResponse({"detail": message}, status=503)
+        else:
+            response = HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")
+        response["Retry-After"] = str(OUTAGE_RETRY_AFTER_SECONDS)
+        return response

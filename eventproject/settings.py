@@ -132,6 +132,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A view that meets an outage (the database away) answers 503 saying so, not 500.
+    "eventproject.middleware.OutageAnswer",
     # Refuses a too large request body before anything reads it (the CSRF check would).
     "eventproject.middleware.request_body_limit",
     # Last, as django-axes asks: locks out logins after LOGIN_FAILURE_LIMIT failures.
@@ -175,6 +177,12 @@ TEMPLATES = [
 ]
 
 
+# A connection to the database or the broker notices a peer that went silent (a network partition
+# drops packets without a reset; a machine froze) within about this many seconds, instead of the
+# kernel's many minutes: a worker cut off mid-chunk then stops, and its lease is taken over. Also the
+# longest a new connection waits for an answer.
+DEAD_PEER_SECONDS = env_int("DEAD_PEER_SECONDS", 10, minimum=2, maximum=600)
+
 # Database: DATABASE_URL, or an SQLite file in the project folder.
 # SQLite is tuned for several processes (web, cluster workers) writing at once:
 # WAL lets readers run beside a writer, IMMEDIATE transactions take the write
@@ -201,8 +209,17 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A process frozen (SIGSTOP, a VM stall) inside a transaction would hold its row locks, the job's
     # among them, and stall every worker: the server ends such a session after this many seconds.
     idle_seconds = env_int("DATABASE_IDLE_TRANSACTION_SECONDS", 10, minimum=1)
-    DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
-        f"-c idle_in_transaction_session_timeout={idle_seconds}s"
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        options=f"-c idle_in_transaction_session_timeout={idle_seconds}s",
+        # libpq's TCP settings: unacknowledged data (a query sent into a partition) gives up after
+        # tcp_user_timeout; a connection waiting for an answer probes its peer once idle for a third
+        # of DEAD_PEER_SECONDS and gives up after a few unanswered probes.
+        connect_timeout=DEAD_PEER_SECONDS,
+        keepalives=1,
+        keepalives_idle=max(DEAD_PEER_SECONDS // 3, 1),
+        keepalives_interval=max(DEAD_PEER_SECONDS // 6, 1),
+        keepalives_count=3,
+        tcp_user_timeout=DEAD_PEER_SECONDS * 1000,
     )
 else:
     raise ImproperlyConfigured("DATABASE_URL must point to PostgreSQL or SQLite")
@@ -475,6 +492,25 @@ WEBHOOKS_RETRY_BACKOFF_MAX_SECONDS = env_float(
 WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = env_bool("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", False)
 
 REDIS_URL = os.environ.get("REDIS_URL") or None
+
+
+def redis_url_with_timeouts(url: str) -> str:
+    """REDIS_URL for the task broker, with socket timeouts and keepalives (unless the URL sets its
+    own): a worker blocked on a silent Redis gives up within DEAD_PEER_SECONDS. (The broker's
+    blocking reads wait 1 s at a time, well below them.)"""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = {
+        "socket_timeout": str(DEAD_PEER_SECONDS),
+        "socket_connect_timeout": str(DEAD_PEER_SECONDS),
+        "socket_keepalive": "true",
+        "health_check_interval": str(DEAD_PEER_SECONDS),
+        **dict(parse_qsl(parts.query)),
+    }
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
 Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)
 Q_CLUSTER = {
     "name": os.environ.get("Q_CLUSTER_NAME", "eventproject"),
@@ -493,7 +529,7 @@ Q_CLUSTER = {
     "cache": "cluster_stats",  # heartbeats, with the ORM broker (the Redis broker keeps them in Redis)
 }
 if REDIS_URL:
-    Q_CLUSTER["redis"] = REDIS_URL
+    Q_CLUSTER["redis"] = redis_url_with_timeouts(REDIS_URL)
 else:
     Q_CLUSTER["orm"] = "default"
 

@@ -12,15 +12,17 @@ profiles are upserted, so even a batch written twice would add nothing.
 import logging
 import time
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from eventproject.db import DatabaseNow, tables_analyze
+from eventproject.leases import LeaseKeeper
 
 from .importers import (
     Checkpoints,
@@ -123,9 +125,12 @@ def import_run(import_id: int) -> None:
         return
     deadline = time.monotonic() + settings.IMPORTS_BUDGET_SECONDS
     errors_written = len(data_import.errors)
+    keeper = _lease_keeper(data_import.id, token)
 
     def checkpoint(summary: ImportSummary, line: int, position: int) -> bool:
         nonlocal errors_written
+        if keeper and keeper.lost.is_set():
+            raise LeaseLost
         fields = {
             "line": line,
             "bytes_read": position,
@@ -153,7 +158,8 @@ def import_run(import_id: int) -> None:
             max_errors_kept=settings.IMPORTS_MAX_ERRORS_KEPT,
         )
         resume = Checkpoints(checkpoint, summary=_summary_of(data_import), after_line=data_import.line)
-        summary = import_file(data_import.kind, path, options, checkpoints=resume)
+        with keeper or nullcontext():
+            summary = import_file(data_import.kind, path, options, checkpoints=resume)
     except ImportPaused:
         _requeue(data_import.id, token)
         return
@@ -166,6 +172,20 @@ def import_run(import_id: int) -> None:
     if summary.imported or summary.updated:
         tables_analyze(Behavior, UserProfile)
     _finish(data_import, token)
+
+
+def _lease_keeper(import_id: int, token: uuid.UUID) -> LeaseKeeper | None:
+    """The import's lease, renewed by time (three times a lease) while its worker lives, not only at
+    checkpoints: one slow line (megabytes to skip, a slow disk) must not make a healthy worker look
+    dead. None inside a caller's transaction (tests), where no other thread could see the row."""
+    if connection.in_atomic_block:
+        return None
+
+    def renew() -> bool:
+        lease = DatabaseNow(settings.IMPORTS_LEASE_SECONDS)
+        return bool(_mine(import_id, token).update(lease_expires_at=lease))
+
+    return LeaseKeeper(f"import {import_id}", renew, settings.IMPORTS_LEASE_SECONDS / 3)
 
 
 def _mine(import_id: int, token: uuid.UUID):

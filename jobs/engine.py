@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -41,6 +41,8 @@ from eventproject.db import (
     now_sql,
     rows_sql,
 )
+from eventproject.leases import LeaseKeeper
+from eventproject.outages import is_outage
 from extraction.extractors import (
     Control,
     ExtractionError,
@@ -57,23 +59,50 @@ from .webhook_events import JOB_CANCELLED, JOB_COMPLETED, JOB_FAILED, job_event_
 
 logger = logging.getLogger(__name__)
 
-LEASE_LOST = "the worker processing this user stopped or lost its lease"
 COMMIT_TRIES = 5  # a commit is retried on a fresh connection: the fence makes it idempotent
+OUTAGE_BACKOFF_SECONDS = (0.5, 5.0)  # a lane waits this long after an outage, doubling up to the second
+
+
+class ClaimedItem(NamedTuple):
+    id: int
+    user_id: str
+    attempts: int  # including this one
+    interruptions: int  # times a claim of it was cut short before (see JobItem.interruptions)
 
 
 @dataclass(frozen=True)
 class Claim:
     job_id: int
     token: uuid.UUID
-    items: list[tuple[int, str, int]]  # (item id, user id, attempts including this one), by id
+    items: list[ClaimedItem]  # by id
 
     @property
     def user_ids(self) -> list[str]:
-        return [user_id for _, user_id, _ in self.items]
+        return [item.user_id for item in self.items]
 
     @property
     def last_id(self) -> int:
-        return self.items[-1][0]
+        return self.items[-1].id
+
+
+def interruption_limit(job: Job) -> int:
+    """Interruptions after which a user fails: enough for claims halving from the chunk size down
+    to this user alone (see interrupted_claim_size), then max_attempts more with it alone."""
+    return job.max_attempts + job.chunk_size.bit_length() - 1
+
+
+def interrupted_claim_size(job: Job, interruptions: int) -> int:
+    """Items interrupted `interruptions` times are claimed again at most this many at a time:
+    half the chunk after each interruption, so that a user who stops every worker taking it is
+    soon alone in its claim, and the others are no longer cut short with it."""
+    return max(1, job.chunk_size >> min(interruptions, 30))
+
+
+def interrupted_failure(interruptions: int, job: Job) -> str:
+    return (
+        f"processing this user was cut short {interruptions} times, the last {job.max_attempts} with this "
+        f"user alone (its worker died, froze past its lease or lost the database each time)"
+    )
 
 
 # Job transitions a worker makes ---------------------------------------------------------------------
@@ -187,12 +216,14 @@ def job_has_claimable_items(job_id: int) -> bool:
 
 
 # Claims ------------------------------------------------------------------------------------------------
-def _stamp_sql(chosen: str) -> str:
-    """Stamp a new claim on the items `chosen` (a subquery of ids) and return them."""
+def _stamp_sql(chosen: str, *, reclaim: bool = False) -> str:
+    """Stamp a new claim on the items `chosen` (a subquery of ids) and return them. A pending item
+    starts an attempt; an item reclaimed after an interruption resumes the attempt it was on."""
+    count = "interruptions = interruptions + 1" if reclaim else "attempts = attempts + 1"
     return (
         f"UPDATE {JobItem._meta.db_table} SET status = 'running', claim_token = %(token)s, "
-        f"lease_expires_at = {now_sql('%(lease)s')}, attempts = attempts + 1, started_at = {now_sql()}, "
-        f"retry_at = NULL WHERE id IN ({chosen}) RETURNING id, user_id, attempts"
+        f"lease_expires_at = {now_sql('%(lease)s')}, {count}, started_at = {now_sql()}, "
+        f"retry_at = NULL WHERE id IN ({chosen}) RETURNING id, user_id, attempts, interruptions"
     )
 
 
@@ -217,17 +248,17 @@ def _pending_sql() -> str:
 
 def chunk_claim(job: Job, *, after: int = 0, size: int | None = None, expired: bool = True) -> Claim | None:
     """Claim up to `size` (the job's chunk size) claimable items of a running job: with `expired`,
-    items whose lease ran out first (see expired_reclaim), then pending ones with an id above
-    `after` (where this worker's previous claim ended), in one statement."""
+    interrupted items first (see _expired_reclaim), a claim of their own; else pending ones with an
+    id above `after` (where this worker's previous claim ended), in one statement."""
     size = size or job.chunk_size
     token = uuid.uuid4()
     rows = _expired_reclaim(job, token, size) if expired else []
-    if len(rows) < size:
-        params = {**_claim_params(job, token), "limit": size - len(rows), "after": after}
+    if not rows:
+        params = {**_claim_params(job, token), "limit": size, "after": after}
         with connection.cursor() as cursor:
             cursor.execute(_stamp_sql(_pending_sql()), params)
-            rows += cursor.fetchall()
-    return Claim(job.id, token, sorted(rows)) if rows else None
+            rows = cursor.fetchall()
+    return Claim(job.id, token, sorted(ClaimedItem(*row) for row in rows)) if rows else None
 
 
 def _claim_params(job: Job, token: uuid.UUID) -> dict[str, Any]:
@@ -238,12 +269,14 @@ def _claim_params(job: Job, token: uuid.UUID) -> dict[str, Any]:
     }
 
 
-def _expired_reclaim(job: Job, token: uuid.UUID, size: int) -> list[tuple[int, str, int]]:
-    """Claim items of a running job whose lease ran out (their worker died or froze); those on
-    their last allowed attempt fail instead. Workers look for these every few seconds, not at
-    every claim: a dead worker's chunk waits out its lease anyway."""
+def _expired_reclaim(job: Job, token: uuid.UUID, size: int) -> list[tuple[int, str, int, int]]:
+    """Claim items of a running job that were interrupted: their lease ran out (their worker died
+    or froze) or their chunk was cut short by an outage. The attempt they were on goes on (it was
+    not the user's doing); the claim is smaller the more often they were interrupted (see
+    interrupted_claim_size), and those interrupted too often fail instead. Workers look for these
+    every few seconds, not at every claim: a dead worker's chunk waits out its lease anyway."""
     with transaction.atomic():
-        expired = dict(
+        expired = list(
             JobItem.objects.select_for_update(skip_locked=True, of=("self",))  # not the job's row
             .filter(
                 job_id=job.id,
@@ -251,31 +284,41 @@ def _expired_reclaim(job: Job, token: uuid.UUID, size: int) -> list[tuple[int, s
                 status=JobItem.Status.RUNNING,
                 lease_expires_at__lt=DatabaseNow(),
             )
-            .values_list("id", "attempts")[:size]
+            .order_by("id")
+            .values_list("id", "interruptions")[:size]
         )
         if not expired:
             return []
-        exhausted = [item_id for item_id, attempts in expired.items() if attempts >= job.max_attempts]
-        if exhausted:
-            _fail_exhausted_leases(job, exhausted)
+        limit = interruption_limit(job)
+        if exhausted := [item_id for item_id, count in expired if count + 1 >= limit]:
+            _fail_interrupted(job, exhausted, limit)
         rows = []
-        if reclaim := [item_id for item_id in expired if item_id not in exhausted]:
+        if again := [(item_id, count) for item_id, count in expired if count + 1 < limit]:
+            reclaim = again[: interrupted_claim_size(job, max(count + 1 for _, count in again))]
             with connection.cursor() as cursor:
-                cursor.execute(_stamp_sql(", ".join(map(str, reclaim))), _claim_params(job, token))
+                cursor.execute(
+                    _stamp_sql(", ".join(str(item_id) for item_id, _ in reclaim), reclaim=True),
+                    _claim_params(job, token),
+                )
                 rows = cursor.fetchall()
         metrics.count(metrics.LEASE_EXPIRED, len(expired))  # last: a counter row is the last lock taken
     return rows
 
 
-def _fail_exhausted_leases(job: Job, item_ids: list[int]) -> None:
-    """Items whose lease ran out on their last allowed attempt fail (their worker died each time)."""
+def _fail_interrupted(job: Job, item_ids: list[int], interruptions: int) -> None:
+    """Items interrupted too often fail: alone in their claims, they stopped every worker taking them."""
+    message = interrupted_failure(interruptions, job)
     items = JobItem.objects.filter(id__in=item_ids, status=JobItem.Status.RUNNING)
     user_ids = list(items.values_list("user_id", flat=True))
     failed = items.update(
-        status=JobItem.Status.FAILED, finished_at=timezone.now(), lease_expires_at=None, error=LEASE_LOST
+        status=JobItem.Status.FAILED,
+        finished_at=timezone.now(),
+        lease_expires_at=None,
+        interruptions=F("interruptions") + 1,
+        error=message,
     )
     Job.objects.filter(id=job.id).update(failed_items=F("failed_items") + failed)
-    extraction_failures_record(errors=dict.fromkeys(user_ids, LEASE_LOST))
+    extraction_failures_record(errors=dict.fromkeys(user_ids, message))
 
 
 # What a chunk's extraction sees ------------------------------------------------------------------------
@@ -331,14 +374,12 @@ def drain_beat_seconds() -> float:
 
 
 class DrainKeeper:
-    """Keeps a drain alive from a background thread: every drain_beat_seconds() it beats the drain's
-    place and extends the leases of the chunks it holds, on the database's clock.
+    """Keeps a drain alive from a background thread (a LeaseKeeper): every drain_beat_seconds() it
+    beats the drain's place and extends the leases of the chunks it holds, on the database's clock.
 
-    A database error (a dropped connection, "database is locked") is retried a second later on a
-    fresh connection, so one error does not let the leases lapse. A chunk whose items no longer all
-    carry its token has lost its lease: its control says stop, so no more is spent on work that
-    will be thrown away. A drain whose place was given away (it was frozen past its lease) is
-    `evicted` and takes no more chunks.
+    A chunk whose items no longer all carry its token has lost its lease: its control says stop, so
+    no more is spent on work that will be thrown away. A drain whose place was given away (it was
+    frozen past its lease) is `evicted` and takes no more chunks.
     """
 
     def __init__(self, drain_id: int | None):
@@ -346,16 +387,14 @@ class DrainKeeper:
         self.held: dict[uuid.UUID, tuple[int, JobControl]] = {}
         self.lock = threading.Lock()
         self.evicted = False
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=f"drain-{drain_id}", daemon=True)
+        self.keeper = LeaseKeeper(f"drain {drain_id}", self._renew, drain_beat_seconds())
 
     def __enter__(self) -> "DrainKeeper":
-        self.thread.start()
+        self.keeper.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stopping.set()
-        self.thread.join()
+        self.keeper.__exit__(*exc)
 
     def hold(self, claim: Claim, control: JobControl) -> None:
         with self.lock:
@@ -382,30 +421,20 @@ class DrainKeeper:
                 )
                 control.lose_lease()
 
-    def _run(self) -> None:
-        interval = drain_beat_seconds()
-        wait = interval
-        try:
-            while not self.stopping.wait(wait):
-                try:
-                    self.beat()
-                    wait = interval
-                except DatabaseError as exc:
-                    logger.warning("drain %s could not renew its leases (%s); retrying", self.drain_id, exc)
-                    connection_reset()
-                    wait = min(1.0, interval)
-        finally:
-            connection.close()
+    def _renew(self) -> bool:
+        self.beat()
+        return True  # an evicted drain still renews the chunks it holds, until they are committed
 
 
 # Commits -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Committed:
-    """What a chunk's commit did: how many items it still owned, and how many of the job's items are
-    left to do (for the size of the next claim)."""
+    """What a chunk's commit did: how many items it still owned, how many of the job's items are
+    left to do (for the size of the next claim), and whether an outage cut the chunk short."""
 
     owned: int
     left: int
+    interrupted: bool = False
 
 
 # The columns of the rows a commit moves the claim's items with (see _item_outcome_sql).
@@ -425,8 +454,12 @@ def _item_outcome_sql(rows: str) -> str:
     """Move every item of the claim to its outcome (`rows`, see rows_sql) in one statement, fenced by
     the claim's token; the items it returns are those the claim still owned."""
     table = JobItem._meta.db_table
+    # An interrupted item stays running, its lease ended and its token gone: any worker reclaims
+    # it at once (see _expired_reclaim), and a retried commit cannot move it twice.
     return (
-        f"UPDATE {table} SET status = v.status, lease_expires_at = NULL, error = v.error, "
+        f"UPDATE {table} SET status = v.status, error = v.error, "
+        f"lease_expires_at = CASE WHEN v.status = 'running' THEN {now_sql()} END, "
+        f"claim_token = CASE WHEN v.status = 'running' THEN NULL ELSE {table}.claim_token END, "
         f"event_count = v.events, attempts = {table}.attempts - v.undo, "
         f"finished_at = CASE WHEN v.status IN ('succeeded', 'failed') THEN %s END, "
         f"retry_at = CASE WHEN v.backoff IS NULL THEN NULL ELSE {now_sql('v.backoff')} END, "
@@ -470,17 +503,13 @@ def chunk_commit(
             owned = {item_id for (item_id,) in cursor.fetchall()}
         taken = _taken(claim, owned)
         if owned:
-            mine = [
-                outcome
-                for (item_id, _, _), outcome in zip(claim.items, outcomes, strict=True)
-                if item_id in owned
-            ]
+            mine = [outcome for item, outcome in zip(claim.items, outcomes, strict=True) if item.id in owned]
             extraction_results_write(outcomes=mine, extractor=extractor)
             if failed := {o.user_id: o.result.message for o in mine if o.user_id in failing}:
                 extraction_failures_record(errors=failed)
             status, left = _job_counters_move(job, mine, failing, usage)
-            if status != Job.Status.RUNNING:
-                _released_sweep(job, claim, owned)
+            if status not in Job.WORKING:  # cancelled or failed meanwhile (a resume makes it queued)
+                _released_sweep(job, owned)
             retried = sum(1 for move in moves if move["backoff"] is not None and move["id"] in owned)
             metrics.count(metrics.ITEM_RETRIES, retried)  # last: a counter row is the last lock taken
         else:
@@ -489,29 +518,32 @@ def chunk_commit(
         _uncommitted_usage_keep(job, claim, usage, lost=taken)
     if left is None:
         left = job_items_left(job.id)
-    return Committed(len(owned), left)
+    interrupted = any(not o.succeeded and o.result.interrupted for o in outcomes)
+    return Committed(len(owned), left, interrupted)
 
 
 def _item_moves(claim: Claim, job: Job, outcomes: Sequence[Outcome], usage) -> tuple[list[dict], set[str]]:
     """Each claimed item's move, and the users who fail for good (others retry, or were not tried)."""
     moves, failing = [], set()
-    for (item_id, user_id, attempts), outcome in zip(claim.items, outcomes, strict=True):
-        prompt, completion = usage.get(user_id, (0, 0))
-        move = {"id": item_id, "prompt": prompt, "completion": completion, "undo": 0, "backoff": None}
+    for item, outcome in zip(claim.items, outcomes, strict=True):
+        prompt, completion = usage.get(item.user_id, (0, 0))
+        move = {"id": item.id, "prompt": prompt, "completion": completion, "undo": 0, "backoff": None}
         error = outcome.result
         if outcome.succeeded:
             move.update(status=JobItem.Status.SUCCEEDED, error="", events=len(outcome.result))
+        elif error.interrupted:  # reclaimed at once, its attempt going on (see _expired_reclaim)
+            move.update(status=JobItem.Status.RUNNING, error=error.message, events=None)
         elif error.stopped:  # never tried (a stop, a lost lease, the deadline): not an attempt
             move.update(status=JobItem.Status.PENDING, error="", events=None, undo=1)
-        elif error.permanent or attempts >= job.max_attempts:
+        elif error.permanent or item.attempts >= job.max_attempts:
             move.update(status=JobItem.Status.FAILED, error=error.message, events=None)
-            failing.add(user_id)
+            failing.add(item.user_id)
         else:
             move.update(
                 status=JobItem.Status.PENDING,
                 error=error.message,
                 events=None,
-                backoff=retry_backoff_seconds(attempts),
+                backoff=retry_backoff_seconds(item.attempts),
             )
         moves.append(move)
     return moves, failing
@@ -523,7 +555,7 @@ def _taken(claim: Claim, owned: set[int]) -> set[int]:
     (_commit_with_retries): they are not lost."""
     if len(owned) == len(claim.items):
         return set()
-    ids = [item_id for item_id, _, _ in claim.items if item_id not in owned]
+    ids = [item.id for item in claim.items if item.id not in owned]
     taken = set(
         JobItem.objects.filter(id__in=ids).exclude(claim_token=claim.token).values_list("id", flat=True)
     )
@@ -531,11 +563,13 @@ def _taken(claim: Claim, owned: set[int]) -> set[int]:
     return taken
 
 
-def _released_sweep(job: Job, claim: Claim, owned: set[int]) -> None:
+def _released_sweep(job: Job, owned: set[int]) -> None:
     """The job was cancelled or failed while this chunk ran: the users this commit put back to
-    pending are cancelled instead, for a stopped job keeps no pending items."""
-    swept = JobItem.objects.filter(id__in=owned, status=JobItem.Status.PENDING).update(
-        status=JobItem.Status.CANCELLED, finished_at=timezone.now(), retry_at=None
+    work (pending, or interrupted) are cancelled instead, for a stopped job keeps none. Never for
+    a job resumed meanwhile (queued or running again): its users are its own again."""
+    back = Q(status=JobItem.Status.PENDING) | Q(status=JobItem.Status.RUNNING, claim_token__isnull=True)
+    swept = JobItem.objects.filter(back, id__in=owned).update(
+        status=JobItem.Status.CANCELLED, finished_at=timezone.now(), retry_at=None, lease_expires_at=None
     )
     if swept:
         Job.objects.filter(id=job.id).update(cancelled_items=F("cancelled_items") + swept)
@@ -553,9 +587,9 @@ def _uncommitted_usage_keep(
     """Tokens are paid even when the work is thrown away (a lost lease, a failed job): add those of
     the `lost` items (default: all the claim's) to the items and the job, so the job's cost stays
     true. Its own short transaction, items before the job row, like every commit."""
-    lost = {item_id for item_id, _, _ in claim.items} if lost is None else lost
+    lost = {item.id for item in claim.items} if lost is None else lost
     spent = {
-        item_id: usage[user_id] for item_id, user_id, _ in claim.items if item_id in lost and user_id in usage
+        item.id: usage[item.user_id] for item in claim.items if item.id in lost and item.user_id in usage
     }
     if not spent:
         return
@@ -584,7 +618,7 @@ def _job_counters_move(job: Job, mine: list[Outcome], failing: set[str], usage) 
     takes (a cancel or a failure that committed meanwhile is seen here, never missed) and how many
     items it has left."""
     succeeded = [o for o in mine if o.succeeded]
-    errors = [o.result for o in mine if not o.succeeded and not o.result.stopped]
+    errors = [o.result for o in mine if not o.succeeded and o.result.counts]  # not outages, not stops
     moves = {
         "succeeded_items": len(succeeded),
         "failed_items": sum(1 for o in mine if o.user_id in failing),
@@ -630,8 +664,8 @@ def _commit_with_retries(
     for attempt in range(1, COMMIT_TRIES + 1):
         try:
             return chunk_commit(claim, job, outcomes, extractor, usage=control.usage)
-        except DatabaseError:
-            if attempt == COMMIT_TRIES or connection.in_atomic_block:
+        except Exception as exc:
+            if attempt == COMMIT_TRIES or connection.in_atomic_block or not is_outage(exc):
                 raise
             logger.warning(
                 "commit of claim %s failed; retrying on a fresh connection", claim.token, exc_info=True
@@ -678,9 +712,8 @@ def process_one_chunk(
             job_fail(job.id, str(exc), release_token=claim.token)
             _uncommitted_usage_keep(job, claim, control.usage)
             return claim, Committed(0, job_items_left(job.id))
-        except Exception as exc:  # an outage or a bug: every user of the chunk gets a retryable error
-            logger.exception("extracting chunk %s of job %s failed", claim.token, job.id)
-            error = ExtractionError(f"{type(exc).__name__}: {exc}", kind=type(exc).__name__)
+        except Exception as exc:  # every user of the chunk shares the error
+            error = _chunk_error(exc, claim, job)
             outcomes = [Outcome(user_id, None, error) for user_id in claim.user_ids]
         control.finished = True  # no more renewals: the commit takes the items' locks, then moves them
         committed = _commit_with_retries(claim, job, outcomes, extractor, control)
@@ -696,6 +729,25 @@ def process_one_chunk(
             claim.token,
         )
     return claim, committed
+
+
+def _chunk_error(exc: Exception, claim: Claim, job: Job) -> ExtractionError:
+    """An outage (the database, the broker or the network away) interrupts the chunk: its users are
+    taken up again without spending an attempt. Anything else is a bug that every user of the
+    chunk fails with, retried, counted toward fail-fast: a bug that hits every chunk fails the job."""
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    if is_outage(exc):
+        logger.warning(
+            "job %s: an outage cut chunk %s short (%s: %s); its users are taken up again",
+            *(job.id, claim.token, type(exc).__name__, first_line),
+        )
+        if not connection.in_atomic_block:
+            connection_reset()  # perhaps broken: the commit opens a fresh one
+        return ExtractionError(
+            f"interrupted by an outage ({type(exc).__name__}: {first_line})", interrupted=True
+        )
+    logger.exception("extracting chunk %s of job %s failed", claim.token, job.id)
+    return ExtractionError(f"{type(exc).__name__}: {first_line}", kind=type(exc).__name__)
 
 
 def drain_enter(job_id: int, drain_id: int | None = None) -> int | None:
@@ -801,8 +853,10 @@ def job_drain(
 
 def _drain_lane(run: DrainRun, *, lane: int, own_connection: bool = False) -> None:
     """Claim, extract and commit chunks one after the other until there is nothing left, the time is
-    up, or the drain lost its place. A dropped connection is retried on a fresh one. Expired leases
-    are looked for at the start, every drain beat, and whenever nothing pending is left.
+    up, or the drain lost its place. After an outage (a dropped connection, the database away) the
+    lane waits, longer each time up to OUTAGE_BACKOFF_SECONDS[1], and tries again on a fresh
+    connection. Expired leases are looked for at the start, every drain beat, after an outage, and
+    whenever nothing pending is left.
 
     Of several lanes, the first starts with small claims that double up to the chunk size, so
     calls go out while the others load whole chunks. `own_connection`: this lane runs in a thread
@@ -813,8 +867,10 @@ def _drain_lane(run: DrainRun, *, lane: int, own_connection: bool = False) -> No
     size = max(1, job.chunk_size // 8) if lane == 0 and extractor.lanes > 1 else job.chunk_size
     left = job_items_left(job.id)
     expired_checked = -math.inf
+    outages = 0  # in a row
     try:
         while not run.keeper.evicted:
+            pause = None
             try:
                 if time.monotonic() >= run.claim_until:
                     return
@@ -835,25 +891,41 @@ def _drain_lane(run: DrainRun, *, lane: int, own_connection: bool = False) -> No
                     after, size, left = claim.last_id, min(2 * size, job.chunk_size), committed.left
                     if run.on_chunk:
                         run.on_chunk()
-                    continue
-                if after:  # look once more from the start: items skipped while locked, or backing off
+                    if not committed.interrupted:
+                        outages = 0
+                        continue
+                    outages, expired_checked = outages + 1, -math.inf  # its users come back at once
+                    pause = _outage_pause(outages)
+                elif after:  # look once more from the start: items skipped while locked, or backing off
                     after = 0
                     continue
-                wait = _seconds_until_next_retry(job.id)
-            except DatabaseError:
-                if connection.in_atomic_block:
+                else:
+                    wait = _seconds_until_next_retry(job.id)
+                    if wait is None:
+                        return
+                    pause = min(max(wait, 0.05), 1.0)
+            except Exception as exc:
+                if connection.in_atomic_block or not is_outage(exc):
                     raise
+                outages += 1
+                pause = _outage_pause(outages)
                 logger.warning(
-                    "drain of job %s: database error; retrying on a fresh connection", job.id, exc_info=True
+                    "drain of job %s: an outage (%s: %s); trying again in %.1f s on a fresh connection",
+                    *(job.id, type(exc).__name__, str(exc).strip()[:300], pause),
                 )
                 connection_reset()
-                wait = 1.0
-            if wait is None or time.monotonic() + wait >= run.claim_until:
+            if time.monotonic() + pause >= run.claim_until:
                 return
-            time.sleep(min(max(wait, 0.05), 1.0))
+            time.sleep(pause)
     finally:
         if own_connection:
             connection.close()
+
+
+def _outage_pause(outages: int) -> float:
+    """How long a lane waits after `outages` outages in a row."""
+    first, most = OUTAGE_BACKOFF_SECONDS
+    return min(first * 2 ** min(outages - 1, 10), most)
 
 
 def _claim_size(size: int, left: int, extractor: Extractor) -> int:

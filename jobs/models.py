@@ -235,6 +235,12 @@ class JobItem(models.Model):
         verbose_name=gettext_lazy("status"),
     )
     attempts = models.PositiveSmallIntegerField(default=0, verbose_name=gettext_lazy("attempts"))
+    # Times its chunk was cut short by something that was not about this user: its worker died or
+    # froze past its lease, or the database or the network went away. Not attempts: an outage never
+    # fails a user. An item cut short this way is claimed again in ever smaller chunks, so that a
+    # user who kills every worker that takes it (a poison pill) ends up alone, and then fails.
+    # A database default, as items are created by INSERT … SELECT.
+    interruptions = models.PositiveSmallIntegerField(db_default=0, verbose_name=gettext_lazy("interruptions"))
     claim_token = models.UUIDField(null=True, blank=True, verbose_name=gettext_lazy("claim token"))
     lease_expires_at = models.DateTimeField(
         null=True, blank=True, verbose_name=gettext_lazy("lease expires at")

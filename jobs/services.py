@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, Sum
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -256,10 +256,11 @@ def _items_create_for(job: Job, ids: list[str]) -> int:
         return cursor.rowcount
 
 
-def _refuse_busy(ids: list[str], cursor=None) -> None:
-    """Raise JobConflict naming the users of `ids` already in an active job (staged or given)."""
+def _refuse_busy(ids: list[str] | QuerySet, cursor=None) -> None:
+    """Raise JobConflict naming the users of `ids` (a list, or a query of user ids) already in an
+    active job; with `cursor`, the users staged in staging_user_ids instead."""
     if cursor is None:
-        busy_items = JobItem.objects.filter(user_id__in=ids, status__in=JobItem.ACTIVE)
+        busy_items = _active_items(user_id__in=ids)
         total = busy_items.count()
         busy = dict(busy_items.values_list("user_id", "job_id")[:NAMED_AT_MOST])
     else:
@@ -346,30 +347,48 @@ def job_resume(job: Job, *, max_total_tokens: int | None = None) -> Job:
         )
     _refuse_pruned(job)
     options = _options_with_token_cap(job, max_total_tokens)
-    with transaction.atomic():
-        elsewhere = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
-        resumed = (
-            JobItem.objects.filter(job=job, status=JobItem.Status.CANCELLED)
-            .filter(~Exists(elsewhere))
-            .update(status=JobItem.Status.PENDING, finished_at=None, retry_at=None, attempts=0, error="")
-        )
-        if not resumed:
-            raise JobStateError(_("job %(id)s has no cancelled users left to resume") % {"id": job.id})
-        # Unless prune_jobs began deleting its items meanwhile (it marks the job first).
-        if not Job.objects.filter(id=job.id, status=job.status, items_pruned_at__isnull=True).update(
-            status=Job.Status.QUEUED,
-            options=options,
-            finished_at=None,
-            error="",
-            error_streak=0,
-            error_streak_kind="",
-            error_streak_message="",
-            cancelled_items=F("cancelled_items") - resumed,
-        ):
-            raise JobStateError(_("job %(id)s changed while resuming; try again") % {"id": job.id})
-        job_ring(job.id, tasks=min(settings.JOBS_DRAIN_TASKS, math.ceil(resumed / job.chunk_size)))
+    try:
+        with transaction.atomic():
+            # The job's row first, as every commit takes it: a chunk still committing into this
+            # job sees it stopped and cancels its users before we look, or sees it queued again
+            # and keeps them; it cannot cancel users behind our back.
+            if not Job.objects.select_for_update().filter(id=job.id, status=job.status).exists():
+                raise JobStateError(_("job %(id)s changed while resuming; try again") % {"id": job.id})
+            resumed = (
+                _resumable(job)
+                .filter(~Exists(_active_items(user_id=OuterRef("user_id"))))
+                .update(status=JobItem.Status.PENDING, finished_at=None, retry_at=None, attempts=0, error="")
+            )
+            if not resumed:
+                raise JobStateError(_("job %(id)s has no cancelled users left to resume") % {"id": job.id})
+            # Unless prune_jobs began deleting its items meanwhile (it marks the job first).
+            if not Job.objects.filter(id=job.id, status=job.status, items_pruned_at__isnull=True).update(
+                status=Job.Status.QUEUED,
+                options=options,
+                finished_at=None,
+                error="",
+                error_streak=0,
+                error_streak_kind="",
+                error_streak_message="",
+                cancelled_items=F("cancelled_items") - resumed,
+            ):
+                raise JobStateError(_("job %(id)s changed while resuming; try again") % {"id": job.id})
+            job_ring(job.id, tasks=min(settings.JOBS_DRAIN_TASKS, math.ceil(resumed / job.chunk_size)))
+    except IntegrityError:
+        # Another start or resume took some of these users between our check and our update.
+        _refuse_busy(_resumable(job).values("user_id"))
+        raise
     job.refresh_from_db()
     return job
+
+
+def _resumable(job: Job):
+    """The job's cancelled items, which a resume puts back to work."""
+    return JobItem.objects.filter(job=job, status=JobItem.Status.CANCELLED)
+
+
+def _active_items(**filters):
+    return JobItem.objects.filter(status__in=JobItem.ACTIVE, **filters)
 
 
 def _options_with_token_cap(job: Job, max_total_tokens: int | None) -> dict[str, Any]:

@@ -51,13 +51,23 @@ class Cluster:
     """One qcluster process group; stop() is graceful (SIGTERM to the main process, SIGKILL after a
     timeout, as a process manager does), kill() is SIGKILL of every process."""
 
-    def __init__(self, log: Path, **env: str):
+    def __init__(self, log: Path, *, namespace=None, **env: str):
+        """`namespace`: run it in that network namespace (tests/partition.py), its servers' loopback
+        URLs rewritten to reach this machine through the namespace's link."""
         self.log = log
         self.handle = log.open("ab")
+        env = {"DATABASE_URL": test_database_url(), "DEBUG": "1", **env}
+        command = [sys.executable, "manage.py", "qcluster"]
+        if namespace:
+            env = {
+                name: namespace.reach(value) if name.endswith("_URL") else value
+                for name, value in env.items()
+            }
+            command = namespace.command(command)
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
+            command,
             cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": test_database_url(), "DEBUG": "1", **env},
+            env={**os.environ, **env},
             stdout=self.handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the workers die with it

@@ -63,14 +63,15 @@ def _fresh_cache():
 
 @pytest.fixture
 def clusters(tmp_path):
-    """clusters(**env) starts a real `manage.py qcluster` on the test database (its log in tmp_path);
-    every cluster started is stopped at the end, as a process manager stops one."""
+    """clusters(**env) starts a real `manage.py qcluster` on the test database (its log in tmp_path;
+    `namespace=ns`: inside that network namespace); every cluster started is stopped at the end, as
+    a process manager stops one."""
     from tests.cluster import Cluster
 
     started = []
 
-    def start(**env: str):
-        cluster = Cluster(tmp_path / f"cluster-{len(started)}.log", **env)
+    def start(*, namespace=None, **env: str):
+        cluster = Cluster(tmp_path / f"cluster-{len(started)}.log", namespace=namespace, **env)
         started.append(cluster)
         return cluster
 
@@ -160,7 +161,7 @@ def personas(db):
 
     # The groups the migrations made; a transactional test's flush removes them, so make them again.
     grants: dict[str, list[str]] = {}
-    for module in ("jobs.migrations.0006_import_permissions", "jobs.migrations.0011_schedule_permissions"):
+    for module in ("jobs.migrations.0006_import_permissions", "jobs.migrations.0012_schedule_permissions"):
         for name, perms in import_module(module).GRANTS.items():
             grants.setdefault(name, []).extend(perms)
     made_groups = {
@@ -280,6 +281,63 @@ def _default_language_after_each_test():
     from django.utils import translation
 
     translation.deactivate()
+
+
+def _namespaces_of(request) -> list:
+    """The test's network namespace, if it uses one: its servers must be reachable from it."""
+    return (
+        [request.getfixturevalue("network_namespace")] if "network_namespace" in request.fixturenames else []
+    )
+
+
+@pytest.fixture
+def postgres_server(request):
+    """A PostgreSQL server of this test's own (tests/own_servers.py: its own folder and port, fsync
+    off), which the test may stop, restart or cut off; removed at the end. Reachable from the
+    test's `network_namespace` if it has one."""
+    from tests.own_servers import PostgresServer
+
+    with PostgresServer(reachable_from=_namespaces_of(request)) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_database(postgres_server, transactional_db):
+    """The test's database on `postgres_server`, migrated, whatever the suite runs on: Django's
+    connection and the clusters the test starts (`clusters`) use it, so the test may restart or
+    stop the server under a job. Yields the server."""
+    from tests.own_servers import django_database
+
+    with django_database(postgres_server.create_database("eventproject")):
+        yield postgres_server
+
+
+@pytest.fixture
+def redis_server(request):
+    """A Redis server of this test's own on a free port (nothing saved: a restart loses every key),
+    reachable from the test's `network_namespace` if it has one."""
+    from tests.own_servers import RedisServer
+
+    with RedisServer(reachable_from=_namespaces_of(request)) as server:
+        yield server
+
+
+@pytest.fixture
+def network_namespace():
+    """A network namespace joined to this machine by a veth pair (tests/partition.py): a cluster in
+    it with `clusters(namespace=ns)` (or any program: `ns.command(argv)`), `ns.cut()` drops every
+    packet both ways silently, `ns.heal()`. The test's `postgres_server` / `postgres_database` and
+    `redis_server` listen where it reaches them; an HTTP server of the test (the fake LLM's
+    `httpd`) with `ns.listen_also(httpd)`. Needs root and iproute2; skipped without them, unless
+    REQUIRE_NETNS=1 (CI), which fails instead."""
+    from tests.partition import NetworkNamespace, namespaces_available
+    from tests.tools import unavailable
+
+    if why := namespaces_available():
+        unavailable(why, required_by="REQUIRE_NETNS")  # fails the test where they are required
+        pytest.skip(why)
+    with NetworkNamespace() as ns:
+        yield ns
 
 
 @pytest.fixture

@@ -9,11 +9,13 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from django.db import connection
+from django import db
+from django.db import connection, transaction
 from django.utils import timezone
 from django_q.models import OrmQ
 
 from eventproject.db import DatabaseNow, database_now
+from extraction import services
 from extraction.extractors import ExtractionError, make_extractor
 from extraction.services import Outcome
 from jobs.engine import (
@@ -21,6 +23,7 @@ from jobs.engine import (
     JobControl,
     chunk_claim,
     chunk_commit,
+    job_drain,
     job_fail,
     job_finish_if_done,
     jobs_heal,
@@ -28,7 +31,15 @@ from jobs.engine import (
     retry_backoff_seconds,
 )
 from jobs.models import Drain, Job, JobItem
-from jobs.services import JobInvalid, job_cancel, job_counters_reconcile, job_resume, job_start
+from jobs.services import (
+    JobConflict,
+    JobError,
+    JobInvalid,
+    job_cancel,
+    job_counters_reconcile,
+    job_resume,
+    job_start,
+)
 from tests.cluster import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -118,6 +129,119 @@ def test_healing_repairs_a_stopped_job_that_still_holds_pending_items(make_users
     assert job_start(user_ids=users, enqueue=False).total_items == 3
 
 
+def test_a_resume_while_a_chunk_of_the_failed_job_still_commits_keeps_its_users(make_users, running_job):
+    """A resumed job is queued before any drain marks it running: a chunk of its earlier run that
+    commits then hands its users back to the resumed job, not to the cancelled pile."""
+    job = running_job(make_users(4))
+    extractor = make_extractor("test", job.options)
+    in_flight = chunk_claim(job)  # u001, u002
+    job_fail(job.id, "fail-fast in another lane")  # u003, u004 are cancelled
+    job.refresh_from_db()
+    job_resume(job)  # and put back to work: the job is queued again
+    stopped = ExtractionError("the chunk stopped at its deadline", stopped=True)
+    chunk_commit(in_flight, job, [Outcome(u, None, stopped) for u in in_flight.user_ids], extractor)
+    job.refresh_from_db()
+    assert (job.status, job.cancelled_items) == ("queued", 0)
+    assert set(job.items.values_list("status", flat=True)) == {"pending"}
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert (job.status, job.succeeded_items, job.cancelled_items) == ("completed", 4, 0)
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="SQLite runs one writer at a time: no race")
+@pytest.mark.django_db(transaction=True)
+def test_two_resumes_at_once_of_jobs_sharing_a_user_refuse_the_second_by_name(make_users):
+    """Each resume checks that its users are free, then takes them: two at once both see the shared
+    user free, and the second to write meets the first's uncommitted item in the unique index."""
+    make_users(3)
+    first = job_cancel(job_start(user_ids=["u001", "u002"], enqueue=False))
+    second = job_cancel(job_start(user_ids=["u001", "u003"], enqueue=False))
+    resumed, release, refused = threading.Event(), threading.Event(), []
+
+    def resume_first_and_hold():
+        with transaction.atomic():
+            job_resume(first)
+            resumed.set()
+            release.wait(timeout=30)
+        connection.close()
+
+    def resume_second():
+        try:
+            job_resume(second)
+        except JobError as exc:
+            refused.append(exc)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=resume_first_and_hold)
+    holder.start()
+    assert resumed.wait(timeout=10)
+    competitor = threading.Thread(target=resume_second)
+    competitor.start()
+    wait_for(waiting_for_a_lock, timeout=10, what="the second resume to wait on the first's user")
+    release.set()
+    holder.join(timeout=10)
+    competitor.join(timeout=10)
+    (conflict,) = refused
+    assert isinstance(conflict, JobConflict)
+    assert (conflict.busy, conflict.job_ids) == ({"u001": first.id}, [first.id])
+    second.refresh_from_db()
+    assert (second.status, second.cancelled_items) == ("cancelled", 2)  # untouched
+
+
+# Outages are not the users' errors -------------------------------------------------------------------
+def test_an_outage_in_a_chunk_fails_nobody_and_uses_no_attempt(
+    make_users, running_job, settings, monkeypatch
+):
+    """A chunk larger than the fail-fast streak, cut short by the database going away: every user
+    is taken up again, none spends an attempt, the job does not fail."""
+    settings.JOBS_FAIL_FAST_AFTER, settings.JOBS_DRAIN_TASKS = 3, 1  # one claim of all 10 users
+    job = running_job(make_users(10), start={"chunk_size": 10})
+    extractor = make_extractor("test")
+    real, outages = extractor.extract, []
+
+    def extract(users, control=None):
+        if not outages:
+            outages.append(len(users))
+            raise db.OperationalError("server closed the connection unexpectedly")
+        return real(users, control)
+
+    monkeypatch.setattr(extractor, "extract", extract)
+    monkeypatch.setattr("jobs.engine.make_extractor", lambda *args: extractor)
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert (job.status, job.succeeded_items, job.failed_items, job.cancelled_items) == ("completed", 10, 0, 0)
+    assert set(job.items.values_list("attempts", "interruptions")) == {(1, 1)}
+    assert outages == [10]
+    assert job_counters_reconcile(job.id) == {}
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="the server ends a session: PostgreSQL")
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_dropped_while_a_chunk_loads_its_behaviours_fails_nobody(
+    make_users, running_job, settings, monkeypatch
+):
+    """The server ends the worker's session while it loads a chunk's behaviours (as
+    pg_terminate_backend, a restart or a failover does): a real OperationalError from psycopg."""
+    settings.JOBS_FAIL_FAST_AFTER, settings.JOBS_DRAIN_TASKS = 3, 1  # one claim of all 10 users
+    job = running_job(make_users(10), start={"chunk_size": 10, "extractor": "rules"})
+    real, dropped = services.user_inputs_load, []
+
+    def load(user_ids):
+        if not dropped:
+            dropped.append(list(user_ids))
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return real(user_ids)
+
+    monkeypatch.setattr(services, "user_inputs_load", load)
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert len(dropped) == 1
+    assert (job.status, job.succeeded_items, job.failed_items, job.cancelled_items) == ("completed", 10, 0, 0)
+    assert set(job.items.values_list("attempts", flat=True)) == {1}
+
+
 # Leases ----------------------------------------------------------------------------------------------
 def test_a_worker_whose_clock_runs_ahead_neither_steals_live_leases_nor_stamps_long_ones(
     make_users, running_job
@@ -182,7 +306,7 @@ def test_the_keeper_renews_its_leases_again_after_a_database_error(
         wait_for(lambda: lease() > first, timeout=5, what="a first renewal")
         database_error()
         wait_for(
-            lambda: "could not renew its leases" in caplog.text, timeout=5, what="the keeper to hit the error"
+            lambda: "could not renew its lease" in caplog.text, timeout=5, what="the keeper to hit the error"
         )
         after_error = lease()
         wait_for(lambda: lease() > after_error, timeout=10, what="a renewal after the error")

@@ -2,15 +2,20 @@
 as `import_data` reports; checkpointed with every batch, so a worker that dies is taken over
 without losing or counting anything twice. (A real cluster killed mid-import: test_import_cluster.)"""
 
+import gzip
+import threading
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 
 from eventproject.db import DatabaseNow
 from extraction.imports import import_create, import_run, imports_heal
 from extraction.models import Behavior, DataImport, UserProfile
+from tests.cluster import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -186,3 +191,44 @@ def test_profiles_import_too_and_reimporting_adds_nothing(imports_dir):
         "city": "上海",
         "interests": ["SUV", "新能源"],
     }
+
+
+def test_a_slow_line_keeps_its_worker_and_is_refused_as_one_bad_line(imports_dir, settings):
+    """A 300 MB line of 0xFF in a 0.3 MB .jsonl.gz takes seconds to skip, longer than the lease:
+    the lease is renewed by time meanwhile, so nobody takes the healthy worker's import over, and
+    the line is one rejected row; the rows after it are imported."""
+    settings.IMPORTS_LEASE_SECONDS, settings.IMPORT_MAX_LINE_CHARS = 1, 1024
+    first = '{"user_id": "u1", "action": "browse", "timestamp": "2024-06-01 10:00:00"}\n'
+    last = '{"user_id": "u2", "action": "browse", "timestamp": "2024-06-01 10:00:00"}\n'
+    content = gzip.compress(first.encode() + b"\xff" * 300_000_000 + b"\n" + last.encode(), compresslevel=9)
+    data_import = upload(content, name="log.jsonl.gz")
+    worker = threading.Thread(target=lambda: (import_run(data_import.id), connection.close()))
+    worker.start()
+    claimed = wait_for(
+        lambda: (
+            DataImport.objects.filter(id=data_import.id, status="running")
+            .values_list("lease_expires_at", flat=True)
+            .first()
+        ),
+        timeout=10,
+        what="the import to start",
+    )
+    wait_for(
+        lambda: (
+            (DataImport.objects.get(id=data_import.id).lease_expires_at or claimed)
+            > claimed + timedelta(seconds=1.5)
+        ),
+        timeout=10,
+        what="the lease to be renewed while the worker reads the long line",
+    )
+    assert DataImport.objects.get(id=data_import.id).line <= 1  # no checkpoint since: renewed by time
+    import_run(data_import.id)  # another worker, rung by healing: the import is not free to take
+    worker.join(timeout=60)
+    data_import.refresh_from_db()
+    assert (data_import.status, data_import.takeovers, data_import.imported, data_import.rejected) == (
+        "completed",
+        0,
+        2,
+        1,
+    )
+    assert data_import.errors == [[2, "line longer than 1,024 characters (IMPORT_MAX_LINE_CHARS)"]]

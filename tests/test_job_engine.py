@@ -9,7 +9,6 @@ from extraction.extractors import Control, make_extractor
 from extraction.models import ExtractedEvent, ExtractionState
 from extraction.services import chunk_extract
 from jobs.engine import (
-    LEASE_LOST,
     DrainKeeper,
     JobControl,
     chunk_claim,
@@ -55,7 +54,7 @@ def test_a_claim_takes_a_chunk_with_a_fresh_token_and_a_lease_on_the_database_cl
     job = running_job(make_users(3))
     claim = chunk_claim(job)
     now = database_now()
-    assert [user_id for _, user_id, _ in claim.items] == ["u001", "u002"]
+    assert claim.user_ids == ["u001", "u002"]
     items = JobItem.objects.filter(claim_token=claim.token)
     assert items.count() == 2
     for item in items:
@@ -72,19 +71,22 @@ def test_nothing_is_claimed_from_a_job_that_is_not_running(make_users):
     assert chunk_claim(job) is None
 
 
-def test_an_expired_lease_is_claimed_again(make_users, running_job, expire_leases):
-    job = running_job(make_users(2))
+def test_an_expired_lease_is_claimed_again_going_on_with_the_same_attempt(
+    make_users, running_job, expire_leases
+):
+    job = running_job(make_users(2), start={"chunk_size": 4})  # reclaimed at half the chunk size
     first = chunk_claim(job)
     assert chunk_claim(job) is None
     expire_leases(job)
     second = chunk_claim(job)
     assert second.user_ids == first.user_ids
     assert second.token != first.token
-    assert set(JobItem.objects.values_list("attempts", flat=True)) == {2}
+    # Its worker died: not the users' doing, so not an attempt of theirs; an interruption.
+    assert set(JobItem.objects.values_list("attempts", "interruptions")) == {(1, 1)}
 
 
 def test_a_stale_token_cannot_commit(extract_claim, make_users, running_job, expire_leases):
-    job = running_job(make_users(2))
+    job = running_job(make_users(2), start={"chunk_size": 4})  # reclaimed at half the chunk size
     extractor = make_extractor("test")
     stale = chunk_claim(job)
     expire_leases(job)
@@ -98,7 +100,7 @@ def test_a_stale_token_cannot_commit(extract_claim, make_users, running_job, exp
 
 
 def test_tokens_paid_for_work_lost_with_its_lease_still_count(make_users, running_job, expire_leases):
-    job = running_job(make_users(2), tokens_per_user=10)
+    job = running_job(make_users(2), tokens_per_user=10, start={"chunk_size": 4})
     extractor = make_extractor("test", job.options)
     stale = chunk_claim(job)
     expire_leases(job)
@@ -195,11 +197,13 @@ def test_an_extractor_crash_is_a_retryable_error_for_its_chunk(make_users, runni
     extractor = make_extractor("test")
 
     def crash(users, control=None):
-        raise ConnectionError("server went away")
+        raise KeyError("behaviours")
 
     monkeypatch.setattr(extractor, "extract", crash)
     process_one_chunk(job, extractor)
-    assert set(job.items.values_list("status", "error")) == {("pending", "ConnectionError: server went away")}
+    assert set(job.items.values_list("status", "attempts", "error")) == {
+        ("pending", 1, "KeyError: 'behaviours'")
+    }
 
 
 def test_an_unknown_extractor_fails_the_job_with_its_name(make_users):
@@ -211,17 +215,30 @@ def test_an_unknown_extractor_fails_the_job_with_its_name(make_users):
     assert job.error.startswith("cannot start extractor 'gone': unknown extractor 'gone'")
 
 
-def test_a_lease_lost_on_the_last_attempt_fails_the_item(make_users, running_job, expire_leases):
-    job = running_job(make_users(1), start={"max_attempts": 2})
-    chunk_claim(job)
-    expire_leases(job)
-    chunk_claim(job)
-    expire_leases(job)
-    assert chunk_claim(job) is None
-    item = JobItem.objects.get()
-    assert (item.status, item.attempts, item.error) == ("failed", 2, LEASE_LOST)
-    job.refresh_from_db()
-    assert job.failed_items == 1
+def test_a_user_that_kills_every_worker_taking_it_ends_up_alone_and_fails(
+    extract_claim, make_users, running_job, expire_leases
+):
+    """A poison pill (a user whose data crashes or hangs its worker) is claimed again in halving
+    claims until it is alone, then fails after max_attempts losses alone; the users it shared
+    claims with are extracted, none of them failed."""
+    job = running_job(make_users(8), start={"chunk_size": 8, "max_attempts": 2})
+    extractor = make_extractor("test")
+    poisoned = []  # the sizes of the claims that held it
+    while claim := chunk_claim(job):
+        if "u003" in claim.user_ids:
+            poisoned.append(len(claim.items))
+            expire_leases(job)  # its worker died
+        else:
+            chunk_commit(claim, job, extract_claim(claim, extractor), extractor)
+    assert poisoned == [8, 4, 2, 1, 1]  # halving after each loss, then alone, max_attempts times
+    poison = JobItem.objects.get(user_id="u003")
+    assert (poison.status, poison.attempts, poison.interruptions) == ("failed", 1, 5)
+    assert poison.error == (
+        "processing this user was cut short 5 times, the last 2 with this user alone (its worker died, "
+        "froze past its lease or lost the database each time)"
+    )
+    assert statuses(job) == {f"u{n:03d}": "succeeded" for n in range(1, 9)} | {"u003": "failed"}
+    assert set(job.items.exclude(user_id="u003").values_list("attempts", flat=True)) == {1}
     assert_counters_match_items(job)
 
 
@@ -267,7 +284,7 @@ def test_a_drain_keeper_extends_its_chunks_leases_and_beats_its_place(make_users
             timeout=5,
             what="the lease to be extended",
         )
-    assert not keeper.thread.is_alive()  # it stops with the drain
+    assert not keeper.keeper.thread.is_alive()  # it stops with the drain
     assert JobItem.objects.filter(claim_token=claim.token, lease_expires_at__gt=first).count() == 2
 
 

@@ -3,17 +3,23 @@ model says about another user packed into the same prompt. The hostile texts are
 tests/fixtures/hostile/llm_steering.json; the fake server obeys them as a gullible model would."""
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 
-from extraction.extractors import BehaviorRecord, Control, ExtractionError, UserInput, make_extractor
+from extraction.extractors import BehaviorRecord, Control, ExtractionError, UserInput, llm, make_extractor
+from extraction.extractors.llm import parse_answer, without_thinking
+from extraction.llm_client import Completion
 from extraction.models import ExtractedEvent, LLMCacheEntry
 from extraction.services import BehaviorRow, behaviors_insert
 from jobs.engine import job_drain
 from jobs.services import job_start
+from tests.cluster import ROOT
+from tests.fake_openai import answer_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 STEERING = json.loads((Path(__file__).parent / "fixtures/hostile/llm_steering.json").read_text())
@@ -130,3 +136,55 @@ def test_a_job_stores_a_steered_context_only_within_its_bounds(llm_server, setti
     (event,) = ExtractedEvent.objects.filter(user_id="u2")
     assert event.label == "搜索"
     assert len(orjson.dumps(event.context)) <= settings.EXTRACTION_LLM_CONTEXT_MAX_BYTES
+
+
+# Hostile shapes: whatever one answer holds, it costs that call or that user, never the job -------
+def test_a_number_too_long_to_read_makes_the_reply_malformed_not_a_crash():
+    reply = '{"users": {"u1": [{"event_type": "search", "context": {"n": ' + "9" * 5_000 + "}}]}}"
+    with pytest.raises(ValueError, match="a number too long to read"):
+        parse_answer(reply)
+
+
+def test_a_call_whose_reply_cannot_be_read_fails_that_call_only(llm_server):
+    extractor = make_extractor("llm", {"max_concurrency": 1})
+    parts = extractor.parts_of(victim())
+    reply = '{"users": {"u2": [{"context": {"n": ' + "9" * 5_000 + "}}]}}"
+    outcome = extractor._read(parts, Completion(reply, 10, 10, cached=False, key="k"))
+    assert (outcome.failure, outcome.events) == ("the reply's JSON holds a number too long to read", {})
+
+
+def test_an_error_validating_one_users_events_stays_with_that_user(llm_server, monkeypatch):
+    extractor = make_extractor("llm", {"max_concurrency": 1})
+    parts = [*extractor.parts_of(attacker("hello")), *extractor.parts_of(victim())]
+    real = llm.events_from
+
+    def events_from(answer, part, **options):
+        if part.user.user_id == "u1":
+            raise AttributeError("'int' object has no attribute 'msg'")  # any bug a shape might hit
+        return real(answer, part, **options)
+
+    monkeypatch.setattr(llm, "events_from", events_from)
+    reply = json.dumps(
+        {"users": {"u1": [], "u2": answer_events([[2001, "", "search", "汉EV", *[""] * 3, 0]])}}
+    )
+    outcome = extractor._read(parts, Completion(reply, 10, 10, cached=False, key="k"))
+    by_user = {part.user.user_id: id(part) for part in parts}
+    assert outcome.invalid == {by_user["u1"]: "the user's events could not be read (AttributeError)"}
+    assert list(outcome.events) == [by_user["u2"]]
+
+
+def test_reading_a_reply_of_unclosed_think_tags_takes_linear_time():
+    """20,000 unclosed tags took a backtracking regular expression 15 s, holding the GIL all along
+    (so the lease keeper could not renew); 100,000 took minutes. Linear: moments. Read in a
+    process of its own, whose time can be bounded without waiting for it."""
+    script = (
+        "import django; django.setup()\n"
+        "from extraction.extractors.llm import parse_answer\n"
+        "assert parse_answer('<think>' * 100_000 + '{\"users\": {\"a\": []}}') == {'a': []}\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=30)
+
+
+def test_think_blocks_are_dropped_and_an_unclosed_one_is_kept():
+    assert without_thinking("a<think>x</think>b<THINK>y<think>z</Think>c") == "abc"
+    assert without_thinking("a</think>b<think>never closed") == "a</think>b<think>never closed"

@@ -104,7 +104,7 @@ def test_job_and_item_figures_agree_with_the_jobs(
 def test_lease_losses_are_counted_when_they_expire_and_when_a_late_commit_is_refused(
     client, make_users, running_job, expire_leases, extract_claim
 ):
-    job = running_job(make_users(3), start={"chunk_size": 3})
+    job = running_job(make_users(3), start={"chunk_size": 6})  # reclaimed at half the chunk size: all 3
     extractor = make_extractor("test")
     stale = chunk_claim(job)
     expire_leases(job)

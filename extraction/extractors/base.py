@@ -87,14 +87,30 @@ class ExtractionError(Exception):
     counts), so that a job fails fast on many errors of one kind in a row; it defaults to the message.
     `stopped`: the user was never tried because the chunk stopped (a cancel, the token cap, a lost
     lease, the chunk's deadline); it does not count as an attempt.
+    `interrupted`: an outage (the database, the broker or the network away) cut the chunk short;
+    not an attempt and not the user's error, but counted apart (see JobItem.interruptions).
     """
 
-    def __init__(self, message: str, *, kind: str = "", permanent: bool = False, stopped: bool = False):
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str = "",
+        permanent: bool = False,
+        stopped: bool = False,
+        interrupted: bool = False,
+    ):
         super().__init__(message)
         self.message = message
         self.kind = kind or message
         self.permanent = permanent
         self.stopped = stopped
+        self.interrupted = interrupted
+
+    @property
+    def counts(self) -> bool:
+        """Whether this error is about the user: an attempt spent, a step of a fail-fast streak."""
+        return not (self.stopped or self.interrupted)
 
 
 class ExtractorFatalError(Exception):

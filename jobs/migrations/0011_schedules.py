@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0009_priority_and_max_workers'),
+        ('jobs', '0010_item_interruptions'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -1,0 +1,135 @@
+"""A database server restarted, away for a while, or cut off by a silent partition under a running
+job: the job ends completed, nobody failed or cancelled. Each test runs a PostgreSQL server of its
+own (tests/own_servers.py), never the machine's."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.db import DatabaseError
+
+from eventproject.db import connection_reset
+from jobs.models import Job
+from jobs.services import job_start
+from tests.cluster import ROOT, wait_for
+from tests.fake_openai import API_KEY, MODEL
+
+pytestmark = pytest.mark.integration
+
+# Chunks larger than the fail-fast streak: an outage counted against users would fail the job.
+SETTINGS = {"JOBS_FAIL_FAST_AFTER": "20", "JOBS_LEASE_SECONDS": "5", "JOBS_HEAL_SECONDS": "1"}
+
+
+@pytest.fixture
+def llm_job(postgres_database, llm_server, make_users, clusters, settings):
+    """llm_job() -> a job of the LLM extractor over 300 users (chunks of 100, each a few seconds of
+    calls) on the test's own PostgreSQL server, with a real cluster at work on it."""
+    settings.JOBS_FAIL_FAST_AFTER = 20
+    make_users(300, behaviors=4)
+    llm_server.latency = 0.3
+    clusters(
+        OPENAI_BASE_URL=llm_server.url,
+        OPENAI_API_KEY=API_KEY,
+        EXTRACTION_LLM_MODEL=MODEL,
+        EXTRACTION_LLM_BACKOFF_SECONDS="0.1",
+        **SETTINGS,
+    )
+
+    def start() -> Job:
+        options = {"max_concurrency": 4, "token_budget": 1200}
+        return job_start(extractor="llm", chunk_size=100, options=options)
+
+    return start
+
+
+def answered(llm_server) -> int:
+    return sum(1 for request in llm_server.requests if request.get("status") == 200)
+
+
+def finished(job_id: int) -> Job | None:
+    """The job if it has ended; None while it runs or while this process's connection, ended by
+    the restart, is being opened again."""
+    try:
+        return Job.objects.filter(id=job_id, status__in=Job.FINISHED).first()
+    except DatabaseError:
+        connection_reset()
+        return None
+
+
+def assert_completed_by_everyone(job_id: int) -> None:
+    job = wait_for(lambda: finished(job_id), timeout=180, what="the job to end")
+    assert (job.status, job.error) == ("completed", "")
+    assert (job.succeeded_items, job.failed_items, job.cancelled_items) == (job.total_items, 0, 0)
+
+
+def test_a_job_survives_a_restart_of_its_database_server(llm_job, postgres_database, llm_server):
+    job = llm_job()
+    wait_for(lambda: answered(llm_server) >= 5, timeout=60, what="calls under way")
+    postgres_database.restart()  # fast: every session ends at once, as on a real restart
+    assert_completed_by_everyone(job.id)
+
+
+def test_a_job_waits_while_its_database_is_away_and_goes_on_when_it_returns(
+    llm_job, postgres_database, llm_server
+):
+    job = llm_job()
+    wait_for(lambda: answered(llm_server) >= 5, timeout=60, what="calls under way")
+    postgres_database.stop("fast")
+    seen = answered(llm_server)
+    wait_for(lambda: answered(llm_server) > seen + 2, timeout=30, what="calls in flight to be answered")
+    postgres_database.start()  # after 20 s and more: every lease has run out meanwhile
+    assert_completed_by_everyone(job.id)
+
+
+# In a process cut off from its database: does a query waiting for its answer give up?
+WAITING_QUERY = """
+import django, time
+django.setup()
+from django.db import OperationalError, connection
+started = time.monotonic()
+try:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(5)")  # the test cuts the link while it runs
+except OperationalError as exc:
+    print(f"gave up after {time.monotonic() - started:.0f} s: {type(exc).__name__}", flush=True)
+"""
+
+
+def test_a_query_waiting_for_its_answer_behind_a_silent_partition_gives_up_within_seconds(
+    network_namespace,
+):
+    """The query has reached the server; its answer never comes back (packets dropped, no reset).
+    A connection with nothing to send never notices by itself: it would wait for hours. With TCP
+    keepalives (DEAD_PEER_SECONDS) it gives up within seconds, and so does the worker's chunk."""
+    from tests.own_servers import PostgresServer
+
+    ns = network_namespace
+    with PostgresServer(reachable_from=[ns]) as server:
+        server.create_database("eventproject")
+        env = {"DATABASE_URL": server.url("eventproject", via=ns), "DEBUG": "1", "DEAD_PEER_SECONDS": "6"}
+        process = subprocess.Popen(
+            ns.command([sys.executable, "-c", WAITING_QUERY]),
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(lambda: sleeping(server), timeout=30, what="the query to run on the server")
+            ns.cut()
+            out, _ = process.communicate(timeout=60)
+        finally:
+            ns.heal()
+            process.kill()
+    assert out.startswith("gave up after ") and out.endswith(": OperationalError\n"), out
+
+
+def sleeping(server) -> bool:
+    import psycopg
+
+    with psycopg.connect(server.url()) as conn:
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep%%'"
+        )
+        return conn.execute(query).fetchone()[0] > 0
