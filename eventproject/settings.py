@@ -118,6 +118,7 @@ INSTALLED_APPS = [
     "jobs",  # before django_q: its `qcluster` command (which also heals jobs) replaces django-q2's
     "django_q",
     "ops",
+    "webhooks",  # the bottom layer: jobs and extraction record their events through it
 ]
 
 MIDDLEWARE = [
@@ -480,6 +481,24 @@ if IMPORTS_BUDGET_SECONDS > Q_TIMEOUT - JOBS_COMMIT_RESERVE_SECONDS:
         f"IMPORTS_BUDGET_SECONDS must leave JOBS_COMMIT_RESERVE_SECONDS before Q_TIMEOUT: at most "
         f"{Q_TIMEOUT - JOBS_COMMIT_RESERVE_SECONDS}, got {IMPORTS_BUDGET_SECONDS}"
     )
+
+# Webhooks: every attempt to deliver one has WEBHOOKS_TIMEOUT_SECONDS in all (name resolution,
+# connecting, sending, the answer's head and a short excerpt of its body); a failed delivery is
+# tried again after WEBHOOKS_RETRY_BACKOFF_SECONDS, doubling up to WEBHOOKS_RETRY_BACKOFF_MAX_SECONDS,
+# for WEBHOOKS_RETRY_SECONDS after the event, then marked failed (it can be redelivered from the
+# admin). Receivers at private, loopback or link-local addresses are refused unless
+# WEBHOOKS_ALLOW_PRIVATE_ADDRESSES is on (a receiver on the same network, the tests).
+WEBHOOKS_TIMEOUT_SECONDS = env_float("WEBHOOKS_TIMEOUT_SECONDS", 10.0, minimum=0.5)
+if WEBHOOKS_TIMEOUT_SECONDS > 120:
+    raise ImproperlyConfigured(
+        f"WEBHOOKS_TIMEOUT_SECONDS must be at most 120, got {WEBHOOKS_TIMEOUT_SECONDS}"
+    )
+WEBHOOKS_RETRY_SECONDS = env_int("WEBHOOKS_RETRY_SECONDS", 86_400, minimum=0)
+WEBHOOKS_RETRY_BACKOFF_SECONDS = env_float("WEBHOOKS_RETRY_BACKOFF_SECONDS", 10.0, minimum=0.1)
+WEBHOOKS_RETRY_BACKOFF_MAX_SECONDS = env_float(
+    "WEBHOOKS_RETRY_BACKOFF_MAX_SECONDS", 3600.0, minimum=WEBHOOKS_RETRY_BACKOFF_SECONDS
+)
+WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = env_bool("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", False)
 
 REDIS_URL = os.environ.get("REDIS_URL") or None
 

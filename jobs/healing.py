@@ -8,17 +8,21 @@ from django.db.models.functions import Coalesce
 
 from eventproject.db import DatabaseNow
 from extraction.imports import imports_heal
+from webhooks.delivery import deliveries_heal
 
 from . import bells, transitions
 from .models import Job, JobItem
+from .schedules import schedules_run_due
 from .worker.claims import claimable
 from .worker.scheduler import workers_serving
 
 
 def heal_all(*, force: bool = False) -> list[str]:
-    """Heal jobs and imports; a line for each thing done. `force`: a cluster that starts rings every
-    job short of drains at once, whenever it was last rung."""
-    return [*jobs_heal(force=force), *imports_heal()]
+    """Heal jobs and imports, start the jobs of due schedules (each due time starts one job, whichever
+    cluster claims it) and ring webhook deliveries that are due; a line for each thing done.
+    `force`: a cluster that starts rings every job short of drains at once, whenever it was last
+    rung."""
+    return [*jobs_heal(force=force), *imports_heal(), *schedules_run_due(), *deliveries_heal()]
 
 
 def jobs_heal(*, force: bool = False) -> list[str]:

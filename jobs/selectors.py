@@ -6,7 +6,7 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Exists, IntegerField, Min, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, IntegerField, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -15,7 +15,7 @@ from extraction.extractors import Extractor, UnknownExtractor, extractor_class
 from extraction.models import ExtractedEvent, UserProfile
 from extraction.selectors import user_inputs_load, users_needing_extraction
 
-from .models import Job, JobItem
+from .models import Job, JobItem, Schedule, ScheduleRun
 
 CURRENT_USERS_SHOWN = 20
 THROUGHPUT_WINDOW = timedelta(minutes=1)
@@ -344,3 +344,14 @@ def job_outcome_mix(job: Job) -> list[dict[str, Any]]:
         {"outcome": "cancelled", "count": job.cancelled_items},
         {"outcome": "left", "count": left},
     ]
+
+
+def schedules_list() -> QuerySet[Schedule]:
+    """Schedules by name, each with its latest run (and that run's job) in `latest` (a list of at
+    most one): two queries for the whole page."""
+    latest = ScheduleRun.objects.select_related("job").order_by("-id")[:1]
+    return (
+        Schedule.objects.select_related("created_by")
+        .prefetch_related(Prefetch("runs", queryset=latest, to_attr="latest"))
+        .order_by("name")
+    )

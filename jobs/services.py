@@ -90,12 +90,16 @@ def job_start(
     max_workers: int | None = None,
     parent: Job | None = None,
     enqueue: bool = True,
+    everyone: bool = False,
+    schedule=None,
 ) -> Job:
-    """Create a job over these users (None: every user needing extraction and not in an active job).
+    """Create a job over these users (None: every user needing extraction and not in an active job;
+    with `everyone`, every user not in an active job).
 
     Explicit ids that are unknown or already in an active job are refused by name. Items are
     created in one INSERT … SELECT (a million in seconds); drain tasks are enqueued after commit.
-    A job with nobody to process completes at once.
+    A job with nobody to process completes at once. `priority` (a Job.Priority weight) and
+    `max_workers` say how it shares the workers; `schedule` is the schedule that started it.
     """
     errors: dict[str, str] = {}
     default_chunk_size = settings.JOBS_CHUNK_SIZE
@@ -123,7 +127,7 @@ def job_start(
     if parent is not None:
         selection = {"mode": "retry_failed", "parent": parent.id}
     elif ids is None:
-        selection = {"mode": "needing_extraction"}
+        selection = {"mode": "all" if everyone else "needing_extraction"}
     else:
         selection = {"mode": "users", "count": len(ids)}
     try:
@@ -138,8 +142,9 @@ def job_start(
                 priority=priority,
                 max_workers=max_workers,
                 parent=parent,
+                schedule=schedule,
             )
-            total = _items_create_for_needing(job) if ids is None else _items_create_for(job, ids)
+            total = _items_create_for_needing(job, everyone) if ids is None else _items_create_for(job, ids)
             _job_opened(job, total, enqueue=enqueue)
     except IntegrityError:
         # Another start took some of these users between our check and our insert.
@@ -227,9 +232,10 @@ def _clean_user_ids(user_ids: Iterable[Any], errors: dict[str, str]) -> list[str
     return ids
 
 
-def _items_create_for_needing(job: Job) -> int:
+def _items_create_for_needing(job: Job, everyone: bool = False) -> int:
     already_active = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
-    chosen = users_needing_extraction().filter(~Exists(already_active)).values("user_id")
+    users = UserProfile.objects.all() if everyone else users_needing_extraction()
+    chosen = users.filter(~Exists(already_active)).values("user_id")
     sql, params = chosen.query.sql_with_params()
     with connection.cursor() as cursor:
         try:

@@ -5,7 +5,9 @@ same change cannot both win, and returns whether (or to how many rows) it applie
 the worker, healing and the admin call these; none of them writes a status itself.
 
 A job's counters move in the same transaction as the items they count: whoever moves items here
-moves the counters too. Statuses reach SQL as parameters, never as literals.
+moves the counters too. A job's end (completed, cancelled, failed) records its webhook event in the
+same transaction (jobs.webhook_events), so no end is ever told twice or never. Statuses reach SQL
+as parameters, never as literals.
 """
 
 import uuid
@@ -21,6 +23,7 @@ from django.utils import timezone
 from eventproject.db import DatabaseNow, datetime_adapter, now_sql, rows_sql
 
 from .models import Job, JobItem
+from .webhook_events import JOB_CANCELLED, JOB_COMPLETED, JOB_FAILED, job_event_record
 
 JOBS, ITEMS = Job._meta.db_table, JobItem._meta.db_table
 PENDING, RUNNING = JobItem.Status.PENDING.value, JobItem.Status.RUNNING.value
@@ -45,11 +48,13 @@ def job_mark_running(job_id: int) -> bool:
 
 def job_complete_empty(job: Job) -> bool:
     """queued → completed at once: a job over nobody has nothing to do."""
-    return bool(
-        Job.objects.filter(id=job.id, status=Job.Status.QUEUED, total_items=0).update(
+    with transaction.atomic():
+        if Job.objects.filter(id=job.id, status=Job.Status.QUEUED, total_items=0).update(
             status=Job.Status.COMPLETED, started_at=job.created_at, finished_at=job.created_at
-        )
-    )
+        ):
+            job_event_record(job.id, JOB_COMPLETED)
+            return True
+    return False
 
 
 def job_finish_if_done(job_id: int) -> str | None:
@@ -59,12 +64,14 @@ def job_finish_if_done(job_id: int) -> str | None:
     now = timezone.now()
     active = JobItem.objects.filter(job_id=OuterRef("pk"), status__in=JobItem.ACTIVE)
     running = JobItem.objects.filter(job_id=OuterRef("pk"), status=JobItem.Status.RUNNING)
-    if (
-        Job.objects.filter(id=job_id, status=Job.Status.RUNNING)
-        .filter(~Exists(active))
-        .update(status=Job.Status.COMPLETED, finished_at=now)
-    ):
-        return Job.Status.COMPLETED
+    with transaction.atomic():
+        if (
+            Job.objects.filter(id=job_id, status=Job.Status.RUNNING)
+            .filter(~Exists(active))
+            .update(status=Job.Status.COMPLETED, finished_at=now)
+        ):
+            job_event_record(job_id, JOB_COMPLETED)
+            return Job.Status.COMPLETED
     with transaction.atomic():
         if (
             Job.objects.filter(id=job_id, status=Job.Status.CANCELLING)
@@ -72,6 +79,7 @@ def job_finish_if_done(job_id: int) -> str | None:
             .update(status=Job.Status.CANCELLED, finished_at=now)
         ):
             items_pending_cancel(job_id)
+            job_event_record(job_id, JOB_CANCELLED)
             return Job.Status.CANCELLED
     return None
 
@@ -102,6 +110,8 @@ def job_fail(job_id: int, message: str, *, release_token: uuid.UUID | None = Non
                 claim_token=release_token, status=JobItem.Status.RUNNING
             ).update(status=JobItem.Status.CANCELLED, finished_at=now, lease_expires_at=None)
             _counters_add(job_id, cancelled_items=released)
+        if applied:
+            job_event_record(job_id, JOB_FAILED)
     return bool(applied)
 
 

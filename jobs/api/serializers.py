@@ -128,6 +128,7 @@ class JobSummary(serializers.ModelSerializer):
             "selection",
             "created_by",
             "parent",
+            "schedule",
             "chunk_size",
             "max_attempts",
             "created_at",
