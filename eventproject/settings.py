@@ -135,6 +135,7 @@ INSTALLED_APPS = [
     "jobs",  # before django_q: its `qcluster` command (which also heals jobs) replaces django-q2's
     "django_q",
     "ops",
+    "webhooks",  # the bottom layer: jobs and extraction record their events through it
 ]
 
 MIDDLEWARE = [
@@ -417,6 +418,14 @@ if EXTRACTION_LLM_PROMPT_FILE and not Path(EXTRACTION_LLM_PROMPT_FILE).is_file()
 EXTRACTION_LLM_REQUESTS_PER_MINUTE = env_int("EXTRACTION_LLM_REQUESTS_PER_MINUTE", 0)
 EXTRACTION_LLM_MAX_RETRIES = env_int("EXTRACTION_LLM_MAX_RETRIES", 4)
 EXTRACTION_LLM_BACKOFF_SECONDS = env_float("EXTRACTION_LLM_BACKOFF_SECONDS", 1.0)
+# How answers are asked for when a job does not say: "auto" (the answer's JSON schema where the
+# endpoint takes one, else JSON mode, else plain text: learned from its refusals), or one of them.
+EXTRACTION_LLM_RESPONSE_FORMAT = os.environ.get("EXTRACTION_LLM_RESPONSE_FORMAT", "auto")
+if EXTRACTION_LLM_RESPONSE_FORMAT not in ("auto", "json_schema", "json_object", "text"):
+    raise ImproperlyConfigured(
+        "EXTRACTION_LLM_RESPONSE_FORMAT must be auto, json_schema, json_object or text, "
+        f"not {EXTRACTION_LLM_RESPONSE_FORMAT!r}"
+    )
 
 
 # Input limits, all in one place. Whatever arrives from outside (a request, an imported file, an
@@ -468,6 +477,7 @@ IMPORTS_MAX_ERRORS_KEPT = 1000  # rejected rows listed in the report (all are co
 # Q_TIMEOUT so a live task is never doubled.
 JOBS_CHUNK_SIZE_LIMIT = 10_000
 JOBS_MAX_ATTEMPTS_LIMIT = 20
+JOBS_MAX_WORKERS_LIMIT = 1_000  # a job's max_workers
 JOBS_CHUNK_SIZE = env_int("JOBS_CHUNK_SIZE", 100, minimum=1)
 JOBS_MAX_ATTEMPTS = env_int("JOBS_MAX_ATTEMPTS", 3, minimum=1)
 if JOBS_CHUNK_SIZE > JOBS_CHUNK_SIZE_LIMIT or JOBS_MAX_ATTEMPTS > JOBS_MAX_ATTEMPTS_LIMIT:
@@ -510,6 +520,24 @@ if IMPORTS_BUDGET_SECONDS > Q_TIMEOUT - JOBS_COMMIT_RESERVE_SECONDS:
         f"IMPORTS_BUDGET_SECONDS must leave JOBS_COMMIT_RESERVE_SECONDS before Q_TIMEOUT: at most "
         f"{Q_TIMEOUT - JOBS_COMMIT_RESERVE_SECONDS}, got {IMPORTS_BUDGET_SECONDS}"
     )
+
+# Webhooks: every attempt to deliver one has WEBHOOKS_TIMEOUT_SECONDS in all (name resolution,
+# connecting, sending, the answer's head and a short excerpt of its body); a failed delivery is
+# tried again after WEBHOOKS_RETRY_BACKOFF_SECONDS, doubling up to WEBHOOKS_RETRY_BACKOFF_MAX_SECONDS,
+# for WEBHOOKS_RETRY_SECONDS after the event, then marked failed (it can be redelivered from the
+# admin). Receivers at private, loopback or link-local addresses are refused unless
+# WEBHOOKS_ALLOW_PRIVATE_ADDRESSES is on (a receiver on the same network, the tests).
+WEBHOOKS_TIMEOUT_SECONDS = env_float("WEBHOOKS_TIMEOUT_SECONDS", 10.0, minimum=0.5)
+if WEBHOOKS_TIMEOUT_SECONDS > 120:
+    raise ImproperlyConfigured(
+        f"WEBHOOKS_TIMEOUT_SECONDS must be at most 120, got {WEBHOOKS_TIMEOUT_SECONDS}"
+    )
+WEBHOOKS_RETRY_SECONDS = env_int("WEBHOOKS_RETRY_SECONDS", 86_400, minimum=0)
+WEBHOOKS_RETRY_BACKOFF_SECONDS = env_float("WEBHOOKS_RETRY_BACKOFF_SECONDS", 10.0, minimum=0.1)
+WEBHOOKS_RETRY_BACKOFF_MAX_SECONDS = env_float(
+    "WEBHOOKS_RETRY_BACKOFF_MAX_SECONDS", 3600.0, minimum=WEBHOOKS_RETRY_BACKOFF_SECONDS
+)
+WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = env_bool("WEBHOOKS_ALLOW_PRIVATE_ADDRESSES", False)
 
 REDIS_URL = os.environ.get("REDIS_URL") or None
 

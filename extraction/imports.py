@@ -35,6 +35,7 @@ from .importers import (
     import_file,
 )
 from .models import Behavior, DataImport, UserProfile
+from .webhook_events import IMPORT_COMPLETED, IMPORT_FAILED, import_event_record
 
 logger = logging.getLogger(__name__)
 TASK = "extraction.imports.import_run"
@@ -203,14 +204,18 @@ def _claim(import_id: int, token: uuid.UUID) -> DataImport | None:
         DataImport.objects.filter(id=import_id, started_at__isnull=True).update(started_at=timezone.now())
         return DataImport.objects.get(id=import_id)
     expired = claims.filter(status=DataImport.Status.RUNNING, lease_expires_at__lt=DatabaseNow())
-    if expired.filter(takeovers__gte=settings.IMPORTS_MAX_TAKEOVERS).update(
-        status=DataImport.Status.FAILED,
-        claim_token=None,
-        lease_expires_at=None,
-        finished_at=timezone.now(),
-        error=f"its worker stopped {settings.IMPORTS_MAX_TAKEOVERS + 1} times while importing it (killed, "
-        f"out of memory?); the lines before the last checkpoint are imported",
-    ):
+    with transaction.atomic():
+        failed = expired.filter(takeovers__gte=settings.IMPORTS_MAX_TAKEOVERS).update(
+            status=DataImport.Status.FAILED,
+            claim_token=None,
+            lease_expires_at=None,
+            finished_at=timezone.now(),
+            error=f"its worker stopped {settings.IMPORTS_MAX_TAKEOVERS + 1} times while importing it "
+            f"(killed, out of memory?); the lines before the last checkpoint are imported",
+        )
+        if failed:
+            import_event_record(import_id, IMPORT_FAILED)
+    if failed:
         _file_remove(DataImport.objects.get(id=import_id))
         return None
     if expired.update(claim_token=token, lease_expires_at=lease, rung_at=None, takeovers=F("takeovers") + 1):
@@ -241,7 +246,11 @@ def _requeue(import_id: int, token: uuid.UUID) -> None:
 def _finish(data_import: DataImport, token: uuid.UUID, *, error: str = "") -> None:
     status = DataImport.Status.FAILED if error else DataImport.Status.COMPLETED
     fields = {"status": status, "error": error, "claim_token": None, "lease_expires_at": None}
-    if _mine(data_import.id, token).update(**fields, finished_at=timezone.now()):
+    with transaction.atomic():
+        finished = _mine(data_import.id, token).update(**fields, finished_at=timezone.now())
+        if finished:
+            import_event_record(data_import.id, IMPORT_FAILED if error else IMPORT_COMPLETED)
+    if finished:
         _file_remove(data_import)
 
 

@@ -1,10 +1,15 @@
 """All LLM traffic goes through here: the official `openai` client against any OpenAI-compatible
-chat-completions endpoint (OpenAI, vLLM, Ollama, MiniMax…).
+chat-completions endpoint (OpenAI, DeepSeek, Qwen, vLLM, Ollama, MiniMax…).
 
 One request: `LLMClient.cached()` answers it when the same request was answered (and validated)
 before; otherwise `complete()` waits for a slot of the global rate limit, calls, and retries
 429 / 5xx / timeouts / connection errors with backoff and jitter, honouring Retry-After.
-401 / 403 / 404 and an unknown model raise LLMConfigError: the job cannot work, stop it.
+A request goes out in the shape its endpoint and model were found to accept (`llm_endpoints`):
+a refusal of a parameter we send (`max_tokens`, `temperature`, `response_format`) is learned
+once for every worker and the request sent again. The answer is asked for as the call's JSON
+schema (strict), as a JSON object, or as plain text, whichever is best of what the endpoint
+accepts (or what the job or the settings chose).
+401 / 403 / an unknown model / a wrong URL raise LLMConfigError: the job cannot work, stop it.
 
 Secrets stay here. The API key comes from the environment only; credentials in OPENAI_BASE_URL
 (user:password@, ?api-key=…) are used but never shown: messages name the endpoint without them.
@@ -17,11 +22,13 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import openai
@@ -30,6 +37,7 @@ from django.db import IntegrityError, connection, transaction
 
 from ops import metrics
 
+from .llm_endpoints import AUTO, RESPONSE_FORMATS, EndpointProfile, Refusal, Shape, sent_parameters
 from .models import LLMCacheEntry, RateLimit
 
 logger = logging.getLogger(__name__)
@@ -38,14 +46,30 @@ RATE_LIMIT_NAME = "llm"
 MAX_RETRY_AFTER_SECONDS = 120
 MIN_REQUEST_SECONDS = 1.0  # a request with less time than this before the chunk's deadline is not sent
 DEFAULT_ENDPOINT = "https://api.openai.com/v1"
-# Error codes of OpenAI-compatible endpoints worth telling a person, in words (never their text).
-KNOWN_CODES = {
-    "context_length_exceeded": "the prompt is longer than the model's context; lower options.token_budget",
-    "insufficient_quota": "the account's quota is used up",
-    "rate_limit_exceeded": "the endpoint's rate limit was reached",
-    "invalid_api_key": "the API key was rejected",
-    "model_not_found": "no such model",
-}
+MAX_ADAPTATIONS = 4  # refusals one request adapts to: the token parameter, temperature, two formats
+PROBE_POLL_SECONDS = 0.25  # how often a request waiting for a probe looks at its outcome
+PROBE_MARGIN_SECONDS = 30  # a probe's lease: the request's timeout and this, renewed at each try
+THINK_TAGS = re.compile(r"<(/?)think>", re.IGNORECASE)
+
+
+def without_thinking(text: str) -> str:
+    """The text without its <think>…</think> blocks, in one pass over the tags (a regular expression
+    looking for the end of each of 20,000 unclosed tags took 15 s); an unclosed block is kept."""
+    kept, start, opened = [], 0, None
+    for tag in THINK_TAGS.finditer(text):
+        if not tag.group(1) and opened is None:
+            opened = tag
+        elif tag.group(1) and opened is not None:
+            kept.append(text[start : opened.start()])
+            start, opened = tag.end(), None
+    kept.append(text[start:])
+    return "".join(kept)
+
+
+def estimate_tokens(text: str) -> int:
+    """A conservative token estimate: about one token per Chinese character (3 UTF-8 bytes),
+    more than one per 3 ASCII characters. No tokenizer download needed."""
+    return len(text.encode()) // 3 + 1
 
 
 class LLMConfigError(Exception):
@@ -73,10 +97,22 @@ class Completion:
     completion_tokens: int
     cached: bool
     key: str
+    reasoning_tokens: int = 0  # of the completion tokens
 
 
-def request_key(model: str, temperature: float, messages: list[dict], json_mode: bool) -> str:
-    payload = json.dumps([model, temperature, json_mode, messages], ensure_ascii=False, sort_keys=True)
+def request_key(
+    model: str,
+    temperature: float | None,
+    messages: list[dict],
+    response_format: str,
+    schema: dict | None = None,
+) -> str:
+    """The cache's key for a request as sent: the temperature it carried (None: none), the format
+    it asked for and the schema with it. A JSON-object request hashes as every request did before
+    formats could differ, so answers cached then are still found."""
+    mode: bool | str = True if response_format == "json_object" else response_format
+    parts = [model, temperature, mode, messages] + ([schema] if response_format == "json_schema" else [])
+    payload = json.dumps(parts, ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -147,12 +183,25 @@ def endpoint() -> Endpoint:
 
 
 class LLMClient:
-    def __init__(self, *, model: str, temperature: float, timeout: float, max_completion_tokens: int):
+    """Requests of one chunk to the configured endpoint, for one model and its options; safe to
+    use from the chunk's threads at once. `response_format` is "auto" (the best the endpoint
+    accepts, learned) or the one format to ask for; `flush()` when the chunk is done."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        temperature: float,
+        timeout: float,
+        max_completion_tokens: int,
+        response_format: str = AUTO,
+    ):
         api_key = os.environ.get("OPENAI_API_KEY", "")
         if not api_key:
             raise LLMConfigError("OPENAI_API_KEY is not set in the workers' environment")
         self.model, self.temperature, self.timeout = model, temperature, timeout
         self.max_completion_tokens = max_completion_tokens
+        self.forced = "" if response_format == AUTO else response_format
         self.endpoint = endpoint()
         self.client = openai.OpenAI(
             base_url=self.endpoint.base_url,
@@ -161,10 +210,21 @@ class LLMClient:
             timeout=timeout,
             max_retries=0,
         )
+        self.profile = EndpointProfile(self.endpoint.shown, model)
 
-    def cached(self, messages: list[dict]) -> Completion | None:
+    def response_format(self, shape: Shape | None = None) -> str:
+        """The format answers are asked in now: the job's choice, or the best the endpoint accepts."""
+        return self.forced or (shape or self.profile.shape).response_format
+
+    def key(self, messages: list[dict], schema: dict | None = None) -> str:
+        """The cache key of this request as it would go out now."""
+        shape = self.profile.shape
+        temperature = self.temperature if shape.sends_temperature else None
+        return request_key(self.model, temperature, messages, self._format(shape, schema), schema)
+
+    def cached(self, messages: list[dict], schema: dict | None = None) -> Completion | None:
         """The validated answer to exactly this request, if it was asked before."""
-        key = request_key(self.model, self.temperature, messages, json_mode=True)
+        key = self.key(messages, schema)
         hit = LLMCacheEntry.objects.filter(key=key).first()
         if hit:
             return Completion(hit.response, hit.prompt_tokens, hit.completion_tokens, cached=True, key=key)
@@ -174,61 +234,69 @@ class LLMClient:
         self,
         messages: list[dict],
         *,
+        schema: dict | None = None,
         should_stop: Callable[[], str] = lambda: "",
         seconds_left: Callable[[], float | None] = lambda: None,
         slot: AbstractContextManager | None = None,
     ) -> Completion:
-        """Ask the endpoint (no cache: see `cached`). `slot` is held only while a request is out;
-        `should_stop` (a reason, or "") is asked right before each request goes out; no request
-        outlasts `seconds_left()`, the time to the chunk's deadline (None: no deadline)."""
-        key = request_key(self.model, self.temperature, messages, json_mode=True)
-        attempt = 0
-        while True:  # until an answer, or _backoff gives up by raising
-            attempt += 1
-            self._wait(rate_limit_wait(settings.EXTRACTION_LLM_REQUESTS_PER_MINUTE), should_stop)
-            try:
-                with slot or nullcontext():
-                    if reason := should_stop():
-                        raise LLMStopped(reason)
-                    left = seconds_left()
-                    if left is not None and left < MIN_REQUEST_SECONDS:
-                        raise LLMStopped("the chunk's deadline is too near to send this user")
-                    with metrics.llm_call_timed() as call:  # counted for /metrics, whatever the outcome
-                        response = self.client.chat.completions.create(
-                            model=self.model,
-                            messages=messages,
-                            temperature=self.temperature,
-                            max_tokens=self.max_completion_tokens,
-                            response_format={"type": "json_object"},
-                            timeout=self.timeout if left is None else min(self.timeout, left),
-                        )
-                        call.usage(response.usage)
-            except openai.APIStatusError as exc:
-                delay = self._refusal(exc, attempt)
-            except openai.APITimeoutError:
-                delay = self._backoff(
-                    attempt, f"no answer within {self.timeout:g} s (options.timeout)", "timeout"
-                )
-            except openai.APIConnectionError:
-                delay = self._backoff(
-                    attempt, f"could not connect to {self.endpoint.shown}", "connection error"
-                )
-            except openai.OpenAIError as exc:  # an answer the client could not read
-                raise LLMCallError(
-                    f"the LLM endpoint's answer could not be read ({type(exc).__name__})",
-                    kind="unreadable answer",
-                ) from None
-            else:
-                usage = response.usage
-                content = (response.choices[0].message.content or "") if response.choices else ""
-                return Completion(
-                    content,
-                    usage.prompt_tokens if usage else 0,
-                    usage.completion_tokens if usage else 0,
-                    cached=False,
-                    key=key,
-                )
-            self._wait(delay, should_stop)
+        """Ask the endpoint (no cache: see `cached`); `schema` is the answer's JSON schema, sent
+        where the endpoint takes one. `slot` is held only while a request is out; `should_stop`
+        (a reason, or "") is asked right before each request goes out; no request outlasts
+        `seconds_left()`, the time to the chunk's deadline (None: no deadline)."""
+        attempt = adaptations = 0
+        probing = False
+        try:
+            while True:  # until an answer, or _refusal / _backoff gives up by raising
+                if probing:
+                    self.profile.probe_renew(self.timeout + PROBE_MARGIN_SECONDS)
+                else:
+                    probing = self._probe_wait(should_stop)
+                shape = self.profile.shape
+                response_format = self._format(shape, schema)
+                attempt += 1
+                self._wait(rate_limit_wait(settings.EXTRACTION_LLM_REQUESTS_PER_MINUTE), should_stop)
+                try:
+                    with slot or nullcontext():
+                        if reason := should_stop():
+                            raise LLMStopped(reason)
+                        left = seconds_left()
+                        if left is not None and left < MIN_REQUEST_SECONDS:
+                            raise LLMStopped("the chunk's deadline is too near to send this user")
+                        timeout = self.timeout if left is None else min(self.timeout, left)
+                        with metrics.llm_call_timed() as call:  # counted for /metrics, whatever the outcome
+                            response = self.client.chat.completions.create(
+                                **self._request(messages, shape, response_format, schema), timeout=timeout
+                            )
+                            call.usage(response.usage)
+                except openai.APIStatusError as exc:
+                    refusal = Refusal.of(exc)
+                    if adaptations < MAX_ADAPTATIONS and self._adapt(refusal, shape, response_format):
+                        adaptations += 1
+                        attempt -= 1  # a refused parameter is no failed attempt: it is sent otherwise
+                        continue
+                    delay = self._refusal(exc, refusal, attempt, sent_parameters(shape, response_format))
+                except openai.APITimeoutError:
+                    delay = self._backoff(
+                        attempt, f"no answer within {self.timeout:g} s (options.timeout)", "timeout"
+                    )
+                except openai.APIConnectionError:
+                    delay = self._backoff(
+                        attempt, f"could not connect to {self.endpoint.shown}", "connection error"
+                    )
+                except openai.OpenAIError as exc:  # an answer the client could not read
+                    raise LLMCallError(
+                        f"the LLM endpoint's answer could not be read ({type(exc).__name__})",
+                        kind="unreadable answer",
+                    ) from None
+                else:
+                    if probing:
+                        self.profile.probe_end(answered=shape)
+                        probing = False
+                    return self._completion(response, messages, shape, response_format, schema)
+                self._wait(delay, should_stop)
+        finally:
+            if probing:  # it failed or stopped: another request may find out
+                self.profile.probe_end(answered=None)
 
     def remember(self, completion: Completion) -> None:
         """Keep a validated answer for the next identical request."""
@@ -242,26 +310,123 @@ class LLMClient:
             )
             LLMCacheEntry.objects.bulk_create([entry], ignore_conflicts=True)  # a twin may have won
 
-    def _refusal(self, exc: openai.APIStatusError, attempt: int) -> float:
+    def flush(self) -> None:
+        """Record the completion and reasoning tokens answered (the cost estimate's reasoning share)."""
+        self.profile.flush()
+
+    # The request's shape ----------------------------------------------------------------------------
+    def _format(self, shape: Shape, schema: dict | None) -> str:
+        response_format = self.response_format(shape)
+        if response_format == "json_schema" and schema is None:
+            return "json_object"  # nothing to send as a schema
+        return response_format
+
+    def _request(self, messages: list[dict], shape: Shape, response_format: str, schema: dict | None) -> dict:
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            shape.token_parameter: self.max_completion_tokens,
+        }
+        if shape.sends_temperature:
+            request["temperature"] = self.temperature
+        if response_format == "json_schema":
+            request["response_format"] = {"type": "json_schema", "json_schema": schema}
+        elif response_format == "json_object":
+            request["response_format"] = {"type": "json_object"}
+        return request
+
+    def _probe_wait(self, should_stop: Callable[[], str]) -> bool:
+        """Before a request: True when it is to be the probe of a shape not yet accepted; waits
+        while another request (of any worker) is."""
+        while True:
+            shape = self.profile.shape
+            if shape.accepted or (self.forced and self.forced != shape.response_format):
+                return False  # (a job asking for another format than the learned one does not probe)
+            if self.profile.probe_claim(self.timeout + PROBE_MARGIN_SECONDS):
+                return True
+            self._wait(PROBE_POLL_SECONDS, should_stop)
+            self.profile.reload()
+
+    def _adapt(self, refusal: Refusal, shape: Shape, response_format: str) -> bool:
+        """Learn from a refusal of a parameter we can send otherwise or do without; True: send the
+        request again (in the shape now learned)."""
+        parameter = refusal.refused_parameter(sent_parameters(shape, response_format))
+        if parameter is None:
+            return False
+        if self.profile.learn(shape, response_format, parameter):
+            what, instead = _adaptation_words(parameter, response_format)
+            logger.warning(
+                "the LLM endpoint %s refused %s for model %r (HTTP %d); %s from now on, for every worker",
+                self.endpoint.shown,
+                what,
+                self.model,
+                refusal.status,
+                instead,
+            )
+        if parameter == "response_format" and self.forced:
+            raise LLMConfigError(
+                f"the LLM endpoint at {self.endpoint.shown} refused response_format {response_format} "
+                f"for model {self.model!r} (HTTP {refusal.status}); set options.response_format to "
+                f"auto, or to a format it accepts"
+            )
+        return True
+
+    def _completion(
+        self, response, messages: list[dict], shape: Shape, response_format: str, schema: dict | None
+    ) -> Completion:
+        usage = response.usage
+        content = (response.choices[0].message.content or "") if response.choices else ""
+        completion_tokens = (usage.completion_tokens or 0) if usage else 0
+        reasoning = reasoning_tokens(response, content, completion_tokens)
+        self.profile.report(completion_tokens, reasoning)
+        temperature = self.temperature if shape.sends_temperature else None
+        return Completion(
+            content,
+            (usage.prompt_tokens or 0) if usage else 0,
+            completion_tokens,
+            cached=False,
+            key=request_key(self.model, temperature, messages, response_format, schema),
+            reasoning_tokens=reasoning,
+        )
+
+    # Failures ---------------------------------------------------------------------------------------
+    def _refusal(
+        self, exc: openai.APIStatusError, refusal: Refusal, attempt: int, sent: tuple[str, ...]
+    ) -> float:
         """Why the endpoint said no, in our words: the body is read only to classify it."""
-        status, code = exc.status_code, _error_code(exc)
-        said = f"HTTP {status}" + (f": {KNOWN_CODES[code]}" if code in KNOWN_CODES else "")
+        status = refusal.status
         if status == 401:
             raise LLMConfigError(
                 "the LLM endpoint rejected the API key (HTTP 401); check OPENAI_API_KEY on the workers"
             )
         if status == 403:
             raise LLMConfigError("the LLM endpoint refused access (HTTP 403); the key may not use this model")
-        if status == 404 or code == "model_not_found" or (status == 400 and _mentions_unknown_model(exc)):
+        if refusal.names_unknown_model():
             raise LLMConfigError(
                 f"the LLM endpoint at {self.endpoint.shown} does not know model {self.model!r} "
                 f"(HTTP {status}); check EXTRACTION_LLM_MODEL or the job's model option"
             )
+        if status == 404:
+            raise LLMConfigError(
+                f"the LLM endpoint at {self.endpoint.shown} has no chat completions (HTTP 404); check "
+                f"OPENAI_BASE_URL (it usually ends in /v1)"
+            )
+        detail = refusal.detail(sent)
         if status == 429 or status >= 500:
             kind = "too many requests" if status == 429 else "a server error"
-            reason = f"HTTP {status}, {kind}" if code not in KNOWN_CODES else said
+            reason = f"HTTP {status}: {detail}" if detail else f"HTTP {status}, {kind}"
             return self._backoff(attempt, reason, f"HTTP {status}", at_least=_retry_after(exc))
-        raise LLMCallError(f"the LLM endpoint refused the request ({said})", kind=f"HTTP {status}")
+        if refusal.overflows_context():
+            raise LLMCallError(
+                f"the LLM endpoint refused the request (HTTP {status}): the prompt and the room for the "
+                f"answer exceed the model's context; lower options.token_budget or "
+                f"options.max_completion_tokens",
+                kind=f"HTTP {status}, context",
+            )
+        raise LLMCallError(
+            f"the LLM endpoint refused the request (HTTP {status}" + (f": {detail})" if detail else ")"),
+            kind=f"HTTP {status}",
+        )
 
     @staticmethod
     def _backoff(attempt: int, reason: str, kind: str, at_least: float = 0.0) -> float:
@@ -283,21 +448,34 @@ class LLMClient:
             time.sleep(min(left, 0.5))
 
 
-def _error_body(exc: openai.APIStatusError) -> dict:
-    body = exc.body
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return body["error"]
-    return body if isinstance(body, dict) else {}
+def reasoning_tokens(response, content: str, completion_tokens: int) -> int:
+    """The completion tokens the model spent reasoning: as the endpoint reports them (OpenAI,
+    DeepSeek: usage.completion_tokens_details.reasoning_tokens), else estimated from the reasoning
+    text it returned (`reasoning_content`: DeepSeek, older vLLM; `reasoning`: vLLM, Ollama; `<think>`
+    blocks in the content), at most the completion tokens."""
+    details = getattr(response.usage, "completion_tokens_details", None) if response.usage else None
+    reported = getattr(details, "reasoning_tokens", None)
+    if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 0:
+        return min(reported, completion_tokens)  # a part of them, whatever the endpoint says
+    message = response.choices[0].message if response.choices else None
+    texts = [getattr(message, name, None) for name in ("reasoning_content", "reasoning")]
+    thought = sum(len(text.encode()) for text in texts if isinstance(text, str))
+    thought += len(content.encode()) - len(without_thinking(content).encode())  # <think> blocks
+    return min(thought // 3 + 1, completion_tokens) if thought else 0  # as estimate_tokens counts
 
 
-def _error_code(exc: openai.APIStatusError) -> str:
-    code = _error_body(exc).get("code")
-    return code if isinstance(code, str) else ""
-
-
-def _mentions_unknown_model(exc: openai.APIStatusError) -> bool:
-    message = str(_error_body(exc).get("message") or exc.message).lower()
-    return "model" in message and "not" in message
+def _adaptation_words(parameter: str, response_format: str) -> tuple[str, str]:
+    """(what was refused, what is done instead), for the log."""
+    if parameter in ("max_tokens", "max_completion_tokens"):
+        other = "max_completion_tokens" if parameter == "max_tokens" else "max_tokens"
+        return parameter, f"the answer's room is sent as {other}"
+    if parameter == "temperature":
+        return "temperature", "no temperature is sent (the model's default)"
+    following = RESPONSE_FORMATS[RESPONSE_FORMATS.index(response_format) + 1]
+    instead = (
+        "answers are asked as plain text" if following == "text" else f"answers are asked as {following}"
+    )
+    return f"response_format {response_format}", instead
 
 
 def _retry_after(exc: openai.APIStatusError) -> float:

@@ -200,6 +200,58 @@ class LLMCacheEntry(models.Model):
         return f"{self.model} {self.key[:12]}"
 
 
+class LLMEndpointProfile(models.Model):
+    """What one LLM endpoint and model accept, learned from their refusals and shared by every
+    worker on every machine, so that a refused parameter costs one extra call per endpoint and
+    model, not one per request. The first request to a new endpoint and model goes alone (a probe,
+    `probe_until`); the others wait until its shape was accepted (`accepted_at`)."""
+
+    class TokenParameter(models.TextChoices):
+        MAX_TOKENS = "max_tokens"
+        MAX_COMPLETION_TOKENS = "max_completion_tokens"
+
+    class ResponseFormat(models.TextChoices):
+        """Best first: an automatic choice starts at json_schema and steps down on each refusal."""
+
+        JSON_SCHEMA = "json_schema"
+        JSON_OBJECT = "json_object"
+        TEXT = "text"
+
+    endpoint = models.CharField(max_length=500, help_text="OPENAI_BASE_URL without credentials or query")
+    model = models.CharField(max_length=200)
+    token_parameter = models.CharField(
+        max_length=32, choices=TokenParameter.choices, default=TokenParameter.MAX_TOKENS
+    )
+    sends_temperature = models.BooleanField(default=True)
+    response_format = models.CharField(
+        max_length=16, choices=ResponseFormat.choices, default=ResponseFormat.JSON_SCHEMA
+    )
+    accepted_at = models.DateTimeField(
+        null=True, blank=True, help_text="A request of this shape was answered"
+    )
+    probe_until = models.DateTimeField(null=True, blank=True, help_text="A worker is probing until then")
+    # What the endpoint reported for this model so far (the cost estimate's reasoning share).
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    reasoning_tokens = models.PositiveBigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "model"], name="llm_profile_endpoint_model"),
+            models.CheckConstraint(
+                condition=Q(token_parameter__in=["max_tokens", "max_completion_tokens"]),
+                name="llm_profile_token_parameter_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(response_format__in=["json_schema", "json_object", "text"]),
+                name="llm_profile_response_format_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} at {self.endpoint}"
+
+
 class RateLimit(models.Model):
     """A request-rate limit shared by every worker on every machine: each request reserves the
     next free slot, `interval` seconds after the previous one (virtual scheduling)."""

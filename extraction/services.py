@@ -141,15 +141,23 @@ OVER_CAP = (
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """One user's extraction, from the extractor to the commit: its input (None when it has no
-    profile) and its events or the error that stopped it."""
+    profile), its events or the error that stopped it, and the tokens paid for it (LLM extractors;
+    paid is paid, whatever the result; reasoning tokens are a part of the completion tokens)."""
 
     user_id: str
     user: UserInput | None
     result: UserResult
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def succeeded(self) -> bool:
         return not isinstance(self.result, ExtractionError)
+
+    @property
+    def events(self) -> int:
+        return len(self.result) if self.succeeded else 0
 
 
 def chunk_extract(
@@ -166,12 +174,22 @@ def chunk_extract(
     over_cap = ExtractionError(
         OVER_CAP.format(cap=settings.EXTRACTION_MAX_BEHAVIORS_PER_USER), permanent=True
     )
+    refused = dict.fromkeys(loaded.over_cap, over_cap)
     return [
-        Outcome(user_id, inputs[user_id], results.get(user_id, left_out))
-        if user_id in inputs
-        else Outcome(user_id, None, over_cap if user_id in loaded.over_cap else no_profile)
+        outcome_of(
+            user_id,
+            inputs.get(user_id),
+            results.get(user_id, left_out) if user_id in inputs else refused.get(user_id, no_profile),
+            control,
+        )
         for user_id in user_ids
     ]
+
+
+def outcome_of(user_id: str, user: UserInput | None, result: UserResult, control: Control | None) -> Outcome:
+    """An outcome with the tokens the control heard paid for this user."""
+    prompt, completion, reasoning = control.usage.get(user_id, (0, 0, 0)) if control else (0, 0, 0)
+    return Outcome(user_id, user, result, prompt, completion, reasoning)
 
 
 def extraction_results_save(*, outcomes: Sequence[Outcome], extractor: Extractor) -> None:

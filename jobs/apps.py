@@ -5,3 +5,8 @@ from django.utils.translation import gettext_lazy
 class JobsConfig(AppConfig):
     name = "jobs"
     verbose_name = gettext_lazy("Jobs")
+
+    def ready(self) -> None:
+        from .webhook_events import event_types_register
+
+        event_types_register()

@@ -40,7 +40,8 @@ def describe(progress: dict[str, Any]) -> str:
         f"  items        {progress['succeeded']} succeeded, {progress['failed']} failed, "
         f"{progress['cancelled']} cancelled, {progress['running']} running, {progress['pending']} pending",
         f"  events       {progress['event_count']}",
-        f"  tokens       {progress['prompt_tokens']} prompt, {progress['completion_tokens']} completion",
+        f"  tokens       {progress['prompt_tokens']} prompt, {progress['completion_tokens']} completion "
+        f"({progress['reasoning_tokens']} reasoning)",
         f"  throughput   {progress['throughput_per_second']:.1f} users/s"
         + (f", about {eta} s remaining" if eta is not None else ""),
         f"  created      {localtime(progress['created_at']):%Y-%m-%d %H:%M:%S}",
@@ -53,6 +54,13 @@ def describe(progress: dict[str, Any]) -> str:
         lines.append(f"  elapsed      {progress['elapsed_seconds']:.1f} s")
     if progress["current_user_ids"]:
         lines.append(f"  now          {', '.join(progress['current_user_ids'])}")
+    if llm := progress["llm"]:
+        lines.append(
+            f"  llm          {llm['model']} at {llm['endpoint']}, answers as {llm['response_format']}"
+        )
+        for adapted in llm["adapted"]:
+            instead = f"sends {adapted['instead']} instead" if adapted["instead"] else "sends nothing instead"
+            lines.append(f"  adapted      refused {adapted['refused']}: {instead}")
     if progress["error"]:
         lines.append(f"  error        {progress['error']}")
     for error in progress["top_errors"]:

@@ -31,6 +31,7 @@ OPTION_LABELS = {
     "timeout": gettext_lazy("Timeout (s)"),
     "max_total_tokens": gettext_lazy("Token cap"),
     "allow_new_event_types": gettext_lazy("Allow new event types"),
+    "response_format": gettext_lazy("Response format"),
 }
 
 
@@ -47,6 +48,9 @@ def option_field(extractor: str, name: str, kind: type, default: Any, cls) -> fo
         field, step = (forms.IntegerField, {}) if kind is int else (forms.FloatField, {"step": "any"})
         widget = forms.NumberInput({**attrs, **step})
         return field(initial=default, min_value=low, max_value=high, widget=widget, **common)
+    if choices := cls.option_choices.get(name):
+        labels = [(choice, choice or _("default (settings)")) for choice in choices]
+        return forms.ChoiceField(choices=labels, initial=default, widget=forms.Select(attrs), **common)
     if kind is list:
         common["help_text"] = help_text or _("Separated by commas.")
         return forms.CharField(widget=forms.TextInput(attrs), **common)

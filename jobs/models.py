@@ -97,6 +97,10 @@ class Job(models.Model):
         help_text=gettext_lazy("The most workers it may hold at once (empty: no cap)"),
         verbose_name=gettext_lazy("max workers"),
     )
+    # The fair-share scheduler's measure (jobs.worker.scheduler): seconds of work its chunks took,
+    # each divided by its priority. A worker serves the running job with the least; a job that
+    # starts running begins level with the others (transitions.job_mark_running).
+    virtual_time = models.FloatField(default=0.0, verbose_name=gettext_lazy("virtual time"))
     max_attempts = models.PositiveIntegerField(verbose_name=gettext_lazy("max attempts"))
     created_at = models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
     started_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("started at"))
@@ -112,6 +116,11 @@ class Job(models.Model):
     prompt_tokens = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("prompt tokens"))
     completion_tokens = models.PositiveBigIntegerField(
         default=0, verbose_name=gettext_lazy("completion tokens")
+    )
+    # Of the completion tokens, those the model spent reasoning (where the endpoint reports them,
+    # or its reasoning text shows them).
+    reasoning_tokens = models.PositiveBigIntegerField(
+        default=0, verbose_name=gettext_lazy("reasoning tokens")
     )
     # Fail-fast: how many item attempts in a row failed with the same kind of error (messages
     # differ by the user or behaviour ids they name), and the last such message.
@@ -131,6 +140,15 @@ class Job(models.Model):
         blank=True,
         help_text=gettext_lazy("When its items were deleted (prune_jobs); its counts remain"),
         verbose_name=gettext_lazy("items pruned at"),
+    )
+    schedule = models.ForeignKey(
+        "Schedule",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobs",
+        help_text=gettext_lazy("The schedule that started it"),
+        verbose_name=gettext_lazy("schedule"),
     )
 
     class Meta:
@@ -289,15 +307,151 @@ class JobItem(models.Model):
 
 
 class Drain(models.Model):
-    """A drain task's place at work on a job: at most JOBS_DRAIN_TASKS per job, each beating while it
-    lives. A drain that finds every place held by a live one leaves, so ringing is always safe; a
-    place that has not beaten for JOBS_DRAIN_STALE_SECONDS belongs to a dead or frozen worker and is
-    given to the next drain. Healing counts the live ones to bring a job back to full strength.
+    """A drain task at work, and the job it serves now: each beats while it lives. At most
+    min(JOBS_DRAIN_TASKS, the job's max_workers) serve one job at once; a drain that finds no job
+    with room for it leaves, so ringing is always safe. A drain that has not beaten for
+    JOBS_DRAIN_STALE_SECONDS belongs to a dead or frozen worker: its row is removed and its place
+    taken. Progress counts a job's live drains ("running on N workers"), healing too.
     """
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="drains")
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="drains")
     started_at = models.DateTimeField()
     seen_at = models.DateTimeField(help_text="Last heartbeat, on the database's clock")
 
     def __str__(self) -> str:
         return f"drain {self.pk} of job {self.job_id}"
+
+
+class ScheduleUsers(models.TextChoices):
+    NEEDING_EXTRACTION = "needing_extraction", gettext_lazy("users needing extraction")
+    ALL = "all", gettext_lazy("all users")
+    LIST = "list", gettext_lazy("a list of users")
+
+
+class Schedule(models.Model):
+    """Starts a job at the times a cron expression names (wall-clock times in TIME_ZONE), over the
+    users needing extraction (new or changed behaviours since their last successful run), all
+    users, or a list. Every cluster checks for due schedules as it heals; moving `next_run_at` on in
+    one conditional UPDATE is the claim, so a due schedule starts its job once however many
+    clusters look (jobs.schedules)."""
+
+    Users = ScheduleUsers
+
+    name = models.CharField(max_length=100, unique=True, verbose_name=gettext_lazy("name"))
+    cron = models.CharField(
+        max_length=100,
+        help_text=gettext_lazy(
+            "Five fields: minute, hour, day of month, month, day of week, in the server's time zone; "
+            "e.g. 0 3 * * * for every day at 03:00"
+        ),
+        verbose_name=gettext_lazy("cron expression"),
+    )
+    users = models.CharField(
+        max_length=32,
+        choices=ScheduleUsers.choices,
+        default=ScheduleUsers.NEEDING_EXTRACTION,
+        verbose_name=gettext_lazy("users"),
+    )
+    user_ids = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=gettext_lazy("The users of a list schedule"),
+        verbose_name=gettext_lazy("user ids"),
+    )
+    extractor = models.CharField(max_length=32, default="rules", verbose_name=gettext_lazy("extractor"))
+    options = models.JSONField(default=dict, blank=True, verbose_name=gettext_lazy("options"))
+    priority = models.PositiveSmallIntegerField(
+        choices=JobPriority.choices, default=JobPriority.NORMAL, verbose_name=gettext_lazy("priority")
+    )
+    max_workers = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text=gettext_lazy("The most workers its jobs may hold at once (empty: no cap)"),
+        verbose_name=gettext_lazy("max workers"),
+    )
+    active = models.BooleanField(
+        default=True,
+        help_text=gettext_lazy("A paused schedule starts nothing"),
+        verbose_name=gettext_lazy("active"),
+    )
+    next_run_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=gettext_lazy("When it starts its next job (empty while paused)"),
+        verbose_name=gettext_lazy("next run at"),
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=gettext_lazy("created by"),
+    )
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
+
+    class Meta:
+        verbose_name = gettext_lazy("schedule")
+        verbose_name_plural = gettext_lazy("schedules")
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(users__in=ScheduleUsers.values), name="schedule_users_valid"),
+            models.CheckConstraint(
+                condition=Q(priority__in=JobPriority.values), name="schedule_priority_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_workers__isnull=True) | Q(max_workers__gte=1),
+                name="schedule_max_workers_positive",
+            ),
+        ]
+        indexes = [
+            # The due check every cluster runs as it heals.
+            models.Index(fields=["next_run_at"], condition=Q(active=True), name="schedule_due"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ScheduleRunOutcome(models.TextChoices):
+    STARTED = "started", gettext_lazy("started")
+    SKIPPED = "skipped", gettext_lazy("skipped")
+    REFUSED = "refused", gettext_lazy("refused")
+
+
+class ScheduleRun(models.Model):
+    """A time a schedule came due, and what came of it: a job started, skipped (its previous job
+    was still active), or refused (the start failed, e.g. its users were busy in another job)."""
+
+    Outcome = ScheduleRunOutcome
+
+    schedule = models.ForeignKey(
+        Schedule, on_delete=models.CASCADE, related_name="runs", verbose_name=gettext_lazy("schedule")
+    )
+    due_at = models.DateTimeField(verbose_name=gettext_lazy("due at"))
+    ran_at = models.DateTimeField(verbose_name=gettext_lazy("ran at"))
+    outcome = models.CharField(
+        max_length=16, choices=ScheduleRunOutcome.choices, verbose_name=gettext_lazy("outcome")
+    )
+    job = models.OneToOneField(
+        Job,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="schedule_run",
+        verbose_name=gettext_lazy("job"),
+    )
+    message = models.TextField(blank=True, verbose_name=gettext_lazy("message"))
+
+    class Meta:
+        verbose_name = gettext_lazy("schedule run")
+        verbose_name_plural = gettext_lazy("schedule runs")
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(outcome__in=ScheduleRunOutcome.values), name="schedulerun_outcome_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.schedule} at {self.due_at:%Y-%m-%d %H:%M} ({self.outcome})"

@@ -6,16 +6,16 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Exists, IntegerField, Min, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, IntegerField, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from eventproject.db import is_postgresql
-from extraction.extractors import Extractor
+from extraction.extractors import Extractor, UnknownExtractor, extractor_class
 from extraction.models import ExtractedEvent, UserProfile
 from extraction.selectors import user_inputs_load, users_needing_extraction
 
-from .models import Job, JobItem
+from .models import Job, JobItem, Schedule, ScheduleRun
 
 CURRENT_USERS_SHOWN = 20
 THROUGHPUT_WINDOW = timedelta(minutes=1)
@@ -106,6 +106,8 @@ def job_progress(
         "event_count": job.event_count,
         "prompt_tokens": job.prompt_tokens,
         "completion_tokens": job.completion_tokens,
+        "reasoning_tokens": job.reasoning_tokens,
+        "llm": state["llm"] if state is not None else job_service(job),
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
@@ -130,6 +132,8 @@ PROGRESS_STATE = (
     "event_count",
     "prompt_tokens",
     "completion_tokens",
+    "reasoning_tokens",
+    "llm",
     "error",
     "started_at",
     "finished_at",
@@ -182,10 +186,22 @@ def job_progress_state(job_id: int) -> tuple[Job, dict[str, Any]] | None:
         "event_count": job.event_count,
         "prompt_tokens": job.prompt_tokens,
         "completion_tokens": job.completion_tokens,
+        "reasoning_tokens": job.reasoning_tokens,
+        "llm": job_service(job),
         "error": job.error,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
     }
+
+
+def job_service(job: Job) -> dict[str, Any] | None:
+    """The remote service the job's extractor calls, as progress shows it: for the LLM extractor,
+    the endpoint and model, the format answers are asked in and what was adapted to what they
+    accept (one small query); None for an offline extractor."""
+    try:
+        return extractor_class(job.extractor).service(job.options)
+    except UnknownExtractor:  # an extractor no longer configured
+        return None
 
 
 def jobs_throughput(now: datetime | None = None) -> float:
@@ -236,7 +252,7 @@ def job_estimate(*, user_ids: list[str] | None, extractor, chunk_size: int = 500
     if user_ids is None:
         active = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
         user_ids = users_needing_extraction().filter(~Exists(active)).values_list("user_id", flat=True)
-    totals = {"users": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    totals = {"users": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}
     if type(extractor).estimate is Extractor.estimate:
         # An offline extractor costs nothing: count the users without loading their behaviours.
         totals["users"] = _users_known(user_ids, chunk_size)
@@ -328,3 +344,14 @@ def job_outcome_mix(job: Job) -> list[dict[str, Any]]:
         {"outcome": "cancelled", "count": job.cancelled_items},
         {"outcome": "left", "count": left},
     ]
+
+
+def schedules_list() -> QuerySet[Schedule]:
+    """Schedules by name, each with its latest run (and that run's job) in `latest` (a list of at
+    most one): two queries for the whole page."""
+    latest = ScheduleRun.objects.select_related("job").order_by("-id")[:1]
+    return (
+        Schedule.objects.select_related("created_by")
+        .prefetch_related(Prefetch("runs", queryset=latest, to_attr="latest"))
+        .order_by("name")
+    )

@@ -4,7 +4,7 @@ django-q2 tasks all start, cancel, resume and retry jobs through these functions
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -23,7 +23,8 @@ from extraction.extractors import UnknownExtractor, extractor_class
 from extraction.models import UserProfile
 from extraction.selectors import users_needing_extraction
 
-from .engine import job_finish_if_done, job_pending_cancel, job_ring
+from . import transitions
+from .bells import job_ring
 from .models import Job, JobItem
 
 NAMED_AT_MOST = 20
@@ -85,14 +86,20 @@ def job_start(
     created_by=None,
     chunk_size: int | None = None,
     max_attempts: int | None = None,
+    priority: int = Job.Priority.NORMAL,
+    max_workers: int | None = None,
     parent: Job | None = None,
     enqueue: bool = True,
+    everyone: bool = False,
+    schedule=None,
 ) -> Job:
-    """Create a job over these users (None: every user needing extraction and not in an active job).
+    """Create a job over these users (None: every user needing extraction and not in an active job;
+    with `everyone`, every user not in an active job).
 
     Explicit ids that are unknown or already in an active job are refused by name. Items are
     created in one INSERT … SELECT (a million in seconds); drain tasks are enqueued after commit.
-    A job with nobody to process completes at once.
+    A job with nobody to process completes at once. `priority` (a Job.Priority weight) and
+    `max_workers` say how it shares the workers; `schedule` is the schedule that started it.
     """
     errors: dict[str, str] = {}
     default_chunk_size = settings.JOBS_CHUNK_SIZE
@@ -112,6 +119,7 @@ def job_start(
     ):
         if not isinstance(value, int) or not 1 <= value <= limit:
             errors[name] = _("must be an integer from 1 to %(limit)s") % {"limit": limit}
+    errors.update(_share_errors(priority, max_workers))
     ids = None if user_ids is None else _clean_user_ids(user_ids, errors)
     if errors:
         raise JobInvalid(errors)
@@ -119,7 +127,7 @@ def job_start(
     if parent is not None:
         selection = {"mode": "retry_failed", "parent": parent.id}
     elif ids is None:
-        selection = {"mode": "needing_extraction"}
+        selection = {"mode": "all" if everyone else "needing_extraction"}
     else:
         selection = {"mode": "users", "count": len(ids)}
     try:
@@ -131,15 +139,34 @@ def job_start(
                 created_by=created_by,
                 chunk_size=chunk_size,
                 max_attempts=max_attempts,
+                priority=priority,
+                max_workers=max_workers,
                 parent=parent,
+                schedule=schedule,
             )
-            total = _items_create_for_needing(job) if ids is None else _items_create_for(job, ids)
+            total = _items_create_for_needing(job, everyone) if ids is None else _items_create_for(job, ids)
             _job_opened(job, total, enqueue=enqueue)
     except IntegrityError:
         # Another start took some of these users between our check and our insert.
         _refuse_busy(ids or [])
         raise
     return job
+
+
+def _share_errors(priority: Any, max_workers: Any) -> dict[str, str]:
+    """What is wrong with a job's share of the workers, by field."""
+    errors = {}
+    if isinstance(priority, bool) or priority not in Job.Priority.values:
+        names = ", ".join(f"{value} ({label})" for value, label in Job.Priority.choices)
+        errors["priority"] = _("must be one of %(names)s") % {"names": names}
+    limit = settings.JOBS_MAX_WORKERS_LIMIT
+    if max_workers is not None and (
+        isinstance(max_workers, bool) or not isinstance(max_workers, int) or not 1 <= max_workers <= limit
+    ):
+        errors["max_workers"] = _("must be an integer from 1 to %(limit)s, or empty for no cap") % {
+            "limit": limit
+        }
+    return errors
 
 
 USER_ID_MAX_CHARS = 128  # UserProfile.user_id's length
@@ -205,9 +232,10 @@ def _clean_user_ids(user_ids: Iterable[Any], errors: dict[str, str]) -> list[str
     return ids
 
 
-def _items_create_for_needing(job: Job) -> int:
+def _items_create_for_needing(job: Job, everyone: bool = False) -> int:
     already_active = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
-    chosen = users_needing_extraction().filter(~Exists(already_active)).values("user_id")
+    users = UserProfile.objects.all() if everyone else users_needing_extraction()
+    chosen = users.filter(~Exists(already_active)).values("user_id")
     sql, params = chosen.query.sql_with_params()
     with connection.cursor() as cursor:
         try:
@@ -259,7 +287,6 @@ def _refuse_busy(ids: list[str] | QuerySet, cursor=None) -> None:
 
 
 def _job_opened(job: Job, total: int, *, enqueue: bool) -> None:
-    now = job.created_at
     if total >= ANALYZE_AFTER_ITEMS:
         tables_analyze(JobItem)  # the claim's plan must see these items as pending
     if total:
@@ -267,8 +294,19 @@ def _job_opened(job: Job, total: int, *, enqueue: bool) -> None:
         if enqueue:
             job_ring(job.id, tasks=min(settings.JOBS_DRAIN_TASKS, math.ceil(total / job.chunk_size)))
     else:
-        Job.objects.filter(id=job.id).update(status=Job.Status.COMPLETED, started_at=now, finished_at=now)
+        transitions.job_complete_empty(job)
     job.refresh_from_db()
+
+
+def job_run_here(job: Job, *, on_chunk: Callable[[], None] | None = None) -> Job:
+    """Run the job in this process, to its end, instead of on the clusters (`extract --sync`, the
+    predecessor's synchronous endpoint): a drain that serves this job alone, with no time budget.
+    `on_chunk` is called after each chunk's commit."""
+    from .worker.drain import job_drain
+
+    job_drain(job.id, budget_seconds=float("inf"), on_chunk=on_chunk)
+    job.refresh_from_db()
+    return job
 
 
 def job_retry_failed(job: Job, *, created_by=None) -> Job:
@@ -299,15 +337,13 @@ def job_retry_failed(job: Job, *, created_by=None) -> Job:
 
 def job_cancel(job: Job) -> Job:
     """Cancel: pending items at once; running chunks finish and keep their work; then cancelled."""
-    with transaction.atomic():
-        if not Job.objects.filter(id=job.id, status__in=Job.WORKING).update(status=Job.Status.CANCELLING):
-            job.refresh_from_db()
-            raise JobStateError(
-                _("job %(id)s is %(status)s; only queued or running jobs can be cancelled")
-                % {"id": job.id, "status": job.status}
-            )
-        job_pending_cancel(job.id)
-    job_finish_if_done(job.id)
+    if not transitions.job_cancel_request(job.id):
+        job.refresh_from_db()
+        raise JobStateError(
+            _("job %(id)s is %(status)s; only queued or running jobs can be cancelled")
+            % {"id": job.id, "status": job.status}
+        )
+    transitions.job_finish_if_done(job.id)
     job.refresh_from_db()
     return job
 
@@ -330,43 +366,19 @@ def job_resume(job: Job, *, max_total_tokens: int | None = None) -> Job:
     _refuse_pruned(job)
     options = _options_with_token_cap(job, max_total_tokens)
     try:
-        with transaction.atomic():
-            # The job's row first, as every commit takes it: a chunk still committing into this
-            # job sees it stopped and cancels its users before we look, or sees it queued again
-            # and keeps them; it cannot cancel users behind our back.
-            if not Job.objects.select_for_update().filter(id=job.id, status=job.status).exists():
-                raise JobStateError(_("job %(id)s changed while resuming; try again") % {"id": job.id})
-            resumed = (
-                _resumable(job)
-                .filter(~Exists(_active_items(user_id=OuterRef("user_id"))))
-                .update(status=JobItem.Status.PENDING, finished_at=None, retry_at=None, attempts=0, error="")
-            )
-            if not resumed:
-                raise JobStateError(_("job %(id)s has no cancelled users left to resume") % {"id": job.id})
-            # Unless prune_jobs began deleting its items meanwhile (it marks the job first).
-            if not Job.objects.filter(id=job.id, status=job.status, items_pruned_at__isnull=True).update(
-                status=Job.Status.QUEUED,
-                options=options,
-                finished_at=None,
-                error="",
-                error_streak=0,
-                error_streak_kind="",
-                error_streak_message="",
-                cancelled_items=F("cancelled_items") - resumed,
-            ):
-                raise JobStateError(_("job %(id)s changed while resuming; try again") % {"id": job.id})
-            job_ring(job.id, tasks=min(settings.JOBS_DRAIN_TASKS, math.ceil(resumed / job.chunk_size)))
+        resumed = transitions.job_reopen(job, options=options)
     except IntegrityError:
         # Another start or resume took some of these users between our check and our update.
-        _refuse_busy(_resumable(job).values("user_id"))
+        _refuse_busy(transitions.items_resumable(job).values("user_id"))
         raise
+    if not resumed:
+        job.refresh_from_db()
+        if job.status not in Job.STOPPED or job.items_pruned_at:
+            raise JobStateError(_("job %(id)s changed while resuming; try again") % {"id": job.id})
+        raise JobStateError(_("job %(id)s has no cancelled users left to resume") % {"id": job.id})
+    job_ring(job.id, tasks=min(settings.JOBS_DRAIN_TASKS, math.ceil(resumed / job.chunk_size)))
     job.refresh_from_db()
     return job
-
-
-def _resumable(job: Job):
-    """The job's cancelled items, which a resume puts back to work."""
-    return JobItem.objects.filter(job=job, status=JobItem.Status.CANCELLED)
 
 
 def _active_items(**filters):

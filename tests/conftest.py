@@ -110,7 +110,7 @@ def started_job(users: list[str], options: dict, **arguments):
 def running_job():
     """running_job(user_ids, **options) -> a running job of the test extractor (chunks of 2, nothing
     enqueued: the test drives the engine itself). `job_start` arguments go in `start`."""
-    from jobs.engine import job_mark_running
+    from jobs.transitions import job_mark_running
 
     def start(users, *, start: dict | None = None, **options):
         job = started_job(users, options, **{"chunk_size": 2, **(start or {})})
@@ -125,7 +125,7 @@ def running_job():
 def failing_job():
     """failing_job(users, failed, *, error="bad") -> a finished job of the test extractor over
     `users` in which the `failed` ones failed for good with `error` (drained in this process)."""
-    from jobs.engine import job_drain
+    from jobs.worker.drain import job_drain
 
     def finish(users: list[str], failed: list[str], *, error: str = "bad"):
         job = started_job(users, {"error": error, "permanent": True, "fail_users": failed})
@@ -152,16 +152,23 @@ def expire_leases():
 
 @pytest.fixture
 def personas(db):
-    """Accounts in the groups the migration creates (all staff, so they may use the admin):
+    """Accounts in the groups the migrations create (all staff, so they may use the admin):
     nobody (no group), viewer, analyst, operator, reader (analyst + viewer: reads everything,
-    writes nothing), and admin (a superuser)."""
+    writes nothing), integrator (webhooks), and admin (a superuser)."""
     from importlib import import_module
 
     from django.contrib.auth.models import Group, Permission, User
 
-    # The groups migration 0005 made; a transactional test's flush removes them, so make them again.
-    grants = import_module("jobs.migrations.0006_import_permissions").GRANTS
-    for name, perms in import_module("jobs.migrations.0005_groups").GROUPS.items():
+    # The groups the migrations made; a transactional test's flush removes them, so make them again.
+    grants: dict[str, list[str]] = {}
+    for module in ("jobs.migrations.0006_import_permissions", "jobs.migrations.0014_schedule_permissions"):
+        for name, perms in import_module(module).GRANTS.items():
+            grants.setdefault(name, []).extend(perms)
+    made_groups = {
+        **import_module("jobs.migrations.0005_groups").GROUPS,
+        **import_module("webhooks.migrations.0002_integrators").GROUPS,
+    }
+    for name, perms in made_groups.items():
         group, created = Group.objects.get_or_create(name=name)
         if created:
             group.permissions.set(
@@ -174,6 +181,7 @@ def personas(db):
         "analyst": ["analysts"],
         "operator": ["operators"],
         "reader": ["analysts", "viewers"],
+        "integrator": ["integrators"],
     }
     made = {}
     for name, group_names in groups.items():
@@ -373,3 +381,30 @@ def network_namespace():
         pytest.skip(why)
     with NetworkNamespace() as ns:
         yield ns
+
+
+@pytest.fixture
+def receiver(settings):
+    """A real webhook receiver on loopback (tests/receiver.py), with loopback receivers allowed;
+    stopped at the end."""
+    from tests.receiver import Receiver
+
+    settings.WEBHOOKS_ALLOW_PRIVATE_ADDRESSES = True
+    running = Receiver()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def endpoint(receiver):
+    """endpoint(*events, **fields) -> (Endpoint, its secret), pointing at the receiver, wanting
+    these event types (default: every one registered)."""
+    from webhooks.event_types import event_types
+    from webhooks.services import endpoint_create
+
+    def make(*events: str, **fields):
+        fields.setdefault("name", f"receiver {len(fields)}-{'-'.join(events) or 'all'}")
+        fields.setdefault("url", receiver.url)
+        return endpoint_create(events=list(events) or [kind.name for kind in event_types()], **fields)
+
+    return make

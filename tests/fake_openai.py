@@ -51,24 +51,30 @@ STEER = re.compile(r"@@steer (\{.*\})")
 
 
 def answer_events(behaviors: list[list]) -> list[dict]:
-    """Events for one user: runs of the same action and item become one event."""
-    events = []
-    for behavior_id, _time, action, item, _app, _media, place, _duration in behaviors:
-        last = events[-1] if events else None
-        if last and last["context"].get("action") == action and last["context"].get("item") == item:
-            last["behavior_ids"].append(behavior_id)
+    """Events for one user: runs of the same action and item become one event. Contexts hold the
+    details the prompt asks for (model, keyword, place, app, count), as a schema-bound answer does."""
+    events, run = [], None
+    for behavior_id, _time, action, item, app, _media, place, _duration in behaviors:
+        if events and run == (action, item):
+            events[-1]["behavior_ids"].append(behavior_id)
+            events[-1]["context"]["count"] = len(events[-1]["behavior_ids"])
             continue
+        run = (action, item)
         if action == "visit":
             event_type = "store_visit" if "4S" in place else "place_visit"
+            context = {"place": place}
         else:
             event_type = {"browse": "browse_model"}.get(action, action)
+            context = {"keyword": item} if action == "search" else {"model": item} if item else {}
+            if app:
+                context["app"] = app
         conversion = event_type in ("purchase", "add_to_cart", "store_visit")
         events.append(
             {
                 "event_type": event_type,
                 "category": "conversion" if conversion else "engagement",
                 "behavior_ids": [behavior_id],
-                "context": {"action": action, "item": item},
+                "context": context,
             }
         )
     return events
@@ -99,6 +105,9 @@ class FakeLLM:
         self.max_in_flight = 0
         self.busy_seconds = 0.0  # summed time requests spent inside the server
         self.spans: list[tuple[float, float]] = []  # (start, end) of each request
+        # Provider personalities (see the block below `steer`): None is the plain, accepting server.
+        self.personality: Personality | None = None
+        self.bodies: deque[tuple[int, dict]] = deque()  # error answers for the next requests, verbatim
 
     def handle(self, headers: dict, body: dict) -> tuple[int, dict, dict]:
         """(status, extra headers, JSON body) for one request."""
@@ -128,6 +137,7 @@ class FakeLLM:
             "directive": directive,
             "digest": hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest(),
             "query": headers.get(":query", {}),
+            "parameters": {key: value for key, value in body.items() if key != "messages"},
             "authorization": headers.get("authorization", ""),
         }
         with self.lock:
@@ -135,7 +145,12 @@ class FakeLLM:
         echo = f" (request: authorization {headers.get('authorization')!r}, query {headers.get(':query')!r})"
         if headers.get("authorization") != f"Bearer {API_KEY}":
             return self._error(record, 401, "Incorrect API key provided" + echo, "invalid_api_key")
-        if body.get("model") not in self.models:
+        if refused := (self.bodies.popleft() if self.bodies else None) or (
+            self.personality and self.personality.refusal(body, prompt)
+        ):
+            record["status"] = refused[0]
+            return refused[0], {}, refused[1]
+        if body.get("model") not in self.models and not self.personality:
             return self._error(
                 record, 404, f"The model `{body.get('model')}` does not exist" + echo, "model_not_found"
             )
@@ -166,6 +181,8 @@ class FakeLLM:
             answer[first][0]["behavior_ids"] = [987654321]
         elif directive == "empty" and first:
             answer[first] = []
+        if self.personality:
+            answer = self.personality.answer(body, answer)
         # The standard library's JSON: a steered answer may hold numbers beyond 64 bits.
         content = json.dumps({"users": answer}, ensure_ascii=False)
         if directive == "malformed":
@@ -184,6 +201,9 @@ class FakeLLM:
             "completion_tokens": len(content.encode()) // 3,
             "total_tokens": (len(prompt.encode()) + len(content.encode())) // 3,
         }
+        message = {"role": "assistant", "content": content}
+        if self.personality:
+            self.personality.dress(message, usage)
         return (
             200,
             {},
@@ -192,13 +212,7 @@ class FakeLLM:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": content},
-                    }
-                ],
+                "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
                 "usage": usage,
             },
         )
@@ -246,6 +260,252 @@ def steer(users: dict, answer: dict) -> None:
                         event["label"] = "\u202e" + "买" * chars + "\u0000<script>alert(1)</script>"
                     events.append(event)
                 answer[target] = [*answer.get(target, []), *events] if order.get("append") else events
+
+
+# Provider personalities (issue 25) -----------------------------------------------------------------
+# Each one refuses what the real provider refuses, with the status and the error body it answers
+# (their sources are cited beside them), serves its own model name, and returns reasoning the way
+# the provider does. `fake.personality = PERSONALITIES[name]()` makes the server that provider.
+REASONING = "用户先搜索车型，再多次浏览同一车型并对比，随后到店：把相邻的浏览合并为一个事件。"
+
+
+class Personality:
+    """A provider as the extractor meets it: what it refuses, how it answers."""
+
+    model = MODEL
+    guided = False  # answers follow a requested JSON schema (structured outputs, guided decoding)
+
+    def refusal(self, body: dict, prompt: str) -> tuple[int, dict] | None:
+        """(status, body) when the provider would refuse this request."""
+        if body.get("model") != self.model:
+            return self.unknown_model(str(body.get("model")))
+        return None
+
+    def unknown_model(self, model: str) -> tuple[int, dict]:
+        raise NotImplementedError
+
+    def answer(self, body: dict, answer: dict) -> dict:
+        schema = (body.get("response_format") or {}).get("json_schema") or {}
+        return conform(schema["schema"], answer) if self.guided and "schema" in schema else answer
+
+    def dress(self, message: dict, usage: dict) -> None:
+        """Add the provider's reasoning to an answer (in place): the message's fields, the usage."""
+
+
+def conform(schema: dict, answer: dict) -> dict:
+    """The answer as a decoder bound to `schema` writes it: only the users and properties the
+    schema names, each required one present (null where the model had nothing to say)."""
+    definitions = schema.get("$defs", {})
+
+    def shape(node: dict, value):
+        while "$ref" in node:
+            node = definitions[node["$ref"].rsplit("/", 1)[-1]]
+        kinds = node.get("type", [])
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if "object" in kinds:
+            value = value if isinstance(value, dict) else {}
+            return {key: shape(sub, value.get(key)) for key, sub in node.get("properties", {}).items()}
+        if "array" in kinds:
+            return [shape(node["items"], item) for item in (value if isinstance(value, list) else [])]
+        if "enum" in node and value not in node["enum"]:
+            return node["enum"][0]
+        return value
+
+    return shape(schema, {"users": answer})["users"]
+
+
+def strict_schema_problem(node: dict, where: tuple = ()) -> str:
+    """Why OpenAI's strict structured outputs would refuse this schema ("": it would not)."""
+    if node.get("type") == "object" or "properties" in node:
+        if node.get("additionalProperties") is not False:
+            return f"In context={where}, 'additionalProperties' is required to be supplied and to be false."
+        missing = [key for key in node.get("properties", {}) if key not in node.get("required", [])]
+        if missing:
+            return (
+                f"In context={where}, 'required' is required to be supplied and to be an array including "
+                f"every key in properties. Missing '{missing[0]}'."
+            )
+    children = [(("properties", key), sub) for key, sub in node.get("properties", {}).items()]
+    children += [(("$defs", key), sub) for key, sub in node.get("$defs", {}).items()]
+    if isinstance(node.get("items"), dict):
+        children.append((("items",), node["items"]))
+    for step, child in children:
+        if problem := strict_schema_problem(child, where + step):
+            return problem
+    return ""
+
+
+def openai_error(message: str, param: str | None, code: str | None, kind="invalid_request_error") -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class OpenAIReasoning(Personality):
+    """OpenAI's reasoning models (o-series, gpt-5) on api.openai.com/v1: max_tokens and any
+    temperature but 1 are refused, strict JSON schemas are enforced, reasoning is hidden and only
+    counted (usage.completion_tokens_details.reasoning_tokens, a part of completion_tokens)."""
+
+    model = "o4-mini"
+    guided = True
+    hidden_reasoning = 64  # tokens per answer
+
+    def refusal(self, body, prompt):
+        if refused := super().refusal(body, prompt):
+            return refused
+        if "max_tokens" in body:
+            # Body as reported in griptape-ai/ComfyUI-Griptape#312 and
+            # ITSpecialist111/ai_automation_suggester#38 (gpt-5, o1): HTTP 400.
+            return 400, openai_error(
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                "max_tokens",
+                "unsupported_parameter",
+            )
+        if "temperature" in body and body["temperature"] != 1:
+            # Body as reported in gabrii/Cursor-Azure-GPT-5#33 and OpenHands/OpenHands#4131: HTTP 400.
+            return 400, openai_error(
+                f"Unsupported value: 'temperature' does not support {body['temperature']:g} with this "
+                "model. Only the default (1) value is supported.",
+                "temperature",
+                "unsupported_value",
+            )
+        schema = (body.get("response_format") or {}).get("json_schema") or {}
+        if problem := strict_schema_problem(schema.get("schema", {})) if schema.get("strict") else "":
+            # Body as reported in dottxt-ai/outlines#844 and mavam/pi-web-providers#14: HTTP 400.
+            return 400, openai_error(
+                f"Invalid schema for response_format '{schema.get('name')}': {problem}",
+                "response_format",
+                "invalid_json_schema",
+            )
+        return None
+
+    def unknown_model(self, model):
+        # OpenAI's 404 for a model it does not serve (as quoted in zh-plus/openlrc#63).
+        return 404, openai_error(
+            f"The model `{model}` does not exist or you do not have access to it.", None, "model_not_found"
+        )
+
+    def dress(self, message, usage):
+        usage["completion_tokens"] += self.hidden_reasoning
+        usage["total_tokens"] += self.hidden_reasoning
+        usage["completion_tokens_details"] = {"reasoning_tokens": self.hidden_reasoning, "audio_tokens": 0}
+        usage["prompt_tokens_details"] = {"cached_tokens": 0, "audio_tokens": 0}
+
+
+class DeepSeekReasoner(Personality):
+    """DeepSeek's deepseek-reasoner on api.deepseek.com: no JSON schema, no JSON mode (R1), the
+    temperature accepted and ignored (its reasoning guide: "will not trigger an error but will also
+    have no effect"), the chain of thought in message.reasoning_content and counted in
+    usage.completion_tokens_details.reasoning_tokens."""
+
+    model = "deepseek-reasoner"
+
+    def refusal(self, body, prompt):
+        if refused := super().refusal(body, prompt):
+            return refused
+        kind = (body.get("response_format") or {}).get("type")
+        if kind == "json_schema":
+            # Body as quoted in llm-exe/llm-exe#662 and UKGovernmentBEIS/inspect_ai#4916: HTTP 400.
+            return 400, openai_error(
+                "This response_format type is unavailable now", None, "invalid_request_error"
+            )
+        if kind == "json_object":
+            # Body as quoted in gomate-community/TrustRAG#140 (deepseek-ai/DeepSeek-R1#614): HTTP 400.
+            return 400, openai_error(
+                "deepseek-reasoner does not support Json Output.", None, "invalid_request_error"
+            )
+        return None
+
+    def unknown_model(self, model):
+        # DeepSeek answers an unknown model with HTTP 400 (langbot-app/LangBot#1643, ConardLi/easy-dataset#9).
+        return 400, openai_error("Model Not Exist", None, "invalid_request_error")
+
+    def dress(self, message, usage):
+        reasoning = len(REASONING.encode()) // 3
+        message["reasoning_content"] = REASONING
+        usage["completion_tokens"] += reasoning
+        usage["total_tokens"] += reasoning
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+        usage["prompt_cache_hit_tokens"], usage["prompt_cache_miss_tokens"] = 0, usage["prompt_tokens"]
+
+
+class VLLM(Personality):
+    """vLLM's OpenAI-compatible server (v0.10.1 and later: errors nested under "error", with the
+    HTTP status as the code) serving Qwen3 with a reasoning parser and structured outputs: answers
+    follow a requested JSON schema (guided decoding), the reasoning comes in message.reasoning and
+    is not counted apart; a prompt and max_tokens beyond max_model_len, and schemas with features
+    its xgrammar backend lacks, are refused."""
+
+    model = "Qwen/Qwen3-8B"
+    guided = True
+    max_model_len = 32768
+    unsupported_schema_keys = ("minItems", "maxItems", "pattern", "format")  # xgrammar before 0.1.19
+
+    def refusal(self, body, prompt):
+        if refused := super().refusal(body, prompt):
+            return refused
+        asked = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        prompt_tokens = sum(len(m["content"].encode()) // 3 for m in body["messages"])
+        if prompt_tokens + asked > self.max_model_len:
+            # Message as in vllm-project/vllm#12886 and #20409; the nested shape of v0.10.1 and
+            # later as in foundation-model-stack/fms-guardrails-orchestrator#511: HTTP 400.
+            return 400, self.error(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                f"requested {prompt_tokens + asked} tokens ({prompt_tokens} in the messages, {asked} in "
+                "the completion). Please reduce the length of the messages or completion.",
+                "BadRequestError",
+                400,
+            )
+        schema = (body.get("response_format") or {}).get("json_schema") or {}
+        if any(f'"{key}"' in json.dumps(schema) for key in self.unsupported_schema_keys):
+            # Message as in vllm-project/vllm#16321 and #16880: HTTP 400.
+            return 400, self.error(
+                "The provided JSON schema contains features not supported by xgrammar.",
+                "BadRequestError",
+                400,
+            )
+        return None
+
+    @staticmethod
+    def error(message: str, kind: str, code: int, param: str | None = None) -> dict:
+        return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+    def unknown_model(self, model):
+        # vllm-project/vllm#58025 quotes this body (v0.28); HTTP 404.
+        return 404, self.error(f"The model `{model}` does not exist.", "NotFoundError", 404, "model")
+
+    def dress(self, message, usage):
+        message["reasoning"] = REASONING
+        usage["completion_tokens"] += len(REASONING.encode()) // 3
+        usage["total_tokens"] += len(REASONING.encode()) // 3
+
+
+class Ollama(Personality):
+    """Ollama's OpenAI-compatible endpoint (http://host:11434/v1) serving deepseek-r1: max_tokens
+    (its only cap: max_completion_tokens is not in its request struct and is ignored),
+    JSON mode and JSON schemas (honoured, v0.5 and later; openai/openai.go FromChatRequest), the
+    model's <think> block in the content, usage without details."""
+
+    model = "deepseek-r1:8b"
+    guided = True
+
+    def unknown_model(self, model):
+        # Body as quoted in netease-youdao/QAnything#555; the shape of openai/openai.go's
+        # ErrorResponse (type "not_found_error" in later versions, "api_error" before): HTTP 404.
+        return 404, openai_error(f'model "{model}" not found, try pulling it first', None, None, "api_error")
+
+    def dress(self, message, usage):
+        message["content"] = f"<think>\n{REASONING}\n</think>\n\n{message['content']}"
+        usage["completion_tokens"] += len(REASONING.encode()) // 3
+        usage["total_tokens"] += len(REASONING.encode()) // 3
+
+
+PERSONALITIES = {
+    "openai-reasoning": OpenAIReasoning,
+    "deepseek-reasoner": DeepSeekReasoner,
+    "vllm": VLLM,
+    "ollama": Ollama,
+}
+# (end of the provider personalities) ---------------------------------------------------------------
 
 
 class Handler(BaseHTTPRequestHandler):

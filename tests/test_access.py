@@ -3,9 +3,9 @@
 import pytest
 from django.contrib.auth.models import Group
 
-from jobs.engine import job_drain
 from jobs.models import Job
 from jobs.services import job_start
+from jobs.worker.drain import job_drain
 
 pytestmark = pytest.mark.django_db
 
@@ -39,7 +39,7 @@ RESULT_READS = [
 ]
 
 
-def test_the_migration_creates_the_three_groups_with_their_permissions(db):
+def test_the_migrations_create_the_four_groups_with_their_permissions(db):
     perms = {
         group.name: sorted(f"{p.content_type.app_label}.{p.codename}" for p in group.permissions.all())
         for group in Group.objects.prefetch_related("permissions__content_type")
@@ -49,8 +49,12 @@ def test_the_migration_creates_the_three_groups_with_their_permissions(db):
             "extraction.add_dataimport",
             "extraction.view_dataimport",
             "jobs.add_job",
+            "jobs.add_schedule",
             "jobs.change_job",
+            "jobs.change_schedule",
+            "jobs.delete_schedule",
             "jobs.view_job",
+            "jobs.view_schedule",
         ],
         "analysts": [
             "extraction.view_behavior",
@@ -58,7 +62,15 @@ def test_the_migration_creates_the_three_groups_with_their_permissions(db):
             "extraction.view_extractionstate",
             "extraction.view_userprofile",
         ],
-        "viewers": ["jobs.view_job"],
+        "viewers": ["jobs.view_job", "jobs.view_schedule"],
+        "integrators": [
+            "webhooks.add_endpoint",
+            "webhooks.change_delivery",
+            "webhooks.change_endpoint",
+            "webhooks.delete_endpoint",
+            "webhooks.view_delivery",
+            "webhooks.view_endpoint",
+        ],
     }
 
 

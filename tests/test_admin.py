@@ -5,9 +5,9 @@ from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from jobs.engine import job_drain
 from jobs.models import Job
 from jobs.services import job_start
+from jobs.worker.drain import job_drain
 
 pytestmark = pytest.mark.django_db
 

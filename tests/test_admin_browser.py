@@ -17,7 +17,9 @@ from playwright.sync_api import expect, sync_playwright
 from extraction.models import DataImport, ExtractedEvent
 from jobs.models import Job
 from jobs.services import job_start
+from jobs.worker.drain import job_drain
 from tests.cluster import Cluster, wait_for
+from tests.fake_openai import PERSONALITIES
 from tests.tools import executable, unavailable
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -152,7 +154,7 @@ def test_an_operator_retries_the_failed_users(page, live_server, cluster, make_u
     )
     page.goto(f"{live_server.url}/admin/jobs/job/{job.id}/change/")
     expect(page.locator("[data-outcome]")).to_have_text(
-        f"Job {job.id} completed: 18 users succeeded, 2 failed."
+        f"Job {job.id} completed: 18 users succeeded, 2 failed.", timeout=60_000
     )
     expect(page.locator("[data-error-list]")).to_have_text("2 × model refused")
     page.screenshot(path=page.out / "with-failures.png", full_page=True)
@@ -162,7 +164,7 @@ def test_an_operator_retries_the_failed_users(page, live_server, cluster, make_u
     assert retry.total_items == 2
     # The retry fails the same way (the extractor still refuses those two), and says so.
     expect(page.locator("[data-outcome]")).to_have_text(
-        f"Job {retry.id} completed: 0 users succeeded, 2 failed."
+        f"Job {retry.id} completed: 0 users succeeded, 2 failed.", timeout=60_000
     )
 
 
@@ -193,7 +195,7 @@ def test_the_start_form_offers_typed_options_and_an_estimate(page, live_server, 
 def test_the_pictures_of_a_user_and_of_the_events(page, live_server, make_users):
     from django.core.management import call_command
 
-    from jobs.engine import job_drain
+    from jobs.worker.drain import job_drain
 
     call_command("generate_sample_data", users=30, verbosity=0)
     job_drain(job_start(enqueue=False).id)
@@ -274,3 +276,36 @@ def test_the_admin_in_chinese(page, live_server, cluster, make_users):
     page.goto(f"{live_server.url}/admin/jobs/job/")
     expect(page.locator("#result_list")).to_contain_text("已完成")
     page.screenshot(path=page.out / "job-list-zh.png", full_page=True)
+
+
+@pytest.mark.parametrize("page", ["en-US", "zh-CN"], indirect=True)
+def test_an_llm_jobs_page_says_what_was_adapted_to_its_endpoint(page, live_server, llm_server, make_users):
+    """Rendered on the page, then redrawn by its script from the progress it polls."""
+    llm_server.personality = PERSONALITIES["openai-reasoning"]()
+    make_users(4, behaviors=3)
+    job = job_start(extractor="llm", options={"model": "o4-mini"}, enqueue=False)
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert job.status == "completed" and job.reasoning_tokens > 0
+    page.goto(f"{live_server.url}/admin/jobs/job/{job.id}/change/")
+    expect(page.locator('[data-field="reasoning_tokens"]')).to_have_text(f"{job.reasoning_tokens:,}")
+    expect(page.locator("[data-outcome]")).to_be_visible()  # the script drew all of it, the LLM row too
+    adapted = page.locator("[data-adapted] li")
+    if page.evaluate("navigator.language").startswith("zh"):
+        expect(page.locator('[data-field="llm"]')).to_have_text(
+            f"{llm_server.url} 上的 o4-mini，回答格式为 json_schema"
+        )
+        expect(adapted).to_have_text(
+            ["拒绝了 max_tokens：改为发送 max_completion_tokens", "拒绝了 temperature：不再发送"]
+        )
+    else:
+        expect(page.locator('[data-field="llm"]')).to_have_text(
+            f"o4-mini at {llm_server.url}, answers asked as json_schema"
+        )
+        expect(adapted).to_have_text(
+            [
+                "refused max_tokens: sends max_completion_tokens instead",
+                "refused temperature: sends nothing instead",
+            ]
+        )
+    page.screenshot(path=page.out / "llm-job.png", full_page=True)

@@ -10,10 +10,10 @@ from django.utils import timezone
 
 from extraction.models import ExtractedEvent
 from extraction.overview import event_counts
-from jobs.engine import job_drain
 from jobs.models import Job, JobItem
 from jobs.selectors import CHART_MAX_INTERVALS, job_outcome_mix, job_throughput_series
 from jobs.services import job_start
+from jobs.worker.drain import job_drain
 
 pytestmark = pytest.mark.django_db
 

@@ -1,9 +1,12 @@
 import pytest
 
 from extraction.extractors import make_extractor
-from jobs.engine import chunk_claim, job_drain, job_mark_running, process_one_chunk
 from jobs.models import Job
 from jobs.services import job_cancel, job_start
+from jobs.transitions import job_mark_running
+from jobs.worker.chunk import process_one_chunk
+from jobs.worker.claims import chunk_claim
+from jobs.worker.drain import job_drain
 
 pytestmark = pytest.mark.django_db
 

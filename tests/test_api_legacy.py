@@ -6,9 +6,12 @@ import pytest
 import time_machine
 
 from extraction.extractors import make_extractor
-from jobs.engine import chunk_claim, job_drain, job_fail, job_mark_running, process_one_chunk
 from jobs.models import Job
 from jobs.services import job_cancel, job_start
+from jobs.transitions import job_fail, job_mark_running
+from jobs.worker.chunk import process_one_chunk
+from jobs.worker.claims import chunk_claim
+from jobs.worker.drain import job_drain
 
 pytestmark = pytest.mark.django_db
 

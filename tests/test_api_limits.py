@@ -7,8 +7,8 @@ import pytest
 from django.core import signals
 from django.db import close_old_connections
 
-from jobs.engine import job_drain
 from jobs.services import job_start
+from jobs.worker.drain import job_drain
 from tests.test_api_stream import parse
 
 pytestmark = pytest.mark.django_db

@@ -5,10 +5,12 @@ import pytest
 from django.db.models import F
 
 from extraction.extractors import make_extractor
-from jobs.engine import chunk_claim, job_mark_running, process_one_chunk
 from jobs.models import Job, JobItem
 from jobs.selectors import job_progress, job_progress_state, progress_tag
 from jobs.services import job_cancel, job_start
+from jobs.transitions import job_mark_running
+from jobs.worker.chunk import process_one_chunk
+from jobs.worker.claims import chunk_claim
 
 pytestmark = pytest.mark.django_db
 

@@ -9,8 +9,8 @@ import pytest
 from extraction.extractors import EventDraft, UserInput, make_extractor
 from extraction.models import ExtractedEvent, UserProfile
 from extraction.services import BehaviorRow, Outcome, behaviors_insert, extraction_results_save
-from jobs.engine import job_drain
 from jobs.services import job_start
+from jobs.worker.drain import job_drain
 from tests.test_bad_parameters import forged_cursor
 
 pytestmark = pytest.mark.django_db

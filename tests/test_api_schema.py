@@ -12,6 +12,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
+from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
 from hypothesis import HealthCheck, settings
@@ -24,6 +25,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from extraction.imports import import_create, import_run
+from jobs.models import Schedule
+from jobs.schedules import schedule_create, schedules_run_due
 from jobs.services import job_start
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -56,6 +59,9 @@ def test_the_schema_is_valid_and_documents_every_endpoint(client, admin_token):
         "/api/v1/events/extract",
         "/api/v1/imports/",
         "/api/v1/imports/{id}/",
+        "/api/v1/schedules/",
+        "/api/v1/schedules/{id}/",
+        "/api/v1/schedules/{id}/runs/",
     }
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
@@ -100,7 +106,7 @@ def admin_token(db, personas):
 @pytest.fixture
 def data(db, make_users, failing_job, settings, tmp_path):
     """Something behind the endpoints: users, a finished job with a failure, a queued job, an import
-    that rejected a row."""
+    that rejected a row, a schedule that ran once."""
     settings.API_WRITE_RATE = settings.API_READ_RATE = settings.API_EXPORT_RATE = "100000/minute"
     settings.API_STREAM_MAX_SECONDS, settings.API_STREAM_POLL_SECONDS = 0.3, 0.05  # a stream ends soon
     make_users(5)
@@ -109,6 +115,9 @@ def data(db, make_users, failing_job, settings, tmp_path):
     settings.IMPORTS_DIR = tmp_path / "imports"
     upload = SimpleUploadedFile("p.csv", "user_id,城市\nu009,上海\n,x\n".encode())
     import_run(import_create(kind="profiles", upload=upload).id)
+    schedule = schedule_create(name="nightly", cron="0 3 * * *")
+    Schedule.objects.filter(id=schedule.id).update(next_run_at=timezone.now())
+    schedules_run_due()  # a run, with its job
     # Requests go through the WSGI app: keep it from closing the test's connection, as Django's
     # own test client does.
     signals.request_started.disconnect(close_old_connections)
@@ -133,7 +142,7 @@ QUIET = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.
 
 def test_every_endpoint_is_fuzzed(db):
     fuzzed = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
-    assert len(fuzzed) == 19 and ("GET", "/api/v1/jobs/{id}/stream/") in fuzzed
+    assert len(fuzzed) == 25 and ("GET", "/api/v1/jobs/{id}/stream/") in fuzzed
 
 
 @schema.parametrize()

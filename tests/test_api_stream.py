@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from jobs.engine import job_drain
 from jobs.services import job_start
+from jobs.worker.drain import job_drain
 
 pytestmark = pytest.mark.django_db
 

@@ -8,8 +8,9 @@ import time
 import pytest
 from rest_framework.authtoken.models import Token
 
-from jobs.engine import job_drain, job_mark_running
 from jobs.services import job_start
+from jobs.transitions import job_mark_running
+from jobs.worker.drain import job_drain
 from tests.cluster import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

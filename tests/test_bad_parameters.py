@@ -5,8 +5,8 @@ from urllib.parse import quote
 
 import pytest
 
-from jobs.engine import job_drain
 from jobs.services import job_start
+from jobs.worker.drain import job_drain
 
 pytestmark = pytest.mark.django_db
 HUGE = "9" * 25  # beyond 64 bits

@@ -18,18 +18,7 @@ from eventproject.db import DatabaseNow, database_now
 from extraction import services
 from extraction.extractors import ExtractionError, make_extractor
 from extraction.services import Outcome
-from jobs.engine import (
-    DrainKeeper,
-    JobControl,
-    chunk_claim,
-    chunk_commit,
-    job_drain,
-    job_fail,
-    job_finish_if_done,
-    jobs_heal,
-    process_one_chunk,
-    retry_backoff_seconds,
-)
+from jobs.healing import jobs_heal
 from jobs.models import Drain, Job, JobItem
 from jobs.services import (
     JobConflict,
@@ -40,6 +29,13 @@ from jobs.services import (
     job_resume,
     job_start,
 )
+from jobs.transitions import job_fail, job_finish_if_done
+from jobs.worker.chunk import process_one_chunk
+from jobs.worker.claims import chunk_claim
+from jobs.worker.commit import chunk_commit, retry_backoff_seconds
+from jobs.worker.control import JobControl
+from jobs.worker.drain import job_drain
+from jobs.worker.keeper import DrainKeeper
 from tests.cluster import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -207,7 +203,7 @@ def test_an_outage_in_a_chunk_fails_nobody_and_uses_no_attempt(
         return real(users, control)
 
     monkeypatch.setattr(extractor, "extract", extract)
-    monkeypatch.setattr("jobs.engine.make_extractor", lambda *args: extractor)
+    monkeypatch.setattr("jobs.worker.drain.make_extractor", lambda *args: extractor)
     job_drain(job.id)
     job.refresh_from_db()
     assert (job.status, job.succeeded_items, job.failed_items, job.cancelled_items) == ("completed", 10, 0, 0)
@@ -346,7 +342,7 @@ def test_a_drain_place_left_by_a_dead_worker_is_given_to_the_next_drain(make_use
     dead = Drain.objects.create(
         job=job, started_at=DatabaseNow(-60), seen_at=DatabaseNow(-settings.JOBS_DRAIN_STALE_SECONDS - 1)
     )
-    from jobs.engine import job_drain
+    from jobs.worker.drain import job_drain
 
     job_drain(job.id)
     job.refresh_from_db()
@@ -358,7 +354,7 @@ def test_a_surplus_drain_leaves_when_live_drains_hold_every_place(make_users, ru
     settings.JOBS_DRAIN_TASKS, settings.JOBS_DRAIN_STALE_SECONDS = 1, 1
     job = running_job(make_users(2))
     Drain.objects.create(job=job, started_at=DatabaseNow(), seen_at=DatabaseNow(3600))  # alive and well
-    from jobs.engine import job_drain
+    from jobs.worker.drain import job_drain
 
     job_drain(job.id)
     assert job.items.filter(status="pending").count() == 2  # it did nothing
@@ -380,7 +376,7 @@ def test_a_drain_ends_before_the_task_timeout_and_enqueues_its_continuation(
 ):
     settings.Q_TIMEOUT, settings.JOBS_COMMIT_RESERVE_SECONDS = 4, 3  # chunks must stop 1 s in
     settings.JOBS_DRAIN_TASKS = 1  # claims of the whole chunk (20 users, 4 s), not a share of it
-    from jobs.engine import job_drain
+    from jobs.worker.drain import job_drain
 
     job = running_job(make_users(20), seconds_per_user=0.2, start={"chunk_size": 20})
     started = time.monotonic()

@@ -67,8 +67,8 @@ def test_no_exported_cell_starts_like_a_formula(api, hostile_events):
 
 
 def test_ordinary_cells_are_left_as_they_are(api, make_users):
-    from jobs.engine import job_drain
     from jobs.services import job_start
+    from jobs.worker.drain import job_drain
 
     make_users(1)
     job_drain(job_start(enqueue=False).id)

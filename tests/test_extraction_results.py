@@ -146,8 +146,8 @@ def test_a_user_over_the_behaviour_cap_is_not_loaded_and_fails_for_good_naming_t
     assert [user.user_id for user in loaded] == ["u001", "u002"]
     assert loaded.over_cap == {"big001"}
 
-    from jobs.engine import job_drain
     from jobs.services import job_start
+    from jobs.worker.drain import job_drain
 
     job = job_start(user_ids=["u001", "big001", "u002"], chunk_size=3, enqueue=False)
     job_drain(job.id)

@@ -8,9 +8,9 @@ from pathlib import Path
 import polib
 import pytest
 
-from jobs.engine import job_drain
 from jobs.models import Job
 from jobs.services import job_start
+from jobs.worker.drain import job_drain
 
 pytestmark = pytest.mark.django_db
 LOCALE = Path(__file__).resolve().parent.parent / "locale" / "zh_Hans" / "LC_MESSAGES"

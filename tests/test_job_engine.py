@@ -8,16 +8,14 @@ from eventproject.db import DatabaseNow, database_now
 from extraction.extractors import Control, make_extractor
 from extraction.models import ExtractedEvent, ExtractionState
 from extraction.services import chunk_extract
-from jobs.engine import (
-    DrainKeeper,
-    JobControl,
-    chunk_claim,
-    chunk_commit,
-    job_drain,
-    process_one_chunk,
-)
 from jobs.models import Job, JobItem
 from jobs.services import job_counters_reconcile, job_start
+from jobs.worker.chunk import process_one_chunk
+from jobs.worker.claims import chunk_claim
+from jobs.worker.commit import chunk_commit
+from jobs.worker.control import JobControl
+from jobs.worker.drain import job_drain
+from jobs.worker.keeper import DrainKeeper
 from tests.cluster import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -108,7 +106,7 @@ def test_tokens_paid_for_work_lost_with_its_lease_still_count(make_users, runnin
     for claim, owned in ((stale, 0), (fresh, 2)):
         control = Control()
         outcomes = chunk_extract(user_ids=claim.user_ids, extractor=extractor, control=control)
-        assert chunk_commit(claim, job, outcomes, extractor, usage=control.usage).owned == owned
+        assert chunk_commit(claim, job, outcomes, extractor).owned == owned
     job.refresh_from_db()
     assert set(statuses(job).values()) == {"succeeded"}
     assert (job.prompt_tokens, job.completion_tokens) == (40, 20)  # both attempts were paid for

@@ -6,7 +6,7 @@ from django_q.models import OrmQ
 from eventproject.db import DatabaseNow
 from extraction.extractors import make_extractor
 from extraction.services import chunk_extract
-from jobs.engine import chunk_claim, chunk_commit, job_drain, job_mark_running, jobs_heal, process_one_chunk
+from jobs.healing import jobs_heal
 from jobs.models import Drain, Job, JobItem
 from jobs.services import (
     JobConflict,
@@ -17,6 +17,11 @@ from jobs.services import (
     job_retry_failed,
     job_start,
 )
+from jobs.transitions import job_mark_running
+from jobs.worker.chunk import process_one_chunk
+from jobs.worker.claims import chunk_claim
+from jobs.worker.commit import chunk_commit
+from jobs.worker.drain import job_drain
 
 pytestmark = pytest.mark.django_db
 

@@ -5,10 +5,12 @@ import time_machine
 from django.utils import timezone
 
 from extraction.extractors import make_extractor
-from jobs.engine import chunk_claim, job_mark_running, process_one_chunk
 from jobs.models import JobItem
 from jobs.selectors import job_progress
 from jobs.services import job_start
+from jobs.transitions import job_mark_running
+from jobs.worker.chunk import process_one_chunk
+from jobs.worker.claims import chunk_claim
 
 pytestmark = pytest.mark.django_db
 
@@ -82,7 +84,7 @@ def test_throughput_counts_only_the_last_minute(make_users):
 
 
 def test_a_finished_job_shows_no_rate_and_full_bar(make_users):
-    from jobs.engine import job_drain
+    from jobs.worker.drain import job_drain
 
     job = job_start(user_ids=make_users(3), extractor="test", enqueue=False)
     job_drain(job.id)

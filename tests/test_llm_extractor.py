@@ -72,7 +72,10 @@ def test_valid_replies_become_events_with_times_from_the_behaviours(llm_server):
         T0 + timedelta(minutes=10, seconds=60),
     )
     assert set(control.usage) == {"u1", "u2", "u3"}
-    assert all(prompt > 0 and completion > 0 for prompt, completion in control.usage.values())
+    assert all(
+        prompt > 0 and completion > 0 and reasoning == 0
+        for prompt, completion, reasoning in control.usage.values()
+    )
 
 
 @pytest.mark.parametrize("directive", ["think", "fence"])

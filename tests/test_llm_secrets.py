@@ -9,9 +9,9 @@ import socket
 import pytest
 from django.core.management import CommandError
 
-from jobs.engine import job_drain
 from jobs.models import Job
 from jobs.services import job_start
+from jobs.worker.drain import job_drain
 from tests.fake_openai import API_KEY
 
 pytestmark = pytest.mark.django_db(transaction=True)

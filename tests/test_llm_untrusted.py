@@ -16,8 +16,8 @@ from extraction.extractors.llm import parse_answer, without_thinking
 from extraction.llm_client import Completion
 from extraction.models import ExtractedEvent, LLMCacheEntry
 from extraction.services import BehaviorRow, behaviors_insert
-from jobs.engine import job_drain
 from jobs.services import job_start
+from jobs.worker.drain import job_drain
 from tests.cluster import ROOT
 from tests.fake_openai import answer_events
 

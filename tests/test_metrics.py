@@ -7,8 +7,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from extraction.extractors import make_extractor
-from jobs.engine import chunk_claim, chunk_commit, job_drain, job_mark_running
 from jobs.services import job_cancel, job_start
+from jobs.transitions import job_mark_running
+from jobs.worker.claims import chunk_claim
+from jobs.worker.commit import chunk_commit
+from jobs.worker.drain import job_drain
 from ops import metrics
 from tests.fake_openai import tokens_reported
 

@@ -9,7 +9,6 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from jobs.engine import job_drain, job_mark_running
 from jobs.models import Job, JobItem
 from jobs.services import (
     JobStateError,
@@ -20,6 +19,8 @@ from jobs.services import (
     job_start,
     jobs_prune,
 )
+from jobs.transitions import job_mark_running
+from jobs.worker.drain import job_drain
 from tests.cluster import wait_for
 
 COUNTS = ["status", "total_items", "succeeded_items", "failed_items", "cancelled_items", "event_count"]

@@ -73,6 +73,23 @@ def test_it_starts_with_development_defaults_in_debug():
         ({"DEBUG": "1", "IMPORT_MAX_LINE_CHARS": "10"}, "IMPORT_MAX_LINE_CHARS must be at least 1024"),
         ({"DEBUG": "1", "IMPORT_LATEST_YEAR": "99999"}, "IMPORT_LATEST_YEAR must be at most 9000"),
         ({"DEBUG": "1", "API_STREAMS_PER_USER": "0"}, "API_STREAMS_PER_USER must be at least 1"),
+        (
+            {"DEBUG": "1", "EXTRACTION_LLM_RESPONSE_FORMAT": "yaml"},
+            "EXTRACTION_LLM_RESPONSE_FORMAT must be auto, json_schema, json_object or text, not 'yaml'",
+        ),
+        ({"DEBUG": "1", "WEBHOOKS_TIMEOUT_SECONDS": "600"}, "WEBHOOKS_TIMEOUT_SECONDS must be at most 120"),
+        (
+            {"DEBUG": "1", "WEBHOOKS_ALLOW_PRIVATE_ADDRESSES": "maybe"},
+            "WEBHOOKS_ALLOW_PRIVATE_ADDRESSES must be a",
+        ),
+        (
+            {
+                "DEBUG": "1",
+                "WEBHOOKS_RETRY_BACKOFF_SECONDS": "60",
+                "WEBHOOKS_RETRY_BACKOFF_MAX_SECONDS": "10",
+            },
+            "WEBHOOKS_RETRY_BACKOFF_MAX_SECONDS must be at least 60",
+        ),
     ],
 )
 def test_it_refuses_bad_configuration_by_name(env, message):

@@ -126,24 +126,28 @@ UserResult = list[EventDraft] | ExtractionError
 class Control:
     """What an extraction tells and asks the job it works for; one per chunk.
 
-    This base never stops (the CLI, tests). `usage` maps user ids to the [prompt, completion]
-    tokens paid for them (answers from a cache are free).
+    This base never stops (the CLI, tests). `usage` maps user ids to the [prompt, completion,
+    reasoning] tokens paid for them (answers from a cache are free); reasoning tokens are a part
+    of the completion tokens, as providers bill them.
     """
 
     def __init__(self):
         self.usage: dict[str, list[int]] = {}
         self.lock = threading.Lock()
 
-    def charge(self, user_id: str, prompt_tokens: int, completion_tokens: int) -> None:
+    def charge(
+        self, user_id: str, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0
+    ) -> None:
         with self.lock:
-            spent = self.usage.setdefault(user_id, [0, 0])
+            spent = self.usage.setdefault(user_id, [0, 0, 0])
             spent[0] += prompt_tokens
             spent[1] += completion_tokens
+            spent[2] += reasoning_tokens
 
     def spent(self) -> int:
         """Tokens charged to this chunk so far (not yet committed to the job)."""
         with self.lock:
-            return sum(prompt + completion for prompt, completion in self.usage.values())
+            return sum(prompt + completion for prompt, completion, _ in self.usage.values())
 
     def stopped(self) -> bool:
         """True once the chunk must stop (the job was cancelled or failed, the chunk lost its lease or
@@ -200,6 +204,8 @@ class Extractor:
     option_limits: ClassVar[dict[str, tuple[float, float]]] = {}
     # Option name -> what it does, in a sentence (the admin's start form shows it under the field).
     option_help: ClassVar[dict[str, Any]] = {}
+    # Option name -> the values it may take, for options that are one of a few words.
+    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     # Users a job claims at a time when the job does not say (None: JOBS_CHUNK_SIZE).
     default_chunk_size: ClassVar[int | None] = None
@@ -228,6 +234,11 @@ class Extractor:
                 continue
             kind = cls.options_spec[key][0]
             value, problem = _option_value(value, kind)
+            choices = cls.option_choices.get(key)
+            if not problem and choices and value not in choices:
+                problem = _("must be one of: %(choices)s") % {
+                    "choices": ", ".join(choice or '""' for choice in choices)
+                }
             limits = cls.option_limits.get(key)
             if not problem and limits and not limits[0] <= value <= limits[1]:
                 problem = _("must be from %(low)s to %(high)s") % {"low": limits[0], "high": limits[1]}
@@ -244,5 +255,11 @@ class Extractor:
         raise NotImplementedError
 
     def estimate(self, users: Sequence[UserInput]) -> dict[str, int]:
-        """What extracting these users would cost: calls and tokens (nothing for offline extractors)."""
-        return {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        """What extracting these users would cost: calls and tokens (nothing for offline extractors);
+        reasoning tokens are a part of the completion tokens."""
+        return {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}
+
+    @classmethod
+    def service(cls, options: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The remote service a job with these options calls, as its progress shows it (None: none)."""
+        return None

@@ -30,7 +30,17 @@ from django.db import connection
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from ..llm_client import Completion, LLMCallError, LLMClient, LLMConfigError, LLMStopped
+from ..llm_client import (
+    Completion,
+    LLMCallError,
+    LLMClient,
+    LLMConfigError,
+    LLMStopped,
+    endpoint,
+    estimate_tokens,
+    without_thinking,
+)
+from ..llm_endpoints import AUTO, RESPONSE_FORMATS, endpoint_state, reasoning_share
 from ..models import Category
 from .base import Control, EventDraft, ExtractionError, Extractor, ExtractorFatalError, UserInput, UserResult
 from .rules import active_ruleset
@@ -44,14 +54,16 @@ COMPLETION_TOKENS_PER_BEHAVIOR = 15
 PART_TRIES = 3  # how often one user (or segment) is asked before it fails for this attempt
 MODEL_NAME_MAX_LENGTH = 200  # recorded in each event's extractor version ("1+" and the name)
 UNUSABLE = "the model's answer was unusable"
-THINK_TAGS = re.compile(r"<(/?)think>", re.IGNORECASE)
 FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
-
-
-def estimate_tokens(text: str) -> int:
-    """A conservative token estimate: about one token per Chinese character (3 UTF-8 bytes),
-    more than one per 3 ASCII characters. No tokenizer download needed."""
-    return len(text.encode()) // 3 + 1
+# The event's context in a strict JSON schema (which admits no free-form object): the details the
+# prompt asks for, each null when it does not apply (nulls are dropped, as from any answer).
+CONTEXT_KEYS = {
+    "model": "string",
+    "keyword": "string",
+    "place": "string",
+    "app": "string",
+    "count": "integer",
+}
 
 
 @cache
@@ -138,6 +150,7 @@ class CallOutcome:
     completion: Completion | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # of the completion tokens
 
 
 class LLMExtractor(Extractor):
@@ -155,7 +168,10 @@ class LLMExtractor(Extractor):
         "max_total_tokens": (int, 0),
         # Event types the ruleset does not name are refused unless the job allows them.
         "allow_new_event_types": (bool, False),
+        # How answers are asked for; empty: EXTRACTION_LLM_RESPONSE_FORMAT (the job keeps it).
+        "response_format": (str, ""),
     }
+    option_choices = {"response_format": ("", AUTO, *RESPONSE_FORMATS)}
 
     option_help = {
         "model": gettext_lazy("The model's name at the endpoint; empty: EXTRACTION_LLM_MODEL."),
@@ -166,6 +182,10 @@ class LLMExtractor(Extractor):
         "timeout": gettext_lazy("Seconds a call may take."),
         "max_total_tokens": gettext_lazy("The job fails when it has spent this many tokens (0: no cap)."),
         "allow_new_event_types": gettext_lazy("Keep event types the ruleset does not name."),
+        "response_format": gettext_lazy(
+            "auto: the answer's JSON schema where the endpoint takes one, else JSON mode, else plain "
+            "text (learned); or one of them. Empty: EXTRACTION_LLM_RESPONSE_FORMAT."
+        ),
     }
     option_limits = {
         "max_concurrency": (1, 64),
@@ -179,9 +199,9 @@ class LLMExtractor(Extractor):
     @classmethod
     def clean_options(cls, options):
         cleaned = super().clean_options(options)
-        cleaned["model"] = (
-            cleaned["model"] or settings.EXTRACTION_LLM_MODEL
-        )  # the job keeps the model it used
+        # The job keeps the model and the response format it used.
+        cleaned["model"] = cleaned["model"] or settings.EXTRACTION_LLM_MODEL
+        cleaned["response_format"] = cleaned["response_format"] or settings.EXTRACTION_LLM_RESPONSE_FORMAT
         errors = {}
         if len(cleaned["model"]) > MODEL_NAME_MAX_LENGTH:
             errors["options.model"] = _("must be at most %(limit)s characters") % {
@@ -278,13 +298,25 @@ class LLMExtractor(Extractor):
         return calls
 
     def estimate(self, users: Sequence[UserInput]) -> dict[str, int]:
+        """Calls and tokens; the reasoning tokens (a part of the completion tokens) in the share this
+        endpoint and model have reasoned so far."""
         parts = [part for user in users if user.behaviors for part in self.parts_of(user)]
         calls = self.pack(parts)
+        answers = sum(part.expected_completion for part in parts)
+        reasoning = round(answers * reasoning_share(endpoint().shown, self.options["model"])) if parts else 0
         return {
             "calls": len(calls),
             "prompt_tokens": sum(part.tokens for part in parts) + len(calls) * self.system_tokens,
-            "completion_tokens": sum(part.expected_completion for part in parts),
+            "completion_tokens": answers + reasoning,
+            "reasoning_tokens": reasoning,
         }
+
+    @classmethod
+    def service(cls, options) -> dict[str, Any]:
+        """The endpoint and model, the format answers are asked in and what was adapted to them."""
+        model = options.get("model") or settings.EXTRACTION_LLM_MODEL
+        response_format = options.get("response_format") or settings.EXTRACTION_LLM_RESPONSE_FORMAT
+        return endpoint_state(endpoint().shown, model, response_format)
 
     # Extraction ------------------------------------------------------------------------------------
     def extract(self, users: Sequence[UserInput], control: Control | None = None) -> dict[str, UserResult]:
@@ -299,6 +331,7 @@ class LLMExtractor(Extractor):
                 temperature=self.options["temperature"],
                 timeout=self.options["timeout"],
                 max_completion_tokens=self.options["max_completion_tokens"],
+                response_format=self.options["response_format"],
             )
             if parts
             else None
@@ -311,11 +344,11 @@ class LLMExtractor(Extractor):
 
             def start(call: list[Part]) -> None:
                 """Answer from the cache here, or send from a pool thread."""
-                messages = self._messages(call)
-                if hit := client.cached(messages):
+                messages, schema = self._messages(call), self._schema(call)
+                if hit := client.cached(messages, schema):
                     finish(self._read(call, hit))
                 else:
-                    pending.add(pool.submit(self._call, client, call, messages, control, slot))
+                    pending.add(pool.submit(self._call, client, call, messages, schema, control, slot))
 
             def finish(outcome: CallOutcome) -> None:
                 self._charge(outcome, control)
@@ -336,6 +369,8 @@ class LLMExtractor(Extractor):
                     future.cancel()
                 raise
             finally:
+                if client:
+                    client.flush()
                 # A thread may have opened a database connection (rate limit, the job's status).
                 barrier = threading.Barrier(threads)
                 for _ in range(threads):
@@ -418,6 +453,7 @@ class LLMExtractor(Extractor):
                 part.user.user_id,
                 round(outcome.prompt_tokens * share),
                 round(outcome.completion_tokens * share),
+                round(outcome.reasoning_tokens * share),
             )
 
     def _messages(self, parts: list[Part]) -> list[dict]:
@@ -427,14 +463,46 @@ class LLMExtractor(Extractor):
             {"role": "user", "content": f"{USERS_MARKER}\n{orjson.dumps(users).decode()}"},
         ]
 
+    def _schema(self, parts: list[Part]) -> dict:
+        """The answer's JSON schema for this call, for endpoints that take one: strict (every
+        object closed, every property required, what does not apply null), naming exactly the
+        call's users. Answers are validated the same way whatever the endpoint was asked."""
+        types = list(active_ruleset().event_types)
+        event_type = (
+            {"type": "string"} if self.options["allow_new_event_types"] else {"type": "string", "enum": types}
+        )
+        nullable = {name: {"type": [kind, "null"]} for name, kind in CONTEXT_KEYS.items()}
+        event = {
+            "type": "object",
+            "properties": {
+                "event_type": event_type,
+                "label": {"type": ["string", "null"]},
+                "category": {"type": "string", "enum": list(Category.values)},
+                "behavior_ids": {"type": "array", "items": {"type": "integer"}},
+                "context": _closed(nullable),
+            },
+            "required": ["event_type", "label", "category", "behavior_ids", "context"],
+            "additionalProperties": False,
+        }
+        users = {part.user.user_id: {"type": "array", "items": {"$ref": "#/$defs/event"}} for part in parts}
+        schema = _closed({"users": _closed(users)})
+        return {"name": "user_events", "strict": True, "schema": {**schema, "$defs": {"event": event}}}
+
     def _call(
-        self, client: LLMClient, parts: list[Part], messages: list[dict], control: Control, slot: ChunkSlot
+        self,
+        client: LLMClient,
+        parts: list[Part],
+        messages: list[dict],
+        schema: dict,
+        control: Control,
+        slot: ChunkSlot,
     ) -> CallOutcome:
         """One request, in a pool thread: not sent at all once the job stopped (checked right before
         it goes out); holds a slot of this worker's max_concurrency only while it is out."""
         try:
             completion = client.complete(
                 messages,
+                schema=schema,
                 should_stop=lambda: self._must_stop(control),
                 seconds_left=control.seconds_left,
                 slot=slot,
@@ -451,10 +519,9 @@ class LLMExtractor(Extractor):
         """Parse an answer and validate each user's part of it."""
         outcome = CallOutcome(parts, completion=completion)
         if not completion.cached:
-            outcome.prompt_tokens, outcome.completion_tokens = (
-                completion.prompt_tokens,
-                completion.completion_tokens,
-            )
+            outcome.prompt_tokens = completion.prompt_tokens
+            outcome.completion_tokens = completion.completion_tokens
+            outcome.reasoning_tokens = completion.reasoning_tokens
         try:
             answer = parse_answer(completion.content)
         except ValueError as exc:
@@ -482,26 +549,22 @@ class LLMExtractor(Extractor):
         return outcome
 
 
+def _closed(properties: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema object with exactly these properties, all required."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
 def _close_connection(barrier: threading.Barrier) -> None:
     """Run once in every thread of the pool (the barrier keeps a thread from taking two)."""
     try:
         barrier.wait(timeout=60)
     finally:
         connection.close()
-
-
-def without_thinking(text: str) -> str:
-    """The text without its <think>…</think> blocks, in one pass over the tags (a regular expression
-    looking for the end of each of 20,000 unclosed tags took 15 s); an unclosed block is kept."""
-    kept, start, opened = [], 0, None
-    for tag in THINK_TAGS.finditer(text):
-        if not tag.group(1) and opened is None:
-            opened = tag
-        elif tag.group(1) and opened is not None:
-            kept.append(text[start : opened.start()])
-            start, opened = tag.end(), None
-    kept.append(text[start:])
-    return "".join(kept)
 
 
 def parse_answer(content: str) -> dict[str, Any]:

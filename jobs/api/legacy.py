@@ -16,10 +16,9 @@ from eventproject.api import Guarded
 from extraction.api.serializers import EventOutput
 from extraction.api.views import VIEW_EVENT
 
-from ..engine import job_drain
 from ..models import Job
 from ..selectors import job_latest, job_progress, job_results
-from ..services import JobConflict, JobError, JobInvalid, job_start
+from ..services import JobConflict, JobError, JobInvalid, job_run_here, job_start
 from .access import ADD_JOB, VIEW_JOB
 from .serializers import UserIds
 
@@ -236,8 +235,7 @@ class LegacySyncView(LegacyView):
             job = job_start(user_ids=user_ids, created_by=request.user, enqueue=False)
         except JobError as exc:
             return self.refused(exc)
-        job_drain(job.id, budget_seconds=float("inf"))
-        job.refresh_from_db()
+        job_run_here(job)
         if job.status != Job.Status.COMPLETED:
             return envelope(
                 {"job_id": job.id}, code=CODE_JOB_FAILED, message=job.error or f"job {job.status}"

@@ -10,6 +10,7 @@ JOB_READS = ["v1_jobs_retrieve", "v1_jobs_progress_retrieve", "v1_jobs_items_lis
 JOB_ACTIONS = ["v1_jobs_cancel_create", "v1_jobs_resume_create", "v1_jobs_retry_failed_create"]
 USER_READS = ["v1_users_retrieve", "v1_users_events_list"]
 FIRST_IMPORT_ID = "$response.body#/results/0/id"
+SCHEDULE_OPERATIONS = ["v1_schedules_retrieve", "v1_schedules_partial_update", "v1_schedules_runs_list"]
 
 # (path, method, status) -> (the value, the operations taking it, the parameter it fills)
 LINKS = {
@@ -22,6 +23,8 @@ LINKS = {
     ("/api/v1/jobs/{id}/items/", "get", "200"): (FIRST_USER_ID, USER_READS, "user_id"),
     ("/api/v1/events/", "get", "200"): (FIRST_USER_ID, USER_READS, "user_id"),
     ("/api/v1/imports/", "get", "200"): (FIRST_IMPORT_ID, ["v1_imports_retrieve"], "id"),
+    ("/api/v1/schedules/", "post", "201"): (JOB_ID, [*SCHEDULE_OPERATIONS, "v1_schedules_destroy"], "id"),
+    ("/api/v1/schedules/", "get", "200"): (FIRST_JOB_ID, SCHEDULE_OPERATIONS, "id"),
 }
 
 

@@ -61,6 +61,24 @@ class TopError(serializers.Serializer):
     count = serializers.IntegerField()
 
 
+class Adaptation(serializers.Serializer):
+    refused = serializers.CharField(help_text="What the endpoint refused, e.g. max_tokens")
+    instead = serializers.CharField(
+        allow_blank=True, help_text="What is sent in its place (empty: nothing), e.g. max_completion_tokens"
+    )
+
+
+class Service(serializers.Serializer):
+    """The LLM endpoint a job calls, as far as what it accepts is known."""
+
+    endpoint = serializers.CharField(help_text="OPENAI_BASE_URL without credentials")
+    model = serializers.CharField()
+    response_format = serializers.ChoiceField(
+        choices=["json_schema", "json_object", "text"], help_text="How answers are asked for"
+    )
+    adapted = Adaptation(many=True, help_text="Parameters the endpoint and model refused, learned once")
+
+
 class Progress(serializers.Serializer):
     """Where a job stands, computed from the database (exact after any crash)."""
 
@@ -83,6 +101,11 @@ class Progress(serializers.Serializer):
     event_count = serializers.IntegerField()
     prompt_tokens = serializers.IntegerField(help_text="LLM tokens paid so far, over all attempts")
     completion_tokens = serializers.IntegerField()
+    reasoning_tokens = serializers.IntegerField(
+        help_text="Of the completion tokens, those the model spent reasoning (reported, or estimated "
+        "from its reasoning text)"
+    )
+    llm = Service(allow_null=True, help_text="For an LLM job: its endpoint and what was adapted to it")
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
@@ -105,6 +128,7 @@ class JobSummary(serializers.ModelSerializer):
             "selection",
             "created_by",
             "parent",
+            "schedule",
             "chunk_size",
             "max_attempts",
             "created_at",

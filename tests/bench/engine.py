@@ -118,7 +118,7 @@ def sample_job(users: int):
 
 def drain_in_process(job) -> int:
     """Drain a job in this process as one drain task would; returns how many chunks it took."""
-    from jobs import engine
+    from jobs.worker import drain
 
     chunks = 0
 
@@ -128,11 +128,11 @@ def drain_in_process(job) -> int:
         chunks += done is not None
         return done
 
-    process_one_chunk, engine.process_one_chunk = engine.process_one_chunk, counted
+    process_one_chunk, drain.process_one_chunk = drain.process_one_chunk, counted
     try:
-        engine.job_drain(job.id, budget_seconds=float("inf"))
+        drain.job_drain(job.id, budget_seconds=float("inf"))
     finally:
-        engine.process_one_chunk = process_one_chunk
+        drain.process_one_chunk = process_one_chunk
     job.refresh_from_db()
     assert job.status == "completed", f"job {job.id} ended {job.status}: {job.error}"
     return chunks
@@ -217,7 +217,7 @@ class Runner:
     def on_cluster(self, job, *, each_poll=None) -> float:
         """Ring a job for a cluster that is already up and wait for its end: its items per second.
         `each_poll(job)` runs after each look at the job (every 20 ms)."""
-        from jobs.engine import job_ring
+        from jobs.bells import job_ring
 
         with self.cluster():
             start = time.monotonic()
@@ -291,7 +291,7 @@ class Runner:
         of the sample users (made by rules()) again."""
         from extraction import services
         from extraction.extractors.rules import RulesExtractor
-        from jobs import engine
+        from jobs.worker import chunk, commit
 
         spent = defaultdict(float)
 
@@ -306,11 +306,11 @@ class Runner:
             return wrapper
 
         patches = [
-            (engine, "chunk_claim", "claim"),
+            (chunk, "chunk_claim", "claim"),
             (services, "user_inputs_load", "load"),
             (RulesExtractor, "extract", "extract"),
-            (engine, "extraction_results_write", "write events"),
-            (engine, "_commit_with_retries", "commit"),
+            (commit, "extraction_results_write", "write events"),
+            (chunk, "commit_with_retries", "commit"),
         ]
         originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
         for owner, name, phase in patches:

@@ -55,7 +55,7 @@ class Bench:
         return job_start(user_ids=ids, extractor="test", options=options, chunk_size=10, enqueue=False)
 
     def restart(self, broker: dict) -> float:
-        from jobs.engine import jobs_heal
+        from jobs.healing import jobs_heal
         from jobs.models import Job
         from tests.cluster import wait_for
 
@@ -78,7 +78,7 @@ class Bench:
             self.cancel(job)
 
     def freeze(self, broker: dict) -> float:
-        from jobs.engine import jobs_heal
+        from jobs.healing import jobs_heal
         from jobs.models import JobItem
         from tests.cluster import wait_for
         from tests.test_cluster import pids_of
@@ -114,7 +114,7 @@ class Bench:
 
     @staticmethod
     def cancel(job) -> None:
-        from jobs.engine import jobs_heal
+        from jobs.healing import jobs_heal
         from jobs.services import JobError, job_cancel
 
         with contextlib.suppress(JobError):

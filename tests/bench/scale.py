@@ -155,7 +155,7 @@ class Runner:
         """Start a cluster, let it warm up, measure `size` items (None: choose it from the rate)."""
         from django.conf import settings
 
-        from jobs.engine import job_ring
+        from jobs.bells import job_ring
         from jobs.models import Job
         from jobs.selectors import job_progress
         from tests.cluster import Cluster

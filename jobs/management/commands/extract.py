@@ -6,11 +6,10 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from extraction.extractors import UnknownExtractor, extractor_names, make_extractor
-from jobs import engine
 from jobs.console import ProgressReport, follow, summary_line
 from jobs.models import Job
 from jobs.selectors import job_estimate, job_progress
-from jobs.services import JobError, JobInvalid, job_start, user_ids_read
+from jobs.services import JobError, JobInvalid, job_run_here, job_start, user_ids_read
 
 
 def read_user_ids(path: Path) -> list[str]:
@@ -116,7 +115,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"estimate for {totals['users']} users with extractor {name}: {totals['calls']} calls, "
             f"about {totals['prompt_tokens']:,} prompt and {totals['completion_tokens']:,} completion tokens "
-            f"(before cache hits; tokens counted as 1 per 3 bytes of text)"
+            f"({totals['reasoning_tokens']:,} of them reasoning, in the share this endpoint and model "
+            f"reasoned so far; before cache hits; tokens counted as 1 per 3 bytes of text)"
         )
 
     def _run_here(self, job: Job) -> dict:
@@ -132,7 +132,7 @@ class Command(BaseCommand):
             )
 
         try:
-            engine.job_drain(job.id, budget_seconds=float("inf"), on_chunk=on_chunk)
+            job_run_here(job, on_chunk=on_chunk)
             on_chunk()  # the final state, as the job ended
         finally:
             report.close()

@@ -17,8 +17,7 @@ from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as ClusterCommand
 
 from eventproject.db import connection_reset
-from extraction.imports import imports_heal
-from jobs.engine import jobs_heal
+from jobs.healing import heal_all
 from jobs.services import jobs_prune
 
 logger = logging.getLogger("jobs.heal")
@@ -51,7 +50,7 @@ def heal_while(alive) -> None:
     next_prune = time.monotonic()
     while alive():
         try:
-            for line in [*jobs_heal(force=force), *imports_heal()]:
+            for line in heal_all(force=force):
                 logger.info("heal: %s", line)
             force = False
             if settings.JOBS_PRUNE_DAYS and time.monotonic() >= next_prune:

@@ -1,7 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from extraction.imports import imports_heal
-from jobs.engine import jobs_heal
+from jobs.healing import heal_all
 
 
 class Command(BaseCommand):
@@ -13,7 +12,7 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options):
-        done = [*jobs_heal(force=True), *imports_heal()]
+        done = heal_all(force=True)
         for line in done:
             self.stdout.write(line)
         if not done:

@@ -25,11 +25,27 @@
     return h ? fill(gettext("%(h)s h %(m)s min"), values) : m ? fill(gettext("%(m)s min %(s)s s"), values) : fill(gettext("%(s)s s"), values);
   }
 
+  // An LLM job's endpoint and model, how answers are asked for, and what was adapted to them.
+  function showService(llm) {
+    const row = card.querySelector("[data-llm]");
+    row.hidden = !llm;
+    if (!llm) return;
+    field("llm").textContent = fill(gettext("%(model)s at %(endpoint)s, answers asked as %(response_format)s"), llm);
+    card.querySelector("[data-adapted]").replaceChildren(...llm.adapted.map((a) => {
+      const item = document.createElement("li");
+      item.textContent = a.instead ? fill(gettext("refused %(refused)s: sends %(instead)s instead"), a)
+                                   : fill(gettext("refused %(refused)s: sends nothing instead"), a);
+      return item;
+    }));
+  }
+
   function show(p) {
     const set = (name, value) => { const el = field(name); if (el) el.textContent = value; };
     set("percent", p.percent.toFixed(1));
     ["processed", "total", "succeeded", "failed", "cancelled", "running", "pending", "current_batch",
-     "total_batches", "event_count", "prompt_tokens", "completion_tokens"].forEach((name) => set(name, p[name].toLocaleString()));
+     "total_batches", "event_count", "prompt_tokens", "completion_tokens", "reasoning_tokens"].forEach(
+      (name) => set(name, p[name].toLocaleString()));
+    showService(p.llm);
     set("status", STATUS[p.status] || p.status);
     field("status").className = `job-status job-status-${p.status}`;
     if (FINISHED.includes(p.status)) {

@@ -1,0 +1,90 @@
+"""Healing: bring all background work back to health after any fault. Every cluster runs heal_all()
+when it starts and every JOBS_HEAL_SECONDS (our `qcluster` command); `resume_jobs` runs it once.
+Idempotent, safe anywhere, any time, on any number of machines at once."""
+
+from django.conf import settings
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
+
+from eventproject.db import DatabaseNow
+from extraction.imports import imports_heal
+from webhooks.delivery import deliveries_heal
+
+from . import bells, transitions
+from .models import Job, JobItem
+from .schedules import schedules_run_due
+from .worker.claims import claimable
+from .worker.scheduler import workers_serving
+
+
+def heal_all(*, force: bool = False) -> list[str]:
+    """Heal jobs and imports, start the jobs of due schedules (each due time starts one job, whichever
+    cluster claims it) and ring webhook deliveries that are due; a line for each thing done.
+    `force`: a cluster that starts rings every job short of drains at once, whenever it was last
+    rung."""
+    return [*jobs_heal(force=force), *imports_heal(), *schedules_run_due(), *deliveries_heal()]
+
+
+def jobs_heal(*, force: bool = False) -> list[str]:
+    """- a stopped job keeps no pending or running items (left by a dead worker, or by older versions);
+    - a job with nothing left is finished;
+    - a queued or running job with claimable items and fewer than JOBS_DRAIN_TASKS live drains gets
+      the missing ones rung (a lost queue message, a killed cluster's drains, a broker that was down).
+    """
+    return [*_stopped_jobs_sweep(), *_jobs_finish(), *_jobs_ring(force=force)]
+
+
+def _stopped_jobs_sweep() -> list[str]:
+    stale = Q(status=JobItem.Status.PENDING) | Q(
+        status=JobItem.Status.RUNNING, lease_expires_at__lt=DatabaseNow()
+    )
+    held = Exists(JobItem.objects.filter(stale, job_id=OuterRef("pk")))
+    done = []
+    for job_id in Job.objects.exclude(status__in=Job.WORKING).filter(held).values_list("id", flat=True):
+        if cancelled := transitions.items_stopped_sweep(job_id):
+            done.append(f"job {job_id}: cancelled {cancelled} items a stopped job still held")
+    return done
+
+
+def _jobs_finish() -> list[str]:
+    nothing_running = ~Exists(JobItem.objects.filter(job_id=OuterRef("pk"), status=JobItem.Status.RUNNING))
+    nothing_left = ~Exists(JobItem.objects.filter(job_id=OuterRef("pk"), status__in=JobItem.ACTIVE))
+    ending = Job.objects.filter(
+        Q(status__in=Job.WORKING) & nothing_left | Q(status=Job.Status.CANCELLING) & nothing_running
+    )
+    done = []
+    for job_id in ending.values_list("id", flat=True):
+        transitions.job_mark_running(job_id)
+        if status := transitions.job_finish_if_done(job_id):
+            done.append(f"job {job_id}: nothing left, now {status}")
+    return done
+
+
+def _jobs_ring(*, force: bool) -> list[str]:
+    """Ring the drains a job lacks. Rings made while a job stays short of drains (its drains wait
+    behind other jobs' in the queue, or serve fairer jobs) back off, 1, 2, 4… ×
+    JOBS_DRAIN_STALE_SECONDS up to 32 ×, so the queue does not fill with surplus drains; a cluster
+    that starts rings at once."""
+    stale = settings.JOBS_DRAIN_STALE_SECONDS
+    serving = workers_serving(OuterRef("pk")).order_by().values("job_id").annotate(n=Count("id")).values("n")
+    candidates = (
+        Job.objects.filter(status__in=Job.WORKING)
+        .filter(Exists(JobItem.objects.filter(job_id=OuterRef("pk")).filter(claimable())))
+        .annotate(live=Coalesce(Subquery(serving, output_field=IntegerField()), 0))
+    )
+    done = []
+    for job in candidates.only("id", "short_rings", "max_workers"):
+        missing = min(settings.JOBS_DRAIN_TASKS, job.max_workers or settings.JOBS_DRAIN_TASKS) - job.live
+        if missing <= 0:
+            if job.short_rings:
+                Job.objects.filter(id=job.id).update(short_rings=0)
+            continue
+        ring = Job.objects.filter(id=job.id, short_rings=job.short_rings)  # unless another heal just rang
+        if not force:
+            wait = stale * 2 ** min(job.short_rings, 5)
+            ring = ring.filter(Q(bell_rung_at__isnull=True) | Q(bell_rung_at__lt=DatabaseNow(-wait)))
+        if not ring.update(bell_rung_at=DatabaseNow(), short_rings=F("short_rings") + 1):
+            continue
+        bells.job_ring(job.id, tasks=missing, mark=False)
+        done.append(f"job {job.id}: {job.live} live drains, rang {missing} more")
+    return done

@@ -1,0 +1,219 @@
+"""Schedules: their use cases (create, change, pause, resume, delete: the admin, the API and the
+`schedule` command all come here) and the due check every cluster runs as it heals.
+
+A due schedule is claimed by moving its `next_run_at` on, from the value it was read with to the
+first time after now, in one conditional UPDATE: of the clusters that see it due at once, one wins
+and starts the job in the same transaction; the others change nothing. Computing the next time
+from *now* (not from the missed one) runs a schedule once after any downtime, not once per missed
+time. While the schedule's previous job is still active, the run is skipped and recorded as such.
+"""
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, IntegrityError, transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from extraction.extractors import UnknownExtractor, extractor_class
+
+from .cron import CronInvalid, cron_clean, cron_next
+from .models import Job, Schedule, ScheduleRun
+from .services import USER_ID_MAX_CHARS, JobError, JobInvalid, job_start
+
+logger = logging.getLogger(__name__)
+
+# What a schedule says, with the defaults of a new one.
+FIELDS: dict[str, Any] = {
+    "name": "",
+    "cron": "",
+    "users": Schedule.Users.NEEDING_EXTRACTION,
+    "user_ids": [],
+    "extractor": "rules",
+    "options": {},
+    "priority": Job.Priority.NORMAL,
+    "max_workers": None,
+    "active": True,
+}
+
+
+def schedule_clean(values: dict[str, Any]) -> dict[str, Any]:
+    """Check what a schedule says; the cleaned values, or JobInvalid naming each bad field."""
+    errors: dict[str, str] = {}
+    cleaned = {**values}
+    name = values["name"]
+    if not isinstance(name, str) or not name.strip() or len(name.strip()) > 100:
+        errors["name"] = _("give a name of 1 to 100 characters")
+    else:
+        cleaned["name"] = name.strip()
+    try:
+        cleaned["cron"] = cron_clean(values["cron"])
+    except CronInvalid as exc:
+        errors["cron"] = str(exc)
+    if values["users"] not in Schedule.Users.values:
+        errors["users"] = _("must be one of %(values)s") % {"values": ", ".join(Schedule.Users.values)}
+    else:
+        problem = _user_ids_problem(values["users"], values["user_ids"])
+        if problem:
+            errors["user_ids"] = problem
+    try:
+        cleaned["options"] = extractor_class(values["extractor"]).clean_options(values["options"] or {})
+    except UnknownExtractor as exc:
+        errors["extractor"] = str(exc)
+    except ValidationError as exc:
+        errors.update({field: " ".join(messages) for field, messages in exc.message_dict.items()})
+    if values["priority"] not in Job.Priority.values:
+        errors["priority"] = _("must be one of %(values)s") % {
+            "values": ", ".join(map(str, Job.Priority.values))
+        }
+    workers = values["max_workers"]
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        errors["max_workers"] = _("must be a whole number of at least 1, or empty for no cap")
+    if errors:
+        raise JobInvalid(errors)
+    return cleaned
+
+
+def _user_ids_problem(users: str, user_ids: Any) -> str | None:
+    if users != Schedule.Users.LIST:
+        return _("only a schedule over a list of users names users") if user_ids else None
+    if not isinstance(user_ids, list) or not user_ids:
+        return _("give the users of the list")
+    if len(user_ids) > settings.JOBS_MAX_USER_IDS:
+        return _("at most %(limit)s user ids (JOBS_MAX_USER_IDS)") % {
+            "limit": f"{settings.JOBS_MAX_USER_IDS:,}"
+        }
+    for position, user_id in enumerate(user_ids):
+        if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > USER_ID_MAX_CHARS:
+            return _("item %(position)s is not a user id of 1 to %(limit)s characters") % {
+                "position": position,
+                "limit": USER_ID_MAX_CHARS,
+            }
+    return None
+
+
+def schedule_create(*, created_by=None, **values: Any) -> Schedule:
+    """A new schedule (JobInvalid naming each bad field); active ones get their next run time."""
+    unknown = set(values) - set(FIELDS)
+    if unknown:
+        raise TypeError(f"unknown schedule fields: {sorted(unknown)}")
+    cleaned = schedule_clean({**FIELDS, **values})
+    next_run_at = cron_next(cleaned["cron"], timezone.now()) if cleaned["active"] else None
+    try:
+        with transaction.atomic():
+            return Schedule.objects.create(**cleaned, next_run_at=next_run_at, created_by=created_by)
+    except IntegrityError:
+        raise JobInvalid(
+            {"name": _("a schedule named %(name)r exists") % {"name": cleaned["name"]}}
+        ) from None
+
+
+def schedule_update(schedule: Schedule, **changes: Any) -> Schedule:
+    """Change what a schedule says (JobInvalid naming each bad field). A new cron expression, or a
+    pause or resume, sets the next run time afresh: after now, or none while paused."""
+    unknown = set(changes) - set(FIELDS)
+    if unknown:
+        raise TypeError(f"unknown schedule fields: {sorted(unknown)}")
+    current = {name: getattr(schedule, name) for name in FIELDS}
+    cleaned = schedule_clean({**current, **changes})
+    if cleaned["cron"] != schedule.cron or cleaned["active"] != schedule.active:
+        cleaned["next_run_at"] = cron_next(cleaned["cron"], timezone.now()) if cleaned["active"] else None
+    try:
+        with transaction.atomic():
+            Schedule.objects.filter(id=schedule.id).update(**cleaned)
+    except IntegrityError:
+        raise JobInvalid(
+            {"name": _("a schedule named %(name)r exists") % {"name": cleaned["name"]}}
+        ) from None
+    schedule.refresh_from_db()
+    return schedule
+
+
+def schedule_pause(schedule: Schedule) -> Schedule:
+    return schedule_update(schedule, active=False)
+
+
+def schedule_resume(schedule: Schedule) -> Schedule:
+    return schedule_update(schedule, active=True)
+
+
+def schedule_delete(schedule: Schedule) -> None:
+    """Delete a schedule and its runs; the jobs it started stay (their `schedule` becomes empty)."""
+    schedule.delete()
+
+
+# The due check ----------------------------------------------------------------------------------
+def schedules_run_due(now: datetime | None = None) -> list[str]:
+    """Run every active schedule whose time has come; what happened, one line per run. Every
+    cluster calls it as it heals: each due time is claimed by one of them only."""
+    now = now or timezone.now()
+    done = []
+    due = Schedule.objects.filter(active=True, next_run_at__lte=now).values_list("id", flat=True)
+    for schedule_id in due:
+        try:
+            run = schedule_run_if_due(schedule_id, now)
+        except DatabaseError as exc:
+            logger.warning("could not run schedule %s (%s)", schedule_id, exc)
+            continue
+        except Exception:  # a bug must not stop this cluster's healing, nor the other schedules
+            logger.exception("schedule %s could not run", schedule_id)
+            continue
+        if run is not None:
+            done.append(f"schedule {run.schedule.name!r}: {run.outcome} {run.message}".rstrip())
+    return done
+
+
+def schedule_run_if_due(schedule_id: int, now: datetime) -> ScheduleRun | None:
+    """Claim the schedule's due time and start its job, or skip while its previous job is active,
+    or record why the start was refused; None when it was not due (or another cluster took it)."""
+    with transaction.atomic():
+        # A schedule another cluster is starting (its row locked, maybe for a long job start) is
+        # passed over at once instead of holding up this cluster's healing.
+        due = Schedule.objects.select_for_update(skip_locked=True, no_key=True)
+        schedule = due.filter(id=schedule_id, active=True, next_run_at__lte=now).first()
+        if schedule is None:
+            return None
+        due_at = schedule.next_run_at
+        # The claim: only the first to move next_run_at from the value it read goes on.
+        if not Schedule.objects.filter(id=schedule.id, active=True, next_run_at=due_at).update(
+            next_run_at=cron_next(schedule.cron, now)
+        ):
+            return None
+        run = ScheduleRun(schedule=schedule, due_at=due_at, ran_at=now)
+        previous = Job.objects.filter(schedule=schedule, status__in=Job.ACTIVE).order_by("-id").first()
+        if previous is not None:
+            run.outcome = ScheduleRun.Outcome.SKIPPED
+            run.message = _("job %(id)s is still %(status)s") % {
+                "id": previous.id,
+                "status": previous.get_status_display(),
+            }
+        else:
+            try:
+                run.job = job_start(**_job_arguments(schedule))
+                run.outcome = ScheduleRun.Outcome.STARTED
+                run.message = _("job %(id)s over %(count)s users") % {
+                    "id": run.job.id,
+                    "count": run.job.total_items,
+                }
+            except JobError as exc:
+                run.outcome = ScheduleRun.Outcome.REFUSED
+                run.message = str(exc)
+        run.save()
+    return run
+
+
+def _job_arguments(schedule: Schedule) -> dict[str, Any]:
+    listed = schedule.users == Schedule.Users.LIST
+    return {
+        "user_ids": schedule.user_ids if listed else None,
+        "everyone": schedule.users == Schedule.Users.ALL,
+        "extractor": schedule.extractor,
+        "options": schedule.options,
+        "priority": schedule.priority,
+        "max_workers": schedule.max_workers,
+        "schedule": schedule,
+        "created_by": schedule.created_by,
+    }

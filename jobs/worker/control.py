@@ -1,0 +1,53 @@
+"""What a chunk's extraction sees of its job (the extractor's Control)."""
+
+import time
+
+from extraction.extractors import Control
+
+from .. import transitions
+from ..models import Job
+
+
+class JobControl(Control):
+    """The job as a long extraction sees it: stop when the job no longer runs (asked at most once a
+    second), when the chunk's lease was lost, or when its deadline (below the task timeout) is near.
+    Committed tokens are read afresh each time (only asked when a token cap is set, once per call),
+    so the cap overshoots by no more than the calls in flight and the chunks not yet committed.
+
+    Called from the extractor's threads too, each with its own connection.
+    """
+
+    def __init__(self, job_id: int, *, deadline: float | None = None):
+        super().__init__()
+        self.job_id = job_id
+        self.deadline = deadline  # time.monotonic() by which the chunk must stop extracting
+        self.checked_at = -1.0
+        self.status = Job.Status.RUNNING
+        self.lease_lost = False
+        self.finished = False  # extraction is over: the commit (fenced) is all that is left
+
+    def lose_lease(self) -> None:
+        """Another worker took over (some of) this chunk's items: its work would be thrown away."""
+        self.lease_lost = True
+
+    def seconds_left(self) -> float | None:
+        return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
+
+    def stopped(self) -> bool:
+        if self.lease_lost or self.seconds_left() == 0:
+            return True
+        with self.lock:
+            if time.monotonic() - self.checked_at >= 1:
+                status = Job.objects.filter(id=self.job_id).values_list("status", flat=True).first()
+                self.status = status or Job.Status.CANCELLED
+                self.checked_at = time.monotonic()
+            return self.status != Job.Status.RUNNING
+
+    def tokens_used(self) -> int:
+        tokens = Job.objects.filter(id=self.job_id).values_list("prompt_tokens", "completion_tokens").first()
+        return sum(tokens or ())
+
+    def fail_job(self, message: str) -> None:
+        transitions.job_fail(self.job_id, message)
+        with self.lock:
+            self.status = Job.Status.FAILED

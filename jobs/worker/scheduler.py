@@ -1,0 +1,71 @@
+"""Which job a worker serves next: a fair share of the workers, weighted by priority, decided at
+chunk boundaries.
+
+Each job's `virtual_time` grows by the seconds its chunks take divided by its priority (the
+commit adds them). A worker serves, among the queued or running jobs with claimable items and room
+for another worker, the one whose virtual time is least: jobs of equal priority get equal shares of
+the workers' time, a job of priority 4 twice the share of one of 2, whatever their sizes and start
+order. A job that starts running begins level with the running ones (transitions.job_mark_running),
+so a job started beside a huge one is served at the next chunk boundary of any worker, without a
+burst of catching up. Ties go to the job with fewer workers, then the older one.
+
+Nothing starves: a job not served keeps its virtual time while the served ones grow theirs, so it
+becomes the least within the time of a few chunks. A job holds at most min(JOBS_DRAIN_TASKS, its
+max_workers) workers: a worker switching to it takes its row lock and counts again, so two workers
+switching at once cannot both pass the cap.
+"""
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Exists, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce, Least
+
+from eventproject.db import DatabaseNow
+
+from ..models import Drain, Job, JobItem
+from .claims import claimable
+
+
+def workers_serving(job_ids=None, *, besides: int | None = None) -> QuerySet[Drain]:
+    """The live drains (beaten within JOBS_DRAIN_STALE_SECONDS) serving a job, `besides` this one."""
+    drains = Drain.objects.filter(seen_at__gte=DatabaseNow(-settings.JOBS_DRAIN_STALE_SECONDS))
+    if job_ids is not None:
+        drains = drains.filter(job_id=job_ids)
+    return drains.exclude(id=besides) if besides else drains
+
+
+def _candidates(drain_id: int | None, only: int | None) -> QuerySet[Job]:
+    """Working jobs with claimable items and room for this drain, the fairest first."""
+    serving = workers_serving(OuterRef("pk"), besides=drain_id)
+    count = Subquery(serving.order_by().values("job_id").annotate(n=Count("id")).values("n"))
+    cap = settings.JOBS_DRAIN_TASKS
+    jobs = (
+        Job.objects.filter(status__in=Job.WORKING)
+        .filter(Exists(JobItem.objects.filter(job_id=OuterRef("pk")).filter(claimable())))
+        .annotate(serving=Coalesce(count, 0, output_field=IntegerField()))
+        .filter(serving__lt=Least(Coalesce("max_workers", Value(cap)), Value(cap)))
+    )
+    if only is not None:
+        jobs = jobs.filter(id=only)
+    return jobs.order_by("virtual_time", "serving", "id")
+
+
+def fairest(drain_id: int | None, *, only: int | None = None) -> int | None:
+    """The id of the job this drain should serve now (see the module's docstring), or None."""
+    return _candidates(drain_id, only).values_list("id", flat=True).first()
+
+
+def job_pick(drain_id: int, *, only: int | None = None) -> Job | None:
+    """Move this drain to the job it should serve now and return that job; None when no job has
+    claimable items and room for it."""
+    for _ in range(3):  # another worker may take the last room first: look again
+        chosen = fairest(drain_id, only=only)
+        if chosen is None:
+            return None
+        with transaction.atomic():
+            job = Job.objects.select_for_update().filter(id=chosen, status__in=Job.WORKING).first()
+            room = min(job.max_workers or settings.JOBS_DRAIN_TASKS, settings.JOBS_DRAIN_TASKS) if job else 0
+            if job and workers_serving(job.id, besides=drain_id).count() < room:
+                Drain.objects.filter(id=drain_id).update(job=job)
+                return job
+    return None

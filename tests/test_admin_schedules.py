@@ -1,0 +1,114 @@
+"""Schedules in the admin: operators make and pause them, errors show on their fields, a schedule's
+page lists its runs with their jobs' outcomes; the `schedule` command does the same."""
+
+import pytest
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+from jobs.models import Job, Schedule
+from jobs.schedules import schedule_create, schedules_run_due
+from jobs.worker.drain import job_drain
+
+pytestmark = pytest.mark.django_db
+
+FORM = {
+    "name": "nightly",
+    "cron": "0 3 * * *",
+    "users": "needing_extraction",
+    "user_ids": "",
+    "extractor": "rules",
+    "options": "{}",
+    "priority": "4",
+    "max_workers": "",
+    "active": "on",
+}
+
+
+def test_an_operator_makes_a_schedule_in_the_admin_and_sees_its_next_run(client, personas):
+    client.force_login(personas["operator"])
+    response = client.post("/admin/jobs/schedule/add/", FORM, follow=True)
+    assert response.status_code == 200
+    schedule = Schedule.objects.get()
+    assert (schedule.cron, schedule.priority, schedule.created_by) == ("0 3 * * *", 4, personas["operator"])
+    assert timezone.localtime(schedule.next_run_at).hour == 3
+    listing = client.get("/admin/jobs/schedule/").content.decode()
+    assert "nightly" in listing and "0 3 * * *" in listing
+    page = client.get(f"/admin/jobs/schedule/{schedule.id}/change/").content.decode()
+    assert "Asia/Shanghai" in page and "No run yet." in page
+
+
+def test_bad_fields_show_on_the_form(client, personas):
+    client.force_login(personas["operator"])
+    page = client.post(
+        "/admin/jobs/schedule/add/",
+        {**FORM, "cron": "0 3 * *", "users": "list", "options": '{"nope": 1}'},
+    ).content.decode()
+    assert "A cron expression has five fields" in page
+    assert "give the users of the list" in page
+    assert "unknown option for extractor" in page
+    assert not Schedule.objects.exists()
+    schedule_create(name="nightly", cron="0 3 * * *")
+    page = client.post("/admin/jobs/schedule/add/", FORM).content.decode()
+    assert "a schedule named &#x27;nightly&#x27; exists" in page and Schedule.objects.count() == 1
+
+
+def test_a_schedules_page_lists_its_runs_with_their_jobs_outcomes(client, personas, make_users):
+    make_users(2)
+    schedule = schedule_create(name="nightly", cron="0 3 * * *", users="list", user_ids=["u001"])
+    Schedule.objects.filter(id=schedule.id).update(next_run_at=timezone.now())
+    schedules_run_due()
+    job = Job.objects.get()
+    job_drain(job.id)
+    client.force_login(personas["viewer"])
+    page = client.get(f"/admin/jobs/schedule/{schedule.id}/change/").content.decode()
+    assert f'href="/admin/jobs/job/{job.id}/change/"' in page and "job-status-completed" in page
+    assert "started" in page and f"job {job.id} over 1 users" in page
+    listing = client.get("/admin/jobs/schedule/").content.decode()
+    assert "job-status-completed" in listing
+    assert client.get("/admin/jobs/schedule/add/").status_code == 403  # viewers only look
+    job_page = client.get(f"/admin/jobs/job/{job.id}/change/").content.decode()
+    assert f'href="/admin/jobs/schedule/{schedule.id}/change/"' in job_page
+
+
+def test_schedules_are_paused_and_resumed_with_actions(client, personas):
+    schedule = schedule_create(name="nightly", cron="0 3 * * *")
+    client.force_login(personas["operator"])
+    client.post("/admin/jobs/schedule/", {"action": "pause_selected", "_selected_action": [schedule.id]})
+    schedule.refresh_from_db()
+    assert (schedule.active, schedule.next_run_at) == (False, None)
+    client.post("/admin/jobs/schedule/", {"action": "resume_selected", "_selected_action": [schedule.id]})
+    schedule.refresh_from_db()
+    assert schedule.active and schedule.next_run_at > timezone.now()
+
+
+def test_the_schedule_command_adds_lists_changes_and_deletes(run, make_users):
+    make_users(1)
+    out, _ = run("schedule", "add", "nightly", "--cron", "0 3 * * *", "--users", "u001", "--priority", "high")
+    assert out.startswith("schedule 'nightly' added; next run ") and "03:00" in out
+    schedule = Schedule.objects.get()
+    assert (schedule.users, schedule.user_ids, schedule.priority) == ("list", ["u001"], 4)
+    assert "nightly: 0 3 * * * (Asia/Shanghai) list rules; next " in run("schedule", "list")[0]
+    run("schedule", "set", "nightly", "--all-users", "--cron", "30 4 * * *")
+    schedule.refresh_from_db()
+    assert (schedule.users, schedule.user_ids, schedule.cron) == ("all", [], "30 4 * * *")
+    assert run("schedule", "pause", "nightly")[0] == "schedule 'nightly' paused\n"
+    Schedule.objects.filter(id=schedule.id).update(active=True, next_run_at=timezone.now())
+    schedules_run_due()
+    assert "started  job " in run("schedule", "runs", "nightly")[0]
+    with pytest.raises(CommandError, match="--cron: A cron expression has five fields"):
+        run("schedule", "add", "other", "--cron", "0 3 * *")
+    with pytest.raises(CommandError, match="no schedule named 'ghost'"):
+        run("schedule", "pause", "ghost")
+    run("schedule", "delete", "nightly")
+    assert not Schedule.objects.exists() and Job.objects.get().schedule is None
+
+
+def test_the_schedule_screens_speak_chinese_to_a_chinese_browser(client, personas):
+    schedule_create(name="nightly", cron="0 3 * * *")
+    client.force_login(personas["operator"])
+    zh = {"HTTP_ACCEPT_LANGUAGE": "zh-CN,zh;q=0.9"}
+    listing = client.get("/admin/jobs/schedule/", **zh).content.decode()
+    for words in ("暂停所选计划", "恢复所选计划", "下次运行时间", "需要抽取的用户"):
+        assert words in listing, words
+    page = client.get("/admin/jobs/schedule/add/", **zh).content.decode()
+    assert "Cron 表达式" in page and "按 Asia/Shanghai 时间" in page
