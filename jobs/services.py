@@ -119,7 +119,7 @@ def job_start(
     ):
         if not isinstance(value, int) or not 1 <= value <= limit:
             errors[name] = _("must be an integer from 1 to %(limit)s") % {"limit": limit}
-    errors.update(_share_errors(priority, max_workers))
+    errors.update(share_errors(priority, max_workers))
     ids = None if user_ids is None else _clean_user_ids(user_ids, errors)
     if errors:
         raise JobInvalid(errors)
@@ -153,7 +153,7 @@ def job_start(
     return job
 
 
-def _share_errors(priority: Any, max_workers: Any) -> dict[str, str]:
+def share_errors(priority: Any, max_workers: Any) -> dict[str, str]:
     """What is wrong with a job's share of the workers, by field."""
     errors = {}
     if isinstance(priority, bool) or priority not in Job.Priority.values:
@@ -296,6 +296,32 @@ def _job_opened(job: Job, total: int, *, enqueue: bool) -> None:
     else:
         transitions.job_complete_empty(job)
     job.refresh_from_db()
+
+
+UNCHANGED: Any = object()  # an argument not given
+
+
+def job_share_set(job: Job, *, priority: Any = UNCHANGED, max_workers: Any = UNCHANGED) -> Job:
+    """Change a job's share of the workers (its priority, the most workers it may hold), also
+    while it runs: the next chunk boundary of every worker sees it. A finished job's share is
+    history: refused."""
+    changes = {
+        name: value
+        for name, value in (("priority", priority), ("max_workers", max_workers))
+        if value is not UNCHANGED
+    }
+    if errors := share_errors(
+        changes.get("priority", job.priority), changes.get("max_workers", job.max_workers)
+    ):
+        raise JobInvalid(errors)
+    if changes and not Job.objects.exclude(status=Job.Status.COMPLETED).filter(id=job.id).update(**changes):
+        job.refresh_from_db()
+        raise JobStateError(
+            _("job %(id)s is %(status)s; its share of the workers no longer matters")
+            % {"id": job.id, "status": job.status}
+        )
+    job.refresh_from_db()
+    return job
 
 
 def job_run_here(job: Job, *, on_chunk: Callable[[], None] | None = None) -> Job:
