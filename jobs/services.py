@@ -71,10 +71,12 @@ def _named(ids: Iterable[str], total: int) -> str:
 
 
 def _item_insert_sql(source: str) -> str:
-    # WHERE 1 = 1: SQLite needs it to parse INSERT … SELECT … ON CONFLICT.
+    """INSERT a job's items for the users `source` selects; its parameters are the job's id and the
+    items' status, then the source's own. WHERE 1 = 1: SQLite needs it to parse INSERT … SELECT …
+    ON CONFLICT."""
     return (
         f"INSERT INTO {JobItem._meta.db_table} (job_id, user_id, status, attempts, error) "
-        f"SELECT %s, user_id, 'pending', 0, '' FROM ({source}) AS chosen WHERE 1 = 1 ORDER BY user_id"
+        f"SELECT %s, user_id, %s, 0, '' FROM ({source}) AS chosen WHERE 1 = 1 ORDER BY user_id"
     )
 
 
@@ -213,6 +215,9 @@ def _clean_user_ids(user_ids: Iterable[Any], errors: dict[str, str]) -> list[str
         return []
     ids, seen, bad = [], set(), []
     for position, value in enumerate(user_ids):
+        if position >= settings.JOBS_MAX_USER_IDS:  # counted with duplicates, as every entry point counts
+            errors["user_ids"] = too_many_ids(position + 1)
+            return []
         if isinstance(value, bool) or not isinstance(value, str | int):
             bad.append(_("item %(position)s is not a string") % {"position": position})
             continue
@@ -240,12 +245,14 @@ def _items_create_for_needing(job: Job, everyone: bool = False) -> int:
     with connection.cursor() as cursor:
         try:
             with transaction.atomic():
-                cursor.execute(_item_insert_sql(sql), [job.id, *params])
+                cursor.execute(_item_insert_sql(sql), [job.id, JobItem.Status.PENDING, *params])
         except IntegrityError:
             # A concurrent start took some of them first; they stay with that job. Only now ON
             # CONFLICT: its speculative insertion into every unique index costs PostgreSQL 2.3×
             # the buffer accesses of a plain INSERT (measured over 2,000,000 items).
-            cursor.execute(_item_insert_sql(sql) + " ON CONFLICT DO NOTHING", [job.id, *params])
+            cursor.execute(
+                _item_insert_sql(sql) + " ON CONFLICT DO NOTHING", [job.id, JobItem.Status.PENDING, *params]
+            )
         return cursor.rowcount
 
 
@@ -263,7 +270,9 @@ def _items_create_for(job: Job, ids: list[str]) -> int:
                 {"user_ids": _("unknown users: %(users)s") % {"users": _named(unknown, len(unknown))}}
             )
         _refuse_busy(ids, cursor=cursor)
-        cursor.execute(_item_insert_sql("SELECT user_id FROM staging_user_ids"), [job.id])
+        cursor.execute(
+            _item_insert_sql("SELECT user_id FROM staging_user_ids"), [job.id, JobItem.Status.PENDING]
+        )
         return cursor.rowcount
 
 
@@ -277,8 +286,9 @@ def _refuse_busy(ids: list[str] | QuerySet, cursor=None) -> None:
     else:
         cursor.execute(
             f"SELECT i.user_id, i.job_id FROM {JobItem._meta.db_table} i "
-            f"JOIN staging_user_ids s ON s.user_id = i.user_id WHERE i.status IN ('pending', 'running') "
-            f"ORDER BY i.user_id"
+            f"JOIN staging_user_ids s ON s.user_id = i.user_id WHERE i.status IN (%s, %s) "
+            f"ORDER BY i.user_id",
+            list(JobItem.ACTIVE),
         )
         rows = cursor.fetchall()
         total, busy = len(rows), dict(rows[:NAMED_AT_MOST])
@@ -553,8 +563,7 @@ def _items_delete_batch(job_id: int, batch_size: int) -> int:
     with connection.cursor() as cursor:
         cursor.execute(
             f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE job_id = %s "
-            f"AND finished_at IS NOT NULL AND status IN ('succeeded', 'failed', 'cancelled') "
-            f"LIMIT %s {lock})",
-            [job_id, batch_size],
+            f"AND finished_at IS NOT NULL AND status IN (%s, %s, %s) LIMIT %s {lock})",
+            [job_id, *JobItem.FINISHED, batch_size],
         )
         return cursor.rowcount
