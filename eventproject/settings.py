@@ -354,6 +354,7 @@ SPECTACULAR_SETTINGS = {
         "ItemStatusEnum": "jobs.models.ItemStatus",
         "ExtractionOutcomeEnum": "extraction.models.ExtractionState.Outcome",
         "LegacyStatusEnum": ["idle", "running", "completed", "failed"],
+        "PriorityEnum": ["low", "normal", "high", "urgent"],
     },
 }
 

@@ -25,6 +25,7 @@ from extraction.extractors import extractor_names, make_extractor
 
 from .forms import USER_ID_SEPARATORS, JobStartForm
 from .models import Job, JobItem, Schedule, ScheduleRun
+from .progress import elapsed_seconds, job_service
 from .schedules import (
     FIELDS,
     schedule_clean,
@@ -33,8 +34,17 @@ from .schedules import (
     schedule_resume,
     schedule_update,
 )
-from .selectors import job_estimate, job_outcome_mix, job_service, job_throughput_series, schedules_list
-from .services import JobConflict, JobError, JobInvalid, job_cancel, job_resume, job_retry_failed, job_start
+from .selectors import job_estimate, job_outcome_mix, job_throughput_series, schedules_list
+from .services import (
+    JobConflict,
+    JobError,
+    JobInvalid,
+    job_cancel,
+    job_resume,
+    job_retry_failed,
+    job_share_set,
+    job_start,
+)
 
 STATUS_COLORS = {
     "queued": "#79aec8",
@@ -60,6 +70,23 @@ def job_link(job_id: int) -> str:
         reverse("admin:jobs_job_change", args=[job_id]),
         _("job %(id)s") % {"id": job_id},
     )
+
+
+def _share(form) -> dict:
+    """The share form's priority and most workers (empty: no cap), as job_share_set takes them;
+    what is not a number goes as it is, to be refused by name."""
+    values = {}
+    for name in ("priority", "max_workers"):
+        text = form.get(name, "").strip()
+        values[name] = None if text == "" else int(text) if text.isdigit() else text
+    return values
+
+
+def _share_said(job: Job) -> str:
+    values = {"id": job.id, "priority": job.get_priority_display(), "workers": job.max_workers}
+    if job.max_workers:
+        return _("Job %(id)s: priority %(priority)s, at most %(workers)s workers.") % values
+    return _("Job %(id)s: priority %(priority)s, no cap on its workers.") % values
 
 
 def _token_cap(form) -> int | None:
@@ -94,12 +121,13 @@ class JobAdmin(GuardedAdmin):
         "succeeded_items",
         "failed_items",
         "extractor",
+        "priority",
         "created_by",
         "started_at",
         "duration",
     ]
     list_display_links = ["id", "status_badge"]
-    list_filter = ["status", ExtractorFilter]
+    list_filter = ["status", "priority", ExtractorFilter]
     list_select_related = ["created_by"]
     list_per_page = 50
     actions = ["cancel_selected", "resume_selected", "retry_failed_selected"]
@@ -162,10 +190,10 @@ class JobAdmin(GuardedAdmin):
 
     @admin.display(description=gettext_lazy("duration"))
     def duration(self, job: Job) -> str:
-        if not job.started_at:
+        elapsed = elapsed_seconds(job.started_at, job.finished_at, timezone.now())
+        if elapsed is None:
             return "—"
-        end = job.finished_at or timezone.now()
-        seconds = int((end - job.started_at).total_seconds())
+        seconds = int(elapsed)
         return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
     # Start, cancel, resume, retry ---------------------------------------------------------------
@@ -174,7 +202,7 @@ class JobAdmin(GuardedAdmin):
         own = [
             path("add/", self.admin_site.admin_view(self.start_view), name=f"{prefix}_add"),
             re_path(
-                r"^(?P<job_id>\d+)/(?P<action>cancel|resume|retry-failed)/$",
+                r"^(?P<job_id>\d+)/(?P<action>cancel|resume|retry-failed|share)/$",
                 self.admin_site.admin_view(self.action_view),
                 name=f"{prefix}_action",
             ),
@@ -259,6 +287,11 @@ class JobAdmin(GuardedAdmin):
                 lambda job: job_retry_failed(job, created_by=request.user),
                 lambda job: _("Started job %(id)s to retry the failed users.") % {"id": job.id},
             ),
+            "share": (
+                self.has_cancel_permission,
+                lambda job: job_share_set(job, **_share(request.POST)),
+                _share_said,
+            ),
         }
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
@@ -289,6 +322,8 @@ class JobAdmin(GuardedAdmin):
             "can_cancel": may_change and job.can_cancel,
             "can_resume": may_change and job.can_resume,
             "can_retry": may_retry and job.can_retry,
+            "can_share": may_change and job.status != Job.Status.COMPLETED,
+            "priorities": Job.Priority.choices,
             "finished_statuses": json.dumps(Job.FINISHED),
             "token_cap": job.options.get("max_total_tokens") or 0,
             "tokens_spent": job.prompt_tokens + job.completion_tokens,

@@ -1,13 +1,13 @@
 """How jobs look in a terminal: the commands (extract, job_status, runall) share these."""
 
 import time
-from typing import Any, TextIO
+from typing import TextIO
 
 from django.utils.timezone import localtime
 from tqdm import tqdm
 
-from .models import Job
-from .selectors import job_progress
+from .models import PRIORITY_NAMES, Job, percent_done
+from .progress import Progress, job_progress
 
 POLL_SECONDS = 0.5
 NO_WORKER_HINT_AFTER = 15
@@ -15,57 +15,81 @@ NO_WORKER_HINT_AFTER = 15
 PLAIN_EVERY_SECONDS = 5.0
 
 
-def summary_line(progress: dict[str, Any]) -> str:
+def summary_line(progress: Progress) -> str:
     line = (
-        f"job {progress['id']} {progress['status']}: {progress['succeeded']} succeeded, "
-        f"{progress['failed']} failed, {progress['cancelled']} cancelled of {progress['total']}, "
-        f"{progress['event_count']} events"
+        f"job {progress.id} {progress.status}: {progress.succeeded} succeeded, "
+        f"{progress.failed} failed, {progress.cancelled} cancelled of {progress.total}, "
+        f"{progress.event_count} events"
     )
-    if progress["elapsed_seconds"] is not None:
-        line += f", {progress['elapsed_seconds']:.1f} s"
-    if progress["error"]:
-        line += f"\n  error: {progress['error']}"
-    for error in progress["top_errors"]:
+    if progress.elapsed_seconds is not None:
+        line += f", {progress.elapsed_seconds:.1f} s"
+    if progress.error:
+        line += f"\n  error: {progress.error}"
+    for error in progress.top_errors:
         line += f"\n  {error['count']} × {error['error']}"
     return line
 
 
-def describe(progress: dict[str, Any]) -> str:
+def describe(progress: Progress) -> str:
     """Every field of a job's progress, one per line."""
-    eta = progress["estimated_seconds_remaining"]
+    eta = progress.estimated_seconds_remaining
     lines = [
-        f"job {progress['id']} ({progress['extractor']}): {progress['status']}",
-        f"  progress     {progress['percent']:.1f}%  {progress['processed']}/{progress['total']} processed, "
-        f"batch {progress['current_batch']}/{progress['total_batches']}",
-        f"  items        {progress['succeeded']} succeeded, {progress['failed']} failed, "
-        f"{progress['cancelled']} cancelled, {progress['running']} running, {progress['pending']} pending",
-        f"  events       {progress['event_count']}",
-        f"  tokens       {progress['prompt_tokens']} prompt, {progress['completion_tokens']} completion "
-        f"({progress['reasoning_tokens']} reasoning)",
-        f"  throughput   {progress['throughput_per_second']:.1f} users/s"
+        f"job {progress.id} ({progress.extractor}): {progress.status}",
+        f"  progress     {progress.percent:.1f}%  {progress.processed}/{progress.total} processed, "
+        f"batch {progress.current_batch}/{progress.total_batches}",
+        f"  items        {progress.succeeded} succeeded, {progress.failed} failed, "
+        f"{progress.cancelled} cancelled, {progress.running} running, {progress.pending} pending",
+        f"  events       {progress.event_count}",
+        f"  tokens       {progress.prompt_tokens} prompt, {progress.completion_tokens} completion "
+        f"({progress.reasoning_tokens} reasoning)",
+        f"  throughput   {progress.throughput_per_second:.1f} users/s"
         + (f", about {eta} s remaining" if eta is not None else ""),
-        f"  created      {localtime(progress['created_at']):%Y-%m-%d %H:%M:%S}",
+        f"  workers      {progress.activity or '-'}",
+        f"  created      {localtime(progress.created_at):%Y-%m-%d %H:%M:%S}",
     ]
-    if progress["started_at"]:
-        lines.append(f"  started      {localtime(progress['started_at']):%Y-%m-%d %H:%M:%S}")
-    if progress["finished_at"]:
-        lines.append(f"  finished     {localtime(progress['finished_at']):%Y-%m-%d %H:%M:%S}")
-    if progress["elapsed_seconds"] is not None:
-        lines.append(f"  elapsed      {progress['elapsed_seconds']:.1f} s")
-    if progress["current_user_ids"]:
-        lines.append(f"  now          {', '.join(progress['current_user_ids'])}")
-    if llm := progress["llm"]:
+    if progress.started_at:
+        lines.append(f"  started      {localtime(progress.started_at):%Y-%m-%d %H:%M:%S}")
+    if progress.finished_at:
+        lines.append(f"  finished     {localtime(progress.finished_at):%Y-%m-%d %H:%M:%S}")
+    if progress.elapsed_seconds is not None:
+        lines.append(f"  elapsed      {progress.elapsed_seconds:.1f} s")
+    if progress.current_user_ids:
+        lines.append(f"  now          {', '.join(progress.current_user_ids)}")
+    if llm := progress.llm:
         lines.append(
             f"  llm          {llm['model']} at {llm['endpoint']}, answers as {llm['response_format']}"
         )
         for adapted in llm["adapted"]:
             instead = f"sends {adapted['instead']} instead" if adapted["instead"] else "sends nothing instead"
             lines.append(f"  adapted      refused {adapted['refused']}: {instead}")
-    if progress["error"]:
-        lines.append(f"  error        {progress['error']}")
-    for error in progress["top_errors"]:
+    if progress.error:
+        lines.append(f"  error        {progress.error}")
+    for error in progress.top_errors:
         lines.append(f"  {error['count']:>6} × {error['error']}")
     return "\n".join(lines)
+
+
+def add_share_arguments(parser) -> None:
+    """--priority and --max-workers, for the commands that start a job or change its share."""
+    parser.add_argument(
+        "--priority",
+        choices=list(PRIORITY_NAMES),
+        help="its share of the workers beside other running jobs (default normal; high gets twice the "
+        "workers' time of normal)",
+    )
+    parser.add_argument(
+        "--max-workers", type=int, metavar="N", help="the most workers it may hold at once (0: no cap)"
+    )
+
+
+def share_arguments(priority: str | None, max_workers: int | None) -> dict:
+    """The options of add_share_arguments as job_start and job_share_set take them."""
+    values = {}
+    if priority is not None:
+        values["priority"] = PRIORITY_NAMES[priority]
+    if max_workers is not None:
+        values["max_workers"] = max_workers or None
+    return values
 
 
 class ProgressReport:
@@ -73,7 +97,8 @@ class ProgressReport:
 
     The count is of users *finished*: succeeded, failed or cancelled, and the figures beside it
     (ok, failed, cancelled) add up to it, so a full bar never sits beside a smaller ok= count
-    without saying where the rest went. On a terminal it is a live bar; elsewhere (a log file,
+    without saying where the rest went; the percentage is the job's own (users processed, as on
+    every screen). On a terminal it is a live bar; elsewhere (a log file,
     CI) a plain line every `every` seconds, when the status changes, and at the end, instead of
     a redraw per update that would fill the log with carriage returns.
     """
@@ -103,10 +128,10 @@ class ProgressReport:
             self.bar.update(finished - self.bar.n)
             self.bar.set_postfix_str(f"ok={succeeded}, failed={failed}, cancelled={cancelled}, {status}")
             return
-        percent = 100 * finished / self.total if self.total else 100.0
+        percent = percent_done(succeeded + failed, self.total)
         line = (
-            f"job {self.job_id} {status}: {finished:,}/{self.total:,} users finished ({percent:.1f} %): "
-            f"ok={succeeded:,} failed={failed:,} cancelled={cancelled:,}"
+            f"job {self.job_id} {status}: {finished:,}/{self.total:,} users finished: "
+            f"ok={succeeded:,} failed={failed:,} cancelled={cancelled:,} ({percent:.1f} % processed)"
         )
         now = self.clock()
         due = self.last_printed_at is None or now - self.last_printed_at >= self.every
@@ -134,7 +159,7 @@ def _is_terminal(out: TextIO) -> bool:
         return False
 
 
-def follow(job: Job, out: TextIO, **report_options) -> dict[str, Any]:
+def follow(job: Job, out: TextIO, **report_options) -> Progress:
     """Report the job's progress (see ProgressReport) until it finishes; returns its final progress.
 
     KeyboardInterrupt stops following, not the job.
@@ -147,10 +172,10 @@ def follow(job: Job, out: TextIO, **report_options) -> dict[str, Any]:
             job.refresh_from_db()
             progress = job_progress(job)
             report.update(
-                status=progress["status"],
-                succeeded=progress["succeeded"],
-                failed=progress["failed"],
-                cancelled=progress["cancelled"],
+                status=progress.status,
+                succeeded=progress.succeeded,
+                failed=progress.failed,
+                cancelled=progress.cancelled,
             )
             if job.status in Job.FINISHED:
                 return progress

@@ -15,6 +15,7 @@ from django.utils.translation import gettext_lazy
 
 from extraction.extractors import extractor_class, extractor_names
 
+from .models import Job
 from .services import JobInvalid, too_many_ids, user_ids_read
 
 USER_ID_SEPARATORS = re.compile(r"[\s,;，]+")
@@ -86,6 +87,25 @@ class JobStartForm(forms.Form):
         required=False,
         min_value=1,
         max_value=settings.JOBS_MAX_ATTEMPTS_LIMIT,
+    )
+    priority = forms.TypedChoiceField(
+        label=gettext_lazy("Priority"),
+        choices=Job.Priority.choices,
+        coerce=int,
+        empty_value=None,
+        required=False,
+        initial=Job.Priority.NORMAL,
+        help_text=gettext_lazy(
+            "Its share of the workers beside other running jobs: a high job gets twice the workers' time "
+            "of a normal one."
+        ),
+    )
+    max_workers = forms.IntegerField(
+        label=gettext_lazy("Max workers"),
+        required=False,
+        min_value=1,
+        max_value=settings.JOBS_MAX_WORKERS_LIMIT,
+        help_text=gettext_lazy("The most workers it may hold at once; empty: no cap."),
     )
 
     def __init__(self, *args, **kwargs):
@@ -175,7 +195,7 @@ class JobStartForm(forms.Form):
     def job_arguments(self) -> dict:
         data = self.cleaned_data
         arguments = {"user_ids": data["ids"], "extractor": data["extractor"], "options": self.options()}
-        for name in ("chunk_size", "max_attempts"):
+        for name in ("chunk_size", "max_attempts", "priority", "max_workers"):
             if data.get(name) is not None:
                 arguments[name] = data[name]
         return arguments

@@ -15,6 +15,12 @@ from django.utils.translation import gettext, gettext_lazy
 from extraction.models import UserProfile
 
 
+def percent_done(processed: int, total: int) -> float:
+    """How far a job is: users processed (succeeded or failed) of all, in percent to two places; a
+    job of nobody is done. The one definition every screen shows."""
+    return round(100 * processed / total, 2) if total else 100.0
+
+
 class JobStatus(models.TextChoices):
     QUEUED = "queued", gettext_lazy("queued")
     RUNNING = "running", gettext_lazy("running")
@@ -40,6 +46,10 @@ class JobPriority(models.IntegerChoices):
     NORMAL = 2, gettext_lazy("normal")
     HIGH = 4, gettext_lazy("high")
     URGENT = 8, gettext_lazy("urgent")
+
+
+# The priorities by the names the API and the commands take.
+PRIORITY_NAMES = {priority.name.lower(): priority.value for priority in JobPriority}
 
 
 class Job(models.Model):
@@ -202,8 +212,7 @@ class Job(models.Model):
 
     @property
     def percent(self) -> float:
-        """How far it is: users processed (succeeded or failed) of all; a job of nobody is done."""
-        return round(100 * self.processed_items / self.total_items, 2) if self.total_items else 100.0
+        return percent_done(self.processed_items, self.total_items)
 
     @property
     def total_batches(self) -> int:

@@ -22,7 +22,7 @@ from extraction.extractors import UnknownExtractor, extractor_class
 
 from .cron import CronInvalid, cron_clean, cron_next
 from .models import Job, Schedule, ScheduleRun
-from .services import USER_ID_MAX_CHARS, JobError, JobInvalid, job_start
+from .services import USER_ID_MAX_CHARS, JobError, JobInvalid, job_start, share_errors
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +65,7 @@ def schedule_clean(values: dict[str, Any]) -> dict[str, Any]:
         errors["extractor"] = str(exc)
     except ValidationError as exc:
         errors.update({field: " ".join(messages) for field, messages in exc.message_dict.items()})
-    if values["priority"] not in Job.Priority.values:
-        errors["priority"] = _("must be one of %(values)s") % {
-            "values": ", ".join(map(str, Job.Priority.values))
-        }
-    workers = values["max_workers"]
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        errors["max_workers"] = _("must be a whole number of at least 1, or empty for no cap")
+    errors.update(share_errors(values["priority"], values["max_workers"]))
     if errors:
         raise JobInvalid(errors)
     return cleaned

@@ -1,29 +1,19 @@
-"""Reads of the job engine. job_progress() is the one progress function everything uses."""
+"""Reads of the jobs: lists, results, estimates and the pictures' figures. A job's progress is in
+jobs.progress."""
 
-import hashlib
-import json
 import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Exists, IntegerField, Min, OuterRef, Prefetch, Q, QuerySet, Subquery
-from django.db.models.expressions import RawSQL
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
 from django.utils import timezone
 
-from eventproject.db import is_postgresql
-from extraction.extractors import Extractor, UnknownExtractor, extractor_class
+from extraction.extractors import Extractor
 from extraction.models import ExtractedEvent, UserProfile
 from extraction.selectors import user_inputs_load, users_needing_extraction
 
 from .models import Job, JobItem, Schedule, ScheduleRun
-
-CURRENT_USERS_SHOWN = 20
-THROUGHPUT_WINDOW = timedelta(minutes=1)
-# Throughput looks at no more than this many recent finishes: enough for a stable rate,
-# and the query stays small however fast the job runs.
-THROUGHPUT_SAMPLE = 2000
-TOP_ERRORS = 5
-TOP_ERRORS_SAMPLE = 10_000
+from .progress import elapsed_seconds
 
 
 def jobs_list(**filters) -> QuerySet[Job]:
@@ -54,196 +44,6 @@ def job_results(job: Job) -> tuple[dict[str, list[ExtractedEvent]], dict[str, st
         events[event.user_id].append(event)
     failed = dict(job.items.filter(status=JobItem.Status.FAILED).values_list("user_id", "error"))
     return events, failed
-
-
-def job_progress(
-    job: Job, *, now: datetime | None = None, state: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Where a job stands, from the database alone (exact after any crash).
-
-    Counts come from the job's counters (moved in the same transaction as the items),
-    running items and rates from the items themselves. At most four small queries,
-    whatever the job's size: the job row is the caller's, refresh it if it may be stale.
-    `state`, job_progress_state()'s figures read with that row, saves two of them.
-    """
-    now = now or timezone.now()
-    if state is not None:  # job_progress_state() read the running items with the job
-        running, current_user_ids = state["running"], state["current_user_ids"]
-    else:  # (as job_progress_state() reads them: keep the two alike)
-        running_items = JobItem.objects.filter(job_id=job.id, status=JobItem.Status.RUNNING)
-        running = running_items.count() if job.is_active else 0
-        current_user_ids = (
-            list(running_items.order_by("id").values_list("user_id", flat=True)[:CURRENT_USERS_SHOWN])
-            if running
-            else []
-        )
-    processed = job.succeeded_items + job.failed_items
-    pending = max(job.total_items - processed - job.cancelled_items - running, 0)
-    rate = _throughput(job, now) if job.status == Job.Status.RUNNING else 0.0
-    remaining = pending + running
-    finished = job.total_items == processed + job.cancelled_items
-    return {
-        "id": job.id,
-        "status": job.status,
-        "extractor": job.extractor,
-        "total": job.total_items,
-        "processed": processed,
-        "succeeded": job.succeeded_items,
-        "failed": job.failed_items,
-        "cancelled": job.cancelled_items,
-        "pending": pending,
-        "running": running,
-        "percent": round(100 * processed / job.total_items, 2)
-        if job.total_items
-        else (100.0 if finished else 0.0),
-        "current_batch": min(
-            math.ceil(processed / job.chunk_size) + (1 if running else 0), job.total_batches
-        ),
-        "total_batches": job.total_batches,
-        "current_user_ids": current_user_ids,
-        "throughput_per_second": round(rate, 2),
-        "estimated_seconds_remaining": round(remaining / rate) if rate and remaining else None,
-        "event_count": job.event_count,
-        "prompt_tokens": job.prompt_tokens,
-        "completion_tokens": job.completion_tokens,
-        "reasoning_tokens": job.reasoning_tokens,
-        "llm": state["llm"] if state is not None else job_service(job),
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-        "elapsed_seconds": _elapsed(job, now),
-        "error": job.error,
-        "top_errors": _top_errors(job) if job.failed_items else [],
-    }
-
-
-# What job_progress() shows, apart from figures derived from the clock (rate, ETA, elapsed): a
-# change in any of them changes the progress's tag (the API's ETag, the stream's event id). The
-# rest never changes (id, extractor, created_at, chunk_size) or follows from these: pending,
-# percent and batches from the counts, top_errors from the failed items, which only ever grow.
-PROGRESS_STATE = (
-    "status",
-    "total",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "running",
-    "current_user_ids",
-    "event_count",
-    "prompt_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "llm",
-    "error",
-    "started_at",
-    "finished_at",
-)
-
-
-def progress_tag(progress: dict[str, Any]) -> str:
-    """A short hash of the PROGRESS_STATE figures of job_progress() or job_progress_state()."""
-    state = json.dumps([progress[key] for key in PROGRESS_STATE], default=str)
-    return hashlib.sha1(state.encode()).hexdigest()[:20]
-
-
-def job_progress_state(job_id: int) -> tuple[Job, dict[str, Any]] | None:
-    """A job and its PROGRESS_STATE figures in one small statement (None: no such job): the job's
-    row, the count of its running items and the first of their users, as job_progress() has them.
-
-    Cheap enough for every poll: a client whose copy is current (same tag) is answered from this
-    alone, and job_progress(), with its rates and top errors, runs only when something changed.
-    """
-    running = JobItem.objects.filter(job_id=OuterRef("pk"), status=JobItem.Status.RUNNING)
-    count = Subquery(
-        running.order_by().values("job_id").annotate(n=Count("id")).values("n"), output_field=IntegerField()
-    )
-    table, items = Job._meta.db_table, JobItem._meta.db_table
-    first = f"SELECT id, user_id FROM {items} WHERE job_id = {table}.id AND status = %s ORDER BY id LIMIT %s"
-    if is_postgresql():  # an array
-        ids = f"SELECT array_agg(user_id ORDER BY id) FROM ({first}) AS first_running"
-    else:  # a JSON array: SQLite keeps the subquery's order
-        ids = f"SELECT json_group_array(user_id) FROM ({first}) AS first_running"
-    job = (
-        Job.objects.filter(pk=job_id)
-        .annotate(
-            running_now=count,
-            running_ids=RawSQL(ids, (JobItem.Status.RUNNING, CURRENT_USERS_SHOWN)),
-        )
-        .first()
-    )
-    if job is None:
-        return None
-    running_count = (job.running_now or 0) if job.is_active else 0
-    ids = job.running_ids if running_count else []
-    return job, {
-        "status": job.status,
-        "total": job.total_items,
-        "succeeded": job.succeeded_items,
-        "failed": job.failed_items,
-        "cancelled": job.cancelled_items,
-        "running": running_count,
-        "current_user_ids": json.loads(ids) if isinstance(ids, str) else list(ids),
-        "event_count": job.event_count,
-        "prompt_tokens": job.prompt_tokens,
-        "completion_tokens": job.completion_tokens,
-        "reasoning_tokens": job.reasoning_tokens,
-        "llm": job_service(job),
-        "error": job.error,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
-    }
-
-
-def job_service(job: Job) -> dict[str, Any] | None:
-    """The remote service the job's extractor calls, as progress shows it: for the LLM extractor,
-    the endpoint and model, the format answers are asked in and what was adapted to what they
-    accept (one small query); None for an offline extractor."""
-    try:
-        return extractor_class(job.extractor).service(job.options)
-    except UnknownExtractor:  # an extractor no longer configured
-        return None
-
-
-def jobs_throughput(now: datetime | None = None) -> float:
-    """Items finished per second over the last minute, summed over every running job."""
-    now = now or timezone.now()
-    return round(sum(_throughput(job, now) for job in Job.objects.filter(status=Job.Status.RUNNING)), 2)
-
-
-def _throughput(job: Job, now: datetime) -> float:
-    """Items finished per second over the last minute (or over the last THROUGHPUT_SAMPLE finishes)."""
-    since = now - THROUGHPUT_WINDOW
-    recent = JobItem.objects.filter(
-        job_id=job.id, status__in=JobItem.PROCESSED, finished_at__gte=since
-    ).order_by("-finished_at")[:THROUGHPUT_SAMPLE]
-    sample = recent.aggregate(finished=Count("id"), oldest=Min("finished_at"))
-    if not sample["finished"]:
-        return 0.0
-    if sample["finished"] == THROUGHPUT_SAMPLE:
-        window = (now - sample["oldest"]).total_seconds()
-    else:
-        window = (now - max(since, job.started_at or since)).total_seconds()
-    return sample["finished"] / max(window, 1.0)
-
-
-def _elapsed(job: Job, now: datetime) -> float | None:
-    if not job.started_at:
-        return None
-    return round(((job.finished_at or now) - job.started_at).total_seconds(), 1)
-
-
-def _top_errors(job: Job) -> list[dict[str, Any]]:
-    """The most common errors among (at most the latest TOP_ERRORS_SAMPLE) failed items."""
-    latest = JobItem.objects.filter(job_id=job.id, status=JobItem.Status.FAILED).order_by("-id")[
-        :TOP_ERRORS_SAMPLE
-    ]
-    rows = (
-        JobItem.objects.filter(id__in=latest.values("id"))
-        .values("error")
-        .annotate(count=Count("id"))
-        .order_by("-count", "error")[:TOP_ERRORS]
-    )
-    return [{"error": row["error"], "count": row["count"]} for row in rows]
 
 
 def job_estimate(*, user_ids: list[str] | None, extractor, chunk_size: int = 500) -> dict[str, int]:
@@ -325,7 +125,7 @@ def job_throughput_series(job: Job, *, now: datetime | None = None) -> dict[str,
         points.append(
             {"at": edges[i], "seconds": step * i, "count": counts[f"i{i}"], "rate": counts[f"i{i}"] / width}
         )
-    elapsed = _elapsed(job, now)  # as the progress card shows it, so both averages agree
+    elapsed = elapsed_seconds(job.started_at, job.finished_at, now)  # as progress shows it: one average
     return {
         "step_seconds": step,
         "started_at": job.started_at,

@@ -71,10 +71,12 @@ def _named(ids: Iterable[str], total: int) -> str:
 
 
 def _item_insert_sql(source: str) -> str:
-    # WHERE 1 = 1: SQLite needs it to parse INSERT … SELECT … ON CONFLICT.
+    """INSERT a job's items for the users `source` selects; its parameters are the job's id and the
+    items' status, then the source's own. WHERE 1 = 1: SQLite needs it to parse INSERT … SELECT …
+    ON CONFLICT."""
     return (
         f"INSERT INTO {JobItem._meta.db_table} (job_id, user_id, status, attempts, error) "
-        f"SELECT %s, user_id, 'pending', 0, '' FROM ({source}) AS chosen WHERE 1 = 1 ORDER BY user_id"
+        f"SELECT %s, user_id, %s, 0, '' FROM ({source}) AS chosen WHERE 1 = 1 ORDER BY user_id"
     )
 
 
@@ -119,7 +121,7 @@ def job_start(
     ):
         if not isinstance(value, int) or not 1 <= value <= limit:
             errors[name] = _("must be an integer from 1 to %(limit)s") % {"limit": limit}
-    errors.update(_share_errors(priority, max_workers))
+    errors.update(share_errors(priority, max_workers))
     ids = None if user_ids is None else _clean_user_ids(user_ids, errors)
     if errors:
         raise JobInvalid(errors)
@@ -153,7 +155,7 @@ def job_start(
     return job
 
 
-def _share_errors(priority: Any, max_workers: Any) -> dict[str, str]:
+def share_errors(priority: Any, max_workers: Any) -> dict[str, str]:
     """What is wrong with a job's share of the workers, by field."""
     errors = {}
     if isinstance(priority, bool) or priority not in Job.Priority.values:
@@ -213,6 +215,9 @@ def _clean_user_ids(user_ids: Iterable[Any], errors: dict[str, str]) -> list[str
         return []
     ids, seen, bad = [], set(), []
     for position, value in enumerate(user_ids):
+        if position >= settings.JOBS_MAX_USER_IDS:  # counted with duplicates, as every entry point counts
+            errors["user_ids"] = too_many_ids(position + 1)
+            return []
         if isinstance(value, bool) or not isinstance(value, str | int):
             bad.append(_("item %(position)s is not a string") % {"position": position})
             continue
@@ -240,12 +245,14 @@ def _items_create_for_needing(job: Job, everyone: bool = False) -> int:
     with connection.cursor() as cursor:
         try:
             with transaction.atomic():
-                cursor.execute(_item_insert_sql(sql), [job.id, *params])
+                cursor.execute(_item_insert_sql(sql), [job.id, JobItem.Status.PENDING, *params])
         except IntegrityError:
             # A concurrent start took some of them first; they stay with that job. Only now ON
             # CONFLICT: its speculative insertion into every unique index costs PostgreSQL 2.3×
             # the buffer accesses of a plain INSERT (measured over 2,000,000 items).
-            cursor.execute(_item_insert_sql(sql) + " ON CONFLICT DO NOTHING", [job.id, *params])
+            cursor.execute(
+                _item_insert_sql(sql) + " ON CONFLICT DO NOTHING", [job.id, JobItem.Status.PENDING, *params]
+            )
         return cursor.rowcount
 
 
@@ -263,7 +270,9 @@ def _items_create_for(job: Job, ids: list[str]) -> int:
                 {"user_ids": _("unknown users: %(users)s") % {"users": _named(unknown, len(unknown))}}
             )
         _refuse_busy(ids, cursor=cursor)
-        cursor.execute(_item_insert_sql("SELECT user_id FROM staging_user_ids"), [job.id])
+        cursor.execute(
+            _item_insert_sql("SELECT user_id FROM staging_user_ids"), [job.id, JobItem.Status.PENDING]
+        )
         return cursor.rowcount
 
 
@@ -277,8 +286,9 @@ def _refuse_busy(ids: list[str] | QuerySet, cursor=None) -> None:
     else:
         cursor.execute(
             f"SELECT i.user_id, i.job_id FROM {JobItem._meta.db_table} i "
-            f"JOIN staging_user_ids s ON s.user_id = i.user_id WHERE i.status IN ('pending', 'running') "
-            f"ORDER BY i.user_id"
+            f"JOIN staging_user_ids s ON s.user_id = i.user_id WHERE i.status IN (%s, %s) "
+            f"ORDER BY i.user_id",
+            list(JobItem.ACTIVE),
         )
         rows = cursor.fetchall()
         total, busy = len(rows), dict(rows[:NAMED_AT_MOST])
@@ -296,6 +306,32 @@ def _job_opened(job: Job, total: int, *, enqueue: bool) -> None:
     else:
         transitions.job_complete_empty(job)
     job.refresh_from_db()
+
+
+UNCHANGED: Any = object()  # an argument not given
+
+
+def job_share_set(job: Job, *, priority: Any = UNCHANGED, max_workers: Any = UNCHANGED) -> Job:
+    """Change a job's share of the workers (its priority, the most workers it may hold), also
+    while it runs: the next chunk boundary of every worker sees it. A finished job's share is
+    history: refused."""
+    changes = {
+        name: value
+        for name, value in (("priority", priority), ("max_workers", max_workers))
+        if value is not UNCHANGED
+    }
+    if errors := share_errors(
+        changes.get("priority", job.priority), changes.get("max_workers", job.max_workers)
+    ):
+        raise JobInvalid(errors)
+    if changes and not Job.objects.exclude(status=Job.Status.COMPLETED).filter(id=job.id).update(**changes):
+        job.refresh_from_db()
+        raise JobStateError(
+            _("job %(id)s is %(status)s; its share of the workers no longer matters")
+            % {"id": job.id, "status": job.status}
+        )
+    job.refresh_from_db()
+    return job
 
 
 def job_run_here(job: Job, *, on_chunk: Callable[[], None] | None = None) -> Job:
@@ -527,8 +563,7 @@ def _items_delete_batch(job_id: int, batch_size: int) -> int:
     with connection.cursor() as cursor:
         cursor.execute(
             f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE job_id = %s "
-            f"AND finished_at IS NOT NULL AND status IN ('succeeded', 'failed', 'cancelled') "
-            f"LIMIT %s {lock})",
-            [job_id, batch_size],
+            f"AND finished_at IS NOT NULL AND status IN (%s, %s, %s) LIMIT %s {lock})",
+            [job_id, *JobItem.FINISHED, batch_size],
         )
         return cursor.rowcount

@@ -12,6 +12,7 @@ as parameters, never as literals.
 
 import uuid
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -289,7 +290,7 @@ def items_fail_interrupted(job_id: int, item_ids: list[int], message: str) -> li
 
 
 # Commits: running → an outcome -----------------------------------------------------------------------
-# The columns of the rows a commit moves a claim's items with (see items_move).
+# The columns of the rows a commit moves a claim's items with (see items_commit).
 MOVE_COLUMNS = {
     "id": "bigint",
     "status": "text",
@@ -299,31 +300,120 @@ MOVE_COLUMNS = {
     "undo": "integer",
     "prompt": "bigint",
     "completion": "bigint",
+    "reasoning": "bigint",
 }
+# What a commit adds to the job's counters, from the moves of the items it still owned.
+COUNTERS = (
+    "succeeded_items",
+    "failed_items",
+    "event_count",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+)
 
 
-def items_move(token: uuid.UUID, moves: list[dict[str, Any]]) -> set[int]:
-    """running → each item's outcome (`moves`: rows of MOVE_COLUMNS) in one statement, fenced by the
-    claim's token; returns the ids the claim still owned. An interrupted item stays running, its
-    lease ended and its token gone: any worker reclaims it at once, and a retried commit cannot move
-    it twice. The caller moves the job's counters in the same transaction."""
+@dataclass(frozen=True)
+class Committed:
+    """What items_commit did: the items the claim still owned; and, when it owned any, the job's
+    status as it stands under the row lock the counters' update took (a cancel or a failure that
+    committed meanwhile is seen, never missed), its items left, and its fail-fast streak."""
+
+    owned: set[int]
+    status: str | None = None
+    left: int | None = None
+    streak: tuple[int, str] = (0, "")
+
+
+def items_commit(job_id: int, token: uuid.UUID, moves: list[dict[str, Any]], *, seconds: float) -> Committed:
+    """running → each item's outcome (`moves`: rows of MOVE_COLUMNS), fenced by the claim's token,
+    and the job's counters moved by what the items it still owned did; its fair-share virtual time
+    grows by `seconds` over its priority, and a success ends its fail-fast streak. One statement on
+    PostgreSQL (two on SQLite), in the caller's transaction; the job's row is the last lock taken.
+
+    An interrupted item stays running, its lease ended and its token gone: any worker reclaims it
+    at once, and a retried commit cannot move it twice."""
     rows, params = rows_sql(moves, MOVE_COLUMNS)
-    finished = datetime_adapter()(timezone.now())
+    move = (
+        f"UPDATE {ITEMS} SET status = v.status, error = v.error, "
+        f"lease_expires_at = CASE WHEN v.status = %s THEN {now_sql()} END, "
+        f"claim_token = CASE WHEN v.status = %s THEN NULL ELSE {ITEMS}.claim_token END, "
+        f"event_count = v.events, attempts = {ITEMS}.attempts - v.undo, "
+        f"finished_at = CASE WHEN v.status IN (%s, %s) THEN %s END, "
+        f"retry_at = CASE WHEN v.backoff IS NULL THEN NULL ELSE {now_sql('v.backoff')} END, "
+        f"prompt_tokens = {ITEMS}.prompt_tokens + v.prompt, "
+        f"completion_tokens = {ITEMS}.completion_tokens + v.completion "
+        f"FROM {rows} WHERE {ITEMS}.id = v.id AND {ITEMS}.claim_token = %s AND {ITEMS}.status = %s "
+        f"RETURNING {ITEMS}.id"
+    )
+    move_params = [RUNNING, RUNNING, SUCCEEDED, FAILED, datetime_adapter()(timezone.now()), *params]
+    move_params += [_token(token), RUNNING]
+    # The job's own columns named in full: `done` has columns of the same names.
+    counters = f"{_counted_sql()}, virtual_time = {JOBS}.virtual_time + %s / {JOBS}.priority, {_streak_sql()}"
+    left = f"{JOBS}.total_items - {JOBS}.succeeded_items - {JOBS}.failed_items - {JOBS}.cancelled_items"
+    returned = f"{JOBS}.status, {left}, {JOBS}.error_streak, {JOBS}.error_streak_kind"
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {ITEMS} SET status = v.status, error = v.error, "
-            f"lease_expires_at = CASE WHEN v.status = %s THEN {now_sql()} END, "
-            f"claim_token = CASE WHEN v.status = %s THEN NULL ELSE {ITEMS}.claim_token END, "
-            f"event_count = v.events, attempts = {ITEMS}.attempts - v.undo, "
-            f"finished_at = CASE WHEN v.status IN (%s, %s) THEN %s END, "
-            f"retry_at = CASE WHEN v.backoff IS NULL THEN NULL ELSE {now_sql('v.backoff')} END, "
-            f"prompt_tokens = {ITEMS}.prompt_tokens + v.prompt, "
-            f"completion_tokens = {ITEMS}.completion_tokens + v.completion "
-            f"FROM {rows} WHERE {ITEMS}.id = v.id AND {ITEMS}.claim_token = %s AND {ITEMS}.status = %s "
-            f"RETURNING {ITEMS}.id",
-            [RUNNING, RUNNING, SUCCEEDED, FAILED, finished, *params, _token(token), RUNNING],
+        if connection.vendor != "postgresql":  # no UPDATE in a WITH: the job's counters come second
+            cursor.execute(move, move_params)
+            owned = {item_id for (item_id,) in cursor.fetchall()}
+            if not owned:
+                return Committed(set())
+            amounts = ", ".join(f"%s AS {name}" for name in COUNTERS)  # after the SET's seconds
+            cursor.execute(
+                f"UPDATE {JOBS} SET {counters} FROM (SELECT {amounts}) AS done "
+                f"WHERE {JOBS}.id = %s RETURNING {returned}",
+                [seconds, *_counted([m for m in moves if m["id"] in owned]), job_id],
+            )
+            status, left_items, streak, kind = cursor.fetchone()
+            return Committed(owned, status, left_items, (streak, kind))
+        moved = f"{move}, v.status, v.events, v.prompt, v.completion, v.reasoning"
+        sums = (
+            "count(*) FILTER (WHERE status = %s), count(*) FILTER (WHERE status = %s), "
+            "coalesce(sum(events) FILTER (WHERE status = %s), 0), "
+            "coalesce(sum(prompt), 0), coalesce(sum(completion), 0), coalesce(sum(reasoning), 0)"
         )
-        return {item_id for (item_id,) in cursor.fetchall()}
+        cursor.execute(
+            f"WITH moved AS ({moved}), done ({', '.join(COUNTERS)}) AS (SELECT {sums} FROM moved) "
+            f"UPDATE {JOBS} SET {counters} FROM done WHERE {JOBS}.id = %s AND EXISTS (SELECT 1 FROM moved) "
+            f"RETURNING {returned}, (SELECT array_agg(id) FROM moved)",
+            [*move_params, SUCCEEDED, FAILED, SUCCEEDED, seconds, job_id],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return Committed(set())
+    status, left_items, streak, kind, owned = row
+    return Committed(set(owned), status, left_items, (streak, kind))
+
+
+def _counted_sql() -> str:
+    return ", ".join(f"{name} = {JOBS}.{name} + done.{name}" for name in COUNTERS)
+
+
+def _streak_sql() -> str:
+    """A success ends the job's fail-fast streak (the commit's errors are added afterwards)."""
+    reset = {"error_streak": "0", "error_streak_kind": "''", "error_streak_message": "''"}
+    return ", ".join(
+        f"{name} = CASE WHEN done.succeeded_items > 0 THEN {value} ELSE {JOBS}.{name} END"
+        for name, value in reset.items()
+    )
+
+
+def _counted(owned: list[dict[str, Any]]) -> list[int]:
+    """COUNTERS' amounts from the moves of the items a claim still owned, as PostgreSQL sums them."""
+    succeeded = [move for move in owned if move["status"] == SUCCEEDED]
+    return [
+        len(succeeded),
+        sum(1 for move in owned if move["status"] == FAILED),
+        sum(move["events"] or 0 for move in succeeded),
+        *(sum(move[name] for move in owned) for name in ("prompt", "completion", "reasoning")),
+    ]
+
+
+def job_streak_set(job_id: int, streak: int, kind: str, message: str) -> None:
+    """The job's fail-fast streak after a commit with errors (its row is locked by that commit)."""
+    Job.objects.filter(id=job_id).update(
+        error_streak=streak, error_streak_kind=kind[:200], error_streak_message=message
+    )
 
 
 def _token(token: uuid.UUID) -> Any:

@@ -26,7 +26,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from jobs.models import Job, JobItem
-from jobs.selectors import jobs_throughput
+from jobs.progress import jobs_throughput
 
 from . import metrics
 from .health import ALIVE_STATUSES, broker_check, cluster_stats, database_check

@@ -6,7 +6,7 @@ from django.db.models import F
 
 from extraction.extractors import make_extractor
 from jobs.models import Job, JobItem
-from jobs.selectors import job_progress, job_progress_state, progress_tag
+from jobs.progress import job_progress, job_progress_state
 from jobs.services import job_cancel, job_start
 from jobs.transitions import job_mark_running
 from jobs.worker.chunk import process_one_chunk
@@ -82,7 +82,7 @@ def test_the_cheap_state_and_the_full_progress_have_one_tag_in_every_state(job):
     def same_tag():
         job.refresh_from_db()
         _, state = job_progress_state(job.id)
-        return progress_tag(state) == progress_tag(job_progress(job))
+        return state.tag() == job_progress(job).tag()
 
     assert same_tag()
     _claim(job)

@@ -9,7 +9,8 @@ from jobs.schedules import schedule_create, schedules_run_due
 
 pytestmark = pytest.mark.django_db
 
-NIGHTLY = {"name": "nightly", "cron": "0 3 * * *", "priority": 4}
+NIGHTLY = {"name": "nightly", "cron": "0 3 * * *", "priority": "high"}  # as the API takes it
+AS_SERVICE = {**NIGHTLY, "priority": 4}
 
 
 def test_an_operator_makes_a_schedule_and_sees_when_it_runs(api, settings):
@@ -17,7 +18,8 @@ def test_an_operator_makes_a_schedule_and_sees_when_it_runs(api, settings):
     assert answer.status_code == 201, answer.json()
     body = answer.json()
     assert (
-        body | {"name": "nightly", "cron": "0 3 * * *", "users": "needing_extraction", "priority": 4} == body
+        body | {"name": "nightly", "cron": "0 3 * * *", "users": "needing_extraction", "priority": "high"}
+        == body
     )
     assert (body["active"], body["time_zone"], body["created_by"]) == (True, settings.TIME_ZONE, "operator")
     assert body["next_run_at"].endswith("T03:00:00+08:00") and body["last_run"] is None
@@ -36,7 +38,7 @@ def test_bad_fields_are_named(api):
     errors = answer.json()
     assert set(errors) == {"cron", "user_ids", "extractor"}
     assert "five fields" in errors["cron"][0] and "unknown extractor" in errors["extractor"][0]
-    answer = client.post("/api/v1/schedules/", {"cron": "0 3 * * *", "priority": 3}, format="json")
+    answer = client.post("/api/v1/schedules/", {"cron": "0 3 * * *", "priority": "top"}, format="json")
     assert answer.status_code == 400 and set(answer.json()) == {"name", "priority"}
     answer = client.post("/api/v1/schedules/", {**NIGHTLY, "options": {"nope": 1}}, format="json")
     assert answer.status_code == 400 and list(answer.json()) == ["options.nope"]
@@ -47,7 +49,7 @@ def test_bad_fields_are_named(api):
 
 
 def test_a_schedule_is_paused_resumed_and_changed_with_patch(api):
-    schedule = schedule_create(**NIGHTLY)
+    schedule = schedule_create(**AS_SERVICE)
     client = api("operator")
     paused = client.patch(f"/api/v1/schedules/{schedule.id}/", {"active": False}, format="json").json()
     assert (paused["active"], paused["next_run_at"]) == (False, None)
@@ -65,7 +67,7 @@ def test_a_schedule_is_paused_resumed_and_changed_with_patch(api):
 
 def test_a_schedules_runs_list_its_jobs_with_their_outcome(api, make_users):
     make_users(2)
-    schedule = schedule_create(**NIGHTLY)
+    schedule = schedule_create(**AS_SERVICE)
     Schedule.objects.filter(id=schedule.id).update(next_run_at=timezone.now())
     schedules_run_due()
     job = Job.objects.get(schedule=schedule)
@@ -80,7 +82,7 @@ def test_a_schedules_runs_list_its_jobs_with_their_outcome(api, make_users):
 
 def test_deleting_a_schedule_keeps_the_jobs_it_started(api, make_users):
     make_users(1)
-    schedule = schedule_create(**NIGHTLY)
+    schedule = schedule_create(**AS_SERVICE)
     Schedule.objects.filter(id=schedule.id).update(next_run_at=timezone.now())
     schedules_run_due()
     assert api("operator").delete(f"/api/v1/schedules/{schedule.id}/").status_code == 204
@@ -88,7 +90,7 @@ def test_deleting_a_schedule_keeps_the_jobs_it_started(api, make_users):
 
 
 def test_only_those_allowed_see_or_change_schedules(api):
-    schedule = schedule_create(**NIGHTLY)
+    schedule = schedule_create(**AS_SERVICE)
     url = f"/api/v1/schedules/{schedule.id}/"
     for persona in ("nobody", "analyst", "integrator"):
         assert api(persona).get("/api/v1/schedules/").status_code == 403, persona

@@ -171,7 +171,9 @@ def test_away_from_a_terminal_it_prints_plain_lines_not_redraws(run, make_users)
     out, _ = run("extract", "--sync", "--chunk-size", "2")
     assert "\r" not in out and "\x1b" not in out
     job = Job.objects.get()
-    assert f"job {job.id} completed: 5/5 users finished (100.0 %): ok=5 failed=0 cancelled=0\n" in out
+    assert (
+        f"job {job.id} completed: 5/5 users finished: ok=5 failed=0 cancelled=0 (100.0 % processed)\n" in out
+    )
 
 
 def test_away_from_a_terminal_a_line_comes_every_few_seconds_not_per_update(make_users):
@@ -185,8 +187,9 @@ def test_away_from_a_terminal_a_line_comes_every_few_seconds_not_per_update(make
         now[0] = step * 0.5
         report.update(status="running", succeeded=step, failed=0, cancelled=0)
     report.update(status="completed", succeeded=20, failed=0, cancelled=0)
+    # The first line, one 5 s later, and the last.
     assert out.getvalue().splitlines() == [
-        f"job {job.id} running: 1/100 users finished (1.0 %): ok=1 failed=0 cancelled=0",  # the first
-        f"job {job.id} running: 11/100 users finished (11.0 %): ok=11 failed=0 cancelled=0",  # 5 s later
-        f"job {job.id} completed: 20/100 users finished (20.0 %): ok=20 failed=0 cancelled=0",  # the end
+        f"job {job.id} running: 1/100 users finished: ok=1 failed=0 cancelled=0 (1.0 % processed)",
+        f"job {job.id} running: 11/100 users finished: ok=11 failed=0 cancelled=0 (11.0 % processed)",
+        f"job {job.id} completed: 20/100 users finished: ok=20 failed=0 cancelled=0 (20.0 % processed)",
     ]

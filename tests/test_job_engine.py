@@ -293,3 +293,22 @@ def test_claims_shrink_near_the_end_so_workers_finish_together(make_users, setti
     job_drain(job.id, on_chunk=lambda: done.append(Job.objects.get(id=job.id).succeeded_items))
     sizes = [after - before for before, after in zip([0, *done], done, strict=False)]
     assert sizes == [10, 5, 3, 1, 1]
+
+
+def test_a_commit_that_lost_some_of_its_items_writes_the_events_of_the_others_only(
+    extract_claim, make_users, running_job
+):
+    """The optimistic commit writes every succeeded user's events first; when the fence finds some
+    items taken, it rolls back and commits the careful way: no events of users it no longer owns."""
+    import uuid
+
+    job = running_job(make_users(4), start={"chunk_size": 4})
+    extractor = make_extractor("test")
+    claim = chunk_claim(job)
+    thief = uuid.uuid4()
+    JobItem.objects.filter(user_id__in=["u002", "u004"]).update(claim_token=thief)
+    assert chunk_commit(claim, job, extract_claim(claim, extractor), extractor).owned == 2
+    assert sorted(ExtractedEvent.objects.values_list("user_id", flat=True)) == ["u001", "u003"]
+    assert statuses(job) == {"u001": "succeeded", "u002": "running", "u003": "succeeded", "u004": "running"}
+    job.refresh_from_db()
+    assert (job.succeeded_items, job.event_count) == (2, 2)

@@ -5,8 +5,8 @@ import time_machine
 from django.utils import timezone
 
 from extraction.extractors import make_extractor
-from jobs.models import JobItem
-from jobs.selectors import job_progress
+from jobs.models import Job, JobItem
+from jobs.progress import job_progress
 from jobs.services import job_start
 from jobs.transitions import job_mark_running
 from jobs.worker.chunk import process_one_chunk
@@ -28,7 +28,7 @@ def test_it_reports_a_running_job_from_the_tables(make_users, running_job, djang
         with django_assert_max_num_queries(4):
             progress = job_progress(job)
     assert {
-        k: progress[k]
+        k: getattr(progress, k)
         for k in (
             "status",
             "total",
@@ -62,10 +62,10 @@ def test_it_reports_a_running_job_from_the_tables(make_users, running_job, djang
         "error": "",
     }
     # 4 items finished in the 20 s since the job started.
-    assert progress["throughput_per_second"] == 0.2
-    assert progress["estimated_seconds_remaining"] == 15
-    assert progress["elapsed_seconds"] == 20.0
-    assert progress["top_errors"] == [{"error": "bad", "count": 1}]
+    assert progress.throughput_per_second == 0.2
+    assert progress.estimated_seconds_remaining == 15
+    assert progress.elapsed_seconds == 20.0
+    assert progress.top_errors == [{"error": "bad", "count": 1}]
 
 
 def test_throughput_counts_only_the_last_minute(make_users):
@@ -79,8 +79,8 @@ def test_throughput_counts_only_the_last_minute(make_users):
         clock.shift(30)
         job.refresh_from_db()
         progress = job_progress(job)
-    assert progress["throughput_per_second"] == round(2 / 60, 2)
-    assert progress["status"] == "running"  # the last worker has not looked yet
+    assert progress.throughput_per_second == round(2 / 60, 2)
+    assert progress.status == "running"  # the last worker has not looked yet
 
 
 def test_a_finished_job_shows_no_rate_and_full_bar(make_users):
@@ -90,26 +90,26 @@ def test_a_finished_job_shows_no_rate_and_full_bar(make_users):
     job_drain(job.id)
     job.refresh_from_db()
     progress = job_progress(job)
-    assert (progress["status"], progress["percent"], progress["throughput_per_second"]) == (
+    assert (progress.status, progress.percent, progress.throughput_per_second) == (
         "completed",
         100.0,
         0,
     )
-    assert progress["estimated_seconds_remaining"] is None
-    assert progress["current_user_ids"] == [] and progress["running"] == 0
+    assert progress.estimated_seconds_remaining is None
+    assert progress.current_user_ids == [] and progress.running == 0
 
 
 def test_an_empty_job_is_complete(db):
     progress = job_progress(job_start())
-    assert (progress["total"], progress["percent"], progress["total_batches"]) == (0, 100.0, 0)
+    assert (progress.total, progress.percent, progress.total_batches) == (0, 100.0, 0)
 
 
 def test_the_most_common_errors_come_first(make_users):
     job = job_start(user_ids=make_users(5), extractor="test", enqueue=False)
     JobItem.objects.filter(user_id__in=["u001", "u002", "u003"]).update(status="failed", error="timeout")
     JobItem.objects.filter(user_id="u004").update(status="failed", error="bad json")
-    job.failed_items = 4
-    assert job_progress(job)["top_errors"] == [
+    Job.objects.filter(id=job.id).update(failed_items=4)
+    assert job_progress(job).top_errors == [
         {"error": "timeout", "count": 3},
         {"error": "bad json", "count": 1},
     ]
@@ -121,4 +121,4 @@ def test_eta_is_unknown_before_anything_finished(make_users):
     job.refresh_from_db()
     with time_machine.travel(timezone.now() + timedelta(seconds=5)):
         progress = job_progress(job)
-    assert (progress["throughput_per_second"], progress["estimated_seconds_remaining"]) == (0, None)
+    assert (progress.throughput_per_second, progress.estimated_seconds_remaining) == (0, None)

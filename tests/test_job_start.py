@@ -130,3 +130,17 @@ def test_two_concurrent_starts_over_everyone_share_the_users(make_users):
     assert all(isinstance(job, Job) for job in jobs)
     assert sum(job.total_items for job in jobs) == 200
     assert JobItem.objects.values("user_id").distinct().count() == 200
+
+
+def test_the_id_cap_holds_in_the_service_itself_whoever_calls_it(make_users, settings):
+    """Every entry point counts ids (API, admin, commands), and so does job_start: a caller that
+    forgot would otherwise stage a million ids."""
+    settings.JOBS_MAX_USER_IDS = 3
+    ids = make_users(3)
+    with pytest.raises(JobInvalid) as refused:
+        job_start(user_ids=[*ids, ids[0]], enqueue=False)  # four entries, one of them twice
+    assert refused.value.errors == {
+        "user_ids": "More than 3 user ids (4 so far): at most 3 per job (JOBS_MAX_USER_IDS, as in the API). "
+        "Split the list."
+    }
+    assert job_start(user_ids=ids, enqueue=False).total_items == 3

@@ -11,7 +11,7 @@ from extraction.models import ExtractedEvent
 from extraction.selectors import user_inputs_load
 from extraction.services import Outcome
 from jobs.models import Job
-from jobs.selectors import job_progress
+from jobs.progress import job_progress
 from jobs.services import job_cancel, job_counters_reconcile, job_start
 from jobs.transitions import job_mark_running
 from jobs.worker.claims import chunk_claim
@@ -35,7 +35,7 @@ def test_a_job_records_tokens_per_item_and_on_the_job(llm_server, make_users):
     assert job.prompt_tokens == sum(i.prompt_tokens for i in items) > 0
     assert job.completion_tokens == sum(i.completion_tokens for i in items)
     progress = job_progress(job)
-    assert (progress["prompt_tokens"], progress["completion_tokens"]) == (
+    assert (progress.prompt_tokens, progress.completion_tokens) == (
         job.prompt_tokens,
         job.completion_tokens,
     )

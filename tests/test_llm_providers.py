@@ -15,7 +15,7 @@ from extraction.llm_client import LLMCallError, LLMClient, LLMConfigError, estim
 from extraction.models import ExtractedEvent, LLMCacheEntry, LLMEndpointProfile, UserProfile
 from extraction.selectors import user_inputs_load
 from jobs.models import Job
-from jobs.selectors import job_progress
+from jobs.progress import job_progress
 from jobs.services import job_start
 from jobs.worker.drain import job_drain
 from tests.cluster import wait_for
@@ -109,7 +109,7 @@ def test_an_llm_job_against_each_provider_ends_with_the_plain_servers_events(nam
     assert len(refused(llm_server)) == len(refusals)
     assert [r["status"] for r in refused(llm_server)] == [400] * len(refusals)
     progress = job_progress(job)
-    assert progress["llm"] == {
+    assert progress.llm == {
         "endpoint": llm_server.url,
         "model": personality.model,
         "response_format": response_format,
@@ -126,7 +126,7 @@ def test_an_llm_job_against_each_provider_ends_with_the_plain_servers_events(nam
         reported = len(answered(llm_server)) * estimate_tokens(text)
     # (shared among a call's users in proportion: each share is rounded)
     assert abs(job.reasoning_tokens - reported) <= USERS
-    assert 0 < progress["reasoning_tokens"] == job.reasoning_tokens < job.completion_tokens
+    assert 0 < progress.reasoning_tokens == job.reasoning_tokens < job.completion_tokens
 
 
 def test_a_refused_parameter_costs_one_extra_call_per_endpoint_and_model_across_workers(
@@ -492,7 +492,7 @@ def test_a_job_keeps_the_settings_format_and_asks_for_it(llm_server, make_users,
     job.refresh_from_db()
     assert job.status == "completed"
     assert {r["parameters"]["response_format"]["type"] for r in llm_server.requests} == {"json_object"}
-    assert job_progress(job)["llm"]["response_format"] == "json_object"
+    assert job_progress(job).llm["response_format"] == "json_object"
 
 
 def test_a_job_asking_for_plain_text_sends_no_response_format(llm_server, make_users):

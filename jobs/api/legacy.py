@@ -17,7 +17,8 @@ from extraction.api.serializers import EventOutput
 from extraction.api.views import VIEW_EVENT
 
 from ..models import Job
-from ..selectors import job_latest, job_progress, job_results
+from ..progress import job_progress
+from ..selectors import job_latest, job_results
 from ..services import JobConflict, JobError, JobInvalid, job_run_here, job_start
 from .access import ADD_JOB, VIEW_JOB
 from .serializers import UserIds
@@ -166,10 +167,8 @@ def legacy_progress(job: Job | None) -> dict:
         idle = {old: before for old, (_new, before) in LEGACY_FIELDS.items()}
         return {"status": "idle", "job_id": None, **idle, "error_message": None}
     progress = job_progress(job)
-    error = progress["error"] or (
-        f"job {job.id} was cancelled" if job.status == Job.Status.CANCELLED else None
-    )
-    figures = {old: progress[new] for old, (new, _idle) in LEGACY_FIELDS.items()}
+    error = progress.error or (f"job {job.id} was cancelled" if job.status == Job.Status.CANCELLED else None)
+    figures = {old: getattr(progress, new) for old, (new, _idle) in LEGACY_FIELDS.items()}
     return {"status": LEGACY_STATUS[job.status], "job_id": job.id, **figures, "error_message": error}
 
 

@@ -15,6 +15,7 @@ from ..models import Job, Schedule, ScheduleRun
 from ..schedules import schedule_create, schedule_delete, schedule_update
 from ..selectors import schedules_list
 from ..services import JobError
+from .serializers import PriorityField
 from .views import job_error_response
 
 VIEW_SCHEDULE = "jobs.view_schedule"
@@ -43,8 +44,10 @@ class ScheduleInput(serializers.Serializer):
     )
     extractor = serializers.CharField(default="rules", max_length=32)
     options = serializers.DictField(default=dict, help_text="Extractor options, checked by the extractor")
-    priority = serializers.ChoiceField(choices=Job.Priority.choices, default=Job.Priority.NORMAL)
-    max_workers = serializers.IntegerField(min_value=1, max_value=32767, allow_null=True, default=None)
+    priority = PriorityField(default=Job.Priority.NORMAL)
+    max_workers = serializers.IntegerField(
+        min_value=1, max_value=settings.JOBS_MAX_WORKERS_LIMIT, allow_null=True, default=None
+    )
     active = serializers.BooleanField(default=True, help_text="false pauses it")
 
 
@@ -61,6 +64,7 @@ class ScheduleRunOutput(serializers.ModelSerializer):
 
 class ScheduleSummary(serializers.ModelSerializer):
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    priority = PriorityField(read_only=True)
     time_zone = serializers.SerializerMethodField(help_text="The zone its cron expression is read in")
     user_count = serializers.SerializerMethodField(help_text="Users of a list schedule")
     last_run = serializers.SerializerMethodField()

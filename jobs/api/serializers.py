@@ -5,8 +5,8 @@ from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..models import Job, JobItem
-from ..selectors import job_progress
+from ..models import PRIORITY_NAMES, Job, JobItem
+from ..progress import job_progress
 
 
 class UserIds(serializers.ListField):
@@ -27,7 +27,42 @@ class UserIds(serializers.ListField):
         return super().to_internal_value(data)
 
 
-class JobStartInput(serializers.Serializer):
+class PriorityField(serializers.ChoiceField):
+    """A job's priority by name (low, normal, high, urgent), its weight in the fair share."""
+
+    NAMES = {value: name for name, value in PRIORITY_NAMES.items()}
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault(
+            "help_text",
+            "Its share of the workers beside other running jobs: "
+            + ", ".join(f"{name} ({value})" for value, name in self.NAMES.items())
+            + "; a job of weight 4 gets twice the workers' time of one of 2",
+        )
+        super().__init__(choices=list(self.NAMES.values()), **kwargs)
+
+    def to_representation(self, value: int) -> str:
+        return self.NAMES.get(value, str(value))
+
+    def to_internal_value(self, data) -> int:
+        name = super().to_internal_value(data)
+        return {name: value for value, name in self.NAMES.items()}[name]
+
+
+class JobShare(serializers.Serializer):
+    """A job's share of the workers, chosen at start and changeable while it runs."""
+
+    priority = PriorityField(required=False)
+    max_workers = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=settings.JOBS_MAX_WORKERS_LIMIT,
+        help_text="The most workers it may hold at once (null: no cap)",
+    )
+
+
+class JobStartInput(JobShare):
     user_ids = UserIds(
         allow_null=True,
         required=False,
@@ -83,6 +118,19 @@ class Progress(serializers.Serializer):
     """Where a job stands, computed from the database (exact after any crash)."""
 
     id = serializers.IntegerField()
+    priority = PriorityField()
+    max_workers = serializers.IntegerField(allow_null=True)
+    workers = serializers.IntegerField(help_text="Workers serving the job now")
+    waiting_for = serializers.ChoiceField(
+        choices=["worker", "provider_limit"],
+        allow_null=True,
+        help_text="What the job waits for: a free worker, or the LLM provider's rate limit",
+    )
+    activity = serializers.CharField(
+        allow_blank=True,
+        help_text='What it is doing, in words: "running on 2 workers", "waiting for a worker", '
+        '"held back by the provider\'s limit"',
+    )
     status = serializers.ChoiceField(choices=Job.Status.choices)
     extractor = serializers.CharField()
     total = serializers.IntegerField()
@@ -110,12 +158,14 @@ class Progress(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     elapsed_seconds = serializers.FloatField(allow_null=True)
+    average_per_second = serializers.FloatField(help_text="Users processed over the elapsed time")
     error = serializers.CharField(allow_blank=True)
     top_errors = TopError(many=True)
 
 
 class JobSummary(serializers.ModelSerializer):
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    priority = PriorityField(read_only=True)
     percent = serializers.SerializerMethodField()
 
     class Meta:
@@ -131,6 +181,8 @@ class JobSummary(serializers.ModelSerializer):
             "schedule",
             "chunk_size",
             "max_attempts",
+            "priority",
+            "max_workers",
             "created_at",
             "started_at",
             "finished_at",

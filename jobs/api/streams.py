@@ -5,7 +5,7 @@ each web process keeps one *feed* per watched job, a task that reads the job's p
 API_STREAM_POLL_SECONDS on one reader thread shared by every feed of the process, and wakes every
 stream of that job when it changed. So 200 clients of one job cost one small query a poll per
 process, not 200 threads and 200 database connections. The read is cheap while nothing changed:
-job_progress_state() and its tag; the full job_progress() runs only on a change.
+job_progress_state() and its tag; the full job_progress() runs only on a change (jobs.progress).
 
 Under WSGI (`manage.py runserver`, the test client, `gunicorn eventproject.wsgi`) each stream
 polls for itself and holds its thread, as streams always did there.
@@ -29,7 +29,7 @@ from django.db import close_old_connections, connection
 from ops import metrics
 
 from ..models import Job
-from ..selectors import job_progress, job_progress_state, progress_tag
+from ..progress import job_progress, job_progress_state
 from .access import stream_slot_release
 from .serializers import Progress
 
@@ -68,10 +68,10 @@ def snapshot_read(job_id: int, previous: Snapshot | None) -> Snapshot | None:
     if found is None:
         return None
     job, state = found
-    if previous is not None and progress_tag(state) == previous.tag:
+    if previous is not None and state.tag() == previous.tag:
         return previous
     progress = job_progress(job, state=state)
-    return Snapshot(progress_tag(progress), Progress(progress).data, job.status in Job.FINISHED)
+    return Snapshot(progress.tag(), Progress(progress).data, job.status in Job.FINISHED)
 
 
 class ProgressStream:

@@ -18,8 +18,18 @@ from rest_framework.views import APIView
 from eventproject.api import ERRORS, Guarded, IdCursorPages, NumberedPages, asgi_served
 
 from ..models import Job
-from ..selectors import job_items, job_progress, job_progress_state, jobs_list, progress_tag
-from ..services import JobConflict, JobError, JobInvalid, job_cancel, job_resume, job_retry_failed, job_start
+from ..progress import job_progress, job_progress_state
+from ..selectors import job_items, jobs_list
+from ..services import (
+    JobConflict,
+    JobError,
+    JobInvalid,
+    job_cancel,
+    job_resume,
+    job_retry_failed,
+    job_share_set,
+    job_start,
+)
 from .access import ADD_JOB, CHANGE_JOB, VIEW_JOB, stream_slot_take
 from .serializers import (
     Conflict,
@@ -28,6 +38,7 @@ from .serializers import (
     JobFilter,
     JobItemOutput,
     JobResumeInput,
+    JobShare,
     JobStartInput,
     JobSummary,
     Progress,
@@ -95,12 +106,35 @@ class JobsView(JobsBase, generics.ListAPIView):
         return Response(JobDetail(job).data, status.HTTP_201_CREATED)
 
 
-@extend_schema(tags=["jobs"], summary="A job with its progress", responses={200: JobDetail, **ERRORS})
+@extend_schema(tags=["jobs"])
 class JobView(JobsBase, generics.RetrieveAPIView):
+    """A job with its progress; PATCH changes its share of the workers, also while it runs."""
+
     serializer_class = JobDetail
+    write_permissions = (CHANGE_JOB,)
+    http_method_names = ["get", "head", "patch", "options"]
 
     def get_queryset(self):
         return jobs_list()
+
+    @extend_schema(summary="A job with its progress", responses={200: JobDetail, **ERRORS})
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(
+        summary="Change a job's priority or its most workers (from its next chunk on)",
+        request=JobShare,
+        responses={200: JobDetail, 400: OpenApiResponse(description="Bad fields (by field)"), **WRITE_ERRORS},
+    )
+    def patch(self, request: Request, pk: int) -> Response:
+        job = self.get_object()
+        data = JobShare(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            job = job_share_set(job, **data.validated_data)
+        except JobError as exc:
+            return job_error_response(exc)
+        return Response(JobDetail(job).data)
 
 
 def progress_etag(tag: str) -> str:
@@ -131,14 +165,14 @@ class JobProgressView(JobsBase, APIView):
         if found is None:
             raise Http404
         job, state = found
-        etag = progress_etag(progress_tag(state))
+        etag = progress_etag(state.tag())
         if etag_matches(request.headers.get("If-None-Match", ""), etag):
             return Response(
                 status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag, "Cache-Control": "no-cache"}
             )
         progress = job_progress(job, state=state)
         # The tag of what is sent, read after the state above: never older than the body.
-        headers = {"ETag": progress_etag(progress_tag(progress)), "Cache-Control": "no-cache"}
+        headers = {"ETag": progress_etag(progress.tag()), "Cache-Control": "no-cache"}
         return Response(Progress(progress).data, headers=headers)
 
 

@@ -44,7 +44,7 @@ class Committed:
 
 
 class Move(NamedTuple):
-    """Where one claimed item goes (transitions.MOVE_COLUMNS)."""
+    """Where one claimed item goes (the rows of transitions.MOVE_COLUMNS)."""
 
     id: int
     status: str
@@ -54,6 +54,7 @@ class Move(NamedTuple):
     undo: int  # 1: the attempt its claim started does not count (it was never tried)
     prompt: int
     completion: int
+    reasoning: int
 
 
 def retry_backoff_seconds(attempts: int) -> float:
@@ -67,7 +68,7 @@ def move_of(item: ClaimedItem, outcome: Outcome, job: Job) -> Move:
     """One claimed item's move for its outcome: succeeded; interrupted (reclaimed at once, its
     attempt going on); never tried (back to pending, not an attempt); failed for good (permanent,
     or out of attempts); or retried after a backoff."""
-    tokens = (outcome.prompt_tokens, outcome.completion_tokens)
+    tokens = (outcome.prompt_tokens, outcome.completion_tokens, outcome.reasoning_tokens)
     error = outcome.result
     if outcome.succeeded:
         return Move(item.id, JobItem.Status.SUCCEEDED, "", outcome.events, None, 0, *tokens)
@@ -86,28 +87,53 @@ def chunk_commit(
 ) -> Committed:
     """Commit a chunk's outcomes (one per claimed item, in the claim's order) for the items this
     claim still owns; `seconds`: how long the chunk took, for the job's fair share. The tokens of
-    items another claim took (a lost lease) are kept too: paid is paid."""
+    items another claim took (a lost lease) are kept too: paid is paid.
+
+    Optimistic: the succeeded users' results are written first, then the items and the job's
+    counters move in one statement, the job's row the last lock taken. Should another claim have
+    taken some items meanwhile (a lost lease, rare), all of it rolls back and the commit goes again
+    the careful way: the items first (the fence says which are still ours), then their results."""
     moves = [move_of(item, outcome, job) for item, outcome in zip(claim.items, outcomes, strict=True)]
+    done = _commit_once(claim, job, moves, outcomes, extractor, seconds, optimistic=True)
+    if done is None:
+        done = _commit_once(claim, job, moves, outcomes, extractor, seconds, optimistic=False)
+    if taken := _taken(claim, done.owned):
+        uncommitted_usage_keep(job, claim, outcomes, lost=taken)
+    left = job_items_left(job.id) if done.left is None else done.left
+    interrupted = any(m.status == JobItem.Status.RUNNING for m in moves)
+    return Committed(len(done.owned), left, interrupted)
+
+
+def _commit_once(
+    claim: Claim,
+    job: Job,
+    moves: list[Move],
+    outcomes: Sequence[Outcome],
+    extractor: Extractor,
+    seconds: float,
+    *,
+    optimistic: bool,
+) -> transitions.Committed | None:
+    """One transaction of chunk_commit; None when the optimistic one found items taken (rolled back)."""
     with transaction.atomic():
-        owned = transitions.items_move(claim.token, [move._asdict() for move in moves])
-        taken = _taken(claim, owned)
-        left = None
-        if owned:
-            mine = [(m, o) for m, o in zip(moves, outcomes, strict=True) if m.id in owned]
+        if optimistic:
+            extraction_results_write(outcomes=outcomes, extractor=extractor)  # succeeded users only
+        done = transitions.items_commit(job.id, claim.token, [m._asdict() for m in moves], seconds=seconds)
+        if optimistic and len(done.owned) < len(claim.items) and any(o.succeeded for o in outcomes):
+            transaction.set_rollback(True)
+            return None
+        mine = [(m, o) for m, o in zip(moves, outcomes, strict=True) if m.id in done.owned]
+        if not optimistic:
             extraction_results_write(outcomes=[o for _, o in mine], extractor=extractor)
-            if failed := {o.user_id: m.error for m, o in mine if m.status == JobItem.Status.FAILED}:
-                extraction_failures_record(errors=failed)
-            status, left = _job_counters_move(job, mine, seconds)
+        if failed := {o.user_id: m.error for m, o in mine if m.status == JobItem.Status.FAILED}:
+            extraction_failures_record(errors=failed)
+        if mine:
+            status = _streak_move(job, done, mine)
             if status not in Job.WORKING:  # cancelled or failed meanwhile (a resume makes it queued)
-                transitions.items_released_sweep(job.id, owned)
+                transitions.items_released_sweep(job.id, done.owned)
             retried = sum(1 for m, _ in mine if m.backoff is not None)
             metrics.count(metrics.ITEM_RETRIES, retried)  # last: a counter row is the last lock taken
-    if taken:
-        uncommitted_usage_keep(job, claim, outcomes, lost=taken)
-    if left is None:
-        left = job_items_left(job.id)
-    interrupted = any(m.status == JobItem.Status.RUNNING for m in moves)
-    return Committed(len(owned), left, interrupted)
+    return done
 
 
 def _taken(claim: Claim, owned: set[int]) -> set[int]:
@@ -158,48 +184,25 @@ def _per_item(values: dict[int, Any]) -> Case:
     return Case(*(When(id__in=ids, then=Value(value)) for value, ids in groups.items()))
 
 
-def _job_counters_move(job: Job, mine: list[tuple[Move, Outcome]], seconds: float) -> tuple[str, int]:
-    """Move the job's counters, its fair share (the chunk's seconds over its priority, see
-    jobs.worker.scheduler) and its fail-fast streak by what this commit did; fail the job when the
-    streak is too long. Returns the job's status as it stands under the row lock this update takes
-    and how many items it has left."""
-    succeeded = [o for _, o in mine if o.succeeded]
-    errors = [o.result for _, o in mine if not o.succeeded and o.result.counts]  # not outages, not stops
-    moves = {
-        "succeeded_items": len(succeeded),
-        "failed_items": sum(1 for m, _ in mine if m.status == JobItem.Status.FAILED),
-        "event_count": sum(o.events for o in succeeded),
-        "prompt_tokens": sum(o.prompt_tokens for _, o in mine),
-        "completion_tokens": sum(o.completion_tokens for _, o in mine),
-        "reasoning_tokens": sum(o.reasoning_tokens for _, o in mine),
-    }
-    sets = [f"{name} = {name} + %s" for name in moves] + ["virtual_time = virtual_time + %s / priority"]
-    params: list[Any] = [*moves.values(), seconds]
-    streak = None
-    if errors:
-        current = Job.objects.select_for_update().only("error_streak", "error_streak_kind").get(id=job.id)
-        streak, kind = (0, "") if succeeded else (current.error_streak, current.error_streak_kind)
-        for error in errors:
-            streak, kind = (streak + 1, kind) if error.kind == kind else (1, error.kind)
-        sets += ["error_streak = %s", "error_streak_kind = %s", "error_streak_message = %s"]
-        params += [streak, kind[:200], errors[-1].message]
-    elif succeeded:
-        sets += ["error_streak = 0", "error_streak_kind = ''", "error_streak_message = ''"]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {Job._meta.db_table} SET {', '.join(sets)} WHERE id = %s "
-            f"RETURNING status, total_items - succeeded_items - failed_items - cancelled_items",
-            [*params, job.id],
-        )
-        status, left = cursor.fetchone()
-    if streak is not None and streak >= settings.JOBS_FAIL_FAST_AFTER:
+def _streak_move(job: Job, done: transitions.Committed, mine: list[tuple[Move, Outcome]]) -> str:
+    """Add this commit's errors (those about the users: not outages, not stops) to the job's
+    fail-fast streak, which a success reset; fail the job when the streak is too long. Returns the
+    job's status as the commit saw it under the job's row lock (failed, if this failed it)."""
+    errors = [o.result for _, o in mine if not o.succeeded and o.result.counts]
+    if not errors:
+        return done.status
+    streak, kind = done.streak
+    for error in errors:
+        streak, kind = (streak + 1, kind) if error.kind == kind else (1, error.kind)
+    transitions.job_streak_set(job.id, streak, kind, errors[-1].message)
+    if streak >= settings.JOBS_FAIL_FAST_AFTER:
         message = (
             f"{streak} items in a row failed with the same kind of error ({kind}); "
             f"the last one: {errors[-1].message}"
         )
         if transitions.job_fail(job.id, message):
-            return Job.Status.FAILED, left
-    return status, left
+            return Job.Status.FAILED
+    return done.status
 
 
 def commit_with_retries(

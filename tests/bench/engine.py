@@ -234,7 +234,7 @@ class Runner:
 
     def engine(self, count: int) -> tuple[float, list[float]]:
         """The engine on no-op items: (items/s, latencies of the progress query polled meanwhile, ms)."""
-        from jobs.selectors import job_progress
+        from jobs.progress import job_progress
 
         latencies = []
 

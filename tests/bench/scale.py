@@ -157,7 +157,7 @@ class Runner:
 
         from jobs.bells import job_ring
         from jobs.models import Job
-        from jobs.selectors import job_progress
+        from jobs.progress import job_progress
         from tests.cluster import Cluster
 
         cluster = Cluster(self.folder / f"cluster-{time.monotonic_ns()}.log", **CLUSTER_ENV)

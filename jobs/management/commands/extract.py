@@ -6,9 +6,10 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from extraction.extractors import UnknownExtractor, extractor_names, make_extractor
-from jobs.console import ProgressReport, follow, summary_line
+from jobs.console import ProgressReport, add_share_arguments, follow, share_arguments, summary_line
 from jobs.models import Job
-from jobs.selectors import job_estimate, job_progress
+from jobs.progress import Progress, job_progress
+from jobs.selectors import job_estimate
 from jobs.services import JobError, JobInvalid, job_run_here, job_start, user_ids_read
 
 
@@ -44,6 +45,7 @@ class Command(BaseCommand):
             "--chunk-size", type=int, help="users claimed at a time (default: JOBS_CHUNK_SIZE)"
         )
         parser.add_argument("--max-attempts", type=int, help="attempts per user (default: JOBS_MAX_ATTEMPTS)")
+        add_share_arguments(parser)
         how = parser.add_mutually_exclusive_group()
         how.add_argument(
             "--estimate", action="store_true", help="print the expected LLM calls and tokens; start nothing"
@@ -60,6 +62,8 @@ class Command(BaseCommand):
         options,
         chunk_size,
         max_attempts,
+        priority,
+        max_workers,
         estimate,
         sync,
         detach,
@@ -86,6 +90,7 @@ class Command(BaseCommand):
                 options=options,
                 chunk_size=chunk_size,
                 max_attempts=max_attempts,
+                **share_arguments(priority, max_workers),
                 enqueue=not sync,
             )
         except JobError as exc:
@@ -103,8 +108,8 @@ class Command(BaseCommand):
                 returncode=130,
             ) from None
         self.stdout.write(summary_line(progress))
-        if progress["status"] != Job.Status.COMPLETED:
-            raise CommandError(f"job {job.id} ended {progress['status']}")
+        if progress.status != Job.Status.COMPLETED:
+            raise CommandError(f"job {job.id} ended {progress.status}")
 
     def _estimate(self, user_ids, name: str, options: dict) -> None:
         try:
@@ -119,7 +124,7 @@ class Command(BaseCommand):
             f"reasoned so far; before cache hits; tokens counted as 1 per 3 bytes of text)"
         )
 
-    def _run_here(self, job: Job) -> dict:
+    def _run_here(self, job: Job) -> Progress:
         report = ProgressReport(job, self.stdout)
 
         def on_chunk() -> None:

@@ -3,7 +3,7 @@ from django.utils.timezone import localtime
 
 from jobs.console import describe
 from jobs.models import Job
-from jobs.selectors import job_progress
+from jobs.progress import job_progress
 from jobs.services import job_counters_reconcile
 
 

@@ -48,11 +48,10 @@
     showService(p.llm);
     set("status", STATUS[p.status] || p.status);
     field("status").className = `job-status job-status-${p.status}`;
+    set("activity", p.activity || "—");
     if (FINISHED.includes(p.status)) {
       // A finished job has no current rate: its average over the run tells how fast it went.
-      // (the same figure as the throughput chart's: processed over the elapsed time, at least 1 s)
-      const average = p.elapsed_seconds !== null ? p.processed / Math.max(p.elapsed_seconds, 1) : 0;
-      set("throughput_per_second", average.toFixed(1));
+      set("throughput_per_second", p.average_per_second.toFixed(1));
       card.querySelector("[data-throughput-label]").textContent = gettext("Average throughput");
     } else {
       set("throughput_per_second", p.throughput_per_second.toFixed(1));
