@@ -166,10 +166,13 @@ def chunk_extract(
     """Load these users and run the extractor on them; writes nothing. One outcome per id, in order:
     an id without a profile (deleted meanwhile) or with more behaviours than a worker may hold
     fails for good, and a user the extractor left out fails instead of silently getting no events."""
+    left_out = ExtractionError(f"extractor {extractor.name!r} returned no result for this user")
+    if not extractor.reads_users:  # it gets ids alone, and what it returns is not saved (see Extractor)
+        results = extractor.extract([UserInput(user_id, {}, 0, []) for user_id in user_ids], control)
+        return [outcome_of(user_id, None, results.get(user_id, left_out), control) for user_id in user_ids]
     loaded = user_inputs_load(user_ids)
     inputs = {user.user_id: user for user in loaded}
     results = extractor.extract(list(inputs.values()), control)
-    left_out = ExtractionError(f"extractor {extractor.name!r} returned no result for this user")
     no_profile = ExtractionError(NO_PROFILE, permanent=True)
     over_cap = ExtractionError(
         OVER_CAP.format(cap=settings.EXTRACTION_MAX_BEHAVIORS_PER_USER), permanent=True
@@ -203,19 +206,18 @@ def extraction_results_save(*, outcomes: Sequence[Outcome], extractor: Extractor
 def extraction_results_write(*, outcomes: Sequence[Outcome], extractor: Extractor) -> None:
     """extraction_results_save inside the caller's own transaction (the engine's fenced commit).
 
-    Three statements whatever the chunk's size: delete the old events, write the new ones (binary
-    COPY on PostgreSQL), upsert the states.
+    Two statements whatever the chunk's size (three on SQLite): the old events deleted and the
+    states upserted together, then the new events written (binary COPY on PostgreSQL), if any.
     """
     saved = [outcome for outcome in outcomes if outcome.succeeded and outcome.user is not None]
     if not saved:
         return
     now = timezone.now()
-    events_table = ExtractedEvent._meta.db_table
-    chosen, params = values_sql([outcome.user_id for outcome in saved])
     with connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {events_table} WHERE user_id IN ({chosen})", params)
-        copy_rows(cursor, events_table, EVENT_COLUMNS, _event_rows(saved, extractor, now), types=EVENT_TYPES)
-        _states_upsert(cursor, saved, extractor, now)
+        _states_replace(cursor, saved, extractor, now)
+        if any(outcome.result for outcome in saved):
+            events = _event_rows(saved, extractor, now)
+            copy_rows(cursor, ExtractedEvent._meta.db_table, EVENT_COLUMNS, events, types=EVENT_TYPES)
 
 
 def _event_rows(saved: Sequence[Outcome], extractor: Extractor, now: datetime):
@@ -247,9 +249,10 @@ STATE_COLUMNS = {
 }
 
 
-def _states_upsert(cursor, saved: Sequence[Outcome], extractor: Extractor, now: datetime) -> None:
-    """Insert or replace the states of users that succeeded, in one statement."""
-    table = ExtractionState._meta.db_table
+def _states_replace(cursor, saved: Sequence[Outcome], extractor: Extractor, now: datetime) -> None:
+    """Delete the old events of users that succeeded and insert or replace their states: one
+    statement on PostgreSQL (the DELETE in a WITH reads the same rows), two on SQLite."""
+    table, events = ExtractionState._meta.db_table, ExtractedEvent._meta.db_table
     rows, params = rows_sql(
         [
             {
@@ -263,18 +266,25 @@ def _states_upsert(cursor, saved: Sequence[Outcome], extractor: Extractor, now: 
         STATE_COLUMNS,
     )
     at = datetime_adapter()(now)
-    cursor.execute(
-        f"INSERT INTO {table} (user_id, status, attempted_at, error, extracted_at, event_count, extractor, "
-        f"extractor_version, input_version, input_fingerprint) "
-        f"SELECT v.user_id, 'succeeded', %s, '', %s, v.event_count, %s, %s, v.input_version, "
+    insert = (
+        f"INSERT INTO {table} (user_id, status, attempted_at, error, extracted_at, event_count, "
+        f"extractor, extractor_version, input_version, input_fingerprint) "
+        f"SELECT v.user_id, %s, %s, '', %s, v.event_count, %s, %s, v.input_version, "
         f"v.input_fingerprint FROM {rows} WHERE true "
         f"ON CONFLICT (user_id) DO UPDATE SET status = excluded.status, "
         f"attempted_at = excluded.attempted_at, error = '', extracted_at = excluded.extracted_at, "
         f"event_count = excluded.event_count, extractor = excluded.extractor, "
         f"extractor_version = excluded.extractor_version, input_version = excluded.input_version, "
-        f"input_fingerprint = excluded.input_fingerprint",
-        [at, at, extractor.name, extractor.version, *params],
+        f"input_fingerprint = excluded.input_fingerprint"
     )
+    values = [ExtractionState.Outcome.SUCCEEDED, at, at, extractor.name, extractor.version, *params]
+    if is_postgresql():
+        gone = f"WITH gone AS (DELETE FROM {events} WHERE user_id IN (SELECT v.user_id FROM {rows})) "
+        cursor.execute(gone + insert, [*params, *values])
+        return
+    chosen, chosen_params = values_sql([outcome.user_id for outcome in saved])
+    cursor.execute(f"DELETE FROM {events} WHERE user_id IN ({chosen})", chosen_params)
+    cursor.execute(insert, values)
 
 
 def extraction_failures_record(*, errors: dict[str, str]) -> None:

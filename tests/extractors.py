@@ -79,10 +79,11 @@ class ScriptedExtractor(Extractor):
 
 
 class NoopExtractor(Extractor):
-    """No events for anyone: measures the engine alone (tests/bench/engine.py)."""
+    """No events for anyone, from no data: measures the engine alone (tests/bench/engine.py)."""
 
     name = "noop"
     version = "1"
+    reads_users = False
 
     def extract(self, users, control=None):
         return {user.user_id: [] for user in users}

@@ -81,8 +81,8 @@ def test_a_failure_while_saving_leaves_the_old_events(rules, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    # The state is written last, after the old events were deleted and the new ones copied in.
-    monkeypatch.setattr("extraction.services._states_upsert", broken)
+    # The new events are written last, after the old ones were deleted and the state replaced.
+    monkeypatch.setattr("extraction.services.copy_rows", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         extract_and_save(rules, "u1")
     assert list(ExtractedEvent.objects.values_list("id", "event_type")) == before

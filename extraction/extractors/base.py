@@ -212,6 +212,10 @@ class Extractor:
     # Chunks a worker extracts at once: more than one for an extractor that waits on the network,
     # so its calls stay in flight while another chunk is loaded, packed or committed.
     lanes: ClassVar[int] = 1
+    # Whether it reads users' data. One that does not (a measuring device, such as the engine
+    # benchmark's no-op) gets each user's id alone: nothing is loaded for it, and nothing is saved
+    # of what it returns (no events, no extraction state); its items still succeed or fail.
+    reads_users: ClassVar[bool] = True
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         self.options = self.clean_options(options or {})
