@@ -114,10 +114,10 @@ class IdConverter:
 
 
 class UserIdConverter:
-    """A user id as imported: 1 to 128 characters, no slash, no control characters (PostgreSQL
-    refuses NUL in text)."""
+    """A user id as imported: 1 to USER_ID_MAX_CHARS characters, no slash, no control characters
+    (PostgreSQL refuses NUL in text)."""
 
-    regex = "[^/\x00-\x1f\x7f]{1,128}"
+    regex = f"[^/\x00-\x1f\x7f]{{1,{settings.USER_ID_MAX_CHARS}}}"
 
     def to_python(self, value: str) -> str:
         return value

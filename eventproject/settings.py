@@ -309,6 +309,10 @@ API_STREAM_POLL_SECONDS = env_float("API_STREAM_POLL_SECONDS", 0.5, minimum=0.05
 # stalled export, a stream nobody reads) has its connection closed (eventproject/asgi.py).
 WEB_SEND_TIMEOUT = env_float("WEB_SEND_TIMEOUT", 60.0, minimum=1.0)
 
+# A user id's length: fixed by the table (UserProfile.user_id), checked the same wherever one
+# arrives (API bodies and paths, the admin, files of ids, imports). Not a setting.
+USER_ID_MAX_CHARS = 128
+
 REST_FRAMEWORK = {
     # Token first: its WWW-Authenticate header makes anonymous requests 401, not 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -342,12 +346,15 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "OAS_VERSION": "3.1.0",  # for JSON Schema 2020-12: the stream's events declare their JSON data
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "jobs.api.schema.add_links"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "eventproject.schema.add_links",
+    ],
     "COMPONENT_SPLIT_REQUEST": True,
     # The API's own path converters (eventproject/api.py), described as what they accept.
     "PATH_CONVERTER_OVERRIDES": {
         "id": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
-        "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
+        "user_id": {"type": "string", "minLength": 1, "maxLength": USER_ID_MAX_CHARS},
     },
     "ENUM_NAME_OVERRIDES": {
         "JobStatusEnum": "jobs.models.JobStatus",

@@ -456,8 +456,10 @@ def parse_behavior(record: dict[str, Any], tz: tzinfo, *, from_csv: bool) -> Beh
     action = _text(fields.get("action"), "action")
     if not action:
         raise RowError("missing action")
-    if len(user_id) > 128 or len(action) > 64:
-        raise RowError("user_id longer than 128 or action longer than 64 characters")
+    if len(user_id) > settings.USER_ID_MAX_CHARS or len(action) > 64:
+        raise RowError(
+            f"user_id longer than {settings.USER_ID_MAX_CHARS} or action longer than 64 characters"
+        )
     texts = {name: _text(fields.get(name), name) for name in BEHAVIOR_TEXT_LIMITS}
     for name, limit in BEHAVIOR_TEXT_LIMITS.items():
         if len(texts[name]) > limit:
@@ -478,8 +480,8 @@ def parse_profile(record: dict[str, Any], *, from_csv: bool) -> tuple[str, dict[
     user_id = _text(record.get(key), "user_id") if key else ""
     if not user_id:
         raise RowError("missing user_id")
-    if len(user_id) > 128:
-        raise RowError("user_id longer than 128 characters")
+    if len(user_id) > settings.USER_ID_MAX_CHARS:
+        raise RowError(f"user_id longer than {settings.USER_ID_MAX_CHARS} characters")
     attributes = {
         name: typed_cell(value) if from_csv and isinstance(value, str) else value
         for name, value in record.items()

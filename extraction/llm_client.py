@@ -35,9 +35,8 @@ import openai
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
-from ops import metrics
-
 from .llm_endpoints import AUTO, RESPONSE_FORMATS, EndpointProfile, Refusal, Shape, sent_parameters
+from .llm_metrics import llm_call_timed
 from .models import LLMCacheEntry, RateLimit
 
 logger = logging.getLogger(__name__)
@@ -263,7 +262,7 @@ class LLMClient:
                         if left is not None and left < MIN_REQUEST_SECONDS:
                             raise LLMStopped("the chunk's deadline is too near to send this user")
                         timeout = self.timeout if left is None else min(self.timeout, left)
-                        with metrics.llm_call_timed() as call:  # counted for /metrics, whatever the outcome
+                        with llm_call_timed() as call:  # counted for /metrics, whatever the outcome
                             response = self.client.chat.completions.create(
                                 **self._request(messages, shape, response_format, schema), timeout=timeout
                             )

@@ -15,7 +15,9 @@ class UserProfile(models.Model):
     "needs extraction" is a comparison with the version the last success saw.
     """
 
-    user_id = models.CharField(max_length=128, primary_key=True, verbose_name=gettext_lazy("user id"))
+    user_id = models.CharField(
+        max_length=settings.USER_ID_MAX_CHARS, primary_key=True, verbose_name=gettext_lazy("user id")
+    )
     attributes = models.JSONField(default=dict, blank=True, verbose_name=gettext_lazy("attributes"))
     input_version = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("input version"))
     created_at = models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))

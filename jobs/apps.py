@@ -7,6 +7,10 @@ class JobsConfig(AppConfig):
     verbose_name = gettext_lazy("Jobs")
 
     def ready(self) -> None:
+        from ops.metrics import figures_register
+
+        from .metrics import jobs_figures
         from .webhook_events import event_types_register
 
         event_types_register()
+        figures_register(jobs_figures)

@@ -22,7 +22,7 @@ from extraction.extractors import UnknownExtractor, extractor_class
 
 from .cron import CronInvalid, cron_clean, cron_next
 from .models import Job, Schedule, ScheduleRun
-from .services import USER_ID_MAX_CHARS, JobError, JobInvalid, job_start, share_errors
+from .services import JobError, JobInvalid, job_start, share_errors
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,10 @@ def _user_ids_problem(users: str, user_ids: Any) -> str | None:
             "limit": f"{settings.JOBS_MAX_USER_IDS:,}"
         }
     for position, user_id in enumerate(user_ids):
-        if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > USER_ID_MAX_CHARS:
+        if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > settings.USER_ID_MAX_CHARS:
             return _("item %(position)s is not a user id of 1 to %(limit)s characters") % {
                 "position": position,
-                "limit": USER_ID_MAX_CHARS,
+                "limit": settings.USER_ID_MAX_CHARS,
             }
     return None
 

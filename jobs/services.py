@@ -171,9 +171,6 @@ def share_errors(priority: Any, max_workers: Any) -> dict[str, str]:
     return errors
 
 
-USER_ID_MAX_CHARS = 128  # UserProfile.user_id's length
-
-
 def too_many_ids(count: int) -> str:
     return _(
         "More than %(limit)s user ids (%(count)s so far): at most %(limit)s per job "
@@ -198,10 +195,10 @@ def user_ids_read(lines: Iterable[bytes]) -> list[str]:
             raise refuse(_("Line %(line)s is not UTF-8 text.") % {"line": number}) from None
         if not line or line.startswith("#") or (not ids and line == "user_id"):
             continue
-        if len(line) > USER_ID_MAX_CHARS:
+        if len(line) > settings.USER_ID_MAX_CHARS:
             raise refuse(
                 _("Line %(line)s: a user id longer than %(limit)s characters.")
-                % {"line": number, "limit": USER_ID_MAX_CHARS}
+                % {"line": number, "limit": settings.USER_ID_MAX_CHARS}
             )
         ids.append(line)
         if len(ids) > settings.JOBS_MAX_USER_IDS:
@@ -222,10 +219,10 @@ def _clean_user_ids(user_ids: Iterable[Any], errors: dict[str, str]) -> list[str
             bad.append(_("item %(position)s is not a string") % {"position": position})
             continue
         text = str(value).strip()
-        if not text or len(text) > USER_ID_MAX_CHARS:
+        if not text or len(text) > settings.USER_ID_MAX_CHARS:
             bad.append(
                 _("item %(position)s is empty or longer than %(limit)s characters")
-                % {"position": position, "limit": USER_ID_MAX_CHARS}
+                % {"position": position, "limit": settings.USER_ID_MAX_CHARS}
             )
         elif text not in seen:
             seen.add(text)

@@ -2,10 +2,10 @@
 
 Two sources, each right for what it measures:
 
-- Engine and LLM figures come from the database at scrape time (the job tables, and the counters
-  of ops.metrics), so they are the same whichever web process is scraped and they add up the work
-  of every cluster on every machine. Several web servers report the same values: aggregate them
-  with max(), not sum().
+- Engine and LLM figures come from the database at scrape time (the apps' tables, through the
+  figures they register with ops.metrics, and its own counters), so they are the same whichever
+  web process is scraped and they add up the work of every cluster on every machine. Several web
+  servers report the same values: aggregate them with max(), not sum().
 - Request latency is measured in the web process. Under gunicorn, whose workers are separate
   processes, prometheus-client's multiprocess mode adds them up: gunicorn.conf.py points
   PROMETHEUS_MULTIPROC_DIR at a fresh folder before any worker starts. Writing a database row per
@@ -19,14 +19,10 @@ from functools import cache
 import redis
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Count, Q, Sum
 from django_q.brokers import get_broker
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
-
-from jobs.models import Job, JobItem
-from jobs.progress import jobs_throughput
 
 from . import metrics
 from .health import ALIVE_STATUSES, broker_check, cluster_stats, database_check
@@ -87,12 +83,8 @@ class DatabaseCollector:
             )
 
     def _database_figures(self) -> Iterator:
-        yield from self._jobs_and_items()
-        yield GaugeMetricFamily(
-            f"{PREFIX}_items_per_second",
-            "Items finished per second over the last minute, summed over the running jobs",
-            value=jobs_throughput(),
-        )
+        for figures in metrics.FIGURES:  # what the apps' own tables hold (jobs.metrics)
+            yield from figures()
         counters = metrics.counters_read()
         lease = CounterMetricFamily(
             f"{PREFIX}_lease_losses",
@@ -109,50 +101,6 @@ class DatabaseCollector:
             value=counters.get((metrics.ITEM_RETRIES, ""), 0),
         )
         yield from self._llm(counters)
-
-    def _jobs_and_items(self) -> Iterator:
-        rows = (
-            Job.objects.order_by()
-            .values("status")
-            .annotate(
-                jobs=Count("id"),
-                total=Sum("total_items"),
-                succeeded=Sum("succeeded_items"),
-                failed=Sum("failed_items"),
-                cancelled=Sum("cancelled_items"),
-            )
-        )
-        jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs by status", labels=["status"])
-        by_status = {row["status"]: row for row in rows}
-        for status in Job.Status.values:
-            jobs.add_metric([status], by_status.get(status, {}).get("jobs", 0))
-        yield jobs
-
-        def total(field: str, statuses=Job.Status.values) -> int:
-            return sum(by_status[status][field] or 0 for status in statuses if status in by_status)
-
-        # Jobs are never deleted and an item succeeds or fails once, so these only grow.
-        finished = CounterMetricFamily(
-            f"{PREFIX}_items_finished", "Items finished, by outcome", labels=["outcome"]
-        )
-        finished.add_metric(["succeeded"], total("succeeded"))
-        finished.add_metric(["failed"], total("failed"))
-        yield finished
-
-        running = JobItem.objects.filter(Q(job__status__in=Job.ACTIVE), status=JobItem.Status.RUNNING).count()
-        active = Job.ACTIVE
-        finished_in_active = total("succeeded", active) + total("failed", active) + total("cancelled", active)
-        items = GaugeMetricFamily(
-            f"{PREFIX}_job_items",
-            "Items of all jobs by status: pending and running are the work still to do",
-            labels=["status"],
-        )
-        items.add_metric(["pending"], max(total("total", active) - finished_in_active - running, 0))
-        items.add_metric(["running"], running)
-        items.add_metric(["succeeded"], total("succeeded"))
-        items.add_metric(["failed"], total("failed"))
-        items.add_metric(["cancelled"], total("cancelled"))
-        yield items
 
     def _llm(self, counters: dict[tuple[str, str], int]) -> Iterator:
         calls = CounterMetricFamily(

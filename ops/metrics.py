@@ -4,22 +4,19 @@ cluster on every machine adds to the same figures, and a restart loses none of t
 Only what no table already records is counted here (the job tables give jobs, items and their
 progress): lease losses and retries, called by the job engine inside its own transactions, so a
 count and the rows it counts commit together; and each request to the LLM endpoint with its
-outcome, tokens and duration, called by extraction.llm_client.
+outcome, tokens and duration (llm_call_record, called through extraction.llm_metrics).
 
     metrics.count("item_retries", 3)
-    with metrics.llm_call_timed() as call:
-        response = client.chat.completions.create(...)
-        call.usage(response.usage)
+
+This is the bottom layer: it imports no app. Apps add the figures their own tables hold to
+/metrics with figures_register() (jobs: jobs and items by status, throughput).
 """
 
 import logging
 import os
-import time
 from bisect import bisect_left
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 
-import openai
 from django.db import connection, transaction
 from prometheus_client import Gauge, Histogram
 
@@ -93,53 +90,8 @@ def counters_read() -> dict[tuple[str, str], int]:
     return totals
 
 
-class LLMCall:
-    """What one request to the LLM endpoint reports; see llm_call_timed."""
-
-    def __init__(self):
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-
-    def usage(self, usage) -> None:
-        """The response's `usage` (may be None: some servers do not say)."""
-        if usage is not None:
-            self.prompt_tokens = usage.prompt_tokens or 0
-            self.completion_tokens = usage.completion_tokens or 0
-
-
-@contextmanager
-def llm_call_timed() -> Iterator[LLMCall]:
-    """Count one request to the LLM endpoint: its outcome (from the exception that left the block,
-    if any), the tokens it reported, and how long it took. Never fails the call itself."""
-    call = LLMCall()
-    started = time.monotonic()
-    outcome = "ok"
-    try:
-        yield call
-    except BaseException as exc:
-        outcome = llm_outcome(exc)
-        raise
-    finally:
-        try:
-            llm_call_record(time.monotonic() - started, outcome, call.prompt_tokens, call.completion_tokens)
-        except Exception:  # a paid answer matters more than its count
-            logger.exception("could not count an LLM call")
-
-
-def llm_outcome(exc: BaseException) -> str:
-    """A few stable outcome names, for a label that stays small whatever the endpoint answers."""
-    if isinstance(exc, openai.APIStatusError):
-        if exc.status_code == 429:
-            return "rate_limited"
-        return "server_error" if exc.status_code >= 500 else "refused"
-    if isinstance(exc, openai.APITimeoutError):  # before its base class, APIConnectionError
-        return "timeout"
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection_error"
-    return "error"
-
-
 def llm_call_record(seconds: float, outcome: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+    """Count one request to the LLM endpoint: its outcome (a few stable names), tokens, duration."""
     index = bisect_left(LLM_SECONDS_BUCKETS, seconds)
     bucket = str(LLM_SECONDS_BUCKETS[index]) if index < len(LLM_SECONDS_BUCKETS) else "+Inf"
     with transaction.atomic():  # a savepoint when called inside a transaction: a failure stays here
@@ -152,3 +104,13 @@ def llm_call_record(seconds: float, outcome: str, prompt_tokens: int = 0, comple
                 (LLM_MICROSECONDS_SUM, ""): round(seconds * 1_000_000),
             }
         )
+
+
+# Figures that apps read from their own tables at scrape time (see ops.exporter): functions yielding
+# prometheus-client metric families, registered by each app when it is ready.
+FIGURES: list[Callable[[], Iterator]] = []
+
+
+def figures_register(figures: Callable[[], Iterator]) -> None:
+    if figures not in FIGURES:
+        FIGURES.append(figures)

@@ -7,6 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from extraction.extractors import make_extractor
+from extraction.llm_metrics import llm_call_timed
 from jobs.services import job_cancel, job_start
 from jobs.transitions import job_mark_running
 from jobs.worker.claims import chunk_claim
@@ -155,7 +156,7 @@ def test_a_failure_to_count_never_fails_the_llm_call(monkeypatch, caplog):
         raise RuntimeError("counter table gone")
 
     monkeypatch.setattr(metrics, "counters_add", broken)
-    with metrics.llm_call_timed() as call:
+    with llm_call_timed() as call:
         call.prompt_tokens = 5
     assert "could not count an LLM call" in caplog.text
 

@@ -2,6 +2,7 @@
 
 from datetime import UTC
 
+from django.conf import settings
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from drf_spectacular.utils import extend_schema_field
@@ -70,7 +71,7 @@ class BoundedDateTimeField(serializers.DateTimeField):
 class EventFilter(serializers.Serializer):
     """The event list's and the exports' input: its validated data are events_filter()'s arguments."""
 
-    user = serializers.CharField(required=False, max_length=128, help_text="A user id")
+    user = serializers.CharField(required=False, max_length=settings.USER_ID_MAX_CHARS, help_text="A user id")
     type = serializers.CharField(required=False, max_length=64, help_text="An event type, e.g. purchase")
     category = serializers.ChoiceField(required=False, choices=Category.choices)
     since = BoundedDateTimeField(required=False, help_text="Events starting at or after this time")

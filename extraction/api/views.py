@@ -32,12 +32,10 @@ from ..selectors import (
     user_events,
     user_summaries,
 )
+from .access import VIEW_EVENT, VIEW_IMPORT, VIEW_PROFILE
 from .serializers import EventFilter, EventOutput, ImportOutput, UserOutput
 
 # The permissions these reads need (analysts hold the first two, operators the last).
-VIEW_PROFILE = "extraction.view_userprofile"
-VIEW_EVENT = "extraction.view_extractedevent"
-VIEW_IMPORT = "extraction.view_dataimport"
 
 EXPORT_BATCH = 2000
 CSV_TIMES = {EXPORT_COLUMNS.index(name) for name in ("starts_at", "ends_at")}

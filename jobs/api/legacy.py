@@ -13,8 +13,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from eventproject.api import Guarded
+from extraction.api.access import VIEW_EVENT
 from extraction.api.serializers import EventOutput
-from extraction.api.views import VIEW_EVENT
 
 from ..models import Job
 from ..progress import job_progress
@@ -205,7 +205,11 @@ SyncData = inline_serializer(
     "answers every user's events.",
     request=inline_serializer(
         "LegacySyncInput",
-        {"user_ids": serializers.ListField(child=serializers.CharField(max_length=128), allow_empty=False)},
+        {
+            "user_ids": serializers.ListField(
+                child=serializers.CharField(max_length=settings.USER_ID_MAX_CHARS), allow_empty=False
+            )
+        },
     ),
     responses={
         200: envelope_schema("LegacySync", SyncData),

@@ -37,7 +37,7 @@ class ScheduleInput(serializers.Serializer):
         "or list (user_ids)",
     )
     user_ids = serializers.ListField(
-        child=serializers.CharField(max_length=128),
+        child=serializers.CharField(max_length=settings.USER_ID_MAX_CHARS),
         max_length=settings.JOBS_MAX_USER_IDS,
         default=list,
         help_text="The users of a `list` schedule (at most JOBS_MAX_USER_IDS)",

@@ -14,7 +14,9 @@ class UserIds(serializers.ListField):
     counted before any is validated, so an oversized list costs nothing."""
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("child", serializers.CharField(max_length=128, trim_whitespace=True))
+        kwargs.setdefault(
+            "child", serializers.CharField(max_length=settings.USER_ID_MAX_CHARS, trim_whitespace=True)
+        )
         super().__init__(allow_empty=False, max_length=settings.JOBS_MAX_USER_IDS, **kwargs)
 
     def to_internal_value(self, data):

@@ -1,5 +1,6 @@
-"""OpenAPI links: which response gives the id the next call needs (a started job's id → its
-progress, items, cancel…). Clients and schemathesis' stateful tests follow them."""
+"""OpenAPI links for the whole API (a drf-spectacular hook): which response gives the id the next
+call needs (a started job's id → its progress, items, cancel…; a listed user's id → its events).
+Clients and schemathesis' stateful tests follow them. Paths are named, no app is imported."""
 
 JOB_ID = "$response.body#/id"
 FIRST_JOB_ID = "$response.body#/results/0/id"
@@ -7,7 +8,12 @@ FIRST_USER_ID = "$response.body#/results/0/user_id"
 LEGACY_JOB_ID = "$response.body#/data/job_id"
 
 JOB_READS = ["v1_jobs_retrieve", "v1_jobs_progress_retrieve", "v1_jobs_items_list", "v1_jobs_stream_retrieve"]
-JOB_ACTIONS = ["v1_jobs_cancel_create", "v1_jobs_resume_create", "v1_jobs_retry_failed_create"]
+JOB_ACTIONS = [
+    "v1_jobs_cancel_create",
+    "v1_jobs_resume_create",
+    "v1_jobs_retry_failed_create",
+    "v1_jobs_partial_update",
+]
 USER_READS = ["v1_users_retrieve", "v1_users_events_list"]
 FIRST_IMPORT_ID = "$response.body#/results/0/id"
 SCHEDULE_OPERATIONS = ["v1_schedules_retrieve", "v1_schedules_partial_update", "v1_schedules_runs_list"]
