@@ -17,7 +17,9 @@ import gzip
 import io
 import json
 import math
+import queue
 import re
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -80,6 +82,30 @@ INT64 = range(-(2**63), 2**63)
 # Rows waiting for their batch may hold this many bytes of values at most: many rows near the
 # per-row limits are written sooner than batch_size would.
 BATCH_MAX_BYTES = 8_000_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The IMPORT_* limits a row is checked against, read from the settings once per import (not
+    once per cell: a settings lookup costs about as much as checking a cell)."""
+
+    user_id_chars: int
+    earliest_year: int
+    latest_year: int
+    max_duration: int
+    extra_bytes: int
+    attributes_bytes: int
+
+    @classmethod
+    def from_settings(cls) -> "Limits":
+        return cls(
+            user_id_chars=settings.USER_ID_MAX_CHARS,
+            earliest_year=settings.IMPORT_EARLIEST_YEAR,
+            latest_year=settings.IMPORT_LATEST_YEAR,
+            max_duration=settings.IMPORT_MAX_DURATION_SECONDS,
+            extra_bytes=settings.IMPORT_MAX_EXTRA_BYTES,
+            attributes_bytes=settings.IMPORT_MAX_ATTRIBUTES_BYTES,
+        )
 
 
 class ImportFileError(Exception):
@@ -324,15 +350,29 @@ def _shown(value: Any, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
-def parse_timestamp(value: Any, tz: tzinfo) -> datetime:
+def parse_timestamp(value: Any, tz: tzinfo, limits: Limits | None = None) -> datetime:
     """ISO 8601 (with '-' or '/'), or Unix seconds / milliseconds; naive times are in `tz`.
 
     Years outside IMPORT_EARLIEST_YEAR…IMPORT_LATEST_YEAR are refused: no behaviour happened
     then, and year 1 or 9999 overflows when converted to UTC.
     """
-    if isinstance(value, bool | dict | list):
+    limits = limits or Limits.from_settings()
+    if type(value) is str:  # nearly always: CSV cells, and JSON's usual timestamps
+        text = value.strip()
+        if not text:
+            raise RowError("missing timestamp")
+        if DECIMAL.fullmatch(text) and len(text.lstrip("+-").split(".")[0]) >= 9:
+            moment = _from_epoch(float(text))
+        else:
+            try:
+                moment = datetime.fromisoformat(text.replace("/", "-"))
+            except ValueError:
+                moment = _loose_datetime(text, tz)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=tz)
+    elif isinstance(value, bool | dict | list):
         raise RowError(f"unparseable timestamp {_shown(value)}")
-    if isinstance(value, int | float):
+    elif isinstance(value, int | float):
         moment = _from_epoch(value)
     else:
         text = str(value).strip() if value is not None else ""
@@ -346,10 +386,10 @@ def parse_timestamp(value: Any, tz: tzinfo) -> datetime:
             except ValueError:
                 moment = _loose_datetime(text, tz)
             moment = moment if moment.tzinfo else moment.replace(tzinfo=tz)
-    if not settings.IMPORT_EARLIEST_YEAR <= moment.year <= settings.IMPORT_LATEST_YEAR:
+    if not limits.earliest_year <= moment.year <= limits.latest_year:
         raise RowError(
-            f"timestamp {_shown(value)} is outside the years {settings.IMPORT_EARLIEST_YEAR}–"
-            f"{settings.IMPORT_LATEST_YEAR} (IMPORT_EARLIEST_YEAR, IMPORT_LATEST_YEAR)"
+            f"timestamp {_shown(value)} is outside the years {limits.earliest_year}–"
+            f"{limits.latest_year} (IMPORT_EARLIEST_YEAR, IMPORT_LATEST_YEAR)"
         )
     return moment
 
@@ -384,7 +424,8 @@ def _from_epoch(number: float) -> datetime:
         raise RowError(f"timestamp {_shown(number)} is out of range") from None
 
 
-def parse_duration(value: Any) -> float | None:
+def parse_duration(value: Any, limits: Limits | None = None) -> float | None:
+    limits = limits or Limits.from_settings()
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, bool):
@@ -393,9 +434,9 @@ def parse_duration(value: Any) -> float | None:
         seconds = float(value)
     except (TypeError, ValueError, OverflowError):
         raise RowError(f"non-numeric duration {_shown(value)}") from None
-    if not 0 <= seconds <= settings.IMPORT_MAX_DURATION_SECONDS:
+    if not 0 <= seconds <= limits.max_duration:
         raise RowError(
-            f"duration must be from 0 to {settings.IMPORT_MAX_DURATION_SECONDS:,} seconds "
+            f"duration must be from 0 to {limits.max_duration:,} seconds "
             f"(IMPORT_MAX_DURATION_SECONDS), got {_shown(value)}"
         )
     return seconds
@@ -422,6 +463,8 @@ def typed_cell(text: str) -> Any:
 
 
 def _text(value: Any, name: str = "value") -> str:
+    if type(value) is str:
+        return value.strip()
     if value is None:
         return ""
     if isinstance(value, dict | list):
@@ -431,64 +474,81 @@ def _text(value: Any, name: str = "value") -> str:
     return str(value).strip()
 
 
-def _stored_size(value: dict[str, Any], what: str, limit_name: str) -> int:
-    """The bytes `value` takes as stored JSON; RowError past the limit named `limit_name`."""
-    size = len(orjson.dumps(value))
-    limit = getattr(settings, limit_name)
+def _stored_size(value: dict[str, Any], what: str, limit_name: str, limit: int) -> int:
+    """The bytes `value` takes as stored JSON; RowError past `limit` (the setting `limit_name`)."""
+    size = len(orjson.dumps(value)) if value else 2
     if size > limit:
         raise RowError(f"{what} take {size:,} bytes as JSON, over {limit:,} ({limit_name})")
     return size
 
 
-def parse_behavior(record: dict[str, Any], tz: tzinfo, *, from_csv: bool) -> BehaviorRow:
+def parse_behavior(
+    record: dict[str, Any], tz: tzinfo, *, from_csv: bool, limits: Limits | None = None
+) -> tuple[BehaviorRow, int]:
+    """The behaviour a record holds, and the bytes its other columns take as JSON (RowError: why
+    it is bad). Columns the layouts name fill the fields (a second column for one field, like the
+    rest, goes to `extra`); cells read from CSV are typed (numbers, comma lists)."""
+    limits = limits or Limits.from_settings()
     fields: dict[str, Any] = {}
     extra: dict[str, Any] = {}
+    aliases = BEHAVIOR_ALIASES
     for key, value in record.items():
-        target = BEHAVIOR_ALIASES.get(key)
+        target = aliases.get(key)
         if target is None or target in fields:
             if value is not None and value != "":
-                extra[key] = typed_cell(value) if from_csv and isinstance(value, str) else value
+                extra[key] = typed_cell(value) if from_csv and type(value) is str else value
         else:
             fields[target] = value
-    user_id = _text(fields.get("user_id"), "user_id")
+    get = fields.get
+    user_id = _text(get("user_id"), "user_id")
     if not user_id:
         raise RowError("missing user_id")
-    action = _text(fields.get("action"), "action")
+    action = _text(get("action"), "action")
     if not action:
         raise RowError("missing action")
-    if len(user_id) > settings.USER_ID_MAX_CHARS or len(action) > 64:
-        raise RowError(
-            f"user_id longer than {settings.USER_ID_MAX_CHARS} or action longer than 64 characters"
-        )
-    texts = {name: _text(fields.get(name), name) for name in BEHAVIOR_TEXT_LIMITS}
-    for name, limit in BEHAVIOR_TEXT_LIMITS.items():
-        if len(texts[name]) > limit:
-            raise RowError(f"{name} longer than {limit} characters ({len(texts[name]):,})")
-    _stored_size(extra, "the other columns", "IMPORT_MAX_EXTRA_BYTES")
-    return BehaviorRow(
-        user_id=user_id,
-        action=action,
-        occurred_at=parse_timestamp(fields.get("occurred_at"), tz),
-        duration_seconds=parse_duration(fields.get("duration_seconds")),
-        extra=extra,
-        **texts,
+    if len(user_id) > limits.user_id_chars or len(action) > 64:
+        raise RowError(f"user_id longer than {limits.user_id_chars} or action longer than 64 characters")
+    item, app = _text(get("item"), "item"), _text(get("app"), "app")
+    media, place = _text(get("media"), "media"), _text(get("place"), "place")
+    if len(item) > 255 or len(app) > 128 or len(media) > 128 or len(place) > 255:
+        for name, text in (("item", item), ("app", app), ("media", media), ("place", place)):
+            if len(text) > BEHAVIOR_TEXT_LIMITS[name]:
+                raise RowError(f"{name} longer than {BEHAVIOR_TEXT_LIMITS[name]} characters ({len(text):,})")
+    size = _stored_size(extra, "the other columns", "IMPORT_MAX_EXTRA_BYTES", limits.extra_bytes)
+    duration = get("duration_seconds")
+    row = BehaviorRow(
+        user_id,
+        action,
+        parse_timestamp(get("occurred_at"), tz, limits),
+        item,
+        app,
+        media,
+        place,
+        None if duration is None or duration == "" else parse_duration(duration, limits),
+        extra,
     )
+    return row, size
 
 
-def parse_profile(record: dict[str, Any], *, from_csv: bool) -> tuple[str, dict[str, Any]]:
+def parse_profile(
+    record: dict[str, Any], *, from_csv: bool, limits: Limits | None = None
+) -> tuple[str, dict[str, Any], int]:
+    """A profile's user id, its attributes, and the bytes they take as JSON (RowError: why the
+    record is bad)."""
+    limits = limits or Limits.from_settings()
     key = next((name for name in PROFILE_USER_ID if name in record), None)
     user_id = _text(record.get(key), "user_id") if key else ""
     if not user_id:
         raise RowError("missing user_id")
-    if len(user_id) > settings.USER_ID_MAX_CHARS:
-        raise RowError(f"user_id longer than {settings.USER_ID_MAX_CHARS} characters")
+    if len(user_id) > limits.user_id_chars:
+        raise RowError(f"user_id longer than {limits.user_id_chars} characters")
     attributes = {
         name: typed_cell(value) if from_csv and isinstance(value, str) else value
         for name, value in record.items()
         if name != key
     }
-    _stored_size(attributes, "the attributes", "IMPORT_MAX_ATTRIBUTES_BYTES")
-    return user_id, attributes
+    size = _stored_size(attributes, "the attributes", "IMPORT_MAX_ATTRIBUTES_BYTES", limits.attributes_bytes)
+    return user_id, attributes, size
 
 
 @dataclass(frozen=True)
@@ -540,10 +600,16 @@ class Importer:
         self.checkpoints = checkpoints
         self.summary = checkpoints.summary if checkpoints else ImportSummary()
         self.pending_bytes = 0  # of the values waiting in the batch, roughly
+        self.limits = Limits.from_settings()
 
     # What a kind says -------------------------------------------------------------------------
-    def add(self, record: dict[str, Any], *, from_csv: bool) -> None:
-        """Check one record and add it to the batch (RowError: it is bad)."""
+    def parse(self, record: dict[str, Any], *, from_csv: bool) -> Any:
+        """Check one record and make what `add` takes of it (RowError: it is bad). Runs on the
+        parsing thread: it may read the options and limits, and change nothing."""
+        raise NotImplementedError
+
+    def add(self, parsed: Any) -> None:
+        """Add a parsed record to the batch."""
         raise NotImplementedError
 
     def write(self) -> None:
@@ -587,10 +653,7 @@ class Importer:
         after_line = checkpoints.after_line if checkpoints else 0
         last_line = after_line  # the last line handled, recorded at each checkpoint
         flushed_at = time.monotonic()
-        checked_header = not from_csv
-        for line, record in records:
-            if line <= after_line:  # handled before the checkpoint this import resumes from
-                continue
+        for line, parsed in ahead(self._parsed(records, from_csv=from_csv, after_line=after_line)):
             if (
                 checkpoints
                 and last_line > after_line
@@ -600,21 +663,32 @@ class Importer:
                 flushed_at = time.monotonic()
             last_line = line
             summary.read += 1
-            if isinstance(record, RowError):
-                self._reject(line, str(record))
+            if isinstance(parsed, RowError):
+                self._reject(line, str(parsed))
                 continue
-            if not checked_header:
-                self.check_header(record, str(self.raw.name))
-                checked_header = True
-            try:
-                self.add(record, from_csv=from_csv)
-            except RowError as exc:
-                self._reject(line, str(exc))
-                continue
+            self.add(parsed)
             if self.batch_full() or self.pending_bytes > BATCH_MAX_BYTES:
                 self._flush(last_line)
                 flushed_at = time.monotonic()
         self._flush(last_line, final=True)
+
+    def _parsed(self, records, *, from_csv: bool, after_line: int) -> Iterator[tuple[int, Any]]:
+        """(line, what `parse` made of its record, or the RowError) for the lines after `after_line`
+        (those before were handled before the checkpoint this import resumes from). Runs on the
+        parsing thread (see ahead()): it touches nothing but the file."""
+        checked_header = not from_csv
+        for line, record in records:
+            if line <= after_line:
+                continue
+            if not isinstance(record, RowError):
+                if not checked_header:
+                    self.check_header(record, str(self.raw.name))
+                    checked_header = True
+                try:
+                    record = self.parse(record, from_csv=from_csv)
+                except RowError as exc:
+                    record = exc
+            yield line, record
 
     def _reject(self, line: int, reason: str) -> None:
         self.summary.rejected += 1
@@ -661,10 +735,13 @@ class BehaviorImporter(Importer):
                 f"{location}: no column for {', '.join(missing)} (found: {', '.join(first) or 'nothing'})"
             )
 
-    def add(self, record, *, from_csv):
-        row = parse_behavior(record, self.options.tz, from_csv=from_csv)
+    def parse(self, record, *, from_csv):
+        return parse_behavior(record, self.options.tz, from_csv=from_csv, limits=self.limits)
+
+    def add(self, parsed):
+        row, extra_bytes = parsed
         self.batch.append(row)
-        self.pending_bytes += 200 + len(row.item) + len(row.place) + len(orjson.dumps(row.extra))
+        self.pending_bytes += 200 + len(row.item) + len(row.place) + extra_bytes
 
     def batch_full(self) -> bool:
         return len(self.batch) >= self.options.batch_size
@@ -690,13 +767,16 @@ class ProfileImporter(Importer):
         if not any(name in first for name in PROFILE_USER_ID):
             raise ImportFileError(f"{location}: no user_id column (found: {', '.join(first)})")
 
-    def add(self, record, *, from_csv):
-        user_id, attributes = parse_profile(record, from_csv=from_csv)
+    def parse(self, record, *, from_csv):
+        return parse_profile(record, from_csv=from_csv, limits=self.limits)
+
+    def add(self, parsed):
+        user_id, attributes, size = parsed
         if user_id in self.batch:
             # The same user twice in a batch: the later row wins, like a later batch would.
             self.summary.duplicates += 1
         self.batch[user_id] = attributes
-        self.pending_bytes += 200 + len(orjson.dumps(attributes))
+        self.pending_bytes += 200 + size
 
     def batch_full(self) -> bool:
         return len(self.batch) >= self.options.batch_size
@@ -710,6 +790,64 @@ class ProfileImporter(Importer):
 
     def clear(self):
         self.batch.clear()
+
+
+AHEAD_CHUNK = 500  # parsed lines handed over at a time
+AHEAD_CHUNKS = 8  # at most this many chunks wait: memory stays bounded
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def ahead(items: Iterator) -> Iterator:
+    """The items of `items`, made on a thread of their own while the caller uses the ones before.
+
+    Parsing a line is Python and holds the interpreter's lock; writing a batch is mostly waiting
+    for the database, which releases it: so the next batch is parsed while the last one is
+    written, and an import takes about the longer of the two instead of their sum. An exception
+    on the thread is raised here, after the items made before it. When the caller stops early
+    (an error, a pause), the thread stops at its next chunk."""
+    handed: queue.Queue = queue.Queue(maxsize=AHEAD_CHUNKS)
+    stop = threading.Event()
+    done = object()
+
+    def hand(chunk) -> bool:
+        while not stop.is_set():
+            try:
+                handed.put(chunk, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def make() -> None:
+        chunk: list = []
+        try:
+            for item in items:
+                chunk.append(item)
+                if len(chunk) >= AHEAD_CHUNK:
+                    if not hand(chunk):
+                        return
+                    chunk = []
+        except BaseException as exc:  # raised again in the caller's thread
+            if hand(chunk):
+                hand(_Failed(exc))
+            return
+        if hand(chunk):
+            hand(done)
+
+    thread = threading.Thread(target=make, name="import-parse", daemon=True)
+    thread.start()
+    try:
+        while (chunk := handed.get()) is not done:
+            if isinstance(chunk, _Failed):
+                raise chunk.error
+            yield from chunk
+    finally:
+        stop.set()
+        thread.join()
 
 
 IMPORTERS: dict[str, type[Importer]] = {"behaviors": BehaviorImporter, "profiles": ProfileImporter}
