@@ -77,6 +77,7 @@ LOOSE_DATETIME = re.compile(
 # surrogates from JSON escapes: neither can be stored as UTF-8.
 UNDECODABLE = re.compile("[\udc80-\udcff]")
 SURROGATE = re.compile("[\ud800-\udfff]")
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # any of the three: one search for the common case
 BEHAVIOR_TEXT_LIMITS = {"item": 255, "app": 128, "media": 128, "place": 255}
 INT64 = range(-(2**63), 2**63)
 # Rows waiting for their batch may hold this many bytes of values at most: many rows near the
@@ -185,7 +186,7 @@ class BoundedLines:
         if not line:
             raise StopIteration
         self.number += 1
-        if len(line.rstrip("\r\n")) > self.limit:
+        if len(line) > self.limit and len(line.rstrip("\r\n")) > self.limit:
             while line and not line.endswith("\n"):  # skip the rest of this line
                 line = self._read()
             raise LineTooLong(f"line longer than {self.limit:,} characters (IMPORT_MAX_LINE_CHARS)")
@@ -227,7 +228,7 @@ def _read_csv(lines: BoundedLines, location: str) -> Iterator[tuple[int, dict[st
     names: list[str] | None = None
     start = 1
     while True:
-        lines.record_started()
+        lines.record_chars = 0  # a record starts (record_started(), inlined: once a line)
         try:
             row = next(reader)
         except StopIteration:
@@ -252,11 +253,13 @@ def _read_csv(lines: BoundedLines, location: str) -> Iterator[tuple[int, dict[st
         if len(row) > len(names):
             yield line, RowError(f"{len(row)} fields but the header has {len(names)}")
             continue
-        try:
-            _check_text("".join(row))  # one string: cells of a CSV row nest nothing
-        except RowError as exc:
-            yield line, exc
-            continue
+        text = "".join(row)  # one string: cells of a CSV row nest nothing
+        if UNSTORABLE.search(text):
+            try:
+                _check_text(text)
+            except RowError as exc:
+                yield line, exc
+                continue
         yield line, dict(zip(names, row, strict=False))  # short rows: trailing cells empty
 
 
@@ -482,23 +485,43 @@ def _stored_size(value: dict[str, Any], what: str, limit_name: str, limit: int) 
     return size
 
 
+Plan = tuple[tuple[tuple[str, str], ...], tuple[str, ...]]
+
+
+def behavior_plan(record: dict[str, Any]) -> Plan:
+    """Which of a record's keys fill which fields ((field, key) pairs), and which go to `extra`:
+    the first column a layout names for a field fills it, the others are kept as they are."""
+    targets: dict[str, str] = {}
+    others = []
+    for key in record:
+        target = BEHAVIOR_ALIASES.get(key)
+        if target is None or target in targets:
+            others.append(key)
+        else:
+            targets[target] = key
+    return tuple(targets.items()), tuple(others)
+
+
 def parse_behavior(
-    record: dict[str, Any], tz: tzinfo, *, from_csv: bool, limits: Limits | None = None
+    record: dict[str, Any],
+    tz: tzinfo,
+    *,
+    from_csv: bool,
+    limits: Limits | None = None,
+    plan: Plan | None = None,
 ) -> tuple[BehaviorRow, int]:
     """The behaviour a record holds, and the bytes its other columns take as JSON (RowError: why
     it is bad). Columns the layouts name fill the fields (a second column for one field, like the
-    rest, goes to `extra`); cells read from CSV are typed (numbers, comma lists)."""
+    rest, goes to `extra`); cells read from CSV are typed (numbers, comma lists). `plan`: the
+    record's behavior_plan(), when the caller knows it (every row of a CSV file has the same)."""
     limits = limits or Limits.from_settings()
-    fields: dict[str, Any] = {}
+    targets, others = plan or behavior_plan(record)
+    fields = {target: record[key] for target, key in targets}
     extra: dict[str, Any] = {}
-    aliases = BEHAVIOR_ALIASES
-    for key, value in record.items():
-        target = aliases.get(key)
-        if target is None or target in fields:
-            if value is not None and value != "":
-                extra[key] = typed_cell(value) if from_csv and type(value) is str else value
-        else:
-            fields[target] = value
+    for key in others:
+        value = record[key]
+        if value is not None and value != "":
+            extra[key] = typed_cell(value) if from_csv and type(value) is str else value
     get = fields.get
     user_id = _text(get("user_id"), "user_id")
     if not user_id:
@@ -726,6 +749,7 @@ class BehaviorImporter(Importer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch: list[BehaviorRow] = []
+        self.plans: dict[int, Plan] = {}  # of CSV records, by their number of keys
 
     def check_header(self, first, location):
         present = {BEHAVIOR_ALIASES[name] for name in first if name in BEHAVIOR_ALIASES}
@@ -736,7 +760,10 @@ class BehaviorImporter(Importer):
             )
 
     def parse(self, record, *, from_csv):
-        return parse_behavior(record, self.options.tz, from_csv=from_csv, limits=self.limits)
+        plan = None
+        if from_csv:  # a CSV record's keys are the header's first names: its length tells which
+            plan = self.plans.get(len(record)) or self.plans.setdefault(len(record), behavior_plan(record))
+        return parse_behavior(record, self.options.tz, from_csv=from_csv, limits=self.limits, plan=plan)
 
     def add(self, parsed):
         row, extra_bytes = parsed
