@@ -10,115 +10,60 @@ Files are also hostile: a line of gigabytes (a gzip bomb), JSON nested a hundred
 thousand deep, numbers beyond 64 bits or out of range, invalid UTF-8, NUL
 characters, a truncated .gz. None of them stops an import or grows memory: each
 is a row error, measured against the IMPORT_* limits in the settings.
+
+The work is split by role: extraction/import_lines.py reads the file's lines and records,
+extraction/import_cells.py checks and types each row, and this module batches the rows, writes
+them with their checkpoints, and parses the next rows on a thread of its own meanwhile (ahead()).
 """
 
-import csv
 import gzip
 import io
-import json
-import math
 import queue
-import re
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Literal
 
-import orjson
-from django.conf import settings
 from django.db import transaction
 
+from .import_cells import (
+    BEHAVIOR_ALIASES,
+    PROFILE_USER_ID,
+    REQUIRED_BEHAVIOR_FIELDS,
+    ImportFileError,
+    Limits,
+    Plan,
+    RowError,
+    behavior_plan,
+    parse_behavior,
+    parse_profile,
+)
+from .import_lines import Format, detect_format, read_records
 from .services import BehaviorRow, behaviors_insert, profiles_upsert
 
-Kind = Literal["behaviors", "profiles"]
-Format = Literal["csv", "jsonl"]
+__all__ = [
+    "Checkpoints",
+    "ImportFileError",
+    "ImportOptions",
+    "ImportPaused",
+    "ImportSummary",
+    "detect_format",
+    "error_line",
+    "import_file",
+]
 
-# Source column name -> behaviour field, for both layouts in use (and obvious variants).
-BEHAVIOR_ALIASES = {
-    "user_id": "user_id",
-    "uid": "user_id",
-    "userid": "user_id",
-    "user": "user_id",
-    "action": "action",
-    "behavior": "action",
-    "behaviour": "action",
-    "event": "action",
-    "timestamp": "occurred_at",
-    "event_time": "occurred_at",
-    "time": "occurred_at",
-    "occurred_at": "occurred_at",
-    "datetime": "occurred_at",
-    "item_id": "item",
-    "item": "item",
-    "app_id": "app",
-    "app": "app",
-    "media_id": "media",
-    "media": "media",
-    "poi_id": "place",
-    "poi": "place",
-    "place": "place",
-    "duration": "duration_seconds",
-    "duration_seconds": "duration_seconds",
-}
-PROFILE_USER_ID = ("user_id", "uid", "userid", "user")
-REQUIRED_BEHAVIOR_FIELDS = ("user_id", "action", "occurred_at")
-LIST_SEPARATORS = re.compile(r"[,，]")
-INTEGER = re.compile(r"[+-]?\d+")
-DECIMAL = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
-LOOSE_DATETIME = re.compile(
-    r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[ T](\d{1,2}):(\d{1,2})(?::(\d{1,2})(\.\d+)?)?)?"
-)
-# Bytes that were not valid in the file's encoding (decoded with surrogateescape), and unpaired
-# surrogates from JSON escapes: neither can be stored as UTF-8.
-UNDECODABLE = re.compile("[\udc80-\udcff]")
-SURROGATE = re.compile("[\ud800-\udfff]")
-UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # any of the three: one search for the common case
-BEHAVIOR_TEXT_LIMITS = {"item": 255, "app": 128, "media": 128, "place": 255}
-INT64 = range(-(2**63), 2**63)
+Kind = Literal["behaviors", "profiles"]
 # Rows waiting for their batch may hold this many bytes of values at most: many rows near the
 # per-row limits are written sooner than batch_size would.
 BATCH_MAX_BYTES = 8_000_000
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The IMPORT_* limits a row is checked against, read from the settings once per import (not
-    once per cell: a settings lookup costs about as much as checking a cell)."""
-
-    user_id_chars: int
-    earliest_year: int
-    latest_year: int
-    max_duration: int
-    extra_bytes: int
-    attributes_bytes: int
-
-    @classmethod
-    def from_settings(cls) -> "Limits":
-        return cls(
-            user_id_chars=settings.USER_ID_MAX_CHARS,
-            earliest_year=settings.IMPORT_EARLIEST_YEAR,
-            latest_year=settings.IMPORT_LATEST_YEAR,
-            max_duration=settings.IMPORT_MAX_DURATION_SECONDS,
-            extra_bytes=settings.IMPORT_MAX_EXTRA_BYTES,
-            attributes_bytes=settings.IMPORT_MAX_ATTRIBUTES_BYTES,
-        )
-
-
-class ImportFileError(Exception):
-    """The file as a whole cannot be imported (unreadable, missing columns)."""
-
-
 class ImportPaused(Exception):
     """`on_batch` asked to stop; everything up to the last checkpoint is written and recorded."""
-
-
-class RowError(ValueError):
-    """One row is bad; the message says why."""
 
 
 @dataclass
@@ -142,436 +87,6 @@ class ImportSummary:
 def error_line(location: str, line: int, reason: str) -> str:
     """A rejected row as reported: `file:line: reason`."""
     return f"{location}:{line}: {reason}"
-
-
-def detect_format(path: Path) -> Format:
-    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
-    if suffixes and suffixes[-1] == ".csv":
-        return "csv"
-    if suffixes and suffixes[-1] in (".jsonl", ".ndjson", ".json"):
-        return "jsonl"
-    raise ImportFileError(f"{path}: cannot tell the format from the name; pass --format csv or jsonl")
-
-
-class LineTooLong(Exception):
-    """A physical line longer than IMPORT_MAX_LINE_CHARS; it was skipped to its end."""
-
-
-class FileCutShort(Exception):
-    """The compressed stream is truncated or damaged: nothing after this point can be read."""
-
-
-class BoundedLines:
-    """The lines of a text stream, none longer than `limit` characters in memory.
-
-    A longer line (a gzip bomb decompresses to one) is read on in pieces and dropped, and
-    LineTooLong is raised in its place; iteration goes on with the next line (this is an object,
-    not a generator, so that csv.reader can keep pulling after an exception). A record spanning
-    lines (a quoted CSV field with line breaks, or one that never closes) is held to the same
-    limit: the reader calls `record_started()` at each record. `number` is the count of physical
-    lines consumed.
-    """
-
-    def __init__(self, stream: io.TextIOBase, limit: int):
-        self.stream, self.limit, self.number, self.record_chars = stream, limit, 0, 0
-
-    def __iter__(self) -> "BoundedLines":
-        return self
-
-    def record_started(self) -> None:
-        self.record_chars = 0
-
-    def __next__(self) -> str:
-        line = self._read()
-        if not line:
-            raise StopIteration
-        self.number += 1
-        if len(line) > self.limit and len(line.rstrip("\r\n")) > self.limit:
-            while line and not line.endswith("\n"):  # skip the rest of this line
-                line = self._read()
-            raise LineTooLong(f"line longer than {self.limit:,} characters (IMPORT_MAX_LINE_CHARS)")
-        self.record_chars += len(line)
-        if self.record_chars > self.limit:
-            self.record_chars = 0
-            raise LineTooLong(
-                f"a record longer than {self.limit:,} characters (IMPORT_MAX_LINE_CHARS) from this line on; "
-                f"a quote that never closes?"
-            )
-        return line
-
-    def _read(self) -> str:
-        try:
-            return self.stream.readline(self.limit + 2)  # room for the line break
-        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            raise FileCutShort(
-                f"the compressed file is truncated or damaged ({exc}); nothing after this line could be read"
-            ) from None
-
-
-def read_records(
-    stream: io.TextIOBase, fmt: Format, *, location: str = ""
-) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    """Yield (line number, record or RowError). Header names are stripped and lower-cased.
-
-    The stream must decode with errors="surrogateescape": a line with bytes invalid in the
-    encoding is then one row error, not the end of the import.
-    """
-    lines = BoundedLines(stream, settings.IMPORT_MAX_LINE_CHARS)
-    if fmt == "csv":
-        yield from _read_csv(lines, location)
-    else:
-        yield from _read_jsonl(lines)
-
-
-def _read_csv(lines: BoundedLines, location: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    reader = csv.reader(lines)
-    names: list[str] | None = None
-    start = 1
-    while True:
-        lines.record_chars = 0  # a record starts (record_started(), inlined: once a line)
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except (LineTooLong, csv.Error) as exc:
-            yield start, RowError(str(exc))  # the record that began there is dropped
-            start = lines.number + 1
-            continue
-        except FileCutShort as exc:
-            yield lines.number + 1, RowError(str(exc))
-            return
-        line, start = start, lines.number + 1
-        if names is None:  # the header
-            if UNDECODABLE.search("".join(row)):
-                raise ImportFileError(
-                    f"{location}: the header is not valid UTF-8; save the file as UTF-8 or pass --encoding"
-                )
-            names = [name.strip().lower() for name in row]
-            continue
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue
-        if len(row) > len(names):
-            yield line, RowError(f"{len(row)} fields but the header has {len(names)}")
-            continue
-        text = "".join(row)  # one string: cells of a CSV row nest nothing
-        if UNSTORABLE.search(text):
-            try:
-                _check_text(text)
-            except RowError as exc:
-                yield line, exc
-                continue
-        yield line, dict(zip(names, row, strict=False))  # short rows: trailing cells empty
-
-
-def _read_jsonl(lines: BoundedLines) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    while True:
-        lines.record_started()
-        try:
-            text = next(lines)
-        except StopIteration:
-            return
-        except LineTooLong as exc:
-            yield lines.number, RowError(str(exc))
-            continue
-        except FileCutShort as exc:
-            yield lines.number + 1, RowError(str(exc))
-            return
-        if not text.strip():
-            continue
-        try:
-            record = _json_record(text)
-        except RowError as exc:
-            yield lines.number, exc
-            continue
-        yield lines.number, {str(key).strip().lower(): value for key, value in record.items()}
-
-
-def _json_record(text: str) -> dict[str, Any]:
-    """One JSON Lines object, refused when it would not survive storage: invalid text, numbers
-    beyond 64 bits or out of range, NaN and Infinity, nesting deeper than IMPORT_MAX_JSON_DEPTH."""
-    if UNDECODABLE.search(text):
-        raise RowError(_undecodable())
-    try:
-        record = json.loads(text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
-    except RowError:
-        raise
-    except RecursionError:
-        raise RowError(f"JSON nested deeper than {settings.IMPORT_MAX_JSON_DEPTH} levels") from None
-    except ValueError as exc:
-        raise RowError(f"invalid JSON ({getattr(exc, 'msg', exc)})") from None
-    if not isinstance(record, dict):
-        raise RowError("a line must hold a JSON object")
-    _check_text(record)
-    return record
-
-
-def _json_int(text: str) -> int:
-    if len(text.lstrip("-")) > 19 or int(text) not in INT64:
-        raise RowError(f"the number {_shown(text)} does not fit in 64 bits")
-    return int(text)
-
-
-def _json_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise RowError(f"the number {_shown(text)} is out of range")
-    return number
-
-
-def _json_constant(name: str) -> float:
-    raise RowError(f"{name} is not a number JSON allows")
-
-
-def _check_text(value: Any, depth: int = 0) -> None:
-    """Refuse what PostgreSQL (and any UTF-8 reader) cannot store, and nesting past the limit."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise RowError("a NUL character (\\0) in the text")
-        if UNDECODABLE.search(value):
-            raise RowError(_undecodable())
-        if SURROGATE.search(value):
-            raise RowError("an unpaired surrogate (\\ud800–\\udfff) in the text")
-        return
-    if depth >= settings.IMPORT_MAX_JSON_DEPTH and isinstance(value, dict | list):
-        raise RowError(f"JSON nested deeper than {settings.IMPORT_MAX_JSON_DEPTH} levels")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(key, depth + 1)
-            _check_text(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_text(item, depth + 1)
-
-
-def _undecodable() -> str:
-    return "bytes that are not valid text in the file's encoding (save it as UTF-8, or pass --encoding)"
-
-
-def _shown(value: Any, limit: int = 40) -> str:
-    """A value quoted in an error message, cut short: a hostile cell may be megabytes."""
-    text = str(value)
-    return repr(text if len(text) <= limit else text[:limit] + "…")
-
-
-def parse_timestamp(value: Any, tz: tzinfo, limits: Limits | None = None) -> datetime:
-    """ISO 8601 (with '-' or '/'), or Unix seconds / milliseconds; naive times are in `tz`.
-
-    Years outside IMPORT_EARLIEST_YEAR…IMPORT_LATEST_YEAR are refused: no behaviour happened
-    then, and year 1 or 9999 overflows when converted to UTC.
-    """
-    limits = limits or Limits.from_settings()
-    if type(value) is str:  # nearly always: CSV cells, and JSON's usual timestamps
-        text = value.strip()
-        if not text:
-            raise RowError("missing timestamp")
-        if DECIMAL.fullmatch(text) and len(text.lstrip("+-").split(".")[0]) >= 9:
-            moment = _from_epoch(float(text))
-        else:
-            try:
-                moment = datetime.fromisoformat(text.replace("/", "-"))
-            except ValueError:
-                moment = _loose_datetime(text, tz)
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=tz)
-    elif isinstance(value, bool | dict | list):
-        raise RowError(f"unparseable timestamp {_shown(value)}")
-    elif isinstance(value, int | float):
-        moment = _from_epoch(value)
-    else:
-        text = str(value).strip() if value is not None else ""
-        if not text:
-            raise RowError("missing timestamp")
-        if DECIMAL.fullmatch(text) and len(text.lstrip("+-").split(".")[0]) >= 9:
-            moment = _from_epoch(float(text))
-        else:
-            try:
-                moment = datetime.fromisoformat(text.replace("/", "-"))
-            except ValueError:
-                moment = _loose_datetime(text, tz)
-            moment = moment if moment.tzinfo else moment.replace(tzinfo=tz)
-    if not limits.earliest_year <= moment.year <= limits.latest_year:
-        raise RowError(
-            f"timestamp {_shown(value)} is outside the years {limits.earliest_year}–"
-            f"{limits.latest_year} (IMPORT_EARLIEST_YEAR, IMPORT_LATEST_YEAR)"
-        )
-    return moment
-
-
-def _loose_datetime(text: str, tz: tzinfo) -> datetime:
-    """Spreadsheet-style times without zero padding, such as 2024/5/1 9:05."""
-    match = LOOSE_DATETIME.fullmatch(text)
-    if not match:
-        raise RowError(f"unparseable timestamp {_shown(text)}")
-    year, month, day, hour, minute, second, fraction = match.groups()
-    try:
-        return datetime(
-            int(year),
-            int(month),
-            int(day),
-            int(hour or 0),
-            int(minute or 0),
-            int(second or 0),
-            int(float(fraction or 0) * 1_000_000),
-            tzinfo=tz,
-        )
-    except ValueError:
-        raise RowError(f"unparseable timestamp {_shown(text)}") from None
-
-
-def _from_epoch(number: float) -> datetime:
-    try:
-        if number > 1e11:  # milliseconds: 1e11 seconds is the year 5138
-            number /= 1000
-        return datetime.fromtimestamp(number, tz=UTC)
-    except (OverflowError, OSError, ValueError):
-        raise RowError(f"timestamp {_shown(number)} is out of range") from None
-
-
-def parse_duration(value: Any, limits: Limits | None = None) -> float | None:
-    limits = limits or Limits.from_settings()
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, bool):
-        raise RowError(f"non-numeric duration {_shown(value)}")
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise RowError(f"non-numeric duration {_shown(value)}") from None
-    if not 0 <= seconds <= limits.max_duration:
-        raise RowError(
-            f"duration must be from 0 to {limits.max_duration:,} seconds "
-            f"(IMPORT_MAX_DURATION_SECONDS), got {_shown(value)}"
-        )
-    return seconds
-
-
-def typed_cell(text: str) -> Any:
-    """A spreadsheet cell as a JSON value: numbers as numbers, comma lists as lists."""
-    text = text.strip()
-    if not text:
-        return None
-    if INTEGER.fullmatch(text):
-        digits = text.lstrip("+-")
-        # A leading zero marks an identifier (phone, zip code), not a number; so do more digits
-        # than 64 bits hold (an IMEI, a card number).
-        if (len(digits) > 1 and digits.startswith("0")) or len(digits) > 18:
-            return text
-        return int(text)
-    if DECIMAL.fullmatch(text):
-        number = float(text)
-        return number if math.isfinite(number) else text
-    if LIST_SEPARATORS.search(text):
-        return [typed_cell(part) for part in LIST_SEPARATORS.split(text) if part.strip()]
-    return text
-
-
-def _text(value: Any, name: str = "value") -> str:
-    if type(value) is str:
-        return value.strip()
-    if value is None:
-        return ""
-    if isinstance(value, dict | list):
-        raise RowError(f"{name} must be text or a number, not a JSON {type(value).__name__}")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip()
-
-
-def _stored_size(value: dict[str, Any], what: str, limit_name: str, limit: int) -> int:
-    """The bytes `value` takes as stored JSON; RowError past `limit` (the setting `limit_name`)."""
-    size = len(orjson.dumps(value)) if value else 2
-    if size > limit:
-        raise RowError(f"{what} take {size:,} bytes as JSON, over {limit:,} ({limit_name})")
-    return size
-
-
-Plan = tuple[tuple[tuple[str, str], ...], tuple[str, ...]]
-
-
-def behavior_plan(record: dict[str, Any]) -> Plan:
-    """Which of a record's keys fill which fields ((field, key) pairs), and which go to `extra`:
-    the first column a layout names for a field fills it, the others are kept as they are."""
-    targets: dict[str, str] = {}
-    others = []
-    for key in record:
-        target = BEHAVIOR_ALIASES.get(key)
-        if target is None or target in targets:
-            others.append(key)
-        else:
-            targets[target] = key
-    return tuple(targets.items()), tuple(others)
-
-
-def parse_behavior(
-    record: dict[str, Any],
-    tz: tzinfo,
-    *,
-    from_csv: bool,
-    limits: Limits | None = None,
-    plan: Plan | None = None,
-) -> tuple[BehaviorRow, int]:
-    """The behaviour a record holds, and the bytes its other columns take as JSON (RowError: why
-    it is bad). Columns the layouts name fill the fields (a second column for one field, like the
-    rest, goes to `extra`); cells read from CSV are typed (numbers, comma lists). `plan`: the
-    record's behavior_plan(), when the caller knows it (every row of a CSV file has the same)."""
-    limits = limits or Limits.from_settings()
-    targets, others = plan or behavior_plan(record)
-    fields = {target: record[key] for target, key in targets}
-    extra: dict[str, Any] = {}
-    for key in others:
-        value = record[key]
-        if value is not None and value != "":
-            extra[key] = typed_cell(value) if from_csv and type(value) is str else value
-    get = fields.get
-    user_id = _text(get("user_id"), "user_id")
-    if not user_id:
-        raise RowError("missing user_id")
-    action = _text(get("action"), "action")
-    if not action:
-        raise RowError("missing action")
-    if len(user_id) > limits.user_id_chars or len(action) > 64:
-        raise RowError(f"user_id longer than {limits.user_id_chars} or action longer than 64 characters")
-    item, app = _text(get("item"), "item"), _text(get("app"), "app")
-    media, place = _text(get("media"), "media"), _text(get("place"), "place")
-    if len(item) > 255 or len(app) > 128 or len(media) > 128 or len(place) > 255:
-        for name, text in (("item", item), ("app", app), ("media", media), ("place", place)):
-            if len(text) > BEHAVIOR_TEXT_LIMITS[name]:
-                raise RowError(f"{name} longer than {BEHAVIOR_TEXT_LIMITS[name]} characters ({len(text):,})")
-    size = _stored_size(extra, "the other columns", "IMPORT_MAX_EXTRA_BYTES", limits.extra_bytes)
-    duration = get("duration_seconds")
-    row = BehaviorRow(
-        user_id,
-        action,
-        parse_timestamp(get("occurred_at"), tz, limits),
-        item,
-        app,
-        media,
-        place,
-        None if duration is None or duration == "" else parse_duration(duration, limits),
-        extra,
-    )
-    return row, size
-
-
-def parse_profile(
-    record: dict[str, Any], *, from_csv: bool, limits: Limits | None = None
-) -> tuple[str, dict[str, Any], int]:
-    """A profile's user id, its attributes, and the bytes they take as JSON (RowError: why the
-    record is bad)."""
-    limits = limits or Limits.from_settings()
-    key = next((name for name in PROFILE_USER_ID if name in record), None)
-    user_id = _text(record.get(key), "user_id") if key else ""
-    if not user_id:
-        raise RowError("missing user_id")
-    if len(user_id) > limits.user_id_chars:
-        raise RowError(f"user_id longer than {limits.user_id_chars} characters")
-    attributes = {
-        name: typed_cell(value) if from_csv and isinstance(value, str) else value
-        for name, value in record.items()
-        if name != key
-    }
-    size = _stored_size(attributes, "the attributes", "IMPORT_MAX_ATTRIBUTES_BYTES", limits.attributes_bytes)
-    return user_id, attributes, size
 
 
 @dataclass(frozen=True)
