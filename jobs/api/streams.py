@@ -26,6 +26,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from asgiref.sync import SyncToAsync, sync_to_async
@@ -57,7 +58,9 @@ class Snapshot:
     progress: dict[str, Any]
     finished: bool
 
+    @cached_property
     def progress_event(self) -> str:
+        """The event every stream of the job sends: made once per snapshot, not once per stream."""
         return f"id: {self.tag}\nevent: progress\ndata: {json.dumps(self.progress)}\n\n"
 
     def end_event(self) -> str:
@@ -118,7 +121,7 @@ class ProgressStream:
             if snapshot is None:  # the job was deleted
                 return
             if snapshot.tag != last_tag:
-                yield snapshot.progress_event()
+                yield snapshot.progress_event
                 last_tag, last_sent = snapshot.tag, time.monotonic()
             elif time.monotonic() - last_sent > STREAM_KEEPALIVE_SECONDS:
                 yield ": keep-alive\n\n"
@@ -142,7 +145,7 @@ class ProgressStream:
                     return
                 if snapshot is not None:
                     if snapshot.tag != last_tag:
-                        yield snapshot.progress_event()
+                        yield snapshot.progress_event
                         last_tag, last_sent = snapshot.tag, time.monotonic()
                     if snapshot.finished:
                         yield snapshot.end_event()
