@@ -8,9 +8,10 @@ small query a poll per process, not 200 threads and 200 database connections. Th
 while nothing changed: job_progress_state() and its tag; the full job_progress() runs only on a
 change (jobs.progress).
 
-The same feeds answer conditional polls of /progress/ (feed_fresh_tag): a poll keeps its job's
-feed reading for POLLED_FEED_SECONDS, and a client whose copy matches what the feed read at most
-API_STREAM_POLL_SECONDS ago gets its 304 without a query. So 50 clients polling one job cost one
+The same feeds answer polls of /progress/ (feed_fresh): a poll keeps its job's feed reading for
+POLLED_FEED_SECONDS, and a client whose copy matches what the feed read at most
+API_STREAM_POLL_SECONDS ago gets its 304 without a query (or the feed's body, when that was made
+as recently: while a job runs, its progress changes at every commit). So 50 clients polling one job cost one
 small query a poll interval per process too, and a change is answered 200 within that interval.
 
 Under WSGI (`manage.py runserver`, the test client, `gunicorn eventproject.wsgi`) each stream
@@ -53,12 +54,14 @@ READ_EARLY = 0.8  # a feed's reads start every 0.8 API_STREAM_POLL_SECONDS
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A job's progress at one read: its tag (the event id), the serialized progress, and whether
-    the job had finished."""
+    """A job's progress at one read: its tag (the event id), the serialized progress, whether the
+    job had finished, and when the read that made it began (time.monotonic(): the progress holds
+    every change committed before, and its clock-derived figures are no older)."""
 
     tag: str
     progress: dict[str, Any]
     finished: bool
+    made_at: float = 0.0
 
     @cached_property
     def progress_event(self) -> str:
@@ -76,6 +79,7 @@ def snapshot_read(job_id: int, previous: Snapshot | None) -> Snapshot | None:
 
     The snapshot's tag is the full progress's own, so a tag never names an older body than its own.
     """
+    began = time.monotonic()
     found = job_progress_state(job_id)
     if found is None:
         return None
@@ -83,7 +87,7 @@ def snapshot_read(job_id: int, previous: Snapshot | None) -> Snapshot | None:
     if previous is not None and state.tag() == previous.tag:
         return previous
     progress = job_progress(job, state=state)
-    return Snapshot(progress.tag(), Progress(progress).data, job.status in Job.FINISHED)
+    return Snapshot(progress.tag(), Progress(progress).data, job.status in Job.FINISHED, began)
 
 
 class ProgressStream:
@@ -259,14 +263,16 @@ def _feed_poll(job_id: int) -> None:
     _feed_running(job_id).polled_until = time.monotonic() + POLLED_FEED_SECONDS
 
 
-def feed_fresh_tag(job_id: int) -> str | None:
-    """From a request's synchronous thread under ASGI: the tag of the job's progress as this
-    process's feed read it at most API_STREAM_POLL_SECONDS ago, keeping that feed reading for
-    POLLED_FEED_SECONDS more (it is started if none runs). None when there is no such read (no feed
-    yet, a read failed or lags, the job is gone, or not under ASGI): the caller reads the database.
+def feed_fresh(job_id: int) -> Snapshot | None:
+    """From a request's synchronous thread under ASGI: the job's progress as this process's feed
+    last read it, if that read began at most API_STREAM_POLL_SECONDS ago, keeping the feed reading
+    for POLLED_FEED_SECONDS more (it is started if none runs). None when there is no such read (no
+    feed yet, a read failed or lags, the job is gone, or not under ASGI): the caller reads the
+    database.
 
-    A change committed API_STREAM_POLL_SECONDS before the call is always in the read whose tag this
-    returns, since that read began after it."""
+    The snapshot's tag is current as of that read: a change committed API_STREAM_POLL_SECONDS
+    before the call is in it. Its body may be older (a snapshot lives while its tag holds): see
+    Snapshot.made_at."""
     loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
     if loop is None or loop.is_closed():
         return None
@@ -278,7 +284,7 @@ def feed_fresh_tag(job_id: int) -> str | None:
     latest = feed.latest if feed is not None else None
     if latest is None or time.monotonic() - latest[0] > settings.API_STREAM_POLL_SECONDS:
         return None
-    return latest[1].tag
+    return latest[1]
 
 
 def feed_leave(feed: Feed) -> None:

@@ -1,6 +1,7 @@
 """Jobs over HTTP. Views stay thin: validate the input, call a service or selector, render."""
 
 import json
+import time
 
 from django.conf import settings
 from django.http import Http404, HttpResponseNotModified, StreamingHttpResponse
@@ -43,7 +44,7 @@ from .serializers import (
     JobSummary,
     Progress,
 )
-from .streams import STREAM_END_ID, STREAM_RETRY_MILLISECONDS, ProgressStream, feed_fresh_tag
+from .streams import STREAM_END_ID, STREAM_RETRY_MILLISECONDS, ProgressStream, feed_fresh
 
 WRITE_ERRORS = {
     **ERRORS,
@@ -159,15 +160,19 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
 class JobProgressView(JobsBase, APIView):
     """A client whose copy is current gets 304 from what this process's feed of the job read at
     most API_STREAM_POLL_SECONDS ago (under ASGI: no query; jobs/api/streams.py), else from one
-    small query (job_progress_state); the full progress, with its rates and top errors, is read
-    only when something it shows changed."""
+    small query (job_progress_state). A changed progress is the feed's when its body was read that
+    recently too (a running job's, which changes at every commit), else read in full: rates and
+    top errors are read only when something the progress shows changed."""
 
     def get(self, request: Request, pk: int) -> Response:
         if_none_match = request.headers.get("If-None-Match", "")
-        if if_none_match and asgi_served(request):
-            tag = feed_fresh_tag(pk)
-            if tag is not None and etag_matches(if_none_match, progress_etag(tag)):
-                return not_modified(progress_etag(tag))
+        if asgi_served(request) and (snapshot := feed_fresh(pk)) is not None:
+            etag = progress_etag(snapshot.tag)
+            if etag_matches(if_none_match, etag):
+                return not_modified(etag)
+            if time.monotonic() - snapshot.made_at <= settings.API_STREAM_POLL_SECONDS:
+                # Its body too was read that recently: as fresh as a poll's own read, but shared.
+                return Response(snapshot.progress, headers={"ETag": etag, "Cache-Control": "no-cache"})
         found = job_progress_state(pk)
         if found is None:
             raise Http404
