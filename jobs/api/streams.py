@@ -48,7 +48,9 @@ STREAM_KEEPALIVE_SECONDS = 15
 STREAM_RETRY_MILLISECONDS = 2000  # how soon EventSource reconnects after a stream closed
 STREAM_END_ID = "end"
 TIME_UP = ": the stream's time is up; reconnect with Last-Event-ID\n\n"
-POLLED_FEED_SECONDS = 10  # a feed polls started (or kept) reads on this long after the last poll
+# A feed polls started (or kept) reads on this long after the last poll: enough for a client polling
+# every few seconds, and a poll never costs more than about 6 reads of a job nobody polls again.
+POLLED_FEED_SECONDS = 5
 READ_EARLY = 0.8  # a feed's reads start every 0.8 API_STREAM_POLL_SECONDS
 
 
@@ -263,12 +265,12 @@ def _feed_poll(job_id: int) -> None:
     _feed_running(job_id).polled_until = time.monotonic() + POLLED_FEED_SECONDS
 
 
-def feed_fresh(job_id: int) -> Snapshot | None:
+def feed_fresh(job_id: int, *, start: bool) -> Snapshot | None:
     """From a request's synchronous thread under ASGI: the job's progress as this process's feed
     last read it, if that read began at most API_STREAM_POLL_SECONDS ago, keeping the feed reading
-    for POLLED_FEED_SECONDS more (it is started if none runs). None when there is no such read (no
-    feed yet, a read failed or lags, the job is gone, or not under ASGI): the caller reads the
-    database.
+    for POLLED_FEED_SECONDS more (`start`: it is started if none runs; a client that polls sends
+    its ETag back, a one-off read starts nothing). None when there is no such read (no feed yet, a
+    read failed or lags, the job is gone, or not under ASGI): the caller reads the database.
 
     The snapshot's tag is current as of that read: a change committed API_STREAM_POLL_SECONDS
     before the call is in it. Its body may be older (a snapshot lives while its tag holds): see
@@ -277,10 +279,10 @@ def feed_fresh(job_id: int) -> Snapshot | None:
     if loop is None or loop.is_closed():
         return None
     feed = _FEEDS.get(loop, {}).get(job_id)
-    if feed is None or not feed.polled():
-        loop.call_soon_threadsafe(_feed_poll, job_id)
-    else:
+    if feed is not None and feed.polled():
         feed.polled_until = time.monotonic() + POLLED_FEED_SECONDS
+    elif feed is not None or start:
+        loop.call_soon_threadsafe(_feed_poll, job_id)
     latest = feed.latest if feed is not None else None
     if latest is None or time.monotonic() - latest[0] > settings.API_STREAM_POLL_SECONDS:
         return None

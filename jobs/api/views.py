@@ -166,7 +166,7 @@ class JobProgressView(JobsBase, APIView):
 
     def get(self, request: Request, pk: int) -> Response:
         if_none_match = request.headers.get("If-None-Match", "")
-        if asgi_served(request) and (snapshot := feed_fresh(pk)) is not None:
+        if asgi_served(request) and (snapshot := feed_fresh(pk, start=bool(if_none_match))) is not None:
             etag = progress_etag(snapshot.tag)
             if etag_matches(if_none_match, etag):
                 return not_modified(etag)
