@@ -334,8 +334,11 @@ class ProfileImporter(Importer):
         self.batch.clear()
 
 
-AHEAD_CHUNK = 500  # parsed lines handed over at a time
-AHEAD_CHUNKS = 8  # at most this many chunks wait: memory stays bounded
+# Parsed lines are handed over AHEAD_CHUNK at a time, at most AHEAD_CHUNKS chunks waiting: a parsed
+# row holds at most about 16 kB (IMPORT_MAX_ATTRIBUTES_BYTES; a behaviour's other columns 8 kB), so
+# what waits stays within 16 MB whatever the file, beside the batch's BATCH_MAX_BYTES.
+AHEAD_CHUNK = 250
+AHEAD_CHUNKS = 4
 
 
 class _Failed:
