@@ -408,8 +408,9 @@ for entry in env_list("EXTRACTION_EXTRA_EXTRACTORS"):
 # from the environment by the client itself and never stored.
 OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL") or None
 if OPENAI_BASE_URL:
-    from urllib.parse import urlsplit
+    from urllib.parse import SplitResult, urlsplit
 
+    _parts: SplitResult | None
     try:
         _parts = urlsplit(OPENAI_BASE_URL)
         _parts.port  # noqa: B018 (raises ValueError on a bad port)
