@@ -14,6 +14,7 @@ import time
 import uuid
 from contextlib import nullcontext
 from pathlib import Path
+from typing import cast
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -26,10 +27,12 @@ from eventproject.leases import LeaseKeeper
 
 from .importers import (
     Checkpoints,
+    Format,
     ImportFileError,
     ImportOptions,
     ImportPaused,
     ImportSummary,
+    Kind,
     detect_format,
     error_line,
     import_file,
@@ -151,7 +154,7 @@ def import_run(import_id: int) -> None:
 
     try:
         options = ImportOptions(
-            fmt=data_import.file_format,
+            fmt=cast(Format, data_import.file_format),  # the field's choices
             encoding=data_import.encoding,
             tz=ZoneInfo(data_import.timezone),
             batch_size=settings.IMPORTS_BATCH_ROWS,
@@ -159,7 +162,7 @@ def import_run(import_id: int) -> None:
         )
         resume = Checkpoints(checkpoint, summary=_summary_of(data_import), after_line=data_import.line)
         with keeper or nullcontext():
-            summary = import_file(data_import.kind, path, options, checkpoints=resume)
+            summary = import_file(cast(Kind, data_import.kind), path, options, checkpoints=resume)
     except ImportPaused:
         _requeue(data_import.id, token)
         return

@@ -21,7 +21,7 @@ from eventproject.db import (
     values_sql,
 )
 
-from .extractors import Control, ExtractionError, Extractor, UserInput, UserResult
+from .extractors import Control, EventDraft, ExtractionError, Extractor, UserInput, UserResult
 from .models import EVENT_COLUMNS, Behavior, EventRow, ExtractedEvent, ExtractionState, UserProfile
 from .selectors import user_inputs_load
 
@@ -71,7 +71,8 @@ def behaviors_insert(rows: Sequence[BehaviorRow]) -> int:
             "staging_behavior",
             BEHAVIOR_COLUMNS,
             (
-                row._replace(occurred_at=db_datetime(row.occurred_at), extra=json_text(row.extra or {}))
+                # The copy's row carries `extra` as JSON text, its column's input.
+                row._replace(occurred_at=db_datetime(row.occurred_at), extra=json_text(row.extra or {}))  # type: ignore[arg-type]
                 for row in rows
             ),
         )
@@ -156,8 +157,13 @@ class Outcome:
         return not isinstance(self.result, ExtractionError)
 
     @property
+    def drafts(self) -> list[EventDraft]:
+        """The events found (none when it failed)."""
+        return [] if isinstance(self.result, ExtractionError) else self.result
+
+    @property
     def events(self) -> int:
-        return len(self.result) if self.succeeded else 0
+        return len(self.drafts)
 
 
 def chunk_extract(
@@ -224,7 +230,7 @@ def _event_rows(saved: Sequence[Outcome], extractor: Extractor, now: datetime):
     db_datetime, db_json = datetime_adapter(), json_adapter()
     created_at = db_datetime(now)
     for outcome in saved:
-        for sequence, draft in enumerate(outcome.result, start=1):
+        for sequence, draft in enumerate(outcome.drafts, start=1):
             yield EventRow(
                 user_id=outcome.user_id,
                 sequence=sequence,
@@ -257,11 +263,12 @@ def _states_replace(cursor, saved: Sequence[Outcome], extractor: Extractor, now:
         [
             {
                 "user_id": outcome.user_id,
-                "event_count": len(outcome.result),
-                "input_version": outcome.user.input_version,
-                "input_fingerprint": outcome.user.fingerprint(),
+                "event_count": len(outcome.drafts),
+                "input_version": user.input_version,
+                "input_fingerprint": user.fingerprint(),
             }
             for outcome in saved
+            if (user := outcome.user) is not None  # (as all saved ones have)
         ],
         STATE_COLUMNS,
     )

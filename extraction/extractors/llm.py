@@ -256,7 +256,8 @@ class LLMExtractor(Extractor):
         base = estimate_tokens(
             json.dumps({user.user_id: {"profile": profile, "behaviors": []}}, ensure_ascii=False)
         )
-        parts, start, tokens = [], 0, base
+        parts: list[Part] = []
+        start, tokens = 0, base
         for index, row in enumerate(rows):
             row_tokens = estimate_tokens(json.dumps(row, ensure_ascii=False)) + 1
             if index > start and (
@@ -344,6 +345,7 @@ class LLMExtractor(Extractor):
 
             def start(call: list[Part]) -> None:
                 """Answer from the cache here, or send from a pool thread."""
+                assert client is not None  # (there is a call only when there are parts)
                 messages, schema = self._messages(call), self._schema(call)
                 if hit := client.cached(messages, schema):
                     finish(self._read(call, hit))
@@ -351,6 +353,7 @@ class LLMExtractor(Extractor):
                     pending.add(pool.submit(self._call, client, call, messages, schema, control, slot))
 
             def finish(outcome: CallOutcome) -> None:
+                assert client is not None  # (as in start)
                 self._charge(outcome, control)
                 if outcome.completion and not outcome.invalid and not outcome.extra:
                     client.remember(outcome.completion)  # (an answer from the cache is not stored again)
@@ -384,7 +387,8 @@ class LLMExtractor(Extractor):
                 results[user.user_id] = errors[0] or ExtractionError("not processed")
             else:
                 results[user.user_id] = sorted(
-                    (e for events in outcomes for e in events), key=lambda e: (e.starts_at, e.behavior_ids[0])
+                    (e for events in outcomes if isinstance(events, list) for e in events),
+                    key=lambda e: (e.starts_at, e.behavior_ids[0]),
                 )
         return results
 
@@ -698,9 +702,9 @@ def events_from(answer: Any, part: Part, *, allow_new_types: bool = False) -> li
         if known:
             label = known.label
         else:
-            label = item.get("label")
+            given = item.get("label")
             limit = settings.EXTRACTION_LLM_LABEL_MAX_CHARS
-            label = (isinstance(label, str) and clean_text(label, limit)) or event_type[:limit]
+            label = (isinstance(given, str) and clean_text(given, limit)) or event_type[:limit]
         events.append(
             EventDraft(
                 event_type=event_type,
