@@ -1,5 +1,6 @@
 import json
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -119,7 +120,7 @@ class Command(BaseCommand):
 
     def _values(self, options: dict) -> dict:
         """The schedule fields the options give (only those given)."""
-        values = {}
+        values: dict[str, Any] = {}
         if options.get("all_users"):
             values.update(users=Schedule.Users.ALL, user_ids=[])
         elif options.get("needing"):
