@@ -591,7 +591,7 @@ class ScheduleAdmin(GuardedAdmin):
         if run.job is None:
             return "—"
         return format_html(
-            "{} {}", job_link(run.job_id), status_badge(run.job.status, run.job.get_status_display())
+            "{} {}", job_link(run.job.id), status_badge(run.job.status, run.job.get_status_display())
         )
 
     def _run_text(self, run: ScheduleRun) -> str:
@@ -600,7 +600,7 @@ class ScheduleAdmin(GuardedAdmin):
         return format_html(
             "{} · {} {}",
             run.get_outcome_display(),
-            job_link(run.job_id),
+            job_link(run.job.id),
             status_badge(run.job.status, run.job.get_status_display()),
         )
 

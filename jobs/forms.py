@@ -148,7 +148,7 @@ class JobStartForm(forms.Form):
     def options(self) -> dict[str, Any]:
         """The chosen extractor's options as typed: what was left empty takes the extractor's default."""
         data = self.cleaned_data
-        extractor = data.get("extractor")
+        extractor = data["extractor"]  # a required field
         cls = extractor_class(extractor)
         options: dict[str, Any] = {}
         for option, (kind, _default) in cls.options_spec.items():

@@ -171,6 +171,7 @@ def schedule_run_if_due(schedule_id: int, now: datetime) -> ScheduleRun | None:
         if schedule is None:
             return None
         due_at = schedule.next_run_at
+        assert due_at is not None  # (next_run_at__lte matched it)
         # The claim: only the first to move next_run_at from the value it read goes on.
         if not Schedule.objects.filter(id=schedule.id, active=True, next_run_at=due_at).update(
             next_run_at=cron_next(schedule.cron, now)

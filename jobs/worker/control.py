@@ -22,7 +22,7 @@ class JobControl(Control):
         self.job_id = job_id
         self.deadline = deadline  # time.monotonic() by which the chunk must stop extracting
         self.checked_at = -1.0
-        self.status = Job.Status.RUNNING
+        self.status: str = Job.Status.RUNNING
         self.lease_lost = False
         self.finished = False  # extraction is over: the commit (fenced) is all that is left
 
