@@ -649,7 +649,7 @@ class Importer:
 class BehaviorImporter(Importer):
     kind = "behaviors"
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.batch: list[BehaviorRow] = []
 
@@ -682,7 +682,7 @@ class BehaviorImporter(Importer):
 class ProfileImporter(Importer):
     kind = "profiles"
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.batch: dict[str, dict[str, Any]] = {}
 

@@ -6,7 +6,7 @@ JSON; the extractor checks them again, as it does for the API.
 """
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.conf import settings
@@ -108,9 +108,10 @@ class JobStartForm(forms.Form):
         help_text=gettext_lazy("The most workers it may hold at once; empty: no cap."),
     )
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["extractor"].choices = [(name, name) for name in extractor_names()]
+        choices = [(name, name) for name in extractor_names()]
+        cast(forms.ChoiceField, self.fields["extractor"]).choices = choices
         # Help texts naming settings are made here, in the language of the request.
         self.fields["users_file"].help_text = _(
             "UTF-8 text, one id per line; a 'user_id' header and # comments are skipped. At most "

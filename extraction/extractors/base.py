@@ -131,7 +131,7 @@ class Control:
     of the completion tokens, as providers bill them.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.usage: dict[str, list[int]] = {}
         self.lock = threading.Lock()
 
