@@ -6,6 +6,7 @@ two actors racing for the same change cannot both win.
 """
 
 import math
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -50,6 +51,23 @@ class JobPriority(models.IntegerChoices):
 
 # The priorities by the names the API and the commands take.
 PRIORITY_NAMES = {priority.name.lower(): priority.value for priority in JobPriority}
+
+
+def share_errors(priority: Any, max_workers: Any) -> dict[str, str]:
+    """What is wrong with a job's or a schedule's share of the workers, by field: job_start,
+    job_share_set and schedule_clean all check it here."""
+    errors = {}
+    if isinstance(priority, bool) or priority not in JobPriority.values:
+        names = ", ".join(f"{value} ({label})" for value, label in JobPriority.choices)
+        errors["priority"] = gettext("must be one of %(names)s") % {"names": names}
+    limit = settings.JOBS_MAX_WORKERS_LIMIT
+    if max_workers is not None and (
+        isinstance(max_workers, bool) or not isinstance(max_workers, int) or not 1 <= max_workers <= limit
+    ):
+        errors["max_workers"] = gettext("must be an integer from 1 to %(limit)s, or empty for no cap") % {
+            "limit": limit
+        }
+    return errors
 
 
 class Job(models.Model):

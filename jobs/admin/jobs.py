@@ -19,20 +19,12 @@ from eventproject.admin_guards import GuardedAdmin
 from eventproject.charts import COLORS, progress_bar, stacked_bar_svg, status_badge, throughput_svg
 from extraction.extractors import make_extractor
 
+from ..errors import JobConflict, JobError, JobInvalid
 from ..forms import JobStartForm
 from ..models import Job
 from ..progress import elapsed_seconds, job_service
 from ..selectors import job_estimate, job_outcome_mix, job_throughput_series
-from ..services import (
-    JobConflict,
-    JobError,
-    JobInvalid,
-    job_cancel,
-    job_resume,
-    job_retry_failed,
-    job_share_set,
-    job_start,
-)
+from ..services import job_cancel, job_resume, job_retry_failed, job_share_set, job_start
 
 STATUS_COLORS = {
     "queued": "#79aec8",

@@ -14,7 +14,7 @@ from eventproject.admin_guards import GuardedAdmin
 from eventproject.charts import status_badge
 from extraction.extractors import extractor_names
 
-from ..forms import USER_ID_SEPARATORS
+from ..errors import JobInvalid
 from ..models import Schedule, ScheduleRun
 from ..schedules import (
     FIELDS,
@@ -25,7 +25,7 @@ from ..schedules import (
     schedule_update,
 )
 from ..selectors import schedules_list
-from ..services import JobInvalid
+from ..user_ids import user_ids_split
 from .jobs import job_link
 
 RUNS_SHOWN = 50  # a schedule's latest runs on its page
@@ -79,7 +79,7 @@ class ScheduleForm(forms.ModelForm):
             self.initial["user_ids"] = "\n".join(self.instance.user_ids)
 
     def clean_user_ids(self) -> list[str]:
-        return [part for part in USER_ID_SEPARATORS.split(self.cleaned_data["user_ids"] or "") if part]
+        return user_ids_split(self.cleaned_data["user_ids"] or "")
 
     def clean_options(self) -> dict:
         return self.cleaned_data["options"] or {}
