@@ -357,8 +357,8 @@ SPECTACULAR_SETTINGS = {
         "user_id": {"type": "string", "minLength": 1, "maxLength": USER_ID_MAX_CHARS},
     },
     "ENUM_NAME_OVERRIDES": {
-        "JobStatusEnum": "jobs.models.JobStatus",
-        "ItemStatusEnum": "jobs.models.ItemStatus",
+        "JobStatusEnum": "jobs.models.Job.Status",
+        "ItemStatusEnum": "jobs.models.JobItem.Status",
         "ExtractionOutcomeEnum": "extraction.models.ExtractionState.Outcome",
         "LegacyStatusEnum": ["idle", "running", "completed", "failed"],
         "PriorityEnum": ["low", "normal", "high", "urgent"],
