@@ -116,10 +116,13 @@ class JobStartForm(forms.Form):
             "megabytes": f"{settings.UPLOAD_MAX_BYTES / 1_000_000:g}",
             "ids": f"{settings.JOBS_MAX_USER_IDS:,}",
         }
+        own = [(name, extractor_class(name).default_chunk_size) for name in extractor_names()]
         self.fields["chunk_size"].help_text = _(
-            "Users a worker claims at a time. Default: the extractor's own (rules 500, llm 200), "
-            "else %(size)s."
-        ) % {"size": settings.JOBS_CHUNK_SIZE}
+            "Users a worker claims at a time. Default: the extractor's own (%(sizes)s), else %(size)s."
+        ) % {
+            "sizes": ", ".join(f"{name} {size}" for name, size in own if size),
+            "size": settings.JOBS_CHUNK_SIZE,
+        }
         self.fields["max_attempts"].help_text = _("Default %(attempts)s.") % {
             "attempts": settings.JOBS_MAX_ATTEMPTS
         }
