@@ -1,4 +1,6 @@
-"""Writes of the extraction domain: bulk imports and saving extraction results."""
+"""Use cases of the extraction domain: bulk imports' writes (behaviours, profiles), and a chunk's
+extraction: chunk_extract loads the users and runs the extractor, writing nothing; the
+extraction_results_* functions and extraction_failures_record save what came of it."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass

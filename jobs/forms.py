@@ -5,7 +5,6 @@ Extractor options are typed fields built from each extractor's own schema (`opti
 JSON; the extractor checks them again, as it does for the API.
 """
 
-import re
 from typing import Any, cast
 
 from django import forms
@@ -15,11 +14,9 @@ from django.utils.translation import gettext_lazy
 
 from extraction.extractors import extractor_class, extractor_names
 
+from .errors import JobInvalid
 from .models import Job
-from .services import JobInvalid, too_many_ids, user_ids_read
-
-USER_ID_SEPARATORS = re.compile(r"[\s,;，]+")
-
+from .user_ids import too_many_ids, user_ids_read, user_ids_split
 
 OPTION_SEPARATOR = "__"  # field name: <extractor>__<option>
 # Labels of the options extractors share; others are shown as their name, spaced.
@@ -120,10 +117,13 @@ class JobStartForm(forms.Form):
             "megabytes": f"{settings.UPLOAD_MAX_BYTES / 1_000_000:g}",
             "ids": f"{settings.JOBS_MAX_USER_IDS:,}",
         }
+        own = [(name, extractor_class(name).default_chunk_size) for name in extractor_names()]
         self.fields["chunk_size"].help_text = _(
-            "Users a worker claims at a time. Default: the extractor's own (rules 500, llm 200), "
-            "else %(size)s."
-        ) % {"size": settings.JOBS_CHUNK_SIZE}
+            "Users a worker claims at a time. Default: the extractor's own (%(sizes)s), else %(size)s."
+        ) % {
+            "sizes": ", ".join(f"{name} {size}" for name, size in own if size),
+            "size": settings.JOBS_CHUNK_SIZE,
+        }
         self.fields["max_attempts"].help_text = _("Default %(attempts)s.") % {
             "attempts": settings.JOBS_MAX_ATTEMPTS
         }
@@ -165,7 +165,7 @@ class JobStartForm(forms.Form):
         data = super().clean()
         who = data.get("who")
         if who == "list":
-            ids = [part for part in USER_ID_SEPARATORS.split(data.get("user_ids", "")) if part]
+            ids = user_ids_split(data.get("user_ids", ""))
             if not ids:
                 self.add_error("user_ids", _("Paste at least one user id."))
             elif len(ids) > settings.JOBS_MAX_USER_IDS:

@@ -21,8 +21,9 @@ from django.utils.translation import gettext as _
 from extraction.extractors import UnknownExtractor, extractor_class
 
 from .cron import CronInvalid, cron_clean, cron_next
-from .models import Job, Schedule, ScheduleRun
-from .services import JobError, JobInvalid, job_start, share_errors
+from .errors import JobError, JobInvalid
+from .models import Job, Schedule, ScheduleRun, share_errors
+from .services import job_start
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,11 @@ from eventproject.api import Guarded
 from extraction.api.access import VIEW_EVENT
 from extraction.api.serializers import EventOutput
 
+from ..errors import JobConflict, JobError, JobInvalid
 from ..models import Job
 from ..progress import job_progress
 from ..selectors import job_latest, job_results
-from ..services import JobConflict, JobError, JobInvalid, job_run_here, job_start
+from ..services import job_run_here, job_start
 from .access import ADD_JOB, VIEW_JOB
 from .serializers import UserIds
 

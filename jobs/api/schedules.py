@@ -13,10 +13,10 @@ from rest_framework.views import APIView
 
 from eventproject.api import ERRORS, Guarded, NumberedPages
 
+from ..errors import JobError
 from ..models import Job, Schedule, ScheduleRun
 from ..schedules import schedule_create, schedule_delete, schedule_update
 from ..selectors import schedules_list
-from ..services import JobError
 from .serializers import PriorityField
 from .views import job_error_response
 

@@ -1,4 +1,6 @@
-"""The shapes of the jobs API: input serializers validate, output serializers render. No logic beyond that."""
+"""The shapes of the jobs API: input serializers validate (user ids counted before they are checked,
+priorities by name), output serializers render. Nothing here writes; JobDetail reads the job's
+progress (jobs.progress) as it renders."""
 
 from django.conf import settings
 from django.contrib.auth.models import User

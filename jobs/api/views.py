@@ -18,19 +18,11 @@ from rest_framework.views import APIView
 
 from eventproject.api import ERRORS, Guarded, IdCursorPages, NumberedPages, asgi_served
 
+from ..errors import JobConflict, JobError, JobInvalid
 from ..models import Job
 from ..progress import job_progress, job_progress_state
 from ..selectors import job_items, jobs_list
-from ..services import (
-    JobConflict,
-    JobError,
-    JobInvalid,
-    job_cancel,
-    job_resume,
-    job_retry_failed,
-    job_share_set,
-    job_start,
-)
+from ..services import job_cancel, job_resume, job_retry_failed, job_share_set, job_start
 from .access import ADD_JOB, CHANGE_JOB, VIEW_JOB, stream_slot_take
 from .serializers import (
     Conflict,

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from jobs.errors import JobInvalid
 from jobs.models import Job, Schedule
 from jobs.schedules import (
     schedule_create,
@@ -14,7 +15,6 @@ from jobs.schedules import (
     schedule_resume,
     schedule_update,
 )
-from jobs.services import JobInvalid
 
 from .extract import read_user_ids
 
