@@ -242,6 +242,9 @@ CACHES = {
 API_WRITE_RATE = env_rate("API_WRITE_RATE", "60/minute")
 API_READ_RATE = env_rate("API_READ_RATE", "600/minute")
 API_EXPORT_RATE = env_rate("API_EXPORT_RATE", "30/hour")
+# How long each web process remembers an API token's user and permissions: a revoked token or a
+# removed permission keeps working that long at most (0: checked at every request).
+API_AUTH_CACHE_SECONDS = env_float("API_AUTH_CACHE_SECONDS", 5.0)
 # Server-Sent Events hold a worker while open: a few per user, each for a bounded time (the
 # browser reconnects by itself, sending Last-Event-ID).
 API_STREAMS_PER_USER = env_int("API_STREAMS_PER_USER", 3, minimum=1)
@@ -258,7 +261,8 @@ USER_ID_MAX_CHARS = 128
 REST_FRAMEWORK = {
     # Token first: its WWW-Authenticate header makes anonymous requests 401, not 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # Remembers a token's user and permissions for API_AUTH_CACHE_SECONDS (eventproject/api.py).
+        "eventproject.api.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
