@@ -352,7 +352,9 @@ class LLMExtractor(Extractor):
 
             def finish(outcome: CallOutcome) -> None:
                 self._charge(outcome, control)
-                if outcome.completion and not outcome.invalid and not outcome.extra:
+                # Only a reply read and valid for every user: an unreadable one, cached, would
+                # answer every later try of the same request.
+                if outcome.completion and not (outcome.failure or outcome.invalid or outcome.extra):
                     client.remember(outcome.completion)  # (an answer from the cache is not stored again)
                 for again in self._settle(outcome, done):
                     start(again)
