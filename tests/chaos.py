@@ -74,30 +74,37 @@ def hostile_model(hostile: dict[str, str]):
     user (id -> kind) with something hostile: a call including one fails as a whole (not JSON, or a
     number too long to read) or for that user alone (events of the wrong shape). The extractor must
     narrow it down to that user and fail only it."""
+    from extraction.extractors.llm import USERS_MARKER
     from tests.fake_openai import FakeLLM
 
     class HostileLLM(FakeLLM):
         def _answer(self, headers, body, directive):
             status, extra, reply = super()._answer(headers, body, directive)
-            message = reply.get("choices", [{}])[0].get("message", {}) if status == 200 else {}
-            try:
-                answer = json.loads(message["content"])["users"]
-            except (KeyError, TypeError, ValueError, RecursionError):  # an error, or mangled by a directive
+            if status != 200:
                 return status, extra, reply
-            kinds = {user: hostile[user] for user in answer if user in hostile}
+            prompt = body["messages"][-1]["content"]
+            asked = json.loads(prompt.split(USERS_MARKER, 1)[1]) if USERS_MARKER in prompt else {}
+            kinds = {user: hostile[user] for user in asked if user in hostile}
             if not kinds:
                 return status, extra, reply
+            message = reply["choices"][0]["message"]
+            try:
+                answer = json.loads(message["content"])["users"]
+            except (KeyError, TypeError, ValueError, RecursionError):  # mangled by a directive (a
+                answer = None  # <think> block or a fence the extractor would see through)
             for user, kind in kinds.items():
+                if answer is None or user not in answer:
+                    continue
                 if kind == "huge-number":
                     answer[user] = [
                         {"event_type": "purchase", "category": "conversion", "behavior_ids": ["HUGE"]}
                     ]
                 elif kind == "wrong-shape":
                     answer[user] = {"events": 42, "behavior_ids": "all of them"}
-            content = json.dumps({"users": answer}).replace('"HUGE"', HUGE)
-            if "not-json" in kinds.values():
-                content = "I would rather not answer in JSON today. " * 20
-            message["content"] = content
+            if answer is None or "not-json" in kinds.values():
+                message["content"] = "I would rather not answer in JSON today. " * 20
+            else:
+                message["content"] = json.dumps({"users": answer}).replace('"HUGE"', HUGE)
             return status, extra, reply
 
     return HostileLLM()
