@@ -145,6 +145,17 @@ def test_extra_users_in_a_reply_are_ignored_and_not_cached(llm_server):
     assert not LLMCacheEntry.objects.exists()
 
 
+def test_a_reply_that_cannot_be_read_is_not_cached_so_the_user_is_asked_afresh(llm_server):
+    """A cached unreadable reply answered every later try of that same request: one malformed
+    answer to a user alone failed that user on every try of every attempt (the chaos suite)."""
+    llm_server.script.extend(["malformed", "echo", "deep"])
+    _, results = extract(users(1))
+    assert isinstance(results["u1"], ExtractionError)  # its three tries got the three bad replies
+    assert not LLMCacheEntry.objects.exists()
+    _, results = extract(users(1))
+    assert isinstance(results["u1"], list) and results["u1"]
+
+
 def test_one_bad_user_cannot_sink_the_others(llm_server):
     llm_server.bad_users = {"u3"}
     _, results = extract(users(5))

@@ -66,7 +66,9 @@ class ChunkCalls:
             def finish(outcome: CallOutcome) -> None:
                 assert client is not None  # (as in start)
                 self._charge(outcome)
-                if outcome.completion and not outcome.invalid and not outcome.extra:
+                # Only a reply read and valid for every user: an unreadable one, cached, would
+                # answer every later try of the same request.
+                if outcome.completion and not (outcome.failure or outcome.invalid or outcome.extra):
                     client.remember(outcome.completion)  # (an answer from the cache is not stored again)
                 for again in self._settle(outcome):
                     start(again)
