@@ -17,7 +17,7 @@ from extraction.extractors import (
     make_extractor,
 )
 from extraction.extractors.llm import Slots, parse_answer
-from extraction.llm_client import cache_prune, rate_limit_wait
+from extraction.llm_client import cache_prune
 from extraction.models import LLMCacheEntry
 from tests.cluster import wait_for
 
@@ -259,15 +259,6 @@ def test_the_answer_parser_reads_what_models_write():
     ]:
         with pytest.raises(ValueError, match=message):
             parse_answer(reply)
-
-
-def test_the_global_rate_limit_spaces_requests_across_workers():
-    clock = [1000.0]
-    waits = [rate_limit_wait(120, now=lambda: clock[0]) for _ in range(4)]
-    assert waits == [0.0, 0.5, 1.0, 1.5]  # 120 requests per minute: one every half second
-    clock[0] += 10  # later, the slots are free again
-    assert rate_limit_wait(120, now=lambda: clock[0]) == 0.0
-    assert rate_limit_wait(0) == 0.0
 
 
 def test_a_freed_slot_goes_to_the_oldest_chunks_call():

@@ -506,6 +506,7 @@ class LLMExtractor(Extractor):
                 should_stop=lambda: self._must_stop(control),
                 seconds_left=control.seconds_left,
                 slot=slot,
+                share=control.budget_share,
             )
         except LLMStopped as exc:
             return CallOutcome(parts, stopped=str(exc))
