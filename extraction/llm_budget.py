@@ -10,13 +10,15 @@ rate is spent; a request may start once that is at most BURST_SECONDS ahead of i
 on by cost / rate. Asking is one transaction on the budget's row (SELECT … FOR UPDATE, then an
 UPDATE), on the database's clock.
 
-Division: each job asking lately is a caller with its weight (its priority) and its recent use
-(decaying over USAGE_SECONDS). While the budget is contended (a request would have to wait), a
-caller using more than its share (its weight / the sum of the callers' weights) is not given a
-start: it asks again a little later, while the callers under their share take the starts. It
-never starves: a caller not served sees its use decay while the others' grows, so it is under its
-share within seconds, and some caller always is. A caller that joins starts level with its share
-(no credit for the time it did not ask), as jobs join the workers' fair share.
+Division: each job using the budget lately is a caller with its weight (its priority) and its
+recent use (tokens, decaying over USAGE_SECONDS). While the budget is contended (a request would
+have to wait), a caller ahead of the least served caller asking now (use divided by weight, as
+the workers' fair share counts virtual time) is not given a start: it asks
+again a little later, while the callers behind take the starts. So each gets the budget in
+proportion to its weight, and none starves: the least served caller is never held back for
+fairness, and a caller held back sees the others catch up. A caller that joins starts level with
+the least served (no credit for the time it did not ask), as jobs join the workers' fair share.
+When the budget is not contended, anyone goes: a share nobody claims is not wasted.
 
 A 429 from the provider pauses every caller of the endpoint and model (`Budget.pause`): until its
 Retry-After, or, without one, for a pause that doubles from EXTRACTION_LLM_BACKOFF_SECONDS while
@@ -37,9 +39,9 @@ from .models import LLMBudget
 
 BURST_SECONDS = 1.0  # how far ahead of its rate a bucket lets requests start (providers check short windows)
 HORIZON_SECONDS = 2.0  # a start is reserved at most this far ahead; a caller further back asks again later
-ACTIVE_SECONDS = 10.0  # a caller that asked within this counts among those sharing the budget
+ACTIVE_SECONDS = 60.0  # a caller not heard of for longer is forgotten (its calls may take this long)
+ASKING_SECONDS = 2.0  # a caller that asked within this competes for starts now
 USAGE_SECONDS = 20.0  # a caller's recent use decays with this time constant
-OVER_SHARE = 1.1  # a caller using more than this times its share yields while the budget is contended
 POLL_SECONDS = 0.25  # the least a caller held back waits before it asks again
 MAX_PAUSE_SECONDS = 120.0  # the longest pause a 429 makes (its Retry-After is capped there too)
 HELD_SHOWN_SECONDS = 1.0  # progress keeps saying "held back" this long after a wait ended (no flicker)
@@ -94,7 +96,7 @@ class BudgetState:
         wait = start - now
         if wait > HORIZON_SECONDS:
             return self._hold(me, now, wait - HORIZON_SECONDS)
-        if wait > 0 and self.over_share(caller):
+        if wait > 0 and self.ahead(caller, now):
             return self._hold(me, now, max(wait, POLL_SECONDS))
         if limits.requests_per_minute:
             self.requests_at = max(self.requests_at, start) + 60.0 / limits.requests_per_minute
@@ -115,6 +117,7 @@ class BudgetState:
             self.tokens_at += (used - reserved) * 60.0 / limits.tokens_per_minute
         if me := self.callers.get(caller):
             me["usage"] = max(me["usage"] + used - reserved, 0.0)
+            me["seen"] = max(me["seen"], now)
         if answered and now >= self.paused_until:
             self.pause_seconds = 0.0
 
@@ -130,16 +133,21 @@ class BudgetState:
             seconds = self.pause_seconds = min(max(2 * self.pause_seconds, first), MAX_PAUSE_SECONDS)
         self.paused_until = max(self.paused_until, now + seconds)
 
-    def over_share(self, caller: str) -> bool:
-        """Whether the caller used more than its share of what the callers used lately."""
+    def ahead(self, caller: str, now: float) -> bool:
+        """Whether the caller is ahead of the least served caller asking now (use per weight)."""
         me = self.callers[caller]
-        weights = sum(other["weight"] for other in self.callers.values())
-        usage = sum(other["usage"] for other in self.callers.values())
-        return usage > 0 and me["usage"] > OVER_SHARE * usage * me["weight"] / weights
+        return me["usage"] / me["weight"] > self._least(now)
+
+    def _least(self, now: float) -> float:
+        """The least use per weight among the callers asking now (0 when none is)."""
+        asking = [
+            c["usage"] / c["weight"] for c in self.callers.values() if c["asked"] >= now - ASKING_SECONDS
+        ]
+        return min(asking, default=0.0)
 
     def _enter(self, caller: str, weight: int, now: float) -> dict[str, float]:
         """The caller's entry, the usage of all decayed to now and the callers gone quiet forgotten;
-        a new caller starts level with its share of what the others used."""
+        a new caller starts level with the least served caller asking now."""
         if now > self.usage_at:
             decay = math.exp(-(now - self.usage_at) / USAGE_SECONDS)
             for other in self.callers.values():
@@ -151,15 +159,16 @@ class BudgetState:
             if max(other["seen"], other["held"]) >= now - ACTIVE_SECONDS
         }
         me = self.callers.get(caller)
+        weight = max(weight, 1)
         if me is None:
-            weights = sum(other["weight"] for other in self.callers.values())
-            usage = sum(other["usage"] for other in self.callers.values())
-            me = self.callers[caller] = {"usage": usage * weight / weights if weights else 0.0, "held": 0.0}
-        me["weight"], me["seen"] = max(weight, 1), now
+            me = self.callers[caller] = {"usage": self._least(now) * weight, "held": 0.0}
+        me["weight"] = weight
+        me["seen"] = me["asked"] = now
         return me
 
     @staticmethod
     def _hold(me: dict[str, float], now: float, wait: float) -> tuple[bool, float]:
+        wait = max(wait, 0.05)  # (no busy asking)
         me["held"] = max(me["held"], now + wait)
         return False, wait
 
