@@ -35,6 +35,7 @@ bench: $(VENV)/.installed
 	$(PY) -m tests.bench.llm
 	$(PY) -m tests.bench.recovery
 	$(PY) -m tests.bench.scale
+	$(PY) -m tests.bench.fairness
 
 # Real clusters under random faults on PostgreSQL, then every invariant checked (tests/chaos.py).
 chaos: $(VENV)/.installed
