@@ -183,20 +183,25 @@ class Budget:
     def __init__(self, endpoint: str, model: str, limits: Limits | None = None):
         self.endpoint, self.model = endpoint[:500], model
         self.limits = limits or Limits.configured()
+        self.paused = False  # (unlimited) this client saw a pause: its next answer ends the doubling
         LLMBudget.objects.bulk_create(
             [LLMBudget(endpoint=self.endpoint, model=self.model)], ignore_conflicts=True
         )
 
     def ask(self, caller: str, weight: int, cost: int) -> tuple[bool, float]:
         """See BudgetState.ask. Without limits, only a pause is looked for (one read)."""
-        if self.limits.unlimited and self._pause_left() <= 0:
-            return True, 0.0
+        if self.limits.unlimited:
+            left, pause_seconds = self._pause()
+            self.paused = self.paused or pause_seconds > 0
+            if left <= 0:
+                return True, 0.0
         return self._change(lambda state, now: state.ask(caller, weight, cost, now, self.limits))
 
     def settle(self, caller: str, reserved: int, used: int, *, sent: bool, answered: bool) -> None:
         if self.limits.unlimited:
-            if answered:  # the pause doubles no more
+            if answered and self.paused:  # the pause doubles no more
                 self._rows().filter(pause_seconds__gt=0).update(pause_seconds=0)
+                self.paused = False
             return
         self._change(
             lambda state, now: state.settle(
@@ -210,9 +215,10 @@ class Budget:
     def _rows(self):
         return LLMBudget.objects.filter(endpoint=self.endpoint, model=self.model)
 
-    def _pause_left(self) -> float:
-        left = self._rows().annotate(left=RawSQL(f"paused_until - {clock_sql()}", ())).values_list("left")
-        return next(iter(left), (0.0,))[0]
+    def _pause(self) -> tuple[float, float]:
+        """(seconds left of the pause, the pause's length), in one read."""
+        rows = self._rows().annotate(left=RawSQL(f"paused_until - {clock_sql()}", ()))
+        return next(iter(rows.values_list("left", "pause_seconds")), (0.0, 0.0))
 
     def _change(self, change):
         """Apply `change(state, now)` to the row, locked, and return what it returns."""

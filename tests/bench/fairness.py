@@ -198,14 +198,18 @@ class Bench:
                 job = job_start(
                     user_ids=ids,
                     extractor="llm",
-                    options={"token_budget": 3_000, "max_completion_tokens": 2_000},
+                    options={"model": MODEL, "token_budget": 3_000, "max_completion_tokens": 2_000},
                     chunk_size=50,
                 )
-                time.sleep(options.llm_seconds)
-                job.refresh_from_db()
+                deadline = time.monotonic() + options.llm_seconds
+                while time.monotonic() < deadline and job.status not in Job.FINISHED:
+                    time.sleep(0.5)
+                    job.refresh_from_db()
                 if job.status in Job.WORKING:
                     job_cancel(job)
                 self.finished(job, timeout=120)
+            if job.status == Job.Status.FAILED:
+                raise SystemExit(f"the LLM job failed: {job.error}")
             requests = list(fake.requests)
         answered = [r for r in requests if r.get("status") == 200]
         start = min(r["at"] for r in requests) + options.warmup
