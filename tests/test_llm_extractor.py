@@ -21,7 +21,7 @@ from extraction.llm_client import cache_prune
 from extraction.models import LLMCacheEntry
 from tests.cluster import wait_for
 
-# Transactional: the calls run in threads with their own connections (cache, rate limit).
+# Transactional: the calls run in threads with their own connections (cache, the provider's budget).
 pytestmark = pytest.mark.django_db(transaction=True)
 T0 = datetime(2024, 6, 1, 10, tzinfo=UTC)
 ACTIONS = ["search", "browse", "browse", "compare", "visit", "add_to_cart", "purchase"]

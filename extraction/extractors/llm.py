@@ -371,7 +371,7 @@ class LLMExtractor(Extractor):
             finally:
                 if client:
                     client.flush()
-                # A thread may have opened a database connection (rate limit, the job's status).
+                # A thread may have opened a database connection (the provider's budget, the job's status).
                 barrier = threading.Barrier(threads)
                 for _ in range(threads):
                     pool.submit(_close_connection, barrier)

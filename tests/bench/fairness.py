@@ -14,8 +14,10 @@ extractor):
   - a high and a normal job started together: their rates while both run (≥ 2 ×).
 
 Then the LLM extractor against the test server, which enforces `--tpm` tokens per minute with 429s
-and Retry-After, the cluster's budget set to the same: the tokens answered per minute (≥ 90 % of
-the limit, measured after the first `--warmup` seconds) and the share of calls refused (≤ 2 %).
+and Retry-After, the cluster's budget set to the same, a normal and a high job sharing it (a
+worker each, so that the budget alone divides their calls): the
+tokens answered per minute (≥ 90 % of the limit, measured after the first `--warmup` seconds),
+how the two jobs divided them, and the share of calls refused (≤ 2 %).
 `--quick` scales the sizes and durations down.
 """
 
@@ -195,29 +197,41 @@ class Bench:
             )
             with qcluster(env) as cluster:
                 cluster_wait_alive(cluster)
-                job = job_start(
-                    user_ids=ids,
-                    extractor="llm",
-                    options={"model": MODEL, "token_budget": 3_000, "max_completion_tokens": 2_000},
-                    chunk_size=50,
-                )
+                half = len(ids) // 2
+                jobs = [
+                    job_start(
+                        user_ids=ids[:half] if priority == Job.Priority.NORMAL else ids[half:],
+                        extractor="llm",
+                        options={"model": MODEL, "token_budget": 3_000, "max_completion_tokens": 2_000},
+                        chunk_size=20,
+                        priority=priority,
+                        max_workers=1,  # a worker each: the budget alone divides the calls
+                    )
+                    for priority in (Job.Priority.NORMAL, Job.Priority.HIGH)
+                ]
                 deadline = time.monotonic() + options.llm_seconds
-                while time.monotonic() < deadline and job.status not in Job.FINISHED:
+                while time.monotonic() < deadline and any(job.status not in Job.FINISHED for job in jobs):
                     time.sleep(0.5)
-                    job.refresh_from_db()
-                if job.status in Job.WORKING:
-                    job_cancel(job)
-                self.finished(job, timeout=120)
-            if job.status == Job.Status.FAILED:
-                raise SystemExit(f"the LLM job failed: {job.error}")
+                    for job in jobs:
+                        job.refresh_from_db()
+                for job in jobs:
+                    if job.status in Job.WORKING:
+                        job_cancel(job)
+                self.finished(*jobs, timeout=120)
+            if failed := [job for job in jobs if job.status == Job.Status.FAILED]:
+                raise SystemExit(f"the LLM job failed: {failed[0].error}")
             requests = list(fake.requests)
         answered = [r for r in requests if r.get("status") == 200]
         start = min(r["at"] for r in requests) + options.warmup
         end = max(r["at"] for r in answered)
         window = [r for r in answered if start <= r["at"] <= end]
         tokens = sum(r["usage"]["total_tokens"] for r in window)
+        high_users = set(ids[half:])
+        high = sum(r["usage"]["total_tokens"] for r in window if r["users"] and r["users"][0] in high_users)
         return {
             "tpm": tokens / (end - start) * 60,
+            "llm_high_tpm": high / (end - start) * 60,
+            "llm_normal_tpm": (tokens - high) / (end - start) * 60,
             "calls": len(requests),
             "refused": sum(r.get("status") == 429 for r in requests),
             "llm_window_s": end - start,
@@ -267,6 +281,12 @@ class Bench:
                     "LLM tokens per minute answered",
                     f"{f['tpm']:,.0f} = {f['tpm'] / o.tpm:.0%} of {o.tpm:,}",
                     f"target ≥ {TARGET_TPM:.0%}",
+                ),
+                row(
+                    "  of them: the high job / the normal job",
+                    f"{f['llm_high_tpm']:,.0f} / {f['llm_normal_tpm']:,.0f} = "
+                    f"{f['llm_high_tpm'] / max(f['llm_normal_tpm'], 1):.2f} ×",
+                    "weights 4 : 2",
                 ),
                 row(
                     "LLM calls refused with 429",
