@@ -36,6 +36,7 @@ bench: $(VENV)/.installed
 	$(PY) -m tests.bench.llm
 	$(PY) -m tests.bench.recovery
 	$(PY) -m tests.bench.scale
+	$(PY) -m tests.bench.fairness
 
 # Real clusters under random faults (restarts, outages, partitions, hostile LLM answers) on a
 # PostgreSQL and a Redis server of its own, then every invariant checked (tests/chaos.py).

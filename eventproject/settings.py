@@ -365,8 +365,17 @@ if OPENAI_BASE_URL:
         raise ImproperlyConfigured("OPENAI_BASE_URL must be an http(s) URL such as http://127.0.0.1:8001/v1")
 EXTRACTION_LLM_MODEL = os.environ.get("EXTRACTION_LLM_MODEL", "gpt-4o-mini")
 EXTRACTION_LLM_PROMPT_FILE = env_file("EXTRACTION_LLM_PROMPT_FILE")
-# Across all workers and machines (kept in the database); 0: no limit.
-EXTRACTION_LLM_REQUESTS_PER_MINUTE = env_int("EXTRACTION_LLM_REQUESTS_PER_MINUTE", 0)
+# The provider's budget per endpoint and model, shared by all workers on all machines (kept in the
+# database) and divided among the running jobs by priority; 0: no limit. Set them a little below
+# the provider's own limits (a 429 pauses every worker).
+EXTRACTION_LLM_REQUESTS_PER_MINUTE = env_int("EXTRACTION_LLM_REQUESTS_PER_MINUTE", 0, maximum=10_000_000)
+EXTRACTION_LLM_TOKENS_PER_MINUTE = env_int("EXTRACTION_LLM_TOKENS_PER_MINUTE", 0, maximum=10**12)
+if 0 < EXTRACTION_LLM_TOKENS_PER_MINUTE < 1_000:
+    # A call asks room for its answer (max_completion_tokens, 100 at least) on top of its prompt.
+    raise ImproperlyConfigured(
+        "EXTRACTION_LLM_TOKENS_PER_MINUTE must be 0 (no limit) or at least 1000, "
+        f"got {EXTRACTION_LLM_TOKENS_PER_MINUTE}"
+    )
 EXTRACTION_LLM_MAX_RETRIES = env_int("EXTRACTION_LLM_MAX_RETRIES", 4)
 EXTRACTION_LLM_BACKOFF_SECONDS = env_float("EXTRACTION_LLM_BACKOFF_SECONDS", 1.0)
 # How answers are asked for when a job does not say: "auto" (the answer's JSON schema where the

@@ -87,7 +87,7 @@ class ChunkCalls:
             finally:
                 if client:
                     client.flush()
-                # A thread may have opened a database connection (rate limit, the job's status).
+                # A thread may have opened a database connection (the provider's budget, the job's status).
                 barrier = threading.Barrier(threads)
                 for _ in range(threads):
                     pool.submit(_close_connection, barrier)
@@ -183,6 +183,7 @@ class ChunkCalls:
                 should_stop=self._must_stop,
                 seconds_left=self.control.seconds_left,
                 slot=self.slot,
+                share=self.control.budget_share,
             )
         except LLMStopped as exc:
             return CallOutcome(parts, stopped=str(exc))
