@@ -7,8 +7,10 @@ writes need, the same ones the admin checks (see the groups in jobs/migrations/0
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
@@ -17,14 +19,52 @@ from django.urls import register_converter
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import parsers, serializers
+from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
-from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 from rest_framework.utils import json
 
 from .storable import depth_problem, json_problem
+
+if TYPE_CHECKING:
+    from rest_framework.permissions import _PermissionClass
+
+
+class CachedTokenAuthentication(TokenAuthentication):
+    """DRF's token authentication, remembering each token's user for API_AUTH_CACHE_SECONDS in this
+    process (0: not at all). The user's permissions come with it: Django caches them on the user
+    object (ModelBackend's _perm_cache), which lives no longer than the entry. So a poller's request
+    costs no query for who it is and what it may do; the price is that a deleted token, a
+    deactivated account or a removed permission stops working only once its entry expires, at most
+    API_AUTH_CACHE_SECONDS later, in every web process. Unknown tokens are never remembered."""
+
+    def authenticate_credentials(self, key):
+        now = clock()
+        entry = _TOKENS.get(key)
+        if entry is not None and entry[0] > now:
+            return entry[1], entry[2]
+        user, token = super().authenticate_credentials(key)
+        if (seconds := settings.API_AUTH_CACHE_SECONDS) > 0:
+            if len(_TOKENS) >= TOKENS_KEPT:  # many tokens at once: forget the expired ones
+                for stale in [k for k, (until, *_) in _TOKENS.items() if until <= now]:
+                    _TOKENS.pop(stale, None)
+                if len(_TOKENS) >= TOKENS_KEPT:
+                    _TOKENS.clear()
+            _TOKENS[key] = (now + seconds, user, token)
+        return user, token
+
+
+clock = time.monotonic  # the auth cache's clock (tests move it)
+TOKENS_KEPT = 10_000
+# token key -> (expires at, its user, the token), read and written only whole (safe across threads).
+_TOKENS: dict[str, tuple[float, object, object]] = {}
+
+
+def auth_cache_clear() -> None:
+    _TOKENS.clear()
 
 
 class ModelPermissions(BasePermission):
@@ -91,8 +131,9 @@ class Guarded:
     # (drf-spectacular shows this docstring as the description of views without one: keep it short.)
     # Each view names its read permissions; there is no default, so forgetting them opens nothing.
 
-    permission_classes = [ModelPermissions]
-    throttle_classes = [ReadThrottle, WriteThrottle]
+    # Declared as APIView declares them (the stubs' alias), so that views may mix this class in.
+    permission_classes: "Sequence[_PermissionClass]" = [ModelPermissions]
+    throttle_classes: Sequence[type[BaseThrottle]] = [ReadThrottle, WriteThrottle]
     read_permissions: tuple[str, ...]
     write_permissions: tuple[str, ...] | None = None
 

@@ -1,4 +1,6 @@
-"""Writes of the extraction domain: bulk imports and saving extraction results."""
+"""Use cases of the extraction domain: bulk imports' writes (behaviours, profiles), and a chunk's
+extraction: chunk_extract loads the users and runs the extractor, writing nothing; the
+extraction_results_* functions and extraction_failures_record save what came of it."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from eventproject.db import (
     values_sql,
 )
 
-from .extractors import Control, ExtractionError, Extractor, UserInput, UserResult
+from .extractors import Control, EventDraft, ExtractionError, Extractor, UserInput, UserResult
 from .models import EVENT_COLUMNS, Behavior, EventRow, ExtractedEvent, ExtractionState, UserProfile
 from .selectors import user_inputs_load
 
@@ -41,6 +43,9 @@ class BehaviorRow(NamedTuple):
 
 
 BEHAVIOR_COLUMNS = BehaviorRow._fields
+# Their PostgreSQL types, for binary COPY: psycopg formats the rows in C (an import's 200,000 rows:
+# 0.7 s of Python against 1.0 s in text, measured here).
+BEHAVIOR_TYPES = ("text", "text", "timestamptz", "text", "text", "text", "text", "float8", "jsonb")
 
 
 # Their PostgreSQL types, for binary COPY (psycopg formats these in C: measured 9 µs an event row
@@ -60,7 +65,7 @@ def behaviors_insert(rows: Sequence[BehaviorRow]) -> int:
     if not rows:
         return 0
     now = timezone.now()
-    db_datetime = datetime_adapter()
+    db_datetime, db_json = datetime_adapter(), json_adapter()
     table = Behavior._meta.db_table
     profiles = UserProfile._meta.db_table
     columns = ", ".join(BEHAVIOR_COLUMNS)
@@ -70,10 +75,8 @@ def behaviors_insert(rows: Sequence[BehaviorRow]) -> int:
             cursor,
             "staging_behavior",
             BEHAVIOR_COLUMNS,
-            (
-                row._replace(occurred_at=db_datetime(row.occurred_at), extra=json_text(row.extra or {}))
-                for row in rows
-            ),
+            ((*row[:2], db_datetime(row.occurred_at), *row[3:8], db_json(row.extra or {})) for row in rows),
+            types=BEHAVIOR_TYPES,
         )
         cursor.execute(
             f"INSERT INTO {profiles} (user_id, attributes, input_version, created_at, updated_at) "
@@ -156,8 +159,13 @@ class Outcome:
         return not isinstance(self.result, ExtractionError)
 
     @property
+    def drafts(self) -> list[EventDraft]:
+        """The events found (none when it failed)."""
+        return [] if isinstance(self.result, ExtractionError) else self.result
+
+    @property
     def events(self) -> int:
-        return len(self.result) if self.succeeded else 0
+        return len(self.drafts)
 
 
 def chunk_extract(
@@ -224,7 +232,7 @@ def _event_rows(saved: Sequence[Outcome], extractor: Extractor, now: datetime):
     db_datetime, db_json = datetime_adapter(), json_adapter()
     created_at = db_datetime(now)
     for outcome in saved:
-        for sequence, draft in enumerate(outcome.result, start=1):
+        for sequence, draft in enumerate(outcome.drafts, start=1):
             yield EventRow(
                 user_id=outcome.user_id,
                 sequence=sequence,
@@ -257,11 +265,12 @@ def _states_replace(cursor, saved: Sequence[Outcome], extractor: Extractor, now:
         [
             {
                 "user_id": outcome.user_id,
-                "event_count": len(outcome.result),
-                "input_version": outcome.user.input_version,
-                "input_fingerprint": outcome.user.fingerprint(),
+                "event_count": len(outcome.drafts),
+                "input_version": user.input_version,
+                "input_fingerprint": user.fingerprint(),
             }
             for outcome in saved
+            if (user := outcome.user) is not None  # (as all saved ones have)
         ],
         STATE_COLUMNS,
     )

@@ -230,7 +230,10 @@ def job_progress(job: Job, *, now: datetime | None = None, state: ProgressState 
     in job_progress_state); else both are read now. At most four small queries, whatever the job's
     size."""
     if state is None:
-        job, state = job_progress_state(job.id)
+        found = job_progress_state(job.id)
+        if found is None:
+            raise Job.DoesNotExist(f"job {job.id}")
+        job, state = found
     now = now or timezone.now()
     rate = _throughput(job, now) if job.status == Job.Status.RUNNING else 0.0
     return Progress(

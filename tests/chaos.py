@@ -147,8 +147,9 @@ class Chaos:
     # Jobs ---------------------------------------------------------------------------------------
     def act(self, action: str) -> None:
         from extraction.models import UserProfile
+        from jobs.errors import JobConflict, JobError
         from jobs.models import Job, JobItem
-        from jobs.services import JobConflict, JobError, job_cancel, job_resume, job_start
+        from jobs.services import job_cancel, job_resume, job_start
         from tests.fake_openai import MODEL
 
         rng = self.rng

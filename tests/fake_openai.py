@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from extraction.extractors.llm import USERS_MARKER
+from extraction.extractors.llm_prompt import USERS_MARKER
 
 DIRECTIVES = (
     "429",

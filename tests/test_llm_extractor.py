@@ -16,7 +16,8 @@ from extraction.extractors import (
     UserInput,
     make_extractor,
 )
-from extraction.extractors.llm import Slots, parse_answer
+from extraction.extractors.llm_answers import parse_answer
+from extraction.extractors.llm_slots import Slots
 from extraction.llm_client import cache_prune
 from extraction.models import LLMCacheEntry
 from tests.cluster import wait_for

@@ -27,8 +27,8 @@ class JobControl(Control):
         self.job_id = job_id
         self.deadline = deadline  # time.monotonic() by which the chunk must stop extracting
         self.checked_at = -1.0
-        self.status = Job.Status.RUNNING
-        self.priority = Job.Priority.NORMAL  # read with the status: it may change while the job runs
+        self.status: str = Job.Status.RUNNING
+        self.priority: int = Job.Priority.NORMAL  # read with the status: it may change while the job runs
         self.lease_lost = False
         self.finished = False  # extraction is over: the commit (fenced) is all that is left
 

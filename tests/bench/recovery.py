@@ -114,8 +114,9 @@ class Bench:
 
     @staticmethod
     def cancel(job) -> None:
+        from jobs.errors import JobError
         from jobs.healing import jobs_heal
-        from jobs.services import JobError, job_cancel
+        from jobs.services import job_cancel
 
         with contextlib.suppress(JobError):
             job_cancel(job)
