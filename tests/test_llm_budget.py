@@ -16,9 +16,10 @@ from eventproject.db import DatabaseNow
 from extraction.llm_budget import BURST_SECONDS, HORIZON_SECONDS, Budget, BudgetState, Limits
 from extraction.llm_client import LLMClient, endpoint
 from extraction.models import LLMBudget
-from jobs.models import Drain
+from jobs.models import Drain, Job
 from jobs.progress import job_progress
-from jobs.worker.control import budget_caller
+from jobs.services import job_share_set
+from jobs.worker.control import JobControl, budget_caller
 from tests import cluster
 from tests.cluster import ROOT, wait_for
 from tests.fake_openai import API_KEY, MODEL
@@ -229,3 +230,13 @@ def test_progress_says_a_job_is_held_back_by_the_providers_limit_while_its_calls
     )
     LLMBudget.objects.update(paused_until=0, callers={})  # the pause is over, its calls went out
     assert job_progress(job).waiting_for is None
+
+
+@pytest.mark.django_db
+def test_a_jobs_weight_in_the_budget_is_its_priority_read_again_while_it_runs(running_job, make_users):
+    job = running_job(make_users(1))
+    control = JobControl(job.id)
+    assert control.budget_share() == (f"job:{job.id}", Job.Priority.NORMAL)
+    job_share_set(job, priority=Job.Priority.URGENT)
+    control.checked_at -= 1.0  # a second later: the job's row is read again
+    assert control.budget_share() == (f"job:{job.id}", Job.Priority.URGENT)
