@@ -7,6 +7,7 @@ writes need, the same ones the admin checks (see the groups in jobs/migrations/0
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from django.urls import register_converter
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import parsers, serializers
+from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -29,6 +31,40 @@ from .storable import depth_problem, json_problem
 
 if TYPE_CHECKING:
     from rest_framework.permissions import _PermissionClass
+
+
+class CachedTokenAuthentication(TokenAuthentication):
+    """DRF's token authentication, remembering each token's user for API_AUTH_CACHE_SECONDS in this
+    process (0: not at all). The user's permissions come with it: Django caches them on the user
+    object (ModelBackend's _perm_cache), which lives no longer than the entry. So a poller's request
+    costs no query for who it is and what it may do; the price is that a deleted token, a
+    deactivated account or a removed permission stops working only once its entry expires, at most
+    API_AUTH_CACHE_SECONDS later, in every web process. Unknown tokens are never remembered."""
+
+    def authenticate_credentials(self, key):
+        now = clock()
+        entry = _TOKENS.get(key)
+        if entry is not None and entry[0] > now:
+            return entry[1], entry[2]
+        user, token = super().authenticate_credentials(key)
+        if (seconds := settings.API_AUTH_CACHE_SECONDS) > 0:
+            if len(_TOKENS) >= TOKENS_KEPT:  # many tokens at once: forget the expired ones
+                for stale in [k for k, (until, *_) in _TOKENS.items() if until <= now]:
+                    _TOKENS.pop(stale, None)
+                if len(_TOKENS) >= TOKENS_KEPT:
+                    _TOKENS.clear()
+            _TOKENS[key] = (now + seconds, user, token)
+        return user, token
+
+
+clock = time.monotonic  # the auth cache's clock (tests move it)
+TOKENS_KEPT = 10_000
+# token key -> (expires at, its user, the token), read and written only whole (safe across threads).
+_TOKENS: dict[str, tuple[float, object, object]] = {}
+
+
+def auth_cache_clear() -> None:
+    _TOKENS.clear()
 
 
 class ModelPermissions(BasePermission):

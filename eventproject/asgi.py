@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
@@ -36,6 +37,16 @@ class BodyTooLarge(Exception):
 
 
 class Handler(ASGIHandler):
+    def load_middleware(self, is_async=False):
+        # Every view and nearly every middleware here is synchronous: the chain is built as a sync
+        # server builds it and entered once on the synchronous thread (get_response_async below).
+        # Built for async, Django would cross between that thread and the event loop several
+        # times a request (a sync middleware before an async-capable one, then the view).
+        super().load_middleware(is_async=False)
+
+    async def get_response_async(self, request):
+        return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")

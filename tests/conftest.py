@@ -55,10 +55,14 @@ def make_users():
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    """Throttle counts and stream slots live in the cache: each test starts with none."""
+    """Throttle counts and stream slots live in the cache, API tokens' users in the process: each
+    test starts with none."""
     from django.core.cache import cache
 
+    from eventproject.api import auth_cache_clear
+
     cache.clear()
+    auth_cache_clear()
 
 
 @pytest.fixture

@@ -169,6 +169,10 @@ class Control:
         """Stop the whole job with this message (e.g. its token limit was reached)."""
         raise ExtractorFatalError(message)
 
+    def budget_share(self) -> tuple[str, int]:
+        """Who spends a provider's budget (its job) and its weight among those sharing it."""
+        return "", 1
+
 
 def _option_value(value: Any, kind: type) -> tuple[Any, str]:
     """The value as an option of this type (a whole number is a float option's too), or why it

@@ -74,7 +74,9 @@ class ChunkCalls:
             def finish(outcome: CallOutcome) -> None:
                 assert client is not None  # (as in start)
                 self._charge(outcome)
-                if outcome.completion and not outcome.invalid and not outcome.extra:
+                # Only a reply read and valid for every user: an unreadable one, cached, would
+                # answer every later try of the same request.
+                if outcome.completion and not (outcome.failure or outcome.invalid or outcome.extra):
                     client.remember(outcome.completion)  # (an answer from the cache is not stored again)
                 for again in self._settle(outcome):
                     start(again)
@@ -93,7 +95,7 @@ class ChunkCalls:
             finally:
                 if client:
                     client.flush()
-                # A thread may have opened a database connection (rate limit, the job's status).
+                # A thread may have opened a database connection (the provider's budget, the job's status).
                 barrier = threading.Barrier(threads)
                 for _ in range(threads):
                     pool.submit(_close_connection, barrier)
@@ -187,6 +189,7 @@ class ChunkCalls:
                 should_stop=self._must_stop,
                 seconds_left=self.control.seconds_left,
                 slot=self.slot,
+                share=self.control.budget_share,
             )
         except LLMStopped as exc:
             return CallOutcome(parts, stopped=str(exc))

@@ -1,14 +1,21 @@
 """Progress streams (Server-Sent Events) and other long responses, under ASGI and WSGI alike.
 
 Under ASGI (how the web server runs, see gunicorn.conf.py) a stream is a coroutine, not a thread:
-each web process keeps one *feed* per watched job, a task that reads the job's progress every
-API_STREAM_POLL_SECONDS on one reader thread shared by every feed of the process, and wakes every
-stream of that job when it changed. So 200 clients of one job cost one small query a poll per
-process, not 200 threads and 200 database connections. The read is cheap while nothing changed:
-job_progress_state() and its tag; the full job_progress() runs only on a change (jobs.progress).
+each web process keeps one *feed* per watched job, a task that reads the job's progress (a read
+starting every 0.8 API_STREAM_POLL_SECONDS) on one reader thread shared by every feed of the
+process, and wakes every stream of that job when it changed. So 200 clients of one job cost one
+small query a poll per process, not 200 threads and 200 database connections. The read is cheap
+while nothing changed: job_progress_state() and its tag; the full job_progress() runs only on a
+change (jobs.progress).
+
+The same feeds answer conditional polls of /progress/ (feed_fresh_tag): a poll keeps its job's
+feed reading for POLLED_FEED_SECONDS, and a client whose copy matches what the feed read at most
+API_STREAM_POLL_SECONDS ago gets its 304 without a query. So 50 clients polling one job cost one
+small query a poll interval per process too, and a change is answered 200 within that interval.
 
 Under WSGI (`manage.py runserver`, the test client, `gunicorn eventproject.wsgi`) each stream
-polls for itself and holds its thread, as streams always did there.
+polls for itself and holds its thread, as streams always did there, and each poll reads the
+database.
 """
 
 import asyncio
@@ -20,9 +27,10 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection
 
@@ -39,6 +47,8 @@ STREAM_KEEPALIVE_SECONDS = 15
 STREAM_RETRY_MILLISECONDS = 2000  # how soon EventSource reconnects after a stream closed
 STREAM_END_ID = "end"
 TIME_UP = ": the stream's time is up; reconnect with Last-Event-ID\n\n"
+POLLED_FEED_SECONDS = 10  # a feed polls started (or kept) reads on this long after the last poll
+READ_EARLY = 0.8  # a feed's reads start every 0.8 API_STREAM_POLL_SECONDS
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,9 @@ class Snapshot:
     progress: dict[str, Any]
     finished: bool
 
+    @cached_property
     def progress_event(self) -> str:
+        """The event every stream of the job sends: made once per snapshot, not once per stream."""
         return f"id: {self.tag}\nevent: progress\ndata: {json.dumps(self.progress)}\n\n"
 
     def end_event(self) -> str:
@@ -113,7 +125,7 @@ class ProgressStream:
             if snapshot is None:  # the job was deleted
                 return
             if snapshot.tag != last_tag:
-                yield snapshot.progress_event()
+                yield snapshot.progress_event
                 last_tag, last_sent = snapshot.tag, time.monotonic()
             elif time.monotonic() - last_sent > STREAM_KEEPALIVE_SECONDS:
                 yield ": keep-alive\n\n"
@@ -137,7 +149,7 @@ class ProgressStream:
                     return
                 if snapshot is not None:
                     if snapshot.tag != last_tag:
-                        yield snapshot.progress_event()
+                        yield snapshot.progress_event
                         last_tag, last_sent = snapshot.tag, time.monotonic()
                     if snapshot.finished:
                         yield snapshot.end_event()
@@ -159,15 +171,21 @@ class ProgressStream:
 
 
 class Feed:
-    """One job's progress for every stream of it in this process: the latest snapshot, and an event
-    set (then replaced) each time a read found a change. Its task reads while streams listen."""
+    """One job's progress for every stream and poll of it in this process: the latest snapshot, and
+    an event set (then replaced) each time a read found a change. Its task reads while streams
+    listen or polls came within POLLED_FEED_SECONDS.
+
+    `latest` is (when the last successful read began, on the monotonic clock; its snapshot), one
+    value replaced whole, so a poll on another thread never pairs a snapshot with a newer time."""
 
     def __init__(self, job_id: int):
         self.job_id = job_id
         self.snapshot: Snapshot | None = None
+        self.latest: tuple[float, Snapshot] | None = None
         self.gone = False  # the job was deleted
         self.changed = asyncio.Event()
         self.listeners = 0
+        self.polled_until = 0.0
         self.task: asyncio.Task | None = None
 
     def publish(self, snapshot: Snapshot | None) -> None:
@@ -179,20 +197,31 @@ class Feed:
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
 
+    def polled(self) -> bool:
+        return time.monotonic() < self.polled_until
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         metrics.STREAM_FEEDS.inc()
         try:
-            while self.listeners:
+            while self.listeners or self.polled():
+                began = time.monotonic()  # before the query: a change committed by then is in it
                 try:
                     snapshot = await loop.run_in_executor(_reader(), _read, self.job_id, self.snapshot)
                 except Exception:  # the database is away: the streams wait, the next poll tries again
                     logger.exception("reading job %s's progress for its streams failed", self.job_id)
                 else:
                     self.publish(snapshot)
-                    if snapshot is None or snapshot.finished:
+                    if snapshot is None:
+                        self.latest = None
                         return
-                await asyncio.sleep(settings.API_STREAM_POLL_SECONDS)
+                    self.latest = (began, snapshot)
+                    if snapshot.finished and not self.polled():
+                        return
+                # The next read starts a little before the last one is a poll interval old, so polls
+                # find a fresh one (feed_fresh_tag) instead of falling back on the database.
+                next_read = began + settings.API_STREAM_POLL_SECONDS * READ_EARLY
+                await asyncio.sleep(max(next_read - time.monotonic(), 0.0))
         finally:
             metrics.STREAM_FEEDS.dec()
             feeds = _feeds()
@@ -212,14 +241,46 @@ def _feeds() -> dict[int, Feed]:
 
 def feed_join(job_id: int) -> Feed:
     """The job's feed in this process (started if none runs), with one more listener."""
+    feed = _feed_running(job_id)
+    feed.listeners += 1
+    return feed
+
+
+def _feed_running(job_id: int) -> Feed:
     feeds = _feeds()
     feed = feeds.get(job_id)
     if feed is None:
         feed = feeds[job_id] = Feed(job_id)
-    feed.listeners += 1
     if feed.task is None:
         feed.task = asyncio.get_running_loop().create_task(feed.run())
     return feed
+
+
+def _feed_poll(job_id: int) -> None:
+    """On the event loop: start the job's feed for polls, or keep it reading."""
+    _feed_running(job_id).polled_until = time.monotonic() + POLLED_FEED_SECONDS
+
+
+def feed_fresh_tag(job_id: int) -> str | None:
+    """From a request's synchronous thread under ASGI: the tag of the job's progress as this
+    process's feed read it at most API_STREAM_POLL_SECONDS ago, keeping that feed reading for
+    POLLED_FEED_SECONDS more (it is started if none runs). None when there is no such read (no feed
+    yet, a read failed or lags, the job is gone, or not under ASGI): the caller reads the database.
+
+    A change committed API_STREAM_POLL_SECONDS before the call is always in the read whose tag this
+    returns, since that read began after it."""
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    if loop is None or loop.is_closed():
+        return None
+    feed = _FEEDS.get(loop, {}).get(job_id)
+    if feed is None or not feed.polled():
+        loop.call_soon_threadsafe(_feed_poll, job_id)
+    else:
+        feed.polled_until = time.monotonic() + POLLED_FEED_SECONDS
+    latest = feed.latest if feed is not None else None
+    if latest is None or time.monotonic() - latest[0] > settings.API_STREAM_POLL_SECONDS:
+        return None
+    return latest[1].tag
 
 
 def feed_leave(feed: Feed) -> None:

@@ -4,7 +4,8 @@ import json
 from typing import cast
 
 from django.conf import settings
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponseNotModified, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from django.utils.http import parse_etags
 from django.utils.translation import gettext as _
@@ -36,7 +37,7 @@ from .serializers import (
     JobSummary,
     Progress,
 )
-from .streams import STREAM_END_ID, STREAM_RETRY_MILLISECONDS, ProgressStream
+from .streams import STREAM_END_ID, STREAM_RETRY_MILLISECONDS, ProgressStream, feed_fresh_tag
 
 WRITE_ERRORS = {
     **ERRORS,
@@ -150,23 +151,34 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
     responses={200: Progress, 304: OpenApiResponse(description="Not modified"), **ERRORS},
 )
 class JobProgressView(JobsBase, APIView):
-    """A client whose copy is current gets 304 from one small query (job_progress_state); the full
-    progress, with its rates and top errors, is read only when something it shows changed."""
+    """A client whose copy is current gets 304 from what this process's feed of the job read at
+    most API_STREAM_POLL_SECONDS ago (under ASGI: no query; jobs/api/streams.py), else from one
+    small query (job_progress_state); the full progress, with its rates and top errors, is read
+    only when something it shows changed."""
 
-    def get(self, request: Request, pk: int) -> Response:
+    def get(self, request: Request, pk: int) -> HttpResponseBase:
+        if_none_match = request.headers.get("If-None-Match", "")
+        if if_none_match and asgi_served(request):
+            tag = feed_fresh_tag(pk)
+            if tag is not None and etag_matches(if_none_match, progress_etag(tag)):
+                return not_modified(progress_etag(tag))
         found = job_progress_state(pk)
         if found is None:
             raise Http404
         job, state = found
         etag = progress_etag(state.tag())
-        if etag_matches(request.headers.get("If-None-Match", ""), etag):
-            return Response(
-                status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag, "Cache-Control": "no-cache"}
-            )
+        if etag_matches(if_none_match, etag):
+            return not_modified(etag)
         progress = job_progress(job, state=state)
         # The tag of what is sent, read after the state above: never older than the body.
         headers = {"ETag": progress_etag(progress.tag()), "Cache-Control": "no-cache"}
         return Response(Progress(progress).data, headers=headers)
+
+
+def not_modified(etag: str) -> HttpResponseNotModified:
+    response = HttpResponseNotModified()
+    response["ETag"], response["Cache-Control"] = etag, "no-cache"
+    return response
 
 
 class JobActionView(JobsBase, APIView):

@@ -1,16 +1,18 @@
 """Benchmark of the foundation: import (rows/s), sample data generation, rules extraction (users/s).
 
     python -m tests.bench.foundation [--users 20000] [--import-rows 1000000] [--workers 2] [--chunk-size 500]
+                                     [--backends sqlite,postgresql] [--only import]
 
 Runs every step on a fresh SQLite file and a fresh PostgreSQL database and prints
 the figures side by side with the first version's targets and the raw floor of a
-plain COPY on this machine. Extraction here is the plain loop (load a chunk,
-extract, save) in N processes splitting the users; the job engine adds its own
-bookkeeping on top, measured by tests/bench/engine.py.
+plain COPY on this machine (`--only import`: the import alone). Extraction here is
+the plain loop (load a chunk, extract, save) in N processes splitting the users; the
+job engine adds its own bookkeeping on top, measured by tests/bench/engine.py.
 """
 
 import argparse
 import csv
+import os
 import subprocess
 import sys
 import tempfile
@@ -157,12 +159,13 @@ def main() -> None:
     parser.add_argument("--import-rows", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--only", choices=["import"], help="measure the import alone")
     options = parser.parse_args()
     if options.step:
         return step(options.step)
 
     backends = options.backends.split(",")
-    urls = backend_urls("bench_foundation", backends)
+    urls = backend_urls(os.environ.get("BENCH_DB_PREFIX", "") + "bench_foundation", backends)
     workdir = Path(tempfile.mkdtemp(prefix="bench-foundation-"))
     csv_path = workdir / "behaviors.csv"
     print(f"writing {options.import_rows} rows to {csv_path} …", file=sys.stderr)
@@ -183,12 +186,16 @@ def main() -> None:
         figures = run_child(
             "tests.bench.foundation", url, "--step", "import", str(csv_path), str(options.import_rows)
         )
-        figures |= run_child("tests.bench.foundation", url, "--step", "generate", str(options.users))
-        one = extraction_run(url, 1, options.users, options.chunk_size)
-        many = extraction_run(url, options.workers, options.users, options.chunk_size)
         results[backend] = {
             "import": f"{figures['import_rows_per_s']:,.0f}",
             "reimport": f"{figures['reimport_rows_per_s']:,.0f}",
+        }
+        if options.only == "import":
+            continue
+        figures |= run_child("tests.bench.foundation", url, "--step", "generate", str(options.users))
+        one = extraction_run(url, 1, options.users, options.chunk_size)
+        many = extraction_run(url, options.workers, options.users, options.chunk_size)
+        results[backend] |= {
             "generate": f"{figures['generate_seconds']:.1f}",
             "extract_1_users": f"{one[0]:,.0f}",
             "extract_1_behaviors": f"{one[1]:,.0f}",
@@ -197,7 +204,7 @@ def main() -> None:
         }
 
     def row(label, key, baseline):
-        return (label, baseline, {b: results[b][key] for b in backends})
+        return (label, baseline, {b: results[b].get(key, "-") for b in backends})
 
     print_table(
         "Foundation benchmark",
