@@ -36,6 +36,14 @@ class ChunkCalls:
     def extract(self, users: Sequence[UserInput]) -> dict[str, UserResult]:
         results: dict[str, UserResult] = {user.user_id: [] for user in users if not user.behaviors}
         parts = users_parts(users, self.budget)
+        self._send(parts)
+        for user in users:
+            if user.user_id not in results:
+                results[user.user_id] = self._result(user, parts)
+        return results
+
+    def _send(self, parts: list[Part]) -> None:
+        """Make the calls these parts need, and again what failed, until every part is settled."""
         client = (
             LLMClient(
                 model=self.options["model"],
@@ -91,19 +99,17 @@ class ChunkCalls:
                 barrier = threading.Barrier(threads)
                 for _ in range(threads):
                     pool.submit(_close_connection, barrier)
-        for user in users:
-            if user.user_id in results:
-                continue
-            outcomes = [self.done.get(id(part)) for part in parts if part.user is user]
-            errors = [o for o in outcomes if isinstance(o, ExtractionError) or o is None]
-            if errors:
-                results[user.user_id] = errors[0] or ExtractionError("not processed")
-            else:
-                results[user.user_id] = sorted(
-                    (e for events in outcomes if isinstance(events, list) for e in events),
-                    key=lambda e: (e.starts_at, e.behavior_ids[0]),
-                )
-        return results
+
+    def _result(self, user: UserInput, parts: list[Part]) -> UserResult:
+        """The user's events from all its parts, in time order; or the first error among them."""
+        outcomes = [self.done.get(id(part)) for part in parts if part.user is user]
+        errors = [o for o in outcomes if isinstance(o, ExtractionError) or o is None]
+        if errors:
+            return errors[0] or ExtractionError("not processed")
+        return sorted(
+            (e for events in outcomes if isinstance(events, list) for e in events),
+            key=lambda e: (e.starts_at, e.behavior_ids[0]),
+        )
 
     def _must_stop(self) -> str:
         """Why no more calls may be made for this job, if there is a reason (checked before each call)."""
