@@ -27,6 +27,7 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed
 	$(PY) -m tests.bench.foundation
@@ -35,8 +36,12 @@ bench: $(VENV)/.installed
 	$(PY) -m tests.bench.llm
 	$(PY) -m tests.bench.recovery
 	$(PY) -m tests.bench.scale
+	$(PY) -m tests.bench.fairness
 
-# Real clusters under random faults on PostgreSQL, then every invariant checked (tests/chaos.py).
+# Real clusters under random faults (restarts, outages, partitions, hostile LLM answers) on a
+# PostgreSQL and a Redis server of its own, then every invariant checked (tests/chaos.py).
+# Partitions need root and iproute2; without them the run says so and injects the rest
+# (REQUIRE_NETNS=1, as in CI, makes it fail instead).
 chaos: $(VENV)/.installed
 	$(PY) -m tests.chaos --seconds $(CHAOS_SECONDS)
 

@@ -8,8 +8,9 @@ writes need, the same ones the admin checks (see the groups in jobs/migrations/0
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
@@ -23,10 +24,13 @@ from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
-from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 from rest_framework.utils import json
 
 from .storable import depth_problem, json_problem
+
+if TYPE_CHECKING:
+    from rest_framework.permissions import _PermissionClass
 
 
 class CachedTokenAuthentication(TokenAuthentication):
@@ -127,8 +131,9 @@ class Guarded:
     # (drf-spectacular shows this docstring as the description of views without one: keep it short.)
     # Each view names its read permissions; there is no default, so forgetting them opens nothing.
 
-    permission_classes = [ModelPermissions]
-    throttle_classes = [ReadThrottle, WriteThrottle]
+    # Declared as APIView declares them (the stubs' alias), so that views may mix this class in.
+    permission_classes: "Sequence[_PermissionClass]" = [ModelPermissions]
+    throttle_classes: Sequence[type[BaseThrottle]] = [ReadThrottle, WriteThrottle]
     read_permissions: tuple[str, ...]
     write_permissions: tuple[str, ...] | None = None
 

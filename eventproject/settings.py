@@ -4,9 +4,7 @@ Every knob is an environment variable with a safe default; a bad value raises
 ImproperlyConfigured at start-up instead of failing later in a worker.
 """
 
-import ipaddress
 import os
-import re
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -14,58 +12,9 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy
 
+from eventproject.env import env_bool, env_file, env_float, env_int, env_list, env_networks, env_rate
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
-
-
-def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
-    if maximum is not None and number > maximum:
-        raise ImproperlyConfigured(f"{name} must be at most {maximum}, got {number}")
-    return number
-
-
-def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
-    if not number >= minimum:
-        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
-    return number
-
-
-def env_list(name: str, default: str = "") -> list[str]:
-    return [part.strip() for part in os.environ.get(name, default).split(",") if part.strip()]
-
-
-def env_rate(name: str, default: str) -> str:
-    """A throttle rate such as 60/minute (DRF's format)."""
-    rate = os.environ.get(name) or default
-    if not re.fullmatch(r"\d+/(second|minute|hour|day|s|m|h|d)", rate):
-        raise ImproperlyConfigured(f"{name} must look like 60/minute, got {rate!r}")
-    return rate
 
 
 DEBUG = env_bool("DEBUG", False)
@@ -110,14 +59,7 @@ SECURE_REFERRER_POLICY = "same-origin"
 # arriving from one of them has its client address taken from X-Forwarded-For (walked from the
 # right past every trusted proxy: eventproject.proxies); any other client's own header is ignored,
 # so nobody can pose as another address to dodge or cause a login lock-out.
-TRUSTED_PROXIES = []
-for network in env_list("TRUSTED_PROXIES"):
-    try:
-        TRUSTED_PROXIES.append(ipaddress.ip_network(network, strict=False))
-    except ValueError:
-        raise ImproperlyConfigured(
-            f"TRUSTED_PROXIES entries must be addresses or networks like 10.0.0.0/8, got {network!r}"
-        ) from None
+TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -361,8 +303,8 @@ SPECTACULAR_SETTINGS = {
         "user_id": {"type": "string", "minLength": 1, "maxLength": USER_ID_MAX_CHARS},
     },
     "ENUM_NAME_OVERRIDES": {
-        "JobStatusEnum": "jobs.models.JobStatus",
-        "ItemStatusEnum": "jobs.models.ItemStatus",
+        "JobStatusEnum": "jobs.models.Job.Status",
+        "ItemStatusEnum": "jobs.models.JobItem.Status",
         "ExtractionOutcomeEnum": "extraction.models.ExtractionState.Outcome",
         "LegacyStatusEnum": ["idle", "running", "completed", "failed"],
         "PriorityEnum": ["low", "normal", "high", "urgent"],
@@ -389,9 +331,7 @@ DEFAULT_EXCEPTION_REPORTER_FILTER = "eventproject.middleware.SecretsHiddenReport
 
 # Extraction
 # A JSON ruleset replacing the shipped one (extraction/extractors/rules_default.json).
-EXTRACTION_RULES_FILE = os.environ.get("EXTRACTION_RULES_FILE") or None
-if EXTRACTION_RULES_FILE and not Path(EXTRACTION_RULES_FILE).is_file():
-    raise ImproperlyConfigured(f"EXTRACTION_RULES_FILE {EXTRACTION_RULES_FILE!r} is not a file")
+EXTRACTION_RULES_FILE = env_file("EXTRACTION_RULES_FILE")
 
 # Extractor name -> class path. EXTRACTION_EXTRA_EXTRACTORS adds more as
 # "name=package.module.Class,name2=...".
@@ -412,8 +352,9 @@ for entry in env_list("EXTRACTION_EXTRA_EXTRACTORS"):
 # from the environment by the client itself and never stored.
 OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL") or None
 if OPENAI_BASE_URL:
-    from urllib.parse import urlsplit
+    from urllib.parse import SplitResult, urlsplit
 
+    _parts: SplitResult | None
     try:
         _parts = urlsplit(OPENAI_BASE_URL)
         _parts.port  # noqa: B018 (raises ValueError on a bad port)
@@ -423,11 +364,18 @@ if OPENAI_BASE_URL:
         # Not echoed: it may carry credentials.
         raise ImproperlyConfigured("OPENAI_BASE_URL must be an http(s) URL such as http://127.0.0.1:8001/v1")
 EXTRACTION_LLM_MODEL = os.environ.get("EXTRACTION_LLM_MODEL", "gpt-4o-mini")
-EXTRACTION_LLM_PROMPT_FILE = os.environ.get("EXTRACTION_LLM_PROMPT_FILE") or None
-if EXTRACTION_LLM_PROMPT_FILE and not Path(EXTRACTION_LLM_PROMPT_FILE).is_file():
-    raise ImproperlyConfigured(f"EXTRACTION_LLM_PROMPT_FILE {EXTRACTION_LLM_PROMPT_FILE!r} is not a file")
-# Across all workers and machines (kept in the database); 0: no limit.
-EXTRACTION_LLM_REQUESTS_PER_MINUTE = env_int("EXTRACTION_LLM_REQUESTS_PER_MINUTE", 0)
+EXTRACTION_LLM_PROMPT_FILE = env_file("EXTRACTION_LLM_PROMPT_FILE")
+# The provider's budget per endpoint and model, shared by all workers on all machines (kept in the
+# database) and divided among the running jobs by priority; 0: no limit. Set them a little below
+# the provider's own limits (a 429 pauses every worker).
+EXTRACTION_LLM_REQUESTS_PER_MINUTE = env_int("EXTRACTION_LLM_REQUESTS_PER_MINUTE", 0, maximum=10_000_000)
+EXTRACTION_LLM_TOKENS_PER_MINUTE = env_int("EXTRACTION_LLM_TOKENS_PER_MINUTE", 0, maximum=10**12)
+if 0 < EXTRACTION_LLM_TOKENS_PER_MINUTE < 1_000:
+    # A call asks room for its answer (max_completion_tokens, 100 at least) on top of its prompt.
+    raise ImproperlyConfigured(
+        "EXTRACTION_LLM_TOKENS_PER_MINUTE must be 0 (no limit) or at least 1000, "
+        f"got {EXTRACTION_LLM_TOKENS_PER_MINUTE}"
+    )
 EXTRACTION_LLM_MAX_RETRIES = env_int("EXTRACTION_LLM_MAX_RETRIES", 4)
 EXTRACTION_LLM_BACKOFF_SECONDS = env_float("EXTRACTION_LLM_BACKOFF_SECONDS", 1.0)
 # How answers are asked for when a job does not say: "auto" (the answer's JSON schema where the
@@ -596,11 +544,4 @@ else:
 
 # Operations: /healthz and /metrics (the ops app).
 # /metrics answers only clients in these networks (comma-separated addresses or CIDR ranges).
-METRICS_ALLOWED_NETWORKS = []
-for network in env_list("METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1"):
-    try:
-        METRICS_ALLOWED_NETWORKS.append(ipaddress.ip_network(network, strict=False))
-    except ValueError:
-        raise ImproperlyConfigured(
-            f"METRICS_ALLOWED_NETWORKS entries must be addresses or networks like 10.0.0.0/8, got {network!r}"
-        ) from None
+METRICS_ALLOWED_NETWORKS = env_networks("METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1")

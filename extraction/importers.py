@@ -261,7 +261,7 @@ class Importer:
 class BehaviorImporter(Importer):
     kind = "behaviors"
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.batch: list[BehaviorRow] = []
         self.plans: dict[int, Plan] = {}  # of CSV records, by their number of keys
@@ -301,7 +301,7 @@ class BehaviorImporter(Importer):
 class ProfileImporter(Importer):
     kind = "profiles"
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.batch: dict[str, dict[str, Any]] = {}
 

@@ -1,12 +1,13 @@
 """Imports started from the screen: the uploaded file is stored, a DataImport row records it, and a
 task on the cluster imports it in the background, as `import_data` would.
 
-The table is the truth and the queue a doorbell, as for jobs. A task carries only the import's id
-and claims the row on a lease; every batch it writes commits with a checkpoint (last line handled,
-counts, rejected rows) and renews the lease, fenced by its claim token. A worker that dies leaves
-its lease to run out; healing (in every cluster, every few seconds) rings the import again and the
-next worker reads past the lines already handled. Behaviours are unique on their natural key and
-profiles are upserted, so even a batch written twice would add nothing.
+Claimable work like a job's (eventproject.work: the table is the truth and the queue a doorbell). A
+task carries only the import's id and claims the row on a lease; every batch it writes commits with
+a checkpoint (last line handled, counts, rejected rows) and renews the lease, fenced by its claim
+token. A worker that dies leaves its lease to run out; healing (in every cluster, every few seconds)
+rings the import again and the next worker reads past the lines already handled. Behaviours are
+unique on their natural key and profiles are upserted, so even a batch written twice would add
+nothing.
 """
 
 import logging
@@ -14,22 +15,26 @@ import time
 import uuid
 from contextlib import nullcontext
 from pathlib import Path
+from typing import cast
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from eventproject.db import DatabaseNow, tables_analyze
 from eventproject.leases import LeaseKeeper
+from eventproject.work import bells_heal, claim, held, lease_expired, lease_until, ring
 
 from .importers import (
     Checkpoints,
+    Format,
     ImportFileError,
     ImportOptions,
     ImportPaused,
     ImportSummary,
+    Kind,
     detect_format,
     error_line,
     import_file,
@@ -88,21 +93,11 @@ def import_create(
 
 
 def import_ring(import_id: int, *, mark: bool = False) -> None:
-    """Enqueue the import's task once the current transaction commits (`mark`: note the ring, on
-    the database's clock, so healing does not ring again while the task waits in the queue). A
-    broker that cannot take it loses nothing: healing rings every import whose bell went unanswered."""
-    from django_q.tasks import async_task
-
+    """Ring the import's task once the current transaction commits (`mark`: note the ring, on the
+    database's clock, so healing does not ring again while the task waits in the queue)."""
     if mark:
         DataImport.objects.filter(id=import_id).update(rung_at=DatabaseNow())
-
-    def enqueue() -> None:
-        try:
-            async_task(TASK, import_id, group=f"import-{import_id}", task_name=f"import {import_id}")
-        except Exception:
-            logger.warning("could not enqueue import %s; a cluster will ring it again", import_id)
-
-    transaction.on_commit(enqueue)
+    ring(TASK, import_id, group=f"import-{import_id}", name=f"import {import_id}")
 
 
 def import_run(import_id: int) -> None:
@@ -139,7 +134,7 @@ def import_run(import_id: int) -> None:
             "updated": summary.updated,
             "duplicates": summary.duplicates,
             "rejected": summary.rejected,
-            "lease_expires_at": DatabaseNow(settings.IMPORTS_LEASE_SECONDS),
+            "lease_expires_at": lease_until(settings.IMPORTS_LEASE_SECONDS),
             "takeovers": 0,  # it moves again: only deaths in a row, without progress, fail it
         }
         if len(summary.errors) != errors_written:  # the list is rewritten only when it grew
@@ -151,7 +146,7 @@ def import_run(import_id: int) -> None:
 
     try:
         options = ImportOptions(
-            fmt=data_import.file_format,
+            fmt=cast(Format, data_import.file_format),  # the field's choices
             encoding=data_import.encoding,
             tz=ZoneInfo(data_import.timezone),
             batch_size=settings.IMPORTS_BATCH_ROWS,
@@ -159,7 +154,7 @@ def import_run(import_id: int) -> None:
         )
         resume = Checkpoints(checkpoint, summary=_summary_of(data_import), after_line=data_import.line)
         with keeper or nullcontext():
-            summary = import_file(data_import.kind, path, options, checkpoints=resume)
+            summary = import_file(cast(Kind, data_import.kind), path, options, checkpoints=resume)
     except ImportPaused:
         _requeue(data_import.id, token)
         return
@@ -182,28 +177,27 @@ def _lease_keeper(import_id: int, token: uuid.UUID) -> LeaseKeeper | None:
         return None
 
     def renew() -> bool:
-        lease = DatabaseNow(settings.IMPORTS_LEASE_SECONDS)
-        return bool(_mine(import_id, token).update(lease_expires_at=lease))
+        return bool(
+            _mine(import_id, token).update(lease_expires_at=lease_until(settings.IMPORTS_LEASE_SECONDS))
+        )
 
     return LeaseKeeper(f"import {import_id}", renew, settings.IMPORTS_LEASE_SECONDS / 3)
 
 
 def _mine(import_id: int, token: uuid.UUID):
-    return DataImport.objects.filter(id=import_id, claim_token=token, status=DataImport.Status.RUNNING)
+    return held(DataImport.objects.filter(id=import_id, status=DataImport.Status.RUNNING), token)
 
 
 def _claim(import_id: int, token: uuid.UUID) -> DataImport | None:
     """Take the import: queued, or running on a lease that ran out (its worker died or stalled:
     a takeover, of which IMPORTS_MAX_TAKEOVERS in a row fail the import)."""
-    lease = DatabaseNow(settings.IMPORTS_LEASE_SECONDS)
+    lease = settings.IMPORTS_LEASE_SECONDS
     claims = DataImport.objects.filter(id=import_id)
-    # A claim answers the bell (rung_at cleared): should this worker die, healing rings at once.
-    if claims.filter(status=DataImport.Status.QUEUED).update(
-        status=DataImport.Status.RUNNING, claim_token=token, lease_expires_at=lease, rung_at=None
-    ):
+    # A claim answers the bell: should this worker die, healing rings at once.
+    if claim(claims.filter(status=DataImport.Status.QUEUED), token, lease, status=DataImport.Status.RUNNING):
         DataImport.objects.filter(id=import_id, started_at__isnull=True).update(started_at=timezone.now())
         return DataImport.objects.get(id=import_id)
-    expired = claims.filter(status=DataImport.Status.RUNNING, lease_expires_at__lt=DatabaseNow())
+    expired = claims.filter(lease_expired(), status=DataImport.Status.RUNNING)
     with transaction.atomic():
         failed = expired.filter(takeovers__gte=settings.IMPORTS_MAX_TAKEOVERS).update(
             status=DataImport.Status.FAILED,
@@ -218,7 +212,7 @@ def _claim(import_id: int, token: uuid.UUID) -> DataImport | None:
     if failed:
         _file_remove(DataImport.objects.get(id=import_id))
         return None
-    if expired.update(claim_token=token, lease_expires_at=lease, rung_at=None, takeovers=F("takeovers") + 1):
+    if claim(expired, token, lease, takeovers=F("takeovers") + 1):
         return DataImport.objects.get(id=import_id)
     return None
 
@@ -272,21 +266,7 @@ def imports_heal() -> list[str]:
     """Ring every unfinished import nobody is working on: queued ones whose bell went unanswered
     for a lease's time (a lost message, a broker that was down), and running ones whose lease ran
     out (a dead or frozen worker). Run by every cluster with the jobs' healing."""
-    done = []
-    quiet = DatabaseNow(-settings.IMPORTS_LEASE_SECONDS)
-    waiting = Q(status=DataImport.Status.QUEUED) & (Q(rung_at__isnull=True) | Q(rung_at__lt=quiet))
-    orphaned = Q(status=DataImport.Status.RUNNING, lease_expires_at__lt=DatabaseNow()) & (
-        Q(rung_at__isnull=True) | Q(rung_at__lt=quiet)
+    due = Q(status=DataImport.Status.QUEUED) | Q(lease_expired(), status=DataImport.Status.RUNNING)
+    return bells_heal(
+        DataImport, due, quiet_seconds=settings.IMPORTS_LEASE_SECONDS, ring_one=import_ring, label="import"
     )
-    for import_id in DataImport.objects.filter(waiting | orphaned).values_list("id", flat=True):
-        try:
-            with transaction.atomic():
-                # Only one cluster rings it: the one whose update still finds it unanswered.
-                if DataImport.objects.filter(Q(id=import_id) & (waiting | orphaned)).update(
-                    rung_at=DatabaseNow()
-                ):
-                    import_ring(import_id)
-                    done.append(f"import {import_id}: rang it again")
-        except DatabaseError as exc:
-            logger.warning("could not heal import %s (%s)", import_id, exc)
-    return done

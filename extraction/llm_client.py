@@ -2,8 +2,10 @@
 chat-completions endpoint (OpenAI, DeepSeek, Qwen, vLLM, Ollama, MiniMax…).
 
 One request: `LLMClient.cached()` answers it when the same request was answered (and validated)
-before; otherwise `complete()` waits for a slot of the global rate limit, calls, and retries
-429 / 5xx / timeouts / connection errors with backoff and jitter, honouring Retry-After.
+before; otherwise `complete()` waits for its start in the provider's budget (`llm_budget`:
+requests and tokens per minute per endpoint and model, shared by every worker and divided among
+the jobs by weight), calls, settles the budget with the tokens used, and retries 5xx / timeouts /
+connection errors with backoff and jitter; a 429 pauses every caller of the endpoint and model.
 A request goes out in the shape its endpoint and model were found to accept (`llm_endpoints`):
 a refusal of a parameter we send (`max_tokens`, `temperature`, `response_format`) is learned
 once for every worker and the request sent again. The answer is asked for as the call's JSON
@@ -20,12 +22,13 @@ message either; errors say what happened in our own words, with the HTTP status.
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,16 +36,14 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import openai
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
 
+from .llm_budget import Budget
 from .llm_endpoints import AUTO, RESPONSE_FORMATS, EndpointProfile, Refusal, Shape, sent_parameters
 from .llm_metrics import llm_call_timed
-from .models import LLMCacheEntry, RateLimit
+from .models import LLMCacheEntry
 
 logger = logging.getLogger(__name__)
 
-RATE_LIMIT_NAME = "llm"
-MAX_RETRY_AFTER_SECONDS = 120
 MIN_REQUEST_SECONDS = 1.0  # a request with less time than this before the chunk's deadline is not sent
 DEFAULT_ENDPOINT = "https://api.openai.com/v1"
 MAX_ADAPTATIONS = 4  # refusals one request adapts to: the token parameter, temperature, two formats
@@ -125,34 +126,6 @@ def cache_prune(before: datetime, *, batch_size: int = 10_000) -> int:
     return deleted
 
 
-def rate_limit_wait(requests_per_minute: int, *, now: Callable[[], float] = time.time) -> float:
-    """Reserve the next slot of the global limit; return how long to wait for it (seconds).
-
-    One conditional UPDATE on a shared row, so workers on any number of machines space their
-    requests 60/rpm seconds apart between them.
-    """
-    if requests_per_minute <= 0:
-        return 0.0
-    interval = 60.0 / requests_per_minute
-    table = RateLimit._meta.db_table
-    current = now()
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET next_slot = CASE WHEN next_slot > %s THEN next_slot ELSE %s END + %s "
-            f"WHERE name = %s RETURNING next_slot",
-            [current, current, interval, RATE_LIMIT_NAME],
-        )
-        row = cursor.fetchone()
-        if row is None:
-            try:
-                with transaction.atomic():
-                    RateLimit.objects.create(name=RATE_LIMIT_NAME, next_slot=current + interval)
-                return 0.0
-            except IntegrityError:  # another worker created it first
-                return rate_limit_wait(requests_per_minute, now=now)
-    return max(row[0] - interval - current, 0.0)
-
-
 @dataclass(frozen=True)
 class Endpoint:
     """OPENAI_BASE_URL taken apart: what the client calls, and what a person may be shown."""
@@ -210,6 +183,7 @@ class LLMClient:
             max_retries=0,
         )
         self.profile = EndpointProfile(self.endpoint.shown, model)
+        self.budget = Budget(self.endpoint.shown, model)
 
     def response_format(self, shape: Shape | None = None) -> str:
         """The format answers are asked in now: the job's choice, or the best the endpoint accepts."""
@@ -237,11 +211,14 @@ class LLMClient:
         should_stop: Callable[[], str] = lambda: "",
         seconds_left: Callable[[], float | None] = lambda: None,
         slot: AbstractContextManager | None = None,
+        share: Callable[[], tuple[str, int]] = lambda: ("", 1),
     ) -> Completion:
         """Ask the endpoint (no cache: see `cached`); `schema` is the answer's JSON schema, sent
         where the endpoint takes one. `slot` is held only while a request is out; `should_stop`
         (a reason, or "") is asked right before each request goes out; no request outlasts
-        `seconds_left()`, the time to the chunk's deadline (None: no deadline)."""
+        `seconds_left()`, the time to the chunk's deadline (None: no deadline). `share()` names
+        who spends the provider's budget and its weight there (the job, its priority)."""
+        cost = sum(estimate_tokens(message["content"]) for message in messages) + self.max_completion_tokens
         attempt = adaptations = 0
         probing = False
         try:
@@ -253,49 +230,72 @@ class LLMClient:
                 shape = self.profile.shape
                 response_format = self._format(shape, schema)
                 attempt += 1
-                self._wait(rate_limit_wait(settings.EXTRACTION_LLM_REQUESTS_PER_MINUTE), should_stop)
-                try:
-                    with slot or nullcontext():
-                        if reason := should_stop():
-                            raise LLMStopped(reason)
-                        left = seconds_left()
-                        if left is not None and left < MIN_REQUEST_SECONDS:
-                            raise LLMStopped("the chunk's deadline is too near to send this user")
-                        timeout = self.timeout if left is None else min(self.timeout, left)
-                        with llm_call_timed() as call:  # counted for /metrics, whatever the outcome
-                            response = self.client.chat.completions.create(
-                                **self._request(messages, shape, response_format, schema), timeout=timeout
-                            )
-                            call.usage(response.usage)
-                except openai.APIStatusError as exc:
-                    refusal = Refusal.of(exc)
-                    if adaptations < MAX_ADAPTATIONS and self._adapt(refusal, shape, response_format):
-                        adaptations += 1
-                        attempt -= 1  # a refused parameter is no failed attempt: it is sent otherwise
-                        continue
-                    delay = self._refusal(exc, refusal, attempt, sent_parameters(shape, response_format))
-                except openai.APITimeoutError:
-                    delay = self._backoff(
-                        attempt, f"no answer within {self.timeout:g} s (options.timeout)", "timeout"
-                    )
-                except openai.APIConnectionError:
-                    delay = self._backoff(
-                        attempt, f"could not connect to {self.endpoint.shown}", "connection error"
-                    )
-                except openai.OpenAIError as exc:  # an answer the client could not read
-                    raise LLMCallError(
-                        f"the LLM endpoint's answer could not be read ({type(exc).__name__})",
-                        kind="unreadable answer",
-                    ) from None
-                else:
-                    if probing:
-                        self.profile.probe_end(answered=shape)
-                        probing = False
-                    return self._completion(response, messages, shape, response_format, schema)
+                with self._reserved(cost, should_stop, share) as spending:
+                    try:
+                        with slot or nullcontext():
+                            if reason := should_stop():
+                                raise LLMStopped(reason)
+                            left = seconds_left()
+                            if left is not None and left < MIN_REQUEST_SECONDS:
+                                raise LLMStopped("the chunk's deadline is too near to send this user")
+                            timeout = self.timeout if left is None else min(self.timeout, left)
+                            spending.sent = True
+                            with llm_call_timed() as call:  # counted for /metrics, whatever the outcome
+                                response = self.client.chat.completions.create(
+                                    **self._request(messages, shape, response_format, schema), timeout=timeout
+                                )
+                                call.usage(response.usage)
+                            spending.answered(response.usage)
+                    except openai.APIStatusError as exc:
+                        spending.used = 0  # refused: the provider counts no tokens
+                        refusal = Refusal.of(exc)
+                        if adaptations < MAX_ADAPTATIONS and self._adapt(refusal, shape, response_format):
+                            adaptations += 1
+                            attempt -= 1  # a refused parameter is no failed attempt: it is sent otherwise
+                            continue
+                        delay = self._refusal(exc, refusal, attempt, sent_parameters(shape, response_format))
+                    except openai.APITimeoutError:
+                        delay = self._backoff(
+                            attempt, f"no answer within {self.timeout:g} s (options.timeout)", "timeout"
+                        )
+                    except openai.APIConnectionError:
+                        delay = self._backoff(
+                            attempt, f"could not connect to {self.endpoint.shown}", "connection error"
+                        )
+                    except openai.OpenAIError as exc:  # an answer the client could not read
+                        raise LLMCallError(
+                            f"the LLM endpoint's answer could not be read ({type(exc).__name__})",
+                            kind="unreadable answer",
+                        ) from None
+                    else:
+                        if probing:
+                            self.profile.probe_end(answered=shape)
+                            probing = False
+                        return self._completion(response, messages, shape, response_format, schema)
                 self._wait(delay, should_stop)
         finally:
             if probing:  # it failed or stopped: another request may find out
                 self.profile.probe_end(answered=None)
+
+    @contextmanager
+    def _reserved(
+        self, cost: int, should_stop: Callable[[], str], share: Callable[[], tuple[str, int]]
+    ) -> Iterator["Spending"]:
+        """Wait for a start in the provider's budget for one request of this estimated cost; when
+        the block ends, settle the budget with what the request used."""
+        while True:
+            caller, weight = share()
+            admitted, wait = self.budget.ask(caller, weight, cost)
+            if admitted:
+                break
+            self._wait(wait * random.uniform(1.0, 1.2), should_stop)  # (spread: not all at once)
+        spending = Spending()
+        try:
+            self._wait(wait, should_stop)
+            yield spending
+        finally:
+            used = spending.used if spending.used is not None else cost if spending.sent else 0
+            self.budget.settle(caller, cost, used, sent=spending.sent, answered=spending.ok)
 
     def remember(self, completion: Completion) -> None:
         """Keep a validated answer for the next identical request."""
@@ -414,7 +414,10 @@ class LLMClient:
         if status == 429 or status >= 500:
             kind = "too many requests" if status == 429 else "a server error"
             reason = f"HTTP {status}: {detail}" if detail else f"HTTP {status}, {kind}"
-            return self._backoff(attempt, reason, f"HTTP {status}", at_least=_retry_after(exc))
+            if status == 429:  # every caller of the endpoint and model pauses; this one waits there
+                self.budget.pause(_retry_after(exc))
+                return self._backoff(attempt, reason, "HTTP 429", wait=False)
+            return self._backoff(attempt, reason, f"HTTP {status}")
         if refusal.overflows_context():
             raise LLMCallError(
                 f"the LLM endpoint refused the request (HTTP {status}): the prompt and the room for the "
@@ -428,13 +431,16 @@ class LLMClient:
         )
 
     @staticmethod
-    def _backoff(attempt: int, reason: str, kind: str, at_least: float = 0.0) -> float:
+    def _backoff(attempt: int, reason: str, kind: str, *, wait: bool = True) -> float:
+        """How long to wait before the next attempt (none when the budget's pause does the waiting)."""
         if attempt > settings.EXTRACTION_LLM_MAX_RETRIES:
             raise LLMCallError(
                 f"the LLM endpoint kept failing; gave up after {attempt} attempts (last: {reason})", kind=kind
             )
-        base = settings.EXTRACTION_LLM_BACKOFF_SECONDS * 2 ** (attempt - 1)
-        delay = max(at_least, base * random.uniform(0.5, 1.5))
+        delay = settings.EXTRACTION_LLM_BACKOFF_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+        if not wait:
+            logger.info("LLM call attempt %d failed (%s); retrying after the pause", attempt, reason)
+            return 0.0
         logger.info("LLM call attempt %d failed (%s); retrying in %.1f s", attempt, reason, delay)
         return delay
 
@@ -478,8 +484,25 @@ def _adaptation_words(parameter: str, response_format: str) -> tuple[str, str]:
 
 
 def _retry_after(exc: openai.APIStatusError) -> float:
+    """The 429's Retry-After in seconds (0: none, or not a number of seconds)."""
     value = exc.response.headers.get("retry-after") if exc.response is not None else None
     try:
-        return min(float(value), MAX_RETRY_AFTER_SECONDS) if value else 0.0
+        seconds = float(value) if value else 0.0
     except ValueError:
         return 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+
+
+@dataclass
+class Spending:
+    """What one request did with its reservation: sent or not, the tokens it used (None: unknown,
+    count the estimate), answered."""
+
+    sent: bool = False
+    used: int | None = None
+    ok: bool = False
+
+    def answered(self, usage) -> None:
+        self.ok = True
+        if usage is not None:
+            self.used = (usage.prompt_tokens or 0) + (usage.completion_tokens or 0)

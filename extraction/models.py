@@ -254,15 +254,30 @@ class LLMEndpointProfile(models.Model):
         return f"{self.model} at {self.endpoint}"
 
 
-class RateLimit(models.Model):
-    """A request-rate limit shared by every worker on every machine: each request reserves the
-    next free slot, `interval` seconds after the previous one (virtual scheduling)."""
+class LLMBudget(models.Model):
+    """The provider's budget for one endpoint and model (requests and tokens per minute), shared by
+    every worker on every machine (extraction.llm_budget). Two buckets kept by virtual scheduling:
+    `requests_at` and `tokens_at` are the times (the database's clock, Unix seconds) up to which
+    their rates are spent; a 429 stops every caller until `paused_until`. `callers` holds, for each
+    job asking lately, its weight, its recent use and until when it was held back:
+    {"job:12": {"weight": 2, "usage": 1234.5, "seen": t, "held": t}}."""
 
-    name = models.CharField(max_length=64, primary_key=True)
-    next_slot = models.FloatField(default=0, help_text="Unix time of the next free slot")
+    endpoint = models.CharField(max_length=500, help_text="OPENAI_BASE_URL without credentials or query")
+    model = models.CharField(max_length=200)
+    requests_at = models.FloatField(default=0)
+    tokens_at = models.FloatField(default=0)
+    paused_until = models.FloatField(default=0)
+    pause_seconds = models.FloatField(default=0, help_text="The last pause a 429 without Retry-After made")
+    usage_at = models.FloatField(default=0, help_text="When the callers' usage was last decayed")
+    callers = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "model"], name="llm_budget_endpoint_model"),
+        ]
 
     def __str__(self) -> str:
-        return self.name
+        return f"{self.model} at {self.endpoint}"
 
 
 class DataImport(models.Model):

@@ -1,6 +1,6 @@
 """Reads of the extraction domain."""
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC
 from typing import Any
 
@@ -154,7 +154,8 @@ def _behaviors_of(user_ids: list[str]) -> dict[str, list[BehaviorRecord]]:
     )
     aware = is_postgresql()  # else Django's converter gives naive UTC datetimes
     behaviors: dict[str, list[BehaviorRecord]] = {}
-    user_id, append = None, None
+    user_id = None
+    append: Callable[[BehaviorRecord], None]  # set by the first row
     for row in rows:
         if row[0] != user_id:
             user_id = row[0]

@@ -1,4 +1,6 @@
-"""Writes of the extraction domain: bulk imports and saving extraction results."""
+"""Use cases of the extraction domain: bulk imports' writes (behaviours, profiles), and a chunk's
+extraction: chunk_extract loads the users and runs the extractor, writing nothing; the
+extraction_results_* functions and extraction_failures_record save what came of it."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from eventproject.db import (
     values_sql,
 )
 
-from .extractors import Control, ExtractionError, Extractor, UserInput, UserResult
+from .extractors import Control, EventDraft, ExtractionError, Extractor, UserInput, UserResult
 from .models import EVENT_COLUMNS, Behavior, EventRow, ExtractedEvent, ExtractionState, UserProfile
 from .selectors import user_inputs_load
 
@@ -157,8 +159,13 @@ class Outcome:
         return not isinstance(self.result, ExtractionError)
 
     @property
+    def drafts(self) -> list[EventDraft]:
+        """The events found (none when it failed)."""
+        return [] if isinstance(self.result, ExtractionError) else self.result
+
+    @property
     def events(self) -> int:
-        return len(self.result) if self.succeeded else 0
+        return len(self.drafts)
 
 
 def chunk_extract(
@@ -225,7 +232,7 @@ def _event_rows(saved: Sequence[Outcome], extractor: Extractor, now: datetime):
     db_datetime, db_json = datetime_adapter(), json_adapter()
     created_at = db_datetime(now)
     for outcome in saved:
-        for sequence, draft in enumerate(outcome.result, start=1):
+        for sequence, draft in enumerate(outcome.drafts, start=1):
             yield EventRow(
                 user_id=outcome.user_id,
                 sequence=sequence,
@@ -258,11 +265,12 @@ def _states_replace(cursor, saved: Sequence[Outcome], extractor: Extractor, now:
         [
             {
                 "user_id": outcome.user_id,
-                "event_count": len(outcome.result),
-                "input_version": outcome.user.input_version,
-                "input_fingerprint": outcome.user.fingerprint(),
+                "event_count": len(outcome.drafts),
+                "input_version": user.input_version,
+                "input_fingerprint": user.fingerprint(),
             }
             for outcome in saved
+            if (user := outcome.user) is not None  # (as all saved ones have)
         ],
         STATE_COLUMNS,
     )

@@ -1,18 +1,17 @@
-"""The task queue is only a doorbell: a drain task carries no facts, only "there is work" (and, for
-a drain's continuation, the place it inherits). Every fact lives in the tables, so a lost or
-doubled task loses or doubles nothing, and healing rings again whatever went unanswered.
+"""The task queue is only a doorbell (eventproject.work): a drain task carries no facts, only "there
+is work" (and, for a drain's continuation, the place it inherits). Every fact lives in the tables,
+so a lost or doubled task loses or doubles nothing, and healing rings again whatever went unanswered.
 """
 
 import contextlib
-import logging
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError
 
 from eventproject.db import DatabaseNow
+from eventproject.work import ring
 
 from .models import Job
 
-logger = logging.getLogger(__name__)
 DRAIN_TASK = "jobs.tasks.drain"
 
 
@@ -31,24 +30,15 @@ def job_ring(job_id: int, *, tasks: int, mark: bool = True) -> None:
         with contextlib.suppress(DatabaseError):
             Job.objects.filter(id=job_id).update(bell_rung_at=None)
 
-    _enqueue([None] * tasks, group=f"job-{job_id}", name=f"drain tasks for job {job_id}", failed=unanswered)
+    ring(
+        DRAIN_TASK,
+        *[None] * tasks,
+        group=f"job-{job_id}",
+        name=f"drain tasks for job {job_id}",
+        failed=unanswered,
+    )
 
 
 def drain_continue(drain_id: int) -> None:
     """Enqueue a drain's continuation, which takes over its place (its budget is spent, work is left)."""
-    _enqueue([drain_id], group="drains", name=f"the continuation of drain {drain_id}")
-
-
-def _enqueue(drain_ids: list[int | None], *, group: str, name: str, failed=None) -> None:
-    from django_q.tasks import async_task
-
-    def enqueue() -> None:
-        try:
-            for drain_id in drain_ids:
-                async_task(DRAIN_TASK, drain_id, group=group, task_name=name)
-        except Exception:
-            logger.warning("could not enqueue %s; a cluster will ring it again", name)
-            if failed:
-                failed()
-
-    transaction.on_commit(enqueue)
+    ring(DRAIN_TASK, drain_id, group="drains", name=f"the continuation of drain {drain_id}")

@@ -3,6 +3,7 @@
 import time
 from typing import TextIO
 
+from django.core.management.base import OutputWrapper
 from django.utils.timezone import localtime
 from tqdm import tqdm
 
@@ -13,6 +14,8 @@ POLL_SECONDS = 0.5
 NO_WORKER_HINT_AFTER = 15
 # Away from a terminal (a log file, CI), a plain progress line at most this often.
 PLAIN_EVERY_SECONDS = 5.0
+# Where reports go: a stream, or a command's self.stdout.
+Out = TextIO | OutputWrapper
 
 
 def summary_line(progress: Progress) -> str:
@@ -84,7 +87,7 @@ def add_share_arguments(parser) -> None:
 
 def share_arguments(priority: str | None, max_workers: int | None) -> dict:
     """The options of add_share_arguments as job_start and job_share_set take them."""
-    values = {}
+    values: dict[str, int | None] = {}
     if priority is not None:
         values["priority"] = PRIORITY_NAMES[priority]
     if max_workers is not None:
@@ -106,7 +109,7 @@ class ProgressReport:
     def __init__(
         self,
         job: Job,
-        out: TextIO,
+        out: Out,
         *,
         interactive: bool | None = None,
         every: float = PLAIN_EVERY_SECONDS,
@@ -115,7 +118,9 @@ class ProgressReport:
         self.job_id, self.total, self.out = job.id, job.total_items, out
         self.interactive = _is_terminal(out) if interactive is None else interactive
         self.every, self.clock = every, clock
-        self.last_line, self.last_printed_at, self.last_status = "", None, None
+        self.last_line = ""
+        self.last_printed_at: float | None = None
+        self.last_status: str | None = None
         self.bar = (
             tqdm(total=job.total_items, unit="users", desc=f"job {job.id}", file=out, dynamic_ncols=True)
             if self.interactive
@@ -151,7 +156,7 @@ class ProgressReport:
             self.bar.close()
 
 
-def _is_terminal(out: TextIO) -> bool:
+def _is_terminal(out: Out) -> bool:
     isatty = getattr(out, "isatty", None)
     try:
         return bool(isatty and isatty())
@@ -159,7 +164,7 @@ def _is_terminal(out: TextIO) -> bool:
         return False
 
 
-def follow(job: Job, out: TextIO, **report_options) -> Progress:
+def follow(job: Job, out: Out, **report_options) -> Progress:
     """Report the job's progress (see ProgressReport) until it finishes; returns its final progress.
 
     KeyboardInterrupt stops following, not the job.

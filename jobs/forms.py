@@ -5,8 +5,7 @@ Extractor options are typed fields built from each extractor's own schema (`opti
 JSON; the extractor checks them again, as it does for the API.
 """
 
-import re
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.conf import settings
@@ -15,11 +14,9 @@ from django.utils.translation import gettext_lazy
 
 from extraction.extractors import extractor_class, extractor_names
 
+from .errors import JobInvalid
 from .models import Job
-from .services import JobInvalid, too_many_ids, user_ids_read
-
-USER_ID_SEPARATORS = re.compile(r"[\s,;，]+")
-
+from .user_ids import too_many_ids, user_ids_read, user_ids_split
 
 OPTION_SEPARATOR = "__"  # field name: <extractor>__<option>
 # Labels of the options extractors share; others are shown as their name, spaced.
@@ -108,9 +105,10 @@ class JobStartForm(forms.Form):
         help_text=gettext_lazy("The most workers it may hold at once; empty: no cap."),
     )
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["extractor"].choices = [(name, name) for name in extractor_names()]
+        choices = [(name, name) for name in extractor_names()]
+        cast(forms.ChoiceField, self.fields["extractor"]).choices = choices
         # Help texts naming settings are made here, in the language of the request.
         self.fields["users_file"].help_text = _(
             "UTF-8 text, one id per line; a 'user_id' header and # comments are skipped. At most "
@@ -119,10 +117,13 @@ class JobStartForm(forms.Form):
             "megabytes": f"{settings.UPLOAD_MAX_BYTES / 1_000_000:g}",
             "ids": f"{settings.JOBS_MAX_USER_IDS:,}",
         }
+        own = [(name, extractor_class(name).default_chunk_size) for name in extractor_names()]
         self.fields["chunk_size"].help_text = _(
-            "Users a worker claims at a time. Default: the extractor's own (rules 500, llm 200), "
-            "else %(size)s."
-        ) % {"size": settings.JOBS_CHUNK_SIZE}
+            "Users a worker claims at a time. Default: the extractor's own (%(sizes)s), else %(size)s."
+        ) % {
+            "sizes": ", ".join(f"{name} {size}" for name, size in own if size),
+            "size": settings.JOBS_CHUNK_SIZE,
+        }
         self.fields["max_attempts"].help_text = _("Default %(attempts)s.") % {
             "attempts": settings.JOBS_MAX_ATTEMPTS
         }
@@ -148,7 +149,7 @@ class JobStartForm(forms.Form):
     def options(self) -> dict[str, Any]:
         """The chosen extractor's options as typed: what was left empty takes the extractor's default."""
         data = self.cleaned_data
-        extractor = data.get("extractor")
+        extractor = data["extractor"]  # a required field
         cls = extractor_class(extractor)
         options: dict[str, Any] = {}
         for option, (kind, _default) in cls.options_spec.items():
@@ -164,7 +165,7 @@ class JobStartForm(forms.Form):
         data = super().clean()
         who = data.get("who")
         if who == "list":
-            ids = [part for part in USER_ID_SEPARATORS.split(data.get("user_ids", "")) if part]
+            ids = user_ids_split(data.get("user_ids", ""))
             if not ids:
                 self.add_error("user_ids", _("Paste at least one user id."))
             elif len(ids) > settings.JOBS_MAX_USER_IDS:

@@ -1,7 +1,8 @@
 """What /metrics shows of jobs, read from their tables at each scrape (registered with ops.metrics
 when the app is ready): jobs and items by status, and the items finished per second."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from django.db.models import Count, Q, Sum
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
@@ -25,7 +26,7 @@ def jobs_figures() -> Iterator:
         )
     )
     jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs by status", labels=["status"])
-    by_status = {row["status"]: row for row in rows}
+    by_status: dict[str, Mapping[str, Any]] = {row["status"]: row for row in rows}
     for status in Job.Status.values:
         jobs.add_metric([status], by_status.get(status, {}).get("jobs", 0))
     yield jobs

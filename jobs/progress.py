@@ -23,8 +23,10 @@ from django.utils.translation import ngettext
 
 from eventproject.db import DatabaseNow, is_postgresql
 from extraction.extractors import UnknownExtractor, extractor_class
+from extraction.llm_budget import budget_holds
 
 from .models import Drain, Job, JobItem, percent_done
+from .worker.control import budget_caller
 
 CURRENT_USERS_SHOWN = 20
 THROUGHPUT_WINDOW = timedelta(minutes=1)
@@ -188,7 +190,7 @@ def job_progress_state(job_id: int) -> tuple[Job, ProgressState] | None:
         priority=job.priority,
         max_workers=job.max_workers,
         workers=workers,
-        waiting_for=_waiting_for(job, workers, running_count),
+        waiting_for=_waiting_for(job, workers, running_count, calls_out=llm is not None),
         event_count=job.event_count,
         prompt_tokens=job.prompt_tokens,
         completion_tokens=job.completion_tokens,
@@ -208,8 +210,12 @@ def _count(queryset) -> Subquery:
     )
 
 
-def _waiting_for(job: Job, workers: int, running: int) -> str | None:
-    """A working job with users left and no worker serving it waits for one."""
+def _waiting_for(job: Job, workers: int, running: int, *, calls_out: bool) -> str | None:
+    """A working job whose workers wait for the provider's budget (`calls_out`: its extractor
+    calls a provider) waits for the provider's limit; one with users left and no worker serving
+    it waits for a worker."""
+    if calls_out and workers and job.status in Job.WORKING and budget_holds(budget_caller(job.id)):
+        return WAITING_FOR_PROVIDER
     if (
         job.status in Job.WORKING
         and not workers
@@ -224,7 +230,10 @@ def job_progress(job: Job, *, now: datetime | None = None, state: ProgressState 
     in job_progress_state); else both are read now. At most four small queries, whatever the job's
     size."""
     if state is None:
-        job, state = job_progress_state(job.id)
+        found = job_progress_state(job.id)
+        if found is None:
+            raise Job.DoesNotExist(f"job {job.id}")
+        job, state = found
     now = now or timezone.now()
     rate = _throughput(job, now) if job.status == Job.Status.RUNNING else 0.0
     return Progress(

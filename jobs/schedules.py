@@ -21,8 +21,9 @@ from django.utils.translation import gettext as _
 from extraction.extractors import UnknownExtractor, extractor_class
 
 from .cron import CronInvalid, cron_clean, cron_next
-from .models import Job, Schedule, ScheduleRun
-from .services import JobError, JobInvalid, job_start, share_errors
+from .errors import JobError, JobInvalid
+from .models import Job, Schedule, ScheduleRun, share_errors
+from .services import job_start
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ def schedule_run_if_due(schedule_id: int, now: datetime) -> ScheduleRun | None:
         if schedule is None:
             return None
         due_at = schedule.next_run_at
+        assert due_at is not None  # (next_run_at__lte matched it)
         # The claim: only the first to move next_run_at from the value it read goes on.
         if not Schedule.objects.filter(id=schedule.id, active=True, next_run_at=due_at).update(
             next_run_at=cron_next(schedule.cron, now)

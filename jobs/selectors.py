@@ -49,16 +49,19 @@ def job_results(job: Job) -> tuple[dict[str, list[ExtractedEvent]], dict[str, st
 def job_estimate(*, user_ids: list[str] | None, extractor, chunk_size: int = 500) -> dict[str, int]:
     """What a job over these users (None: everyone needing extraction) would cost, without starting
     it: users, calls and tokens as the extractor estimates them, reading users a chunk at a time."""
+    ids: QuerySet[Any, str] | list[str]
     if user_ids is None:
         active = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
-        user_ids = users_needing_extraction().filter(~Exists(active)).values_list("user_id", flat=True)
+        ids = users_needing_extraction().filter(~Exists(active)).values_list("user_id", flat=True)
+    else:
+        ids = user_ids
     totals = {"users": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}
     if type(extractor).estimate is Extractor.estimate:
         # An offline extractor costs nothing: count the users without loading their behaviours.
-        totals["users"] = _users_known(user_ids, chunk_size)
+        totals["users"] = _users_known(ids, chunk_size)
         return totals
     chunk: list[str] = []
-    for user_id in user_ids.iterator(chunk_size=chunk_size) if hasattr(user_ids, "iterator") else user_ids:
+    for user_id in ids.iterator(chunk_size=chunk_size) if isinstance(ids, QuerySet) else ids:
         chunk.append(user_id)
         if len(chunk) == chunk_size:
             _estimate_add(totals, extractor, chunk)
@@ -130,7 +133,7 @@ def job_throughput_series(job: Job, *, now: datetime | None = None) -> dict[str,
         "step_seconds": step,
         "started_at": job.started_at,
         "points": points,
-        "average": processed / max(elapsed, 1.0),
+        "average": processed / max(elapsed or 0.0, 1.0),  # (started: elapsed is a number)
         "peak": max((p["rate"] for p in points), default=0.0),
     }
 

@@ -3,71 +3,29 @@ django-q2 tasks all start, cancel, resume and retry jobs through these functions
 """
 
 import math
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Sum
+from django.db.models import Count, Exists, OuterRef, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
 
-from eventproject.db import copy_rows, is_postgresql, staging_table, tables_analyze
+from eventproject.db import copy_rows, staging_table, tables_analyze
 from extraction.extractors import UnknownExtractor, extractor_class
 from extraction.models import UserProfile
 from extraction.selectors import users_needing_extraction
 
 from . import transitions
 from .bells import job_ring
-from .models import Job, JobItem
+from .errors import NAMED_AT_MOST, JobConflict, JobInvalid, JobStateError, named
+from .models import Job, JobItem, share_errors
+from .user_ids import user_ids_clean
 
-NAMED_AT_MOST = 20
 ANALYZE_AFTER_ITEMS = 50_000
-
-
-class JobError(Exception):
-    """A use case refused; the message says why in words a person understands."""
-
-
-class JobInvalid(JobError):
-    """Bad input. `errors` maps each field to what is wrong with it."""
-
-    def __init__(self, errors: dict[str, str]):
-        super().__init__("; ".join(f"{field}: {message}" for field, message in errors.items()))
-        self.errors = errors
-
-
-class JobConflict(JobError):
-    """Users already in an active job. `busy` maps each (of at most 20 named) user to that job."""
-
-    def __init__(self, busy: dict[str, int], total: int):
-        jobs = sorted(set(busy.values()))
-        super().__init__(
-            ngettext(
-                "%(total)s users are already in an active job (%(users)s; job %(jobs)s)",
-                "%(total)s users are already in an active job (%(users)s; jobs %(jobs)s)",
-                len(jobs),
-            )
-            % {"total": total, "users": _named(busy, total), "jobs": ", ".join(map(str, jobs))}
-        )
-        self.busy = busy
-        self.job_ids = jobs
-
-
-class JobStateError(JobError):
-    """The job's status does not allow this."""
-
-
-def _named(ids: Iterable[str], total: int) -> str:
-    ids = list(ids)[:NAMED_AT_MOST]
-    more = _(" and %(count)s more") % {"count": total - len(ids)} if total > len(ids) else ""
-    return ", ".join(ids) + more
 
 
 def _item_insert_sql(source: str) -> str:
@@ -122,7 +80,7 @@ def job_start(
         if not isinstance(value, int) or not 1 <= value <= limit:
             errors[name] = _("must be an integer from 1 to %(limit)s") % {"limit": limit}
     errors.update(share_errors(priority, max_workers))
-    ids = None if user_ids is None else _clean_user_ids(user_ids, errors)
+    ids = None if user_ids is None else user_ids_clean(user_ids, errors)
     if errors:
         raise JobInvalid(errors)
 
@@ -155,85 +113,6 @@ def job_start(
     return job
 
 
-def share_errors(priority: Any, max_workers: Any) -> dict[str, str]:
-    """What is wrong with a job's share of the workers, by field."""
-    errors = {}
-    if isinstance(priority, bool) or priority not in Job.Priority.values:
-        names = ", ".join(f"{value} ({label})" for value, label in Job.Priority.choices)
-        errors["priority"] = _("must be one of %(names)s") % {"names": names}
-    limit = settings.JOBS_MAX_WORKERS_LIMIT
-    if max_workers is not None and (
-        isinstance(max_workers, bool) or not isinstance(max_workers, int) or not 1 <= max_workers <= limit
-    ):
-        errors["max_workers"] = _("must be an integer from 1 to %(limit)s, or empty for no cap") % {
-            "limit": limit
-        }
-    return errors
-
-
-def too_many_ids(count: int) -> str:
-    return _(
-        "More than %(limit)s user ids (%(count)s so far): at most %(limit)s per job "
-        "(JOBS_MAX_USER_IDS, as in the API). Split the list."
-    ) % {"limit": f"{settings.JOBS_MAX_USER_IDS:,}", "count": f"{count:,}"}
-
-
-def user_ids_read(lines: Iterable[bytes]) -> list[str]:
-    """The user ids of a file, one a line (the admin's upload, `extract --users-file`): blank lines,
-    '#' comments and a 'user_id' header are skipped. Read line by line and counted like the API
-    counts its list (every id, duplicates too); JobInvalid (field `users_file`) names the first
-    line over a limit."""
-    ids: list[str] = []
-
-    def refuse(message: str) -> JobInvalid:
-        return JobInvalid({"users_file": message})
-
-    for number, raw in enumerate(lines, start=1):
-        try:
-            line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
-        except UnicodeDecodeError:
-            raise refuse(_("Line %(line)s is not UTF-8 text.") % {"line": number}) from None
-        if not line or line.startswith("#") or (not ids and line == "user_id"):
-            continue
-        if len(line) > settings.USER_ID_MAX_CHARS:
-            raise refuse(
-                _("Line %(line)s: a user id longer than %(limit)s characters.")
-                % {"line": number, "limit": settings.USER_ID_MAX_CHARS}
-            )
-        ids.append(line)
-        if len(ids) > settings.JOBS_MAX_USER_IDS:
-            raise refuse(too_many_ids(len(ids)))
-    return ids
-
-
-def _clean_user_ids(user_ids: Iterable[Any], errors: dict[str, str]) -> list[str]:
-    if isinstance(user_ids, str | bytes) or not isinstance(user_ids, Iterable):
-        errors["user_ids"] = _("must be a list of user ids, or null for every user needing extraction")
-        return []
-    ids, seen, bad = [], set(), []
-    for position, value in enumerate(user_ids):
-        if position >= settings.JOBS_MAX_USER_IDS:  # counted with duplicates, as every entry point counts
-            errors["user_ids"] = too_many_ids(position + 1)
-            return []
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            bad.append(_("item %(position)s is not a string") % {"position": position})
-            continue
-        text = str(value).strip()
-        if not text or len(text) > settings.USER_ID_MAX_CHARS:
-            bad.append(
-                _("item %(position)s is empty or longer than %(limit)s characters")
-                % {"position": position, "limit": settings.USER_ID_MAX_CHARS}
-            )
-        elif text not in seen:
-            seen.add(text)
-            ids.append(text)
-    if bad:
-        errors["user_ids"] = "; ".join(bad[:NAMED_AT_MOST])
-    elif not ids:
-        errors["user_ids"] = _("give at least one user id, or null for every user needing extraction")
-    return ids
-
-
 def _items_create_for_needing(job: Job, everyone: bool = False) -> int:
     already_active = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
     users = UserProfile.objects.all() if everyone else users_needing_extraction()
@@ -264,7 +143,7 @@ def _items_create_for(job: Job, ids: list[str]) -> int:
         unknown = [user_id for (user_id,) in cursor.fetchall()]
         if unknown:
             raise JobInvalid(
-                {"user_ids": _("unknown users: %(users)s") % {"users": _named(unknown, len(unknown))}}
+                {"user_ids": _("unknown users: %(users)s") % {"users": named(unknown, len(unknown))}}
             )
         _refuse_busy(ids, cursor=cursor)
         cursor.execute(
@@ -487,80 +366,3 @@ def job_counters_reconcile(job_id: int) -> dict[str, tuple[int, int]]:
         if changed:
             Job.objects.filter(id=job_id).update(**truth)
     return changed
-
-
-# Pruning ------------------------------------------------------------------------------------------------
-PRUNE_BATCH_SIZE = 10_000
-
-
-@dataclass
-class Pruned:
-    """What jobs_prune did (or would do): items deleted per job, and whether nothing is left."""
-
-    items: dict[int, int] = field(default_factory=dict)  # job id -> items deleted
-    done: bool = True  # False: the time budget ran out with items left to prune
-
-    @property
-    def total(self) -> int:
-        return sum(self.items.values())
-
-
-def jobs_prune(
-    *,
-    days: int,
-    batch_size: int = PRUNE_BATCH_SIZE,
-    dry_run: bool = False,
-    budget_seconds: float | None = None,
-) -> Pruned:
-    """Delete the items of jobs that finished more than `days` days ago, keeping the Job rows and
-    their counters, so a finished job's million items do not stay for ever.
-
-    Each batch of `batch_size` items is one short DELETE (its own transaction: no lock over a whole
-    job, and concurrent pruners skip each other's rows). A job is marked `items_pruned_at` before
-    its first batch, in a conditional UPDATE that a resume or a retry racing it cannot both pass.
-    Idempotent and resumable: a job marked but not emptied (a crash, the `budget_seconds` running
-    out) is taken up again by the next call. `dry_run` counts what would go and deletes nothing.
-    """
-    cutoff = timezone.now() - timedelta(days=days)
-    deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
-    ended = Q(finished_at__isnull=False, status__in=JobItem.FINISHED)  # the jobitem_finished index
-    left = JobItem.objects.filter(ended, job_id=OuterRef("pk"))
-    jobs = (
-        Job.objects.filter(status__in=Job.FINISHED, finished_at__lt=cutoff)
-        .filter(Q(items_pruned_at__isnull=True) | Exists(left))
-        .order_by("finished_at", "id")
-        .values_list("id", flat=True)
-    )
-    pruned = Pruned()
-    for job_id in jobs:
-        if dry_run:
-            pruned.items[job_id] = JobItem.objects.filter(ended, job_id=job_id).count()
-            continue
-        marked = Job.objects.filter(id=job_id, status__in=Job.FINISHED).update(
-            items_pruned_at=Coalesce(F("items_pruned_at"), timezone.now())
-        )
-        if not marked:  # resumed meanwhile
-            continue
-        pruned.items[job_id] = 0
-        while True:
-            deleted = _items_delete_batch(job_id, batch_size)
-            pruned.items[job_id] += deleted
-            if deleted < batch_size:
-                break
-            if deadline is not None and time.monotonic() >= deadline:  # after a batch: always some progress
-                pruned.done = False
-                return pruned
-    return pruned
-
-
-def _items_delete_batch(job_id: int, batch_size: int) -> int:
-    """Delete up to `batch_size` finished items of the job in one statement; returns how many."""
-    table = JobItem._meta.db_table
-    lock = "FOR UPDATE SKIP LOCKED" if is_postgresql() else ""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE job_id = %s "
-            f"AND finished_at IS NOT NULL AND status IN (%s, %s, %s) LIMIT %s {lock})",
-            [job_id, *JobItem.FINISHED, batch_size],
-        )
-        return cursor.rowcount

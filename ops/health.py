@@ -15,7 +15,7 @@ Each costs a handful of small queries (and a Redis round trip or two): fine to a
 
 import re
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django.conf import settings
@@ -152,7 +152,9 @@ def cluster_stats() -> list[Stat]:
 def _redis() -> redis.Redis:
     """One client per process, with short timeouts: a hung Redis must not hang the health check."""
     return redis.Redis.from_url(
-        settings.REDIS_URL, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+        cast(str, settings.REDIS_URL),  # called only when REDIS_URL is set
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
     )
 
 

@@ -3,50 +3,125 @@ promise of the failure model (docs/architecture.md) is checked on what is left i
 
     python -m tests.chaos [--seconds 600] [--seed N] [--clusters 2] [--users 1500] [--brokers orm,redis]
 
-On a fresh PostgreSQL database: sample users, the tests' OpenAI-compatible server (misbehaving at
-random), and `--clusters` real `qcluster` processes per broker phase (the time is shared between the
-phases). Jobs of the rules and the LLM extractor are started, overlapping, cancelled and resumed,
-while these faults are injected:
+It runs on servers of its own (tests/own_servers.py): a PostgreSQL server initdb'd into a temporary
+folder, on its own port, and for the Redis phase a Redis server, so that it may restart them or
+take them away; the machine's servers are never touched. Sample users, the tests' OpenAI-compatible
+server (misbehaving at random, and answering a few "hostile" users with what no parser should choke
+on), and `--clusters` real `qcluster` processes per broker phase (the time is shared between the
+phases); the first cluster runs in a network namespace (tests/partition.py, as root) so that it can
+be cut off. Jobs of the rules and the LLM extractor are started, overlapping, of every priority,
+some with max_workers, cancelled and resumed, while these faults are injected:
 
-  kill-child     SIGKILL a process of a cluster (a worker, its pusher or monitor)
-  kill-cluster   SIGKILL a whole cluster, restarted a few seconds later
-  freeze         SIGSTOP a process of a cluster for longer than a lease, then SIGCONT
-  drop-db        pg_terminate_backend() on every connection to the database but this one
-  drop-redis     CLIENT KILL of the clusters' Redis connections (Redis phase)
+  kill-child      SIGKILL a process of a cluster (a worker, its pusher or monitor)
+  kill-cluster    SIGKILL a whole cluster, restarted a few seconds later
+  freeze          SIGSTOP a process of a cluster for longer than a lease, then SIGCONT
+  drop-db         pg_terminate_backend() on every connection to the database but this one
+  pg-restart      pg_ctl restart -m fast: every session ended, the server back within seconds
+  db-away         PostgreSQL stopped for 10-30 s, then started again
+  partition       the namespaced cluster cut off (every packet dropped, silently) for longer than
+                  DEAD_PEER_SECONDS, then healed
+  hostile-answer  an LLM job including hostile users, whose answers hold a 5,000-digit number,
+                  no JSON at all, or events of the wrong shape
+  drop-redis      CLIENT KILL of the clusters' Redis connections (Redis phase)
+  redis-restart   Redis restarted, every key lost (Redis phase)
 
-The same seed draws the same faults at the same moments, so a failing run can be replayed (the
-processes' own timing still varies). When the time is up the faults stop, the jobs are left to end,
-and the invariants are checked; the exit status is 1 if any broke.
+Faults are dealt from a shuffled deck of these kinds, so each kind comes up once per round. The same
+seed deals the same faults at the same moments, so a failing run can be replayed (the processes'
+own timing still varies). When the time is up the faults stop, the jobs are left to end, and the
+invariants are checked, among them: no job fails, and no user fails or is cancelled, because of an
+injected fault (only jobs the suite cancelled end cancelled; only hostile users fail, in LLM jobs,
+each with its error). Per fault kind the summary gives the recovery: from the fault's end until
+every job then active committed again. The exit status is 1 if any invariant broke.
 """
 
 import argparse
+import contextlib
+import json
 import os
 import random
 import signal
+import statistics
 import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
 
-from tests.bench.common import drop_pg_database, pg_database
-
 LEASE = 4  # seconds: short, so that frozen and dead workers' chunks are taken over often
-REDIS_USER, REDIS_PASSWORD = "eventproject-chaos", "chaos"
-FAULTS = ("kill-child", "kill-cluster", "freeze", "drop-db", "drop-redis")
+DEAD_PEER_SECONDS = 6  # the clusters notice a silent peer this fast (the partitions last longer)
+FAULTS = (
+    "kill-child",
+    "kill-cluster",
+    "freeze",
+    "drop-db",
+    "pg-restart",
+    "db-away",
+    "partition",
+    "hostile-answer",
+    "drop-redis",
+    "redis-restart",
+)
+REDIS_FAULTS = ("drop-redis", "redis-restart")
 ACTIONS = ("start", "start", "start", "cancel", "resume")
+HOSTILE_KINDS = ("huge-number", "not-json", "wrong-shape")
+HUGE = "9" * 5000  # beyond the 4,300 digits Python's int() reads
+
+
+def hostile_model(hostile: dict[str, str]):
+    """The fake model (tests/fake_openai.py, imported once Django is set up), answering each hostile
+    user (id -> kind) with something hostile: a call including one fails as a whole (not JSON, or a
+    number too long to read) or for that user alone (events of the wrong shape). The extractor must
+    narrow it down to that user and fail only it."""
+    from extraction.extractors.llm import USERS_MARKER
+    from tests.fake_openai import FakeLLM
+
+    class HostileLLM(FakeLLM):
+        def _answer(self, headers, body, directive):
+            status, extra, reply = super()._answer(headers, body, directive)
+            if status != 200:
+                return status, extra, reply
+            prompt = body["messages"][-1]["content"]
+            asked = json.loads(prompt.split(USERS_MARKER, 1)[1]) if USERS_MARKER in prompt else {}
+            kinds = {user: hostile[user] for user in asked if user in hostile}
+            if not kinds:
+                return status, extra, reply
+            message = reply["choices"][0]["message"]
+            try:
+                answer = json.loads(message["content"])["users"]
+            except (KeyError, TypeError, ValueError, RecursionError):  # mangled by a directive (a
+                answer = None  # <think> block or a fence the extractor would see through)
+            for user, kind in kinds.items():
+                if answer is None or user not in answer:
+                    continue
+                if kind == "huge-number":
+                    answer[user] = [
+                        {"event_type": "purchase", "category": "conversion", "behavior_ids": ["HUGE"]}
+                    ]
+                elif kind == "wrong-shape":
+                    answer[user] = {"events": 42, "behavior_ids": "all of them"}
+            if answer is None or "not-json" in kinds.values():
+                message["content"] = "I would rather not answer in JSON today. " * 20
+            else:
+                message["content"] = json.dumps({"users": answer}).replace('"HUGE"', HUGE)
+            return status, extra, reply
+
+    return HostileLLM()
 
 
 class Chaos:
-    def __init__(self, args, log_dir: Path):
+    def __init__(self, args, log_dir: Path, pg, redis_server, namespace, hostile: dict[str, str]):
         from tests.cluster import Cluster
         from tests.fake_openai import API_KEY, MODEL, FakeOpenAIServer
 
         self.args, self.rng, self.log_dir = args, random.Random(args.seed), log_dir
+        self.pg, self.redis, self.ns, self.hostile = pg, redis_server, namespace, hostile
         self.started = time.monotonic()
-        self.server = FakeOpenAIServer().__enter__()
+        self.server = FakeOpenAIServer()
+        self.server.fake = self.server.httpd.fake = hostile_model(hostile)
+        self.server.__enter__()
+        self.also = namespace.listen_also(self.server.httpd) if namespace else None
         self.server.fake.latency = 0.02
         self.server.fake.timeout_seconds = 3.0  # longer than the jobs' 2 s request timeout
         self.server.fake.fault_rate = 0.15
@@ -60,6 +135,7 @@ class Chaos:
             "JOBS_DRAIN_BUDGET_SECONDS": "20",  # continuations happen during the run
             "JOBS_RETRY_BACKOFF_SECONDS": "1",
             "JOBS_RETRY_BACKOFF_MAX_SECONDS": "5",
+            "DEAD_PEER_SECONDS": str(DEAD_PEER_SECONDS),
             "EXTRACTION_LLM_BACKOFF_SECONDS": "0.1",
             "OPENAI_BASE_URL": self.server.base_url,
             "OPENAI_API_KEY": API_KEY,
@@ -69,6 +145,11 @@ class Chaos:
         self.faults: Counter = Counter()
         self.actions: Counter = Counter()
         self.timers: list[threading.Timer] = []
+        self.deck: list[str] = []
+        self.ends: list[tuple[str, datetime]] = []  # (fault, when it ended): recovery is measured from there
+        self.cancelled: set[int] = set()  # jobs the suite cancelled (they may end cancelled)
+        self.exits = 0  # clusters that exited by themselves
+        self.broker_env: dict = {}
 
     # Output -------------------------------------------------------------------------------------
     def say(self, message: str) -> None:
@@ -76,21 +157,46 @@ class Chaos:
 
     # Clusters -----------------------------------------------------------------------------------
     def start_cluster(self, index: int, broker_env: dict) -> None:
+        """Cluster 0 runs in the network namespace (when there is one), the others beside it."""
         log = self.log_dir / f"cluster-{index}-{len(self.clusters)}.log"
-        cluster = self.cluster_class(log, **self.env, **broker_env)
+        namespace = self.ns if index == 0 else None
+        cluster = self.cluster_class(log, namespace=namespace, **self.env, **broker_env)
         if index < len(self.clusters):
             self.clusters[index] = cluster
         else:
             self.clusters.append(cluster)
 
+    def restart_exited(self) -> None:
+        """A cluster that exited by itself (one cannot start while the database is away) is started
+        again, as the process manager does (deploy/: Restart=on-failure), and counted."""
+        for index, cluster in enumerate(self.clusters):
+            if cluster.process.poll() is not None:
+                self.exits += 1
+                self.say(
+                    f"cluster {index} exited by itself ({cluster.process.returncode}); starting it again"
+                )
+                cluster.stop()
+                self.start_cluster(index, self.broker_env)
+
     def stop_clusters(self) -> None:
         for cluster in self.clusters:
-            with suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(cluster.process.pid, signal.SIGCONT)  # a frozen process cannot stop
             cluster.stop()
         self.clusters = []
 
     # Faults -------------------------------------------------------------------------------------
+    def deal(self, faults: list[str]) -> str:
+        """The next fault from the deck, shuffled again once every kind has come up."""
+        if not self.deck:
+            self.deck = self.rng.sample(faults, len(faults))
+        return self.deck.pop()
+
+    def ended(self, fault: str) -> None:
+        from django.utils import timezone
+
+        self.ends.append((fault, timezone.now()))
+
     def inject(self, fault: str, broker_env: dict) -> None:
         rng = self.rng
         index = rng.randrange(len(self.clusters))
@@ -98,15 +204,17 @@ class Chaos:
         if fault in ("kill-child", "freeze"):
             children = cluster.sentinels_children()
             if not children:
+                self.say(f"{fault} skipped: cluster {index} has no worker yet")
                 return
             pid = rng.choice(children)
             if fault == "kill-child":
-                with suppress(ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 self.say(f"SIGKILL process {pid} of cluster {index}")
+                self.ended(fault)
             else:
                 seconds = LEASE + rng.uniform(1, 4)
-                with suppress(ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGSTOP)
                 self.later(seconds, lambda: self._thaw(pid))
                 self.say(f"SIGSTOP process {pid} of cluster {index} for {seconds:.1f} s")
@@ -116,62 +224,135 @@ class Chaos:
             self.say(f"SIGKILL cluster {index} (all its processes); a new one in {delay:.1f} s")
             time.sleep(delay)
             self.start_cluster(index, broker_env)
+            self.ended(fault)
         elif fault == "drop-db":
-            from django.db import connection
+            import psycopg
 
-            with connection.cursor() as cursor:
-                cursor.execute(
+            with psycopg.connect(self.pg.url(), autocommit=True) as conn:
+                (dropped,) = conn.execute(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-                (dropped,) = cursor.fetchone()
+                    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                ).fetchone()
             self.say(f"pg_terminate_backend: {dropped} connections dropped")
-        elif fault == "drop-redis":
-            if "REDIS_URL" not in broker_env:
+            self.ended(fault)
+        elif fault == "pg-restart":
+            started = time.monotonic()
+            self.pg.restart("fast")
+            self.say(f"PostgreSQL restarted (-m fast) in {time.monotonic() - started:.1f} s")
+            self.ended(fault)
+        elif fault == "db-away":
+            seconds = rng.uniform(10, 30)
+            self.pg.stop("fast")
+            self.say(f"PostgreSQL stopped for {seconds:.0f} s")
+            time.sleep(seconds)
+            self.pg.start()
+            self.say("PostgreSQL started again")
+            self.ended(fault)
+        elif fault == "partition":
+            if self.ns.is_cut:
+                self.say("partition skipped: cut off already")
                 return
+            seconds = DEAD_PEER_SECONDS + rng.uniform(2, 12)
+            self.ns.cut()
+            self.later(seconds, self._heal)
+            self.say(f"cluster 0 cut off (its namespace's packets dropped) for {seconds:.1f} s")
+        elif fault == "hostile-answer":
+            if not self.start_job("llm", hostile=True):
+                self.say("hostile-answer skipped: no job could start")
+                return
+        elif fault == "drop-redis":
             import redis
 
-            dropped = redis.Redis(host="127.0.0.1").execute_command("CLIENT", "KILL", "USER", REDIS_USER)
+            dropped = redis.Redis(port=self.redis.port).execute_command("CLIENT", "KILL", "TYPE", "normal")
             self.say(f"CLIENT KILL: {dropped} Redis connections dropped")
+            self.ended(fault)
+        elif fault == "redis-restart":
+            self.redis.restart()
+            self.say("Redis restarted (every key lost)")
+            self.ended(fault)
         self.faults[fault] += 1
 
     def _thaw(self, pid: int) -> None:
-        with suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
+        self.ended("freeze")
+
+    def _heal(self) -> None:
+        self.ns.heal()
+        self.ended("partition")
 
     def later(self, seconds: float, action) -> None:
-        timer = threading.Timer(seconds, action)
+        """Do `action` in `seconds` (or at the phase's end, whichever comes first), once."""
+        done = threading.Lock()
+
+        def once() -> None:
+            if done.acquire(blocking=False):
+                action()
+
+        timer = threading.Timer(seconds, once)
         timer.start()
         self.timers.append(timer)
 
     # Jobs ---------------------------------------------------------------------------------------
-    def act(self, action: str) -> None:
+    def start_job(self, extractor: str, *, hostile: bool = False) -> bool:
+        """Start a job over random users (with `hostile`, over the hostile users free now and some
+        others), of a random priority, some capped in workers."""
         from extraction.models import UserProfile
+        from jobs.errors import JobConflict
         from jobs.models import Job, JobItem
-        from jobs.services import JobConflict, JobError, job_cancel, job_resume, job_start
+        from jobs.services import job_start
         from tests.fake_openai import MODEL
 
         rng = self.rng
+        pool = UserProfile.objects.order_by("?")
+        if hostile or rng.random() < 0.7:  # mostly users free to start; else some may be busy (an overlap)
+            pool = pool.exclude(job_items__status__in=JobItem.ACTIVE)
+        users = list(pool.values_list("user_id", flat=True)[: rng.randint(50, 400)])
+        if hostile:
+            free = [
+                user
+                for user in self.hostile
+                if not JobItem.objects.filter(user_id=user, status__in=JobItem.ACTIVE).exists()
+            ]
+            if not free:
+                self.say("every hostile user is busy")
+                return False
+            users = free + [user for user in users if user not in self.hostile][:100]
+        if not users:
+            return False
+        options = {"model": MODEL, "max_concurrency": 4, "timeout": 2.0} if extractor == "llm" else {}
+        chunk = rng.choice([5, 20, 50])
+        priority = rng.choice(Job.Priority.values)
+        max_workers = rng.choice([None, None, 1, 2])
+        try:
+            job = job_start(
+                user_ids=users,
+                extractor=extractor,
+                options=options,
+                chunk_size=chunk,
+                priority=priority,
+                max_workers=max_workers,
+            )
+        except JobConflict as exc:  # overlapping with a running job: refused, by name
+            self.actions["start refused (overlap)"] += 1
+            self.say(f"start refused: {str(exc)[:80]}")
+            return False
+        self.actions[f"start {extractor}"] += 1
+        self.say(
+            f"started job {job.id}: {extractor}, {len(users)} users{' (hostile among them)' * hostile}, "
+            f"chunks of {chunk}, priority {Job.Priority(priority).label}, max_workers {max_workers}"
+        )
+        return True
+
+    def act(self, action: str) -> None:
+        from jobs.errors import JobError
+        from jobs.models import Job
+        from jobs.services import job_cancel, job_resume
+
         if action == "start":
-            extractor = rng.choice(["rules", "llm", "llm"])
-            pool = UserProfile.objects.order_by("?")
-            if rng.random() < 0.7:  # mostly users free to start; else some may be busy (an overlap)
-                pool = pool.exclude(job_items__status__in=JobItem.ACTIVE)
-            users = list(pool.values_list("user_id", flat=True)[: rng.randint(50, 400)])
-            if not users:
-                return
-            options = {"model": MODEL, "max_concurrency": 4, "timeout": 2.0} if extractor == "llm" else {}
-            chunk = rng.choice([5, 20, 50])
-            try:
-                job = job_start(user_ids=users, extractor=extractor, options=options, chunk_size=chunk)
-            except JobConflict as exc:  # overlapping with a running job: refused, by name
-                self.actions["start refused (overlap)"] += 1
-                self.say(f"start refused: {str(exc)[:80]}")
-                return
-            self.actions[f"start {extractor}"] += 1
-            self.say(f"started job {job.id}: {extractor}, {len(users)} users, chunks of {chunk}")
+            self.start_job(self.rng.choice(["rules", "llm", "llm"]))
             return
-        statuses = [Job.Status.QUEUED, Job.Status.RUNNING] if action == "cancel" else list(Job.FINISHED)
+        statuses = Job.WORKING if action == "cancel" else [Job.Status.CANCELLED]
         job = Job.objects.filter(status__in=statuses).order_by("?").first()
         if job is None:
             return
@@ -181,6 +362,8 @@ class Chaos:
             self.actions[f"{action} refused"] += 1
             self.say(f"{action} of job {job.id} refused: {exc}")
             return
+        if action == "cancel":
+            self.cancelled.add(job.id)
         self.actions[action] += 1
         self.say(f"{action}: job {job.id} is {job.status}")
 
@@ -188,32 +371,40 @@ class Chaos:
     def phase(self, broker: str, seconds: float) -> None:
         from django.db import connection
 
-        broker_env = {"Q_CLUSTER_NAME": f"chaos-{uuid.uuid4().hex[:8]}"}
+        self.broker_env = broker_env = {"Q_CLUSTER_NAME": f"chaos-{uuid.uuid4().hex[:8]}"}
         if broker == "redis":
-            broker_env["REDIS_URL"] = f"redis://{REDIS_USER}:{REDIS_PASSWORD}@127.0.0.1:6379/0"
+            broker_env["REDIS_URL"] = self.redis.url()
         self._broker_of_this_process(broker_env)
         self.say(f"phase {broker}: {self.args.clusters} clusters for {seconds:.0f} s")
         for index in range(self.args.clusters):
             self.start_cluster(index, broker_env)
         end = time.monotonic() + seconds
-        faults = [f for f in FAULTS if broker == "redis" or f != "drop-redis"]
+        faults = [f for f in FAULTS if broker == "redis" or f not in REDIS_FAULTS]
+        if not self.ns:
+            faults.remove("partition")
+        self.deck = []
         while time.monotonic() < end:
             time.sleep(min(self.rng.expovariate(1.0), max(end - time.monotonic(), 0)))
             try:
+                self.restart_exited()
                 if self.rng.random() < 0.5:
-                    self.inject(self.rng.choice(faults), broker_env)
+                    self.inject(self.deal(faults), broker_env)
                 else:
                     self.act(self.rng.choice(ACTIONS))
             except Exception as exc:  # this process's connection was dropped, too: go on
-                self.say(f"the controller saw {type(exc).__name__}: {exc}")
+                self.say(f"the controller saw {type(exc).__name__}: {str(exc)[:200]}")
                 connection.close()
-        for timer in self.timers:
-            timer.cancel()
-            timer.function()  # thaw whatever is still frozen
-        self.timers = []
+        self._thaw_all()
         self.say("faults stopped; waiting for every job to end")
         self.settle()
         self.stop_clusters()
+
+    def _thaw_all(self) -> None:
+        """Do now what the timers still had to do (thaw, heal)."""
+        for timer in self.timers:
+            timer.cancel()
+            timer.function()  # once: a timer that ran already does nothing
+        self.timers = []
 
     def _broker_of_this_process(self, broker_env: dict) -> None:
         """Ring through the phase's broker from here too (django-q2 reads its Conf once)."""
@@ -224,19 +415,51 @@ class Chaos:
         Conf.PREFIX = Conf.CLUSTER_NAME = broker_env["Q_CLUSTER_NAME"]
 
     def settle(self, timeout: float = 600) -> None:
+        from django.db import DatabaseError, connection
+
         from jobs.models import Job
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            active = Job.objects.exclude(status__in=Job.FINISHED).count()
+            try:
+                active = Job.objects.exclude(status__in=Job.FINISHED).count()
+            except DatabaseError:  # the connection of before the last restart
+                connection.close()
+                time.sleep(1)
+                continue
             if not active:
                 return
+            self.restart_exited()
             time.sleep(1)
         raise SystemExit(f"chaos: {active} jobs did not end within {timeout:.0f} s of the last fault")
 
+    def recoveries(self) -> dict[str, list[tuple[float, float]]]:
+        """Per fault kind, for each injection: seconds from its end until (the work flowed again)
+        the first user committed by any job active then, and until (every job committed again)
+        each of them had committed one; jobs that committed nobody after it (a cancel) left out.
+        The second waits on the fair share too: a low-priority job may wait for a worker."""
+        from django.db.models import Min, Q
 
-def check(server) -> list[tuple[str, bool, str]]:
-    """Every invariant, on what the database holds now: (promise, held, detail)."""
+        from jobs.models import Job, JobItem
+
+        figures: dict[str, list[tuple[float, float]]] = {}
+        for fault, at in self.ends:
+            active = Job.objects.filter(Q(finished_at=None) | Q(finished_at__gt=at), created_at__lte=at)
+            waits = []
+            for job_id in active.values_list("id", flat=True):
+                first = JobItem.objects.filter(job_id=job_id, finished_at__gt=at).aggregate(
+                    t=Min("finished_at")
+                )
+                if first["t"]:
+                    waits.append((first["t"] - at).total_seconds())
+            if waits:
+                figures.setdefault(fault, []).append((min(waits), max(waits)))
+        return figures
+
+
+def check(server, cancelled: set[int], hostile: dict[str, str]) -> list[tuple[str, bool, str]]:
+    """Every invariant, on what the database holds now: (promise, held, detail). `cancelled`: the
+    jobs the suite cancelled; `hostile`: the users the fake model answers with hostile shapes."""
     from django.db.models import Count, Sum
 
     from extraction.models import ExtractedEvent, ExtractionState
@@ -246,11 +469,14 @@ def check(server) -> list[tuple[str, bool, str]]:
     jobs = Job.objects.all()
     unfinished = jobs.exclude(status__in=Job.FINISHED).count()
     results.append(("every job ended", unfinished == 0, f"{jobs.count()} jobs, {unfinished} not ended"))
+    done = JobItem.objects.filter(status=JobItem.Status.SUCCEEDED).count()
+    results.append(("work was done", done > 0, f"{done} users succeeded"))
     holding = JobItem.objects.filter(status__in=JobItem.ACTIVE).values("job_id").distinct().count()
     results.append(
         ("no finished job holds pending or running items", holding == 0, f"{holding} jobs hold some")
     )
 
+    results.extend(fault_free(jobs, cancelled, hostile))
     wrong = []
     for job in jobs:
         counts = dict(job.items.values_list("status").annotate(n=Count("id")))
@@ -328,14 +554,61 @@ def check(server) -> list[tuple[str, bool, str]]:
     return results
 
 
-def setup_database(args) -> str:
-    name = f"eventproject_chaos_{os.getpid()}"
-    url = pg_database(name)
-    if not args.keep:
-        import atexit
+def fault_free(jobs, cancelled: set[int], hostile: dict[str, str]) -> list[tuple[str, bool, str]]:
+    """No job fails, and no user fails or is cancelled, because of an injected fault: only jobs the
+    suite cancelled end cancelled, with cancelled users; only hostile users fail, in LLM jobs."""
+    from jobs.models import Job, JobItem
 
-        atexit.register(drop_pg_database, name)
+    failed = list(jobs.filter(status=Job.Status.FAILED).values_list("id", "error"))
+    unasked = list(
+        jobs.filter(status=Job.Status.CANCELLED).exclude(id__in=cancelled).values_list("id", flat=True)
+    )
+    items = JobItem.objects.exclude(status=JobItem.Status.SUCCEEDED)
+    cancelled_users = items.filter(status=JobItem.Status.CANCELLED).exclude(job_id__in=cancelled)
+    wrongly_failed = items.filter(status=JobItem.Status.FAILED).exclude(
+        job__extractor="llm", user_id__in=list(hostile)
+    )
+    tried = JobItem.objects.filter(job__extractor="llm", user_id__in=list(hostile)).exclude(
+        job_id__in=cancelled
+    )
+    hostile_done = list(tried.values_list("user_id", "status", "error"))
+    unexplained = [(u, s) for u, s, error in hostile_done if s != JobItem.Status.FAILED or not error]
+    sample = [f"{u}: {error[:90]}" for u, _, error in hostile_done[:3]]
+    return [
+        ("no job failed", not failed, f"{len(failed)} failed: {failed[:3]}"),
+        (
+            "only jobs the suite cancelled ended cancelled",
+            not unasked,
+            f"{len(unasked)} others: {unasked[:5]}",
+        ),
+        (
+            "no user was cancelled in a job the suite did not cancel",
+            not cancelled_users.exists(),
+            f"{cancelled_users.count()} users",
+        ),
+        (
+            "no user failed but the hostile ones in LLM jobs",
+            not wrongly_failed.exists(),
+            "; ".join(
+                f"{u} (job {j}): {e[:90]}"
+                for u, j, e in wrongly_failed.values_list("user_id", "job_id", "error")[:3]
+            )
+            or "none",
+        ),
+        (
+            "each hostile user in an LLM job failed alone, with its error",
+            not unexplained,
+            f"{len(hostile_done)} tried, {len(unexplained)} not failed with an error {unexplained[:3]}; "
+            + "; ".join(sample),
+        ),
+    ]
+
+
+def setup_database(pg, args) -> str:
+    """The suite's database on its own server, migrated, with sample users; Django set up on it."""
+    url = pg.create_database("eventproject_chaos")
     os.environ["DATABASE_URL"] = url
+    os.environ["DEAD_PEER_SECONDS"] = str(DEAD_PEER_SECONDS)
     os.environ.setdefault("DEBUG", "1")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventproject.settings")
     import django
@@ -352,13 +625,12 @@ def setup_database(args) -> str:
     return url
 
 
-def redis_user() -> None:
-    """A Redis user of our own, so that CLIENT KILL drops only this suite's connections."""
-    import redis
+def hostile_users(seed: int) -> dict[str, str]:
+    """A few sample users (drawn by the seed), each answered with one hostile kind."""
+    from extraction.models import UserProfile
 
-    redis.Redis(host="127.0.0.1").execute_command(
-        "ACL", "SETUSER", REDIS_USER, "on", f">{REDIS_PASSWORD}", "~*", "&*", "+@all"
-    )
+    users = sorted(UserProfile.objects.values_list("user_id", flat=True))
+    return dict(zip(random.Random(seed).sample(users, len(HOSTILE_KINDS)), HOSTILE_KINDS, strict=True))
 
 
 def main() -> int:
@@ -368,7 +640,6 @@ def main() -> int:
     parser.add_argument("--clusters", type=int, default=2)
     parser.add_argument("--users", type=int, default=1500)
     parser.add_argument("--brokers", default="orm,redis", help="phases, each on its own broker")
-    parser.add_argument("--keep", action="store_true", help="keep the database for a look afterwards")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stopped run stops its clusters too
     if args.seed is None:
@@ -381,23 +652,48 @@ def main() -> int:
         f"--seed {args.seed} --clusters {args.clusters} --users {args.users} --brokers {args.brokers})",
         flush=True,
     )
-    url = setup_database(args)
-    if "redis" in brokers:
-        redis_user()
-    log_dir = Path(os.environ.get("CHAOS_LOG_DIR") or f"/tmp/eventproject-chaos-{args.seed}")
-    log_dir.mkdir(parents=True, exist_ok=True)
-    chaos = Chaos(args, log_dir)
-    try:
-        for broker in brokers:
-            chaos.phase(broker, args.seconds / len(brokers))
-    finally:
-        chaos.stop_clusters()
-        chaos.server.__exit__(None, None, None)
-    results = check(chaos.server.fake)
+    from tests.own_servers import PostgresServer, RedisServer
+    from tests.partition import NetworkNamespace, namespaces_available
+
+    if why := namespaces_available():
+        if os.environ.get("REQUIRE_NETNS") == "1":  # .ci/run: partitions must be tried there
+            raise SystemExit(f"chaos: partitions cannot be injected here ({why}); REQUIRE_NETNS=1")
+        print(f"chaos: no partitions in this run ({why})", flush=True)
+    with contextlib.ExitStack() as servers:
+        ns = None if why else servers.enter_context(NetworkNamespace())
+        reachable = [ns] if ns else []
+        pg = servers.enter_context(PostgresServer(reachable_from=reachable))
+        redis_server = (
+            servers.enter_context(RedisServer(reachable_from=reachable)) if "redis" in brokers else None
+        )
+        setup_database(pg, args)
+        hostile = hostile_users(args.seed)
+        log_dir = Path(os.environ.get("CHAOS_LOG_DIR") or f"/tmp/eventproject-chaos-{args.seed}")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        chaos = Chaos(args, log_dir, pg, redis_server, ns, hostile)
+        try:
+            for broker in brokers:
+                chaos.phase(broker, args.seconds / len(brokers))
+        finally:
+            chaos.stop_clusters()
+            chaos._thaw_all()
+            if chaos.also:
+                chaos.also.shutdown()
+            chaos.server.__exit__(None, None, None)
+        return report(chaos, brokers, log_dir)
+
+
+def report(chaos: Chaos, brokers: list[str], log_dir: Path) -> int:
+    """Print what was done and every invariant; 1 if any broke."""
+    from jobs.models import Job
+
+    args = chaos.args
+    results = check(chaos.server.fake, chaos.cancelled, chaos.hostile)
     print(
         f"\nchaos run, seed {args.seed}: {args.seconds:g} s of faults over {', '.join(brokers)} "
-        f"on PostgreSQL ({url.rsplit('/', 1)[-1]}), {args.clusters} clusters × 2 workers, "
-        f"{args.users} sample users; cluster logs in {log_dir}"
+        f"on PostgreSQL and Redis servers of its own, {args.clusters} clusters × 2 workers "
+        f"(cluster 0 in a network namespace: {'yes' if chaos.ns else 'no'}), lease {LEASE} s, "
+        f"DEAD_PEER_SECONDS {DEAD_PEER_SECONDS}, {args.users} sample users; cluster logs in {log_dir}"
     )
     print(
         "injected: " + (", ".join(f"{name} × {n}" for name, n in sorted(chaos.faults.items())) or "nothing")
@@ -405,10 +701,19 @@ def main() -> int:
     print(
         "actions:  " + (", ".join(f"{name} × {n}" for name, n in sorted(chaos.actions.items())) or "nothing")
     )
-    from jobs.models import Job
-
     outcomes = Counter(Job.objects.values_list("status", flat=True))
+    print(f"clusters that exited by themselves (started again): {chaos.exits}")
     print("jobs:     " + ", ".join(f"{status} × {n}" for status, n in sorted(outcomes.items())))
+    print(
+        "recovery, from a fault's end (median / max over its injections) until the work flowed again "
+        "(a user committed) and until every job active then committed again:"
+    )
+    for fault, waits in sorted(chaos.recoveries().items()):
+        flowed, every = [w[0] for w in waits], [w[1] for w in waits]
+        print(
+            f"  {fault:<15} flowed {statistics.median(flowed):5.1f} / {max(flowed):5.1f} s, every job "
+            f"{statistics.median(every):5.1f} / {max(every):5.1f} s ({len(waits)} measured)"
+        )
     for promise, held, detail in results:
         print(f"  {'held  ' if held else 'BROKEN'}  {promise}: {detail}")
     return 0 if all(held for _, held, _ in results) else 1

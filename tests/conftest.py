@@ -292,42 +292,37 @@ def _default_language_after_each_test():
     translation.deactivate()
 
 
-@pytest.fixture
-def nginx(tmp_path):
-    """nginx(server) runs deploy/nginx.conf in front of that web server (tests/servers.py: Nginx);
-    every nginx started is stopped at the end."""
-    from tests.servers import Nginx
-
+def _beside(tmp_path, kind):
+    """start(server) runs a `kind` (tests/servers.py) for that web server in a folder of its own;
+    every one started is stopped at the end."""
     started = []
 
-    def start(server) -> Nginx:
-        folder = tmp_path / f"nginx-{len(started)}"
+    def start(server):
+        folder = tmp_path / f"{kind.__name__.lower()}-{len(started)}"
         folder.mkdir()
-        started.append(Nginx(folder, server.port))
+        started.append(kind(folder, server.port))
         return started[-1]
 
     yield start
-    for proxy in started:
-        proxy.stop()
+    for each in started:
+        each.stop()
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    """nginx(server) runs deploy/nginx.conf in front of that web server (tests/servers.py: Nginx)."""
+    from tests.servers import Nginx
+
+    yield from _beside(tmp_path, Nginx)
 
 
 @pytest.fixture
 def prometheus(tmp_path):
     """prometheus(server) runs a Prometheus scraping that web server every second (tests/servers.py:
-    Prometheus); every one started is stopped at the end."""
+    Prometheus)."""
     from tests.servers import Prometheus
 
-    started = []
-
-    def start(server) -> Prometheus:
-        folder = tmp_path / f"prometheus-{len(started)}"
-        folder.mkdir()
-        started.append(Prometheus(folder, server.port))
-        return started[-1]
-
-    yield start
-    for scraper in started:
-        scraper.stop()
+    yield from _beside(tmp_path, Prometheus)
 
 
 def _namespaces_of(request) -> list:

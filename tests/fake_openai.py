@@ -18,6 +18,7 @@ writing a lot, as short behaviour text can do.
 
 import hashlib
 import json
+import math
 import random
 import re
 import threading
@@ -28,7 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from extraction.extractors.llm import USERS_MARKER
+from extraction.extractors.llm_prompt import USERS_MARKER
 
 DIRECTIVES = (
     "429",
@@ -108,6 +109,12 @@ class FakeLLM:
         # Provider personalities (see the block below `steer`): None is the plain, accepting server.
         self.personality: Personality | None = None
         self.bodies: deque[tuple[int, dict]] = deque()  # error answers for the next requests, verbatim
+        # The provider's own limits (set with `limit()`): None, or what it enforces with 429s.
+        self.limits: ProviderLimits | None = None
+
+    def limit(self, *, tokens_per_minute: int = 0, requests_per_minute: int = 0, burst_seconds=2.0):
+        """Enforce tokens and requests per minute as a provider does: 429 with Retry-After."""
+        self.limits = ProviderLimits(tokens_per_minute, requests_per_minute, burst_seconds)
 
     def handle(self, headers: dict, body: dict) -> tuple[int, dict, dict]:
         """(status, extra headers, JSON body) for one request."""
@@ -158,6 +165,16 @@ class FakeLLM:
             return self._error(
                 record, 429, "Rate limit reached", "rate_limit_exceeded", {"Retry-After": self.retry_after}
             )
+        asked = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        estimate = len(prompt.encode()) // 3 + asked
+        if self.limits and (wait := self.limits.admit(estimate)):
+            return self._error(
+                record,
+                429,
+                "Rate limit reached for requests or tokens per minute",
+                "rate_limit_exceeded",
+                {"Retry-After": f"{math.ceil(wait)}"},
+            )
         if directive == "500":
             return self._error(record, 500, "The server had an error" + echo, "server_error")
         if directive == "400":
@@ -196,6 +213,8 @@ class FakeLLM:
         elif directive == "echo":  # a reply that is no JSON, but repeats what it was sent
             content = f"I cannot answer this. You sent me: {prompt}{echo}"
         record["status"] = 200
+        if self.limits:  # what the estimate held beyond the answer goes back
+            self.limits.refund(estimate - len(prompt.encode()) // 3 - len(content.encode()) // 3)
         record["usage"] = usage = {
             "prompt_tokens": len(prompt.encode()) // 3,
             "completion_tokens": len(content.encode()) // 3,
@@ -225,6 +244,41 @@ class FakeLLM:
             headers or {},
             {"error": {"message": message, "type": "invalid_request_error", "code": code}},
         )
+
+
+class ProviderLimits:
+    """Tokens and requests per minute kept as a provider keeps them: buckets refilled at the rate,
+    holding `burst_seconds` of it. A request is counted when it arrives by its prompt and the
+    room it asks for the answer (max_tokens), as OpenAI counts it; what the answer did not use
+    goes back when it is answered. A request arriving when a bucket is past its burst is refused,
+    with the seconds until it would not be."""
+
+    def __init__(self, tokens_per_minute: int, requests_per_minute: int, burst_seconds: float):
+        self.tokens_per_minute, self.requests_per_minute = tokens_per_minute, requests_per_minute
+        self.burst = burst_seconds
+        self.lock = threading.Lock()
+        self.tokens_at = self.requests_at = 0.0  # the time up to which each rate is spent
+
+    def admit(self, tokens: int) -> float:
+        """0: admitted and counted; else the seconds to wait (refused, nothing counted)."""
+        with self.lock:
+            now = time.monotonic()
+            wait = max(
+                self.tokens_at - self.burst - now if self.tokens_per_minute else 0.0,
+                self.requests_at - self.burst - now if self.requests_per_minute else 0.0,
+            )
+            if wait > 0:
+                return wait
+            if self.tokens_per_minute:
+                self.tokens_at = max(self.tokens_at, now) + tokens * 60 / self.tokens_per_minute
+            if self.requests_per_minute:
+                self.requests_at = max(self.requests_at, now) + 60 / self.requests_per_minute
+            return 0.0
+
+    def refund(self, tokens: int) -> None:
+        if self.tokens_per_minute and tokens > 0:
+            with self.lock:
+                self.tokens_at -= tokens * 60 / self.tokens_per_minute
 
 
 def tokens_reported(fake: FakeLLM, kind: str) -> int:

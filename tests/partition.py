@@ -1,6 +1,6 @@
-"""A network namespace for one process (say one `qcluster`), joined to this machine by a veth pair,
-so that a test can cut that process off silently (every packet dropped both ways, no reset) and
-heal it again.
+"""A network namespace for one process (say one `qcluster`), joined to this machine through a
+router namespace, so that a test can cut that process off silently (every packet dropped both
+ways, no reset) and heal it again.
 
     with NetworkNamespace() as ns:
         server = PostgresServer(reachable_from=[ns])        # also listens on ns.host_address
@@ -8,13 +8,20 @@ heal it again.
             "DATABASE_URL": server.url("db", via=ns), ...})
         ns.cut(); ...; ns.heal()
 
-Inside, the process sees only its end of the pair (ns.address) and its own loopback: it reaches
+    this machine (ns.host_address) ──veth── router namespace ──veth── namespace (ns.address)
+
+Inside, the process sees only its end of the link (ns.address) and its own loopback: it reaches
 servers on this machine at ns.host_address, so they must listen there too. Addresses come from a
-/30 of 10.213.0.0/16 that no interface of this machine uses.
+/29 of 10.213.0.0/16 that no interface of this machine uses (ns.network): a /30 on each side of
+the router.
 
 The cut is a token-bucket qdisc that lets nothing through (`tbf rate 1kbit burst 1 limit 1`) on
-both ends of the pair: `tc ... netem` and tc filters need kernel modules this machine lacks, and
-there is no iptables or nft. An established TCP connection then sees only timeouts. Needs root.
+the router's two links: `tc ... netem` and tc filters need kernel modules this machine lacks, and
+there is no iptables or nft. The packets are dropped in between, as a partition in the network
+does, not at either end: a qdisc dropping at a sender's own link tells its TCP at once (a local
+congestion drop), which then gives up on the connection in seconds; here both ends send and hear
+nothing, so an established connection sees only its own timeouts (keepalives, tcp_user_timeout).
+Needs root.
 
 Names carry the PID of the process that made them; a namespace or link whose maker is gone (a run
 killed with SIGKILL) is removed, with whatever still runs inside, by the next one made.
@@ -34,7 +41,7 @@ from http.server import ThreadingHTTPServer
 from itertools import count
 from urllib.parse import urlsplit, urlunsplit
 
-NAME = re.compile(r"^evp(\d+)[nh](\d+)$")  # evp<maker's pid>n<index> (namespace), …h… (host link)
+NAME = re.compile(r"^evp(\d+)[nrh](\d+)$")  # evp<maker's pid>n<index> (namespace), …r… (router), …h… (link)
 NETWORK = ipaddress.ip_network("10.213.0.0/16")
 CUT = ["tbf", "rate", "1kbit", "burst", "1", "limit", "1"]
 _made = count()
@@ -101,40 +108,63 @@ def _used_networks() -> list:
 
 
 class NetworkNamespace:
-    """A namespace with one veth pair to this machine; see the module's docstring."""
+    """A namespace joined to this machine through a router namespace; see the module's docstring."""
 
     def __init__(self):
         remove_stale()
         index = next(_made)
-        self.name = f"evp{os.getpid()}n{index}"
+        self.name, self.router = f"evp{os.getpid()}n{index}", f"evp{os.getpid()}r{index}"
         self.host_link, self.link = f"evp{os.getpid()}h{index}", "eth0"
         self.is_cut = False
         atexit.register(self.close)
         _ip("netns", "add", self.name)
+        _ip("netns", "add", self.router)
         try:
-            _ip("link", "add", self.host_link, "type", "veth", "peer", "name", self.link, "netns", self.name)
+            veth = ("type", "veth", "peer", "name")
+            _ip("link", "add", self.host_link, *veth, "hostside", "netns", self.router)
+            _ip("-n", self.router, "link", "add", "nsside", *veth, self.link, "netns", self.name)
             self._address()
             _ip("link", "set", self.host_link, "up")
-            _ip("-n", self.name, "link", "set", self.link, "up")
-            _ip("-n", self.name, "link", "set", "lo", "up")
+            for namespace, link in (
+                (self.router, "hostside"),
+                (self.router, "nsside"),
+                (self.name, self.link),
+                (self.name, "lo"),
+            ):
+                _ip("-n", namespace, "link", "set", link, "up")
+            _ip("-n", self.name, "route", "add", "default", "via", self.router_inside)
+            _ip("route", "add", self.inside_network, "via", self.router_outside, "dev", self.host_link)
+            subprocess.run(
+                ["ip", "netns", "exec", self.router, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
         except BaseException:
             self.close()
             raise
 
     def _address(self) -> None:
-        """A /30 of NETWORK that no interface here is in: .1 on this side, .2 inside."""
+        """A /29 of NETWORK that no interface here is in: its first /30 between this machine (.1)
+        and the router (.2), its second between the router (.5) and the namespace (.6)."""
         used = _used_networks()
-        subnets = list(NETWORK.subnets(new_prefix=30))
+        subnets = list(NETWORK.subnets(new_prefix=29))
         for network in random.sample(subnets, 50):
             if any(network.overlaps(other) for other in used):
                 continue
-            host, inside = list(network.hosts())
+            outside, inside = network.subnets(new_prefix=30)
+            host, router_outside = outside.hosts()
+            router_inside, address = inside.hosts()
             if _ip("addr", "add", f"{host}/30", "dev", self.host_link, check=False).returncode:
                 continue  # taken meanwhile
-            _ip("-n", self.name, "addr", "add", f"{inside}/30", "dev", self.link)
-            self.network, self.host_address, self.address = str(network), str(host), str(inside)
+            _ip("-n", self.router, "addr", "add", f"{router_outside}/30", "dev", "hostside")
+            _ip("-n", self.router, "addr", "add", f"{router_inside}/30", "dev", "nsside")
+            _ip("-n", self.name, "addr", "add", f"{address}/30", "dev", self.link)
+            self.network, self.inside_network = str(network), str(inside)
+            self.host_address, self.address = str(host), str(address)
+            self.router_outside, self.router_inside = str(router_outside), str(router_inside)
             return
-        raise RuntimeError(f"no free /30 in {NETWORK}")
+        raise RuntimeError(f"no free /29 in {NETWORK}")
 
     def reach(self, url: str) -> str:
         """`url` as seen from inside: a loopback host becomes this machine's end of the link (the
@@ -162,22 +192,24 @@ class NetworkNamespace:
         return ["ip", "netns", "exec", self.name, *argv]
 
     def cut(self) -> None:
-        """Drop every packet both ways from now on, silently."""
-        subprocess.run(["tc", "qdisc", "add", "dev", self.host_link, "root", *CUT], check=True)
-        subprocess.run(["tc", "-n", self.name, "qdisc", "add", "dev", self.link, "root", *CUT], check=True)
+        """Drop every packet both ways from now on, silently, in the router."""
+        for link in ("hostside", "nsside"):
+            subprocess.run(["tc", "-n", self.router, "qdisc", "add", "dev", link, "root", *CUT], check=True)
         self.is_cut = True
 
     def heal(self) -> None:
         """Let packets through again (connections that have not timed out go on)."""
-        for command in (["tc"], ["tc", "-n", self.name]):
-            link = self.host_link if len(command) == 1 else self.link
-            subprocess.run([*command, "qdisc", "del", "dev", link, "root"], capture_output=True)
+        for link in ("hostside", "nsside"):
+            subprocess.run(
+                ["tc", "-n", self.router, "qdisc", "del", "dev", link, "root"], capture_output=True
+            )
         self.is_cut = False
 
     def close(self) -> None:
         """Kill whatever runs inside and remove the namespace and its link."""
         atexit.unregister(self.close)
         _remove(self.name)
+        _remove(self.router)
         _ip("link", "del", self.host_link, check=False)
         deadline = time.monotonic() + 5  # the kernel removes a namespace's links asynchronously
         while (

@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
@@ -57,9 +58,64 @@ def production_env(**env: str) -> dict[str, str]:
     }
 
 
-class WebServer:
+class Started:
+    """A server a test starts: waited for until it answers, stopped if it never does."""
+
+    name = "the server"  # in messages
+    process: subprocess.Popen
+
+    def output(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _wait_until(self, answers: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05):
+        """Wait until `answers()` (an OSError: not yet); a server that exits meanwhile fails at once,
+        saying what it said. Whatever fails, it is stopped."""
+
+        def up() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                return answers()
+            except OSError:
+                return False
+
+        try:
+            wait_for(up, timeout=timeout, what=f"{what}:\n{self.output()}", interval=interval)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _terminate(self, timeout: float, kill: Callable[[], None]) -> None:
+        """SIGTERM, then `kill()` if it has not ended after `timeout` seconds."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                kill()
+                self.process.wait(timeout=10)
+
+
+def exchange(
+    connection: http.client.HTTPConnection, method: str, path: str, body: bytes | None, headers: dict | None
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lower-case names, body) of one request on a new connection, closed after."""
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+class WebServer(Started):
     """gunicorn as deploy/eventproject-web.service runs it; stop() is SIGTERM to the master only,
     as the unit's KillMode=mixed does, then SIGKILL of the group after a timeout."""
+
+    name = "gunicorn"
 
     def __init__(self, log: Path, *, application: str = "eventproject.asgi", **env: str):
         self.port = free_port()
@@ -83,20 +139,7 @@ class WebServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        try:
-            wait_for(self._answers, timeout=30, what=f"gunicorn to answer; it said:\n{self.output()}")
-        except BaseException:
-            self.stop()
-            raise
-
-    def _answers(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited with {self.process.returncode}:\n{self.output()}")
-        try:
-            self.get("/healthz")
-        except OSError:
-            return False
-        return True
+        self._wait_until(lambda: bool(self.get("/healthz")), timeout=30, what="gunicorn to answer; it said")
 
     def get(self, path: str, headers: dict | None = None) -> tuple[int, dict[str, str], bytes]:
         """(status, headers with lower-case names, body) over a new connection."""
@@ -106,21 +149,10 @@ class WebServer:
         self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
     ) -> tuple[int, dict[str, str], bytes]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-        finally:
-            connection.close()
+        return exchange(connection, method, path, body, headers)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=45)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        self._terminate(45, kill=lambda: os.killpg(self.process.pid, signal.SIGKILL))
         with contextlib.suppress(ProcessLookupError):  # workers left behind by a killed master
             os.killpg(self.process.pid, signal.SIGKILL)
         self.handle.close()
@@ -143,13 +175,14 @@ def session_cookie(user) -> str:
     return f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
 
 
-class Nginx:
+class Nginx(Started):
     """The real nginx running deploy/nginx.conf in front of a web server: the deploy file with this
     test's ports, a certificate made for it, and the web server's address in place of the
     deployment's, inside a main configuration of its own (PID file, logs and buffers in `folder`).
     stop() is a fast shutdown (SIGTERM) of its master, by PID."""
 
     BINARY = os.environ.get("NGINX", "/usr/sbin/nginx")
+    name = "nginx"
 
     def __init__(self, folder: Path, upstream_port: int):
         self.folder = folder
@@ -192,19 +225,10 @@ class Nginx:
             stdout=subprocess.DEVNULL,
             stderr=(folder / "stderr.log").open("ab"),
         )
-        try:
-            wait_for(self._listening, timeout=15, what=f"nginx to listen:\n{self.errors()}")
-        except BaseException:
-            self.stop()
-            raise
+        self._wait_until(self._listening, timeout=15, what="nginx to listen")
 
     def _listening(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"nginx exited with {self.process.returncode}:\n{self.errors()}")
-        try:
-            socket.create_connection(("127.0.0.1", self.https_port), timeout=1).close()
-        except OSError:
-            return False
+        socket.create_connection(("127.0.0.1", self.https_port), timeout=1).close()
         return True
 
     def https(self, timeout: float = 30) -> http.client.HTTPSConnection:
@@ -216,15 +240,10 @@ class Nginx:
         self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
     ) -> tuple[int, dict[str, str], bytes]:
         """(status, headers with lower-case names, body) over HTTPS, a new connection."""
-        connection = self.https()
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-        finally:
-            connection.close()
+        return exchange(self.https(), method, path, body, headers)
 
-    def errors(self) -> str:
+    def output(self) -> str:
+        """Its error logs."""
         return "".join(
             (self.folder / name).read_text(errors="replace")
             for name in ("stderr.log", "error.log")
@@ -232,21 +251,16 @@ class Nginx:
         )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        self._terminate(20, kill=self.process.kill)
 
 
-class Prometheus:
+class Prometheus(Started):
     """The real Prometheus scraping a web server's /metrics directly over plain HTTP every
     `interval`, with its configuration and storage in `folder`, on a free port; stop() is SIGTERM
     to its PID."""
 
     BINARY = os.environ.get("PROMETHEUS", "/usr/bin/prometheus")
+    name = "prometheus"
 
     def __init__(self, folder: Path, target_port: int, *, interval: str = "1s"):
         self.port = free_port()
@@ -266,19 +280,8 @@ class Prometheus:
             stdout=subprocess.DEVNULL,
             stderr=self.log.open("ab"),
         )
-        try:
-            wait_for(self._ready, timeout=30, what=f"Prometheus to be ready:\n{self.output()}", interval=0.2)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"prometheus exited with {self.process.returncode}:\n{self.output()}")
-        try:
-            return self._get("/-/ready")[0] == 200
-        except OSError:
-            return False
+        ready = lambda: self._get("/-/ready")[0] == 200  # noqa: E731
+        self._wait_until(ready, timeout=30, what="Prometheus to be ready", interval=0.2)
 
     def _get(self, path: str) -> tuple[int, bytes]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -300,10 +303,4 @@ class Prometheus:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        self._terminate(30, kill=self.process.kill)

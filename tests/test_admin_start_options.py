@@ -26,6 +26,14 @@ def test_the_form_offers_each_extractors_options_as_typed_fields(operator):
     assert 'name="options"' not in page  # no raw JSON any more
 
 
+def test_the_chunk_size_help_gives_each_extractors_own_default(operator, monkeypatch):
+    from extraction.extractors.llm import LLMExtractor
+
+    monkeypatch.setattr(LLMExtractor, "default_chunk_size", 150)
+    page = operator.get(START).content.decode()
+    assert "Default: the extractor&#x27;s own (llm 150, rules 500), else 100." in page
+
+
 def test_typed_options_start_a_job_with_those_options(operator, make_users):
     make_users(2)
     response = operator.post(

@@ -18,17 +18,10 @@ from eventproject.db import DatabaseNow, database_now
 from extraction import services
 from extraction.extractors import ExtractionError, make_extractor
 from extraction.services import Outcome
+from jobs.errors import JobConflict, JobError, JobInvalid
 from jobs.healing import jobs_heal
 from jobs.models import Drain, Job, JobItem
-from jobs.services import (
-    JobConflict,
-    JobError,
-    JobInvalid,
-    job_cancel,
-    job_counters_reconcile,
-    job_resume,
-    job_start,
-)
+from jobs.services import job_cancel, job_counters_reconcile, job_resume, job_start
 from jobs.transitions import job_fail, job_finish_if_done
 from jobs.worker.chunk import process_one_chunk
 from jobs.worker.claims import chunk_claim

@@ -6,17 +6,10 @@ from django_q.models import OrmQ
 from eventproject.db import DatabaseNow
 from extraction.extractors import make_extractor
 from extraction.services import chunk_extract
+from jobs.errors import JobConflict, JobStateError
 from jobs.healing import jobs_heal
 from jobs.models import Drain, Job, JobItem
-from jobs.services import (
-    JobConflict,
-    JobStateError,
-    job_cancel,
-    job_counters_reconcile,
-    job_resume,
-    job_retry_failed,
-    job_start,
-)
+from jobs.services import job_cancel, job_counters_reconcile, job_resume, job_retry_failed, job_start
 from jobs.transitions import job_mark_running
 from jobs.worker.chunk import process_one_chunk
 from jobs.worker.claims import chunk_claim

@@ -5,9 +5,10 @@ import pytest
 from django.urls import reverse
 
 from eventproject.db import DatabaseNow
+from jobs.errors import JobInvalid, JobStateError
 from jobs.models import Drain, Job
 from jobs.progress import job_progress
-from jobs.services import JobInvalid, JobStateError, job_share_set, job_start
+from jobs.services import job_share_set, job_start
 
 pytestmark = pytest.mark.django_db
 

@@ -5,8 +5,9 @@ from django.db import connection
 from django_q.models import OrmQ
 
 from extraction.models import ExtractionState
+from jobs.errors import JobConflict, JobInvalid
 from jobs.models import Job, JobItem
-from jobs.services import JobConflict, JobInvalid, job_start
+from jobs.services import job_start
 
 pytestmark = pytest.mark.django_db
 

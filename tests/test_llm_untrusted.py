@@ -11,9 +11,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-from extraction.extractors import BehaviorRecord, Control, ExtractionError, UserInput, llm, make_extractor
-from extraction.extractors.llm import parse_answer, without_thinking
-from extraction.llm_client import Completion
+from extraction.extractors import (
+    BehaviorRecord,
+    Control,
+    ExtractionError,
+    UserInput,
+    llm_answers,
+    make_extractor,
+)
+from extraction.extractors.llm_answers import call_read, parse_answer
+from extraction.extractors.llm_packing import user_parts
+from extraction.llm_client import Completion, without_thinking
 from extraction.models import ExtractedEvent, LLMCacheEntry
 from extraction.services import BehaviorRow, behaviors_insert
 from jobs.services import job_start
@@ -147,27 +155,27 @@ def test_a_number_too_long_to_read_makes_the_reply_malformed_not_a_crash():
 
 def test_a_call_whose_reply_cannot_be_read_fails_that_call_only(llm_server):
     extractor = make_extractor("llm", {"max_concurrency": 1})
-    parts = extractor.parts_of(victim())
+    parts = user_parts(victim(), extractor.budget)
     reply = '{"users": {"u2": [{"context": {"n": ' + "9" * 5_000 + "}}]}}"
-    outcome = extractor._read(parts, Completion(reply, 10, 10, cached=False, key="k"))
+    outcome = call_read(parts, Completion(reply, 10, 10, cached=False, key="k"), allow_new_types=False)
     assert (outcome.failure, outcome.events) == ("the reply's JSON holds a number too long to read", {})
 
 
 def test_an_error_validating_one_users_events_stays_with_that_user(llm_server, monkeypatch):
     extractor = make_extractor("llm", {"max_concurrency": 1})
-    parts = [*extractor.parts_of(attacker("hello")), *extractor.parts_of(victim())]
-    real = llm.events_from
+    parts = [*user_parts(attacker("hello"), extractor.budget), *user_parts(victim(), extractor.budget)]
+    real = llm_answers.events_from
 
     def events_from(answer, part, **options):
         if part.user.user_id == "u1":
             raise AttributeError("'int' object has no attribute 'msg'")  # any bug a shape might hit
         return real(answer, part, **options)
 
-    monkeypatch.setattr(llm, "events_from", events_from)
+    monkeypatch.setattr(llm_answers, "events_from", events_from)
     reply = json.dumps(
         {"users": {"u1": [], "u2": answer_events([[2001, "", "search", "汉EV", *[""] * 3, 0]])}}
     )
-    outcome = extractor._read(parts, Completion(reply, 10, 10, cached=False, key="k"))
+    outcome = call_read(parts, Completion(reply, 10, 10, cached=False, key="k"), allow_new_types=False)
     by_user = {part.user.user_id: id(part) for part in parts}
     assert outcome.invalid == {by_user["u1"]: "the user's events could not be read (AttributeError)"}
     assert list(outcome.events) == [by_user["u2"]]
@@ -179,7 +187,7 @@ def test_reading_a_reply_of_unclosed_think_tags_takes_linear_time():
     process of its own, whose time can be bounded without waiting for it."""
     script = (
         "import django; django.setup()\n"
-        "from extraction.extractors.llm import parse_answer\n"
+        "from extraction.extractors.llm_answers import parse_answer\n"
         "assert parse_answer('<think>' * 100_000 + '{\"users\": {\"a\": []}}') == {'a': []}\n"
     )
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=30)

@@ -141,6 +141,32 @@ def test_a_cut_namespace_drops_packets_silently_until_healed(network_namespace):
         echo.wait()
 
 
+SEND = """
+import socket, sys
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"hello", (sys.argv[1], 7001))
+"""
+
+
+def sent_packets(ns, inside: bool) -> int:
+    """Packets that left this machine's end of the link (or, `inside`, the namespace's end)."""
+    command = ns.command(["cat", f"/sys/class/net/{ns.link}/statistics/tx_packets"]) if inside else None
+    if command:
+        return int(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    return int(Path(f"/sys/class/net/{ns.host_link}/statistics/tx_packets").read_text())
+
+
+def test_a_cut_drops_packets_in_between_not_as_they_leave_either_end(network_namespace):
+    """A qdisc dropping at a sender's own link tells its TCP at once (a local drop), which then
+    ended a connection in about 8 s by itself; in a partition both ends send, and hear nothing."""
+    ns = network_namespace
+    ns.cut()
+    before = sent_packets(ns, inside=False), sent_packets(ns, inside=True)
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"hello", (ns.address, 7001))
+    subprocess.run(ns.command([sys.executable, "-c", SEND, ns.host_address]), check=True, timeout=30)
+    after = sent_packets(ns, inside=False), sent_packets(ns, inside=True)
+    assert after[0] > before[0] and after[1] > before[1]
+
+
 def test_a_process_in_a_namespace_reaches_servers_made_reachable_from_it(network_namespace):
     from tests.own_servers import PostgresServer
 

@@ -9,16 +9,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from jobs.errors import JobStateError
 from jobs.models import Job, JobItem
-from jobs.services import (
-    JobStateError,
-    job_cancel,
-    job_counters_reconcile,
-    job_resume,
-    job_retry_failed,
-    job_start,
-    jobs_prune,
-)
+from jobs.pruning import jobs_prune
+from jobs.services import job_cancel, job_counters_reconcile, job_resume, job_retry_failed, job_start
 from jobs.transitions import job_mark_running
 from jobs.worker.drain import job_drain
 from tests.cluster import wait_for

@@ -12,6 +12,7 @@ from django.db import connection
 
 from extraction.services import BehaviorRow, behaviors_insert
 from jobs.cron import CronInvalid, cron_clean, cron_next
+from jobs.errors import JobInvalid
 from jobs.models import Job, Schedule, ScheduleRun
 from jobs.schedules import (
     schedule_create,
@@ -21,7 +22,7 @@ from jobs.schedules import (
     schedule_update,
     schedules_run_due,
 )
-from jobs.services import JobInvalid, job_start
+from jobs.services import job_start
 from jobs.worker.drain import job_drain
 
 SHANGHAI, BERLIN = ZoneInfo("Asia/Shanghai"), ZoneInfo("Europe/Berlin")

@@ -148,7 +148,7 @@ def test_a_new_delivery_rings_a_task_and_healing_rings_a_due_one_only_once(
     with django_capture_on_commit_callbacks(execute=True):
         assert deliveries_heal() == []  # rung a moment ago: its task may be waiting in the queue
         Delivery.objects.filter(id=delivery.id).update(rung_at=None)  # as if the broker lost it
-        assert deliveries_heal() == [f"webhook delivery {delivery.id}: rang it"]
+        assert deliveries_heal() == [f"webhook delivery {delivery.id}: rang it again"]
         assert deliveries_heal() == []
     assert OrmQ.objects.count() == 2
 

@@ -126,8 +126,8 @@ class EndpointAdmin(GuardedAdmin):
 
 class AttemptInline(admin.TabularInline):
     model = Attempt
-    fields = ["number", "started_at", "duration_ms", "status_code", "error", "response_excerpt"]
-    readonly_fields = fields
+    readonly_fields = ["number", "started_at", "duration_ms", "status_code", "error", "response_excerpt"]
+    fields = tuple(readonly_fields)
     extra = 0
     can_delete = False
 
@@ -167,7 +167,7 @@ class DeliveryAdmin(GuardedAdmin):
     class Media:
         css = {"all": ["webhooks/admin.css"]}
 
-    fields = [
+    readonly_fields = [
         "event_type",
         "message_id",
         "endpoint",
@@ -181,7 +181,7 @@ class DeliveryAdmin(GuardedAdmin):
         "last_error",
         "body",
     ]
-    readonly_fields = fields
+    fields = tuple(readonly_fields)
 
     def has_add_permission(self, request):
         return False

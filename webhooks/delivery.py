@@ -23,6 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from eventproject.db import DatabaseNow
+from eventproject.work import bells_heal, claim, held, lease_expired
 
 from .models import Attempt, Delivery, Event
 from .outbound import post
@@ -48,9 +49,8 @@ def retry_backoff_seconds(attempts: int) -> float:
 
 def _due() -> Q:
     """Pending deliveries whose next attempt is due, and sending ones whose lease ran out."""
-    now = DatabaseNow()
-    return Q(status=Delivery.Status.PENDING, next_attempt_at__lte=now) | Q(
-        status=Delivery.Status.SENDING, lease_expires_at__lt=now
+    return Q(status=Delivery.Status.PENDING, next_attempt_at__lte=DatabaseNow()) | Q(
+        lease_expired(), status=Delivery.Status.SENDING
     )
 
 
@@ -69,17 +69,14 @@ def delivery_attempt(delivery_id: int) -> Attempt | None:
     succeeded (2xx), pending again after a backoff, or failed once the next try would fall after
     `give_up_at`. None when the delivery was not due (sent already, being sent, backing off)."""
     token = uuid.uuid4()
-    if not Delivery.objects.filter(Q(id=delivery_id) & _due()).update(
-        status=Delivery.Status.SENDING,
-        claim_token=token,
-        lease_expires_at=DatabaseNow(lease_seconds()),
-        attempt_count=F("attempt_count") + 1,
-        rung_at=None,
+    due = Delivery.objects.filter(Q(id=delivery_id) & _due())
+    if not claim(
+        due, token, lease_seconds(), status=Delivery.Status.SENDING, attempt_count=F("attempt_count") + 1
     ):
         return None
     delivery = Delivery.objects.select_related("event", "endpoint").get(id=delivery_id)
     endpoint, event = delivery.endpoint, delivery.event
-    mine = Delivery.objects.filter(id=delivery_id, claim_token=token, status=Delivery.Status.SENDING)
+    mine = held(Delivery.objects.filter(id=delivery_id, status=Delivery.Status.SENDING), token)
     ended = {"claim_token": None, "lease_expires_at": None}
     if not endpoint.active:
         mine.update(
@@ -140,11 +137,11 @@ def deliveries_heal() -> list[str]:
     """Ring every due delivery nobody is sending: pending ones whose next attempt has come, and
     sending ones whose sender died (lease run out), unless rung within a lease's time (the task may
     be waiting in the queue). Run by every cluster with the jobs' healing; one cluster rings each."""
-    unanswered = Q(rung_at__isnull=True) | Q(rung_at__lt=DatabaseNow(-lease_seconds()))
-    done = []
-    due = Delivery.objects.filter(_due() & unanswered).order_by("id").values_list("id", flat=True)
-    for delivery_id in due[:HEAL_AT_MOST]:
-        if Delivery.objects.filter(Q(id=delivery_id) & _due() & unanswered).update(rung_at=DatabaseNow()):
-            delivery_ring(delivery_id)
-            done.append(f"webhook delivery {delivery_id}: rang it")
-    return done
+    return bells_heal(
+        Delivery,
+        _due(),
+        quiet_seconds=lease_seconds(),
+        ring_one=delivery_ring,
+        label="webhook delivery",
+        at_most=HEAL_AT_MOST,
+    )

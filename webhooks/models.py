@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy
 
 from .event_types import event_type_known
@@ -62,7 +63,7 @@ class Endpoint(models.Model):
         return self.name
 
     def clean(self) -> None:
-        errors = {}
+        errors: dict[str, str | Promise] = {}
         if self.url and (problem := url_problem(self.url)):
             errors["url"] = problem
         if not isinstance(self.events, list) or not self.events:

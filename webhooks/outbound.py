@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -100,6 +101,8 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float) -> A
         parts = urlsplit(url)
         secure = parts.scheme == "https"
         port = parts.port or (443 if secure else 80)
+        if not parts.hostname:  # url_problem refuses such URLs when they are saved
+            raise _Failed("the URL has no host")
         watchdog = _Watchdog(_connect(parts.hostname, port, deadline, timeout), deadline)
         try:
             if secure:
@@ -146,7 +149,7 @@ def _connect(host: str, port: int, deadline: float, timeout: float) -> socket.so
 def _resolve(host: str, port: int, seconds: float) -> list[str]:
     """The addresses `host` resolves to, in order, resolved once; getaddrinfo has no timeout of its
     own, so it runs on a thread that is left behind if it outlasts the deadline."""
-    found: dict[str, object] = {}
+    found: dict[str, Any] = {}
 
     def resolve() -> None:
         try:

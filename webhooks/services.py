@@ -12,6 +12,7 @@ from django.db import transaction
 from django.db.models import Q
 
 from eventproject.db import DatabaseNow, database_now
+from eventproject.work import ring
 
 from .event_types import event_type_known
 from .models import Delivery, Endpoint, Event
@@ -52,18 +53,8 @@ def event_record(*, type: str, data: dict[str, Any]) -> Event | None:
 
 
 def delivery_ring(delivery_id: int) -> None:
-    """Enqueue the delivery's task once the current transaction commits. A broker that cannot take
-    it loses nothing: healing rings every due delivery whose bell went unanswered."""
-
-    def enqueue() -> None:
-        from django_q.tasks import async_task
-
-        try:
-            async_task(TASK, delivery_id, group="webhooks", task_name=f"webhook delivery {delivery_id}")
-        except Exception:
-            logger.warning("could not enqueue webhook delivery %s; a cluster will ring it again", delivery_id)
-
-    transaction.on_commit(enqueue)
+    """Ring the delivery's task once the current transaction commits (eventproject.work)."""
+    ring(TASK, delivery_id, group="webhooks", name=f"webhook delivery {delivery_id}")
 
 
 def endpoint_create(*, name: str, url: str, events: list[str], active: bool = True, created_by=None):

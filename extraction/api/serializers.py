@@ -3,6 +3,7 @@
 from datetime import UTC
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from drf_spectacular.utils import extend_schema_field
@@ -91,10 +92,13 @@ class RejectedRow(serializers.Serializer):
 class ImportOutput(serializers.ModelSerializer):
     """An import's state, counts and report, as the admin shows them."""
 
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    created_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
     percent = serializers.FloatField(read_only=True, help_text="How far through the file")
     rows_read = serializers.IntegerField(read_only=True, help_text="Rows (or lines) read so far")
-    errors = serializers.SerializerMethodField(help_text="The first rejected rows")
+    # The metaclass takes the field out of the class: Serializer.errors stays as it is.
+    errors = serializers.SerializerMethodField(help_text="The first rejected rows")  # type: ignore[assignment]
     report = serializers.SerializerMethodField(help_text="The rejected rows as `file:line: reason`")
     summary = serializers.SerializerMethodField(help_text="The closing line, as import_data prints it")
 

@@ -10,6 +10,7 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, OpenApiTypes, extend_schema
 from rest_framework import generics
 from rest_framework.request import Request
+from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
 from eventproject.api import (
@@ -172,7 +173,7 @@ class ImportsBase(Guarded):
     """Reads need extraction.view_dataimport (operators have it)."""
 
     read_permissions = (VIEW_IMPORT,)
-    serializer_class = ImportOutput
+    serializer_class: type[BaseSerializer] | None = ImportOutput
 
     def get_queryset(self):
         return imports_list()

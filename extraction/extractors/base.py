@@ -1,8 +1,11 @@
 """What every extractor receives and returns.
 
-An extractor turns a chunk of users' inputs into, per user, a list of events or
-an error. It never touches the database: loading and saving belong to the
-callers, so the same extractor serves the job engine, the CLI and the tests.
+An extractor turns a chunk of users' inputs into, per user, a list of events or an error. It
+neither loads users nor saves their events: extraction.services.chunk_extract loads them and the
+engine's commit saves, so the same extractor serves the clusters, `extract --sync` and the tests.
+(The LLM extractor does keep tables of its own, through extraction.llm_client and
+extraction.llm_endpoints: the answer cache, the shared rate limit, and what each endpoint and model
+accept.)
 """
 
 import hashlib
@@ -131,7 +134,7 @@ class Control:
     of the completion tokens, as providers bill them.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.usage: dict[str, list[int]] = {}
         self.lock = threading.Lock()
 
@@ -165,6 +168,10 @@ class Control:
     def fail_job(self, message: str) -> None:
         """Stop the whole job with this message (e.g. its token limit was reached)."""
         raise ExtractorFatalError(message)
+
+    def budget_share(self) -> tuple[str, int]:
+        """Who spends a provider's budget (its job) and its weight among those sharing it."""
+        return "", 1
 
 
 def _option_value(value: Any, kind: type) -> tuple[Any, str]:

@@ -11,7 +11,7 @@ one, into one event with a count and a total duration.
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -170,7 +170,8 @@ class RulesExtractor(Extractor):
         event, merge = self._event, self._merge
         # The run being merged: its rule, and its last behaviour's item and time.
         open_rule: Rule | None = None
-        last_item, last_at = "", None
+        # (last_at is read only after a first behaviour set it: the merge needs an item.)
+        last_item, last_at = "", datetime.min.replace(tzinfo=UTC)
         for behavior in behaviors:
             rule = decisions.get((behavior.action, behavior.place)) or rule_for(behavior)
             item, at = behavior.item, behavior.occurred_at

@@ -16,17 +16,18 @@ from eventproject.api import Guarded
 from extraction.api.access import VIEW_EVENT
 from extraction.api.serializers import EventOutput
 
+from ..errors import JobConflict, JobError, JobInvalid
 from ..models import Job
 from ..progress import job_progress
 from ..selectors import job_latest, job_results
-from ..services import JobConflict, JobError, JobInvalid, job_run_here, job_start
+from ..services import job_run_here, job_start
 from .access import ADD_JOB, VIEW_JOB
 from .serializers import UserIds
 
 CODE_JOB_RUNNING = 1001
 CODE_USERS_BUSY = 1002
 CODE_JOB_FAILED = 1003
-LEGACY_STATUS = {
+LEGACY_STATUS: dict[str, str] = {
     Job.Status.QUEUED: "running",
     Job.Status.RUNNING: "running",
     Job.Status.CANCELLING: "running",
@@ -46,7 +47,10 @@ class NullField(serializers.JSONField):
 
 
 def envelope_schema(name: str, data: serializers.Serializer | None):
-    fields = {"code": serializers.IntegerField(), "message": serializers.CharField()}
+    fields: dict[str, serializers.Field] = {
+        "code": serializers.IntegerField(),
+        "message": serializers.CharField(),
+    }
     fields["data"] = data if data is not None else NullField()
     return inline_serializer(name, fields)
 
@@ -59,7 +63,7 @@ class LegacyView(Guarded, APIView):
     """Errors in the old envelope too. Reads need jobs.view_job, starts jobs.add_job."""
 
     read_permissions = (VIEW_JOB,)
-    write_permissions = (ADD_JOB, VIEW_JOB)
+    write_permissions: tuple[str, ...] = (ADD_JOB, VIEW_JOB)
 
     def handle_exception(self, exc):
         response = super().handle_exception(exc)
@@ -244,8 +248,8 @@ class LegacySyncView(LegacyView):
                 {"job_id": job.id}, code=CODE_JOB_FAILED, message=job.error or f"job {job.status}"
             )
         events, failed = job_results(job)
-        events = {user_id: EventOutput(sequence, many=True).data for user_id, sequence in events.items()}
+        shown = {user_id: EventOutput(sequence, many=True).data for user_id, sequence in events.items()}
         return envelope(
-            {"job_id": job.id, "events": events, "failed": failed},
-            message=f"{len(events) - len(failed)} users extracted",
+            {"job_id": job.id, "events": shown, "failed": failed},
+            message=f"{len(shown) - len(failed)} users extracted",
         )

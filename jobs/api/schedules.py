@@ -3,18 +3,20 @@ runs. Permissions like the jobs' own: reads need jobs.view_schedule, writes the 
 delete permission. Views stay thin: validate the input, call jobs.schedules, render."""
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from eventproject.api import ERRORS, Guarded, NumberedPages
 
+from ..errors import JobError
 from ..models import Job, Schedule, ScheduleRun
 from ..schedules import schedule_create, schedule_delete, schedule_update
 from ..selectors import schedules_list
-from ..services import JobError
 from .serializers import PriorityField
 from .views import job_error_response
 
@@ -63,7 +65,9 @@ class ScheduleRunOutput(serializers.ModelSerializer):
 
 
 class ScheduleSummary(serializers.ModelSerializer):
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    created_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
     priority = PriorityField(read_only=True)
     time_zone = serializers.SerializerMethodField(help_text="The zone its cron expression is read in")
     user_count = serializers.SerializerMethodField(help_text="Users of a list schedule")
@@ -110,14 +114,14 @@ class ScheduleDetail(ScheduleSummary):
         read_only_fields = fields
 
 
-class SchedulesBase(Guarded):
+class SchedulesBase(Guarded, APIView):
     """Reads need jobs.view_schedule; each write its own permission (see WRITES)."""
 
     read_permissions = (VIEW_SCHEDULE,)
 
-    @property
-    def write_permissions(self) -> tuple[str, ...]:
-        return (WRITES.get(self.request.method, "jobs.change_schedule"),)
+    @property  # (per request: Guarded's plain attribute becomes a property here)
+    def write_permissions(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (WRITES.get(self.request.method or "", "jobs.change_schedule"),)
 
 
 @extend_schema_view(

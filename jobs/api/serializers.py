@@ -1,6 +1,9 @@
-"""The shapes of the jobs API: input serializers validate, output serializers render. No logic beyond that."""
+"""The shapes of the jobs API: input serializers validate (user ids counted before they are checked,
+priorities by name), output serializers render. Nothing here writes; JobDetail reads the job's
+progress (jobs.progress) as it renders."""
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -43,10 +46,11 @@ class PriorityField(serializers.ChoiceField):
         )
         super().__init__(choices=list(self.NAMES.values()), **kwargs)
 
-    def to_representation(self, value: int) -> str:
+    def to_representation(self, value: int) -> str:  # type: ignore[override]
         return self.NAMES.get(value, str(value))
 
-    def to_internal_value(self, data) -> int:
+    # (The stubs' ChoiceField gives back the name; this field gives its number.)
+    def to_internal_value(self, data) -> int:  # type: ignore[override]
         name = super().to_internal_value(data)
         return {name: value for value, name in self.NAMES.items()}[name]
 
@@ -166,7 +170,9 @@ class Progress(serializers.Serializer):
 
 
 class JobSummary(serializers.ModelSerializer):
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    created_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
     priority = PriorityField(read_only=True)
     percent = serializers.SerializerMethodField()
 

@@ -108,6 +108,8 @@ class ProgressStream:
         return self.events
 
     def __aiter__(self) -> AsyncIterator[str]:
+        if not isinstance(self.events, AsyncIterator):  # StreamingHttpResponse then takes __iter__
+            raise TypeError("a synchronous stream")
         return self.events
 
     def close(self) -> None:

@@ -2,9 +2,11 @@
 
 import json
 import time
+from typing import cast
 
 from django.conf import settings
 from django.http import Http404, HttpResponseNotModified, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from django.utils.http import parse_etags
 from django.utils.translation import gettext as _
@@ -18,19 +20,11 @@ from rest_framework.views import APIView
 
 from eventproject.api import ERRORS, Guarded, IdCursorPages, NumberedPages, asgi_served
 
+from ..errors import JobConflict, JobError, JobInvalid
 from ..models import Job
 from ..progress import job_progress, job_progress_state
 from ..selectors import job_items, jobs_list
-from ..services import (
-    JobConflict,
-    JobError,
-    JobInvalid,
-    job_cancel,
-    job_resume,
-    job_retry_failed,
-    job_share_set,
-    job_start,
-)
+from ..services import job_cancel, job_resume, job_retry_failed, job_share_set, job_start
 from .access import ADD_JOB, CHANGE_JOB, VIEW_JOB, stream_slot_take
 from .serializers import (
     Conflict,
@@ -164,7 +158,7 @@ class JobProgressView(JobsBase, APIView):
     recently too (a running job's, which changes at every commit), else read in full: rates and
     top errors are read only when something the progress shows changed."""
 
-    def get(self, request: Request, pk: int) -> Response:
+    def get(self, request: Request, pk: int) -> HttpResponseBase:
         if_none_match = request.headers.get("If-None-Match", "")
         if asgi_served(request) and (snapshot := feed_fresh(pk, start=bool(if_none_match))) is not None:
             etag = progress_etag(snapshot.tag)
@@ -206,7 +200,10 @@ class JobActionView(JobsBase, APIView):
             return job_error_response(exc)
         return Response(JobDetail(result).data, self.success_status)
 
-    success_status = status.HTTP_200_OK
+    def act(self, job: Job, request: Request) -> Job:
+        raise NotImplementedError
+
+    success_status: int = status.HTTP_200_OK
 
 
 @extend_schema(
@@ -332,7 +329,7 @@ class JobStreamView(JobsBase, APIView):
         last_id = request.headers.get("Last-Event-ID", "")
         if last_id == STREAM_END_ID and job.status in Job.FINISHED:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        slot = stream_slot_take(request.user.pk)
+        slot = stream_slot_take(cast(int, request.user.pk))  # (signed in: ModelPermissions)
         if slot is None:
             raise Throttled(
                 wait=STREAM_RETRY_MILLISECONDS / 1000,

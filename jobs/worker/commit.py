@@ -20,7 +20,7 @@ from django.db.models import Case, F, Value, When
 
 from eventproject.db import connection_reset
 from eventproject.outages import is_outage
-from extraction.extractors import Extractor
+from extraction.extractors import ExtractionError, Extractor
 from extraction.services import Outcome, extraction_failures_record, extraction_results_write
 from ops import metrics
 
@@ -70,7 +70,7 @@ def move_of(item: ClaimedItem, outcome: Outcome, job: Job) -> Move:
     or out of attempts); or retried after a backoff."""
     tokens = (outcome.prompt_tokens, outcome.completion_tokens, outcome.reasoning_tokens)
     error = outcome.result
-    if outcome.succeeded:
+    if not isinstance(error, ExtractionError):  # succeeded
         return Move(item.id, JobItem.Status.SUCCEEDED, "", outcome.events, None, 0, *tokens)
     if error.interrupted:
         return Move(item.id, JobItem.Status.RUNNING, error.message, None, None, 0, *tokens)
@@ -97,6 +97,7 @@ def chunk_commit(
     done = _commit_once(claim, job, moves, outcomes, extractor, seconds, optimistic=True)
     if done is None:
         done = _commit_once(claim, job, moves, outcomes, extractor, seconds, optimistic=False)
+        assert done is not None  # (only the optimistic commit rolls back)
     if taken := _taken(claim, done.owned):
         uncommitted_usage_keep(job, claim, outcomes, lost=taken)
     left = job_items_left(job.id) if done.left is None else done.left
@@ -184,11 +185,11 @@ def _per_item(values: dict[int, Any]) -> Case:
     return Case(*(When(id__in=ids, then=Value(value)) for value, ids in groups.items()))
 
 
-def _streak_move(job: Job, done: transitions.Committed, mine: list[tuple[Move, Outcome]]) -> str:
+def _streak_move(job: Job, done: transitions.Committed, mine: list[tuple[Move, Outcome]]) -> str | None:
     """Add this commit's errors (those about the users: not outages, not stops) to the job's
     fail-fast streak, which a success reset; fail the job when the streak is too long. Returns the
     job's status as the commit saw it under the job's row lock (failed, if this failed it)."""
-    errors = [o.result for _, o in mine if not o.succeeded and o.result.counts]
+    errors = [o.result for _, o in mine if isinstance(o.result, ExtractionError) and o.result.counts]
     if not errors:
         return done.status
     streak, kind = done.streak

@@ -8,6 +8,11 @@ from .. import transitions
 from ..models import Job
 
 
+def budget_caller(job_id: int) -> str:
+    """The job's name among those spending an LLM provider's budget (extraction.llm_budget)."""
+    return f"job:{job_id}"
+
+
 class JobControl(Control):
     """The job as a long extraction sees it: stop when the job no longer runs (asked at most once a
     second), when the chunk's lease was lost, or when its deadline (below the task timeout) is near.
@@ -22,7 +27,8 @@ class JobControl(Control):
         self.job_id = job_id
         self.deadline = deadline  # time.monotonic() by which the chunk must stop extracting
         self.checked_at = -1.0
-        self.status = Job.Status.RUNNING
+        self.status: str = Job.Status.RUNNING
+        self.priority: int = Job.Priority.NORMAL  # read with the status: it may change while the job runs
         self.lease_lost = False
         self.finished = False  # extraction is over: the commit (fenced) is all that is left
 
@@ -38,14 +44,20 @@ class JobControl(Control):
             return True
         with self.lock:
             if time.monotonic() - self.checked_at >= 1:
-                status = Job.objects.filter(id=self.job_id).values_list("status", flat=True).first()
-                self.status = status or Job.Status.CANCELLED
+                status, self.priority = Job.objects.filter(id=self.job_id).values_list(
+                    "status", "priority"
+                ).first() or (Job.Status.CANCELLED, self.priority)
+                self.status = status
                 self.checked_at = time.monotonic()
             return self.status != Job.Status.RUNNING
 
     def tokens_used(self) -> int:
         tokens = Job.objects.filter(id=self.job_id).values_list("prompt_tokens", "completion_tokens").first()
         return sum(tokens or ())
+
+    def budget_share(self) -> tuple[str, int]:
+        self.stopped()  # reads the priority too (at most once a second)
+        return budget_caller(self.job_id), self.priority
 
     def fail_job(self, message: str) -> None:
         transitions.job_fail(self.job_id, message)

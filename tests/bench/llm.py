@@ -9,6 +9,7 @@ the ideal bound: total calls × latency ÷ (workers × concurrency). The run tim
 from the first worker starting it (its extractor made) to the job finishing.
 """
 
+import math
 import os
 import sys
 import time
@@ -19,6 +20,17 @@ from tests.bench.common import arguments, backend_urls, child_env, print_table, 
 # call slot busy all the time) and at most 10 % more calls than the token and user budgets allow.
 TARGET_EFFICIENCY = 0.85
 TARGET_EXTRA_CALLS = 0.10
+
+
+def calls_lower_bound(extractor, users) -> int:
+    """The fewest calls the budgets allow for these users (an LLMExtractor's, with its options)."""
+    from extraction.extractors.llm_packing import users_parts
+
+    parts, budget = users_parts(users, extractor.budget), extractor.budget
+    return max(
+        math.ceil(sum(p.tokens for p in parts) / budget.prompt),
+        math.ceil(sum(p.expected_completion for p in parts) / budget.completion),
+    )
 
 
 def main() -> None:
@@ -39,7 +51,6 @@ def main() -> None:
     from django.core.management import call_command
 
     from extraction.extractors import make_extractor
-    from extraction.extractors.llm import calls_lower_bound
     from extraction.models import UserProfile
     from extraction.selectors import user_inputs_load
     from jobs.models import Job

@@ -1,13 +1,18 @@
-"""Benchmark of recovery: how long work stands still after a crash, on PostgreSQL with either broker.
+"""Benchmark of recovery: how long work stands still after a crash or an outage, on PostgreSQL
+with either broker.
 
     python -m tests.bench.recovery [--brokers orm,redis] [--runs 2]
 
-Real `qcluster` processes (2 workers each, the default lease of JOBS_LEASE_SECONDS) run a job of
-the tests' scripted extractor (20 ms per user, chunks of 10), and:
+On a PostgreSQL server and a Redis server of its own (tests/own_servers.py: the machine's servers
+are never touched), real `qcluster` processes (2 workers each, the default lease of
+JOBS_LEASE_SECONDS) run a job of the tests' scripted extractor (20 ms per user, chunks of 10), and:
   - restart: the only cluster is SIGKILLed mid-job and a new one started; measured from the new
     cluster's start to the next user committed. Goal: 15 s.
   - freeze: a worker is SIGSTOPped (and thawed at the end); measured from the freeze to the moment
     every user being worked on then (its chunk among them) is committed. Goal: the lease + 15 s.
+  - pg-restart: PostgreSQL restarted (`pg_ctl restart -m fast`) mid-job; measured from the moment
+    it accepts connections again to the next user committed. Goal: 15 s.
+  - db-away: PostgreSQL stopped for 20 s mid-job, then started; measured the same way. Goal: 15 s.
 """
 
 import argparse
@@ -20,18 +25,19 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.bench.common import drop_pg_database, pg_database, print_table
+from tests.bench.common import print_table
 
 EXTRACTORS = "test=tests.extractors.ScriptedExtractor"
 RESTART_GOAL = 15.0  # seconds from a new cluster's start (the reliability issue's goal)
 FREEZE_SLACK = 15.0  # seconds past the lease (the same issue)
+AWAY_SECONDS = 20.0  # how long PostgreSQL is stopped in db-away
 
 
 class Bench:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, pg):
         from django.conf import settings
 
-        self.folder = folder
+        self.folder, self.pg = folder, pg
         self.lease = settings.JOBS_LEASE_SECONDS
         self.runs = 0
 
@@ -112,14 +118,72 @@ class Bench:
             cluster.stop()
             self.cancel(job)
 
+    def pg_restart(self, broker: dict) -> float:
+        return self.outage(broker, lambda: self.pg.restart("fast"))
+
+    def db_away(self, broker: dict) -> float:
+        def away() -> None:
+            self.pg.stop("fast")
+            time.sleep(AWAY_SECONDS)
+            self.pg.start()
+
+        return self.outage(broker, away)
+
+    def outage(self, broker: dict, fault) -> float:
+        """Seconds from the end of `fault` (the server accepting connections again) to the next
+        user the job commits, read from the items' finished_at (the database's clock)."""
+        from django.db import DatabaseError
+        from django.utils import timezone
+
+        from eventproject.db import connection_reset
+        from jobs.healing import jobs_heal
+        from jobs.models import Job, JobItem
+        from tests.cluster import wait_for
+
+        cluster = self.cluster(broker)
+        job = self.job()
+        jobs_heal(force=True)
+        done = Job.objects.filter(id=job.id).values_list("succeeded_items", flat=True)
+        try:
+            wait_for(lambda: done.get() >= 200, timeout=120, what="progress")
+            fault()
+            back = timezone.now()
+
+            def committed():
+                try:
+                    return (
+                        JobItem.objects.filter(job=job, finished_at__gt=back).order_by("finished_at").first()
+                    )
+                except DatabaseError:  # this process's connection, ended by the outage
+                    connection_reset()
+                    return None
+
+            first = wait_for(committed, timeout=300, what="a user committed after the outage", interval=0.02)
+            return (first.finished_at - back).total_seconds()
+        finally:
+            cluster.stop()
+            self.cancel(job)
+
     @staticmethod
     def cancel(job) -> None:
+        from jobs.errors import JobError
         from jobs.healing import jobs_heal
-        from jobs.services import JobError, job_cancel
+        from jobs.services import job_cancel
 
         with contextlib.suppress(JobError):
             job_cancel(job)
         jobs_heal()
+
+
+MEASUREMENTS = {  # name: (what is measured, its goal in words; the lease is filled in)
+    "restart": ("new cluster start → next user committed", f"goal ≤ {RESTART_GOAL:.0f} s"),
+    "freeze": ("worker frozen → its chunk committed elsewhere", "goal ≤ {lease_goal}"),
+    "pg_restart": ("PostgreSQL restarted (-m fast) → next user committed", f"goal ≤ {RESTART_GOAL:.0f} s"),
+    "db_away": (
+        f"PostgreSQL back after {AWAY_SECONDS:.0f} s away → next user committed",
+        f"goal ≤ {RESTART_GOAL:.0f} s",
+    ),
+}
 
 
 def main() -> None:
@@ -127,9 +191,15 @@ def main() -> None:
     parser.add_argument("--brokers", default="orm,redis")
     parser.add_argument("--runs", type=int, default=2, help="runs of each measurement (the median is shown)")
     args = parser.parse_args()
-    name = f"eventproject_bench_recovery_{os.getpid()}"
-    url = pg_database(name)
-    os.environ.update({"DATABASE_URL": url, "DEBUG": os.environ.get("DEBUG", "1")})
+    from tests.own_servers import PostgresServer, RedisServer
+
+    with PostgresServer() as pg, RedisServer() as redis_server:
+        measure(args, pg, redis_server)
+
+
+def measure(args, pg, redis_server) -> None:
+    os.environ.update({"DATABASE_URL": pg.create_database("eventproject_bench_recovery")})
+    os.environ.setdefault("DEBUG", "1")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventproject.settings")
     os.environ["EXTRACTION_EXTRA_EXTRACTORS"] = EXTRACTORS
     import django
@@ -143,38 +213,32 @@ def main() -> None:
     from django_q.conf import Conf
 
     logging.getLogger("django-q").setLevel(logging.WARNING)
-    try:
-        call_command("migrate", verbosity=0)
-        bench = Bench(Path(tempfile.mkdtemp(prefix="bench-recovery-")))
-        rows = {"restart": {}, "freeze": {}}
-        for broker_name in [b.strip() for b in args.brokers.split(",") if b.strip()]:
-            broker = {"Q_CLUSTER_NAME": f"bench-{uuid.uuid4().hex[:8]}"}
-            if broker_name == "redis":
-                broker["REDIS_URL"] = "redis://127.0.0.1:6379/0"
-            Conf.ORM = None if broker_name == "redis" else "default"  # ring through it from here too
-            Conf.REDIS = broker.get("REDIS_URL")
-            Conf.CLUSTER_NAME = Conf.PREFIX = broker["Q_CLUSTER_NAME"]
-            for what in ("restart", "freeze"):
-                times = [getattr(bench, what)(broker) for _ in range(args.runs)]
-                rows[what][broker_name] = (
-                    f"{statistics.median(times):.1f} s ({', '.join(f'{t:.1f}' for t in times)})"
-                )
-        connection.close()
-    finally:
-        drop_pg_database(name)
+    call_command("migrate", verbosity=0)
+    bench = Bench(Path(tempfile.mkdtemp(prefix="bench-recovery-")), pg)
+    rows: dict[str, dict[str, str]] = {name: {} for name in MEASUREMENTS}
+    for broker_name in [b.strip() for b in args.brokers.split(",") if b.strip()]:
+        broker = {"Q_CLUSTER_NAME": f"bench-{uuid.uuid4().hex[:8]}"}
+        if broker_name == "redis":
+            broker["REDIS_URL"] = redis_server.url()
+        Conf.ORM = None if broker_name == "redis" else "default"  # ring through it from here too
+        Conf.REDIS = broker.get("REDIS_URL")
+        Conf.CLUSTER_NAME = Conf.PREFIX = broker["Q_CLUSTER_NAME"]
+        for what in MEASUREMENTS:
+            times = [getattr(bench, what)(broker) for _ in range(args.runs)]
+            rows[what][broker_name] = (
+                f"{statistics.median(times):.1f} s ({', '.join(f'{t:.1f}' for t in times)})"
+            )
+    connection.close()
     lease = bench.lease
+    lease_goal = f"{lease + FREEZE_SLACK:.0f} s (lease {lease} + {FREEZE_SLACK:.0f})"
     print_table(
-        "Recovery after a crash (tests/bench/recovery.py)",
-        f"PostgreSQL, real qcluster processes with 2 workers each, lease {lease} s, heal every "
-        f"{settings.JOBS_HEAL_SECONDS:g} s; job of 2,000 users, 20 ms each, "
+        "Recovery after a crash or an outage (tests/bench/recovery.py)",
+        f"PostgreSQL and Redis servers of its own, real qcluster processes with 2 workers each, lease "
+        f"{lease} s, heal every {settings.JOBS_HEAL_SECONDS:g} s; job of 2,000 users, 20 ms each, "
         f"chunks of 10; median of {args.runs} runs (each run in brackets)",
         [
-            ("new cluster start → next user committed", f"goal ≤ {RESTART_GOAL:.0f} s", rows["restart"]),
-            (
-                "worker frozen → its chunk committed elsewhere",
-                f"goal ≤ {lease + FREEZE_SLACK:.0f} s (lease {lease} + {FREEZE_SLACK:.0f})",
-                rows["freeze"],
-            ),
+            (label, goal.format(lease_goal=lease_goal), rows[name])
+            for name, (label, goal) in MEASUREMENTS.items()
         ],
         list(rows["restart"]),
     )

@@ -7,10 +7,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from extraction.extractors import UnknownExtractor, extractor_names, make_extractor
 from jobs.console import ProgressReport, add_share_arguments, follow, share_arguments, summary_line
+from jobs.errors import JobError, JobInvalid
 from jobs.models import Job
 from jobs.progress import Progress, job_progress
 from jobs.selectors import job_estimate
-from jobs.services import JobError, JobInvalid, job_run_here, job_start, user_ids_read
+from jobs.services import job_run_here, job_start
+from jobs.user_ids import user_ids_read
 
 
 def read_user_ids(path: Path) -> list[str]:

@@ -1,8 +1,9 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from jobs.console import add_share_arguments, share_arguments
+from jobs.errors import JobError
 from jobs.models import Job
-from jobs.services import JobError, job_share_set
+from jobs.services import job_share_set
 
 
 class Command(BaseCommand):

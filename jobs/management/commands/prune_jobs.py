@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from jobs.services import PRUNE_BATCH_SIZE, jobs_prune
+from jobs.pruning import PRUNE_BATCH_SIZE, jobs_prune
 
 BATCH_SIZE_LIMIT = 100_000
 

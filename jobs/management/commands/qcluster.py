@@ -18,7 +18,7 @@ from django_q.management.commands.qcluster import Command as ClusterCommand
 
 from eventproject.db import connection_reset
 from jobs.healing import heal_all
-from jobs.services import jobs_prune
+from jobs.pruning import jobs_prune
 
 logger = logging.getLogger("jobs.heal")
 

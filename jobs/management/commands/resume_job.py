@@ -1,7 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from jobs.errors import JobError
 from jobs.models import Job
-from jobs.services import JobError, job_resume
+from jobs.services import job_resume
 
 
 class Command(BaseCommand):

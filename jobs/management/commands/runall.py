@@ -9,7 +9,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from jobs.console import follow, summary_line
-from jobs.services import JobError, job_start
+from jobs.errors import JobError
+from jobs.services import job_start
 
 DEMO_LOGIN = ("admin", "admin")
 

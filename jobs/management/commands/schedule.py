@@ -1,10 +1,12 @@
 import json
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from jobs.errors import JobInvalid
 from jobs.models import Job, Schedule
 from jobs.schedules import (
     schedule_create,
@@ -13,7 +15,6 @@ from jobs.schedules import (
     schedule_resume,
     schedule_update,
 )
-from jobs.services import JobInvalid
 
 from .extract import read_user_ids
 
@@ -119,7 +120,7 @@ class Command(BaseCommand):
 
     def _values(self, options: dict) -> dict:
         """The schedule fields the options give (only those given)."""
-        values = {}
+        values: dict[str, Any] = {}
         if options.get("all_users"):
             values.update(users=Schedule.Users.ALL, user_ids=[])
         elif options.get("needing"):
