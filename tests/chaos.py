@@ -147,6 +147,7 @@ class Chaos:
         self.timers: list[threading.Timer] = []
         self.deck: list[str] = []
         self.ends: list[tuple[str, datetime]] = []  # (fault, when it ended): recovery is measured from there
+        self.starts: list[datetime] = []  # when each fault began
         self.cancelled: set[int] = set()  # jobs the suite cancelled (they may end cancelled)
         self.exits = 0  # clusters that exited by themselves
         self.broker_env: dict = {}
@@ -198,6 +199,9 @@ class Chaos:
         self.ends.append((fault, timezone.now()))
 
     def inject(self, fault: str, broker_env: dict) -> None:
+        from django.utils import timezone
+
+        self.starts.append(timezone.now())
         rng = self.rng
         index = rng.randrange(len(self.clusters))
         cluster = self.clusters[index]
@@ -433,17 +437,19 @@ class Chaos:
             time.sleep(1)
         raise SystemExit(f"chaos: {active} jobs did not end within {timeout:.0f} s of the last fault")
 
-    def recoveries(self) -> dict[str, list[tuple[float, float]]]:
-        """Per fault kind, for each injection: seconds from its end until (the work flowed again)
-        the first user committed by any job active then, and until (every job committed again)
-        each of them had committed one; jobs that committed nobody after it (a cancel) left out.
-        The second waits on the fair share too: a low-priority job may wait for a worker."""
+    def recoveries(self) -> dict[str, tuple[int, list[float], list[float]]]:
+        """Per fault kind: (injections measured, flowed, every). For each injection, seconds from its
+        end until the first user committed by any job active then (the work flowed again), and
+        until each of them had committed one (every job; this waits on the fair share too: a
+        low-priority job may wait for a worker); jobs that committed nobody after it (a cancel)
+        left out. A figure reaching past the next fault's start measures that one too: left out."""
         from django.db.models import Min, Q
 
         from jobs.models import Job, JobItem
 
-        figures: dict[str, list[tuple[float, float]]] = {}
+        figures: dict[str, tuple[int, list[float], list[float]]] = {}
         for fault, at in self.ends:
+            gap = min(((start - at).total_seconds() for start in self.starts if start > at), default=1e9)
             active = Job.objects.filter(Q(finished_at=None) | Q(finished_at__gt=at), created_at__lte=at)
             waits = []
             for job_id in active.values_list("id", flat=True):
@@ -452,8 +458,12 @@ class Chaos:
                 )
                 if first["t"]:
                     waits.append((first["t"] - at).total_seconds())
-            if waits:
-                figures.setdefault(fault, []).append((min(waits), max(waits)))
+            if not waits:
+                continue
+            count, flowed, every = figures.get(fault, (0, [], []))
+            flowed += [min(waits)] if min(waits) < gap else []
+            every += [max(waits)] if max(waits) < gap else []
+            figures[fault] = (count + 1, flowed, every)
         return figures
 
 
@@ -705,14 +715,18 @@ def report(chaos: Chaos, brokers: list[str], log_dir: Path) -> int:
     print(f"clusters that exited by themselves (started again): {chaos.exits}")
     print("jobs:     " + ", ".join(f"{status} × {n}" for status, n in sorted(outcomes.items())))
     print(
-        "recovery, from a fault's end (median / max over its injections) until the work flowed again "
-        "(a user committed) and until every job active then committed again:"
+        "recovery, from a fault's end until the work flowed again (a user committed) and until every "
+        "job active then committed again, median / max (over the injections whose figure ended "
+        "before the next fault began):"
     )
-    for fault, waits in sorted(chaos.recoveries().items()):
-        flowed, every = [w[0] for w in waits], [w[1] for w in waits]
+
+    def shown(values: list[float]) -> str:
+        return f"{statistics.median(values):5.1f} / {max(values):5.1f} s" if values else "      (none)    "
+
+    for fault, (count, flowed, every) in sorted(chaos.recoveries().items()):
         print(
-            f"  {fault:<15} flowed {statistics.median(flowed):5.1f} / {max(flowed):5.1f} s, every job "
-            f"{statistics.median(every):5.1f} / {max(every):5.1f} s ({len(waits)} measured)"
+            f"  {fault:<15} flowed {shown(flowed)} ({len(flowed)} of {count}), "
+            f"every job {shown(every)} ({len(every)} of {count})"
         )
     for promise, held, detail in results:
         print(f"  {'held  ' if held else 'BROKEN'}  {promise}: {detail}")

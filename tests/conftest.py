@@ -366,7 +366,7 @@ def redis_server(request):
 
 @pytest.fixture
 def network_namespace():
-    """A network namespace joined to this machine by a veth pair (tests/partition.py): a cluster in
+    """A network namespace joined to this machine via a router (tests/partition.py): a cluster in
     it with `clusters(namespace=ns)` (or any program: `ns.command(argv)`), `ns.cut()` drops every
     packet both ways silently, `ns.heal()`. The test's `postgres_server` / `postgres_database` and
     `redis_server` listen where it reaches them; an HTTP server of the test (the fake LLM's

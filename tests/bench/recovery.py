@@ -1,7 +1,7 @@
 """Benchmark of recovery: how long work stands still after a crash or an outage, on PostgreSQL
 with either broker.
 
-    python -m tests.bench.recovery [--brokers orm,redis] [--runs 2]
+    python -m tests.bench.recovery [--brokers orm,redis] [--runs 2] [--only restart,partition,…]
 
 On a PostgreSQL server and a Redis server of its own (tests/own_servers.py: the machine's servers
 are never touched), real `qcluster` processes (2 workers each, the default lease of
@@ -13,6 +13,10 @@ JOBS_LEASE_SECONDS) run a job of the tests' scripted extractor (20 ms per user, 
   - pg-restart: PostgreSQL restarted (`pg_ctl restart -m fast`) mid-job; measured from the moment
     it accepts connections again to the next user committed. Goal: 15 s.
   - db-away: PostgreSQL stopped for 20 s mid-job, then started; measured the same way. Goal: 15 s.
+  - partition (as root): of two clusters, the one in a network namespace (tests/partition.py) is cut
+    off silently mid-job; measured from the cut to the moment every user being worked on then is
+    committed (its chunk by the other cluster): goal the lease + 15 s; then healed, and measured
+    from the heal to its next user extracted: goal 30 s.
 """
 
 import argparse
@@ -31,22 +35,26 @@ EXTRACTORS = "test=tests.extractors.ScriptedExtractor"
 RESTART_GOAL = 15.0  # seconds from a new cluster's start (the reliability issue's goal)
 FREEZE_SLACK = 15.0  # seconds past the lease (the same issue)
 AWAY_SECONDS = 20.0  # how long PostgreSQL is stopped in db-away
+HEAL_GOAL = 30.0  # seconds from a partition's heal to the cut cluster's next user
 
 
 class Bench:
-    def __init__(self, folder: Path, pg):
+    def __init__(self, folder: Path, pg, namespace):
         from django.conf import settings
 
-        self.folder, self.pg = folder, pg
+        self.folder, self.pg, self.ns = folder, pg, namespace
         self.lease = settings.JOBS_LEASE_SECONDS
         self.runs = 0
 
-    def cluster(self, broker: dict):
+    def cluster(self, broker: dict, namespace=None):
         from tests.cluster import Cluster
 
         self.runs += 1
         return Cluster(
-            self.folder / f"cluster-{self.runs}.log", EXTRACTION_EXTRA_EXTRACTORS=EXTRACTORS, **broker
+            self.folder / f"cluster-{self.runs}.log",
+            namespace=namespace,
+            EXTRACTION_EXTRA_EXTRACTORS=EXTRACTORS,
+            **broker,
         )
 
     def job(self, calls_file: Path | None = None, users: int = 2000):
@@ -164,6 +172,59 @@ class Bench:
             cluster.stop()
             self.cancel(job)
 
+    def partition(self, broker: dict) -> dict[str, float]:
+        """Cut the namespaced one of two clusters off mid-job: (cut → every user being worked on
+        then committed), then heal it: (heal → its next user extracted)."""
+        from jobs.healing import jobs_heal
+        from jobs.models import JobItem
+        from tests.cluster import wait_for
+        from tests.test_cluster import pids_of
+
+        calls = self.folder / f"calls-{uuid.uuid4().hex[:6]}.txt"
+        inside, outside = self.cluster(broker, namespace=self.ns), self.cluster(broker)
+        job = self.job(calls, users=4000)
+        jobs_heal(force=True)
+
+        def extracted_inside() -> int:
+            """Users extracted by the cut cluster's processes."""
+            pids = inside.pids()
+            return sum(1 for pid in pids_of(calls) if pid in pids)
+
+        try:
+            wait_for(extracted_inside, timeout=120, what="the cut cluster at work", interval=0.5)
+            self.ns.cut()
+            cut_at = time.monotonic()
+            held = list(JobItem.objects.filter(job=job, status="running").values_list("id", flat=True))
+            wait_for(
+                lambda: not JobItem.objects.filter(id__in=held).exclude(status="succeeded").exists(),
+                timeout=300,
+                what="the cut cluster's chunk done elsewhere",
+                interval=0.05,
+            )
+            taken_over = time.monotonic() - cut_at
+            time.sleep(2)  # whatever the cut cluster was extracting when cut is done by now
+            before = extracted_inside()
+            # With the other cluster gone (SIGKILL), only the healed one can take the work up.
+            outside.kill()
+            self.ns.heal()
+            healed_at = time.monotonic()
+            second = self.job(calls, users=500)  # work for it, should the first job be done
+            jobs_heal(force=True)
+            wait_for(
+                lambda: extracted_inside() > before,
+                timeout=300,
+                what="the healed cluster at work again",
+                interval=0.2,
+            )
+            healed = time.monotonic() - healed_at
+            self.cancel(second)
+            return {"partition": taken_over, "partition_heal": healed}
+        finally:
+            self.ns.heal()
+            inside.stop()
+            outside.stop()
+            self.cancel(job)
+
     @staticmethod
     def cancel(job) -> None:
         from jobs.errors import JobError
@@ -183,6 +244,11 @@ MEASUREMENTS = {  # name: (what is measured, its goal in words; the lease is fil
         f"PostgreSQL back after {AWAY_SECONDS:.0f} s away → next user committed",
         f"goal ≤ {RESTART_GOAL:.0f} s",
     ),
+    "partition": ("cluster cut off by a partition → its chunk committed elsewhere", "goal ≤ {lease_goal}"),
+    "partition_heal": (
+        "partition healed (the other cluster killed) → the cluster extracts again",
+        f"goal ≤ {HEAL_GOAL:.0f} s",
+    ),
 }
 
 
@@ -190,14 +256,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--brokers", default="orm,redis")
     parser.add_argument("--runs", type=int, default=2, help="runs of each measurement (the median is shown)")
+    parser.add_argument("--only", default="", help="some of restart,freeze,pg_restart,db_away,partition")
     args = parser.parse_args()
     from tests.own_servers import PostgresServer, RedisServer
+    from tests.partition import NetworkNamespace, namespaces_available
 
-    with PostgresServer() as pg, RedisServer() as redis_server:
-        measure(args, pg, redis_server)
+    if why := namespaces_available():
+        print(f"no partition figures: {why}")
+    with contextlib.ExitStack() as stack:
+        ns = None if why else stack.enter_context(NetworkNamespace())
+        reachable = [ns] if ns else []
+        pg = stack.enter_context(PostgresServer(reachable_from=reachable))
+        redis_server = stack.enter_context(RedisServer(reachable_from=reachable))
+        measure(args, pg, redis_server, ns)
 
 
-def measure(args, pg, redis_server) -> None:
+def measure(args, pg, redis_server, ns) -> None:
     os.environ.update({"DATABASE_URL": pg.create_database("eventproject_bench_recovery")})
     os.environ.setdefault("DEBUG", "1")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventproject.settings")
@@ -214,20 +288,27 @@ def measure(args, pg, redis_server) -> None:
 
     logging.getLogger("django-q").setLevel(logging.WARNING)
     call_command("migrate", verbosity=0)
-    bench = Bench(Path(tempfile.mkdtemp(prefix="bench-recovery-")), pg)
+    bench = Bench(Path(tempfile.mkdtemp(prefix="bench-recovery-")), pg, ns)
+    runs = ["restart", "freeze", "pg_restart", "db_away", *(["partition"] if ns else [])]
+    runs = [run for run in runs if run in args.only.split(",")] if args.only else runs
     rows: dict[str, dict[str, str]] = {name: {} for name in MEASUREMENTS}
-    for broker_name in [b.strip() for b in args.brokers.split(",") if b.strip()]:
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    for broker_name in brokers:
         broker = {"Q_CLUSTER_NAME": f"bench-{uuid.uuid4().hex[:8]}"}
         if broker_name == "redis":
             broker["REDIS_URL"] = redis_server.url()
         Conf.ORM = None if broker_name == "redis" else "default"  # ring through it from here too
         Conf.REDIS = broker.get("REDIS_URL")
         Conf.CLUSTER_NAME = Conf.PREFIX = broker["Q_CLUSTER_NAME"]
-        for what in MEASUREMENTS:
-            times = [getattr(bench, what)(broker) for _ in range(args.runs)]
-            rows[what][broker_name] = (
-                f"{statistics.median(times):.1f} s ({', '.join(f'{t:.1f}' for t in times)})"
-            )
+        times: dict[str, list[float]] = {}
+        for what in runs:
+            for _ in range(args.runs):
+                figures = getattr(bench, what)(broker)  # seconds, or {figure: seconds}
+                for name, seconds in (figures if isinstance(figures, dict) else {what: figures}).items():
+                    times.setdefault(name, []).append(seconds)
+        for name, values in times.items():
+            shown = ", ".join(f"{t:.1f}" for t in values)
+            rows[name][broker_name] = f"{statistics.median(values):.1f} s ({shown})"
     connection.close()
     lease = bench.lease
     lease_goal = f"{lease + FREEZE_SLACK:.0f} s (lease {lease} + {FREEZE_SLACK:.0f})"
@@ -240,7 +321,7 @@ def measure(args, pg, redis_server) -> None:
             (label, goal.format(lease_goal=lease_goal), rows[name])
             for name, (label, goal) in MEASUREMENTS.items()
         ],
-        list(rows["restart"]),
+        brokers,
     )
 
 
