@@ -65,8 +65,8 @@ def _fresh_cache():
 def clusters(tmp_path):
     """clusters(**env) starts a real `manage.py qcluster` on the test database (its log in tmp_path;
     `namespace=ns`: inside that network namespace); every cluster started is stopped at the end, as
-    a process manager stops one."""
-    from tests.cluster import Cluster
+    a process manager stops one, but killed after 10 s rather than 30."""
+    from tests.cluster import Cluster, stop_all
 
     started = []
 
@@ -76,8 +76,7 @@ def clusters(tmp_path):
         return cluster
 
     yield start
-    for cluster in started:
-        cluster.stop()
+    stop_all(started, timeout=10)
 
 
 @pytest.fixture
@@ -238,20 +237,30 @@ def llm_server(settings, monkeypatch):
 
 @pytest.fixture(scope="session")
 def static_root(tmp_path_factory):
-    """Static files collected as in production (DEBUG off: compressed, with hashed names)."""
+    """Static files collected as in production (DEBUG off: compressed, with hashed names), once a
+    run: under pytest-xdist, the first worker to need them collects them into the run's folder
+    while the others wait on a lock."""
+    import fcntl
     import os
     import subprocess
     import sys
 
     from tests.servers import ROOT
 
-    root = tmp_path_factory.mktemp("static")
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
-        cwd=ROOT,
-        env={**os.environ, "DEBUG": "0", "ALLOWED_HOSTS": "localhost", "STATIC_ROOT": str(root)},
-        check=True,
-    )
+    run_folder = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_folder = run_folder.parent  # the workers' folders are in the run's
+    root, done = run_folder / "static", run_folder / "static.done"
+    with (run_folder / "static.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            subprocess.run(
+                [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
+                cwd=ROOT,
+                env={**os.environ, "DEBUG": "0", "ALLOWED_HOSTS": "localhost", "STATIC_ROOT": str(root)},
+                check=True,
+            )
+            done.touch()
     return root
 
 
