@@ -236,7 +236,7 @@ def llm_server(settings, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def static_root(tmp_path_factory):
+def static_root(tmp_path_factory, worker_id):
     """Static files collected as in production (DEBUG off: compressed, with hashed names), once a
     run: under pytest-xdist, the first worker to need them collects them into the run's folder
     while the others wait on a lock."""
@@ -248,7 +248,7 @@ def static_root(tmp_path_factory):
     from tests.servers import ROOT
 
     run_folder = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if worker_id != "master":
         run_folder = run_folder.parent  # the workers' folders are in the run's
     root, done = run_folder / "static", run_folder / "static.done"
     with (run_folder / "static.lock").open("w") as lock:
