@@ -206,6 +206,22 @@ def api(personas):
     return client
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -> None:
+    """No limit on how long this process's connection idles in a transaction: it holds each test's
+    open for the whole test (pytest-django's wrapper), CPU-heavy steps included, which a busy machine
+    stretches past the production limit (DATABASE_IDLE_TRANSACTION_SECONDS). The clusters and servers
+    the tests start keep that limit."""
+    import re
+
+    from django.conf import settings
+
+    options = settings.DATABASES["default"].get("OPTIONS", {})
+    if "options" in options:
+        unlimited = "idle_in_transaction_session_timeout=0"
+        options["options"] = re.sub(r"idle_in_transaction_session_timeout=\S+", unlimited, options["options"])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stray_connections_closed(django_db_setup, django_db_blocker):
     """Before the test database is dropped, end connections left open by the live server's request
