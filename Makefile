@@ -21,8 +21,14 @@ run: $(VENV)/.installed
 	$(PY) manage.py generate_sample_data --users $(SAMPLE_USERS)
 	$(PY) manage.py runall
 
+# The suite in parallel (pytest-xdist): its time goes mostly to waiting on real clusters and
+# servers, not to the CPU, so more workers than cores pay. Each worker has its own test database
+# (pytest-django suffixes its name with the worker's id), free ports and temporary folders.
+# Compiled modules are kept even where PYTHONDONTWRITEBYTECODE is set (as in some CI images): else
+# each worker, and each cluster and server the tests start, compiles (and pytest rewrites) them anew.
+TEST_WORKERS ?= 4
 test: $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

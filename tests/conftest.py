@@ -69,8 +69,8 @@ def _fresh_cache():
 def clusters(tmp_path):
     """clusters(**env) starts a real `manage.py qcluster` on the test database (its log in tmp_path;
     `namespace=ns`: inside that network namespace); every cluster started is stopped at the end, as
-    a process manager stops one."""
-    from tests.cluster import Cluster
+    a process manager stops one, but killed after 10 s rather than 30."""
+    from tests.cluster import Cluster, stop_all
 
     started = []
 
@@ -80,8 +80,7 @@ def clusters(tmp_path):
         return cluster
 
     yield start
-    for cluster in started:
-        cluster.stop()
+    stop_all(started, timeout=10)
 
 
 @pytest.fixture
@@ -211,6 +210,22 @@ def api(personas):
     return client
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -> None:
+    """No limit on how long this process's connection idles in a transaction: it holds each test's
+    open for the whole test (pytest-django's wrapper), CPU-heavy steps included, which a busy machine
+    stretches past the production limit (DATABASE_IDLE_TRANSACTION_SECONDS). The clusters and servers
+    the tests start keep that limit."""
+    import re
+
+    from django.conf import settings
+
+    options = settings.DATABASES["default"].get("OPTIONS", {})
+    if "options" in options:
+        unlimited = "idle_in_transaction_session_timeout=0"
+        options["options"] = re.sub(r"idle_in_transaction_session_timeout=\S+", unlimited, options["options"])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stray_connections_closed(django_db_setup, django_db_blocker):
     """Before the test database is dropped, end connections left open by the live server's request
@@ -241,21 +256,31 @@ def llm_server(settings, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def static_root(tmp_path_factory):
-    """Static files collected as in production (DEBUG off: compressed, with hashed names)."""
+def static_root(tmp_path_factory, worker_id):
+    """Static files collected as in production (DEBUG off: compressed, with hashed names), once a
+    run: under pytest-xdist, the first worker to need them collects them into the run's folder
+    while the others wait on a lock."""
+    import fcntl
     import os
     import subprocess
     import sys
 
     from tests.servers import ROOT
 
-    root = tmp_path_factory.mktemp("static")
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
-        cwd=ROOT,
-        env={**os.environ, "DEBUG": "0", "ALLOWED_HOSTS": "localhost", "STATIC_ROOT": str(root)},
-        check=True,
-    )
+    run_folder = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        run_folder = run_folder.parent  # the workers' folders are in the run's
+    root, done = run_folder / "static", run_folder / "static.done"
+    with (run_folder / "static.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            subprocess.run(
+                [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
+                cwd=ROOT,
+                env={**os.environ, "DEBUG": "0", "ALLOWED_HOSTS": "localhost", "STATIC_ROOT": str(root)},
+                check=True,
+            )
+            done.touch()
     return root
 
 

@@ -3,6 +3,7 @@ job: the job ends completed, nobody failed or cancelled. Each test runs a Postgr
 own (tests/own_servers.py), never the machine's."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,14 +14,16 @@ from django.db import DatabaseError
 from eventproject.db import connection_reset
 from jobs.models import Job
 from jobs.services import job_start
+from jobs.worker.drain import OUTAGE_BACKOFF_SECONDS
 from tests.cluster import ROOT, wait_for
 from tests.fake_openai import API_KEY, MODEL
 
 pytestmark = pytest.mark.integration
 
-OUTAGE_SECONDS = 20  # longer than the 5 s leases, and than the lanes' longest wait between tries
 # Chunks larger than the fail-fast streak: an outage counted against users would fail the job.
 SETTINGS = {"JOBS_FAIL_FAST_AFTER": "20", "JOBS_LEASE_SECONDS": "5", "JOBS_HEAL_SECONDS": "1"}
+# Twice the leases and the lanes' longest wait between tries: every lease runs out meanwhile.
+OUTAGE_SECONDS = 2 * max(int(SETTINGS["JOBS_LEASE_SECONDS"]), OUTAGE_BACKOFF_SECONDS[1])
 
 
 @pytest.fixture
@@ -123,7 +126,9 @@ def test_a_query_waiting_for_its_answer_behind_a_silent_partition_gives_up_withi
         finally:
             ns.heal()
             process.kill()
-    assert out.startswith("gave up after ") and out.endswith(": OperationalError\n"), out
+    # The cut comes while the 5 s sleep runs; the dead peer is noticed DEAD_PEER_SECONDS after it.
+    seconds = re.fullmatch(r"gave up after (\d+) s: OperationalError\n", out)
+    assert seconds and int(seconds[1]) <= 5 + int(env["DEAD_PEER_SECONDS"]), out
 
 
 def sleeping(server) -> bool:

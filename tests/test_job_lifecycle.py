@@ -10,7 +10,6 @@ from jobs.errors import JobConflict, JobStateError
 from jobs.healing import jobs_heal
 from jobs.models import Drain, Job, JobItem
 from jobs.services import job_cancel, job_counters_reconcile, job_resume, job_retry_failed, job_start
-from jobs.transitions import job_mark_running
 from jobs.worker.chunk import process_one_chunk
 from jobs.worker.claims import chunk_claim
 from jobs.worker.commit import chunk_commit
@@ -19,15 +18,8 @@ from jobs.worker.drain import job_drain
 pytestmark = pytest.mark.django_db
 
 
-def started(users, **kwargs):
-    job = job_start(user_ids=users, extractor="test", chunk_size=2, enqueue=False, **kwargs)
-    job_mark_running(job.id)
-    job.refresh_from_db()
-    return job
-
-
-def test_cancel_stops_pending_users_at_once_and_keeps_finished_work(make_users):
-    job = started(make_users(6))
+def test_cancel_stops_pending_users_at_once_and_keeps_finished_work(running_job, make_users):
+    job = running_job(make_users(6))
     extractor = make_extractor("test")
     process_one_chunk(job, extractor)  # u001, u002 done
     claim = chunk_claim(job)  # u003, u004 being worked on
@@ -51,13 +43,13 @@ def test_cancel_stops_pending_users_at_once_and_keeps_finished_work(make_users):
     assert job_counters_reconcile(job.id) == {}
 
 
-def test_a_job_without_running_items_is_cancelled_at_once(make_users):
-    job = job_cancel(started(make_users(3)))
+def test_a_job_without_running_items_is_cancelled_at_once(running_job, make_users):
+    job = job_cancel(running_job(make_users(3)))
     assert (job.status, job.cancelled_items) == ("cancelled", 3)
 
 
-def test_a_finished_job_cannot_be_cancelled(make_users):
-    job = started(make_users(1))
+def test_a_finished_job_cannot_be_cancelled(running_job, make_users):
+    job = running_job(make_users(1))
     job_drain(job.id)
     job.refresh_from_db()
     with pytest.raises(
@@ -66,8 +58,10 @@ def test_a_finished_job_cannot_be_cancelled(make_users):
         job_cancel(job)
 
 
-def test_resume_puts_cancelled_users_back_to_work(make_users, django_capture_on_commit_callbacks):
-    job = started(make_users(4))
+def test_resume_puts_cancelled_users_back_to_work(
+    running_job, make_users, django_capture_on_commit_callbacks
+):
+    job = running_job(make_users(4))
     process_one_chunk(job, make_extractor("test"))
     job = job_cancel(job)
     with django_capture_on_commit_callbacks(execute=True):
@@ -79,8 +73,8 @@ def test_resume_puts_cancelled_users_back_to_work(make_users, django_capture_on_
     assert (job.status, job.succeeded_items) == ("completed", 4)
 
 
-def test_resume_leaves_users_that_joined_another_job(make_users):
-    job = job_cancel(started(make_users(3)))
+def test_resume_leaves_users_that_joined_another_job(running_job, make_users):
+    job = job_cancel(running_job(make_users(3)))
     other = job_start(user_ids=["u002"], enqueue=False)
     job = job_resume(job)
     assert dict(job.items.values_list("user_id", "status")) == {
@@ -92,8 +86,8 @@ def test_resume_leaves_users_that_joined_another_job(make_users):
     assert job_counters_reconcile(job.id) == {}
 
 
-def test_a_failed_job_resumes_after_the_cause_is_fixed(make_users):
-    job = started(make_users(3), options={"fatal": "bad key"})
+def test_a_failed_job_resumes_after_the_cause_is_fixed(running_job, make_users):
+    job = running_job(make_users(3), fatal="bad key")
     job_drain(job.id)
     Job.objects.filter(id=job.id).update(options={})  # e.g. the key was fixed
     job.refresh_from_db()
@@ -103,16 +97,16 @@ def test_a_failed_job_resumes_after_the_cause_is_fixed(make_users):
     assert (job.status, job.error, job.succeeded_items) == ("completed", "", 3)
 
 
-def test_resume_is_refused_when_there_is_nothing_to_resume(make_users):
-    job = started(make_users(1))
+def test_resume_is_refused_when_there_is_nothing_to_resume(running_job, make_users):
+    job = running_job(make_users(1))
     job_drain(job.id)
     job.refresh_from_db()
     with pytest.raises(JobStateError, match="is completed"):
         job_resume(job)
 
 
-def test_retry_failed_starts_a_child_job_over_the_failed_users(make_users):
-    job = started(make_users(4), options={"error": "boom", "permanent": True, "fail_users": ["u002", "u004"]})
+def test_retry_failed_starts_a_child_job_over_the_failed_users(running_job, make_users):
+    job = running_job(make_users(4), error="boom", permanent=True, fail_users=["u002", "u004"])
     job_drain(job.id)
     job.refresh_from_db()
     retry = job_retry_failed(job)
@@ -123,8 +117,8 @@ def test_retry_failed_starts_a_child_job_over_the_failed_users(make_users):
         job_retry_failed(job)  # those users are now busy in the retry
 
 
-def test_retry_failed_needs_a_finished_job_with_failures(make_users):
-    job = started(make_users(2))
+def test_retry_failed_needs_a_finished_job_with_failures(running_job, make_users):
+    job = running_job(make_users(2))
     with pytest.raises(JobStateError, match="once it has finished"):
         job_retry_failed(job)
     job_drain(job.id)
@@ -134,9 +128,9 @@ def test_retry_failed_needs_a_finished_job_with_failures(make_users):
 
 
 def test_healing_rings_a_job_nobody_works_on_once_per_quiet_period(
-    make_users, django_capture_on_commit_callbacks
+    running_job, make_users, django_capture_on_commit_callbacks
 ):
-    job = started(make_users(3))
+    job = running_job(make_users(3))
     with django_capture_on_commit_callbacks(execute=True):
         assert jobs_heal() == [f"job {job.id}: 0 live drains, rang 4 more"]
     assert OrmQ.objects.count() == 4
@@ -144,10 +138,10 @@ def test_healing_rings_a_job_nobody_works_on_once_per_quiet_period(
     assert jobs_heal(force=True) == [f"job {job.id}: 0 live drains, rang 4 more"]  # a cluster starting
 
 
-def test_healing_backs_off_while_a_job_stays_short_of_drains(make_users, settings):
+def test_healing_backs_off_while_a_job_stays_short_of_drains(running_job, make_users, settings):
     """A job whose drains wait behind other jobs' in the queue is not rung again every few seconds."""
     settings.JOBS_DRAIN_STALE_SECONDS = 10
-    job = started(make_users(3))
+    job = running_job(make_users(3))
     for short_rings, quiet in ((0, 10), (1, 20), (3, 80), (9, 320)):
         Job.objects.filter(id=job.id).update(short_rings=short_rings, bell_rung_at=DatabaseNow(-quiet + 1))
         assert jobs_heal() == []
@@ -155,8 +149,8 @@ def test_healing_backs_off_while_a_job_stays_short_of_drains(make_users, setting
         assert jobs_heal() == [f"job {job.id}: 0 live drains, rang 4 more"]
 
 
-def test_healing_rings_only_the_drains_a_job_lacks(make_users):
-    job = started(make_users(3))
+def test_healing_rings_only_the_drains_a_job_lacks(running_job, make_users):
+    job = running_job(make_users(3))
     for _ in range(3):
         Drain.objects.create(job=job, started_at=DatabaseNow(), seen_at=DatabaseNow())
     assert jobs_heal() == [f"job {job.id}: 3 live drains, rang 1 more"]
@@ -164,23 +158,25 @@ def test_healing_rings_only_the_drains_a_job_lacks(make_users):
     assert jobs_heal(force=True) == []  # at full strength
 
 
-def test_healing_rings_for_a_dead_workers_chunk_once_its_lease_expired(make_users, expire_leases):
-    job = started(make_users(2))
+def test_healing_rings_for_a_dead_workers_chunk_once_its_lease_expired(
+    running_job, make_users, expire_leases
+):
+    job = running_job(make_users(2))
     chunk_claim(job)  # then the worker dies: no drain beats for it
     assert jobs_heal() == []  # its lease is still live: nothing to claim
     expire_leases(job)
     assert jobs_heal() == [f"job {job.id}: 0 live drains, rang 4 more"]
 
 
-def test_healing_finishes_a_running_job_with_nothing_left(make_users):
-    job = started(make_users(1))
+def test_healing_finishes_a_running_job_with_nothing_left(running_job, make_users):
+    job = running_job(make_users(1))
     JobItem.objects.update(status="succeeded")
     Job.objects.filter(id=job.id).update(succeeded_items=1)
     assert jobs_heal() == [f"job {job.id}: nothing left, now completed"]
 
 
-def test_healing_cancels_items_a_dead_worker_left_in_a_stopped_job(make_users, expire_leases):
-    job = started(make_users(2))
+def test_healing_cancels_items_a_dead_worker_left_in_a_stopped_job(running_job, make_users, expire_leases):
+    job = running_job(make_users(2))
     chunk_claim(job)
     job_cancel(job)
     assert jobs_heal() == []  # the chunk may still commit
