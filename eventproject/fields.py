@@ -1,0 +1,30 @@
+"""Model fields that several apps declare alike, spelled once so that they stay alike."""
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.utils.translation import gettext_lazy
+
+
+def created_by_field() -> models.ForeignKey:
+    """Who made the row; it outlives its maker, and users get no reverse accessor for it."""
+    return models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=gettext_lazy("created by"),
+    )
+
+
+def created_at_field() -> models.DateTimeField:
+    return models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
+
+
+def status_field(choices: type[models.TextChoices], default: Any) -> models.CharField:
+    """A row's status: one of `choices` (a CheckConstraint in the model's Meta holds it there)."""
+    return models.CharField(
+        max_length=16, choices=choices.choices, default=default, verbose_name=gettext_lazy("status")
+    )
