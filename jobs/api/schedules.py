@@ -18,7 +18,7 @@ from ..models import Job, Schedule, ScheduleRun
 from ..schedules import schedule_create, schedule_delete, schedule_update
 from ..selectors import schedules_list
 from .serializers import PriorityField
-from .views import job_error_response
+from .views import create_response, job_error_response
 
 VIEW_SCHEDULE = "jobs.view_schedule"
 WRITES = {"POST": "jobs.add_schedule", "PATCH": "jobs.change_schedule", "DELETE": "jobs.delete_schedule"}
@@ -143,13 +143,7 @@ class SchedulesView(SchedulesBase, generics.ListAPIView):
         return schedules_list()
 
     def post(self, request: Request) -> Response:
-        data = ScheduleInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        try:
-            schedule = schedule_create(**data.validated_data, created_by=request.user)
-        except JobError as exc:
-            return job_error_response(exc)
-        return Response(ScheduleDetail(schedule).data, status.HTTP_201_CREATED)
+        return create_response(request, ScheduleInput, schedule_create, ScheduleDetail)
 
 
 @extend_schema_view(

@@ -1,7 +1,8 @@
 """Jobs over HTTP. Views stay thin: validate the input, call a service or selector, render."""
 
 import json
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 from django.conf import settings
 from django.http import Http404, HttpResponseNotModified, StreamingHttpResponse
@@ -15,6 +16,7 @@ from rest_framework.exceptions import Throttled
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
 from eventproject.api import ERRORS, Guarded, IdCursorPages, NumberedPages, asgi_served
@@ -63,6 +65,23 @@ def job_error_response(exc: JobError) -> Response:
     return Response({"detail": str(exc)}, status.HTTP_409_CONFLICT)
 
 
+def create_response(
+    request: Request,
+    given: type[BaseSerializer],
+    create: Callable[..., Any],
+    shown: type[BaseSerializer],
+) -> Response:
+    """A POST that makes a job or a schedule: validate what was given, make it as the caller, answer
+    201 with it, or with why the service refused."""
+    data = given(data=request.data)
+    data.is_valid(raise_exception=True)
+    try:
+        made = create(**data.validated_data, created_by=request.user)
+    except JobError as exc:
+        return job_error_response(exc)
+    return Response(shown(made).data, status.HTTP_201_CREATED)
+
+
 @extend_schema(tags=["jobs"])
 class JobsView(JobsBase, generics.ListAPIView):
     serializer_class = JobSummary
@@ -91,13 +110,7 @@ class JobsView(JobsBase, generics.ListAPIView):
         },
     )
     def post(self, request: Request) -> Response:
-        data = JobStartInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        try:
-            job = job_start(**data.validated_data, created_by=request.user)
-        except JobError as exc:
-            return job_error_response(exc)
-        return Response(JobDetail(job).data, status.HTTP_201_CREATED)
+        return create_response(request, JobStartInput, job_start, JobDetail)
 
 
 @extend_schema(tags=["jobs"])
