@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Callable
+from functools import partial
 from typing import Any, cast
 
 from django.conf import settings
@@ -65,21 +66,20 @@ def job_error_response(exc: JobError) -> Response:
     return Response({"detail": str(exc)}, status.HTTP_409_CONFLICT)
 
 
-def create_response(
-    request: Request,
-    given: type[BaseSerializer],
-    create: Callable[..., Any],
+def write_response(
+    given: BaseSerializer,
+    act: Callable[..., Any],
     shown: type[BaseSerializer],
+    code: int = status.HTTP_200_OK,
 ) -> Response:
-    """A POST that makes a job or a schedule: validate what was given, make it as the caller, answer
-    201 with it, or with why the service refused."""
-    data = given(data=request.data)
-    data.is_valid(raise_exception=True)
+    """The writes' one shape: validate what was given, call the service with it, answer with what it
+    made or changed, or with why it refused."""
+    given.is_valid(raise_exception=True)
     try:
-        made = create(**data.validated_data, created_by=request.user)
+        result = act(**given.validated_data)
     except JobError as exc:
         return job_error_response(exc)
-    return Response(shown(made).data, status.HTTP_201_CREATED)
+    return Response(shown(result).data, code)
 
 
 @extend_schema(tags=["jobs"])
@@ -110,7 +110,8 @@ class JobsView(JobsBase, generics.ListAPIView):
         },
     )
     def post(self, request: Request) -> Response:
-        return create_response(request, JobStartInput, job_start, JobDetail)
+        start = partial(job_start, created_by=request.user)
+        return write_response(JobStartInput(data=request.data), start, JobDetail, status.HTTP_201_CREATED)
 
 
 @extend_schema(tags=["jobs"])
@@ -134,14 +135,9 @@ class JobView(JobsBase, generics.RetrieveAPIView):
         responses={200: JobDetail, 400: OpenApiResponse(description="Bad fields (by field)"), **WRITE_ERRORS},
     )
     def patch(self, request: Request, pk: int) -> Response:
-        job = self.get_object()
-        data = JobShare(data=request.data)
-        data.is_valid(raise_exception=True)
-        try:
-            job = job_share_set(job, **data.validated_data)
-        except JobError as exc:
-            return job_error_response(exc)
-        return Response(JobDetail(job).data)
+        return write_response(
+            JobShare(data=request.data), partial(job_share_set, self.get_object()), JobDetail
+        )
 
 
 def progress_etag(tag: str) -> str:
