@@ -4,6 +4,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils.translation import gettext_lazy
 
 
@@ -28,3 +29,8 @@ def status_field(choices: type[models.TextChoices], default: Any) -> models.Char
     return models.CharField(
         max_length=16, choices=choices.choices, default=default, verbose_name=gettext_lazy("status")
     )
+
+
+def choices_constraint(field: str, choices: type[models.Choices], name: str) -> models.CheckConstraint:
+    """The database's own check that `field` holds one of its choices, whoever writes the row."""
+    return models.CheckConstraint(condition=Q((f"{field}__in", choices.values)), name=name)

@@ -7,7 +7,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy
 
-from eventproject.fields import created_at_field, created_by_field, status_field
+from eventproject.fields import choices_constraint, created_at_field, created_by_field, status_field
 
 
 class UserProfile(models.Model):
@@ -116,7 +116,7 @@ class ExtractedEvent(models.Model):
         constraints = [
             # Also the index for "a user's events in order".
             models.UniqueConstraint(fields=["user", "sequence"], name="event_user_sequence"),
-            models.CheckConstraint(condition=Q(category__in=Category.values), name="event_category_valid"),
+            choices_constraint("category", Category, "event_category_valid"),
             models.CheckConstraint(
                 condition=Q(ends_at__gte=models.F("starts_at")), name="event_ends_after_start"
             ),

@@ -12,7 +12,7 @@ from django.db.models import Q
 from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy
 
-from eventproject.fields import created_at_field, created_by_field, status_field
+from eventproject.fields import choices_constraint, created_at_field, created_by_field, status_field
 
 from .event_types import event_type_known
 from .outbound import EXCERPT_CHARS, url_problem
@@ -137,9 +137,7 @@ class Delivery(models.Model):
         verbose_name_plural = gettext_lazy("webhook deliveries")
         ordering = ["-id"]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(status__in=DeliveryStatus.values), name="delivery_status_valid"
-            ),
+            choices_constraint("status", DeliveryStatus, "delivery_status_valid"),
             models.UniqueConstraint(fields=["event", "endpoint"], name="delivery_one_per_event_endpoint"),
         ]
         indexes = [

@@ -15,7 +15,7 @@ from django.db.models import Q
 from django.utils.translation import gettext, gettext_lazy
 from django_stubs_ext import StrOrPromise
 
-from eventproject.fields import created_at_field, created_by_field, status_field
+from eventproject.fields import choices_constraint, created_at_field, created_by_field, status_field
 from extraction.models import UserProfile
 
 
@@ -92,7 +92,7 @@ def max_workers_field(help_text: StrOrPromise) -> models.PositiveSmallIntegerFie
 def share_constraints(prefix: str) -> list[models.CheckConstraint]:
     """What the database holds a share of the workers to, on the jobs' and the schedules' rows."""
     return [
-        models.CheckConstraint(condition=Q(priority__in=JobPriority.values), name=f"{prefix}_priority_valid"),
+        choices_constraint("priority", JobPriority, f"{prefix}_priority_valid"),
         models.CheckConstraint(
             condition=Q(max_workers__isnull=True) | Q(max_workers__gte=1),
             name=f"{prefix}_max_workers_positive",
@@ -192,7 +192,7 @@ class Job(models.Model):
         verbose_name_plural = gettext_lazy("jobs")
         ordering = ["-id"]
         constraints = [
-            models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="job_status_valid"),
+            choices_constraint("status", JobStatus, "job_status_valid"),
             *share_constraints("job"),
             models.CheckConstraint(
                 condition=Q(
@@ -302,7 +302,7 @@ class JobItem(models.Model):
         verbose_name = gettext_lazy("job item")
         verbose_name_plural = gettext_lazy("job items")
         constraints = [
-            models.CheckConstraint(condition=Q(status__in=ItemStatus.values), name="jobitem_status_valid"),
+            choices_constraint("status", ItemStatus, "jobitem_status_valid"),
             # A user is in at most one active job: concurrent starts cannot double-process anyone.
             models.UniqueConstraint(
                 fields=["user"],

@@ -5,7 +5,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy
 
-from eventproject.fields import created_at_field, created_by_field
+from eventproject.fields import choices_constraint, created_at_field, created_by_field
 
 from .jobs import Job, max_workers_field, priority_field, share_constraints
 
@@ -71,7 +71,7 @@ class Schedule(models.Model):
         verbose_name_plural = gettext_lazy("schedules")
         ordering = ["name"]
         constraints = [
-            models.CheckConstraint(condition=Q(users__in=ScheduleUsers.values), name="schedule_users_valid"),
+            choices_constraint("users", ScheduleUsers, "schedule_users_valid"),
             *share_constraints("schedule"),
         ]
         indexes = [
@@ -118,9 +118,7 @@ class ScheduleRun(models.Model):
         verbose_name_plural = gettext_lazy("schedule runs")
         ordering = ["-id"]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(outcome__in=ScheduleRunOutcome.values), name="schedulerun_outcome_valid"
-            ),
+            choices_constraint("outcome", ScheduleRunOutcome, "schedulerun_outcome_valid"),
         ]
 
     def __str__(self) -> str:
