@@ -25,7 +25,7 @@ def created_at_field() -> models.DateTimeField:
 
 
 def status_field(choices: type[models.TextChoices], default: Any) -> models.CharField:
-    """A row's status: one of `choices` (a CheckConstraint in the model's Meta holds it there)."""
+    """A row's status: one of `choices` (choices_constraint in the Meta holds the database to them)."""
     return models.CharField(
         max_length=16, choices=choices.choices, default=default, verbose_name=gettext_lazy("status")
     )
