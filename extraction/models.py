@@ -7,6 +7,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy
 
+from eventproject.fields import choices_constraint, created_at_field, created_by_field, status_field
+
 
 class UserProfile(models.Model):
     """The registry of users: one row per user id, with whatever columns the source had.
@@ -20,7 +22,7 @@ class UserProfile(models.Model):
     )
     attributes = models.JSONField(default=dict, blank=True, verbose_name=gettext_lazy("attributes"))
     input_version = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("input version"))
-    created_at = models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
+    created_at = created_at_field()
     updated_at = models.DateTimeField(auto_now=True, verbose_name=gettext_lazy("updated at"))
 
     class Meta:
@@ -114,7 +116,7 @@ class ExtractedEvent(models.Model):
         constraints = [
             # Also the index for "a user's events in order".
             models.UniqueConstraint(fields=["user", "sequence"], name="event_user_sequence"),
-            models.CheckConstraint(condition=Q(category__in=Category.values), name="event_category_valid"),
+            choices_constraint("category", Category, "event_category_valid"),
             models.CheckConstraint(
                 condition=Q(ends_at__gte=models.F("starts_at")), name="event_ends_after_start"
             ),
@@ -302,9 +304,7 @@ class DataImport(models.Model):
     ACTIVE = (Status.QUEUED, Status.RUNNING)
 
     kind = models.CharField(max_length=16, choices=Kind.choices, verbose_name=gettext_lazy("kind"))
-    status = models.CharField(
-        max_length=16, choices=Status.choices, default=Status.QUEUED, verbose_name=gettext_lazy("status")
-    )
+    status = status_field(Status, Status.QUEUED)
     file_name = models.CharField(
         max_length=255,
         help_text=gettext_lazy("The name it was uploaded under"),
@@ -319,15 +319,8 @@ class DataImport(models.Model):
     file_format = models.CharField(max_length=8, verbose_name=gettext_lazy("file format"))
     encoding = models.CharField(max_length=32, default="utf-8-sig", verbose_name=gettext_lazy("encoding"))
     timezone = models.CharField(max_length=64, verbose_name=gettext_lazy("timezone"))
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        verbose_name=gettext_lazy("created by"),
-    )
-    created_at = models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
+    created_by = created_by_field()
+    created_at = created_at_field()
     started_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("started at"))
     finished_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("finished at"))
     error = models.TextField(

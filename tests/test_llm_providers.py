@@ -319,6 +319,10 @@ def test_a_model_without_json_mode_is_asked_for_plain_text(llm_server):
 
 # Then those that cannot be adapted to: the job fails with the right diagnosis (an unknown model, a
 # wrong URL), or the call fails naming what was refused, in our words, never the provider's.
+TOO_LONG = (
+    "the LLM endpoint refused the request (HTTP 400): the prompt and the room for the answer exceed "
+    "the model's context; lower options.token_budget or options.max_completion_tokens"
+)
 DOES_NOT_KNOW = "the LLM endpoint at {url} does not know model 'fake-model' (HTTP {status}); check "
 DIAGNOSED = {
     "openai unknown model": (
@@ -337,14 +341,7 @@ DIAGNOSED = {
     ),
     "vllm unknown model": (
         404,
-        {
-            "error": {
-                "message": "The model `fake-model` does not exist.",
-                "type": "NotFoundError",
-                "param": "model",
-                "code": 404,
-            }
-        },
+        openai_error("The model `fake-model` does not exist.", "model", 404, "NotFoundError"),
         LLMConfigError,
         DOES_NOT_KNOW + "EXTRACTION_LLM_MODEL or the job's model option",
     ),
@@ -376,35 +373,29 @@ DIAGNOSED = {
     ),
     "vllm context length": (
         400,
-        {
-            "error": {
-                "message": "This model's maximum context length is 8192 tokens. However, you requested 9700 "
-                "tokens (1700 in the messages, 8000 in the completion). Please reduce the length of the "
-                "messages or completion.",
-                "type": "BadRequestError",
-                "param": None,
-                "code": 400,
-            }
-        },
+        openai_error(
+            "This model's maximum context length is 8192 tokens. However, you requested 9700 "
+            "tokens (1700 in the messages, 8000 in the completion). Please reduce the length of the "
+            "messages or completion.",
+            None,
+            400,
+            "BadRequestError",
+        ),
         LLMCallError,
-        "the LLM endpoint refused the request (HTTP 400): the prompt and the room for the answer exceed "
-        "the model's context; lower options.token_budget or options.max_completion_tokens",
+        TOO_LONG,
     ),
     # vLLM's newer wording names both token parameters: still no parameter to do without
     "vllm context length, newer": (
         400,
-        {
-            "error": {
-                "message": "'max_tokens' or 'max_completion_tokens' is too large: 8000. This model's maximum "
-                "context length is 8192 tokens and your request has 1700 input tokens (8000 > 8192 - 1700).",
-                "type": "BadRequestError",
-                "param": None,
-                "code": 400,
-            }
-        },
+        openai_error(
+            "'max_tokens' or 'max_completion_tokens' is too large: 8000. This model's maximum "
+            "context length is 8192 tokens and your request has 1700 input tokens (8000 > 8192 - 1700).",
+            None,
+            400,
+            "BadRequestError",
+        ),
         LLMCallError,
-        "the LLM endpoint refused the request (HTTP 400): the prompt and the room for the answer exceed "
-        "the model's context; lower options.token_budget or options.max_completion_tokens",
+        TOO_LONG,
     ),
     "openai context length": (
         400,
@@ -415,8 +406,7 @@ DIAGNOSED = {
             "context_length_exceeded",
         ),
         LLMCallError,
-        "the LLM endpoint refused the request (HTTP 400): the prompt and the room for the answer exceed "
-        "the model's context; lower options.token_budget or options.max_completion_tokens",
+        TOO_LONG,
     ),
     # gomate-community/TrustRAG#140's neighbour, lollipopkit/flutter_gpt_box#213: a parameter we never send
     "deepseek presence_penalty": (

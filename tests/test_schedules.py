@@ -2,13 +2,11 @@
 any downtime, a skip while the previous job is active, the users each kind of schedule takes, and
 one start per due time however many callers race for it."""
 
-import threading
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
-from django.db import connection
 
 from extraction.services import BehaviorRow, behaviors_insert
 from jobs.cron import CronInvalid, cron_clean, cron_next
@@ -24,6 +22,7 @@ from jobs.schedules import (
 )
 from jobs.services import job_start
 from jobs.worker.drain import job_drain
+from tests.threads import at_once
 
 SHANGHAI, BERLIN = ZoneInfo("Asia/Shanghai"), ZoneInfo("Europe/Berlin")
 
@@ -251,30 +250,10 @@ def test_callers_racing_for_a_due_schedule_start_one_job(make_users):
     for round_number in range(4):
         Schedule.objects.filter(id=schedule.id).update(next_run_at=datetime.now(UTC) - timedelta(seconds=1))
         Job.objects.filter(schedule=schedule).update(status="completed")  # the previous run is over
-        outcomes = claims_at_once(schedule.id, callers=4)
+        outcomes = at_once(lambda: schedule_run_if_due(schedule.id, datetime.now(UTC)), count=4)
         assert sum(run is not None for run in outcomes) == 1, round_number
     assert schedule.runs.count() == 4 and schedule.jobs.count() == 4
     assert set(schedule.runs.values_list("outcome", flat=True)) == {"started"}
-
-
-def claims_at_once(schedule_id: int, *, callers: int) -> list:
-    """What schedule_run_if_due returned to each of `callers` threads calling it at the same instant."""
-    start = threading.Barrier(callers)
-    outcomes = []
-
-    def claim():
-        try:
-            start.wait()
-            outcomes.append(schedule_run_if_due(schedule_id, datetime.now(UTC)))
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=claim) for _ in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return outcomes
 
 
 @pytest.mark.django_db

@@ -6,12 +6,13 @@ change they announce, so a change that committed is announced (at least once), a
 back never is. Every delivery's status change is one conditional UPDATE naming its source states.
 """
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy
+
+from eventproject.fields import choices_constraint, created_at_field, created_by_field, status_field
 
 from .event_types import event_type_known
 from .outbound import EXCERPT_CHARS, url_problem
@@ -41,15 +42,8 @@ class Endpoint(models.Model):
         verbose_name=gettext_lazy("active"),
     )
     secret_salt = models.CharField(max_length=64, editable=False, verbose_name=gettext_lazy("secret salt"))
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        verbose_name=gettext_lazy("created by"),
-    )
-    created_at = models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
+    created_by = created_by_field()
+    created_at = created_at_field()
     secret_renewed_at = models.DateTimeField(
         null=True, blank=True, verbose_name=gettext_lazy("secret renewed at")
     )
@@ -115,12 +109,7 @@ class Delivery(models.Model):
     endpoint = models.ForeignKey(
         Endpoint, on_delete=models.CASCADE, related_name="deliveries", verbose_name=gettext_lazy("endpoint")
     )
-    status = models.CharField(
-        max_length=16,
-        choices=DeliveryStatus.choices,
-        default=DeliveryStatus.PENDING,
-        verbose_name=gettext_lazy("status"),
-    )
+    status = status_field(DeliveryStatus, DeliveryStatus.PENDING)
     attempt_count = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("attempts"))
     next_attempt_at = models.DateTimeField(
         null=True, blank=True, verbose_name=gettext_lazy("next attempt at")
@@ -148,9 +137,7 @@ class Delivery(models.Model):
         verbose_name_plural = gettext_lazy("webhook deliveries")
         ordering = ["-id"]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(status__in=DeliveryStatus.values), name="delivery_status_valid"
-            ),
+            choices_constraint("status", DeliveryStatus, "delivery_status_valid"),
             models.UniqueConstraint(fields=["event", "endpoint"], name="delivery_one_per_event_endpoint"),
         ]
         indexes = [

@@ -2,6 +2,8 @@
 runs. Permissions like the jobs' own: reads need jobs.view_schedule, writes the add, change or
 delete permission. Views stay thin: validate the input, call jobs.schedules, render."""
 
+from functools import partial
+
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.shortcuts import get_object_or_404
@@ -13,12 +15,11 @@ from rest_framework.views import APIView
 
 from eventproject.api import ERRORS, Guarded, NumberedPages
 
-from ..errors import JobError
 from ..models import Job, Schedule, ScheduleRun
 from ..schedules import schedule_create, schedule_delete, schedule_update
 from ..selectors import schedules_list
 from .serializers import PriorityField
-from .views import job_error_response
+from .views import write_response
 
 VIEW_SCHEDULE = "jobs.view_schedule"
 WRITES = {"POST": "jobs.add_schedule", "PATCH": "jobs.change_schedule", "DELETE": "jobs.delete_schedule"}
@@ -143,13 +144,10 @@ class SchedulesView(SchedulesBase, generics.ListAPIView):
         return schedules_list()
 
     def post(self, request: Request) -> Response:
-        data = ScheduleInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        try:
-            schedule = schedule_create(**data.validated_data, created_by=request.user)
-        except JobError as exc:
-            return job_error_response(exc)
-        return Response(ScheduleDetail(schedule).data, status.HTTP_201_CREATED)
+        create = partial(schedule_create, created_by=request.user)
+        return write_response(
+            ScheduleInput(data=request.data), create, ScheduleDetail, status.HTTP_201_CREATED
+        )
 
 
 @extend_schema_view(
@@ -172,14 +170,8 @@ class ScheduleView(SchedulesBase, generics.RetrieveAPIView):
         return schedules_list()
 
     def patch(self, request: Request, pk: int) -> Response:
-        schedule = get_object_or_404(Schedule, pk=pk)
-        data = ScheduleInput(data=request.data, partial=True)
-        data.is_valid(raise_exception=True)
-        try:
-            schedule = schedule_update(schedule, **data.validated_data)
-        except JobError as exc:
-            return job_error_response(exc)
-        return Response(ScheduleDetail(schedule).data)
+        update = partial(schedule_update, get_object_or_404(Schedule, pk=pk))
+        return write_response(ScheduleInput(data=request.data, partial=True), update, ScheduleDetail)
 
     def delete(self, request: Request, pk: int) -> Response:
         schedule_delete(get_object_or_404(Schedule, pk=pk))

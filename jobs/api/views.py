@@ -2,7 +2,9 @@
 
 import json
 import time
-from typing import cast
+from collections.abc import Callable
+from functools import partial
+from typing import Any, cast
 
 from django.conf import settings
 from django.http import Http404, HttpResponseNotModified, StreamingHttpResponse
@@ -16,6 +18,7 @@ from rest_framework.exceptions import Throttled
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
 from eventproject.api import ERRORS, Guarded, IdCursorPages, NumberedPages, asgi_served
@@ -64,6 +67,22 @@ def job_error_response(exc: JobError) -> Response:
     return Response({"detail": str(exc)}, status.HTTP_409_CONFLICT)
 
 
+def write_response(
+    given: BaseSerializer,
+    act: Callable[..., Any],
+    shown: type[BaseSerializer],
+    code: int = status.HTTP_200_OK,
+) -> Response:
+    """The writes' one shape: validate what was given, call the service with it, answer with what it
+    made or changed, or with why it refused."""
+    given.is_valid(raise_exception=True)
+    try:
+        result = act(**given.validated_data)
+    except JobError as exc:
+        return job_error_response(exc)
+    return Response(shown(result).data, code)
+
+
 @extend_schema(tags=["jobs"])
 class JobsView(JobsBase, generics.ListAPIView):
     serializer_class = JobSummary
@@ -92,13 +111,8 @@ class JobsView(JobsBase, generics.ListAPIView):
         },
     )
     def post(self, request: Request) -> Response:
-        data = JobStartInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        try:
-            job = job_start(**data.validated_data, created_by=request.user)
-        except JobError as exc:
-            return job_error_response(exc)
-        return Response(JobDetail(job).data, status.HTTP_201_CREATED)
+        start = partial(job_start, created_by=request.user)
+        return write_response(JobStartInput(data=request.data), start, JobDetail, status.HTTP_201_CREATED)
 
 
 @extend_schema(tags=["jobs"])
@@ -122,14 +136,9 @@ class JobView(JobsBase, generics.RetrieveAPIView):
         responses={200: JobDetail, 400: OpenApiResponse(description="Bad fields (by field)"), **WRITE_ERRORS},
     )
     def patch(self, request: Request, pk: int) -> Response:
-        job = self.get_object()
-        data = JobShare(data=request.data)
-        data.is_valid(raise_exception=True)
-        try:
-            job = job_share_set(job, **data.validated_data)
-        except JobError as exc:
-            return job_error_response(exc)
-        return Response(JobDetail(job).data)
+        return write_response(
+            JobShare(data=request.data), partial(job_share_set, self.get_object()), JobDetail
+        )
 
 
 def progress_etag(tag: str) -> str:

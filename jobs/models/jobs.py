@@ -13,7 +13,9 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext, gettext_lazy
+from django_stubs_ext import StrOrPromise
 
+from eventproject.fields import choices_constraint, created_at_field, created_by_field, status_field
 from extraction.models import UserProfile
 
 
@@ -71,6 +73,33 @@ def share_errors(priority: Any, max_workers: Any) -> dict[str, str]:
     return errors
 
 
+def priority_field(help_text: StrOrPromise = "") -> models.PositiveSmallIntegerField:
+    """A job's or a schedule's weight among running jobs (see JobPriority)."""
+    return models.PositiveSmallIntegerField(
+        choices=JobPriority.choices,
+        default=JobPriority.NORMAL,
+        help_text=help_text,
+        verbose_name=gettext_lazy("priority"),
+    )
+
+
+def max_workers_field(help_text: StrOrPromise) -> models.PositiveSmallIntegerField:
+    return models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text=help_text, verbose_name=gettext_lazy("max workers")
+    )
+
+
+def share_constraints(prefix: str) -> list[models.CheckConstraint]:
+    """What the database holds a share of the workers to, on the jobs' and the schedules' rows."""
+    return [
+        choices_constraint("priority", JobPriority, f"{prefix}_priority_valid"),
+        models.CheckConstraint(
+            condition=Q(max_workers__isnull=True) | Q(max_workers__gte=1),
+            name=f"{prefix}_max_workers_positive",
+        ),
+    ]
+
+
 class Job(models.Model):
     """A batch extraction over many users. Its statuses and what each allows live here, for the
     services, the engine, the admin, the API, the console and the page's script alike."""
@@ -82,12 +111,7 @@ class Job(models.Model):
     WORKING = (Status.QUEUED, Status.RUNNING)  # drains may work on it: it can be cancelled
     STOPPED = (Status.CANCELLED, Status.FAILED)  # it can be resumed, if it left users undone
 
-    status = models.CharField(
-        max_length=16,
-        choices=JobStatus.choices,
-        default=JobStatus.QUEUED,
-        verbose_name=gettext_lazy("status"),
-    )
+    status = status_field(JobStatus, JobStatus.QUEUED)
     extractor = models.CharField(max_length=32, verbose_name=gettext_lazy("extractor"))
     options = models.JSONField(default=dict, blank=True, verbose_name=gettext_lazy("options"))
     selection = models.JSONField(
@@ -96,14 +120,7 @@ class Job(models.Model):
         help_text=gettext_lazy("How the users were chosen: needing extraction, a list, a retry"),
         verbose_name=gettext_lazy("selection"),
     )
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        verbose_name=gettext_lazy("created by"),
-    )
+    created_by = created_by_field()
     parent = models.ForeignKey(
         "self",
         null=True,
@@ -114,24 +131,14 @@ class Job(models.Model):
         verbose_name=gettext_lazy("parent"),
     )
     chunk_size = models.PositiveIntegerField(verbose_name=gettext_lazy("chunk size"))
-    priority = models.PositiveSmallIntegerField(
-        choices=JobPriority.choices,
-        default=JobPriority.NORMAL,
-        help_text=gettext_lazy("Its share of the workers beside other running jobs"),
-        verbose_name=gettext_lazy("priority"),
-    )
-    max_workers = models.PositiveSmallIntegerField(
-        null=True,
-        blank=True,
-        help_text=gettext_lazy("The most workers it may hold at once (empty: no cap)"),
-        verbose_name=gettext_lazy("max workers"),
-    )
+    priority = priority_field(gettext_lazy("Its share of the workers beside other running jobs"))
+    max_workers = max_workers_field(gettext_lazy("The most workers it may hold at once (empty: no cap)"))
     # The fair-share scheduler's measure (jobs.worker.scheduler): seconds of work its chunks took,
     # each divided by its priority. A worker serves the running job with the least; a job that
     # starts running begins level with the others (transitions.job_mark_running).
     virtual_time = models.FloatField(default=0.0, verbose_name=gettext_lazy("virtual time"))
     max_attempts = models.PositiveIntegerField(verbose_name=gettext_lazy("max attempts"))
-    created_at = models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
+    created_at = created_at_field()
     started_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("started at"))
     finished_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("finished at"))
     error = models.TextField(blank=True, verbose_name=gettext_lazy("error"))
@@ -185,11 +192,8 @@ class Job(models.Model):
         verbose_name_plural = gettext_lazy("jobs")
         ordering = ["-id"]
         constraints = [
-            models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="job_status_valid"),
-            models.CheckConstraint(condition=Q(priority__in=JobPriority.values), name="job_priority_valid"),
-            models.CheckConstraint(
-                condition=Q(max_workers__isnull=True) | Q(max_workers__gte=1), name="job_max_workers_positive"
-            ),
+            choices_constraint("status", JobStatus, "job_status_valid"),
+            *share_constraints("job"),
             models.CheckConstraint(
                 condition=Q(
                     total_items__gte=models.F("succeeded_items")
@@ -265,12 +269,7 @@ class JobItem(models.Model):
         db_index=False,
         verbose_name=gettext_lazy("user"),
     )
-    status = models.CharField(
-        max_length=16,
-        choices=ItemStatus.choices,
-        default=ItemStatus.PENDING,
-        verbose_name=gettext_lazy("status"),
-    )
+    status = status_field(ItemStatus, ItemStatus.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0, verbose_name=gettext_lazy("attempts"))
     # Times its chunk was cut short by something that was not about this user: its worker died or
     # froze past its lease, or the database or the network went away. Not attempts: an outage never
@@ -303,7 +302,7 @@ class JobItem(models.Model):
         verbose_name = gettext_lazy("job item")
         verbose_name_plural = gettext_lazy("job items")
         constraints = [
-            models.CheckConstraint(condition=Q(status__in=ItemStatus.values), name="jobitem_status_valid"),
+            choices_constraint("status", ItemStatus, "jobitem_status_valid"),
             # A user is in at most one active job: concurrent starts cannot double-process anyone.
             models.UniqueConstraint(
                 fields=["user"],

@@ -1,12 +1,13 @@
 """Schedules: jobs started at the times a cron expression names, and a record of each time one came
 due (jobs.schedules holds their use cases)."""
 
-from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy
 
-from .jobs import Job, JobPriority
+from eventproject.fields import choices_constraint, created_at_field, created_by_field
+
+from .jobs import Job, max_workers_field, priority_field, share_constraints
 
 
 class ScheduleUsers(models.TextChoices):
@@ -47,14 +48,9 @@ class Schedule(models.Model):
     )
     extractor = models.CharField(max_length=32, default="rules", verbose_name=gettext_lazy("extractor"))
     options = models.JSONField(default=dict, blank=True, verbose_name=gettext_lazy("options"))
-    priority = models.PositiveSmallIntegerField(
-        choices=JobPriority.choices, default=JobPriority.NORMAL, verbose_name=gettext_lazy("priority")
-    )
-    max_workers = models.PositiveSmallIntegerField(
-        null=True,
-        blank=True,
-        help_text=gettext_lazy("The most workers its jobs may hold at once (empty: no cap)"),
-        verbose_name=gettext_lazy("max workers"),
+    priority = priority_field()
+    max_workers = max_workers_field(
+        gettext_lazy("The most workers its jobs may hold at once (empty: no cap)")
     )
     active = models.BooleanField(
         default=True,
@@ -67,29 +63,16 @@ class Schedule(models.Model):
         help_text=gettext_lazy("When it starts its next job (empty while paused)"),
         verbose_name=gettext_lazy("next run at"),
     )
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        verbose_name=gettext_lazy("created by"),
-    )
-    created_at = models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
+    created_by = created_by_field()
+    created_at = created_at_field()
 
     class Meta:
         verbose_name = gettext_lazy("schedule")
         verbose_name_plural = gettext_lazy("schedules")
         ordering = ["name"]
         constraints = [
-            models.CheckConstraint(condition=Q(users__in=ScheduleUsers.values), name="schedule_users_valid"),
-            models.CheckConstraint(
-                condition=Q(priority__in=JobPriority.values), name="schedule_priority_valid"
-            ),
-            models.CheckConstraint(
-                condition=Q(max_workers__isnull=True) | Q(max_workers__gte=1),
-                name="schedule_max_workers_positive",
-            ),
+            choices_constraint("users", ScheduleUsers, "schedule_users_valid"),
+            *share_constraints("schedule"),
         ]
         indexes = [
             # The due check every cluster runs as it heals.
@@ -135,9 +118,7 @@ class ScheduleRun(models.Model):
         verbose_name_plural = gettext_lazy("schedule runs")
         ordering = ["-id"]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(outcome__in=ScheduleRunOutcome.values), name="schedulerun_outcome_valid"
-            ),
+            choices_constraint("outcome", ScheduleRunOutcome, "schedulerun_outcome_valid"),
         ]
 
     def __str__(self) -> str:

@@ -1,0 +1,36 @@
+"""Model fields that several apps declare alike, spelled once so that they stay alike."""
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy
+
+
+def created_by_field() -> models.ForeignKey:
+    """Who made the row; it outlives its maker, and users get no reverse accessor for it."""
+    return models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=gettext_lazy("created by"),
+    )
+
+
+def created_at_field() -> models.DateTimeField:
+    return models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
+
+
+def status_field(choices: type[models.TextChoices], default: Any) -> models.CharField:
+    """A row's status: one of `choices` (choices_constraint in the Meta holds the database to them)."""
+    return models.CharField(
+        max_length=16, choices=choices.choices, default=default, verbose_name=gettext_lazy("status")
+    )
+
+
+def choices_constraint(field: str, choices: type[models.Choices], name: str) -> models.CheckConstraint:
+    """The database's own check that `field` holds one of its choices, whoever writes the row."""
+    return models.CheckConstraint(condition=Q((f"{field}__in", choices.values)), name=name)
