@@ -291,6 +291,25 @@ def feed_fresh(job_id: int, *, start: bool) -> Snapshot | None:
     return latest[1]
 
 
+def feed_refresh(job_id: int, began: float, tag: str, snapshot: Snapshot | None = None) -> None:
+    """From a poll that read the database itself (its feed had no fresh read): that read, begun at
+    `began`, for the polls after it, as if the feed had made it. `snapshot`: the progress it read
+    in full; else its tag alone, which renews the feed's last snapshot if that still carries it.
+    Streams are not told (only the feed's own reads wake them)."""
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    feed = _FEEDS.get(loop, {}).get(job_id) if loop is not None else None
+    if feed is None:
+        return
+    latest = feed.latest
+    if latest is not None and latest[0] >= began:
+        return
+    if snapshot is None:
+        if latest is None or latest[1].tag != tag:
+            return
+        snapshot = latest[1]
+    feed.latest = (began, snapshot)
+
+
 def feed_leave(feed: Feed) -> None:
     """One listener fewer; the feed's task stops at its next poll when none is left."""
     feed.listeners -= 1

@@ -41,7 +41,14 @@ from .serializers import (
     JobSummary,
     Progress,
 )
-from .streams import STREAM_END_ID, STREAM_RETRY_MILLISECONDS, ProgressStream, feed_fresh
+from .streams import (
+    STREAM_END_ID,
+    STREAM_RETRY_MILLISECONDS,
+    ProgressStream,
+    Snapshot,
+    feed_fresh,
+    feed_refresh,
+)
 
 WRITE_ERRORS = {
     **ERRORS,
@@ -176,17 +183,24 @@ class JobProgressView(JobsBase, APIView):
             if time.monotonic() - snapshot.made_at <= settings.API_STREAM_POLL_SECONDS:
                 # Its body too was read that recently: as fresh as a poll's own read, but shared.
                 return Response(snapshot.progress, headers={"ETag": etag, "Cache-Control": "no-cache"})
+        began = time.monotonic()
         found = job_progress_state(pk)
         if found is None:
             raise Http404
         job, state = found
         etag = progress_etag(state.tag())
         if etag_matches(if_none_match, etag):
+            if asgi_served(request):  # the feed lagged: this read serves the polls after it
+                feed_refresh(pk, began, state.tag())
             return not_modified(etag)
         progress = job_progress(job, state=state)
+        data = Progress(progress).data
+        if asgi_served(request):
+            snapshot = Snapshot(progress.tag(), data, job.status in Job.FINISHED, began)
+            feed_refresh(pk, began, snapshot.tag, snapshot)
         # The tag of what is sent, read after the state above: never older than the body.
         headers = {"ETag": progress_etag(progress.tag()), "Cache-Control": "no-cache"}
-        return Response(Progress(progress).data, headers=headers)
+        return Response(data, headers=headers)
 
 
 def not_modified(etag: str) -> HttpResponseNotModified:
