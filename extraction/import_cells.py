@@ -132,34 +132,13 @@ def parse_timestamp(value: Any, tz: tzinfo, limits: Limits | None = None) -> dat
     """
     limits = limits or Limits.from_settings()
     if type(value) is str:  # nearly always: CSV cells, and JSON's usual timestamps
-        text = value.strip()
-        if not text:
-            raise RowError("missing timestamp")
-        if DECIMAL.fullmatch(text) and len(text.lstrip("+-").split(".")[0]) >= 9:
-            moment = _from_epoch(float(text))
-        else:
-            try:
-                moment = datetime.fromisoformat(text.replace("/", "-"))
-            except ValueError:
-                moment = _loose_datetime(text, tz)
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=tz)
+        moment = _text_moment(value.strip(), tz)
     elif isinstance(value, bool | dict | list):
         raise RowError(f"unparseable timestamp {shown(value)}")
     elif isinstance(value, int | float):
         moment = _from_epoch(value)
     else:
-        text = str(value).strip() if value is not None else ""
-        if not text:
-            raise RowError("missing timestamp")
-        if DECIMAL.fullmatch(text) and len(text.lstrip("+-").split(".")[0]) >= 9:
-            moment = _from_epoch(float(text))
-        else:
-            try:
-                moment = datetime.fromisoformat(text.replace("/", "-"))
-            except ValueError:
-                moment = _loose_datetime(text, tz)
-            moment = moment if moment.tzinfo else moment.replace(tzinfo=tz)
+        moment = _text_moment(str(value).strip() if value is not None else "", tz)
     if not limits.earliest_year <= moment.year <= limits.latest_year:
         raise RowError(
             f"timestamp {shown(value)} is outside the years {limits.earliest_year}–"
@@ -187,6 +166,21 @@ def _loose_datetime(text: str, tz: tzinfo) -> datetime:
         )
     except ValueError:
         raise RowError(f"unparseable timestamp {shown(text)}") from None
+
+
+def _text_moment(text: str, tz: tzinfo) -> datetime:
+    """A timestamp written as text: seconds since the epoch (9 digits or more before any point),
+    ISO 8601 (with / allowed between the date's parts), or a looser common form; in `tz` unless
+    it names its own zone."""
+    if not text:
+        raise RowError("missing timestamp")
+    if DECIMAL.fullmatch(text) and len(text.lstrip("+-").split(".")[0]) >= 9:
+        return _from_epoch(float(text))
+    try:
+        moment = datetime.fromisoformat(text.replace("/", "-"))
+    except ValueError:
+        moment = _loose_datetime(text, tz)
+    return moment if moment.tzinfo else moment.replace(tzinfo=tz)
 
 
 def _from_epoch(number: float) -> datetime:
