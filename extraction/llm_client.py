@@ -19,57 +19,32 @@ Provider response bodies (which may echo a key, a prompt or another user's data)
 message either; errors say what happened in our own words, with the HTTP status.
 """
 
-import hashlib
-import json
 import logging
 import math
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import openai
 from django.conf import settings
 
 from .llm_budget import Budget
-from .llm_endpoints import AUTO, RESPONSE_FORMATS, EndpointProfile, Refusal, Shape, sent_parameters
+from .llm_cache import request_key
+from .llm_endpoints import AUTO, RESPONSE_FORMATS, EndpointProfile, Refusal, Shape, endpoint, sent_parameters
 from .llm_metrics import llm_call_timed
+from .llm_tokens import estimate_tokens, reasoning_tokens
 from .models import LLMCacheEntry
 
 logger = logging.getLogger(__name__)
 
 MIN_REQUEST_SECONDS = 1.0  # a request with less time than this before the chunk's deadline is not sent
-DEFAULT_ENDPOINT = "https://api.openai.com/v1"
 MAX_ADAPTATIONS = 4  # refusals one request adapts to: the token parameter, temperature, two formats
 PROBE_POLL_SECONDS = 0.25  # how often a request waiting for a probe looks at its outcome
 PROBE_MARGIN_SECONDS = 30  # a probe's lease: the request's timeout and this, renewed at each try
-THINK_TAGS = re.compile(r"<(/?)think>", re.IGNORECASE)
-
-
-def without_thinking(text: str) -> str:
-    """The text without its <think>…</think> blocks, in one pass over the tags (a regular expression
-    looking for the end of each of 20,000 unclosed tags took 15 s); an unclosed block is kept."""
-    kept, start, opened = [], 0, None
-    for tag in THINK_TAGS.finditer(text):
-        if not tag.group(1) and opened is None:
-            opened = tag
-        elif tag.group(1) and opened is not None:
-            kept.append(text[start : opened.start()])
-            start, opened = tag.end(), None
-    kept.append(text[start:])
-    return "".join(kept)
-
-
-def estimate_tokens(text: str) -> int:
-    """A conservative token estimate: about one token per Chinese character (3 UTF-8 bytes),
-    more than one per 3 ASCII characters. No tokenizer download needed."""
-    return len(text.encode()) // 3 + 1
 
 
 class LLMConfigError(Exception):
@@ -98,60 +73,6 @@ class Completion:
     cached: bool
     key: str
     reasoning_tokens: int = 0  # of the completion tokens
-
-
-def request_key(
-    model: str,
-    temperature: float | None,
-    messages: list[dict],
-    response_format: str,
-    schema: dict | None = None,
-) -> str:
-    """The cache's key for a request as sent: the temperature it carried (None: none), the format
-    it asked for and the schema with it. A JSON-object request hashes as every request did before
-    formats could differ, so answers cached then are still found."""
-    mode: bool | str = True if response_format == "json_object" else response_format
-    parts = [model, temperature, mode, messages] + ([schema] if response_format == "json_schema" else [])
-    payload = json.dumps(parts, ensure_ascii=False, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def cache_prune(before: datetime, *, batch_size: int = 10_000) -> int:
-    """Delete the cached answers made before `before`, in batches so that no long transaction holds
-    the table (workers keep reading and adding); return how many went."""
-    deleted = 0
-    stale = LLMCacheEntry.objects.filter(created_at__lt=before)
-    while ids := list(stale.values_list("id", flat=True)[:batch_size]):
-        deleted += LLMCacheEntry.objects.filter(id__in=ids).delete()[0]
-    return deleted
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """OPENAI_BASE_URL taken apart: what the client calls, and what a person may be shown."""
-
-    base_url: str  # with user:password@ if given (the HTTP client sends it as Basic auth)
-    query: dict[str, str]  # ?api-key=… and the like, sent with every request
-    shown: str  # scheme://host:port/path: no credentials, no query
-
-    @classmethod
-    def from_url(cls, url: str | None) -> "Endpoint":
-        parts = urlsplit(url or DEFAULT_ENDPOINT)
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return cls(
-            base_url=urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
-            query=query,
-            shown=urlunsplit((parts.scheme, host, parts.path, "", "")),
-        )
-
-
-def endpoint() -> Endpoint:
-    return Endpoint.from_url(settings.OPENAI_BASE_URL)
 
 
 class LLMClient:
@@ -451,22 +372,6 @@ class LLMClient:
             if reason := should_stop():
                 raise LLMStopped(reason)
             time.sleep(min(left, 0.5))
-
-
-def reasoning_tokens(response, content: str, completion_tokens: int) -> int:
-    """The completion tokens the model spent reasoning: as the endpoint reports them (OpenAI,
-    DeepSeek: usage.completion_tokens_details.reasoning_tokens), else estimated from the reasoning
-    text it returned (`reasoning_content`: DeepSeek, older vLLM; `reasoning`: vLLM, Ollama; `<think>`
-    blocks in the content), at most the completion tokens."""
-    details = getattr(response.usage, "completion_tokens_details", None) if response.usage else None
-    reported = getattr(details, "reasoning_tokens", None)
-    if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 0:
-        return min(reported, completion_tokens)  # a part of them, whatever the endpoint says
-    message = response.choices[0].message if response.choices else None
-    texts = [getattr(message, name, None) for name in ("reasoning_content", "reasoning")]
-    thought = sum(len(text.encode()) for text in texts if isinstance(text, str))
-    thought += len(content.encode()) - len(without_thinking(content).encode())  # <think> blocks
-    return min(thought // 3 + 1, completion_tokens) if thought else 0  # as estimate_tokens counts
 
 
 def _adaptation_words(parameter: str, response_format: str) -> tuple[str, str]:

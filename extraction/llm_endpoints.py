@@ -19,8 +19,10 @@ import re
 import threading
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import openai
+from django.conf import settings
 from django.db.models import F, Q
 
 from eventproject.db import DatabaseNow
@@ -283,3 +285,34 @@ def reasoning_share(endpoint: str, model: str) -> float:
     )
     completion, reasoning = row.first() or (0, 0)
     return reasoning / (completion - reasoning) if completion > reasoning else 0.0
+
+
+DEFAULT_ENDPOINT = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """OPENAI_BASE_URL taken apart: what the client calls, and what a person may be shown."""
+
+    base_url: str  # with user:password@ if given (the HTTP client sends it as Basic auth)
+    query: dict[str, str]  # ?api-key=… and the like, sent with every request
+    shown: str  # scheme://host:port/path: no credentials, no query
+
+    @classmethod
+    def from_url(cls, url: str | None) -> "Endpoint":
+        parts = urlsplit(url or DEFAULT_ENDPOINT)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return cls(
+            base_url=urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
+            query=query,
+            shown=urlunsplit((parts.scheme, host, parts.path, "", "")),
+        )
+
+
+def endpoint() -> Endpoint:
+    return Endpoint.from_url(settings.OPENAI_BASE_URL)

@@ -14,7 +14,8 @@ import pytest
 
 from eventproject.db import DatabaseNow
 from extraction.llm_budget import BURST_SECONDS, HORIZON_SECONDS, Budget, BudgetState, Limits
-from extraction.llm_client import LLMClient, endpoint
+from extraction.llm_client import LLMClient
+from extraction.llm_endpoints import endpoint
 from extraction.models import LLMBudget
 from jobs.models import Drain, Job
 from jobs.progress import job_progress

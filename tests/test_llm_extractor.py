@@ -18,7 +18,7 @@ from extraction.extractors import (
 )
 from extraction.extractors.llm_answers import parse_answer
 from extraction.extractors.llm_slots import Slots
-from extraction.llm_client import cache_prune
+from extraction.llm_cache import cache_prune
 from extraction.models import LLMCacheEntry
 from tests.cluster import wait_for
 

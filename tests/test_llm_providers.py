@@ -11,7 +11,9 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from extraction.extractors import make_extractor
-from extraction.llm_client import LLMCallError, LLMClient, LLMConfigError, estimate_tokens, request_key
+from extraction.llm_cache import request_key
+from extraction.llm_client import LLMCallError, LLMClient, LLMConfigError
+from extraction.llm_tokens import estimate_tokens
 from extraction.models import ExtractedEvent, LLMCacheEntry, LLMEndpointProfile, UserProfile
 from extraction.selectors import user_inputs_load
 from jobs.models import Job

@@ -21,7 +21,8 @@ from extraction.extractors import (
 )
 from extraction.extractors.llm_answers import call_read, parse_answer
 from extraction.extractors.llm_packing import user_parts
-from extraction.llm_client import Completion, without_thinking
+from extraction.llm_client import Completion
+from extraction.llm_tokens import without_thinking
 from extraction.models import ExtractedEvent, LLMCacheEntry
 from extraction.services import BehaviorRow, behaviors_insert
 from jobs.services import job_start

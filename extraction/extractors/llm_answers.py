@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-from ..llm_client import Completion, without_thinking
+from ..llm_client import Completion
+from ..llm_tokens import without_thinking
 from ..models import Category
 from .base import EventDraft
 from .llm_packing import Part

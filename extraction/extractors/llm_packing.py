@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..llm_client import estimate_tokens
+from ..llm_tokens import estimate_tokens
 from .base import UserInput
 
 # Expected answer size per behaviour, to keep a call's reply under max_completion_tokens.

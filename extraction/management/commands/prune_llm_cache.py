@@ -3,7 +3,7 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from extraction.llm_client import cache_prune
+from extraction.llm_cache import cache_prune
 from extraction.models import LLMCacheEntry
 
 
