@@ -91,12 +91,11 @@ WAITING_QUERY = """
 import django, time
 django.setup()
 from django.db import OperationalError, connection
-started = time.monotonic()
 try:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_sleep(5)")  # the test cuts the link while it runs
+        cursor.execute("SELECT pg_sleep(60)")  # the test cuts the link while it runs, however late
 except OperationalError as exc:
-    print(f"gave up after {time.monotonic() - started:.0f} s: {type(exc).__name__}", flush=True)
+    print(f"gave up at {time.time()}: {type(exc).__name__}", flush=True)
 """
 
 
@@ -122,13 +121,15 @@ def test_a_query_waiting_for_its_answer_behind_a_silent_partition_gives_up_withi
         try:
             wait_for(lambda: sleeping(server), timeout=30, what="the query to run on the server")
             ns.cut()
+            cut_at = time.time()
             out, _ = process.communicate(timeout=60)
         finally:
             ns.heal()
             process.kill()
-    # The cut comes while the 5 s sleep runs; the dead peer is noticed DEAD_PEER_SECONDS after it.
-    seconds = re.fullmatch(r"gave up after (\d+) s: OperationalError\n", out)
-    assert seconds and int(seconds[1]) <= 5 + int(env["DEAD_PEER_SECONDS"]), out
+    # The dead peer is noticed about DEAD_PEER_SECONDS after the cut (twice that: a busy machine may
+    # be slow to wake the process), where without keepalives it would wait for hours.
+    gave_up = re.fullmatch(r"gave up at ([\d.]+): OperationalError\n", out)
+    assert gave_up and float(gave_up[1]) - cut_at <= 2 * int(env["DEAD_PEER_SECONDS"]), (out, cut_at)
 
 
 def sleeping(server) -> bool:
