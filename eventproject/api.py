@@ -49,7 +49,7 @@ class CachedTokenAuthentication(TokenAuthentication):
         user, token = super().authenticate_credentials(key)
         if (seconds := settings.API_AUTH_CACHE_SECONDS) > 0:
             if len(_TOKENS) >= TOKENS_KEPT:  # many tokens at once: forget the expired ones
-                for stale in [k for k, (until, *_) in _TOKENS.items() if until <= now]:
+                for stale in [k for k, (until, *_) in _TOKENS.copy().items() if until <= now]:
                     _TOKENS.pop(stale, None)
                 if len(_TOKENS) >= TOKENS_KEPT:
                     _TOKENS.clear()

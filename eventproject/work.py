@@ -65,9 +65,9 @@ def held(rows: QuerySet, token: uuid.UUID) -> QuerySet:
     return rows.filter(claim_token=token)
 
 
-def unanswered(quiet_seconds: float, field: str = "rung_at") -> Q:
+def unanswered(quiet_seconds: float) -> Q:
     """Never rung, or rung longer ago than `quiet_seconds` (the task may still wait in the queue)."""
-    return Q(**{f"{field}__isnull": True}) | Q(**{f"{field}__lt": DatabaseNow(-quiet_seconds)})
+    return Q(rung_at__isnull=True) | Q(rung_at__lt=DatabaseNow(-quiet_seconds))
 
 
 def bells_heal(

@@ -16,12 +16,13 @@ extraction/import_cells.py checks and types each row, and this module batches th
 them with their checkpoints, and parses the next rows on a thread of its own meanwhile (ahead()).
 """
 
+import contextlib
 import gzip
 import io
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
@@ -191,23 +192,27 @@ class Importer:
         after_line = checkpoints.after_line if checkpoints else 0
         last_line = after_line  # the last line handled, recorded at each checkpoint
         flushed_at = time.monotonic()
-        for line, parsed in ahead(self._parsed(records, from_csv=from_csv, after_line=after_line)):
-            if (
-                checkpoints
-                and last_line > after_line
-                and time.monotonic() - flushed_at >= checkpoints.every_seconds
-            ):
-                self._flush(last_line)
-                flushed_at = time.monotonic()
-            last_line = line
-            summary.read += 1
-            if isinstance(parsed, RowError):
-                self._reject(line, str(parsed))
-                continue
-            self.add(parsed)
-            if self.batch_full() or self.pending_bytes > BATCH_MAX_BYTES:
-                self._flush(last_line)
-                flushed_at = time.monotonic()
+        # closing(): the parsing thread stops as this loop ends, however it ends (a pause, an error).
+        with contextlib.closing(
+            ahead(self._parsed(records, from_csv=from_csv, after_line=after_line))
+        ) as rows:
+            for line, parsed in rows:
+                if (
+                    checkpoints
+                    and last_line > after_line
+                    and time.monotonic() - flushed_at >= checkpoints.every_seconds
+                ):
+                    self._flush(last_line)
+                    flushed_at = time.monotonic()
+                last_line = line
+                summary.read += 1
+                if isinstance(parsed, RowError):
+                    self._reject(line, str(parsed))
+                    continue
+                self.add(parsed)
+                if self.batch_full() or self.pending_bytes > BATCH_MAX_BYTES:
+                    self._flush(last_line)
+                    flushed_at = time.monotonic()
         self._flush(last_line, final=True)
 
     def _parsed(self, records, *, from_csv: bool, after_line: int) -> Iterator[tuple[int, Any]]:
@@ -346,7 +351,7 @@ class _Failed:
         self.error = error
 
 
-def ahead(items: Iterator) -> Iterator:
+def ahead(items: Iterator) -> Generator:
     """The items of `items`, made on a thread of their own while the caller uses the ones before.
 
     Parsing a line is Python and holds the interpreter's lock; writing a batch is mostly waiting

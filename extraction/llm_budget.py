@@ -139,9 +139,12 @@ class BudgetState:
         return me["usage"] / me["weight"] > self._least(now)
 
     def _least(self, now: float) -> float:
-        """The least use per weight among the callers asking now (0 when none is)."""
+        """The least use per weight among the callers asking now, or held and due to ask again (a
+        caller told to wait longer than ASKING_SECONDS still wants its share); 0 when none is."""
         asking = [
-            c["usage"] / c["weight"] for c in self.callers.values() if c["asked"] >= now - ASKING_SECONDS
+            c["usage"] / c["weight"]
+            for c in self.callers.values()
+            if max(c["asked"], c["held"]) >= now - ASKING_SECONDS
         ]
         return min(asking, default=0.0)
 
@@ -181,7 +184,7 @@ class Budget:
     uses its own connection)."""
 
     def __init__(self, endpoint: str, model: str, limits: Limits | None = None):
-        self.endpoint, self.model = endpoint[:500], model
+        self.endpoint, self.model = endpoint[:500], model[:200]  # (the columns' lengths)
         self.limits = limits or Limits.configured()
         self.paused = False  # (unlimited) this client saw a pause: its next answer ends the doubling
         LLMBudget.objects.bulk_create(

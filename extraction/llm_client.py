@@ -31,6 +31,7 @@ from typing import Any
 
 import openai
 from django.conf import settings
+from django.db import DatabaseError
 
 from .llm_budget import Budget
 from .llm_cache import request_key
@@ -216,7 +217,10 @@ class LLMClient:
             yield spending
         finally:
             used = spending.used if spending.used is not None else cost if spending.sent else 0
-            self.budget.settle(caller, cost, used, sent=spending.sent, answered=spending.ok)
+            try:
+                self.budget.settle(caller, cost, used, sent=spending.sent, answered=spending.ok)
+            except DatabaseError as exc:  # the answer (paid for) counts more than the budget's books
+                logger.warning("could not settle the provider's budget (%s); the reservation stands", exc)
 
     def remember(self, completion: Completion) -> None:
         """Keep a validated answer for the next identical request."""

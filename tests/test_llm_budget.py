@@ -64,6 +64,14 @@ def test_two_jobs_share_the_budget_by_their_weights_and_spend_no_more_than_it():
     assert 0.9 * 120_000 <= spent.total() <= room
 
 
+def test_weights_hold_when_one_call_costs_seconds_of_the_budget():
+    """A call of 8,000 tokens against 1,000 a second: callers are told to wait longer than the
+    window in which a caller counts as asking; the least served must still count, or the job with
+    more threads wins whatever its weight."""
+    spent, _ = simulate({"low": (1, 8, 0.0), "urgent": (8, 1, 0.0)}, until=600, cost=8_000, used=8_000)
+    assert spent["urgent"] >= 2 * spent["low"]
+
+
 def test_jobs_of_equal_weight_share_equally_whatever_their_concurrency():
     spent, _ = simulate({"few": (2, 2, 0.0), "many": (2, 32, 0.0)}, until=120)
     assert 0.9 <= spent["few"] / spent["many"] <= 1.1

@@ -307,7 +307,8 @@ def feed_refresh(job_id: int, began: float, tag: str, snapshot: Snapshot | None 
         if latest is None or latest[1].tag != tag:
             return
         snapshot = latest[1]
-    feed.latest = (began, snapshot)
+    if feed.latest is latest:  # unless the feed read meanwhile (a newer read is never replaced)
+        feed.latest = (began, snapshot)
 
 
 def feed_leave(feed: Feed) -> None:
