@@ -13,7 +13,7 @@ from webhooks.delivery import deliveries_heal
 from . import bells, transitions
 from .models import Job, JobItem
 from .schedules import schedules_run_due
-from .worker.claims import claimable
+from .worker.claims import has_claimable
 from .worker.scheduler import workers_serving
 
 
@@ -69,7 +69,7 @@ def _jobs_ring(*, force: bool) -> list[str]:
     serving = workers_serving(OuterRef("pk")).order_by().values("job_id").annotate(n=Count("id")).values("n")
     candidates = (
         Job.objects.filter(status__in=Job.WORKING)
-        .filter(Exists(JobItem.objects.filter(job_id=OuterRef("pk")).filter(claimable())))
+        .filter(has_claimable(JobItem.objects.filter(job_id=OuterRef("pk"))))
         .annotate(live=Coalesce(Subquery(serving, output_field=IntegerField()), 0))
     )
     done = []

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Min
+from django.db.models import Min, OuterRef
 
 from eventproject.db import DatabaseNow, connection_reset, database_now
 from eventproject.outages import is_outage
@@ -29,7 +29,7 @@ from extraction.extractors import Extractor, ExtractorFatalError, UnknownExtract
 from .. import bells, transitions
 from ..models import Drain, Job, JobItem
 from .chunk import process_one_chunk
-from .claims import claimable, job_items_left
+from .claims import has_claimable, job_items_left
 from .keeper import DrainKeeper, drain_beat_seconds
 from .scheduler import fairest, job_pick
 
@@ -158,7 +158,7 @@ def _idle_wait(only: int | None, *, idle_for: float) -> float | None:
     if only is not None:
         jobs = jobs.filter(id=only)
     items = JobItem.objects.filter(job__in=jobs)
-    if items.filter(claimable()).exists():
+    if jobs.filter(has_claimable(JobItem.objects.filter(job_id=OuterRef("pk")))).exists():
         return 1.0 if idle_for < settings.JOBS_DRAIN_STALE_SECONDS else None
     next_retry = items.filter(status=JobItem.Status.PENDING).aggregate(at=Min("retry_at"))["at"]
     if next_retry is None:
@@ -171,7 +171,7 @@ def _work_left(only: int | None) -> bool:
     jobs = Job.objects.filter(status__in=Job.WORKING)
     if only is not None:
         jobs = jobs.filter(id=only)
-    return JobItem.objects.filter(job__in=jobs).filter(claimable()).exists()
+    return jobs.filter(has_claimable(JobItem.objects.filter(job_id=OuterRef("pk")))).exists()
 
 
 def _stint(run: DrainRun, stint: Stint) -> None:

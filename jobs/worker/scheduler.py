@@ -17,13 +17,13 @@ switching at once cannot both pass the cap.
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Exists, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce, Least
 
 from eventproject.db import DatabaseNow
 
 from ..models import Drain, Job, JobItem
-from .claims import claimable
+from .claims import has_claimable
 
 
 def workers_serving(job_ids=None, *, besides: int | None = None) -> QuerySet[Drain]:
@@ -41,7 +41,7 @@ def _candidates(drain_id: int | None, only: int | None) -> QuerySet[Job]:
     cap = settings.JOBS_DRAIN_TASKS
     jobs = (
         Job.objects.filter(status__in=Job.WORKING)
-        .filter(Exists(JobItem.objects.filter(job_id=OuterRef("pk")).filter(claimable())))
+        .filter(has_claimable(JobItem.objects.filter(job_id=OuterRef("pk"))))
         .annotate(serving=Coalesce(count, 0, output_field=IntegerField()))
         .filter(serving__lt=Least(Coalesce("max_workers", Value(cap)), Value(cap)))
     )
