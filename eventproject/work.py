@@ -14,6 +14,7 @@ items, an import, a webhook delivery).
   quiet time; one cluster rings each, the one whose conditional update still finds it unanswered.
 """
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -65,9 +66,27 @@ def held(rows: QuerySet, token: uuid.UUID) -> QuerySet:
     return rows.filter(claim_token=token)
 
 
-def unanswered(quiet_seconds: float) -> Q:
+def unanswered(quiet_seconds: float, *, field: str = "rung_at") -> Q:
     """Never rung, or rung longer ago than `quiet_seconds` (the task may still wait in the queue)."""
-    return Q(rung_at__isnull=True) | Q(rung_at__lt=DatabaseNow(-quiet_seconds))
+    return Q(**{f"{field}__isnull": True}) | Q(**{f"{field}__lt": DatabaseNow(-quiet_seconds)})
+
+
+def tasks_waiting() -> int:
+    """How many tasks wait in the broker's queue for a cluster to take them (not those a cluster has
+    taken ahead of its workers); 0 when the broker cannot say (it is down: a ring fails and is
+    retried anyway)."""
+    try:
+        return _broker().queue_size() or 0
+    except Exception as exc:
+        logger.warning("could not read the task queue's length (%s)", exc)
+        return 0
+
+
+@functools.cache
+def _broker() -> Any:
+    from django_q.brokers import get_broker
+
+    return get_broker()
 
 
 def bells_heal(

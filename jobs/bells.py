@@ -24,7 +24,7 @@ def job_ring(job_id: int, *, tasks: int, mark: bool = True) -> None:
     work stands.
     """
     if mark:
-        Job.objects.filter(id=job_id).update(bell_rung_at=DatabaseNow(), short_rings=0)
+        Job.objects.filter(id=job_id).update(bell_rung_at=DatabaseNow())
 
     def unanswered() -> None:
         with contextlib.suppress(DatabaseError):

@@ -3,10 +3,11 @@ when it starts and every JOBS_HEAL_SECONDS (our `qcluster` command); `resume_job
 Idempotent, safe anywhere, any time, on any number of machines at once."""
 
 from django.conf import settings
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, Subquery
+from django.db.models import Count, Exists, IntegerField, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 
 from eventproject.db import DatabaseNow
+from eventproject.work import tasks_waiting, unanswered
 from extraction.imports import imports_heal
 from webhooks.delivery import deliveries_heal
 
@@ -20,8 +21,8 @@ from .worker.scheduler import workers_serving
 def heal_all(*, force: bool = False) -> list[str]:
     """Heal jobs and imports, start the jobs of due schedules (each due time starts one job, whichever
     cluster claims it) and ring webhook deliveries that are due; a line for each thing done.
-    `force`: a cluster that starts rings every job short of drains at once, whenever it was last
-    rung."""
+    `force` (`resume_jobs`, an operator's "now"): ring every job short of drains, whenever it was
+    last rung."""
     return [*jobs_heal(force=force), *imports_heal(), *schedules_run_due(), *deliveries_heal()]
 
 
@@ -61,11 +62,17 @@ def _jobs_finish() -> list[str]:
 
 
 def _jobs_ring(*, force: bool) -> list[str]:
-    """Ring the drains a job lacks. Rings made while a job stays short of drains (its drains wait
-    behind other jobs' in the queue, or serve fairer jobs) back off, 1, 2, 4… ×
-    JOBS_DRAIN_STALE_SECONDS up to 32 ×, so the queue does not fill with surplus drains; a cluster
-    that starts rings at once."""
-    stale = settings.JOBS_DRAIN_STALE_SECONDS
+    """Ring the drains a job lacks, once its bell has gone unanswered for JOBS_DRAIN_STALE_SECONDS
+    (`force`: whenever it was rung) and while no task waits in the queue.
+
+    A task waiting means no worker anywhere is free: more drains would only lengthen the queue (a
+    job short of drains because fairer jobs hold the workers is served as they come free). Drains
+    rung while every worker is busy can also wait unseen in a busy cluster's prefetch (django-q2's
+    pusher holds up to `queue_limit` + 1 tasks ahead of its workers); ringing again each quiet period
+    until a task waits in the queue reaches the free workers of other clusters within a few heals,
+    and leaves at most that prefetch and one ring of surplus."""
+    if tasks_waiting():
+        return []
     serving = workers_serving(OuterRef("pk")).order_by().values("job_id").annotate(n=Count("id")).values("n")
     candidates = (
         Job.objects.filter(status__in=Job.WORKING)
@@ -73,17 +80,14 @@ def _jobs_ring(*, force: bool) -> list[str]:
         .annotate(live=Coalesce(Subquery(serving, output_field=IntegerField()), 0))
     )
     done = []
-    for job in candidates.only("id", "short_rings", "max_workers"):
+    for job in candidates.only("id", "max_workers"):
         missing = min(settings.JOBS_DRAIN_TASKS, job.max_workers or settings.JOBS_DRAIN_TASKS) - job.live
         if missing <= 0:
-            if job.short_rings:
-                Job.objects.filter(id=job.id).update(short_rings=0)
             continue
-        ring = Job.objects.filter(id=job.id, short_rings=job.short_rings)  # unless another heal just rang
-        if not force:
-            wait = stale * 2 ** min(job.short_rings, 5)
-            ring = ring.filter(Q(bell_rung_at__isnull=True) | Q(bell_rung_at__lt=DatabaseNow(-wait)))
-        if not ring.update(bell_rung_at=DatabaseNow(), short_rings=F("short_rings") + 1):
+        ring = Job.objects.filter(id=job.id)
+        if not force:  # unless another cluster's heal just rang it
+            ring = ring.filter(unanswered(settings.JOBS_DRAIN_STALE_SECONDS, field="bell_rung_at"))
+        if not ring.update(bell_rung_at=DatabaseNow()):
             continue
         bells.job_ring(job.id, tasks=missing, mark=False)
         done.append(f"job {job.id}: {job.live} live drains, rang {missing} more")

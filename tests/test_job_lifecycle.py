@@ -1,6 +1,9 @@
 """Cancel, resume, retry the failed users, and the periodic healing of stalled jobs."""
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 from django_q.models import OrmQ
 
 from eventproject.db import DatabaseNow
@@ -134,19 +137,55 @@ def test_healing_rings_a_job_nobody_works_on_once_per_quiet_period(
     with django_capture_on_commit_callbacks(execute=True):
         assert jobs_heal() == [f"job {job.id}: 0 live drains, rang 4 more"]
     assert OrmQ.objects.count() == 4
-    assert jobs_heal() == []  # the bell was just rung: those drains may still wait in the queue
-    assert jobs_heal(force=True) == [f"job {job.id}: 0 live drains, rang 4 more"]  # a cluster starting
+    OrmQ.objects.update(lock=timezone.now() + timedelta(hours=1))  # taken by a cluster, not started
+    assert jobs_heal() == []  # the bell was just rung: those drains may be on their way
+    assert jobs_heal(force=True) == [f"job {job.id}: 0 live drains, rang 4 more"]  # `resume_jobs`
 
 
-def test_healing_backs_off_while_a_job_stays_short_of_drains(running_job, make_users, settings):
-    """A job whose drains wait behind other jobs' in the queue is not rung again every few seconds."""
+def test_a_cluster_starting_beside_another_rings_no_surplus_drains(
+    running_job, make_users, django_capture_on_commit_callbacks
+):
+    """Two clusters starting together used to ring a job's drains twice; the surplus waited in the
+    busy clusters' prefetch while a new cluster idled."""
+    from jobs.management.commands.qcluster import heal_while
+
+    job = running_job(make_users(3))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert jobs_heal() == [f"job {job.id}: 0 live drains, rang 4 more"]  # the first cluster
+        once = iter([True])
+        heal_while(lambda: next(once, False))  # the second, starting at the same moment
+    assert OrmQ.objects.count() == 4
+
+
+def test_healing_rings_no_more_drains_while_tasks_wait_for_a_worker(
+    running_job, make_users, settings, django_capture_on_commit_callbacks
+):
+    """A task waiting in the queue means no worker is free: more drains would only lengthen it."""
     settings.JOBS_DRAIN_STALE_SECONDS = 10
     job = running_job(make_users(3))
-    for short_rings, quiet in ((0, 10), (1, 20), (3, 80), (9, 320)):
-        Job.objects.filter(id=job.id).update(short_rings=short_rings, bell_rung_at=DatabaseNow(-quiet + 1))
-        assert jobs_heal() == []
-        Job.objects.filter(id=job.id).update(bell_rung_at=DatabaseNow(-quiet - 1))
-        assert jobs_heal() == [f"job {job.id}: 0 live drains, rang 4 more"]
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs_heal()
+    Job.objects.filter(id=job.id).update(bell_rung_at=DatabaseNow(-3600))
+    assert jobs_heal() == []
+    OrmQ.objects.update(lock=timezone.now() + timedelta(hours=1))  # taken by a busy cluster's pusher
+    assert jobs_heal() == [f"job {job.id}: 0 live drains, rang 4 more"]
+
+
+def test_healing_rings_a_short_job_again_each_quiet_period_while_no_task_waits(
+    running_job, make_users, settings, django_capture_on_commit_callbacks
+):
+    """Drains rung into a busy cluster's prefetch (django-q2's pusher takes tasks ahead of its
+    workers) wait there for a drain's budget. Ringing again each quiet period while nothing waits in
+    the queue reaches a free worker within a few heals, not after a growing backoff."""
+    settings.JOBS_DRAIN_STALE_SECONDS = 10
+    job = running_job(make_users(3))
+    for _ in range(4):
+        Job.objects.filter(id=job.id).update(bell_rung_at=DatabaseNow(-9))
+        assert jobs_heal() == []  # rung within the quiet period: its drains may be on their way
+        Job.objects.filter(id=job.id).update(bell_rung_at=DatabaseNow(-11))
+        with django_capture_on_commit_callbacks(execute=True):
+            assert jobs_heal() == [f"job {job.id}: 0 live drains, rang 4 more"]
+        OrmQ.objects.update(lock=timezone.now() + timedelta(hours=1))  # prefetched, not started
 
 
 def test_healing_rings_only_the_drains_a_job_lacks(running_job, make_users):

@@ -168,7 +168,6 @@ class Job(models.Model):
     # When the job was last rung by its start, a resume or a heal (database clock), and how many
     # heals in a row found it short of drains: healing backs off instead of piling up bells.
     bell_rung_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("bell rung at"))
-    short_rings = models.PositiveSmallIntegerField(default=0, verbose_name=gettext_lazy("short rings"))
     # Set when prune_jobs starts deleting the items of this finished job: the counters are then
     # all that is left of them, so the job can no longer be resumed, retried or reconciled.
     items_pruned_at = models.DateTimeField(

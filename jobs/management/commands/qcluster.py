@@ -1,8 +1,8 @@
 """`manage.py qcluster`: django-q2's cluster, whose main process also heals jobs (and imports).
 
 The main process of a django-q2 cluster only waits for its sentinel; here it heals every job when
-the cluster starts (so the pending users of a job whose only cluster died flow again at once) and
-every JOBS_HEAL_SECONDS (so a dead or frozen worker's chunk and its drain are replaced within a
+the cluster starts (so the pending users of a job whose only cluster died flow again) and every
+JOBS_HEAL_SECONDS (so a dead or frozen worker's chunk and its drain are replaced within a
 lease and a few seconds). It overrides django-q2's command of the same name: `jobs` comes before
 `django_q` in INSTALLED_APPS.
 """
@@ -46,13 +46,11 @@ class Command(ClusterCommand):
 def heal_while(alive) -> None:
     """Heal at once, then every JOBS_HEAL_SECONDS, until `alive()` says the cluster has stopped;
     prune old jobs' items between heals when JOBS_PRUNE_DAYS is set."""
-    force = True  # a cluster that starts rings every job short of drains, whenever it was last rung
     next_prune = time.monotonic()
     while alive():
         try:
-            for line in heal_all(force=force):
+            for line in heal_all():
                 logger.info("heal: %s", line)
-            force = False
             if settings.JOBS_PRUNE_DAYS and time.monotonic() >= next_prune:
                 pruned = jobs_prune(days=settings.JOBS_PRUNE_DAYS, budget_seconds=PRUNE_BUDGET_SECONDS)
                 if pruned.total:
