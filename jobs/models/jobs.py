@@ -15,7 +15,13 @@ from django.db.models import Q
 from django.utils.translation import gettext, gettext_lazy
 from django_stubs_ext import StrOrPromise
 
-from eventproject.fields import choices_constraint, created_at_field, created_by_field, status_field
+from eventproject.fields import (
+    choices_constraint,
+    created_at_field,
+    created_by_field,
+    moment_field,
+    status_field,
+)
 from extraction.models import UserProfile
 
 
@@ -139,8 +145,8 @@ class Job(models.Model):
     virtual_time = models.FloatField(default=0.0, verbose_name=gettext_lazy("virtual time"))
     max_attempts = models.PositiveIntegerField(verbose_name=gettext_lazy("max attempts"))
     created_at = created_at_field()
-    started_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("started at"))
-    finished_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("finished at"))
+    started_at = moment_field(gettext_lazy("started at"))
+    finished_at = moment_field(gettext_lazy("finished at"))
     error = models.TextField(blank=True, verbose_name=gettext_lazy("error"))
     # Counters, changed in the same transaction as the item rows they count;
     # job_counters_reconcile() recomputes them from the items.
@@ -167,15 +173,13 @@ class Job(models.Model):
     error_streak_message = models.TextField(blank=True, verbose_name=gettext_lazy("error streak message"))
     # When the job was last rung by its start, a resume or a heal (database clock), and how many
     # heals in a row found it short of drains: healing backs off instead of piling up bells.
-    bell_rung_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("bell rung at"))
+    bell_rung_at = moment_field(gettext_lazy("bell rung at"))
     short_rings = models.PositiveSmallIntegerField(default=0, verbose_name=gettext_lazy("short rings"))
     # Set when prune_jobs starts deleting the items of this finished job: the counters are then
     # all that is left of them, so the job can no longer be resumed, retried or reconciled.
-    items_pruned_at = models.DateTimeField(
-        null=True,
-        blank=True,
+    items_pruned_at = moment_field(
+        gettext_lazy("items pruned at"),
         help_text=gettext_lazy("When its items were deleted (prune_jobs); its counts remain"),
-        verbose_name=gettext_lazy("items pruned at"),
     )
     schedule = models.ForeignKey(
         "Schedule",
@@ -278,17 +282,12 @@ class JobItem(models.Model):
     # A database default, as items are created by INSERT … SELECT.
     interruptions = models.PositiveSmallIntegerField(db_default=0, verbose_name=gettext_lazy("interruptions"))
     claim_token = models.UUIDField(null=True, blank=True, verbose_name=gettext_lazy("claim token"))
-    lease_expires_at = models.DateTimeField(
-        null=True, blank=True, verbose_name=gettext_lazy("lease expires at")
+    lease_expires_at = moment_field(gettext_lazy("lease expires at"))
+    retry_at = moment_field(
+        gettext_lazy("retry at"), help_text=gettext_lazy("Not claimed again before this time")
     )
-    retry_at = models.DateTimeField(
-        null=True,
-        blank=True,
-        help_text=gettext_lazy("Not claimed again before this time"),
-        verbose_name=gettext_lazy("retry at"),
-    )
-    started_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("started at"))
-    finished_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("finished at"))
+    started_at = moment_field(gettext_lazy("started at"))
+    finished_at = moment_field(gettext_lazy("finished at"))
     error = models.TextField(blank=True, verbose_name=gettext_lazy("error"))
     event_count = models.PositiveIntegerField(null=True, blank=True, verbose_name=gettext_lazy("event count"))
     # Tokens paid for this user over all its attempts (LLM extractors). A database default, as
