@@ -14,6 +14,7 @@ from eventproject.fields import (
     moment_field,
     status_field,
 )
+from eventproject.statuses import StatusChoices
 
 
 class UserProfile(models.Model):
@@ -156,9 +157,9 @@ EVENT_COLUMNS = EventRow._fields
 class ExtractionState(models.Model):
     """Per user: how the last extraction went and which input the stored events came from."""
 
-    class Outcome(models.TextChoices):
-        SUCCEEDED = "succeeded", gettext_lazy("succeeded")
-        FAILED = "failed", gettext_lazy("failed")
+    class Outcome(StatusChoices):
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
 
     user = models.OneToOneField(
         UserProfile,
@@ -301,11 +302,11 @@ class DataImport(models.Model):
         BEHAVIORS = "behaviors", gettext_lazy("behaviors")
         PROFILES = "profiles", gettext_lazy("profiles")
 
-    class Status(models.TextChoices):
-        QUEUED = "queued", gettext_lazy("queued")
-        RUNNING = "running", gettext_lazy("running")
-        COMPLETED = "completed", gettext_lazy("completed")
-        FAILED = "failed", gettext_lazy("failed")
+    class Status(StatusChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
 
     ACTIVE = (Status.QUEUED, Status.RUNNING)
 

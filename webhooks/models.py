@@ -19,6 +19,7 @@ from eventproject.fields import (
     moment_field,
     status_field,
 )
+from eventproject.statuses import StatusChoices
 
 from .event_types import event_type_known
 from .outbound import EXCERPT_CHARS, url_problem
@@ -92,11 +93,11 @@ class Event(models.Model):
         return f"{self.type} {self.message_id}"
 
 
-class DeliveryStatus(models.TextChoices):
-    PENDING = "pending", gettext_lazy("pending")
-    SENDING = "sending", gettext_lazy("sending")
-    SUCCEEDED = "succeeded", gettext_lazy("succeeded")
-    FAILED = "failed", gettext_lazy("failed")
+class DeliveryStatus(StatusChoices):
+    PENDING = "pending"
+    SENDING = "sending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
 
 
 class Delivery(models.Model):

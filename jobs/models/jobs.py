@@ -22,6 +22,7 @@ from eventproject.fields import (
     moment_field,
     status_field,
 )
+from eventproject.statuses import StatusChoices
 from extraction.models import UserProfile
 
 
@@ -31,21 +32,21 @@ def percent_done(processed: int, total: int) -> float:
     return round(100 * processed / total, 2) if total else 100.0
 
 
-class JobStatus(models.TextChoices):
-    QUEUED = "queued", gettext_lazy("queued")
-    RUNNING = "running", gettext_lazy("running")
-    CANCELLING = "cancelling", gettext_lazy("cancelling")
-    CANCELLED = "cancelled", gettext_lazy("cancelled")
-    COMPLETED = "completed", gettext_lazy("completed")
-    FAILED = "failed", gettext_lazy("failed")
+class JobStatus(StatusChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"
+    FAILED = "failed"
 
 
-class ItemStatus(models.TextChoices):
-    PENDING = "pending", gettext_lazy("pending")
-    RUNNING = "running", gettext_lazy("running")
-    SUCCEEDED = "succeeded", gettext_lazy("succeeded")
-    FAILED = "failed", gettext_lazy("failed")
-    CANCELLED = "cancelled", gettext_lazy("cancelled")
+class ItemStatus(StatusChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class JobPriority(models.IntegerChoices):
