@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy
+from django_stubs_ext import StrOrPromise
 
 
 def created_by_field() -> models.ForeignKey:
@@ -22,6 +23,11 @@ def created_by_field() -> models.ForeignKey:
 
 def created_at_field() -> models.DateTimeField:
     return models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
+
+
+def moment_field(verbose_name: StrOrPromise, help_text: StrOrPromise = "") -> models.DateTimeField:
+    """A time that may not have come yet (started, finished, next due…): empty until it does."""
+    return models.DateTimeField(null=True, blank=True, help_text=help_text, verbose_name=verbose_name)
 
 
 def status_field(choices: type[models.TextChoices], default: Any) -> models.CharField:

@@ -7,7 +7,14 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy
 
-from eventproject.fields import choices_constraint, created_at_field, created_by_field, status_field
+from eventproject.fields import (
+    choices_constraint,
+    created_at_field,
+    created_by_field,
+    moment_field,
+    status_field,
+)
+from eventproject.statuses import StatusChoices
 
 
 class UserProfile(models.Model):
@@ -150,9 +157,9 @@ EVENT_COLUMNS = EventRow._fields
 class ExtractionState(models.Model):
     """Per user: how the last extraction went and which input the stored events came from."""
 
-    class Outcome(models.TextChoices):
-        SUCCEEDED = "succeeded", gettext_lazy("succeeded")
-        FAILED = "failed", gettext_lazy("failed")
+    class Outcome(StatusChoices):
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
 
     user = models.OneToOneField(
         UserProfile,
@@ -165,7 +172,7 @@ class ExtractionState(models.Model):
     attempted_at = models.DateTimeField(verbose_name=gettext_lazy("attempted at"))
     error = models.TextField(blank=True, verbose_name=gettext_lazy("error"))
     # The fields below describe the stored events, i.e. the last success.
-    extracted_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("extracted at"))
+    extracted_at = moment_field(gettext_lazy("extracted at"))
     event_count = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("event count"))
     extractor = models.CharField(max_length=32, blank=True, verbose_name=gettext_lazy("extractor"))
     extractor_version = models.CharField(
@@ -295,11 +302,11 @@ class DataImport(models.Model):
         BEHAVIORS = "behaviors", gettext_lazy("behaviors")
         PROFILES = "profiles", gettext_lazy("profiles")
 
-    class Status(models.TextChoices):
-        QUEUED = "queued", gettext_lazy("queued")
-        RUNNING = "running", gettext_lazy("running")
-        COMPLETED = "completed", gettext_lazy("completed")
-        FAILED = "failed", gettext_lazy("failed")
+    class Status(StatusChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
 
     ACTIVE = (Status.QUEUED, Status.RUNNING)
 
@@ -321,8 +328,8 @@ class DataImport(models.Model):
     timezone = models.CharField(max_length=64, verbose_name=gettext_lazy("timezone"))
     created_by = created_by_field()
     created_at = created_at_field()
-    started_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("started at"))
-    finished_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("finished at"))
+    started_at = moment_field(gettext_lazy("started at"))
+    finished_at = moment_field(gettext_lazy("finished at"))
     error = models.TextField(
         blank=True,
         help_text=gettext_lazy("Why the file as a whole could not be imported"),
@@ -346,15 +353,13 @@ class DataImport(models.Model):
     )
     # The claim: one worker at a time, on a lease (database clock) renewed at each checkpoint.
     claim_token = models.UUIDField(null=True, blank=True, verbose_name=gettext_lazy("claim token"))
-    lease_expires_at = models.DateTimeField(
-        null=True, blank=True, verbose_name=gettext_lazy("lease expires at")
-    )
+    lease_expires_at = moment_field(gettext_lazy("lease expires at"))
     takeovers = models.PositiveSmallIntegerField(
         default=0,
         help_text=gettext_lazy("How often a worker died or stalled holding it and another took over"),
         verbose_name=gettext_lazy("takeovers"),
     )
-    rung_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("rung at"))
+    rung_at = moment_field(gettext_lazy("rung at"))
 
     class Meta:
         verbose_name = gettext_lazy("data import")

@@ -109,6 +109,14 @@ def started_job(users: list[str], options: dict, **arguments):
     return job_start(user_ids=users, options=options, enqueue=False, **arguments)
 
 
+def moved_job(step, users: list[str], options: dict, **arguments):
+    """started_job, then moved on by `step(job_id)` in this process, and read back."""
+    job = started_job(users, options, **arguments)
+    step(job.id)
+    job.refresh_from_db()
+    return job
+
+
 @pytest.fixture
 def running_job():
     """running_job(user_ids, **options) -> a running job of the test extractor (chunks of 2, nothing
@@ -116,10 +124,7 @@ def running_job():
     from jobs.transitions import job_mark_running
 
     def start(users, *, start: dict | None = None, **options):
-        job = started_job(users, options, **{"chunk_size": 2, **(start or {})})
-        job_mark_running(job.id)
-        job.refresh_from_db()
-        return job
+        return moved_job(job_mark_running, users, options, **{"chunk_size": 2, **(start or {})})
 
     return start
 
@@ -131,10 +136,7 @@ def failing_job():
     from jobs.worker.drain import job_drain
 
     def finish(users: list[str], failed: list[str], *, error: str = "bad"):
-        job = started_job(users, {"error": error, "permanent": True, "fail_users": failed})
-        job_drain(job.id)
-        job.refresh_from_db()
-        return job
+        return moved_job(job_drain, users, {"error": error, "permanent": True, "fail_users": failed})
 
     return finish
 

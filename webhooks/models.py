@@ -12,7 +12,14 @@ from django.db.models import Q
 from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy
 
-from eventproject.fields import choices_constraint, created_at_field, created_by_field, status_field
+from eventproject.fields import (
+    choices_constraint,
+    created_at_field,
+    created_by_field,
+    moment_field,
+    status_field,
+)
+from eventproject.statuses import StatusChoices
 
 from .event_types import event_type_known
 from .outbound import EXCERPT_CHARS, url_problem
@@ -44,9 +51,7 @@ class Endpoint(models.Model):
     secret_salt = models.CharField(max_length=64, editable=False, verbose_name=gettext_lazy("secret salt"))
     created_by = created_by_field()
     created_at = created_at_field()
-    secret_renewed_at = models.DateTimeField(
-        null=True, blank=True, verbose_name=gettext_lazy("secret renewed at")
-    )
+    secret_renewed_at = moment_field(gettext_lazy("secret renewed at"))
 
     class Meta:
         verbose_name = gettext_lazy("webhook endpoint")
@@ -88,11 +93,11 @@ class Event(models.Model):
         return f"{self.type} {self.message_id}"
 
 
-class DeliveryStatus(models.TextChoices):
-    PENDING = "pending", gettext_lazy("pending")
-    SENDING = "sending", gettext_lazy("sending")
-    SUCCEEDED = "succeeded", gettext_lazy("succeeded")
-    FAILED = "failed", gettext_lazy("failed")
+class DeliveryStatus(StatusChoices):
+    PENDING = "pending"
+    SENDING = "sending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
 
 
 class Delivery(models.Model):
@@ -111,22 +116,18 @@ class Delivery(models.Model):
     )
     status = status_field(DeliveryStatus, DeliveryStatus.PENDING)
     attempt_count = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("attempts"))
-    next_attempt_at = models.DateTimeField(
-        null=True, blank=True, verbose_name=gettext_lazy("next attempt at")
-    )
+    next_attempt_at = moment_field(gettext_lazy("next attempt at"))
     give_up_at = models.DateTimeField(
         help_text=gettext_lazy("No attempt is started after this time"),
         verbose_name=gettext_lazy("give up at"),
     )
     claim_token = models.UUIDField(null=True, blank=True, verbose_name=gettext_lazy("claim token"))
-    lease_expires_at = models.DateTimeField(
-        null=True, blank=True, verbose_name=gettext_lazy("lease expires at")
-    )
+    lease_expires_at = moment_field(gettext_lazy("lease expires at"))
     # When a task was last asked to send it (database clock): healing rings again only when nobody
     # answered for a lease's time.
-    rung_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("rung at"))
+    rung_at = moment_field(gettext_lazy("rung at"))
     created_at = models.DateTimeField(verbose_name=gettext_lazy("created at"))
-    finished_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("finished at"))
+    finished_at = moment_field(gettext_lazy("finished at"))
     last_status_code = models.PositiveSmallIntegerField(
         null=True, blank=True, verbose_name=gettext_lazy("last status code")
     )

@@ -174,7 +174,7 @@ class JobSummary(serializers.ModelSerializer):
         slug_field="username", read_only=True, allow_null=True
     )
     priority = PriorityField(read_only=True)
-    percent = serializers.SerializerMethodField()
+    percent = serializers.FloatField(read_only=True)
 
     class Meta:
         model = Job
@@ -204,9 +204,6 @@ class JobSummary(serializers.ModelSerializer):
             "percent",
         ]
         read_only_fields = fields
-
-    def get_percent(self, job: Job) -> float:
-        return job.percent
 
 
 class JobDetail(JobSummary):

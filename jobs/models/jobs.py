@@ -15,7 +15,14 @@ from django.db.models import Q
 from django.utils.translation import gettext, gettext_lazy
 from django_stubs_ext import StrOrPromise
 
-from eventproject.fields import choices_constraint, created_at_field, created_by_field, status_field
+from eventproject.fields import (
+    choices_constraint,
+    created_at_field,
+    created_by_field,
+    moment_field,
+    status_field,
+)
+from eventproject.statuses import StatusChoices
 from extraction.models import UserProfile
 
 
@@ -25,21 +32,21 @@ def percent_done(processed: int, total: int) -> float:
     return round(100 * processed / total, 2) if total else 100.0
 
 
-class JobStatus(models.TextChoices):
-    QUEUED = "queued", gettext_lazy("queued")
-    RUNNING = "running", gettext_lazy("running")
-    CANCELLING = "cancelling", gettext_lazy("cancelling")
-    CANCELLED = "cancelled", gettext_lazy("cancelled")
-    COMPLETED = "completed", gettext_lazy("completed")
-    FAILED = "failed", gettext_lazy("failed")
+class JobStatus(StatusChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"
+    FAILED = "failed"
 
 
-class ItemStatus(models.TextChoices):
-    PENDING = "pending", gettext_lazy("pending")
-    RUNNING = "running", gettext_lazy("running")
-    SUCCEEDED = "succeeded", gettext_lazy("succeeded")
-    FAILED = "failed", gettext_lazy("failed")
-    CANCELLED = "cancelled", gettext_lazy("cancelled")
+class ItemStatus(StatusChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class JobPriority(models.IntegerChoices):
@@ -139,8 +146,8 @@ class Job(models.Model):
     virtual_time = models.FloatField(default=0.0, verbose_name=gettext_lazy("virtual time"))
     max_attempts = models.PositiveIntegerField(verbose_name=gettext_lazy("max attempts"))
     created_at = created_at_field()
-    started_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("started at"))
-    finished_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("finished at"))
+    started_at = moment_field(gettext_lazy("started at"))
+    finished_at = moment_field(gettext_lazy("finished at"))
     error = models.TextField(blank=True, verbose_name=gettext_lazy("error"))
     # Counters, changed in the same transaction as the item rows they count;
     # job_counters_reconcile() recomputes them from the items.
@@ -165,16 +172,14 @@ class Job(models.Model):
         max_length=200, blank=True, verbose_name=gettext_lazy("error streak kind")
     )
     error_streak_message = models.TextField(blank=True, verbose_name=gettext_lazy("error streak message"))
-    # When the job was last rung by its start, a resume or a heal (database clock), and how many
-    # heals in a row found it short of drains: healing backs off instead of piling up bells.
-    bell_rung_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("bell rung at"))
+    # When the job was last rung by its start, a resume or a heal (database clock): healing rings it
+    # again only once that bell has gone unanswered for the stale time.
+    bell_rung_at = moment_field(gettext_lazy("bell rung at"))
     # Set when prune_jobs starts deleting the items of this finished job: the counters are then
     # all that is left of them, so the job can no longer be resumed, retried or reconciled.
-    items_pruned_at = models.DateTimeField(
-        null=True,
-        blank=True,
+    items_pruned_at = moment_field(
+        gettext_lazy("items pruned at"),
         help_text=gettext_lazy("When its items were deleted (prune_jobs); its counts remain"),
-        verbose_name=gettext_lazy("items pruned at"),
     )
     schedule = models.ForeignKey(
         "Schedule",
@@ -277,17 +282,12 @@ class JobItem(models.Model):
     # A database default, as items are created by INSERT … SELECT.
     interruptions = models.PositiveSmallIntegerField(db_default=0, verbose_name=gettext_lazy("interruptions"))
     claim_token = models.UUIDField(null=True, blank=True, verbose_name=gettext_lazy("claim token"))
-    lease_expires_at = models.DateTimeField(
-        null=True, blank=True, verbose_name=gettext_lazy("lease expires at")
+    lease_expires_at = moment_field(gettext_lazy("lease expires at"))
+    retry_at = moment_field(
+        gettext_lazy("retry at"), help_text=gettext_lazy("Not claimed again before this time")
     )
-    retry_at = models.DateTimeField(
-        null=True,
-        blank=True,
-        help_text=gettext_lazy("Not claimed again before this time"),
-        verbose_name=gettext_lazy("retry at"),
-    )
-    started_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("started at"))
-    finished_at = models.DateTimeField(null=True, blank=True, verbose_name=gettext_lazy("finished at"))
+    started_at = moment_field(gettext_lazy("started at"))
+    finished_at = moment_field(gettext_lazy("finished at"))
     error = models.TextField(blank=True, verbose_name=gettext_lazy("error"))
     event_count = models.PositiveIntegerField(null=True, blank=True, verbose_name=gettext_lazy("event count"))
     # Tokens paid for this user over all its attempts (LLM extractors). A database default, as

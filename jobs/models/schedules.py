@@ -5,7 +5,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy
 
-from eventproject.fields import choices_constraint, created_at_field, created_by_field
+from eventproject.fields import choices_constraint, created_at_field, created_by_field, moment_field
 
 from .jobs import Job, max_workers_field, priority_field, share_constraints
 
@@ -57,11 +57,9 @@ class Schedule(models.Model):
         help_text=gettext_lazy("A paused schedule starts nothing"),
         verbose_name=gettext_lazy("active"),
     )
-    next_run_at = models.DateTimeField(
-        null=True,
-        blank=True,
+    next_run_at = moment_field(
+        gettext_lazy("next run at"),
         help_text=gettext_lazy("When it starts its next job (empty while paused)"),
-        verbose_name=gettext_lazy("next run at"),
     )
     created_by = created_by_field()
     created_at = created_at_field()

@@ -93,7 +93,6 @@ class Bench:
 
     def freeze(self, broker: dict) -> float:
         from jobs.healing import jobs_heal
-        from jobs.models import JobItem
         from tests.cluster import wait_for
         from tests.test_cluster import pids_of
 
@@ -111,13 +110,7 @@ class Bench:
             os.kill(pid, signal.SIGSTOP)
             frozen_at = time.monotonic()
             # Whatever was being worked on when the worker froze, its chunk among it.
-            held = list(JobItem.objects.filter(job=job, status="running").values_list("id", flat=True))
-            wait_for(
-                lambda: not JobItem.objects.filter(id__in=held).exclude(status="succeeded").exists(),
-                timeout=300,
-                what="the frozen worker's chunk done elsewhere",
-                interval=0.05,
-            )
+            self.held_done_elsewhere(job, "the frozen worker's chunk done elsewhere")
             return time.monotonic() - frozen_at
         finally:
             for process in cluster.pids():
@@ -176,7 +169,6 @@ class Bench:
         """Cut the namespaced one of two clusters off mid-job: (cut → every user being worked on
         then committed), then heal it: (heal → its next user extracted)."""
         from jobs.healing import jobs_heal
-        from jobs.models import JobItem
         from tests.cluster import wait_for
         from tests.test_cluster import pids_of
 
@@ -194,13 +186,7 @@ class Bench:
             wait_for(extracted_inside, timeout=120, what="the cut cluster at work", interval=0.5)
             self.ns.cut()
             cut_at = time.monotonic()
-            held = list(JobItem.objects.filter(job=job, status="running").values_list("id", flat=True))
-            wait_for(
-                lambda: not JobItem.objects.filter(id__in=held).exclude(status="succeeded").exists(),
-                timeout=300,
-                what="the cut cluster's chunk done elsewhere",
-                interval=0.05,
-            )
+            self.held_done_elsewhere(job, "the cut cluster's chunk done elsewhere")
             taken_over = time.monotonic() - cut_at
             time.sleep(2)  # whatever the cut cluster was extracting when cut is done by now
             before = extracted_inside()
@@ -224,6 +210,21 @@ class Bench:
             inside.stop()
             outside.stop()
             self.cancel(job)
+
+    @staticmethod
+    def held_done_elsewhere(job, what: str) -> None:
+        """Wait until every user of `job` being worked on now is committed (by whoever takes it over:
+        the freeze's and the partition's measure)."""
+        from jobs.models import JobItem
+        from tests.cluster import wait_for
+
+        held = list(JobItem.objects.filter(job=job, status="running").values_list("id", flat=True))
+        wait_for(
+            lambda: not JobItem.objects.filter(id__in=held).exclude(status="succeeded").exists(),
+            timeout=300,
+            what=what,
+            interval=0.05,
+        )
 
     @staticmethod
     def cancel(job) -> None:
