@@ -4,7 +4,7 @@ cluster on every machine adds to the same figures, and a restart loses none of t
 Only what no table already records is counted here (the job tables give jobs, items and their
 progress): lease losses and retries, called by the job engine inside its own transactions, so a
 count and the rows it counts commit together; and each request to the LLM endpoint with its
-outcome, tokens and duration (llm_call_record, called through extraction.llm_metrics).
+outcome, tokens and duration (llm_call_amounts, gathered and written by extraction.llm_metrics).
 
     metrics.count("item_retries", 3)
 
@@ -17,7 +17,7 @@ import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from django.db import connection, transaction
+from django.db import connection
 from prometheus_client import Gauge, Histogram
 
 from .models import Counter
@@ -90,20 +90,20 @@ def counters_read() -> dict[tuple[str, str], int]:
     return totals
 
 
-def llm_call_record(seconds: float, outcome: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
-    """Count one request to the LLM endpoint: its outcome (a few stable names), tokens, duration."""
+def llm_call_amounts(
+    seconds: float, outcome: str, prompt_tokens: int = 0, completion_tokens: int = 0
+) -> dict[tuple[str, str], int]:
+    """What one request to the LLM endpoint adds to the counters (see counters_add): its outcome (a
+    few stable names), tokens, duration."""
     index = bisect_left(LLM_SECONDS_BUCKETS, seconds)
     bucket = str(LLM_SECONDS_BUCKETS[index]) if index < len(LLM_SECONDS_BUCKETS) else "+Inf"
-    with transaction.atomic():  # a savepoint when called inside a transaction: a failure stays here
-        counters_add(
-            {
-                (LLM_CALLS, outcome): 1,
-                (LLM_TOKENS, "prompt"): prompt_tokens,
-                (LLM_TOKENS, "completion"): completion_tokens,
-                (LLM_SECONDS_BUCKET, bucket): 1,
-                (LLM_MICROSECONDS_SUM, ""): round(seconds * 1_000_000),
-            }
-        )
+    return {
+        (LLM_CALLS, outcome): 1,
+        (LLM_TOKENS, "prompt"): prompt_tokens,
+        (LLM_TOKENS, "completion"): completion_tokens,
+        (LLM_SECONDS_BUCKET, bucket): 1,
+        (LLM_MICROSECONDS_SUM, ""): round(seconds * 1_000_000),
+    }
 
 
 # Figures that apps read from their own tables at scrape time (see ops.exporter): functions yielding

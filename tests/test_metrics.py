@@ -2,12 +2,14 @@
 tests/test_ops_live.py scrapes a real gunicorn while a real cluster works."""
 
 import ipaddress
+import math
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from extraction import llm_metrics
 from extraction.extractors import make_extractor
-from extraction.llm_metrics import llm_call_timed
+from extraction.llm_metrics import llm_call_timed, llm_calls_write
 from jobs.services import job_cancel, job_start
 from jobs.transitions import job_mark_running
 from jobs.worker.claims import chunk_claim
@@ -151,14 +153,33 @@ def test_llm_calls_tokens_and_durations_match_what_the_endpoint_saw(client, llm_
     assert 0.3 * calls < value(samples, "eventproject_llm_call_duration_seconds_sum") < 2.5 * calls
 
 
-def test_a_failure_to_count_never_fails_the_llm_call(monkeypatch, caplog):
+def test_a_failure_to_count_never_fails_the_llm_call_and_loses_no_count(monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("counter table gone")
 
+    counters_add = metrics.counters_add
     monkeypatch.setattr(metrics, "counters_add", broken)
     with llm_call_timed() as call:
         call.prompt_tokens = 5
-    assert "could not count an LLM call" in caplog.text
+    llm_calls_write()
+    assert "could not count LLM calls" in caplog.text
+    monkeypatch.setattr(metrics, "counters_add", counters_add)  # the database is back
+    llm_calls_write()
+    assert metrics.counters_read()[metrics.LLM_TOKENS, "prompt"] == 5
+
+
+def test_a_workers_calls_are_counted_together_at_most_once_a_second(monkeypatch):
+    """Counted one by one, each call held its slot for an extra statement while a worker's threads
+    queued on the same counter rows."""
+    writes = []
+    monkeypatch.setattr(metrics, "counters_add", writes.append)
+    monkeypatch.setattr(llm_metrics._gathered, "written_at", -math.inf)  # nothing written for long
+    for _ in range(5):
+        with llm_call_timed():
+            pass
+        llm_calls_write(every=1.0)  # as each call ends
+    llm_calls_write()  # as the chunk's calls are done
+    assert [amounts[metrics.LLM_CALLS, "ok"] for amounts in writes] == [1, 4]
 
 
 def test_counters_add_up_over_shards(monkeypatch):
