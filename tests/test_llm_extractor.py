@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
+from django.db import OperationalError
 
 from extraction.extractors import (
     BehaviorRecord,
@@ -154,6 +155,18 @@ def test_a_reply_that_cannot_be_read_is_not_cached_so_the_user_is_asked_afresh(l
     assert not LLMCacheEntry.objects.exists()
     _, results = extract(users(1))
     assert isinstance(results["u1"], list) and results["u1"]
+
+
+def test_an_answer_is_used_when_the_cache_cannot_keep_it(llm_server, monkeypatch, caplog):
+    """The answer was paid for: a cache write meeting the database away must not throw it away."""
+
+    def refused(*args, **kwargs):
+        raise OperationalError("the server closed the connection")
+
+    monkeypatch.setattr(LLMCacheEntry.objects, "bulk_create", refused)
+    _, results = extract(users(2))
+    assert all(isinstance(r, list) and r for r in results.values())
+    assert "could not keep an answer in the cache" in caplog.text
 
 
 def test_one_bad_user_cannot_sink_the_others(llm_server):

@@ -72,12 +72,7 @@ class ChunkCalls:
                     pending.add(pool.submit(self._call, client, call, asked, schema))
 
             def finish(outcome: CallOutcome) -> None:
-                assert client is not None  # (as in start)
                 self._charge(outcome)
-                # Only a reply read and valid for every user: an unreadable one, cached, would
-                # answer every later try of the same request.
-                if outcome.completion and not (outcome.failure or outcome.invalid or outcome.extra):
-                    client.remember(outcome.completion)  # (an answer from the cache is not stored again)
                 for again in self._settle(outcome):
                     start(again)
 
@@ -197,7 +192,12 @@ class ChunkCalls:
             raise ExtractorFatalError(str(exc)) from exc
         except LLMCallError as exc:
             return CallOutcome(parts, failure=str(exc), failure_kind=exc.kind)
-        return self._read(parts, completion)
+        outcome = self._read(parts, completion)
+        # Kept here, in the call's thread, not by the lane that settles the outcomes. Only a reply
+        # read and valid for every user: an unreadable one, cached, would answer every later try.
+        if not (outcome.failure or outcome.invalid or outcome.extra):
+            client.remember(completion)
+        return outcome
 
     def _read(self, parts: list[Part], completion: Completion) -> CallOutcome:
         return call_read(parts, completion, allow_new_types=self.options["allow_new_event_types"])

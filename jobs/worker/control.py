@@ -42,14 +42,15 @@ class JobControl(Control):
     def stopped(self) -> bool:
         if self.lease_lost or self.seconds_left() == 0:
             return True
-        with self.lock:
-            if time.monotonic() - self.checked_at >= 1:
-                status, self.priority = Job.objects.filter(id=self.job_id).values_list(
-                    "status", "priority"
-                ).first() or (Job.Status.CANCELLED, self.priority)
-                self.status = status
+        with self.lock:  # one thread reads; the others go on with the last status, not waiting
+            due = time.monotonic() - self.checked_at >= 1  # (with a call's slot held) for the read
+            if due:
                 self.checked_at = time.monotonic()
-            return self.status != Job.Status.RUNNING
+        if due:
+            row = Job.objects.filter(id=self.job_id).values_list("status", "priority").first()
+            with self.lock:
+                self.status, self.priority = row or (Job.Status.CANCELLED, self.priority)
+        return self.status != Job.Status.RUNNING
 
     def tokens_used(self) -> int:
         tokens = Job.objects.filter(id=self.job_id).values_list("prompt_tokens", "completion_tokens").first()
