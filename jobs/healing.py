@@ -18,21 +18,26 @@ from .worker.claims import has_claimable
 from .worker.scheduler import workers_serving
 
 
-def heal_all(*, force: bool = False) -> list[str]:
+def heal_all(*, force: bool = False, drains_at_most: int | None = None) -> list[str]:
     """Heal jobs and imports, start the jobs of due schedules (each due time starts one job, whichever
     cluster claims it) and ring webhook deliveries that are due; a line for each thing done.
-    `force` (`resume_jobs`, an operator's "now"): ring every job short of drains, whenever it was
-    last rung."""
-    return [*jobs_heal(force=force), *imports_heal(), *schedules_run_due(), *deliveries_heal()]
+    `force`: ring every job short of drains whenever it was last rung (`resume_jobs`, an operator's
+    "now"; a cluster that starts, for as many drains as it has workers: `drains_at_most`)."""
+    return [
+        *jobs_heal(force=force, drains_at_most=drains_at_most),
+        *imports_heal(),
+        *schedules_run_due(),
+        *deliveries_heal(),
+    ]
 
 
-def jobs_heal(*, force: bool = False) -> list[str]:
+def jobs_heal(*, force: bool = False, drains_at_most: int | None = None) -> list[str]:
     """- a stopped job keeps no pending or running items (left by a dead worker, or by older versions);
     - a job with nothing left is finished;
     - a queued or running job with claimable items and fewer than JOBS_DRAIN_TASKS live drains gets
       the missing ones rung (a lost queue message, a killed cluster's drains, a broker that was down).
     """
-    return [*_stopped_jobs_sweep(), *_jobs_finish(), *_jobs_ring(force=force)]
+    return [*_stopped_jobs_sweep(), *_jobs_finish(), *_jobs_ring(force=force, at_most=drains_at_most)]
 
 
 def _stopped_jobs_sweep() -> list[str]:
@@ -61,9 +66,9 @@ def _jobs_finish() -> list[str]:
     return done
 
 
-def _jobs_ring(*, force: bool) -> list[str]:
-    """Ring the drains a job lacks, once its bell has gone unanswered for JOBS_DRAIN_STALE_SECONDS
-    (`force`: whenever it was rung) and while no task waits in the queue.
+def _jobs_ring(*, force: bool, at_most: int | None) -> list[str]:
+    """Ring the drains a job lacks (`at_most` of them), once its bell has gone unanswered for
+    JOBS_DRAIN_STALE_SECONDS (`force`: whenever it was rung) and while no task waits in the queue.
 
     A task waiting means no worker anywhere is free: more drains would only lengthen the queue (a
     job short of drains because fairer jobs hold the workers is served as they come free). Drains
@@ -82,6 +87,7 @@ def _jobs_ring(*, force: bool) -> list[str]:
     done = []
     for job in candidates.only("id", "max_workers"):
         missing = min(settings.JOBS_DRAIN_TASKS, job.max_workers or settings.JOBS_DRAIN_TASKS) - job.live
+        missing = min(missing, at_most) if at_most is not None else missing
         if missing <= 0:
             continue
         ring = Job.objects.filter(id=job.id)

@@ -152,9 +152,29 @@ def test_a_cluster_starting_beside_another_rings_no_surplus_drains(
     job = running_job(make_users(3))
     with django_capture_on_commit_callbacks(execute=True):
         assert jobs_heal() == [f"job {job.id}: 0 live drains, rang 4 more"]  # the first cluster
+    with django_capture_on_commit_callbacks(execute=True):
         once = iter([True])
         heal_while(lambda: next(once, False))  # the second, starting at the same moment
-    assert OrmQ.objects.count() == 4
+    assert OrmQ.objects.count() == 4  # its workers take those waiting
+
+
+def test_a_cluster_starting_rings_a_short_job_at_once_for_as_many_drains_as_it_has_workers(
+    running_job, make_users, settings, django_capture_on_commit_callbacks
+):
+    """A job whose only cluster was just killed: its drain tasks went with it. The new cluster's idle
+    workers get drains at once, however recently the job was rung (the recovery bench: 11 s, not 1)."""
+    from jobs.management.commands.qcluster import heal_while
+
+    settings.Q_WORKERS = 2
+    running_job(make_users(3))
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs_heal()
+    OrmQ.objects.all().delete()  # taken by the cluster that was killed
+    with django_capture_on_commit_callbacks(execute=True):
+        once = iter([True])
+        heal_while(lambda: next(once, False))
+    assert OrmQ.objects.count() == 2
+    assert jobs_heal() == []  # then as any heal: once the bell went unanswered
 
 
 def test_healing_rings_no_more_drains_while_tasks_wait_for_a_worker(

@@ -1,8 +1,8 @@
 """`manage.py qcluster`: django-q2's cluster, whose main process also heals jobs (and imports).
 
 The main process of a django-q2 cluster only waits for its sentinel; here it heals every job when
-the cluster starts (so the pending users of a job whose only cluster died flow again) and every
-JOBS_HEAL_SECONDS (so a dead or frozen worker's chunk and its drain are replaced within a
+the cluster starts (so the pending users of a job whose only cluster died flow again at once) and
+every JOBS_HEAL_SECONDS (so a dead or frozen worker's chunk and its drain are replaced within a
 lease and a few seconds). It overrides django-q2's command of the same name: `jobs` comes before
 `django_q` in INSTALLED_APPS.
 """
@@ -46,11 +46,15 @@ class Command(ClusterCommand):
 def heal_while(alive) -> None:
     """Heal at once, then every JOBS_HEAL_SECONDS, until `alive()` says the cluster has stopped;
     prune old jobs' items between heals when JOBS_PRUNE_DAYS is set."""
+    # A cluster that starts has idle workers: it rings every job short of drains at once, for as
+    # many as it has workers (unless tasks wait in the queue: its workers take those).
+    starting = True
     next_prune = time.monotonic()
     while alive():
         try:
-            for line in heal_all():
+            for line in heal_all(force=starting, drains_at_most=settings.Q_WORKERS if starting else None):
                 logger.info("heal: %s", line)
+            starting = False
             if settings.JOBS_PRUNE_DAYS and time.monotonic() >= next_prune:
                 pruned = jobs_prune(days=settings.JOBS_PRUNE_DAYS, budget_seconds=PRUNE_BUDGET_SECONDS)
                 if pruned.total:
