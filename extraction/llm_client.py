@@ -19,9 +19,7 @@ Provider response bodies (which may echo a key, a prompt or another user's data)
 message either; errors say what happened in our own words, with the HTTP status.
 """
 
-import functools
 import logging
-import math
 import os
 import random
 import time
@@ -36,7 +34,16 @@ from django.db import DatabaseError
 
 from .llm_budget import Budget
 from .llm_cache import request_key
-from .llm_endpoints import AUTO, RESPONSE_FORMATS, EndpointProfile, Refusal, Shape, endpoint, sent_parameters
+from .llm_endpoints import (
+    AUTO,
+    RESPONSE_FORMATS,
+    EndpointProfile,
+    Refusal,
+    Shape,
+    endpoint,
+    retry_after_seconds,
+    sent_parameters,
+)
 from .llm_metrics import WRITE_EVERY_SECONDS, llm_call_timed, llm_calls_write
 from .llm_tokens import estimate_tokens, reasoning_tokens
 from .models import LLMCacheEntry
@@ -98,7 +105,7 @@ class LLMClient:
         self.max_completion_tokens = max_completion_tokens
         self.forced = "" if response_format == AUTO else response_format
         self.endpoint = endpoint()
-        self.client = _openai_client(self.endpoint.base_url, tuple(self.endpoint.query.items()), api_key)
+        self.client = self.endpoint.client(api_key)
         self.profile = EndpointProfile(self.endpoint.shown, model)
         self.budget = Budget(self.endpoint.shown, model)
 
@@ -341,7 +348,7 @@ class LLMClient:
             kind = "too many requests" if status == 429 else "a server error"
             reason = f"HTTP {status}: {detail}" if detail else f"HTTP {status}, {kind}"
             if status == 429:  # every caller of the endpoint and model pauses; this one waits there
-                self.budget.pause(_retry_after(exc))
+                self.budget.pause(retry_after_seconds(exc.response))
                 return self._backoff(attempt, reason, "HTTP 429", wait=False)
             return self._backoff(attempt, reason, f"HTTP {status}")
         if refusal.overflows_context():
@@ -393,16 +400,6 @@ def _adaptation_words(parameter: str, response_format: str) -> tuple[str, str]:
     return f"response_format {response_format}", instead
 
 
-def _retry_after(exc: openai.APIStatusError) -> float:
-    """The 429's Retry-After in seconds (0: none, or not a number of seconds)."""
-    value = exc.response.headers.get("retry-after") if exc.response is not None else None
-    try:
-        seconds = float(value) if value else 0.0
-    except ValueError:
-        return 0.0
-    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
-
-
 @dataclass
 class Spending:
     """What one request did with its reservation: sent or not, the tokens it used (None: unknown,
@@ -416,12 +413,3 @@ class Spending:
         self.ok = True
         if usage is not None:
             self.used = (usage.prompt_tokens or 0) + (usage.completion_tokens or 0)
-
-
-@functools.lru_cache(maxsize=8)
-def _openai_client(base_url: str, query: tuple[tuple[str, str], ...], api_key: str) -> openai.OpenAI:
-    """One client per endpoint and key in a process, shared by its chunks and threads (it is
-    thread-safe): its connections stay open from chunk to chunk, and its TLS context is made once
-    (made per chunk, it cost a worker 1.5 s of CPU in a 2,000-user benchmark run). Each request
-    passes its own timeout."""
-    return openai.OpenAI(base_url=base_url, default_query=dict(query) or None, api_key=api_key, max_retries=0)

@@ -9,13 +9,16 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
+import httpx2
 import pytest
 
 from eventproject.db import DatabaseNow
 from extraction.llm_budget import BURST_SECONDS, HORIZON_SECONDS, Budget, BudgetState, Limits
 from extraction.llm_client import LLMClient
-from extraction.llm_endpoints import endpoint
+from extraction.llm_endpoints import endpoint, retry_after_seconds
 from extraction.models import LLMBudget
 from jobs.models import Drain, Job
 from jobs.progress import job_progress
@@ -106,6 +109,25 @@ def test_a_429_with_retry_after_pauses_every_caller_until_then():
     assert state.ask("job:1", 2, 100, 101.0, TPM) == (False, 2.5)
     assert state.ask("job:2", 8, 100, 102.0, TPM) == (False, 1.5)  # whatever its weight
     assert state.ask("job:2", 8, 100, 103.5, TPM)[0]
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after-ms": "1500", "Retry-After": "9"}, 1.5),  # OpenAI's and Azure's, to the millisecond
+        ({"Retry-After": "7"}, 7.0),
+        ({"Retry-After": "soon"}, 0.0),
+        ({"Retry-After": "inf", "retry-after-ms": "-5"}, 0.0),
+        ({}, 0.0),
+    ],
+)
+def test_a_429s_wait_is_read_from_retry_after_ms_or_retry_after(headers, seconds):
+    assert retry_after_seconds(httpx2.Response(429, headers=headers)) == seconds
+
+
+def test_a_retry_after_given_as_a_date_is_the_time_until_then():
+    then = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 28 < retry_after_seconds(httpx2.Response(429, headers={"Retry-After": then})) <= 30
 
 
 def test_a_429_without_retry_after_pauses_for_a_doubling_time_until_a_call_is_answered(settings):
