@@ -22,7 +22,7 @@ def heal_all(*, force: bool = False, drains_at_most: int | None = None) -> list[
     """Heal jobs and imports, start the jobs of due schedules (each due time starts one job, whichever
     cluster claims it) and ring webhook deliveries that are due; a line for each thing done.
     `force`: ring every job short of drains whenever it was last rung (`resume_jobs`, an operator's
-    "now"; a cluster that starts, for as many drains as it has workers: `drains_at_most`)."""
+    "now"; a cluster that starts, as many drains in all as it has workers: `drains_at_most`)."""
     return [
         *jobs_heal(force=force, drains_at_most=drains_at_most),
         *imports_heal(),
@@ -67,8 +67,9 @@ def _jobs_finish() -> list[str]:
 
 
 def _jobs_ring(*, force: bool, at_most: int | None) -> list[str]:
-    """Ring the drains a job lacks (`at_most` of them), once its bell has gone unanswered for
-    JOBS_DRAIN_STALE_SECONDS (`force`: whenever it was rung) and while no task waits in the queue.
+    """Ring the drains a job lacks (`at_most` drains in all: a drain serves whichever job is due),
+    once its bell has gone unanswered for JOBS_DRAIN_STALE_SECONDS (`force`: whenever it was rung)
+    and while no task waits in the queue.
 
     A task waiting means no worker anywhere is free: more drains would only lengthen the queue (a
     job short of drains because fairer jobs hold the workers is served as they come free). Drains
@@ -85,7 +86,7 @@ def _jobs_ring(*, force: bool, at_most: int | None) -> list[str]:
         .annotate(live=Coalesce(Subquery(serving, output_field=IntegerField()), 0))
     )
     done = []
-    for job in candidates.only("id", "max_workers"):
+    for job in candidates.order_by("virtual_time", "id").only("id", "max_workers"):
         missing = min(settings.JOBS_DRAIN_TASKS, job.max_workers or settings.JOBS_DRAIN_TASKS) - job.live
         missing = min(missing, at_most) if at_most is not None else missing
         if missing <= 0:
@@ -97,4 +98,5 @@ def _jobs_ring(*, force: bool, at_most: int | None) -> list[str]:
             continue
         bells.job_ring(job.id, tasks=missing, mark=False)
         done.append(f"job {job.id}: {job.live} live drains, rang {missing} more")
+        at_most = at_most - missing if at_most is not None else None
     return done

@@ -158,15 +158,17 @@ def test_a_cluster_starting_beside_another_rings_no_surplus_drains(
     assert OrmQ.objects.count() == 4  # its workers take those waiting
 
 
-def test_a_cluster_starting_rings_a_short_job_at_once_for_as_many_drains_as_it_has_workers(
+def test_a_cluster_starting_rings_short_jobs_at_once_as_many_drains_in_all_as_it_has_workers(
     running_job, make_users, settings, django_capture_on_commit_callbacks
 ):
-    """A job whose only cluster was just killed: its drain tasks went with it. The new cluster's idle
-    workers get drains at once, however recently the job was rung (the recovery bench: 11 s, not 1)."""
+    """Jobs whose only cluster was just killed: their drain tasks went with it. The new cluster's
+    idle workers get drains at once, however recently the jobs were rung (the recovery bench: 11 s,
+    not 1); as many as it has workers, in all, since a drain serves whichever job is due."""
     from jobs.management.commands.qcluster import heal_while
 
     settings.Q_WORKERS = 2
     running_job(make_users(3))
+    running_job(make_users(3, prefix="v"))
     with django_capture_on_commit_callbacks(execute=True):
         jobs_heal()
     OrmQ.objects.all().delete()  # taken by the cluster that was killed

@@ -46,8 +46,8 @@ class Command(ClusterCommand):
 def heal_while(alive) -> None:
     """Heal at once, then every JOBS_HEAL_SECONDS, until `alive()` says the cluster has stopped;
     prune old jobs' items between heals when JOBS_PRUNE_DAYS is set."""
-    # A cluster that starts has idle workers: it rings every job short of drains at once, for as
-    # many as it has workers (unless tasks wait in the queue: its workers take those).
+    # A cluster that starts has idle workers: it rings the jobs short of drains at once, as many
+    # drains in all as it has workers (unless tasks wait in the queue: its workers take those).
     starting = True
     next_prune = time.monotonic()
     while alive():
