@@ -14,7 +14,7 @@ from webhooks.delivery import deliveries_heal
 from . import bells, transitions
 from .models import Job, JobItem
 from .schedules import schedules_run_due
-from .worker.claims import has_claimable
+from .worker.claims import jobs_with_claimable
 from .worker.scheduler import workers_serving
 
 
@@ -80,10 +80,8 @@ def _jobs_ring(*, force: bool, at_most: int | None) -> list[str]:
     if tasks_waiting():
         return []
     serving = workers_serving(OuterRef("pk")).order_by().values("job_id").annotate(n=Count("id")).values("n")
-    candidates = (
-        Job.objects.filter(status__in=Job.WORKING)
-        .filter(has_claimable(JobItem.objects.filter(job_id=OuterRef("pk"))))
-        .annotate(live=Coalesce(Subquery(serving, output_field=IntegerField()), 0))
+    candidates = jobs_with_claimable(Job.objects.filter(status__in=Job.WORKING)).annotate(
+        live=Coalesce(Subquery(serving, output_field=IntegerField()), 0)
     )
     done = []
     for job in candidates.order_by("virtual_time", "id").only("id", "max_workers"):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from django.db import transaction
-from django.db.models import Exists, F, Q, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 
 from eventproject.db import DatabaseNow
 from extraction.services import extraction_failures_record
@@ -96,19 +96,16 @@ def _interrupted_reclaim(job: Job, token: uuid.UUID, size: int) -> list[tuple]:
     return rows
 
 
-def has_claimable(items: QuerySet[JobItem]) -> Q:
-    """Whether any of `items` is claimable (pending past its backoff, or running on a lease that ran
-    out, on the database's clock), as two EXISTS, one per partial index: one EXISTS over an OR of
-    the two made PostgreSQL gather every pending item of a job of millions before it answered (1.5 s
-    at 10,000,000 items, at every pick)."""
+def jobs_with_claimable(jobs: QuerySet[Job]) -> QuerySet[Job]:
+    """Those of `jobs` with a claimable item (pending past its backoff, or running on a lease that
+    ran out, on the database's clock), found by two EXISTS, one per partial index: one EXISTS over
+    an OR of the two made PostgreSQL gather every pending item of a job of millions before it
+    answered (1.5 s at 10,000,000 items, at every pick)."""
     now = DatabaseNow()
+    items = JobItem.objects.filter(job_id=OuterRef("pk"))
     pending = items.filter(Q(retry_at__isnull=True) | Q(retry_at__lte=now), status=JobItem.Status.PENDING)
     expired = items.filter(status=JobItem.Status.RUNNING, lease_expires_at__lt=now)
-    return Exists(pending) | Exists(expired)
-
-
-def job_has_claimable_items(job_id: int) -> bool:
-    return Job.objects.filter(has_claimable(JobItem.objects.filter(job_id=job_id))).exists()
+    return jobs.filter(Exists(pending) | Exists(expired))
 
 
 def job_items_left(job_id: int) -> int:

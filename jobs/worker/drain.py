@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Min, OuterRef
+from django.db.models import Min, QuerySet
 
 from eventproject.db import DatabaseNow, connection_reset, database_now
 from eventproject.outages import is_outage
@@ -29,7 +29,7 @@ from extraction.extractors import Extractor, ExtractorFatalError, UnknownExtract
 from .. import bells, transitions
 from ..models import Drain, Job, JobItem
 from .chunk import process_one_chunk
-from .claims import has_claimable, job_items_left
+from .claims import job_items_left, jobs_with_claimable
 from .keeper import DrainKeeper, drain_beat_seconds
 from .scheduler import fairest, job_pick
 
@@ -154,13 +154,10 @@ def _idle_wait(only: int | None, *, idle_for: float) -> float | None:
     """How long a drain with no job to serve waits before looking again; None: it leaves. It waits
     for a pending item's backoff to end, and, for at most JOBS_DRAIN_STALE_SECONDS, for room in a
     job whose places live drains hold (a dead cluster's drains go stale in that time)."""
-    jobs = Job.objects.filter(status__in=Job.WORKING)
-    if only is not None:
-        jobs = jobs.filter(id=only)
-    items = JobItem.objects.filter(job__in=jobs)
-    if jobs.filter(has_claimable(JobItem.objects.filter(job_id=OuterRef("pk")))).exists():
+    if _work_left(only):
         return 1.0 if idle_for < settings.JOBS_DRAIN_STALE_SECONDS else None
-    next_retry = items.filter(status=JobItem.Status.PENDING).aggregate(at=Min("retry_at"))["at"]
+    pending = JobItem.objects.filter(job__in=_working_jobs(only), status=JobItem.Status.PENDING)
+    next_retry = pending.aggregate(at=Min("retry_at"))["at"]
     if next_retry is None:
         return None
     return min(max((next_retry - database_now()).total_seconds(), 0.05), 1.0)
@@ -168,10 +165,13 @@ def _idle_wait(only: int | None, *, idle_for: float) -> float | None:
 
 def _work_left(only: int | None) -> bool:
     """Whether a working job (this one) has claimable items."""
+    return jobs_with_claimable(_working_jobs(only)).exists()
+
+
+def _working_jobs(only: int | None) -> QuerySet[Job]:
+    """The queued or running jobs (this one, if it is)."""
     jobs = Job.objects.filter(status__in=Job.WORKING)
-    if only is not None:
-        jobs = jobs.filter(id=only)
-    return jobs.filter(has_claimable(JobItem.objects.filter(job_id=OuterRef("pk")))).exists()
+    return jobs if only is None else jobs.filter(id=only)
 
 
 def _stint(run: DrainRun, stint: Stint) -> None:

@@ -22,8 +22,8 @@ from django.db.models.functions import Coalesce, Least
 
 from eventproject.db import DatabaseNow
 
-from ..models import Drain, Job, JobItem
-from .claims import has_claimable
+from ..models import Drain, Job
+from .claims import jobs_with_claimable
 
 
 def workers_serving(job_ids=None, *, besides: int | None = None) -> QuerySet[Drain]:
@@ -40,8 +40,7 @@ def _candidates(drain_id: int | None, only: int | None) -> QuerySet[Job]:
     count = Subquery(serving.order_by().values("job_id").annotate(n=Count("id")).values("n"))
     cap = settings.JOBS_DRAIN_TASKS
     jobs = (
-        Job.objects.filter(status__in=Job.WORKING)
-        .filter(has_claimable(JobItem.objects.filter(job_id=OuterRef("pk"))))
+        jobs_with_claimable(Job.objects.filter(status__in=Job.WORKING))
         .annotate(serving=Coalesce(count, 0, output_field=IntegerField()))
         .filter(serving__lt=Least(Coalesce("max_workers", Value(cap)), Value(cap)))
     )
