@@ -76,14 +76,15 @@ def tasks_waiting() -> int:
     taken ahead of its workers); 0 when the broker cannot say (it is down: a ring fails and is
     retried anyway)."""
     try:
-        return _broker().queue_size() or 0
+        return broker().queue_size() or 0
     except Exception as exc:
         logger.warning("could not read the task queue's length (%s)", exc)
         return 0
 
 
 @functools.cache
-def _broker() -> Any:
+def broker() -> Any:
+    """django-q2's broker, made once per process (a Redis one holds a connection pool)."""
     from django_q.brokers import get_broker
 
     return get_broker()

@@ -19,10 +19,11 @@ from functools import cache
 import redis
 from django.conf import settings
 from django.db import DatabaseError
-from django_q.brokers import get_broker
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from eventproject.work import broker
 
 from . import metrics
 from .health import ALIVE_STATUSES, broker_check, cluster_stats, database_check
@@ -69,7 +70,7 @@ class DatabaseCollector:
         yield from figures
         if broker_up:
             try:
-                queued = get_broker().queue_size()
+                queued = broker().queue_size()
                 alive = sum(str(stat.status) in ALIVE_STATUSES for stat in cluster_stats())
             except (DatabaseError, redis.RedisError):
                 return  # gone since the check: no figure rather than a wrong one
