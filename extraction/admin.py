@@ -21,6 +21,7 @@ from .forms import ImportUploadForm
 from .imports import import_create, import_report, import_summary_text
 from .models import Behavior, Category, DataImport, ExtractedEvent, ExtractionState, UserProfile
 from .overview import event_counts
+from .services import profiles_delete
 
 TIMELINE_LIMIT = 2000
 
@@ -49,6 +50,12 @@ class UserProfileAdmin(ReadOnlyAdmin):
     search_fields = ["user_id"]
     readonly_fields = ["user_id", "attributes", "input_version", "created_at", "updated_at"]
     change_form_template = "admin/extraction/userprofile/change_form.html"
+
+    def delete_model(self, request, obj):
+        profiles_delete(UserProfile.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request, queryset):
+        profiles_delete(queryset)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         """The profile, and next to it what else the viewer may see: behaviours, events, state."""

@@ -1,6 +1,8 @@
+import threading
 from datetime import UTC, datetime
 
 import pytest
+from django.db import IntegrityError, connection, transaction
 
 from extraction.extractors import ExtractionError, make_extractor
 from extraction.models import ExtractedEvent, ExtractionState, UserProfile
@@ -12,7 +14,10 @@ from extraction.services import (
     chunk_extract,
     extraction_failures_record,
     extraction_results_save,
+    profiles_delete,
+    profiles_upsert,
 )
+from tests.cluster import wait_for
 
 pytestmark = pytest.mark.django_db
 T0 = datetime(2024, 6, 1, 10, tzinfo=UTC)
@@ -159,3 +164,95 @@ def test_a_user_over_the_behaviour_cap_is_not_loaded_and_fails_for_good_naming_t
     )
     assert {items["u001"].status, items["u002"].status} == {"succeeded"}
     assert ExtractionState.objects.get(user_id="big001").status == "failed"
+
+
+def events_of_others(users: int, each: int) -> None:
+    """`each` stored events for each of `users` other users (a table big enough to have a plan)."""
+    profiles_upsert({f"other{i}": {} for i in range(users)})
+    ExtractedEvent.objects.bulk_create(
+        ExtractedEvent(
+            user_id=f"other{i}",
+            sequence=n,
+            event_type="browse_model",
+            category="engagement",
+            starts_at=T0,
+            ends_at=T0,
+            extractor="rules",
+            extractor_version="1",
+            created_at=T0,
+        )
+        for i in range(users)
+        for n in range(1, each + 1)
+    )
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="PostgreSQL's planner and statistics")
+def test_replacing_events_reads_them_by_the_users_index_while_the_table_has_no_statistics(rules):
+    """A new events table has no statistics until autovacuum analyses it: a chunk's delete of its
+    users' old events must still read them by the user index, not the whole table each chunk."""
+    events_of_others(400, 50)
+    users = [f"u{i}" for i in range(150)]
+    for user_id in users:
+        add_behaviors(user_id, "search", "browse")
+    with connection.cursor() as cursor:
+
+        def sequential_scans() -> int:
+            cursor.execute(
+                "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = %s",
+                [ExtractedEvent._meta.db_table],
+            )
+            return cursor.fetchone()[0]
+
+        before = sequential_scans()
+        extract_and_save(rules, *users)
+        assert sequential_scans() == before
+    assert ExtractedEvent.objects.filter(user_id__in=users).count() == 300
+    assert ExtractedEvent.objects.count() == 400 * 50 + 300
+
+
+def test_a_profile_deleted_before_its_chunk_commits_fails_the_commit_writing_nothing(rules):
+    add_behaviors("u1", "search", "browse")
+    add_behaviors("u2", "search")
+    outcomes = chunk_extract(user_ids=["u1", "u2"], extractor=rules)
+    profiles_delete(UserProfile.objects.filter(user_id="u2"))
+    with pytest.raises(IntegrityError, match="profiles deleted while their chunk ran: u2"):
+        extraction_results_save(outcomes=outcomes, extractor=rules)
+    assert not ExtractedEvent.objects.exists()
+    assert not ExtractionState.objects.exists()
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="SQLite runs one writer at a time: no race")
+def test_a_profile_deleted_while_its_chunk_commits_takes_the_chunks_events_with_it(transactional_db, rules):
+    """The commit holds its users' profiles until it ends: the delete waits for it and then removes
+    the events it wrote, where it would otherwise leave events of a user that no longer exists."""
+    add_behaviors("u1", "search", "browse")
+    outcomes = chunk_extract(user_ids=["u1"], extractor=rules)
+    written, deleted = threading.Event(), []
+
+    def delete() -> None:
+        written.wait(timeout=30)
+        deleted.append(profiles_delete(UserProfile.objects.filter(user_id="u1")))
+        connection.close()
+
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    with transaction.atomic():
+        extraction_results_save(outcomes=outcomes, extractor=rules)
+        written.set()
+        wait_for(deleter_blocked, timeout=10, what="the delete waiting for the commit's lock")
+    deleter.join(timeout=30)
+    assert deleted == [1]
+    assert not ExtractedEvent.objects.exists()
+    assert not ExtractionState.objects.exists()
+
+
+def deleter_blocked() -> bool:
+    """Whether another session of this database waits for a lock (pg_stat_activity is read once per
+    transaction unless its snapshot is cleared)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0] > 0
