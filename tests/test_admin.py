@@ -185,3 +185,23 @@ def test_data_is_searchable_by_user_id(client, personas, make_users):
     for url in ("/admin/extraction/userprofile/", "/admin/extraction/behavior/", "/admin/jobs/jobitem/"):
         page = client.get(url, {"q": "u002"}).content.decode()
         assert "u002" in page and "u001" not in page, url
+
+
+def test_deleting_profiles_in_the_admin_takes_their_events_and_states(client, personas, make_users):
+    from extraction.models import Behavior, ExtractedEvent, ExtractionState, UserProfile
+
+    make_users(3, behaviors=3)
+    job_drain(job_start(enqueue=False).id)
+    assert ExtractedEvent.objects.count() == 6 and ExtractionState.objects.count() == 3
+    client.force_login(personas["admin"])
+    response = client.post(
+        "/admin/extraction/userprofile/",
+        {"action": "delete_selected", "_selected_action": ["u001", "u002"], "post": "yes"},
+    )
+    assert response.status_code == 302
+    response = client.post("/admin/extraction/userprofile/u003/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not UserProfile.objects.exists()
+    assert not (
+        ExtractedEvent.objects.exists() or ExtractionState.objects.exists() or Behavior.objects.exists()
+    )
