@@ -5,9 +5,10 @@ among the jobs using it by their weights.
 A request first asks (`Budget.ask`) with its estimated cost (the prompt's estimate and the room
 for the answer, as providers count a request before it runs); after the call it settles
 (`Budget.settle`) with the tokens the answer reported, so what was estimated but not used goes
-back. Each bucket is kept by virtual scheduling: `tokens_at` is the time up to which the tokens'
-rate is spent; a request may start once that is at most BURST_SECONDS ahead of it, and moves it
-on by cost / rate. Asking is one transaction on the budget's row (SELECT … FOR UPDATE, then an
+back (from a caller's recent use, what is left of it after decaying since the ask). Each bucket
+is kept by virtual scheduling: `tokens_at` is the time up to which the tokens' rate is spent; a
+request may start once that is at most BURST_SECONDS ahead of it, and moves it on by cost / rate.
+Asking is one transaction on the budget's row (SELECT … FOR UPDATE, then an
 UPDATE), on the database's clock.
 
 Division: each job using the budget lately is a caller with its weight (its priority) and its
@@ -108,15 +109,30 @@ class BudgetState:
         return True, wait
 
     def settle(
-        self, caller: str, reserved: int, used: int, *, sent: bool, answered: bool, now: float, limits: Limits
+        self,
+        caller: str,
+        reserved: int,
+        used: int,
+        *,
+        sent: bool,
+        answered: bool,
+        now: float,
+        limits: Limits,
+        asked_at: float | None = None,
     ) -> None:
-        """Give back what a reservation did not use (all of it, and its request, if it was not sent)."""
+        """Give back what a reservation did not use (all of it, and its request, if it was not sent).
+        `asked_at`: when the reservation was made (the database's clock, as `Budget.ask` tells)."""
         if limits.requests_per_minute and not sent:
             self.requests_at -= 60.0 / limits.requests_per_minute
         if limits.tokens_per_minute:
             self.tokens_at += (used - reserved) * 60.0 / limits.tokens_per_minute
         if me := self.callers.get(caller):
-            me["usage"] = max(me["usage"] + used - reserved, 0.0)
+            # The reservation joined the caller's use when it was made, and has decayed with it
+            # since (use is kept as of usage_at): what goes back is what is left of it, no more.
+            unused = float(reserved - used)
+            if asked_at is not None and self.usage_at > asked_at:
+                unused *= math.exp(-(self.usage_at - asked_at) / USAGE_SECONDS)
+            me["usage"] = max(me["usage"] - unused, 0.0)
             me["seen"] = max(me["seen"], now)
         if answered and now >= self.paused_until:
             self.pause_seconds = 0.0
@@ -191,16 +207,19 @@ class Budget:
             [LLMBudget(endpoint=self.endpoint, model=self.model)], ignore_conflicts=True
         )
 
-    def ask(self, caller: str, weight: int, cost: int) -> tuple[bool, float]:
-        """See BudgetState.ask. Without limits, only a pause is looked for (one read)."""
+    def ask(self, caller: str, weight: int, cost: int) -> tuple[bool, float, float]:
+        """See BudgetState.ask; and the database's clock when it was asked, which settle takes back.
+        Without limits, only a pause is looked for (one read)."""
         if self.limits.unlimited:
             left, pause_seconds = self._pause()
             self.paused = self.paused or pause_seconds > 0
             if left <= 0:
-                return True, 0.0
-        return self._change(lambda state, now: state.ask(caller, weight, cost, now, self.limits))
+                return True, 0.0, 0.0  # (no use is counted: nothing to give back)
+        return self._change(lambda state, now: (*state.ask(caller, weight, cost, now, self.limits), now))
 
-    def settle(self, caller: str, reserved: int, used: int, *, sent: bool, answered: bool) -> None:
+    def settle(
+        self, caller: str, reserved: int, used: int, *, sent: bool, answered: bool, asked_at: float
+    ) -> None:
         if self.limits.unlimited:
             if answered and self.paused:  # the pause doubles no more
                 self._rows().filter(pause_seconds__gt=0).update(pause_seconds=0)
@@ -208,7 +227,14 @@ class Budget:
             return
         self._change(
             lambda state, now: state.settle(
-                caller, reserved, used, sent=sent, answered=answered, now=now, limits=self.limits
+                caller,
+                reserved,
+                used,
+                sent=sent,
+                answered=answered,
+                now=now,
+                limits=self.limits,
+                asked_at=asked_at,
             )
         )
 

@@ -210,7 +210,7 @@ class LLMClient:
         the block ends, settle the budget with what the request used."""
         while True:
             caller, weight = share()
-            admitted, wait = self.budget.ask(caller, weight, cost)
+            admitted, wait, asked_at = self.budget.ask(caller, weight, cost)
             if admitted:
                 break
             self._wait(wait * random.uniform(1.0, 1.2), should_stop)  # (spread: not all at once)
@@ -221,7 +221,9 @@ class LLMClient:
         finally:
             used = spending.used if spending.used is not None else cost if spending.sent else 0
             try:
-                self.budget.settle(caller, cost, used, sent=spending.sent, answered=spending.ok)
+                self.budget.settle(
+                    caller, cost, used, sent=spending.sent, answered=spending.ok, asked_at=asked_at
+                )
             except DatabaseError as exc:  # the answer (paid for) counts more than the budget's books
                 logger.warning("could not settle the provider's budget (%s); the reservation stands", exc)
 

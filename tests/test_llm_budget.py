@@ -5,6 +5,7 @@ the pause against the test server over HTTP, from threads and from another proce
 
 import heapq
 import itertools
+import math
 import subprocess
 import sys
 import threading
@@ -40,9 +41,9 @@ def simulate(callers, *, until, limits=TPM, cost=1_000, used=500, call_seconds=0
     spent, first_sent = Counter(), {}
     for name, (_weight, threads, joining) in callers.items():
         for _ in range(threads):
-            heapq.heappush(events, (joining, next(order), "ask", name))
+            heapq.heappush(events, (joining, next(order), "ask", name, None))
     while events:
-        now, _, what, name = heapq.heappop(events)
+        now, _, what, name, asked_at = heapq.heappop(events)
         if now > until:
             break
         if what == "ask":
@@ -50,12 +51,14 @@ def simulate(callers, *, until, limits=TPM, cost=1_000, used=500, call_seconds=0
             if admitted:
                 spent[name] += used
                 first_sent.setdefault(name, now + wait)
-                heapq.heappush(events, (now + wait + call_seconds, next(order), "settle", name))
+                heapq.heappush(events, (now + wait + call_seconds, next(order), "settle", name, now))
             else:
-                heapq.heappush(events, (now + wait, next(order), "ask", name))
+                heapq.heappush(events, (now + wait, next(order), "ask", name, None))
         else:
-            state.settle(name, cost, used, sent=True, answered=True, now=now, limits=limits)
-            heapq.heappush(events, (now, next(order), "ask", name))
+            state.settle(
+                name, cost, used, sent=True, answered=True, now=now, limits=limits, asked_at=asked_at
+            )
+            heapq.heappush(events, (now, next(order), "ask", name, None))
     return spent, first_sent
 
 
@@ -154,6 +157,16 @@ def test_what_a_reservation_did_not_use_goes_back():
     assert state.tokens_at == 4.0 - 2.0
     state.settle("job:1", 1_000, 0, sent=False, answered=False, now=0.5, limits=TPM)  # never sent
     assert state.tokens_at == 1.0
+
+
+def test_what_goes_back_is_what_is_left_of_the_reservation_after_decaying_with_the_use():
+    """A reservation's tokens joined the caller's use when it asked and decay with it: giving back
+    the whole unused part after others' asks moved the use on would give back more than is left."""
+    state = BudgetState()
+    state.ask("job:1", 1, 3_000, 0.0, TPM)
+    state.ask("job:2", 1, 1_000, 20.0, TPM)  # the use of all decayed to 20 s: job:1's is 3,000 / e
+    state.settle("job:1", 3_000, 1_000, sent=True, answered=True, now=20.0, limits=TPM, asked_at=0.0)
+    assert state.callers["job:1"]["usage"] == pytest.approx(1_000 / math.e)  # as if 1,000 was asked
 
 
 @pytest.mark.parametrize(
