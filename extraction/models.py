@@ -9,10 +9,12 @@ from django.utils.translation import gettext_lazy
 
 from eventproject.fields import (
     choices_constraint,
+    count_field,
     created_at_field,
     created_by_field,
     moment_field,
     status_field,
+    unchecked_link,
 )
 from eventproject.statuses import StatusChoices
 
@@ -28,7 +30,7 @@ class UserProfile(models.Model):
         max_length=settings.USER_ID_MAX_CHARS, primary_key=True, verbose_name=gettext_lazy("user id")
     )
     attributes = models.JSONField(default=dict, blank=True, verbose_name=gettext_lazy("attributes"))
-    input_version = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("input version"))
+    input_version = count_field(gettext_lazy("input version"), big=False)
     created_at = created_at_field()
     updated_at = models.DateTimeField(auto_now=True, verbose_name=gettext_lazy("updated at"))
 
@@ -44,16 +46,9 @@ class UserProfile(models.Model):
 class Behavior(models.Model):
     """One raw behaviour from a user's log (browse, search, visit, purchase…)."""
 
-    # No database-level foreign key: bulk imports write millions of rows and
-    # create the profile rows themselves in the same transaction.
-    user = models.ForeignKey(
-        UserProfile,
-        on_delete=models.CASCADE,
-        related_name="behaviors",
-        db_constraint=False,
-        db_index=False,  # the natural-key index starts with user_id
-        verbose_name=gettext_lazy("user"),
-    )
+    # No database-level foreign key: bulk imports write millions of rows and create the profile
+    # rows themselves in the same transaction. The natural-key index starts with user_id.
+    user = unchecked_link(UserProfile, models.CASCADE, "behaviors", gettext_lazy("user"))
     action = models.CharField(max_length=64, verbose_name=gettext_lazy("action"))
     occurred_at = models.DateTimeField(verbose_name=gettext_lazy("occurred at"))
     item = models.CharField(max_length=255, blank=True, default="", verbose_name=gettext_lazy("item"))
@@ -91,17 +86,11 @@ class Category(models.TextChoices):
 class ExtractedEvent(models.Model):
     """A higher-level event made from one or more behaviours of one user."""
 
-    user = models.ForeignKey(
-        UserProfile,
-        on_delete=models.CASCADE,
-        related_name="events",
-        db_index=False,  # the (user, sequence) constraint's index serves
-        # No foreign key in the database: its check, a trigger per event row, cost a third of a
-        # rules chunk's database time. The commit locks the users' profiles once per chunk instead
-        # (extraction.services.extraction_results_write), and profiles_delete locks them first.
-        db_constraint=False,
-        verbose_name=gettext_lazy("user"),
-    )
+    # No foreign key in the database: its check, a trigger per event row, cost a third of a rules
+    # chunk's database time. The commit locks the users' profiles once per chunk instead
+    # (extraction.services.extraction_results_write), and profiles_delete locks them first.
+    # The (user, sequence) constraint's index serves its lookups.
+    user = unchecked_link(UserProfile, models.CASCADE, "events", gettext_lazy("user"))
     sequence = models.PositiveIntegerField(
         help_text=gettext_lazy("Position in the user's event sequence"), verbose_name=gettext_lazy("sequence")
     )
@@ -177,12 +166,12 @@ class ExtractionState(models.Model):
     error = models.TextField(blank=True, verbose_name=gettext_lazy("error"))
     # The fields below describe the stored events, i.e. the last success.
     extracted_at = moment_field(gettext_lazy("extracted at"))
-    event_count = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("event count"))
+    event_count = count_field(gettext_lazy("event count"), big=False)
     extractor = models.CharField(max_length=32, blank=True, verbose_name=gettext_lazy("extractor"))
     extractor_version = models.CharField(
         max_length=255, blank=True, verbose_name=gettext_lazy("extractor version")
     )
-    input_version = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("input version"))
+    input_version = count_field(gettext_lazy("input version"), big=False)
     input_fingerprint = models.CharField(
         max_length=64, blank=True, verbose_name=gettext_lazy("input fingerprint")
     )
@@ -343,12 +332,12 @@ class DataImport(models.Model):
     line = models.PositiveBigIntegerField(
         default=0, help_text=gettext_lazy("The last line handled"), verbose_name=gettext_lazy("line")
     )
-    bytes_read = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("bytes read"))
-    rows_read = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("rows read"))
-    imported = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("imported"))
-    updated = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("updated"))
-    duplicates = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("duplicates"))
-    rejected = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("rejected"))
+    bytes_read = count_field(gettext_lazy("bytes read"))
+    rows_read = count_field(gettext_lazy("rows read"))
+    imported = count_field(gettext_lazy("imported"))
+    updated = count_field(gettext_lazy("updated"))
+    duplicates = count_field(gettext_lazy("duplicates"))
+    rejected = count_field(gettext_lazy("rejected"))
     errors = models.JSONField(
         default=list,
         blank=True,

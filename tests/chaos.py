@@ -324,19 +324,14 @@ class Chaos:
             users = free + [user for user in users if user not in self.hostile][:100]
         if not users:
             return False
-        options = {"model": MODEL, "max_concurrency": 4, "timeout": 2.0} if extractor == "llm" else {}
-        chunk = rng.choice([5, 20, 50])
-        priority = rng.choice(Job.Priority.values)
-        max_workers = rng.choice([None, None, 1, 2])
+        settings = {
+            "options": {"model": MODEL, "max_concurrency": 4, "timeout": 2.0} if extractor == "llm" else {},
+            "chunk_size": rng.choice([5, 20, 50]),
+            "priority": rng.choice(Job.Priority.values),
+            "max_workers": rng.choice([None, None, 1, 2]),
+        }
         try:
-            job = job_start(
-                user_ids=users,
-                extractor=extractor,
-                options=options,
-                chunk_size=chunk,
-                priority=priority,
-                max_workers=max_workers,
-            )
+            job = job_start(user_ids=users, extractor=extractor, **settings)
         except JobConflict as exc:  # overlapping with a running job: refused, by name
             self.actions["start refused (overlap)"] += 1
             self.say(f"start refused: {str(exc)[:80]}")
@@ -344,7 +339,8 @@ class Chaos:
         self.actions[f"start {extractor}"] += 1
         self.say(
             f"started job {job.id}: {extractor}, {len(users)} users{' (hostile among them)' * hostile}, "
-            f"chunks of {chunk}, priority {Job.Priority(priority).label}, max_workers {max_workers}"
+            f"chunks of {job.chunk_size}, priority {job.get_priority_display()}, "
+            f"max_workers {job.max_workers}"
         )
         return True
 

@@ -303,7 +303,7 @@ def database_settings(url: str) -> dict:
     saved = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = url
     try:
-        return runpy.run_path(str(ROOT / "eventproject" / "settings.py"))["DATABASES"]["default"]
+        return runpy.run_path(str(ROOT / "eventproject" / "settings" / "web.py"))["DATABASES"]["default"]
     finally:
         if saved is None:
             del os.environ["DATABASE_URL"]

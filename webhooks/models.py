@@ -14,6 +14,7 @@ from django.utils.translation import gettext_lazy
 
 from eventproject.fields import (
     choices_constraint,
+    count_field,
     created_at_field,
     created_by_field,
     moment_field,
@@ -115,7 +116,7 @@ class Delivery(models.Model):
         Endpoint, on_delete=models.CASCADE, related_name="deliveries", verbose_name=gettext_lazy("endpoint")
     )
     status = status_field(DeliveryStatus, DeliveryStatus.PENDING)
-    attempt_count = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("attempts"))
+    attempt_count = count_field(gettext_lazy("attempts"), big=False)
     next_attempt_at = moment_field(gettext_lazy("next attempt at"))
     give_up_at = models.DateTimeField(
         help_text=gettext_lazy("No attempt is started after this time"),

@@ -17,10 +17,13 @@ from django_stubs_ext import StrOrPromise
 
 from eventproject.fields import (
     choices_constraint,
+    count_field,
     created_at_field,
     created_by_field,
+    link_field,
     moment_field,
     status_field,
+    unchecked_link,
 )
 from eventproject.statuses import StatusChoices
 from extraction.models import UserProfile
@@ -128,14 +131,11 @@ class Job(models.Model):
         verbose_name=gettext_lazy("selection"),
     )
     created_by = created_by_field()
-    parent = models.ForeignKey(
+    parent = link_field(
         "self",
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="retries",
-        help_text=gettext_lazy("The job whose failed users this job retries"),
-        verbose_name=gettext_lazy("parent"),
+        "retries",
+        gettext_lazy("parent"),
+        gettext_lazy("The job whose failed users this job retries"),
     )
     chunk_size = models.PositiveIntegerField(verbose_name=gettext_lazy("chunk size"))
     priority = priority_field(gettext_lazy("Its share of the workers beside other running jobs"))
@@ -151,23 +151,19 @@ class Job(models.Model):
     error = models.TextField(blank=True, verbose_name=gettext_lazy("error"))
     # Counters, changed in the same transaction as the item rows they count;
     # job_counters_reconcile() recomputes them from the items.
-    total_items = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("total items"))
-    succeeded_items = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("succeeded items"))
-    failed_items = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("failed items"))
-    cancelled_items = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("cancelled items"))
-    event_count = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("event count"))
-    prompt_tokens = models.PositiveBigIntegerField(default=0, verbose_name=gettext_lazy("prompt tokens"))
-    completion_tokens = models.PositiveBigIntegerField(
-        default=0, verbose_name=gettext_lazy("completion tokens")
-    )
+    total_items = count_field(gettext_lazy("total items"), big=False)
+    succeeded_items = count_field(gettext_lazy("succeeded items"), big=False)
+    failed_items = count_field(gettext_lazy("failed items"), big=False)
+    cancelled_items = count_field(gettext_lazy("cancelled items"), big=False)
+    event_count = count_field(gettext_lazy("event count"))
+    prompt_tokens = count_field(gettext_lazy("prompt tokens"))
+    completion_tokens = count_field(gettext_lazy("completion tokens"))
     # Of the completion tokens, those the model spent reasoning (where the endpoint reports them,
     # or its reasoning text shows them).
-    reasoning_tokens = models.PositiveBigIntegerField(
-        default=0, verbose_name=gettext_lazy("reasoning tokens")
-    )
+    reasoning_tokens = count_field(gettext_lazy("reasoning tokens"))
     # Fail-fast: how many item attempts in a row failed with the same kind of error (messages
     # differ by the user or behaviour ids they name), and the last such message.
-    error_streak = models.PositiveIntegerField(default=0, verbose_name=gettext_lazy("error streak"))
+    error_streak = count_field(gettext_lazy("error streak"), big=False)
     error_streak_kind = models.CharField(
         max_length=200, blank=True, verbose_name=gettext_lazy("error streak kind")
     )
@@ -181,14 +177,8 @@ class Job(models.Model):
         gettext_lazy("items pruned at"),
         help_text=gettext_lazy("When its items were deleted (prune_jobs); its counts remain"),
     )
-    schedule = models.ForeignKey(
-        "Schedule",
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="jobs",
-        help_text=gettext_lazy("The schedule that started it"),
-        verbose_name=gettext_lazy("schedule"),
+    schedule = link_field(
+        "Schedule", "jobs", gettext_lazy("schedule"), gettext_lazy("The schedule that started it")
     )
 
     class Meta:
@@ -255,24 +245,10 @@ class JobItem(models.Model):
     # No database constraint: PostgreSQL checks it row by row when the transaction commits, 45 s of a
     # 10,000,000-item start (measured). Job rows are never deleted (neither the admin nor any code
     # does), and prune_jobs deletes items, never jobs.
-    job = models.ForeignKey(
-        Job,
-        on_delete=models.CASCADE,
-        db_constraint=False,
-        related_name="items",
-        db_index=False,
-        verbose_name=gettext_lazy("job"),
-    )
+    job = unchecked_link(Job, models.CASCADE, "items", gettext_lazy("job"))
     # No database constraint: a profile deleted mid-job must not take the job's history with it;
     # the item then fails with "unknown user".
-    user = models.ForeignKey(
-        UserProfile,
-        on_delete=models.DO_NOTHING,
-        db_constraint=False,
-        related_name="job_items",
-        db_index=False,
-        verbose_name=gettext_lazy("user"),
-    )
+    user = unchecked_link(UserProfile, models.DO_NOTHING, "job_items", gettext_lazy("user"))
     status = status_field(ItemStatus, ItemStatus.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0, verbose_name=gettext_lazy("attempts"))
     # Times its chunk was cut short by something that was not about this user: its worker died or

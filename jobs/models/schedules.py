@@ -5,7 +5,13 @@ from django.db import models
 from django.db.models import Q
 from django.utils.translation import gettext_lazy
 
-from eventproject.fields import choices_constraint, created_at_field, created_by_field, moment_field
+from eventproject.fields import (
+    choices_constraint,
+    created_at_field,
+    created_by_field,
+    link_field,
+    moment_field,
+)
 
 from .jobs import Job, max_workers_field, priority_field, share_constraints
 
@@ -101,14 +107,7 @@ class ScheduleRun(models.Model):
     outcome = models.CharField(
         max_length=16, choices=ScheduleRunOutcome.choices, verbose_name=gettext_lazy("outcome")
     )
-    job = models.OneToOneField(
-        Job,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="schedule_run",
-        verbose_name=gettext_lazy("job"),
-    )
+    job = link_field(Job, "schedule_run", gettext_lazy("job"), field=models.OneToOneField)
     message = models.TextField(blank=True, verbose_name=gettext_lazy("message"))
 
     class Meta:
