@@ -35,7 +35,7 @@ def rows_sql(rows: list[dict[str, Any]], columns: dict[str, str]) -> tuple[str, 
     array per column: 2-4× faster than jsonb_to_recordset for a chunk's update (measured here);
     SQLite reads the rows from one JSON parameter. `columns` maps each key to its PostgreSQL type."""
     if is_postgresql():
-        arrays = [[row[name] for row in rows] for name in columns]
+        arrays = [array_text([row[name] for row in rows], kind) for name, kind in columns.items()]
         casts = ", ".join(f"%s::{kind}[]" for kind in columns.values())
         return f"unnest({casts}) AS v({', '.join(columns)})", arrays
     named = ", ".join(f"value ->> '{name}' AS {name}" for name in columns)
@@ -45,8 +45,30 @@ def rows_sql(rows: list[dict[str, Any]], columns: dict[str, str]) -> tuple[str, 
 def values_sql(values: list[Any], kind: str = "text") -> tuple[str, list[Any]]:
     """A subquery of these values and its parameter, for `column IN (…)` over a whole chunk."""
     if is_postgresql():
-        return f"SELECT unnest(%s::{kind}[])", [values]
+        return f"SELECT unnest(%s::{kind}[])", [array_text(values, kind)]
     return "SELECT value FROM json_each(%s)", [json_text(values)]
+
+
+NUMBER_TYPES = {"smallint", "integer", "bigint", "real", "double precision"}
+
+
+def array_text(values: Iterable[Any], kind: str) -> str:
+    """PostgreSQL's input form of a one-dimensional array of `kind`, to pass as one parameter cast to
+    `kind[]`. The connection binds parameters on the client, and psycopg quotes a list's elements
+    one by one in Python: a commit's nine arrays of 100 values took 0.7-0.8 ms to quote, as long as
+    the statement's round trip (measured); one string is quoted at once. Text is double-quoted
+    with its backslashes and double quotes escaped, as the array syntax asks (numbers need
+    neither); None is NULL."""
+    if kind in NUMBER_TYPES:
+        return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
+    return "{" + ",".join(map(_array_element, values)) + "}"
+
+
+def _array_element(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def copy_rows(
