@@ -53,7 +53,7 @@ def created_at_field() -> models.DateTimeField:
     return models.DateTimeField(auto_now_add=True, verbose_name=gettext_lazy("created at"))
 
 
-def count_field(verbose_name: StrOrPromise, *, big: bool = True) -> models.PositiveIntegerField:
+def count_field(verbose_name: StrOrPromise, *, big: bool = True) -> models.IntegerField:
     """A count that starts at zero (`big`: one that may pass two thousand million)."""
     field = models.PositiveBigIntegerField if big else models.PositiveIntegerField
     return field(default=0, verbose_name=verbose_name)

@@ -129,11 +129,7 @@ def import_run(import_id: int) -> None:
         fields = {
             "line": line,
             "bytes_read": position,
-            "rows_read": summary.read,
-            "imported": summary.imported,
-            "updated": summary.updated,
-            "duplicates": summary.duplicates,
-            "rejected": summary.rejected,
+            **{column: getattr(summary, count) for count, column in SUMMARY_COLUMNS.items()},
             "lease_expires_at": lease_until(settings.IMPORTS_LEASE_SECONDS),
             "takeovers": 0,  # it moves again: only deaths in a row, without progress, fail it
         }
@@ -217,15 +213,19 @@ def _claim(import_id: int, token: uuid.UUID) -> DataImport | None:
     return None
 
 
+# Where an import's checkpoint keeps each count of its summary.
+SUMMARY_COLUMNS = {
+    "read": "rows_read",
+    "imported": "imported",
+    "updated": "updated",
+    "duplicates": "duplicates",
+    "rejected": "rejected",
+}
+
+
 def _summary_of(data_import: DataImport) -> ImportSummary:
-    return ImportSummary(
-        read=data_import.rows_read,
-        imported=data_import.imported,
-        updated=data_import.updated,
-        duplicates=data_import.duplicates,
-        rejected=data_import.rejected,
-        errors=[(line, reason) for line, reason in data_import.errors],
-    )
+    counts = {count: getattr(data_import, column) for count, column in SUMMARY_COLUMNS.items()}
+    return ImportSummary(**counts, errors=[(line, reason) for line, reason in data_import.errors])
 
 
 def _requeue(import_id: int, token: uuid.UUID) -> None:
