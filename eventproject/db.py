@@ -78,11 +78,16 @@ def copy_rows(
     With the columns' PostgreSQL `types`, COPY goes in binary (no text to build and parse)."""
     cols = ", ".join(columns)
     if is_postgresql():
+        import psycopg
+        from psycopg.adapt import PyFormat
+
         binary = " (FORMAT BINARY)" if types else ""
+        if types:
+            # jsonb values come in their binary form already (json_adapter), to be sent unchanged:
+            # by the dumper bytes get, in C (psycopg's dumper for bytea by type name is Python's).
+            cursor.adapters.register_dumper(bytes, psycopg.adapters.get_dumper(bytes, PyFormat.BINARY))
         with cursor.copy(f"COPY {table} ({cols}) FROM STDIN{binary}") as copy:
             if types:
-                # jsonb values come in their binary form already (json_adapter): sent unchanged,
-                # by the C dumper of bytes, as the server reads a jsonb column's binary COPY.
                 copy.set_types(["bytea" if kind == "jsonb" else kind for kind in types])
             for row in rows:
                 copy.write_row(row)

@@ -128,7 +128,8 @@ class ExtractedEvent(models.Model):
 
 
 class EventRow(NamedTuple):
-    """One extracted event as stored: its fields are its table's columns, in order (for COPY)."""
+    """One extracted event as stored: its fields are its table's columns, in order (for COPY; the
+    writer builds plain tuples in this order)."""
 
     user_id: str
     sequence: int

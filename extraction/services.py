@@ -24,7 +24,7 @@ from eventproject.db import (
 )
 
 from .extractors import Control, EventDraft, ExtractionError, Extractor, UserInput, UserResult
-from .models import EVENT_COLUMNS, Behavior, EventRow, ExtractedEvent, ExtractionState, UserProfile
+from .models import EVENT_COLUMNS, Behavior, ExtractedEvent, ExtractionState, UserProfile
 from .selectors import user_inputs_load
 
 
@@ -246,23 +246,27 @@ def extraction_results_write(*, outcomes: Sequence[Outcome], extractor: Extracto
 
 
 def _event_rows(saved: Sequence[Outcome], extractor: Extractor, now: datetime):
+    """The saved users' events as rows of EVENT_COLUMNS, plain tuples in EventRow's order: a rules
+    chunk writes about 47 a user, and a NamedTuple built by keyword cost a fifth of their Python time."""
     db_datetime, db_json = datetime_adapter(), json_adapter()
     created_at = db_datetime(now)
+    name, version = extractor.name, extractor.version
     for outcome in saved:
+        user_id = outcome.user_id
         for sequence, draft in enumerate(outcome.drafts, start=1):
-            yield EventRow(
-                user_id=outcome.user_id,
-                sequence=sequence,
-                event_type=draft.event_type,
-                label=draft.label,
-                category=draft.category,
-                starts_at=db_datetime(draft.starts_at),
-                ends_at=db_datetime(draft.ends_at),
-                context=db_json(draft.context),
-                behavior_ids=db_json(draft.behavior_ids),
-                extractor=extractor.name,
-                extractor_version=extractor.version,
-                created_at=created_at,
+            yield (
+                user_id,
+                sequence,
+                draft.event_type,
+                draft.label,
+                draft.category,
+                db_datetime(draft.starts_at),
+                db_datetime(draft.ends_at),
+                db_json(draft.context),
+                db_json(draft.behavior_ids),
+                name,
+                version,
+                created_at,
             )
 
 
