@@ -25,6 +25,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+import httpcore2  # noqa: F401 (the openai client's transport imports it at the first client: 0.08 s)
 import openai
 from django.conf import settings
 from django.db.models import F, Q

@@ -9,6 +9,8 @@ import time
 
 from extraction.extractors import EventDraft, ExtractionError, Extractor, ExtractorFatalError
 
+IMPORTED_BY = os.getpid()  # the process that imported this module
+
 
 class ScriptedExtractor(Extractor):
     """One `purchase`-like event per user; optionally slow (then it stops between users when its
@@ -16,13 +18,15 @@ class ScriptedExtractor(Extractor):
     as many completion tokens) for each user first.
 
     calls_file: a "user_id pid" line for each user extracted, to count how often and where each
-    user was extracted.
+    user was extracted. imports_file: a "pid importer_pid" line for each chunk, where importer_pid
+    is the process that imported this module.
     """
 
     name = "test"
     version = "1"
     options_spec = {
         "calls_file": (str, ""),
+        "imports_file": (str, ""),
         "seconds_per_user": (float, 0.0),
         "error": (str, ""),
         "permanent": (bool, False),
@@ -32,6 +36,8 @@ class ScriptedExtractor(Extractor):
     }
 
     def extract(self, users, control=None):
+        if self.options["imports_file"]:
+            self._append(self.options["imports_file"], f"{os.getpid()} {IMPORTED_BY}")
         if control and (tokens := self.options["tokens_per_user"]):
             for user in users:
                 control.charge(user.user_id, tokens, tokens // 2)
@@ -69,13 +75,17 @@ class ScriptedExtractor(Extractor):
         return results
 
     def _record(self, user_id: str) -> None:
-        """Append "user_id pid" to calls_file (O_APPEND: several processes share the file)."""
         if self.options["calls_file"]:
-            fd = os.open(self.options["calls_file"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            try:
-                os.write(fd, f"{user_id} {os.getpid()}\n".encode())
-            finally:
-                os.close(fd)
+            self._append(self.options["calls_file"], f"{user_id} {os.getpid()}")
+
+    @staticmethod
+    def _append(path: str, line: str) -> None:
+        """O_APPEND: several processes share the file."""
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, f"{line}\n".encode())
+        finally:
+            os.close(fd)
 
 
 class NoopExtractor(Extractor):

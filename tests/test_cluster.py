@@ -48,6 +48,26 @@ def test_a_job_completes_on_a_real_cluster(clusters):
     assert job_counters_reconcile(job.id) == {}
 
 
+def test_workers_find_the_extractors_imported_before_they_forked(clusters, make_users, tmp_path):
+    """The cluster imports every configured extractor before its workers fork: none pays for the
+    import at its first chunk (the LLM extractor's: a third of a second)."""
+    make_users(20)
+    cluster = clusters()
+    imports = tmp_path / "imports"
+    job = job_start(extractor="test", chunk_size=5, options={"imports_file": str(imports)})
+    wait_for(lambda: finished(job), timeout=60, what=f"job to finish; cluster said:\n{cluster.output()}")
+    chunks = [line.split() for line in imports.read_text().splitlines()]
+    assert chunks and {importer for _, importer in chunks} == {str(cluster.process.pid)}
+    assert str(cluster.process.pid) not in {worker for worker, _ in chunks}
+
+
+def test_a_cluster_with_an_extractor_it_cannot_import_stops_at_its_start(clusters):
+    cluster = clusters(EXTRACTION_EXTRA_EXTRACTORS="gone=tests.extractors.Missing")
+    wait_for(lambda: cluster.process.poll() is not None, timeout=60, what="the cluster to stop")
+    assert cluster.process.returncode != 0
+    assert "cannot import extractor 'tests.extractors.Missing'" in cluster.output()
+
+
 def job_under_way(calls_file) -> Job:
     """A job over everyone, in chunks of 5 users of 10 ms each (each call written to calls_file),
     once the running clusters have committed 40 of its users."""

@@ -17,6 +17,7 @@ from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as ClusterCommand
 
 from eventproject.db import connection_reset
+from extraction.extractors import extractors_load
 from jobs.healing import heal_all
 from jobs.pruning import jobs_prune
 
@@ -35,6 +36,7 @@ class Command(ClusterCommand):
         settings.SECRET_KEY  # noqa: B018 (as django-q2's: signing needs it)
         if options.get("cluster_name"):
             os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
+        extractors_load()  # before the workers fork: they inherit the modules
         cluster = Cluster()
         cluster.start()
         if options.get("run_once"):
