@@ -52,7 +52,9 @@ logger = logging.getLogger(__name__)
 
 MIN_REQUEST_SECONDS = 1.0  # a request with less time than this before the chunk's deadline is not sent
 MAX_ADAPTATIONS = 4  # refusals one request adapts to: the token parameter, temperature, two formats
-PROBE_POLL_SECONDS = 0.25  # how often a request waiting for a probe looks at its outcome
+# How often a request waiting for another process's probe looks at its outcome (one of its own
+# process wakes it at once).
+PROBE_POLL_SECONDS = 0.25
 PROBE_MARGIN_SECONDS = 30  # a probe's lease: the request's timeout and this, renewed at each try
 
 
@@ -271,15 +273,24 @@ class LLMClient:
 
     def _probe_wait(self, should_stop: Callable[[], str]) -> bool:
         """Before a request: True when it is to be the probe of a shape not yet accepted; waits
-        while another request (of any worker) is."""
-        while True:
-            shape = self.profile.shape
-            if shape.accepted or (self.forced and self.forced != shape.response_format):
-                return False  # (a job asking for another format than the learned one does not probe)
+        while another request (of any worker) is. A job asking for another format than the learned
+        one does not probe."""
+
+        def settled(shape: Shape) -> bool:
+            return shape.accepted or bool(self.forced and self.forced != shape.response_format)
+
+        shape = self.profile.shape
+        while not settled(shape):
+            ended = self.profile.probes_ended()
             if self.profile.probe_claim(self.timeout + PROBE_MARGIN_SECONDS):
                 return True
-            self._wait(PROBE_POLL_SECONDS, should_stop)
-            self.profile.reload()
+            if reason := should_stop():
+                raise LLMStopped(reason)
+            shape = self.profile.reload()  # its probe may have ended before `ended` was counted
+            if not settled(shape):
+                self.profile.probe_wait(ended, PROBE_POLL_SECONDS)
+                shape = self.profile.reload()
+        return False
 
     def _adapt(self, refusal: Refusal, shape: Shape, response_format: str) -> bool:
         """Learn from a refusal of a parameter we can send otherwise or do without; True: send the

@@ -189,6 +189,12 @@ def sent_parameters(shape: Shape, response_format: str) -> tuple[str, ...]:
     return tuple(sent)
 
 
+# How many probes this process has seen end: a request waiting for one here is woken by its end at
+# once (those of other processes look again every llm_client.PROBE_POLL_SECONDS).
+_probes_ended = 0
+_probe_ended = threading.Condition()
+
+
 class EndpointProfile:
     """One endpoint and model's row, as the threads of one client see it."""
 
@@ -232,6 +238,22 @@ class EndpointProfile:
             ).update(accepted_at=DatabaseNow(), probe_until=None)
         rows.update(probe_until=None)
         self.reload()
+        global _probes_ended
+        with _probe_ended:
+            _probes_ended += 1
+            _probe_ended.notify_all()
+
+    @staticmethod
+    def probes_ended() -> int:
+        with _probe_ended:
+            return _probes_ended
+
+    @staticmethod
+    def probe_wait(ended: int, seconds: float) -> None:
+        """Wait at most `seconds` for a probe of this process to end, `ended` being probes_ended()
+        when the caller last looked at the row."""
+        with _probe_ended:
+            _probe_ended.wait_for(lambda: _probes_ended != ended, seconds)
 
     def learn(self, sent: Shape, response_format: str, parameter: str) -> bool:
         """Change the shape after `parameter` (of a request of shape `sent`, asking for

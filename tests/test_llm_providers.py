@@ -187,6 +187,18 @@ def test_a_refused_parameter_costs_one_extra_call_per_endpoint_and_model_across_
     }
 
 
+def test_requests_waiting_for_a_probe_of_their_own_process_go_as_soon_as_it_is_answered(
+    llm_server, sample_users, monkeypatch
+):
+    """They do not sleep out their poll of the database (kept for other processes' probes)."""
+    monkeypatch.setattr("extraction.llm_client.PROBE_POLL_SECONDS", 30.0)
+    llm_server.latency = 0.3
+    job = run_job(sample_users)
+    assert job.status == "completed"
+    (probe_start, probe_end), *others = sorted(llm_server.spans)
+    assert others and probe_end <= others[0][0] < probe_end + 1.0
+
+
 # Error bodies, as each provider sends them (sources beside the personalities in tests/fake_openai.py
 # and below). First those naming a parameter the endpoint does without: the request is sent again
 # without it, or as it asks, and answered.
