@@ -274,3 +274,18 @@ def budget_holds(caller: str) -> bool:
     now (or was, a moment ago)."""
     rows = LLMBudget.objects.annotate(clock=RawSQL(clock_sql(), ())).values_list("callers", "clock")
     return any(callers.get(caller, {}).get("held", 0) > clock - HELD_SHOWN_SECONDS for callers, clock in rows)
+
+
+@dataclass
+class Spending:
+    """What one request did with its reservation: sent or not, the tokens it used (None: unknown,
+    count the estimate), answered."""
+
+    sent: bool = False
+    used: int | None = None
+    ok: bool = False
+
+    def answered(self, usage) -> None:
+        self.ok = True
+        if usage is not None:
+            self.used = (usage.prompt_tokens or 0) + (usage.completion_tokens or 0)

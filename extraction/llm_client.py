@@ -32,14 +32,14 @@ import openai
 from django.conf import settings
 from django.db import DatabaseError
 
-from .llm_budget import Budget
+from .llm_budget import Budget, Spending
 from .llm_cache import request_key
 from .llm_endpoints import (
     AUTO,
-    RESPONSE_FORMATS,
     EndpointProfile,
     Refusal,
     Shape,
+    adaptation_words,
     endpoint,
     retry_after_seconds,
     sent_parameters,
@@ -207,7 +207,7 @@ class LLMClient:
     @contextmanager
     def _reserved(
         self, cost: int, should_stop: Callable[[], str], share: Callable[[], tuple[str, int]]
-    ) -> Iterator["Spending"]:
+    ) -> Iterator[Spending]:
         """Wait for a start in the provider's budget for one request of this estimated cost; when
         the block ends, settle the budget with what the request used."""
         while True:
@@ -299,7 +299,7 @@ class LLMClient:
         if parameter is None:
             return False
         if self.profile.learn(shape, response_format, parameter):
-            what, instead = _adaptation_words(parameter, response_format)
+            what, instead = adaptation_words(parameter, response_format)
             logger.warning(
                 "the LLM endpoint %s refused %s for model %r (HTTP %d); %s from now on, for every worker",
                 self.endpoint.shown,
@@ -397,32 +397,3 @@ class LLMClient:
             if reason := should_stop():
                 raise LLMStopped(reason)
             time.sleep(min(left, 0.5))
-
-
-def _adaptation_words(parameter: str, response_format: str) -> tuple[str, str]:
-    """(what was refused, what is done instead), for the log."""
-    if parameter in ("max_tokens", "max_completion_tokens"):
-        other = "max_completion_tokens" if parameter == "max_tokens" else "max_tokens"
-        return parameter, f"the answer's room is sent as {other}"
-    if parameter == "temperature":
-        return "temperature", "no temperature is sent (the model's default)"
-    following = RESPONSE_FORMATS[RESPONSE_FORMATS.index(response_format) + 1]
-    instead = (
-        "answers are asked as plain text" if following == "text" else f"answers are asked as {following}"
-    )
-    return f"response_format {response_format}", instead
-
-
-@dataclass
-class Spending:
-    """What one request did with its reservation: sent or not, the tokens it used (None: unknown,
-    count the estimate), answered."""
-
-    sent: bool = False
-    used: int | None = None
-    ok: bool = False
-
-    def answered(self, usage) -> None:
-        self.ok = True
-        if usage is not None:
-            self.used = (usage.prompt_tokens or 0) + (usage.completion_tokens or 0)

@@ -189,6 +189,20 @@ def sent_parameters(shape: Shape, response_format: str) -> tuple[str, ...]:
     return tuple(sent)
 
 
+def adaptation_words(parameter: str, response_format: str) -> tuple[str, str]:
+    """(what was refused, what is done instead), for the log."""
+    if parameter in ("max_tokens", "max_completion_tokens"):
+        other = "max_completion_tokens" if parameter == "max_tokens" else "max_tokens"
+        return parameter, f"the answer's room is sent as {other}"
+    if parameter == "temperature":
+        return "temperature", "no temperature is sent (the model's default)"
+    following = RESPONSE_FORMATS[RESPONSE_FORMATS.index(response_format) + 1]
+    instead = (
+        "answers are asked as plain text" if following == "text" else f"answers are asked as {following}"
+    )
+    return f"response_format {response_format}", instead
+
+
 # How many probes this process has seen end: a request waiting for one here is woken by its end at
 # once (those of other processes look again every llm_client.PROBE_POLL_SECONDS).
 _probes_ended = 0

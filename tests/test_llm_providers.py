@@ -195,7 +195,7 @@ def test_requests_waiting_for_a_probe_of_their_own_process_go_as_soon_as_it_is_a
     llm_server.latency = 0.3
     job = run_job(sample_users)
     assert job.status == "completed"
-    (probe_start, probe_end), *others = sorted(llm_server.spans)
+    (_, probe_end), *others = sorted(llm_server.spans)
     assert others and probe_end <= others[0][0] < probe_end + 1.0
 
 
