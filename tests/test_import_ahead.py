@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from extraction.importers import AHEAD_CHUNK, Checkpoints, ImportOptions, ImportPaused, ahead, import_file
+from extraction.import_ahead import AHEAD_CHUNK, ahead
+from extraction.importers import Checkpoints, ImportOptions, ImportPaused, import_file
 from extraction.models import Behavior
 
 pytestmark = pytest.mark.django_db
