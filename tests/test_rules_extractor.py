@@ -191,3 +191,21 @@ def test_unknown_options_are_refused_by_name():
     with pytest.raises(ValidationError) as caught:
         make_extractor("rules", {"temperature": 0.2})
     assert "options.temperature" in caught.value.message_dict
+
+
+def test_an_inputs_fingerprint_stays_what_it_was():
+    """Stored with each user's state: the same input must hash as it did when it was stored."""
+    user = UserInput(
+        "u1",
+        {"城市": "北京", "age": 28},
+        3,
+        [
+            BehaviorRecord(
+                7, "browse", datetime(2024, 6, 1, 10, tzinfo=UTC), item="汉EV", duration_seconds=12.5
+            ),
+            BehaviorRecord(
+                9, "visit", datetime(2024, 6, 2, tzinfo=UTC), place="4S店", extra={"b": 1, "a": [1, 2]}
+            ),
+        ],
+    )
+    assert user.fingerprint() == "a9a104e43a9f40f5875b99095813ed946a1fb45664484188c265089077e02310"

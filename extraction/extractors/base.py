@@ -50,23 +50,7 @@ class UserInput:
     def fingerprint(self) -> str:
         """A hash of the input, stored with the events it produced."""
         payload = orjson.dumps(
-            [
-                self.attributes,
-                [
-                    [
-                        b.id,
-                        b.action,
-                        b.occurred_at,
-                        b.item,
-                        b.app,
-                        b.media,
-                        b.place,
-                        b.duration_seconds,
-                        b.extra,
-                    ]
-                    for b in self.behaviors
-                ],
-            ],
+            [self.attributes, list(map(list, self.behaviors))],  # each behaviour's fields, in order
             option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
             default=str,
         )
