@@ -55,10 +55,10 @@ NUMBER_TYPES = {"smallint", "integer", "bigint", "real", "double precision"}
 def array_text(values: Iterable[Any], kind: str) -> str:
     """PostgreSQL's input form of a one-dimensional array of `kind`, to pass as one parameter cast to
     `kind[]`. The connection binds parameters on the client, and psycopg quotes a list's elements
-    one by one in Python: a commit's nine arrays of 100 values took 0.7-0.8 ms to quote, as long as
-    the statement's round trip (measured); one string is quoted at once. Text is double-quoted
-    with its backslashes and double quotes escaped, as the array syntax asks (numbers need
-    neither); None is NULL."""
+    one by one in Python: a commit's nine arrays of 100 values took 0.7-0.8 ms to quote (measured:
+    1.4 ms a statement with lists, 0.4 ms with these strings); one string is quoted at once. Text
+    is double-quoted with its backslashes and double quotes escaped, as the array syntax asks
+    (numbers need neither); None is NULL."""
     if kind in NUMBER_TYPES:
         return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
     return "{" + ",".join(map(_array_element, values)) + "}"
