@@ -288,8 +288,7 @@ class LLMClient:
                 raise LLMStopped(reason)
             shape = self.profile.reload()  # its probe may have ended before `ended` was counted
             if not settled(shape):
-                self.profile.probe_wait(ended, PROBE_POLL_SECONDS)
-                shape = self.profile.reload()
+                self.profile.probe_wait(ended, PROBE_POLL_SECONDS)  # then claim again, and look
         return False
 
     def _adapt(self, refusal: Refusal, shape: Shape, response_format: str) -> bool:
