@@ -62,6 +62,7 @@ def test_it_starts_with_development_defaults_in_debug():
         ({"DEBUG": "1", "EXTRACTION_RULES_FILE": "/no/such.json"}, "is not a file"),
         ({"DEBUG": "1", "EXTRACTION_EXTRA_EXTRACTORS": "broken"}, "must look like name=module.Class"),
         ({"DEBUG": "1", "Q_TIMEOUT": "100", "Q_RETRY": "90"}, "Q_RETRY must be larger than Q_TIMEOUT"),
+        ({"DEBUG": "1", "Q_POLL_SECONDS": "0"}, "Q_POLL_SECONDS must be at least 0.01"),
         (
             {"DEBUG": "1", "METRICS_ALLOWED_NETWORKS": "10.0.0.0/8,intranet"},
             "METRICS_ALLOWED_NETWORKS entries must be addresses or networks like 10.0.0.0/8, got 'intranet'",
@@ -96,6 +97,25 @@ def test_it_refuses_bad_configuration_by_name(env, message):
     code, stderr = settings_error(**env)
     assert code != 0
     assert "ImproperlyConfigured" in stderr and message in stderr
+
+
+@pytest.mark.parametrize(("value", "poll"), [(None, "0.1"), ("0.3", "0.3")])
+def test_the_orm_broker_looks_for_tasks_every_q_poll_seconds(value, poll):
+    """A rung job waits for the broker's next look: 0.5 s, django-q2's own default, was an eighth of
+    a 100,000-item no-op job's run (tests/bench/engine.py prints its start)."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("Q_POLL_SECONDS", "REDIS_URL")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django_q.conf import Conf; print(Conf.POLL)",
+        ],
+        env={**clean, "DEBUG": "1", **({"Q_POLL_SECONDS": value} if value else {})},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == poll
 
 
 def test_a_bad_openai_base_url_is_refused_without_echoing_its_credentials():

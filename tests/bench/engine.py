@@ -153,6 +153,7 @@ class Runner:
 
         django.setup()
         self.url, self.options = url, options
+        self.start_delays: list[float] = []  # each job on a cluster: its bell to its start, s
 
     def profiles(self, prefix: str, count: int) -> list[str]:
         """`count` users with a profile and no behaviours (the no-op extractor needs nothing more)."""
@@ -224,10 +225,12 @@ class Runner:
     def on_cluster(self, job, *, each_poll=None) -> float:
         """Ring a job for a cluster that is already up and wait for its end: its items per second.
         `each_poll(job)` runs after each look at the job (every 20 ms)."""
+        from django.utils import timezone
+
         from jobs.bells import job_ring
 
         with self.cluster():
-            start = time.monotonic()
+            start, rung_at = time.monotonic(), timezone.now()
             job_ring(job.id, tasks=4)
             while job.status not in job.FINISHED:
                 time.sleep(0.02)
@@ -237,6 +240,7 @@ class Runner:
             ended = time.monotonic()
         if job.status != "completed":
             raise SystemExit(f"job {job.id} ended {job.status}: {job.error}")
+        self.start_delays.append((job.started_at - rung_at).total_seconds())
         return job.total_items / (ended - start)
 
     def engine(self, count: int) -> tuple[float, list[float]]:
@@ -357,6 +361,7 @@ class Runner:
             report("floor_items_per_s", statistics.median(floors))
             report("engine_vs_floor", statistics.median(ratios))
         report("noop_items_per_s", statistics.median(rates))
+        report("noop_start_s", statistics.median(self.start_delays))
         report("progress_p50_ms", statistics.median(latencies))
         report("progress_p95_ms", statistics.quantiles(latencies, n=20)[-1])
         report("naive_items_per_s", self.naive(options.naive))
@@ -438,6 +443,12 @@ def main() -> None:
                 "{:.1f}",
                 "statements_per_chunk",
                 f"{BASELINE_STATEMENTS}; target ≤ {TARGET_STATEMENTS}",
+            ),
+            row(
+                "no-op job: its bell to its start (a drain taking it), s",
+                "{:.2f}",
+                "noop_start_s",
+                "0.5 (broker poll 0.5 s)",
             ),
             row(f"progress query p50 during the {n}-item job, ms", "{:.1f}", "progress_p50_ms", "-"),
             row(
