@@ -20,10 +20,10 @@ def without_thinking(text: str) -> str:
     return "".join(kept)
 
 
-def estimate_tokens(text: str) -> int:
-    """A conservative token estimate: about one token per Chinese character (3 UTF-8 bytes),
-    more than one per 3 ASCII characters. No tokenizer download needed."""
-    return len(text.encode()) // 3 + 1
+def estimate_tokens(text: str | bytes) -> int:
+    """A conservative token estimate of a text (or its UTF-8 bytes): about one token per Chinese
+    character (3 UTF-8 bytes), more than one per 3 ASCII characters. No tokenizer download needed."""
+    return len(text if isinstance(text, bytes) else text.encode()) // 3 + 1
 
 
 def reasoning_tokens(response, content: str, completion_tokens: int) -> int:

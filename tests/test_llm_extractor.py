@@ -18,8 +18,11 @@ from extraction.extractors import (
     make_extractor,
 )
 from extraction.extractors.llm_answers import parse_answer
+from extraction.extractors.llm_packing import user_parts
+from extraction.extractors.llm_prompt import USERS_MARKER, messages
 from extraction.extractors.llm_slots import Slots
 from extraction.llm_cache import cache_prune
+from extraction.llm_tokens import estimate_tokens
 from extraction.models import LLMCacheEntry
 from tests.cluster import wait_for
 
@@ -253,6 +256,17 @@ def test_calls_stay_within_the_token_budget_and_the_concurrency(llm_server):
     assert llm_server.max_in_flight <= 3
     assert len(llm_server.requests) == make_extractor("llm", {"token_budget": 4000}).estimate(batch)["calls"]
     assert all(isinstance(r, list) for r in results.values())
+
+
+def test_a_parts_tokens_are_estimated_on_its_text_in_the_prompt(llm_server):
+    """Never under what the prompt holds (the budget is kept), and over by at most the two tokens a
+    row its own estimate and comma add: no call is cut smaller than the text needs."""
+    extractor = make_extractor("llm", {})
+    (user,) = users(1, behaviors=60)
+    (part,) = user_parts(user, extractor.budget)
+    _, asked = messages(extractor.system, [part])
+    sent = estimate_tokens(asked["content"].removeprefix(f"{USERS_MARKER}\n"))
+    assert sent <= part.tokens <= sent + 2 * len(part.behaviors)
 
 
 def test_users_without_behaviours_need_no_call(llm_server):

@@ -2,9 +2,10 @@
 large for a call), and the parts packed into calls under two budgets, the prompt's tokens and the
 reply's."""
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import orjson
 
 from ..llm_tokens import estimate_tokens
 from .base import UserInput
@@ -55,13 +56,13 @@ def user_parts(user: UserInput, budget: Budget) -> list[Part]:
         ]
         for b in user.behaviors
     ]
-    base = estimate_tokens(
-        json.dumps({user.user_id: {"profile": profile, "behaviors": []}}, ensure_ascii=False)
-    )
+    # Estimated on the text the prompt holds (llm_prompt.messages: orjson, compact), each row with
+    # its comma. (json.dumps here took 5 ms a user: a 200-user chunk's calls waited 0.9 s for it.)
+    base = estimate_tokens(orjson.dumps({user.user_id: {"profile": profile, "behaviors": []}}))
     parts: list[Part] = []
     start, tokens = 0, base
     for index, row in enumerate(rows):
-        row_tokens = estimate_tokens(json.dumps(row, ensure_ascii=False)) + 1
+        row_tokens = estimate_tokens(orjson.dumps(row)) + 1
         if index > start and (
             tokens + row_tokens > budget.prompt
             or (index - start + 1) * COMPLETION_TOKENS_PER_BEHAVIOR > budget.completion

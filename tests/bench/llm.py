@@ -13,6 +13,8 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from tests.bench.common import arguments, backend_urls, child_env, print_table, qcluster
 
@@ -53,8 +55,6 @@ def main() -> None:
     from extraction.extractors import make_extractor
     from extraction.models import UserProfile
     from extraction.selectors import user_inputs_load
-    from jobs.models import Job
-    from jobs.services import job_start
     from tests.fake_openai import API_KEY, MODEL, FakeOpenAIServer
 
     call_command("migrate", verbosity=0)
@@ -84,53 +84,103 @@ def main() -> None:
         )
         with qcluster(env):
             time.sleep(3)  # let the cluster start before the clock does
-            job = job_start(extractor="llm", options=llm_options, chunk_size=options.chunk_size)
-            while job.status not in Job.FINISHED:
-                time.sleep(0.5)
-                job.refresh_from_db()
-        fake = server.fake
+            runs = {name: job_run(server.fake, ids, llm_options, options.chunk_size) for name in RUNS}
     if os.environ.get("BENCH_TIMELINE"):
-        start = min(a for a, _ in fake.spans)
-        for t in range(int((max(b for _, b in fake.spans) - start) * 4) + 1):
+        spans = runs[RUNS[-1]].spans
+        start = min(a for a, _ in spans)
+        for t in range(int((max(b for _, b in spans) - start) * 4) + 1):
             moment = start + t / 4
-            busy = sum(1 for a, b in fake.spans if a <= moment < b)
+            busy = sum(1 for a, b in spans if a <= moment < b)
             print(f"{t / 4:5.2f} s {'#' * busy}", file=sys.stderr)
-    if job.status != "completed":
-        raise SystemExit(f"job ended {job.status}: {job.error}")
-    seconds = (job.finished_at - job.started_at).total_seconds()
-    calls = len(fake.requests)
     slots = options.workers * options.concurrency
-    ideal = calls * options.latency / slots
 
     def row(label, text, baseline):
-        return (label, baseline, {"postgresql": text})
+        return (label, baseline, {name: text(run) for name, run in runs.items()})
+
+    def ideal(run: Run) -> float:
+        return run.calls * options.latency / slots
 
     print_table(
         "LLM extractor against the fake server",
         f"PostgreSQL; {options.users:,} sample users ({behaviors:,} behaviours); fake server latency "
         f"{options.latency * 1000:.0f} ms; qcluster {options.workers} workers × max_concurrency "
-        f"{options.concurrency}; token_budget {options.token_budget:,}; chunk size {job.chunk_size}; "
-        f"one 2-core machine.",
+        f"{options.concurrency}; token_budget {options.token_budget:,}; chunk size "
+        f"{runs[RUNS[0]].job.chunk_size}; one 2-core machine. The same job twice on one cluster, the "
+        "answer cache emptied before each: the deployment's first job (the endpoint and model new to it: "
+        "one call probes what they accept while the others wait; each worker makes its HTTP client), "
+        "then the next (as every job after it).",
         [
-            row("users/s", f"{options.users / seconds:,.1f}", "-"),
-            row("run time, s", f"{seconds:.1f}", f"ideal bound {ideal:.1f} s"),
+            row("users/s", lambda run: f"{options.users / run.seconds:,.1f}", "-"),
+            row("run time, s", lambda run: f"{run.seconds:.1f} (ideal {ideal(run):.1f})", "-"),
             row(
-                "efficiency (ideal / run time)", f"{ideal / seconds:.0%}", f"target ≥ {TARGET_EFFICIENCY:.0%}"
+                "efficiency (ideal / run time)",
+                lambda run: f"{ideal(run) / run.seconds:.0%}",
+                f"target ≥ {TARGET_EFFICIENCY:.0%} (the next job)",
             ),
-            row("calls made", f"{calls:,}", f"minimum the budgets allow: {minimum:,}"),
-            row("calls over the minimum", f"{calls / minimum - 1:.1%}", f"target ≤ {TARGET_EXTRA_CALLS:.0%}"),
-            row("most calls in flight", f"{fake.max_in_flight}", f"slots: {slots}"),
+            row("calls made", lambda run: f"{run.calls:,}", f"minimum the budgets allow: {minimum:,}"),
+            row(
+                "calls over the minimum",
+                lambda run: f"{run.calls / minimum - 1:.1%}",
+                f"target ≤ {TARGET_EXTRA_CALLS:.0%}",
+            ),
+            row("most calls in flight", lambda run: f"{run.most_in_flight}", f"slots: {slots}"),
             row(
                 "mean time a call spent in the server, ms",
-                f"{1000 * fake.busy_seconds / calls:.0f}",
+                lambda run: f"{1000 * run.busy_seconds / run.calls:.0f}",
                 f"latency {options.latency * 1000:.0f}",
             ),
-            row("mean calls in flight", f"{fake.busy_seconds / seconds:.1f}", f"slots: {slots}"),
-            row("succeeded / failed", f"{job.succeeded_items:,} / {job.failed_items:,}", "-"),
-            row("tokens (prompt / completion)", f"{job.prompt_tokens:,} / {job.completion_tokens:,}", "-"),
+            row(
+                "mean calls in flight", lambda run: f"{run.busy_seconds / run.seconds:.1f}", f"slots: {slots}"
+            ),
+            row(
+                "succeeded / failed",
+                lambda run: f"{run.job.succeeded_items:,} / {run.job.failed_items:,}",
+                "-",
+            ),
+            row(
+                "tokens (prompt / completion)",
+                lambda run: f"{run.job.prompt_tokens:,} / {run.job.completion_tokens:,}",
+                "-",
+            ),
         ],
-        ["postgresql"],
+        RUNS,
     )
+
+
+RUNS = ("first job", "next job")
+
+
+@dataclass
+class Run:
+    """One job's run as the fake server saw it."""
+
+    job: Any
+    seconds: float  # the job's own: from a worker starting it to its end
+    calls: int
+    busy_seconds: float
+    most_in_flight: int
+    spans: list[tuple[float, float]]
+
+
+def job_run(fake, user_ids: list[str], llm_options: dict, chunk_size: int | None) -> Run:
+    """Start an LLM job over these users, wait for its end, and say what it took. The answer cache
+    is emptied first: every call is made again."""
+    from extraction.models import LLMCacheEntry
+    from jobs.models import Job
+    from jobs.services import job_start
+
+    LLMCacheEntry.objects.all().delete()
+    fake.requests.clear()
+    fake.spans.clear()
+    fake.busy_seconds, fake.max_in_flight = 0.0, 0
+    job = job_start(user_ids=user_ids, extractor="llm", options=llm_options, chunk_size=chunk_size)
+    while job.status not in Job.FINISHED:
+        time.sleep(0.5)
+        job.refresh_from_db()
+    if job.status != "completed":
+        raise SystemExit(f"job ended {job.status}: {job.error}")
+    seconds = (job.finished_at - job.started_at).total_seconds()
+    return Run(job, seconds, len(fake.requests), fake.busy_seconds, fake.max_in_flight, list(fake.spans))
 
 
 if __name__ == "__main__":
