@@ -19,18 +19,12 @@ from tests.test_api_stream_asgi import token  # noqa: F401 (a fixture)
 pytestmark = pytest.mark.django_db(transaction=True)  # the synchronous thread has its own connection
 
 
-async def call(path: str, headers: dict[str, str], sent: list, gone: asyncio.Event | None = None):
-    """GET `path` through the application, its messages appended to `sent`; the client disconnects
-    when `gone` is set. Returns the status and the whole body."""
-    asked = False
-
-    async def receive():
-        nonlocal asked
-        if not asked:
-            asked = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await (gone or asyncio.Event()).wait()
-        return {"type": "http.disconnect"}
+async def call(path: str, headers: dict[str, str], sent: list, client: asyncio.Queue | None = None):
+    """GET `path` through the application, its messages appended to `sent`. The client's messages
+    come from `client`, after the request's: put {"type": "http.disconnect"} there to leave.
+    Returns the status and the whole body."""
+    client = client or asyncio.Queue()
+    client.put_nowait({"type": "http.request", "body": b"", "more_body": False})  # first
 
     async def send(message):
         sent.append(message)
@@ -49,7 +43,7 @@ async def call(path: str, headers: dict[str, str], sent: list, gone: asyncio.Eve
         "server": ("127.0.0.1", 8000),
         "client": ("127.0.0.1", 50000),
     }
-    await application(scope, receive, send)
+    await application(scope, client.get, send)
     return sent[0]["status"], b"".join(message.get("body", b"") for message in sent[1:])
 
 
@@ -121,12 +115,12 @@ def test_a_stream_ends_when_its_client_disconnects(token, make_users, sent, cros
     job = job_start(user_ids=make_users(2), extractor="test", enqueue=False)
 
     async def watch_then_leave():
-        gone = asyncio.Event()
-        watching = asyncio.create_task(call(f"/api/v1/jobs/{job.id}/stream/", auth(token), sent, gone))
+        client: asyncio.Queue = asyncio.Queue()
+        watching = asyncio.create_task(call(f"/api/v1/jobs/{job.id}/stream/", auth(token), sent, client))
         async with asyncio.timeout(20):
             while not any(b"event: progress" in message.get("body", b"") for message in sent):
                 await asyncio.sleep(0.01)
-        gone.set()
+        client.put_nowait({"type": "http.disconnect"})
         async with asyncio.timeout(10):  # the job is still queued: only the disconnect ends the stream
             return await watching
 
