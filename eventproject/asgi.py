@@ -101,17 +101,20 @@ class Handler(ASGIHandler):
         return response
 
     async def stream(self, response, receive, send) -> None:
-        """Send a streaming response until it ends or its client disconnects, then close it."""
+        """Send a streaming response until it ends or its client disconnects, then close it (also
+        when sending failed: what it holds, a stream's slot say, is given back)."""
         tasks = [
             asyncio.create_task(self.listen_for_disconnect(receive)),
             asyncio.create_task(self.send_response(response, send)),
         ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RequestAborted):
-                await task
-        await sync_to_async(response.close, thread_sensitive=True)()
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RequestAborted):
+                    await task
+        finally:
+            await sync_to_async(response.close, thread_sensitive=True)()
 
 
 def declared_length(scope) -> int | None:

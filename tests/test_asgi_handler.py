@@ -19,14 +19,24 @@ from tests.test_api_stream_asgi import token  # noqa: F401 (a fixture)
 pytestmark = pytest.mark.django_db(transaction=True)  # the synchronous thread has its own connection
 
 
-async def call(path: str, headers: dict[str, str], sent: list, client: asyncio.Queue | None = None):
+async def call(
+    path: str,
+    headers: dict[str, str],
+    sent: list,
+    client: asyncio.Queue | None = None,
+    *,
+    breaks: bool = False,
+):
     """GET `path` through the application, its messages appended to `sent`. The client's messages
     come from `client`, after the request's: put {"type": "http.disconnect"} there to leave.
-    Returns the status and the whole body."""
+    `breaks`: the connection fails (OSError) at the first part of the body. Returns the status and
+    the whole body."""
     client = client or asyncio.Queue()
     client.put_nowait({"type": "http.request", "body": b"", "more_body": False})  # first
 
     async def send(message):
+        if breaks and message["type"] == "http.response.body":
+            raise OSError("the connection broke")
         sent.append(message)
 
     scope = {
@@ -109,6 +119,16 @@ def test_a_streaming_response_is_closed_after_its_last_part(token, make_users, s
     assert sent[-1] == {"type": "http.response.body"}  # the end of the body
     assert fired == [("started", 0), ("finished", len(sent))]
     assert crossings[0] == "respond" and crossings[-1] == "close"
+
+
+def test_a_stream_whose_sending_fails_is_closed_all_the_same(token, make_users, sent, crossings, fired):  # noqa: F811
+    job = job_start(user_ids=make_users(2), extractor="test", enqueue=False)
+    path = f"/api/v1/jobs/{job.id}/stream/"
+    with pytest.raises(OSError, match="the connection broke"):
+        asyncio.run(call(path, auth(token), sent, breaks=True))
+    assert sent[0]["status"] == 200 and len(sent) == 1
+    assert crossings[-1] == "close"
+    assert fired == [("started", 0), ("finished", 1)]
 
 
 def test_a_stream_ends_when_its_client_disconnects(token, make_users, sent, crossings, fired):  # noqa: F811
