@@ -101,8 +101,8 @@ def test_it_refuses_bad_configuration_by_name(env, message):
 
 @pytest.mark.parametrize(("value", "poll"), [(None, "0.1"), ("0.3", "0.3")])
 def test_the_orm_broker_looks_for_tasks_every_q_poll_seconds(value, poll):
-    """A rung job waits for the broker's next look: 0.5 s, django-q2's own default, was an eighth of
-    a 100,000-item no-op job's run (tests/bench/engine.py prints its start)."""
+    """A rung job waits for the broker's next look: at 0.5 s (the setting before) it was an eighth
+    of a 100,000-item no-op job's run (tests/bench/engine.py prints its start)."""
     clean = {k: v for k, v in os.environ.items() if k not in ("Q_POLL_SECONDS", "REDIS_URL")}
     result = subprocess.run(
         [
