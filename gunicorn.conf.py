@@ -15,7 +15,7 @@ ASGI one) stops gunicorn at start with a message saying so, instead of answering
 Everything a deployment tunes comes from the environment (the same file the systemd units read):
 
     WEB_BIND            address to listen on (default 127.0.0.1:8000; a proxy or load balancer in front)
-    WEB_CONCURRENCY     worker processes (default 2 × cores + 1)
+    WEB_CONCURRENCY     worker processes (default cores + 1, see `workers` below)
     WEB_THREADS         threads per worker process, with eventproject.wsgi only (default 4)
     WEB_TIMEOUT         seconds a worker may stay silent before it is restarted (default 60)
     WEB_ACCESS_LOG      where the access log goes (default "-", standard output; empty: none)
@@ -35,7 +35,13 @@ def _env_int(name: str, default: int) -> int:
 
 
 bind = os.environ.get("WEB_BIND") or "127.0.0.1:8000"
-workers = _env_int("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count() + 1)
+# One process more than the cores, not gunicorn's usual 2 × cores + 1: each process already serves
+# many connections (uvicorn's event loop, or WEB_THREADS threads), and processes beyond that only
+# compete for the cores with the task clusters beside them. Measured on 2 cores while a 2-worker
+# drain ran (50 pollers, tests/bench/api.py, 7 runs each): p95 94–169 ms (median 130) with 5
+# processes, 63–136 ms (median 76) with 3, which also served more requests a second. A deployment
+# whose database is far away (its requests wait more than they compute) may want more.
+workers = _env_int("WEB_CONCURRENCY", multiprocessing.cpu_count() + 1)
 # No worker_class here: a command-line -k wins, else pick_worker_class() (below) chooses by the
 # application. gunicorn itself turns its default sync class into gthread when threads > 1.
 threads = _env_int("WEB_THREADS", 4)

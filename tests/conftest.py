@@ -296,7 +296,7 @@ def web_server(transactional_db, tmp_path, static_root):
 
     started = []
 
-    def start(application: str = "eventproject.asgi", **env: str) -> WebServer:
+    def start(application: str = "eventproject.asgi", **env: str | None) -> WebServer:
         server = WebServer(
             tmp_path / f"web-{len(started)}.log",
             application=application,

@@ -44,9 +44,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def production_env(**env: str) -> dict[str, str]:
-    """The environment of a production process on the test database (clusters need it too)."""
-    return {
+def production_env(**env: str | None) -> dict[str, str]:
+    """The environment of a production process on the test database (clusters need it too); a
+    variable given as None is left out."""
+    merged = {
         **os.environ,
         "DATABASE_URL": test_database_url(),
         "DEBUG": "0",
@@ -56,6 +57,7 @@ def production_env(**env: str) -> dict[str, str]:
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         **env,
     }
+    return {name: value for name, value in merged.items() if value is not None}
 
 
 class Started:
@@ -117,7 +119,7 @@ class WebServer(Started):
 
     name = "gunicorn"
 
-    def __init__(self, log: Path, *, application: str = "eventproject.asgi", **env: str):
+    def __init__(self, log: Path, *, application: str = "eventproject.asgi", **env: str | None):
         self.port = free_port()
         self.log = log
         self.handle = log.open("ab")

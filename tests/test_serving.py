@@ -154,6 +154,12 @@ def test_the_api_docs_and_their_swagger_ui_files_come_from_this_server(web_serve
         assert status == 200 and content, source
 
 
+def test_by_default_it_runs_one_worker_process_more_than_the_cores(web_server):
+    server = web_server(WEB_CONCURRENCY=None)  # unset: the default
+    workers = process_tree(server.process.pid) - {server.process.pid}
+    assert len(workers) == os.cpu_count() + 1, server.output()[-2000:]
+
+
 def test_a_reload_keeps_the_worker_class_that_fits_the_application(web_server):
     server = web_server(WEB_CONCURRENCY="1")
     before = process_tree(server.process.pid) - {server.process.pid}

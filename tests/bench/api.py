@@ -4,7 +4,7 @@
                               [--sse-clients 200] [--sse-seconds 30]
 
 On a fresh PostgreSQL database (BENCH_DB_PREFIX + "bench_api"): the production web server
-(`gunicorn --config gunicorn.conf.py eventproject.asgi`: uvicorn workers, 2 × cores + 1) on
+(`gunicorn --config gunicorn.conf.py eventproject.asgi`: uvicorn workers, cores + 1) on
 loopback, and a qcluster with 2 workers draining a job of `--items` items with the no-op extractor.
 Clients are asyncio connections in a few processes, so the client side stays cheap:
 
@@ -436,6 +436,7 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise SystemExit("the server did not start") from None
                 time.sleep(0.5)
+        web_workers = len(process_tree(server.pid)) - 1  # gunicorn's master forks them all at start
         print(f"(a) {options.poll_clients} clients polling, the cluster idle …", file=sys.stderr)
         idle = poll_phase(server.pid, job_id, token, options)
         with qcluster({**env, "DATABASE_URL": url + "?application_name=bench-cluster"}):
@@ -481,7 +482,7 @@ def main() -> None:
     pg = "postgresql"
     print_table(
         "Many watchers of one running job",
-        f"PostgreSQL; gunicorn.conf.py (uvicorn workers, {2 * os.cpu_count() + 1} processes) on loopback; "
+        f"PostgreSQL; gunicorn.conf.py (uvicorn workers, {web_workers} processes) on loopback; "
         f"qcluster 2 workers draining a job of {options.items:,} no-op items; asyncio clients in "
         f"{CLIENT_PROCESSES} processes; one user with raised read rate and stream slots; all on one "
         f"{os.cpu_count()}-core machine. (a) {options.poll_clients} clients polling back to back for "
