@@ -10,8 +10,9 @@ Clients are asyncio connections in a few processes, so the client side stays che
 
 (a) `--poll-clients` connections poll /api/v1/jobs/N/progress/ back to back with keep-alive and
     If-None-Match: requests/s, p50/p95 latency, answers by status, and the web server's CPU time
-    per request (all its processes, from /proc). Twice: with the cluster idle (before it starts;
-    the job is queued), then while it drains the job.
+    per request (all its processes, from /proc), and how the connections were spread over the
+    server's workers. Twice: with the cluster idle (before it starts; the job is queued), then while
+    it drains the job.
 (b) `--sse-clients` connections follow /api/v1/jobs/N/stream/ at once. Lag: a poller in this
     process reads the job's processed count every 20 ms and stamps when each value was first
     committed (seen); for each such value and each client, the lag is the time until that client
@@ -360,15 +361,42 @@ def progress_now(job_id: int, token: str) -> dict:
         connection.close()
 
 
-def poll_phase(server_pid: int, job_id: int, token: str, options) -> tuple[list, float]:
-    """The polling clients for --poll-seconds: their (status, ms) samples, and the web server's CPU
-    seconds meanwhile."""
+def connections_per_worker(server_pid: int) -> list[int]:
+    """Established connections to PORT held by each of the server's workers, most first: the
+    workers share one listening socket, and a burst of connections goes to whichever accepts first."""
+    port = f"{PORT:04X}"
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(f":{port}") and fields[3] == "01":  # local port, ESTABLISHED
+                    established.add(f"socket:[{fields[9]}]")
+    counts = []
+    for pid in set(process_tree(server_pid)) - {server_pid}:
+        with contextlib.suppress(OSError):
+            fds = Path(f"/proc/{pid}/fd").iterdir()
+            counts.append(sum(1 for fd in fds if os.readlink(fd) in established))
+    return sorted(counts, reverse=True)
+
+
+def poll_phase(server_pid: int, job_id: int, token: str, options) -> tuple[list, float, list[int]]:
+    """The polling clients for --poll-seconds: their (status, ms) samples, the web server's CPU
+    seconds meanwhile, and how their connections were spread over its workers (half-way)."""
     cpu = cpu_seconds_of(server_pid)
+    spread: list[int] = []
+    halfway = threading.Timer(
+        options.poll_seconds / 2, lambda: spread.extend(connections_per_worker(server_pid))
+    )
+    halfway.start()
     parts = run_clients(poll_clients, job_id, token, options.poll_clients, options.poll_seconds)
-    return [sample for part in parts for sample in part], cpu_seconds_of(server_pid) - cpu
+    halfway.cancel()
+    return [sample for part in parts for sample in part], cpu_seconds_of(server_pid) - cpu, spread
 
 
-def poll_rows(label: str, polled: list, cpu: float, seconds: float, *, rps: str, p95: str) -> list:
+def poll_rows(
+    label: str, polled: list, cpu: float, spread: list[int], seconds: float, *, rps: str, p95: str
+) -> list:
     """The table's rows for one polling phase."""
     latencies = sorted(ms for _, ms in polled)
     codes = {code: sum(1 for c, _ in polled if c == code) for code in sorted({c for c, _ in polled})}
@@ -386,6 +414,7 @@ def poll_rows(label: str, polled: list, cpu: float, seconds: float, *, rps: str,
             f"≤ {TARGET_POLL_CPU_MS:g}",
             {pg: f"{1000 * cpu / max(len(polled), 1):.2f}"},
         ),
+        (f"(a) {label}: clients' connections per web worker", "-", {pg: " / ".join(map(str, spread))}),
     ]
 
 
