@@ -42,11 +42,15 @@ def rows_sql(rows: list[dict[str, Any]], columns: dict[str, str]) -> tuple[str, 
     return f"(SELECT {named} FROM json_each(%s)) AS v", [json_text(rows)]
 
 
-def values_sql(values: list[Any], kind: str = "text") -> tuple[str, list[Any]]:
-    """A subquery of these values and its parameter, for `column IN (…)` over a whole chunk."""
+def in_values(column: str, values: list[Any], kind: str = "text") -> tuple[str, list[Any]]:
+    """The condition that `column` is one of these values, and its one parameter, for a whole chunk.
+    PostgreSQL gets `= ANY(array)`, not `IN (SELECT unnest(…))`: an index scan then returns the
+    rows in the index's order, where the semi-join hashed the values and sorted every row again
+    (measured on a chunk's 45,000 behaviours: 0.26 → 0.16 ms of PostgreSQL's CPU a user; the sort
+    had spilled to disk)."""
     if is_postgresql():
-        return f"SELECT unnest(%s::{kind}[])", [array_text(values, kind)]
-    return "SELECT value FROM json_each(%s)", [json_text(values)]
+        return f"{column} = ANY(%s::{kind}[])", [array_text(values, kind)]
+    return f"{column} IN (SELECT value FROM json_each(%s))", [json_text(values)]
 
 
 NUMBER_TYPES = {"smallint", "integer", "bigint", "real", "double precision"}

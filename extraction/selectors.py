@@ -10,7 +10,7 @@ from django.db import connection
 from django.db.models import Count, Exists, OuterRef, QuerySet
 from psycopg.types.datetime import TimestamptzLoader
 
-from eventproject.db import is_postgresql, values_sql
+from eventproject.db import in_values, is_postgresql
 
 from .extractors import BehaviorRecord, UserInput
 from .models import EVENT_COLUMNS, Behavior, DataImport, ExtractedEvent, ExtractionState, UserProfile
@@ -96,12 +96,12 @@ def user_inputs_load(user_ids: Iterable[str]) -> UserInputs:
     """
     user_ids = list(user_ids)
     cap = settings.EXTRACTION_MAX_BEHAVIORS_PER_USER
-    chosen, params = values_sql(user_ids)
+    chosen, params = in_values("user_id", user_ids)
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT user_id, attributes, input_version, (SELECT count(*) FROM (SELECT 1 FROM "
             f"{Behavior._meta.db_table} b WHERE b.user_id = p.user_id LIMIT %s) capped) "
-            f"FROM {UserProfile._meta.db_table} p WHERE user_id IN ({chosen})",
+            f"FROM {UserProfile._meta.db_table} p WHERE {chosen}",
             [cap + 1, *params],
         )
         profiles, over_cap = {}, []
@@ -136,13 +136,13 @@ def _behaviors_of(user_ids: list[str]) -> dict[str, list[BehaviorRecord]]:
     """
     if not user_ids:
         return {}
-    chosen, params = values_sql(user_ids)
+    chosen, params = in_values("user_id", user_ids)
     with connection.cursor() as cursor:
         if is_postgresql():
             cursor.cursor.adapters.register_loader("timestamptz", TimestamptzLoader)  # aware, in UTC
         cursor.execute(
             f"SELECT user_id, id, action, occurred_at, item, app, media, place, duration_seconds, extra "
-            f"FROM {Behavior._meta.db_table} WHERE user_id IN ({chosen}) ORDER BY user_id, occurred_at, id",
+            f"FROM {Behavior._meta.db_table} WHERE {chosen} ORDER BY user_id, occurred_at, id",
             params,
         )
         rows = cursor.fetchall()

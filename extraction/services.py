@@ -15,12 +15,12 @@ from django.utils import timezone
 from eventproject.db import (
     copy_rows,
     datetime_adapter,
+    in_values,
     is_postgresql,
     json_adapter,
     json_text,
     rows_sql,
     staging_table,
-    values_sql,
 )
 
 from .extractors import Control, EventDraft, ExtractionError, Extractor, UserInput, UserResult
@@ -322,8 +322,8 @@ def _states_replace(cursor, saved: Sequence[Outcome], extractor: Extractor, now:
         )
         cursor.execute(gone + insert, [*params, *values])
     else:
-        chosen, chosen_params = values_sql([outcome.user_id for outcome in saved])
-        cursor.execute(f"DELETE FROM {events} WHERE user_id IN ({chosen})", chosen_params)
+        chosen, chosen_params = in_values("user_id", [outcome.user_id for outcome in saved])
+        cursor.execute(f"DELETE FROM {events} WHERE {chosen}", chosen_params)
         cursor.execute(insert, values)
     if cursor.rowcount < len(saved):
         kept = set(

@@ -4,7 +4,7 @@ must come back exactly as it was sent, whatever characters a user id or an error
 import pytest
 from django.db import connection
 
-from eventproject.db import rows_sql, values_sql
+from eventproject.db import in_values, rows_sql
 
 pytestmark = [
     pytest.mark.django_db,
@@ -31,10 +31,16 @@ HOSTILE_TEXTS = [
 
 
 def test_text_values_come_back_as_they_were_sent():
-    chosen, params = values_sql(HOSTILE_TEXTS)
+    chosen, params = in_values("value", HOSTILE_TEXTS)
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT ARRAY({chosen})", params)
+        cursor.execute("SELECT %s::text[]", params)
         assert cursor.fetchone()[0] == HOSTILE_TEXTS
+        # The condition finds each of them among the same texts sent by psycopg's own quoting (NULL
+        # equals nothing, itself included).
+        cursor.execute(
+            f"SELECT array_agg(value) FROM unnest(%s::text[]) value WHERE {chosen}", [HOSTILE_TEXTS, *params]
+        )
+        assert cursor.fetchone()[0] == [text for text in HOSTILE_TEXTS if text is not None]
 
 
 def test_rows_of_every_type_come_back_as_they_were_sent():
