@@ -38,7 +38,9 @@ def test_text_values_come_back_as_they_were_sent():
         # The condition finds each of them among the same texts sent by psycopg's own quoting (NULL
         # equals nothing, itself included).
         cursor.execute(
-            f"SELECT array_agg(value) FROM unnest(%s::text[]) value WHERE {chosen}", [HOSTILE_TEXTS, *params]
+            "SELECT array_agg(value ORDER BY n) FROM unnest(%s::text[]) WITH ORDINALITY t(value, n) "
+            f"WHERE {chosen}",
+            [HOSTILE_TEXTS, *params],
         )
         assert cursor.fetchone()[0] == [text for text in HOSTILE_TEXTS if text is not None]
 
