@@ -3,6 +3,7 @@ from datetime import UTC, datetime
 
 import pytest
 from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from extraction.extractors import ExtractionError, make_extractor
 from extraction.models import Behavior, ExtractedEvent, ExtractionState, UserProfile
@@ -18,7 +19,7 @@ from extraction.services import (
     profiles_upsert,
 )
 from tests.cluster import wait_for
-from tests.plans import SORT_NODE, index_path_plan, statements_of
+from tests.plans import SORT_NODE, index_path_plan
 
 pytestmark = pytest.mark.django_db
 T0 = datetime(2024, 6, 1, 10, tzinfo=UTC)
@@ -219,10 +220,10 @@ def test_a_chunks_behaviours_can_be_read_in_the_indexs_order_without_sorting_the
     users = make_users(200, behaviors=10)
     with connection.cursor() as cursor:
         cursor.execute(f"ANALYZE {Behavior._meta.db_table}")
-    loaded = []
-    statements = statements_of(lambda: loaded.extend(user_inputs_load(users[:50])))
+    with CaptureQueriesContext(connection) as queries:
+        loaded = user_inputs_load(users[:50])
     assert [len(user.behaviors) for user in loaded] == [10] * 50
-    plan = index_path_plan(*next(statement for statement in statements if "occurred_at" in statement[0]))
+    plan = index_path_plan(next(q["sql"] for q in queries.captured_queries if "occurred_at" in q["sql"]))
     assert "Index Scan using behavior_natural_key" in plan, plan
     assert not SORT_NODE.search(plan), plan
 
