@@ -44,6 +44,7 @@ from pathlib import Path
 import psycopg
 
 from tests.bench.common import ROOT, arguments, backend_urls, child_env, print_table, process_stop, qcluster
+from tests.cluster import process_tree
 
 EXTRACTORS = "noop=tests.extractors.NoopExtractor"
 PORT = 8765
@@ -189,23 +190,6 @@ def run_clients(target, job_id: int, token: str, clients: int, seconds: float) -
 
 
 # What the server holds -------------------------------------------------------------------------
-def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        pid, ppid = int(text.split(" ", 1)[0]), int(text.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(pid)
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
 def cpu_seconds_of(root: int) -> float:
     """User + system CPU time of a process tree (its live processes), in seconds."""
     ticks = 0
@@ -373,7 +357,7 @@ def connections_per_worker(server_pid: int) -> list[int]:
                 if fields[1].endswith(f":{port}") and fields[3] == "01":  # local port, ESTABLISHED
                     established.add(f"socket:[{fields[9]}]")
     counts = []
-    for pid in set(process_tree(server_pid)) - {server_pid}:
+    for pid in process_tree(server_pid) - {server_pid}:
         with contextlib.suppress(OSError):
             fds = Path(f"/proc/{pid}/fd").iterdir()
             counts.append(sum(1 for fd in fds if os.readlink(fd) in established))
