@@ -4,6 +4,7 @@ They run inside real qcluster processes too, so everything they do is driven by 
 and leaves traces in files, never in test-process memory.
 """
 
+import gc
 import os
 import time
 
@@ -19,7 +20,8 @@ class ScriptedExtractor(Extractor):
 
     calls_file: a "user_id pid" line for each user extracted, to count how often and where each
     user was extracted. imports_file: a "pid importer_pid" line for each chunk, where importer_pid
-    is the process that imported this module.
+    is the process that imported this module. collector_file: a "pid threshold frozen" line for
+    each chunk: the worker's garbage collector's first threshold and how many objects it has frozen.
     """
 
     name = "test"
@@ -27,6 +29,7 @@ class ScriptedExtractor(Extractor):
     options_spec = {
         "calls_file": (str, ""),
         "imports_file": (str, ""),
+        "collector_file": (str, ""),
         "seconds_per_user": (float, 0.0),
         "error": (str, ""),
         "permanent": (bool, False),
@@ -38,6 +41,9 @@ class ScriptedExtractor(Extractor):
     def extract(self, users, control=None):
         if self.options["imports_file"]:
             self._append(self.options["imports_file"], f"{os.getpid()} {IMPORTED_BY}")
+        if self.options["collector_file"]:
+            line = f"{os.getpid()} {gc.get_threshold()[0]} {gc.get_freeze_count()}"
+            self._append(self.options["collector_file"], line)
         if control and (tokens := self.options["tokens_per_user"]):
             for user in users:
                 control.charge(user.user_id, tokens, tokens // 2)

@@ -61,6 +61,23 @@ def test_workers_find_the_extractors_imported_before_they_forked(clusters, make_
     assert str(cluster.process.pid) not in {worker for worker, _ in chunks}
 
 
+def test_workers_collect_garbage_rarely_and_never_read_what_the_cluster_made(clusters, make_users, tmp_path):
+    """A chunk makes many objects that reference counting frees: the workers' cyclic garbage
+    collector runs every 50,000 allocations, not 700, and never reads the objects of the modules
+    the cluster loaded before they forked (Django, the apps, the extractors: about 170,000)."""
+    from jobs.management.commands.qcluster import COLLECTOR_THRESHOLDS
+
+    make_users(20)
+    cluster = clusters()
+    collector = tmp_path / "collector"
+    job = job_start(extractor="test", chunk_size=5, options={"collector_file": str(collector)})
+    wait_for(lambda: finished(job), timeout=60, what=f"job to finish; cluster said:\n{cluster.output()}")
+    chunks = [line.split() for line in collector.read_text().splitlines()]
+    assert chunks and str(cluster.process.pid) not in {pid for pid, _, _ in chunks}
+    assert {int(threshold) for _, threshold, _ in chunks} == {COLLECTOR_THRESHOLDS[0]} == {50_000}
+    assert min(int(frozen) for _, _, frozen in chunks) > 10_000
+
+
 def test_a_cluster_with_an_extractor_it_cannot_import_stops_at_its_start(clusters):
     cluster = clusters(EXTRACTION_EXTRA_EXTRACTORS="gone=tests.extractors.Missing")
     wait_for(lambda: cluster.process.poll() is not None, timeout=60, what="the cluster to stop")

@@ -299,9 +299,11 @@ class Runner:
 
     def rules_phases(self, users: int) -> dict[str, float]:
         """Milliseconds per chunk in each phase of rules extraction, one worker process draining a job
-        of the sample users (made by rules()) again."""
+        of the sample users (made by rules()) again; its garbage collector set as a cluster's workers'
+        (the last step: it stays so)."""
         from extraction import services
         from extraction.extractors.rules import RulesExtractor
+        from jobs.management.commands.qcluster import collector_tune
         from jobs.worker import chunk, commit
 
         spent = defaultdict(float)
@@ -327,6 +329,7 @@ class Runner:
         for owner, name, phase in patches:
             setattr(owner, name, timed(phase, getattr(owner, name)))
         job = sample_job(users)
+        collector_tune()
         start = time.perf_counter()
         try:
             chunks = drain_in_process(job)
