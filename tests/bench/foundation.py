@@ -6,8 +6,9 @@
 Runs every step on a fresh SQLite file and a fresh PostgreSQL database and prints
 the figures side by side with the first version's targets and the raw floor of a
 plain COPY on this machine (`--only import`: the import alone). Extraction here is
-the plain loop (load a chunk, extract, save) in N processes splitting the users; the
-job engine adds its own bookkeeping on top, measured by tests/bench/engine.py.
+the plain loop (load a chunk, extract, save) in N processes splitting the users, their garbage
+collector set as a cluster's workers' (qcluster's collector_tune); the job engine adds its own
+bookkeeping on top, measured by tests/bench/engine.py.
 """
 
 import argparse
@@ -97,6 +98,9 @@ def step(args: list[str]) -> None:
             "generate_seconds", timed(lambda: call_command("generate_sample_data", users=users, verbosity=0))
         )
     elif name == "extract":
+        from jobs.management.commands.qcluster import collector_tune
+
+        collector_tune()  # as a cluster's workers run
         part, parts = (int(x) for x in args[1].split("/"))
         chunk = int(args[2])
         extractor = make_extractor("rules")
@@ -210,7 +214,8 @@ def main() -> None:
         "Foundation benchmark",
         f"{options.import_rows:,} CSV rows (layout 2, sample journeys); {options.users:,} sample users "
         f"(~90 behaviours each); rules extractor, chunks of {options.chunk_size} users, 1 and "
-        f"{options.workers} processes (timed from the first worker's first chunk to the last one's end).",
+        f"{options.workers} processes, their garbage collector set as a cluster's workers' (timed from the "
+        f"first worker's first chunk to the last one's end).",
         [
             row("import, rows/s", "import", TARGET_IMPORT),
             row("re-import (all duplicates), rows/s", "reimport", "-"),
