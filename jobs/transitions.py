@@ -200,14 +200,18 @@ def _counters_add(job_id: int, **counts: int) -> None:
 
 
 # Claims: pending | interrupted → running ------------------------------------------------------------
-def _claim_sql(chosen: str, *, reclaim: bool) -> str:
+def _claim_sql(chosen: str, *, reclaim: bool, relaxed: bool = False) -> str:
     """Stamp a new claim on the items `chosen` (a subquery of ids) and return them. A pending item
-    starts an attempt; an item reclaimed after an interruption goes on with the attempt it was on."""
+    starts an attempt; an item reclaimed after an interruption goes on with the attempt it was on.
+    `relaxed` (PostgreSQL): the statement's transaction commits without waiting for its WAL to be
+    flushed (set_config's local setting ends with the transaction; its one-time subquery is
+    evaluated once, and it keeps the claim one statement)."""
     count = "interruptions = interruptions + 1" if reclaim else "attempts = attempts + 1"
+    relax = "AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL " if relaxed else ""
     return (
         f"UPDATE {ITEMS} SET status = %(running)s, claim_token = %(token)s, "
         f"lease_expires_at = {now_sql('%(lease)s')}, {count}, started_at = {now_sql()}, retry_at = NULL "
-        f"WHERE id IN ({chosen}) RETURNING id, user_id, attempts, interruptions"
+        f"WHERE id IN ({chosen}) {relax}RETURNING id, user_id, attempts, interruptions"
     )
 
 
@@ -242,10 +246,20 @@ def _claim_params(job_id: int, token: uuid.UUID) -> dict[str, Any]:
 
 def items_claim(job_id: int, token: uuid.UUID, *, after: int, limit: int) -> list[tuple]:
     """pending → running: up to `limit` claimable pending items of a running job above id `after`,
-    under a fresh token and lease, in one statement. Rows of (id, user_id, attempts, interruptions)."""
+    under a fresh token and lease, in one statement. Rows of (id, user_id, attempts, interruptions).
+
+    On PostgreSQL, a claim in a transaction of its own commits without waiting for its WAL to reach
+    the disk (or a synchronous standby): nothing depends on a claim surviving a crash of the
+    database. One lost with it leaves its items pending, as before it; the worker's commit, fenced
+    by the claim's token, then finds them not its own and discards its work, as after a lost lease.
+    And a commit that waits flushes the WAL up to its own record, so nothing durable can follow a
+    claim that was not. (Measured: a no-op job of 100,000 items on 2 workers, with and without,
+    alternating five times: median 36,936 → 42,020 items/s.)
+    """
+    relaxed = connection.vendor == "postgresql" and not connection.in_atomic_block
     with connection.cursor() as cursor:
         cursor.execute(
-            _claim_sql(_pending_sql(), reclaim=False),
+            _claim_sql(_pending_sql(), reclaim=False, relaxed=relaxed),
             {**_claim_params(job_id, token), "after": after, "limit": limit},
         )
         return cursor.fetchall()

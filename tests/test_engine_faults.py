@@ -17,6 +17,7 @@ from django_q.models import OrmQ
 from eventproject.db import DatabaseNow, database_now
 from extraction import services
 from extraction.extractors import ExtractionError, make_extractor
+from extraction.models import ExtractedEvent
 from extraction.services import Outcome
 from jobs.errors import JobConflict, JobError, JobInvalid
 from jobs.healing import jobs_heal
@@ -351,6 +352,82 @@ def test_a_surplus_drain_leaves_when_live_drains_hold_every_place(make_users, ru
 
     job_drain(job.id)
     assert job.items.filter(status="pending").count() == 2  # it did nothing
+
+
+# What must survive a crash of the database -------------------------------------------------------
+def _standby_waiters() -> list[int]:
+    """The sessions whose commit waits for a synchronous standby."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+        return [pid for (pid,) in cursor.fetchall()]
+
+
+def _in_thread(action) -> threading.Thread:
+    """`action` on a connection of its own in a thread, started."""
+
+    def run():
+        try:
+            action()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_claim_does_not_wait_for_the_database_to_make_it_safe(postgres_database, make_users, running_job):
+    """A claim lost with a crashed database leaves its items pending and its worker's commit
+    fenced out, so it commits without waiting for its WAL to be safe. Here a durable commit waits
+    for a synchronous standby that never comes (the control); the claim returns all the same.
+    (The test's server commits asynchronously by default, for speed: not during this test.)"""
+    job = running_job(make_users(4))
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER SYSTEM SET synchronous_commit = on")
+        cursor.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        cursor.execute("SELECT pg_reload_conf()")
+    try:
+        control = _in_thread(lambda: Job.objects.filter(id=job.id).update(error="durable"))
+        waiting = wait_for(_standby_waiters, timeout=30, what="the durable write to wait for the standby")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_cancel_backend(pid) FROM unnest(%s::int[]) AS pid", [waiting])
+        control.join(timeout=30)
+        assert not control.is_alive()
+
+        claimed = []
+        claim = _in_thread(lambda: claimed.append(chunk_claim(job)))
+        claim.join(timeout=10)
+        assert not claim.is_alive(), "the claim waited for the standby"
+        assert [item.user_id for item in claimed[0].items] == ["u001", "u002"]
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER SYSTEM RESET ALL")
+            cursor.execute("SELECT pg_reload_conf()")
+            cursor.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+    assert JobItem.objects.filter(job=job, status="running").count() == 2
+
+
+def test_a_claim_lost_with_the_database_leaves_its_users_pending_and_its_work_unwritten(
+    extract_claim, make_users, running_job
+):
+    """What the database has after a crash that lost a claim: its items as they were before it.
+    The worker, which still holds the claim, commits nothing, and the users are claimed again."""
+    job = running_job(make_users(2))
+    extractor = make_extractor("test", job.options)
+    claim = chunk_claim(job)
+    assert (
+        JobItem.objects.filter(job=job).update(
+            status="pending", claim_token=None, lease_expires_at=None, started_at=None, attempts=0
+        )
+        == 2
+    )
+    committed = chunk_commit(claim, job, extract_claim(claim, extractor), extractor)
+    assert committed.owned == 0
+    assert not ExtractedEvent.objects.exists()
+    job.refresh_from_db()
+    assert (job.succeeded_items, job.failed_items) == (0, 0)
+    again = chunk_claim(job)
+    assert [item.user_id for item in again.items] == ["u001", "u002"]
 
 
 # Deadlines, backoff, limits ------------------------------------------------------------------------
