@@ -204,8 +204,8 @@ def _claim_sql(chosen: str, *, reclaim: bool, relaxed: bool = False) -> str:
     """Stamp a new claim on the items `chosen` (a subquery of ids) and return them. A pending item
     starts an attempt; an item reclaimed after an interruption goes on with the attempt it was on.
     `relaxed` (PostgreSQL): the statement's transaction commits without waiting for its WAL to be
-    flushed (set_config's local setting ends with the transaction; its one-time subquery is
-    evaluated once, and it keeps the claim one statement)."""
+    flushed (set_config in a subquery run once, so the claim stays one statement; a local setting
+    ends with its transaction)."""
     count = "interruptions = interruptions + 1" if reclaim else "attempts = attempts + 1"
     relax = "AND (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL " if relaxed else ""
     return (
