@@ -48,15 +48,21 @@ def test_a_job_completes_on_a_real_cluster(clusters):
     assert job_counters_reconcile(job.id) == {}
 
 
+def chunks_reported(clusters, make_users, tmp_path, option: str) -> tuple[object, list[list[str]]]:
+    """A job of the test extractor on a real cluster, whose workers write a line for each chunk to
+    the file its `option` names: the cluster and the lines, split into words."""
+    make_users(20)
+    cluster = clusters()
+    path = tmp_path / option
+    job = job_start(extractor="test", chunk_size=5, options={option: str(path)})
+    wait_for(lambda: finished(job), timeout=60, what=f"job to finish; cluster said:\n{cluster.output()}")
+    return cluster, [line.split() for line in path.read_text().splitlines()]
+
+
 def test_workers_find_the_extractors_imported_before_they_forked(clusters, make_users, tmp_path):
     """The cluster imports every configured extractor before its workers fork: none pays for the
     import at its first chunk (the LLM extractor's: a third of a second)."""
-    make_users(20)
-    cluster = clusters()
-    imports = tmp_path / "imports"
-    job = job_start(extractor="test", chunk_size=5, options={"imports_file": str(imports)})
-    wait_for(lambda: finished(job), timeout=60, what=f"job to finish; cluster said:\n{cluster.output()}")
-    chunks = [line.split() for line in imports.read_text().splitlines()]
+    cluster, chunks = chunks_reported(clusters, make_users, tmp_path, "imports_file")
     assert chunks and {importer for _, importer in chunks} == {str(cluster.process.pid)}
     assert str(cluster.process.pid) not in {worker for worker, _ in chunks}
 
@@ -67,12 +73,7 @@ def test_workers_collect_garbage_rarely_and_never_read_what_the_cluster_made(clu
     the cluster loaded before they forked (Django, the apps, the extractors: about 170,000)."""
     from jobs.management.commands.qcluster import COLLECTOR_THRESHOLDS
 
-    make_users(20)
-    cluster = clusters()
-    collector = tmp_path / "collector"
-    job = job_start(extractor="test", chunk_size=5, options={"collector_file": str(collector)})
-    wait_for(lambda: finished(job), timeout=60, what=f"job to finish; cluster said:\n{cluster.output()}")
-    chunks = [line.split() for line in collector.read_text().splitlines()]
+    cluster, chunks = chunks_reported(clusters, make_users, tmp_path, "collector_file")
     assert chunks and str(cluster.process.pid) not in {pid for pid, _, _ in chunks}
     assert {int(threshold) for _, threshold, _ in chunks} == {COLLECTOR_THRESHOLDS[0]} == {50_000}
     assert min(int(frozen) for _, _, frozen in chunks) > 10_000
