@@ -355,11 +355,13 @@ def test_a_surplus_drain_leaves_when_live_drains_hold_every_place(make_users, ru
 
 
 # What must survive a crash of the database -------------------------------------------------------
-def _standby_waiters() -> list[int]:
-    """The sessions whose commit waits for a synchronous standby."""
+def _standby_waiters(*, cancel: bool = False) -> list[int]:
+    """The sessions whose commit waits for a synchronous standby; with `cancel`, each told to stop
+    waiting (its transaction has committed here, only not on the standby)."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
-        return [pid for (pid,) in cursor.fetchall()]
+        pid = "pg_cancel_backend(pid)" if cancel else "pid"
+        cursor.execute(f"SELECT {pid} FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+        return [value for (value,) in cursor.fetchall()]
 
 
 def _in_thread(action) -> threading.Thread:
@@ -388,9 +390,8 @@ def test_a_claim_does_not_wait_for_the_database_to_make_it_safe(postgres_databas
         cursor.execute("SELECT pg_reload_conf()")
     try:
         control = _in_thread(lambda: Job.objects.filter(id=job.id).update(error="durable"))
-        waiting = wait_for(_standby_waiters, timeout=30, what="the durable write to wait for the standby")
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_cancel_backend(pid) FROM unnest(%s::int[]) AS pid", [waiting])
+        wait_for(_standby_waiters, timeout=30, what="the durable write to wait for the standby")
+        _standby_waiters(cancel=True)
         control.join(timeout=30)
         assert not control.is_alive()
 
@@ -403,7 +404,7 @@ def test_a_claim_does_not_wait_for_the_database_to_make_it_safe(postgres_databas
         with connection.cursor() as cursor:
             cursor.execute("ALTER SYSTEM RESET ALL")
             cursor.execute("SELECT pg_reload_conf()")
-            cursor.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+        _standby_waiters(cancel=True)
     assert JobItem.objects.filter(job=job, status="running").count() == 2
 
 
