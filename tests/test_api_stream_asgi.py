@@ -1,6 +1,8 @@
 """Progress streams on the production server (gunicorn with uvicorn workers): coroutines fed by one
 reader per job per process, which end with `end`, and give their slot back when a client leaves."""
 
+import asyncio
+import dataclasses
 import http.client
 import json
 import time
@@ -8,6 +10,8 @@ import time
 import pytest
 from rest_framework.authtoken.models import Token
 
+from jobs.api.access import stream_slot_take
+from jobs.api.streams import ProgressStream, _feeds
 from jobs.services import job_start
 from jobs.transitions import job_mark_running
 from jobs.worker.drain import job_drain
@@ -109,6 +113,33 @@ def test_a_client_that_goes_away_gives_its_stream_slot_back(web_server, token, m
 
     wait_for(another_stream_opens, timeout=10, what="the slot to come back", interval=0.2)
     wait_for(lambda: gauge(server, "progress_streams") == 0, timeout=10, what="no stream open")
+
+
+def test_a_stream_cancelled_as_its_job_changes_ends_and_gives_its_slot_back(make_users, settings):
+    """The server cancels a stream whose client went away. The cancel must win even when it comes in
+    the same turn of the event loop as a change of the job: `asyncio.wait_for` (Python 3.11) then
+    returned the change and dropped the cancel, and the stream lived on, unread, until its time was up."""
+    settings.API_STREAMS_PER_USER = 1
+    make_users(1)
+    job = job_start(user_ids=["u001"], extractor="test", enqueue=False)
+    slot = stream_slot_take(user_id=1)
+    assert slot is not None
+
+    async def cancel_as_the_job_changes() -> asyncio.Task:
+        events = aiter(ProgressStream(job.id, "", slot, asynchronous=True))
+        assert (await anext(events)).startswith("retry: ")
+        assert (await anext(events)).startswith("id: ")
+        waiting = asyncio.create_task(anext(events))
+        await asyncio.sleep(0)  # one turn: the stream now waits for its job's next change
+        feed = _feeds()[job.id]
+        feed.publish(dataclasses.replace(feed.snapshot, tag="changed"))
+        waiting.cancel()  # the client went away
+        await asyncio.wait({waiting}, timeout=10)
+        return waiting
+
+    waiting = asyncio.run(cancel_as_the_job_changes())
+    assert waiting.cancelled()
+    assert stream_slot_take(user_id=1) == slot  # given back
 
 
 def test_a_reconnecting_client_with_the_last_id_gets_nothing_twice(web_server, token, make_users):

@@ -162,7 +162,10 @@ class ProgressStream:
                         return
                 quiet = time.monotonic() - last_sent
                 try:
-                    await asyncio.wait_for(changed.wait(), min(left, STREAM_KEEPALIVE_SECONDS - quiet))
+                    # Not asyncio.wait_for: on Python 3.11 it drops a cancel (the client went away)
+                    # that comes as the job changes, and the stream would outlive its client.
+                    async with asyncio.timeout(min(left, STREAM_KEEPALIVE_SECONDS - quiet)):
+                        await changed.wait()
                 except TimeoutError:
                     if time.monotonic() - last_sent >= STREAM_KEEPALIVE_SECONDS:
                         yield ": keep-alive\n\n"
