@@ -65,6 +65,16 @@ def _fresh_cache():
     auth_cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def _no_llm_counts_from_earlier_tests(monkeypatch):
+    """LLM calls are counted in memory and written at most once a second or when a chunk ends
+    (extraction.llm_metrics): counts that a test calling the client directly left unwritten would
+    otherwise land in a later test's database."""
+    from extraction import llm_metrics
+
+    monkeypatch.setattr(llm_metrics, "_gathered", llm_metrics._Gathered())
+
+
 @pytest.fixture
 def clusters(tmp_path):
     """clusters(**env) starts a real `manage.py qcluster` on the test database (its log in tmp_path;
