@@ -11,10 +11,10 @@ from extraction.extractors import make_extractor
 from extraction.services import chunk_extract
 from jobs.models import Drain, Job
 from jobs.transitions import job_mark_running
-from jobs.worker.claims import chunk_claim
+from jobs.worker.claims import Claim, chunk_claim
 from jobs.worker.commit import chunk_commit
 from jobs.worker.drain import drain
-from jobs.worker.scheduler import fairest, job_pick
+from jobs.worker.scheduler import PICK_EVERY_SECONDS, fairest, job_pick
 from tests.conftest import started_job
 
 pytestmark = pytest.mark.django_db
@@ -44,11 +44,20 @@ def a_drain(job: Job | None = None, *, beats_for: float = 0) -> int:
 def serve_one_chunk(drain_id: int, *, seconds: float) -> int | None:
     """What a drain does at a chunk boundary: pick the job due, do one chunk of it that took
     `seconds`; returns the job served."""
+    chunk = chunk_start(drain_id)
+    return chunk_end(chunk, seconds=seconds) if chunk else None
+
+
+def chunk_start(drain_id: int) -> tuple[Job, Claim] | None:
+    """A drain at a chunk boundary picks the job due and claims a chunk of it."""
     job = job_pick(drain_id)
-    if job is None:
-        return None
+    return (job, chunk_claim(job)) if job else None
+
+
+def chunk_end(chunk: tuple[Job, Claim], *, seconds: float) -> int:
+    """The chunk done and committed, having taken `seconds`; returns its job's id."""
+    job, claim = chunk
     extractor = make_extractor(job.extractor, job.options)
-    claim = chunk_claim(job)
     outcomes = chunk_extract(user_ids=claim.user_ids, extractor=extractor)
     chunk_commit(claim, job, outcomes, extractor, seconds=seconds)
     return job.id
@@ -95,6 +104,26 @@ def test_workers_share_their_time_by_priority_and_nobody_starves(jobs, weights):
     served = Counter(serve_one_chunk(drain_id, seconds=1.0) for _ in range(11 * sum(weights)))
     for job, weight in zip(made, weights, strict=True):
         assert served[job.id] == 11 * weight  # a share of the chunks (all of one second) by priority
+
+
+def test_two_workers_give_a_high_job_its_share_at_every_commit_within_a_chunk(jobs):
+    """Two workers at chunk boundaries half a chunk apart, a chunk charged when it commits, as on a
+    cluster. Picked by the virtual time alone, the high job stayed a chunk behind twice the normal
+    one's count on average, up to three (the fairness benchmark saw 1.94-1.98 × for 2 ×): each
+    worker took the job the other had just started, not yet charged. Counting the stints in
+    progress, it is ahead as often as behind, never by more than a chunk."""
+    high = jobs(300, chunk_size=1, priority=Job.Priority.HIGH)
+    normal = jobs(300, chunk_size=1, priority=Job.Priority.NORMAL)
+    workers = [a_drain(), a_drain()]
+    chunks = {drain_id: chunk_start(drain_id) for drain_id in workers}
+    served, leads = Counter(), []
+    for _ in range(60):
+        for drain_id in workers:  # each worker in turn: its chunk commits, it picks the next
+            served[chunk_end(chunks[drain_id], seconds=PICK_EVERY_SECONDS)] += 1
+            leads.append(served[high.id] - 2 * served[normal.id])
+            chunks[drain_id] = chunk_start(drain_id)
+    assert sum(leads) / len(leads) == pytest.approx(0, abs=0.25)  # a chunk behind before: -1
+    assert max(map(abs, leads)) <= 1
 
 
 def test_a_priority_changed_while_a_job_runs_counts_from_its_next_chunk(jobs):

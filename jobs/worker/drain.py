@@ -31,12 +31,11 @@ from ..models import Drain, Job, JobItem
 from .chunk import process_one_chunk
 from .claims import job_items_left, jobs_with_claimable
 from .keeper import DrainKeeper, drain_beat_seconds
-from .scheduler import fairest, job_pick
+from .scheduler import PICK_EVERY_SECONDS, fairest, job_pick
 
 logger = logging.getLogger(__name__)
 
 OUTAGE_BACKOFF_SECONDS = (0.5, 5.0)  # a lane waits this long after an outage, doubling up to the second
-PICK_EVERY_SECONDS = 0.5  # a lane serving a job asks at most this often whether another one is due
 
 
 @dataclass

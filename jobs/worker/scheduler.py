@@ -3,11 +3,17 @@ chunk boundaries.
 
 Each job's `virtual_time` grows by the seconds its chunks take divided by its priority (the
 commit adds them). A worker serves, among the queued or running jobs with claimable items and room
-for another worker, the one whose virtual time is least: jobs of equal priority get equal shares of
-the workers' time, a job of priority 4 twice the share of one of 2, whatever their sizes and start
-order. A job that starts running begins level with the running ones (transitions.job_mark_running),
-so a job started beside a huge one is served at the next chunk boundary of any worker, without a
-burst of catching up. Ties go to the job with fewer workers, then the older one.
+for another worker, the one whose virtual time will be least once the stints on it are charged:
+the other workers' stints in progress on it and this worker's own, each at least PICK_EVERY_SECONDS
+(a worker asks again no sooner; a chunk is charged only when it commits). Jobs of equal priority
+get equal shares of the workers' time, a job of priority 4 twice the share of one of 2, whatever
+their sizes and start order. Ordered by the virtual time alone, the job of lower priority stayed
+a stint ahead, and both workers of a cluster switched jobs together, each job served by all
+or none of them for a second at a time.
+
+A job that starts running begins level with the running ones (transitions.job_mark_running), so a
+job started beside a huge one is served at the next chunk boundary of any worker, without a burst
+of catching up. Ties go to the job with fewer workers, then the older one.
 
 Nothing starves: a job not served keeps its virtual time while the served ones grow theirs, so it
 becomes the least within the time of a few chunks. A job holds at most min(JOBS_DRAIN_TASKS, its
@@ -17,13 +23,15 @@ switching at once cannot both pass the cap.
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models import Count, F, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce, Least
 
 from eventproject.db import DatabaseNow
 
 from ..models import Drain, Job
 from .claims import jobs_with_claimable
+
+PICK_EVERY_SECONDS = 0.5  # a lane serving a job asks at most this often whether another one is due
 
 
 def workers_serving(job_ids=None, *, besides: int | None = None) -> QuerySet[Drain]:
@@ -46,7 +54,9 @@ def _candidates(drain_id: int | None, only: int | None) -> QuerySet[Job]:
     )
     if only is not None:
         jobs = jobs.filter(id=only)
-    return jobs.order_by("virtual_time", "serving", "id")
+    stints = F("serving") + 1  # the stints in progress on the job, and this drain's
+    after_the_stints = F("virtual_time") + stints * Value(PICK_EVERY_SECONDS) / F("priority")
+    return jobs.order_by(after_the_stints, "serving", "id")
 
 
 def fairest(drain_id: int | None, *, only: int | None = None) -> int | None:
