@@ -141,8 +141,9 @@ class Job(models.Model):
     priority = priority_field(gettext_lazy("Its share of the workers beside other running jobs"))
     max_workers = max_workers_field(gettext_lazy("The most workers it may hold at once (empty: no cap)"))
     # The fair-share scheduler's measure (jobs.worker.scheduler): seconds of work its chunks took,
-    # each divided by its priority. A worker serves the running job with the least; a job that
-    # starts running begins level with the others (transitions.job_mark_running).
+    # each divided by its priority. A worker serves the running job with the least once the stints
+    # in progress on it are counted; a job that starts running begins level with the others
+    # (transitions.job_mark_running).
     virtual_time = models.FloatField(default=0.0, verbose_name=gettext_lazy("virtual time"))
     max_attempts = models.PositiveIntegerField(verbose_name=gettext_lazy("max attempts"))
     created_at = created_at_field()
