@@ -382,14 +382,13 @@ def _durable_write_waiting(job: Job) -> threading.Thread:
     """A write of the job's row, in a thread, that waits for the standby. The server's processes
     learn that a standby is required a moment after the reload (its checkpointer tells them): a
     write that commits before then waits for nothing, and the next one is tried."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def a_write_that_waits() -> threading.Thread | None:
         control = _in_thread(lambda: Job.objects.filter(id=job.id).update(error="durable"))
-        while control.is_alive() and not _standby_waiters() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _standby_waiters():
-            return control
-    raise AssertionError("no durable write waited for the standby within 30 s")
+        wait_for(lambda: _standby_waiters() or not control.is_alive(), timeout=30, what="the write to end")
+        return control if _standby_waiters() else None
+
+    return wait_for(a_write_that_waits, timeout=30, what="a durable write to wait for the standby")
 
 
 def test_a_claim_does_not_wait_for_the_database_to_make_it_safe(postgres_database, make_users, running_job):
