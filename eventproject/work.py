@@ -101,7 +101,14 @@ def bells_heal(
 ) -> list[str]:
     """Ring every `due` row whose bell went unanswered for `quiet_seconds`; a line for each. The
     bell is marked in the same conditional UPDATE that finds it unanswered, so however many
-    clusters heal at once, one rings each row."""
+    clusters heal at once, one rings each row.
+
+    Nothing is rung while tasks wait in the queue: every worker is busy, and a row's task may be
+    one of them (a drain holds a worker for minutes, far longer than a quiet time); ringing again
+    would only add copies behind it, each heal. Rows whose tasks were lost are rung once the queue
+    is empty (jobs' drains are rung the same way, jobs.healing)."""
+    if tasks_waiting():
+        return []
     waiting = due & unanswered(quiet_seconds)
     ids = model._default_manager.filter(waiting).order_by("pk").values_list("pk", flat=True)
     done = []

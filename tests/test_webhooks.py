@@ -7,11 +7,13 @@ import itertools
 import logging
 import socket
 import time
+from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from django_q.models import OrmQ
 from standardwebhooks import Webhook
 
@@ -148,9 +150,31 @@ def test_a_new_delivery_rings_a_task_and_healing_rings_a_due_one_only_once(
     with django_capture_on_commit_callbacks(execute=True):
         assert deliveries_heal() == []  # rung a moment ago: its task may be waiting in the queue
         Delivery.objects.filter(id=delivery.id).update(rung_at=None)  # as if the broker lost it
+        OrmQ.objects.all().delete()
         assert deliveries_heal() == [f"webhook delivery {delivery.id}: rang it again"]
         assert deliveries_heal() == []
-    assert OrmQ.objects.count() == 2
+    assert OrmQ.objects.count() == 1
+
+
+def test_healing_adds_no_copies_while_tasks_wait_in_the_queue(
+    make_users, endpoint, django_capture_on_commit_callbacks
+):
+    """Every worker busy with long drains: the deliveries' tasks wait in the queue for minutes,
+    far longer than the quiet time after which healing rings an unanswered delivery again."""
+    endpoint("job.completed")
+    with django_capture_on_commit_callbacks(execute=True):
+        for user in make_users(3):
+            finished_job([user])
+    assert OrmQ.objects.count() == 3
+    for _ in range(4):  # heals, each a quiet time after the last ring
+        Delivery.objects.update(rung_at=timezone.now() - timedelta(hours=1))
+        with django_capture_on_commit_callbacks(execute=True):
+            assert deliveries_heal() == []
+    assert OrmQ.objects.count() == 3
+    OrmQ.objects.all().delete()  # the broker lost them: rung again once the queue is empty
+    with django_capture_on_commit_callbacks(execute=True):
+        assert len(deliveries_heal()) == 3
+    assert OrmQ.objects.count() == 3
 
 
 def test_a_failing_receiver_is_retried_with_a_doubling_capped_backoff_then_given_up(
@@ -301,14 +325,97 @@ def test_a_host_name_is_resolved_once_and_the_request_goes_to_the_address_checke
     assert request.headers["host"] == f"hooks.example:{receiver.port}" and request.path == "/hook?key=1"
 
 
-def test_urls_with_credentials_or_other_schemes_are_refused(db):
+def test_urls_with_credentials_other_schemes_control_characters_or_bad_host_names_are_refused(db):
     for url, problem in [
         ("https://user:pw@hooks.example/x", "No user name or password"),
         ("ftp://hooks.example/x", "Give an http:// or https:// URL"),
         ("http://hooks.example:99999/x", "Not a valid URL"),
+        ("https://hooks.example/a\x01b?token=1", "No spaces or control characters"),
+        ("https://hooks.example/a b", "No spaces or control characters"),
+        ("https://hooks.example/a\nb", "No spaces or control characters"),
+        ("https://" + "ü" * 60 + ".example/x", "The host name is not a valid domain name"),
+        ("https://hooks..example/x", "The host name is not a valid domain name"),
     ]:
         assert url_problem(url).startswith(problem), url
     assert url_problem("https://hooks.example/x?token=1") is None
+    assert url_problem("https://bücher.example/café?q=北京") is None  # sent encoded
+
+
+def test_a_url_with_non_ascii_host_path_or_query_is_sent_encoded(receiver, monkeypatch):
+    resolved = []
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        resolved.append(host)
+        return real("127.0.0.1" if host == "xn--bcher-kva.example" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    url = f"http://bücher.example:{receiver.port}/café?city=北京&note=a%20b"
+    answer = post(url, b"{}", {}, timeout=2)
+    assert (answer.status_code, answer.error) == (200, "")
+    assert resolved[0] == "xn--bcher-kva.example"
+    (request,) = receiver.received
+    assert request.headers["host"] == f"xn--bcher-kva.example:{receiver.port}"
+    assert request.path == "/caf%C3%A9?city=%E5%8C%97%E4%BA%AC&note=a%20b"  # escapes already there kept
+
+
+def test_a_url_saved_before_it_was_refused_fails_its_attempt_without_the_url(receiver):
+    for url in (f"{receiver.url}/a\x01b?token=s3cret", "https://" + "ü" * 60 + ".example/?token=s3cret"):
+        answer = post(url, b"{}", {}, timeout=2)
+        assert "s3cret" not in answer.error and "s3cret" not in answer.excerpt
+    assert answer.error == "the receiver's host name is not a valid domain name (IDNA)"
+    (request,) = receiver.received  # the control character went percent-encoded
+    assert request.path.endswith("/a%01b?token=s3cret")
+
+
+def test_an_attempt_that_fails_unexpectedly_is_logged_and_retried_not_claimed_forever(
+    make_users, receiver, endpoint, monkeypatch, caplog
+):
+    endpoint("job.completed")
+    finished_job(make_users(1))
+    delivery = only_delivery()
+
+    def broken(sock, target, *args):
+        raise RuntimeError(f"a bug that quotes {target.path}")  # the stack's source lines name no URL
+
+    Endpoint.objects.update(url=f"{receiver.url}?token=s3cret")
+
+    monkeypatch.setattr("webhooks.outbound._exchange", broken)
+    with caplog.at_level(logging.ERROR, logger="webhooks.outbound"):
+        attempt = delivery_attempt(delivery.id)
+    assert attempt.error == "unexpected RuntimeError (the log says where)"
+    assert "in broken" in caplog.text and "s3cret" not in caplog.text
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempt_count, delivery.claim_token) == ("pending", 1, None)
+    assert delivery.last_error == attempt.error and delivery.next_attempt_at > delivery.created_at
+
+
+def test_a_delivery_whose_sender_keeps_dying_is_failed_once_its_retry_period_is_over(
+    make_users, receiver, endpoint
+):
+    """A sender killed mid-attempt leaves `sending` and a lease: the delivery is claimed again
+    when the lease runs out, but not past `give_up_at`."""
+    endpoint("job.completed")
+    finished_job(make_users(1))
+    delivery = only_delivery()
+    abandoned = {
+        "status": "sending",
+        "attempt_count": 7,
+        "lease_expires_at": timezone.now() - timedelta(seconds=1),
+    }
+    Delivery.objects.filter(id=delivery.id).update(
+        **abandoned, give_up_at=timezone.now() + timedelta(hours=1)
+    )
+    assert delivery_attempt(delivery.id) is not None  # within its retry period: sent again
+    assert len(receiver.received) == 1
+    Delivery.objects.filter(id=delivery.id).update(
+        **abandoned, give_up_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert delivery_attempt(delivery.id) is None
+    assert len(receiver.received) == 1
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempt_count, delivery.claim_token) == ("failed", 7, None)
+    assert delivery.finished_at and delivery.last_error.startswith("its last attempt never finished")
 
 
 def test_a_refused_connection_and_an_unknown_host_are_errors_without_the_url(settings):

@@ -69,6 +69,7 @@ def delivery_attempt(delivery_id: int) -> Attempt | None:
     succeeded (2xx), pending again after a backoff, or failed once the next try would fall after
     `give_up_at`. None when the delivery was not due (sent already, being sent, backing off)."""
     token = uuid.uuid4()
+    _abandoned_fail(delivery_id)
     due = Delivery.objects.filter(Q(id=delivery_id) & _due())
     if not claim(
         due, token, lease_seconds(), status=Delivery.Status.SENDING, attempt_count=F("attempt_count") + 1
@@ -131,6 +132,21 @@ def delivery_attempt(delivery_id: int) -> Attempt | None:
         answer.error or f"HTTP {answer.status_code}",
     )
     return attempt
+
+
+def _abandoned_fail(delivery_id: int) -> None:
+    """A delivery whose sender stopped mid-attempt (its lease ran out) after its retry period is
+    failed, not sent again: an attempt that kills its process every time ends like any other."""
+    Delivery.objects.filter(
+        lease_expired(), id=delivery_id, status=Delivery.Status.SENDING, give_up_at__lt=DatabaseNow()
+    ).update(
+        status=Delivery.Status.FAILED,
+        claim_token=None,
+        lease_expires_at=None,
+        finished_at=DatabaseNow(),
+        next_attempt_at=None,
+        last_error="its last attempt never finished (the sender stopped) and its retry period is over",
+    )
 
 
 def deliveries_heal() -> list[str]:

@@ -10,26 +10,35 @@ nor be held by a receiver that hangs.
   at a time cannot stretch it.
 - Redirects are not followed (a 3xx is a failed attempt that says so); at most EXCERPT_BYTES of
   the answer's body are read.
-- The URL is never part of an error message (its query may carry a token).
+- A URL is sent as an IRI becomes a URI (RFC 3987): an internationalised host name in its IDNA
+  (xn--) form, the path and query percent-encoded as UTF-8.
+- The URL is never part of an error message (its query may carry a token), and whatever goes
+  wrong ends as a failed attempt, never as an exception (a delivery would be claimed again and
+  again, its attempts never logged).
 """
 
 import contextlib
 import http.client
 import ipaddress
+import logging
 import socket
 import ssl
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.utils.encoding import iri_to_uri
 from django.utils.translation import gettext as _
 
 EXCERPT_BYTES = 1024  # read from the answer's body at most
 EXCERPT_CHARS = 256  # kept of it
 USER_AGENT = "eventproject-webhooks/1"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,8 @@ def address_refusal(address: str) -> str | None:
 def url_problem(url: str) -> str | None:
     """What is wrong with a receiver's URL, in words for the person typing it (None: nothing).
     Addresses behind a host name are checked at each attempt, when they are resolved."""
+    if any(char.isspace() or not char.isprintable() for char in url):
+        return _("No spaces or control characters in the URL: percent-encode them (%20 for a space).")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises ValueError on a bad port)
@@ -86,10 +97,47 @@ def url_problem(url: str) -> str | None:
     if parts.username is not None or parts.password is not None:
         return _("No user name or password in the URL: receivers check the signature instead.")
     try:
+        _ascii_host(parts.hostname)
+    except _Failed:
+        return _("The host name is not a valid domain name (IDNA).")
+    try:
         refusal = address_refusal(parts.hostname)
     except ValueError:  # a host name, not an address
         return None
     return _("Refused: %(reason)s.") % {"reason": refusal} if refusal else None
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a URL's request goes, in the ASCII forms DNS, TLS and HTTP take."""
+
+    host: str  # an internationalised name in its IDNA (xn--) form
+    port: int
+    secure: bool
+    path: str  # with the query; non-ASCII percent-encoded as UTF-8, existing escapes kept
+
+    @classmethod
+    def of(cls, url: str) -> "_Target":
+        parts = urlsplit(url)
+        if not parts.hostname:  # url_problem refuses such URLs when they are saved
+            raise _Failed("the URL has no host")
+        secure = parts.scheme == "https"
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return cls(
+            _ascii_host(parts.hostname), parts.port or (443 if secure else 80), secure, iri_to_uri(path)
+        )
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == (443 if self.secure else 80) else f"{host}:{self.port}"
+
+
+def _ascii_host(host: str) -> str:
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise _Failed("the receiver's host name is not a valid domain name (IDNA)") from None
 
 
 def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float) -> Answer:
@@ -98,18 +146,14 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float) -> A
     deadline = started + timeout
     status, excerpt = None, ""
     try:
-        parts = urlsplit(url)
-        secure = parts.scheme == "https"
-        port = parts.port or (443 if secure else 80)
-        if not parts.hostname:  # url_problem refuses such URLs when they are saved
-            raise _Failed("the URL has no host")
-        watchdog = _Watchdog(_connect(parts.hostname, port, deadline, timeout), deadline)
+        target = _Target.of(url)
+        watchdog = _Watchdog(_connect(target.host, target.port, deadline, timeout), deadline)
         try:
-            if secure:
+            if target.secure:
                 watchdog.sock = ssl.create_default_context().wrap_socket(
-                    watchdog.sock, server_hostname=parts.hostname
+                    watchdog.sock, server_hostname=target.host
                 )
-            status, excerpt = _exchange(watchdog.sock, parts, port, body, headers)
+            status, excerpt = _exchange(watchdog.sock, target, body, headers)
         finally:
             watchdog.stop()
     except _Failed as exc:
@@ -121,6 +165,8 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float) -> A
             error = f"no answer within {timeout:g} s (WEBHOOKS_TIMEOUT_SECONDS)"
         else:
             error = _os_error(exc)
+    except Exception as exc:  # a bug: still a failed attempt, logged, retried after a backoff
+        error = _unexpected(exc)
     else:
         error = _status_error(status)
     return Answer(status, error, excerpt, time.monotonic() - started)
@@ -154,7 +200,7 @@ def _resolve(host: str, port: int, seconds: float) -> list[str]:
     def resolve() -> None:
         try:
             found["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
+        except Exception as exc:
             found["error"] = exc
 
     thread = threading.Thread(target=resolve, name="webhook-resolve", daemon=True)
@@ -167,19 +213,16 @@ def _resolve(host: str, port: int, seconds: float) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in found["infos"]))
 
 
-def _exchange(sock, parts, port: int, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+def _exchange(sock, target: _Target, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
     """Send the request on the connected socket; the status and the start of the answer's body."""
-    default_port = 443 if parts.scheme == "https" else 80
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    connection = http.client.HTTPConnection(host, port)
+    connection = http.client.HTTPConnection(target.host, target.port)
     connection.sock = sock  # already connected to the checked address: never resolved again
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     connection.request(
         "POST",
-        path,
+        target.path,
         body=body,
         headers={
-            "Host": host if port == default_port else f"{host}:{port}",
+            "Host": target.host_header,
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
             **headers,
@@ -234,3 +277,14 @@ def _os_error(exc: BaseException) -> str:
     if isinstance(exc, socket.gaierror):
         return exc.strerror or "unknown host"
     return getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
+
+
+def _unexpected(exc: Exception) -> str:
+    """The error of an attempt that failed in a way nobody foresaw, and a log line with where it
+    happened: the stack without its message, which might quote the URL."""
+    logger.error(
+        "a webhook attempt failed with an unexpected %s:\n%s",
+        type(exc).__name__,
+        "".join(traceback.format_list(traceback.extract_tb(exc.__traceback__))),
+    )
+    return f"unexpected {type(exc).__name__} (the log says where)"
