@@ -7,6 +7,7 @@ Berlin), and a time that exists twice on the day they go back runs at its first 
 (croniter alone, given aware times, would run a daily 02:30 twice on that day.)
 """
 
+import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -36,6 +37,10 @@ def cron_clean(expression: str) -> str:
             % {"count": len(fields)}
         )
     cleaned = " ".join(fields)
+    if any(part.lower() == "r" or part.lower().startswith("r(") for part in re.split(r"[\s,/-]", cleaned)):
+        # croniter's random values: a fresh draw each time the next run is computed, so a schedule
+        # would run at a different time on each look, several times a day.
+        raise CronInvalid(_("Random values (R) are not supported; name the time, e.g. '17 3 * * *'."))
     try:
         if not croniter.is_valid(cleaned):
             raise CronInvalid(_("%(expression)r is not a valid cron expression.") % {"expression": cleaned})

@@ -21,7 +21,7 @@ from django.utils.translation import gettext as _
 from extraction.extractors import UnknownExtractor, extractor_class
 
 from .cron import CronInvalid, cron_clean, cron_next
-from .errors import JobError, JobInvalid
+from .errors import JobError, JobInvalid, JobStateError
 from .models import Job, Schedule, ScheduleRun, share_errors
 from .services import job_start
 
@@ -46,14 +46,17 @@ def schedule_clean(values: dict[str, Any]) -> dict[str, Any]:
     errors: dict[str, str] = {}
     cleaned = {**values}
     name = values["name"]
-    if not isinstance(name, str) or not name.strip() or len(name.strip()) > 100:
-        errors["name"] = _("give a name of 1 to 100 characters")
+    if not isinstance(name, str) or not name.strip() or len(name.strip()) > Schedule.NAME_MAX_CHARS:
+        errors["name"] = _("give a name of 1 to %(limit)s characters") % {"limit": Schedule.NAME_MAX_CHARS}
     else:
         cleaned["name"] = name.strip()
     try:
         cleaned["cron"] = cron_clean(values["cron"])
     except CronInvalid as exc:
         errors["cron"] = str(exc)
+    else:
+        if len(cleaned["cron"]) > Schedule.CRON_MAX_CHARS:
+            errors["cron"] = _("at most %(limit)s characters") % {"limit": Schedule.CRON_MAX_CHARS}
     if values["users"] not in Schedule.Users.values:
         errors["users"] = _("must be one of %(values)s") % {"values": ", ".join(Schedule.Users.values)}
     else:
@@ -61,7 +64,10 @@ def schedule_clean(values: dict[str, Any]) -> dict[str, Any]:
         if problem:
             errors["user_ids"] = problem
     try:
-        cleaned["options"] = extractor_class(values["extractor"]).clean_options(values["options"] or {})
+        given = values["options"] or {}
+        options = extractor_class(values["extractor"]).clean_options(given)
+        # Only the options given: each job gets the defaults of its day (a new default model, say).
+        cleaned["options"] = {key: value for key, value in options.items() if key in given}
     except UnknownExtractor as exc:
         errors["extractor"] = str(exc)
     except ValidationError as exc:
@@ -107,17 +113,31 @@ def schedule_create(*, created_by=None, **values: Any) -> Schedule:
 
 
 def schedule_update(schedule: Schedule, **changes: Any) -> Schedule:
-    """Change what a schedule says (JobInvalid naming each bad field). A new cron expression, or a
-    pause or resume, sets the next run time afresh: after now, or none while paused."""
+    """Change what a schedule says (JobInvalid naming each bad field), applied to its row as it is
+    now, locked: a pause or another change made meanwhile stays. A new cron expression, a pause or
+    a resume sets the next run time afresh: after now, or none while paused. Moving away from a
+    list of users drops the list; another extractor starts from its own default options."""
     unknown = set(changes) - set(FIELDS)
     if unknown:
         raise TypeError(f"unknown schedule fields: {sorted(unknown)}")
-    current = {name: getattr(schedule, name) for name in FIELDS}
-    cleaned = schedule_clean({**current, **changes})
-    if cleaned["cron"] != schedule.cron or cleaned["active"] != schedule.active:
-        cleaned["next_run_at"] = cron_next(cleaned["cron"], timezone.now()) if cleaned["active"] else None
     try:
         with transaction.atomic():
+            current = Schedule.objects.select_for_update().filter(id=schedule.id).first()
+            if current is None:
+                raise JobStateError(_("the schedule was deleted"))
+            if changes.get("users", Schedule.Users.LIST) != Schedule.Users.LIST:
+                changes.setdefault("user_ids", [])
+            if changes.get("extractor", current.extractor) != current.extractor:
+                changes.setdefault("options", {})
+            cleaned = schedule_clean({**{name: getattr(current, name) for name in FIELDS}, **changes})
+            if (
+                cleaned["cron"] != current.cron
+                or cleaned["active"] != current.active
+                or (cleaned["active"] and current.next_run_at is None)
+            ):
+                cleaned["next_run_at"] = (
+                    cron_next(cleaned["cron"], timezone.now()) if cleaned["active"] else None
+                )
             Schedule.objects.filter(id=schedule.id).update(**cleaned)
     except IntegrityError:
         raise JobInvalid(

@@ -103,6 +103,40 @@ def test_only_those_allowed_see_or_change_schedules(api):
     assert api("operator").get("/api/v1/schedules/999/").status_code == 404
 
 
+def test_making_or_changing_a_schedule_takes_the_right_to_start_jobs(api, personas, client):
+    """A schedule starts jobs in its maker's name: schedule rights alone start none."""
+    from django.contrib.auth.models import Permission
+
+    schedule = schedule_create(**AS_SERVICE)
+    planner = personas["nobody"]
+    planner.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="jobs",
+            codename__in=["add_schedule", "change_schedule", "delete_schedule", "view_schedule"],
+        )
+    )
+    as_planner = api("nobody")
+    assert as_planner.post("/api/v1/jobs/", {}, format="json").status_code == 403
+    sneaky = {**NIGHTLY, "name": "sneak", "cron": "* * * * *", "users": "all", "extractor": "llm"}
+    assert as_planner.post("/api/v1/schedules/", sneaky, format="json").status_code == 403
+    url = f"/api/v1/schedules/{schedule.id}/"
+    assert as_planner.patch(url, {"extractor": "llm"}, format="json").status_code == 403
+    assert as_planner.get(url).status_code == 200
+    client.force_login(planner)
+    assert client.get("/admin/jobs/schedule/add/").status_code == 403
+    page = client.get(f"/admin/jobs/schedule/{schedule.id}/change/")
+    assert page.status_code == 200 and b'name="cron"' not in page.content  # shown, not editable
+    assert as_planner.delete(url).status_code == 204
+    assert not Schedule.objects.exists() and not Job.objects.exists()
+
+
+def test_a_patch_switching_to_all_users_drops_the_list(api, make_users):
+    schedule = schedule_create(**AS_SERVICE, users="list", user_ids=make_users(2))
+    answer = api("operator").patch(f"/api/v1/schedules/{schedule.id}/", {"users": "all"}, format="json")
+    assert answer.status_code == 200, answer.json()
+    assert (answer.json()["users"], answer.json()["user_ids"]) == ("all", [])
+
+
 def test_the_schedule_list_costs_the_same_few_queries_however_many_schedules(
     api, make_users, django_assert_max_num_queries
 ):

@@ -103,6 +103,8 @@ def test_a_time_the_clocks_repeat_runs_once_at_its_first_occurrence():
         ("0 0 3 * * *", "got 6"),
         ("61 * * * *", "is not a valid cron expression"),
         ("0 0 30 2 *", "never comes"),
+        ("R 3 * * *", "Random values"),  # croniter would draw a new minute at each look
+        ("0 3 R(1-28) * *", "Random values"),
     ],
 )
 def test_a_bad_cron_expression_is_refused_saying_why(expression, message):
@@ -113,6 +115,7 @@ def test_a_bad_cron_expression_is_refused_saying_why(expression, message):
 def test_cron_expressions_are_kept_tidy():
     assert cron_clean("  0   3 * * 1-5 ") == "0 3 * * 1-5"
     assert cron_clean("@daily") == "@daily"
+    assert cron_clean("0 3 * mar-apr fri") == "0 3 * mar-apr fri"  # names with an r are not random
 
 
 # The due check ------------------------------------------------------------------------------------
@@ -239,6 +242,48 @@ def test_bad_schedules_are_refused_naming_each_field(db):
     schedule_create(name="x", cron="0 3 * * *")
     with pytest.raises(JobInvalid, match="name: a schedule named 'x' exists"):
         schedule_create(name="x", cron="0 4 * * *")
+    every_minute_listed = ",".join(map(str, range(60))) + " * * * *"  # valid, 174 characters
+    with pytest.raises(JobInvalid, match="cron: at most 100 characters"):
+        schedule_create(name="long", cron=every_minute_listed)
+    with pytest.raises(JobInvalid, match="cron: at most 100 characters"):
+        schedule_update(Schedule.objects.get(name="x"), cron=every_minute_listed)
+
+
+@pytest.mark.django_db
+def test_a_change_made_from_an_old_copy_keeps_a_pause_made_meanwhile(clock, hourly):
+    """Two people (or a PATCH and a pause) change one schedule at once: each change applies to the
+    row as it is, so a paused schedule is never left active with no next run."""
+    old_copy = Schedule.objects.get(id=hourly.id)
+    schedule_pause(hourly)
+    schedule_update(old_copy, priority=Job.Priority.LOW)
+    hourly.refresh_from_db()
+    assert (hourly.active, hourly.next_run_at, hourly.priority) == (False, None, Job.Priority.LOW)
+    schedule_resume(old_copy)  # the old copy still says active
+    hourly.refresh_from_db()
+    assert (hourly.active, hourly.next_run_at) == (True, at(SHANGHAI, 2026, 3, 1, 1))
+
+
+@pytest.mark.django_db
+def test_switching_users_or_extractor_drops_what_only_the_old_one_needed(clock, make_users, settings):
+    listed = schedule_create(name="listed", cron="0 * * * *", users="list", user_ids=make_users(2))
+    schedule_update(listed, users="all")
+    assert (listed.users, listed.user_ids) == ("all", [])
+    llm = schedule_create(name="llm", cron="0 * * * *", extractor="llm", options={"temperature": 0.5})
+    assert llm.options == {"temperature": 0.5}  # as given: each job gets the defaults of its day
+    schedule_update(llm, extractor="rules")
+    assert (llm.extractor, llm.options) == ("rules", {})
+
+
+@pytest.mark.django_db
+def test_a_schedules_jobs_take_the_extractors_defaults_of_their_day(clock, make_users, settings):
+    make_users(1)
+    settings.EXTRACTION_LLM_MODEL = "model-of-march"
+    schedule = schedule_create(name="llm", cron="0 * * * *", users="all", extractor="llm")
+    assert schedule.options == {}
+    settings.EXTRACTION_LLM_MODEL = "model-of-april"
+    clock.move_to(at(SHANGHAI, 2026, 3, 1, 1))
+    (run,) = [schedule_run_if_due(schedule.id, at(SHANGHAI, 2026, 3, 1, 1))]
+    assert run.outcome == "started" and run.job.options["model"] == "model-of-april"
 
 
 @pytest.mark.django_db(transaction=True)

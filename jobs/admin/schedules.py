@@ -120,6 +120,13 @@ class ScheduleAdmin(GuardedAdmin):
     def get_queryset(self, request):
         return schedules_list()
 
+    # A schedule starts jobs in its maker's name: making or changing one takes the right to start jobs.
+    def has_add_permission(self, request):
+        return super().has_add_permission(request) and request.user.has_perm("jobs.add_job")
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and request.user.has_perm("jobs.add_job")
+
     def save_model(self, request, obj, form, change):
         values = {name: form.cleaned_data[name] for name in FIELDS}
         if change:

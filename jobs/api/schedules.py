@@ -1,6 +1,7 @@
 """Schedules over HTTP: list, make, read, change (pause or resume with `active`), delete, and their
 runs. Permissions like the jobs' own: reads need jobs.view_schedule, writes the add, change or
-delete permission. Views stay thin: validate the input, call jobs.schedules, render."""
+delete permission; making or changing one also jobs.add_job, since a schedule starts jobs. Views
+stay thin: validate the input, call jobs.schedules, render."""
 
 from functools import partial
 
@@ -22,14 +23,19 @@ from .serializers import PriorityField
 from .views import write_response
 
 VIEW_SCHEDULE = "jobs.view_schedule"
-WRITES = {"POST": "jobs.add_schedule", "PATCH": "jobs.change_schedule", "DELETE": "jobs.delete_schedule"}
+# A schedule starts jobs in its maker's name: making or changing one takes the right to start jobs.
+WRITES = {
+    "POST": ("jobs.add_schedule", "jobs.add_job"),
+    "PATCH": ("jobs.change_schedule", "jobs.add_job"),
+    "DELETE": ("jobs.delete_schedule",),
+}
 INVALID = OpenApiResponse(description="Bad fields, each named with what is wrong with it")
 
 
 class ScheduleInput(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = serializers.CharField(max_length=Schedule.NAME_MAX_CHARS)
     cron = serializers.CharField(
-        max_length=100,
+        max_length=Schedule.CRON_MAX_CHARS,
         help_text="Five fields (minute hour day-of-month month day-of-week) or an @alias, read as "
         "wall-clock times in the server's TIME_ZONE, e.g. `0 3 * * *`",
     )
@@ -116,13 +122,13 @@ class ScheduleDetail(ScheduleSummary):
 
 
 class SchedulesBase(Guarded, APIView):
-    """Reads need jobs.view_schedule; each write its own permission (see WRITES)."""
+    """Reads need jobs.view_schedule; each write its own permissions (see WRITES)."""
 
     read_permissions = (VIEW_SCHEDULE,)
 
     @property  # (per request: Guarded's plain attribute becomes a property here)
     def write_permissions(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (WRITES.get(self.request.method or "", "jobs.change_schedule"),)
+        return WRITES.get(self.request.method or "", WRITES["PATCH"])
 
 
 @extend_schema_view(

@@ -30,10 +30,11 @@ class Schedule(models.Model):
     clusters look (jobs.schedules)."""
 
     Users = ScheduleUsers
+    NAME_MAX_CHARS = CRON_MAX_CHARS = 100  # the service, the API and the columns check these
 
-    name = models.CharField(max_length=100, unique=True, verbose_name=gettext_lazy("name"))
+    name = models.CharField(max_length=NAME_MAX_CHARS, unique=True, verbose_name=gettext_lazy("name"))
     cron = models.CharField(
-        max_length=100,
+        max_length=CRON_MAX_CHARS,
         help_text=gettext_lazy(
             "Five fields: minute, hour, day of month, month, day of week, in the server's time zone; "
             "e.g. 0 3 * * * for every day at 03:00"

@@ -65,7 +65,7 @@ class Command(BaseCommand):
         try:
             getattr(self, f"do_{action}")(**options)
         except JobInvalid as exc:
-            named = (f"--{name.replace('_', '-')}: {text}" for name, text in exc.errors.items())
+            named = (f"{_option_of(field)}: {text}" for field, text in exc.errors.items())
             raise CommandError("; ".join(named)) from None
 
     def do_list(self, **options):
@@ -140,6 +140,15 @@ class Command(BaseCommand):
         if options.get("max_workers") is not None:
             values["max_workers"] = options["max_workers"] or None
         return values
+
+
+def _option_of(field: str) -> str:
+    """The command-line option that gives a schedule's field (`options.model`: a key of --options)."""
+    if field.startswith("options."):
+        return f"--options {field.removeprefix('options.')!r}"
+    return {"name": "name", "user_ids": "--users", "active": "--paused"}.get(
+        field, f"--{field.replace('_', '-')}"
+    )
 
 
 def _when(moment) -> str:
