@@ -221,6 +221,28 @@ def test_a_redelivery_sends_the_same_event_again_with_a_fresh_retry_period(make_
     assert (delivery.status, delivery.attempt_count) == ("succeeded", 2)
 
 
+def test_after_a_redelivery_the_backoff_starts_again_from_its_first_step(
+    make_users, receiver, endpoint, settings
+):
+    settings.WEBHOOKS_RETRY_BACKOFF_SECONDS, settings.WEBHOOKS_RETRY_BACKOFF_MAX_SECONDS = 10, 3600
+    receiver.behaviour.status = 503
+    endpoint("job.completed")
+    finished_job(make_users(1))
+    delivery = only_delivery()
+
+    def next_wait() -> float:
+        Delivery.objects.filter(id=delivery.id).update(next_attempt_at=timezone.now())
+        delivery_attempt(delivery.id)
+        delivery.refresh_from_db()
+        return (delivery.next_attempt_at - delivery.attempts.last().started_at).total_seconds()
+
+    assert [round(next_wait()) for _ in range(10)][-3:] == [1280, 2560, 3600]  # doubling, capped
+    Delivery.objects.filter(id=delivery.id).update(status="failed", next_attempt_at=None)
+    assert delivery_redeliver(delivery)
+    assert [round(next_wait()) for _ in range(3)] == [10, 20, 40]
+    assert delivery.attempt_count == 13  # every attempt still counted and numbered
+
+
 def test_a_pending_delivery_to_an_endpoint_made_inactive_fails_without_being_sent(
     make_users, receiver, endpoint
 ):

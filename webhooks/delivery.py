@@ -115,7 +115,7 @@ def delivery_attempt(delivery_id: int) -> Attempt | None:
             outcome = Delivery.Status.SUCCEEDED
             mine.update(**result, status=outcome, finished_at=DatabaseNow(), next_attempt_at=None)
         else:
-            backoff = retry_backoff_seconds(delivery.attempt_count)
+            backoff = retry_backoff_seconds(delivery.attempt_count - delivery.attempts_before_redelivery)
             outcome = Delivery.Status.PENDING
             if not mine.filter(give_up_at__gte=DatabaseNow(backoff)).update(
                 **result, status=outcome, next_attempt_at=DatabaseNow(backoff)

@@ -117,6 +117,8 @@ class Delivery(models.Model):
     )
     status = status_field(DeliveryStatus, DeliveryStatus.PENDING)
     attempt_count = count_field(gettext_lazy("attempts"), big=False)
+    # The attempts made before its latest redelivery: the backoff counts from there, afresh.
+    attempts_before_redelivery = count_field(gettext_lazy("attempts before its redelivery"), big=False)
     next_attempt_at = moment_field(gettext_lazy("next attempt at"))
     give_up_at = models.DateTimeField(
         help_text=gettext_lazy("No attempt is started after this time"),

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 
 from eventproject.db import DatabaseNow, database_now
 from eventproject.work import ring
@@ -85,6 +85,7 @@ def delivery_redeliver(delivery: Delivery) -> bool:
             status=Delivery.Status.PENDING,
             next_attempt_at=DatabaseNow(),
             give_up_at=DatabaseNow(settings.WEBHOOKS_RETRY_SECONDS),
+            attempts_before_redelivery=F("attempt_count"),  # the backoff starts again from its first step
             finished_at=None,
             rung_at=DatabaseNow(),
         )
