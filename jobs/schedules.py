@@ -5,7 +5,8 @@ A due schedule is claimed by moving its `next_run_at` on, from the value it was 
 first time after now, in one conditional UPDATE: of the clusters that see it due at once, one wins
 and starts the job in the same transaction; the others change nothing. Computing the next time
 from *now* (not from the missed one) runs a schedule once after any downtime, not once per missed
-time. While the schedule's previous job is still active, the run is skipped and recorded as such.
+time. While the schedule's previous job is still active, or when its job would have nobody to
+process, the run is skipped and recorded as such.
 """
 
 import logging
@@ -164,12 +165,13 @@ def schedule_delete(schedule: Schedule) -> None:
 def schedules_run_due(now: datetime | None = None) -> list[str]:
     """Run every active schedule whose time has come; what happened, one line per run. Every
     cluster calls it as it heals: each due time is claimed by one of them only."""
-    now = now or timezone.now()
     done = []
-    due = Schedule.objects.filter(active=True, next_run_at__lte=now).values_list("id", flat=True)
-    for schedule_id in due:
+    due = Schedule.objects.filter(active=True, next_run_at__lte=now or timezone.now())
+    for schedule_id in due.values_list("id", flat=True):
         try:
-            run = schedule_run_if_due(schedule_id, now)
+            # The time read afresh for each: a long job start before must not make the next run
+            # time of this one come from a past moment (due again at once).
+            run = schedule_run_if_due(schedule_id, now or timezone.now())
         except DatabaseError as exc:
             logger.warning("could not run schedule %s (%s)", schedule_id, exc)
             continue
@@ -208,17 +210,24 @@ def schedule_run_if_due(schedule_id: int, now: datetime) -> ScheduleRun | None:
             }
         else:
             try:
-                run.job = job_start(**_job_arguments(schedule))
-                run.outcome = ScheduleRun.Outcome.STARTED
-                run.message = _("job %(id)s over %(count)s users") % {
-                    "id": run.job.id,
-                    "count": run.job.total_items,
-                }
+                with transaction.atomic():
+                    job = job_start(**_job_arguments(schedule))
+                    if not job.total_items:
+                        raise _NobodyToProcess  # undone: no empty job, no event announcing it
+                run.job, run.outcome = job, ScheduleRun.Outcome.STARTED
+                run.message = _("job %(id)s over %(count)s users") % {"id": job.id, "count": job.total_items}
+            except _NobodyToProcess:
+                run.outcome = ScheduleRun.Outcome.SKIPPED
+                run.message = _("nobody to process: no job started")
             except JobError as exc:
                 run.outcome = ScheduleRun.Outcome.REFUSED
                 run.message = str(exc)
         run.save()
     return run
+
+
+class _NobodyToProcess(Exception):
+    """A schedule's job would have no users (none needs extraction, say)."""
 
 
 def _job_arguments(schedule: Schedule) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import time_machine
 from extraction.services import BehaviorRow, behaviors_insert
 from jobs.cron import CronInvalid, cron_clean, cron_next
 from jobs.errors import JobInvalid
-from jobs.models import Job, Schedule, ScheduleRun
+from jobs.models import Job, JobItem, Schedule, ScheduleRun
 from jobs.schedules import (
     schedule_create,
     schedule_pause,
@@ -23,6 +23,7 @@ from jobs.schedules import (
 from jobs.services import job_start
 from jobs.worker.drain import job_drain
 from tests.threads import at_once
+from webhooks.models import Event
 
 SHANGHAI, BERLIN = ZoneInfo("Asia/Shanghai"), ZoneInfo("Europe/Berlin")
 
@@ -194,7 +195,11 @@ def test_each_kind_of_schedule_takes_its_users(clock, make_users):
     assert listed.jobs.get().selection == {"mode": "users", "count": 1}
     assert everyone.jobs.get().total_items == 2  # u001 is busy in the list's job
     assert everyone.jobs.get().selection == {"mode": "all"}
-    assert (needing.jobs.get().total_items, needing.jobs.get().status) == (0, "completed")
+    (run,) = needing.runs.all()  # nobody needs extraction: no empty job, no event announcing one
+    assert (run.outcome, run.job, run.message) == ("skipped", None, "nobody to process: no job started")
+    assert not needing.jobs.exists() and not Event.objects.exists()
+    needing.refresh_from_db()
+    assert needing.next_run_at == at(SHANGHAI, 2026, 3, 1, 2)
 
 
 @pytest.mark.django_db
@@ -295,6 +300,7 @@ def test_callers_racing_for_a_due_schedule_start_one_job(make_users):
     for round_number in range(4):
         Schedule.objects.filter(id=schedule.id).update(next_run_at=datetime.now(UTC) - timedelta(seconds=1))
         Job.objects.filter(schedule=schedule).update(status="completed")  # the previous run is over
+        JobItem.objects.filter(job__schedule=schedule).update(status="succeeded")
         outcomes = at_once(lambda: schedule_run_if_due(schedule.id, datetime.now(UTC)), count=4)
         assert sum(run is not None for run in outcomes) == 1, round_number
     assert schedule.runs.count() == 4 and schedule.jobs.count() == 4
