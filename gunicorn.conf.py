@@ -29,7 +29,7 @@ from pathlib import Path
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name) or str(default)
-    if not value.isdigit() or int(value) < 1:
+    if not value.isdecimal() or int(value) < 1:
         raise SystemExit(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 

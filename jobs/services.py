@@ -3,6 +3,7 @@ django-q2 tasks all start, cancel, resume and retry jobs through these functions
 """
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +27,7 @@ from .models import Job, JobItem, share_errors
 from .user_ids import user_ids_clean
 
 ANALYZE_AFTER_ITEMS = 50_000
+RUN_HERE_WAIT_SECONDS = 0.2  # a job run here looks again this often for chunks other drains hold
 
 
 def _item_insert_sql(source: str) -> str:
@@ -104,11 +106,16 @@ def job_start(
                 parent=parent,
                 schedule=schedule,
             )
-            total = _items_create_for_needing(job, everyone) if ids is None else _items_create_for(job, ids)
+            if parent is not None:
+                total = _items_create_for_retry(job, parent)
+            elif ids is None:
+                total = _items_create_for_needing(job, everyone)
+            else:
+                total = _items_create_for(job, ids)
             _job_opened(job, total, enqueue=enqueue)
     except IntegrityError:
         # Another start took some of these users between our check and our insert.
-        _refuse_busy(ids or [])
+        _refuse_busy(_failed_users(parent) if parent is not None else ids or [])
         raise
     return job
 
@@ -129,6 +136,17 @@ def _items_create_for_needing(job: Job, everyone: bool = False) -> int:
             cursor.execute(
                 _item_insert_sql(sql) + " ON CONFLICT DO NOTHING", [job.id, JobItem.Status.PENDING, *params]
             )
+        return cursor.rowcount
+
+
+def _items_create_for_retry(job: Job, parent: Job) -> int:
+    """Items for the failed users of `parent`, however many (no list of ids goes through here);
+    JobConflict when some of them are in another active job."""
+    failed = _failed_users(parent)
+    _refuse_busy(failed)
+    sql, params = failed.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(_item_insert_sql(sql), [job.id, JobItem.Status.PENDING, *params])
         return cursor.rowcount
 
 
@@ -189,8 +207,8 @@ UNCHANGED: Any = object()  # an argument not given
 
 def job_share_set(job: Job, *, priority: Any = UNCHANGED, max_workers: Any = UNCHANGED) -> Job:
     """Change a job's share of the workers (its priority, the most workers it may hold), also
-    while it runs: the next chunk boundary of every worker sees it. A finished job's share is
-    history: refused."""
+    while it runs: the next chunk boundary of every worker sees it; a cancelled or failed one's
+    before it resumes. A completed or pruned job's share is history: refused."""
     changes = {
         name: value
         for name, value in (("priority", priority), ("max_workers", max_workers))
@@ -200,7 +218,8 @@ def job_share_set(job: Job, *, priority: Any = UNCHANGED, max_workers: Any = UNC
         changes.get("priority", job.priority), changes.get("max_workers", job.max_workers)
     ):
         raise JobInvalid(errors)
-    if changes and not Job.objects.exclude(status=Job.Status.COMPLETED).filter(id=job.id).update(**changes):
+    open_jobs = Job.objects.exclude(status=Job.Status.COMPLETED).filter(items_pruned_at__isnull=True)
+    if changes and not open_jobs.filter(id=job.id).update(**changes):
         job.refresh_from_db()
         raise JobStateError(
             _("job %(id)s is %(status)s; its share of the workers no longer matters")
@@ -213,12 +232,20 @@ def job_share_set(job: Job, *, priority: Any = UNCHANGED, max_workers: Any = UNC
 def job_run_here(job: Job, *, on_chunk: Callable[[], None] | None = None) -> Job:
     """Run the job in this process, to its end, instead of on the clusters (`extract --sync`, the
     predecessor's synchronous endpoint): a drain that serves this job alone, with no time budget.
-    `on_chunk` is called after each chunk's commit."""
+    `on_chunk` is called after each chunk's commit.
+
+    A cluster's heal may ring the job too (it would take it over, were this process to die): this
+    returns only once chunks that other drains hold are committed, or taken over here once their
+    leases run out."""
     from .worker.drain import job_drain
 
-    job_drain(job.id, budget_seconds=float("inf"), on_chunk=on_chunk)
-    job.refresh_from_db()
-    return job
+    while True:
+        job_drain(job.id, budget_seconds=float("inf"), on_chunk=on_chunk)
+        job.refresh_from_db()
+        held_elsewhere = JobItem.objects.filter(job_id=job.id, status=JobItem.Status.RUNNING)
+        if not job.is_active or not held_elsewhere.exists():
+            return job
+        time.sleep(RUN_HERE_WAIT_SECONDS)
 
 
 def job_retry_failed(job: Job, *, created_by=None) -> Job:
@@ -229,15 +256,9 @@ def job_retry_failed(job: Job, *, created_by=None) -> Job:
             % {"id": job.id, "status": job.status}
         )
     _refuse_pruned(job)
-    failed = list(
-        JobItem.objects.filter(job=job, status=JobItem.Status.FAILED)
-        .filter(Exists(UserProfile.objects.filter(user_id=OuterRef("user_id"))))
-        .values_list("user_id", flat=True)
-    )
-    if not failed:
+    if not _failed_users(job).exists():
         raise JobStateError(_("job %(id)s has no failed users to retry") % {"id": job.id})
     return job_start(
-        user_ids=failed,
         extractor=job.extractor,
         options=job.options,
         created_by=created_by,
@@ -245,6 +266,12 @@ def job_retry_failed(job: Job, *, created_by=None) -> Job:
         max_attempts=job.max_attempts,
         parent=job,
     )
+
+
+def _failed_users(job: Job) -> QuerySet:
+    """The user ids of the job's failed users whose profiles still exist (a retry's users)."""
+    profile = UserProfile.objects.filter(user_id=OuterRef("user_id"))
+    return JobItem.objects.filter(Exists(profile), job=job, status=JobItem.Status.FAILED).values("user_id")
 
 
 def job_cancel(job: Job) -> Job:
@@ -268,6 +295,14 @@ def job_resume(job: Job, *, max_total_tokens: int | None = None) -> Job:
     only with a higher cap, `max_total_tokens`, which replaces the old one.
     """
     if job.status in Job.WORKING:
+        if max_total_tokens is not None:  # its drains made their extractors with the cap they read
+            raise JobStateError(
+                _(
+                    "job %(id)s is %(status)s; a new token cap is given when a stopped job resumes "
+                    "(cancel it first)"
+                )
+                % {"id": job.id, "status": job.status}
+            )
         job_ring(job.id, tasks=settings.JOBS_DRAIN_TASKS)
         return job
     if job.status not in Job.STOPPED:
@@ -313,7 +348,11 @@ def _options_with_token_cap(job: Job, max_total_tokens: int | None) -> dict[str,
                 % {"id": job.id, "spent": f"{spent:,}", "cap": f"{cap:,}"}
             )
         return options
-    if "max_total_tokens" not in extractor_class(job.extractor).options_spec:
+    try:
+        extractor = extractor_class(job.extractor)
+    except UnknownExtractor as exc:
+        raise JobInvalid({"max_total_tokens": str(exc)}) from None
+    if "max_total_tokens" not in extractor.options_spec:
         raise JobInvalid(
             {"max_total_tokens": _("extractor %(name)r has no token cap") % {"name": job.extractor}}
         )
@@ -330,7 +369,7 @@ def _options_with_token_cap(job: Job, max_total_tokens: int | None) -> dict[str,
         )
     options["max_total_tokens"] = max_total_tokens
     try:
-        return extractor_class(job.extractor).clean_options(options)
+        return extractor.clean_options(options)
     except ValidationError as exc:
         raise JobInvalid({name: " ".join(messages) for name, messages in exc.message_dict.items()}) from None
 
@@ -346,20 +385,22 @@ def _refuse_pruned(job: Job) -> None:
 def job_counters_reconcile(job_id: int) -> dict[str, tuple[int, int]]:
     """Recount the job's counters from its items; fix and return those that differed (was, now).
     A pruned job's counters are all that is left of its items: they are kept as they are."""
-    _refuse_pruned(Job.objects.get(id=job_id))
-    counts = dict(JobItem.objects.filter(job_id=job_id).values_list("status").annotate(n=Count("id")))
-    events = JobItem.objects.filter(job_id=job_id, status=JobItem.Status.SUCCEEDED).aggregate(
-        n=Coalesce(Sum("event_count"), 0)
-    )["n"]
-    truth = {
-        "total_items": sum(counts.values()),
-        "succeeded_items": counts.get(JobItem.Status.SUCCEEDED, 0),
-        "failed_items": counts.get(JobItem.Status.FAILED, 0),
-        "cancelled_items": counts.get(JobItem.Status.CANCELLED, 0),
-        "event_count": events,
-    }
     with transaction.atomic():
+        # Locked before counting: a commit moves items and counters under this lock, so none can
+        # land between the count and the write (and be undone by it).
         job = Job.objects.select_for_update().get(id=job_id)
+        _refuse_pruned(job)
+        counts = dict(JobItem.objects.filter(job_id=job_id).values_list("status").annotate(n=Count("id")))
+        events = JobItem.objects.filter(job_id=job_id, status=JobItem.Status.SUCCEEDED).aggregate(
+            n=Coalesce(Sum("event_count"), 0)
+        )["n"]
+        truth = {
+            "total_items": sum(counts.values()),
+            "succeeded_items": counts.get(JobItem.Status.SUCCEEDED, 0),
+            "failed_items": counts.get(JobItem.Status.FAILED, 0),
+            "cancelled_items": counts.get(JobItem.Status.CANCELLED, 0),
+            "event_count": events,
+        }
         changed = {
             name: (getattr(job, name), value) for name, value in truth.items() if getattr(job, name) != value
         }

@@ -53,6 +53,8 @@ def test_cancel_resume_and_retry_through_the_admin(client, personas, make_users,
     response = client.post(f"/admin/jobs/job/{job.id}/cancel/", follow=True)
     assert f"Job {job.id} is cancelled." in response.content.decode()
     assert client.get(f"/admin/jobs/job/{job.id}/cancel/").status_code == 405
+    cap = client.post(f"/admin/jobs/job/{job.id}/resume/", {"max_total_tokens": "²"}, follow=True)
+    assert "must be a whole number of tokens" in cap.content.decode()  # a digit int() refuses
     client.post(f"/admin/jobs/job/{job.id}/resume/")
     job_drain(job.id)
     response = client.post(f"/admin/jobs/job/{job.id}/retry-failed/", follow=True)

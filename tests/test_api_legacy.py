@@ -5,8 +5,9 @@ from datetime import UTC, datetime
 import pytest
 import time_machine
 
+from eventproject.db import DatabaseNow
 from extraction.extractors import make_extractor
-from jobs.models import Job
+from jobs.models import Job, JobItem
 from jobs.services import job_cancel, job_start
 from jobs.transitions import job_fail, job_mark_running
 from jobs.worker.chunk import process_one_chunk
@@ -154,6 +155,28 @@ def test_sync_extract_answers_the_events_of_each_user(api, make_users):
     assert data["failed"] == {}
     assert [e["event_type"] for e in data["events"]["u001"]] == ["purchase", "browse_model"]
     assert data["events"]["u002"][0]["label"] == "购买"
+
+
+def test_sync_extract_answers_only_once_chunks_another_drain_holds_are_done(api, make_users, monkeypatch):
+    """A cluster's heal may ring the job too and take a chunk: the answer waits for it (here its
+    drain dies, and the request takes the chunk over when the lease runs out) instead of answering
+    'running' with no events."""
+    from jobs.api import legacy
+    from jobs.services import job_run_here
+
+    def with_a_chunk_held_elsewhere(job, **kwargs):
+        job_mark_running(job.id)
+        job.refresh_from_db()
+        chunk_claim(job, size=1)  # a cluster's drain took u001
+        JobItem.objects.filter(job=job, status="running").update(lease_expires_at=DatabaseNow(0.5))
+        return job_run_here(job, **kwargs)
+
+    monkeypatch.setattr(legacy, "job_run_here", with_a_chunk_held_elsewhere)
+    make_users(3)
+    body = api("admin").post("/api/v1/events/extract", {"user_ids": ["u001", "u002", "u003"]}, format="json")
+    assert body.json()["code"] == 0, body.json()
+    assert sorted(body.json()["data"]["events"]) == ["u001", "u002", "u003"]
+    assert all(body.json()["data"]["events"].values()) and Job.objects.get().status == "completed"
 
 
 def test_sync_extract_refuses_big_lists_and_busy_users(api, make_users, settings):

@@ -9,7 +9,7 @@ from django_q.models import OrmQ
 from eventproject.db import DatabaseNow
 from extraction.extractors import make_extractor
 from extraction.services import chunk_extract
-from jobs.errors import JobConflict, JobStateError
+from jobs.errors import JobConflict, JobInvalid, JobStateError
 from jobs.healing import jobs_heal
 from jobs.models import Drain, Job, JobItem
 from jobs.services import job_cancel, job_counters_reconcile, job_resume, job_retry_failed, job_start
@@ -120,6 +120,20 @@ def test_retry_failed_starts_a_child_job_over_the_failed_users(running_job, make
         job_retry_failed(job)  # those users are now busy in the retry
 
 
+def test_retry_failed_takes_every_failed_user_beyond_the_limit_on_typed_lists(
+    failing_job, make_users, settings, api
+):
+    """JOBS_MAX_USER_IDS bounds the lists people send; a retry's users come from the job itself."""
+    users = make_users(5)
+    job = failing_job(users, users)
+    settings.JOBS_MAX_USER_IDS = 3
+    retry = job_retry_failed(job)
+    assert (retry.total_items, retry.items.count()) == (5, 5)
+    job_cancel(retry)
+    answer = api("operator").post(f"/api/v1/jobs/{job.id}/retry-failed/")
+    assert answer.status_code == 201 and answer.json()["total_items"] == 5, answer.json()
+
+
 def test_retry_failed_needs_a_finished_job_with_failures(running_job, make_users):
     job = running_job(make_users(2))
     with pytest.raises(JobStateError, match="once it has finished"):
@@ -128,6 +142,44 @@ def test_retry_failed_needs_a_finished_job_with_failures(running_job, make_users
     job.refresh_from_db()
     with pytest.raises(JobStateError, match="has no failed users"):
         job_retry_failed(job)
+
+
+def test_reconcile_locks_the_job_before_it_counts_so_a_commit_meanwhile_stays(
+    running_job, make_users, monkeypatch
+):
+    """A chunk commits while `job_status --reconcile` recounts a running job: the recount must not
+    write counts taken before that commit over the commit's own."""
+    from django.db import transaction
+
+    import jobs.services
+
+    job = running_job(make_users(4))
+    real_atomic = transaction.atomic
+    first = [True]
+
+    def a_chunk_commits_first(*args, **kwargs):  # as the recount opens its transaction
+        if first.pop() if first else False:
+            process_one_chunk(job, make_extractor("test"))
+        return real_atomic(*args, **kwargs)
+
+    monkeypatch.setattr(jobs.services.transaction, "atomic", a_chunk_commits_first)
+    job_counters_reconcile(job.id)
+    monkeypatch.undo()
+    job.refresh_from_db()
+    assert job.succeeded_items == JobItem.objects.filter(job=job, status="succeeded").count() == 2
+
+
+def test_resume_with_a_token_cap_is_refused_while_the_job_works_and_for_an_unknown_extractor(
+    running_job, make_users
+):
+    job = running_job(make_users(2))
+    with pytest.raises(JobStateError, match="a new token cap is given when a stopped job resumes"):
+        job_resume(job, max_total_tokens=1000)
+    job_cancel(job)
+    Job.objects.filter(id=job.id).update(extractor="gone")  # no longer configured
+    job.refresh_from_db()
+    with pytest.raises(JobInvalid, match="max_total_tokens: unknown extractor 'gone'"):
+        job_resume(job, max_total_tokens=1000)
 
 
 def test_healing_rings_a_job_nobody_works_on_once_per_quiet_period(

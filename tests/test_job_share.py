@@ -130,5 +130,7 @@ def test_the_admin_changes_a_jobs_share_from_its_page(client, personas, make_use
     assert (job.priority, job.max_workers) == (Job.Priority.URGENT, 2)
     answer = client.post(url, {"priority": "3", "max_workers": ""}, follow=True)
     assert "Priority: must be one of 1 (low), 2 (normal), 4 (high), 8 (urgent)" in answer.content.decode()
+    answer = client.post(url, {"priority": "²", "max_workers": ""}, follow=True)  # a digit int() refuses
+    assert "Priority: must be one of" in answer.content.decode()
     client.force_login(personas["viewer"])
     assert client.post(url, {"priority": "1", "max_workers": ""}).status_code == 403

@@ -1,10 +1,11 @@
 """prune_jobs: the items of jobs finished long ago are deleted in batches; the jobs and their counts
 stay, in the admin and the API too; and every cluster does it by itself when JOBS_PRUNE_DAYS is set."""
 
+import io
 from datetime import timedelta
 
 import pytest
-from django.core.management import CommandError
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -100,7 +101,21 @@ def test_a_pruned_job_is_neither_retried_nor_reconciled(make_users):
         job_retry_failed(job)
     with pytest.raises(JobStateError, match="items were pruned"):
         job_counters_reconcile(job.id)
+    with pytest.raises(CommandError, match="items were pruned"):
+        call_command("job_status", str(job.id), "--reconcile", stdout=io.StringIO())
     assert counts(job) == ["completed", 3, 0, 3, 0, 0]
+
+
+@pytest.mark.django_db
+def test_a_pruned_jobs_share_is_history(make_users, api):
+    job = finished(make_users(2), days_ago=8)
+    Job.objects.filter(id=job.id).update(status="cancelled")  # a stopped job's share may change…
+    assert (
+        api("operator").patch(f"/api/v1/jobs/{job.id}/", {"max_workers": 3}, format="json").status_code == 200
+    )
+    jobs_prune(days=7)  # …until its items are gone: it can never run again
+    answer = api("operator").patch(f"/api/v1/jobs/{job.id}/", {"max_workers": 2}, format="json")
+    assert answer.status_code == 409, answer.json()
 
 
 @pytest.mark.django_db
@@ -118,7 +133,8 @@ def test_a_time_budget_stops_after_a_batch_and_the_next_call_goes_on(make_users)
 @pytest.mark.parametrize(
     ("args", "error"),
     [
-        (["--days", "0"], "--days must be at least 1, got 0"),
+        (["--days", "0"], "--days must be from 1 to 36,500, got 0"),
+        (["--days", "1000000"], "--days must be from 1 to 36,500, got 1000000"),  # past the calendar's start
         (["--days", "7", "--batch-size", "0"], "--batch-size must be from 1 to 100,000, got 0"),
         (["--days", "7", "--batch-size", "100001"], "--batch-size must be from 1 to 100,000"),
         ([], "the following arguments are required: --days"),

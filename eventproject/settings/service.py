@@ -141,7 +141,8 @@ JOBS_RETRY_BACKOFF_MAX_SECONDS = env_int("JOBS_RETRY_BACKOFF_MAX_SECONDS", 300, 
 JOBS_HEAL_SECONDS = env_float("JOBS_HEAL_SECONDS", 5.0, minimum=0.1)
 # Every cluster deletes the items of jobs finished more than this many days ago (0: never; see
 # prune_jobs), a second at a time between heals; the jobs and their counts stay.
-JOBS_PRUNE_DAYS = env_int("JOBS_PRUNE_DAYS", 0, minimum=0)
+JOBS_PRUNE_DAYS_LIMIT = 36_500  # a century: more would put the cutoff before the calendar's start
+JOBS_PRUNE_DAYS = env_int("JOBS_PRUNE_DAYS", 0, minimum=0, maximum=JOBS_PRUNE_DAYS_LIMIT)
 
 Q_TIMEOUT = env_int("Q_TIMEOUT", 600, minimum=10)
 Q_RETRY = env_int("Q_RETRY", Q_TIMEOUT + 120, minimum=11)

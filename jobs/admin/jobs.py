@@ -58,7 +58,7 @@ def _share(form) -> dict:
     values = {}
     for name in ("priority", "max_workers"):
         text = form.get(name, "").strip()
-        values[name] = None if text == "" else int(text) if text.isdigit() else text
+        values[name] = None if text == "" else int(text) if text.isdecimal() else text
     return values
 
 
@@ -74,7 +74,7 @@ def _token_cap(form) -> int | None:
     value = (form.get("max_total_tokens") or "").strip()
     if not value:
         return None
-    if not value.isdigit() or len(value) > 15:
+    if not value.isdecimal() or len(value) > 15:
         raise JobInvalid({"max_total_tokens": _("must be a whole number of tokens")})
     return int(value)
 

@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.timezone import localtime
 
 from jobs.console import describe
+from jobs.errors import JobStateError
 from jobs.models import Job
 from jobs.progress import job_progress
 from jobs.services import job_counters_reconcile
@@ -26,7 +27,11 @@ class Command(BaseCommand):
         if job is None:
             raise CommandError(f"no job {job_id}")
         if reconcile:
-            for name, (was, now) in job_counters_reconcile(job.id).items():
+            try:
+                fixed = job_counters_reconcile(job.id)
+            except JobStateError as exc:
+                raise CommandError(str(exc)) from None
+            for name, (was, now) in fixed.items():
                 self.stdout.write(f"fixed {name}: {was} -> {now}")
             job.refresh_from_db()
         self.stdout.write(describe(job_progress(job)))

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from jobs.pruning import PRUNE_BATCH_SIZE, jobs_prune
@@ -23,8 +24,8 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
 
     def handle(self, *args, days, batch_size, dry_run, **options):
-        if days < 1:
-            raise CommandError(f"--days must be at least 1, got {days}")
+        if not 1 <= days <= settings.JOBS_PRUNE_DAYS_LIMIT:
+            raise CommandError(f"--days must be from 1 to {settings.JOBS_PRUNE_DAYS_LIMIT:,}, got {days}")
         if not 1 <= batch_size <= BATCH_SIZE_LIMIT:
             raise CommandError(f"--batch-size must be from 1 to {BATCH_SIZE_LIMIT:,}, got {batch_size}")
         pruned = jobs_prune(days=days, batch_size=batch_size, dry_run=dry_run)

@@ -29,7 +29,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, addrport, no_extract, **options):
         host, _, port = addrport.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not port.isdecimal():
             raise CommandError(f"--addrport must look like 127.0.0.1:8000, got {addrport!r}")
         login = self._demo_login()
         # Ctrl-C or a plain `kill` stop everything, even where a launcher made us ignore SIGINT.
