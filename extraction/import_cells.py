@@ -169,11 +169,13 @@ def _loose_datetime(text: str, tz: tzinfo) -> datetime:
 
 
 def _text_moment(text: str, tz: tzinfo) -> datetime:
-    """A timestamp written as text: seconds since the epoch (9 digits or more before any point),
-    ISO 8601 (with / allowed between the date's parts), or a looser common form; in `tz` unless
-    it names its own zone."""
+    """A timestamp written as text: yyyymmddHHMM[SS], seconds or milliseconds since the epoch (9
+    digits or more before any point), ISO 8601 (with / allowed between the date's parts), or a
+    looser common form; in `tz` unless it names its own zone."""
     if not text:
         raise RowError("missing timestamp")
+    if len(text) in (12, 14) and text.isdigit() and (compact := _compact_moment(text, tz)):
+        return compact
     if DECIMAL.fullmatch(text) and len(text.lstrip("+-").split(".")[0]) >= 9:
         return _from_epoch(float(text))
     try:
@@ -181,6 +183,15 @@ def _text_moment(text: str, tz: tzinfo) -> datetime:
     except ValueError:
         moment = _loose_datetime(text, tz)
     return moment if moment.tzinfo else moment.replace(tzinfo=tz)
+
+
+def _compact_moment(text: str, tz: tzinfo) -> datetime | None:
+    """yyyymmddHHMM or yyyymmddHHMMSS (common in Chinese logs), when the digits are such a time:
+    read as Unix milliseconds, they would land silently in 1973-2001 (12 digits) or past 2286."""
+    try:
+        return datetime.strptime(text, "%Y%m%d%H%M%S" if len(text) == 14 else "%Y%m%d%H%M").replace(tzinfo=tz)
+    except ValueError:
+        return None
 
 
 def _from_epoch(number: float) -> datetime:

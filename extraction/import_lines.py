@@ -13,7 +13,7 @@ import io
 import json
 import math
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,21 +90,28 @@ class BoundedLines:
 
 
 def read_records(
-    stream: io.TextIOBase, fmt: Format, *, location: str = ""
+    stream: io.TextIOBase,
+    fmt: Format,
+    *,
+    location: str = "",
+    on_header: Callable[[list[str]], None] | None = None,
 ) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    """Yield (line number, record or RowError). Header names are stripped and lower-cased.
+    """Yield (line number, record or RowError). A CSV header's names are stripped, lower-cased and
+    made unique (see _header_names), then given to `on_header`, which may refuse the file.
 
     The stream must decode with errors="surrogateescape": a line with bytes invalid in the
     encoding is then one row error, not the end of the import.
     """
     lines = BoundedLines(stream, settings.IMPORT_MAX_LINE_CHARS)
     if fmt == "csv":
-        yield from _read_csv(lines, location)
+        yield from _read_csv(lines, location, on_header)
     else:
         yield from _read_jsonl(lines)
 
 
-def _read_csv(lines: BoundedLines, location: str) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+def _read_csv(
+    lines: BoundedLines, location: str, on_header: Callable[[list[str]], None] | None
+) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
     reader = csv.reader(lines)
     names: list[str] | None = None
     start = 1
@@ -127,7 +134,9 @@ def _read_csv(lines: BoundedLines, location: str) -> Iterator[tuple[int, dict[st
                 raise ImportFileError(
                     f"{location}: the header is not valid UTF-8; save the file as UTF-8 or pass --encoding"
                 )
-            names = [name.strip().lower() for name in row]
+            names = _header_names(row, location)
+            if on_header:
+                on_header(names)
             continue
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
@@ -142,6 +151,20 @@ def _read_csv(lines: BoundedLines, location: str) -> Iterator[tuple[int, dict[st
                 yield line, exc
                 continue
         yield line, dict(zip(names, row, strict=False))  # short rows: trailing cells empty
+
+
+def _header_names(row: list[str], location: str) -> list[str]:
+    """The header's names, stripped and lower-cased. A name given again becomes name_N (N its
+    column), so that no column's cells are lost; a name that cannot be stored refuses the file."""
+    names: list[str] = []
+    for column, cell in enumerate(row, 1):
+        name = cell.strip().lower()
+        if "\x00" in name:
+            raise ImportFileError(f"{location}: the name of column {column} holds a NUL character")
+        while name in names:
+            name = f"{name}_{column}"
+        names.append(name)
+    return names
 
 
 def _read_jsonl(lines: BoundedLines) -> Iterator[tuple[int, dict[str, Any] | RowError]]:

@@ -16,6 +16,7 @@ extraction/import_cells.py checks and types each row, and this module batches th
 them with their checkpoints; import_ahead.py parses the next rows on a thread of its own meanwhile.
 """
 
+import codecs
 import contextlib
 import gzip
 import io
@@ -99,6 +100,7 @@ class ImportOptions:
     strict: bool = False  # one transaction for the whole file, rolled back if any row is bad
     batch_size: int = 5000
     max_errors_kept: int = 1000
+    shown_as: str = ""  # the file's name in messages (an upload's own, not where it is stored)
 
 
 @dataclass
@@ -157,7 +159,8 @@ class Importer:
     def batch_full(self) -> bool:
         raise NotImplementedError
 
-    def check_header(self, first: dict[str, Any], location: str) -> None:
+    def check_header(self, names: list[str], location: str) -> None:
+        """Refuse a CSV file whose header lacks a column the kind needs (ImportFileError)."""
         raise NotImplementedError
 
     # The run ----------------------------------------------------------------------------------
@@ -172,12 +175,15 @@ class Importer:
             binary = gzip.GzipFile(fileobj=raw) if path.suffix.lower() == ".gz" else raw
             stream = io.TextIOWrapper(
                 binary,
-                encoding=self.options.encoding,
+                encoding=_without_bom(self.options.encoding),
                 errors="surrogateescape",
                 newline="" if fmt == "csv" else None,
             )
             self.raw = raw
-            records = read_records(stream, fmt, location=str(path))
+            location = self.options.shown_as or str(path)
+            records = read_records(
+                stream, fmt, location=location, on_header=lambda names: self.check_header(names, location)
+            )
             with transaction.atomic() if self.options.strict else nullcontext():
                 self._records_import(records, from_csv=fmt == "csv")
                 if self.options.strict and self.summary.rejected:
@@ -218,14 +224,10 @@ class Importer:
         """(line, what `parse` made of its record, or the RowError) for the lines after `after_line`
         (those before were handled before the checkpoint this import resumes from). Runs on the
         parsing thread (see ahead()): it touches nothing but the file."""
-        checked_header = not from_csv
         for line, record in records:
             if line <= after_line:
                 continue
             if not isinstance(record, RowError):
-                if not checked_header:
-                    self.check_header(record, str(self.raw.name))
-                    checked_header = True
                 try:
                     record = self.parse(record, from_csv=from_csv)
                 except RowError as exc:
@@ -270,12 +272,12 @@ class BehaviorImporter(Importer):
         self.batch: list[BehaviorRow] = []
         self.plans: dict[int, Plan] = {}  # of CSV records, by their number of keys
 
-    def check_header(self, first, location):
-        present = {BEHAVIOR_ALIASES[name] for name in first if name in BEHAVIOR_ALIASES}
+    def check_header(self, names, location):
+        present = {BEHAVIOR_ALIASES[name] for name in names if name in BEHAVIOR_ALIASES}
         missing = [name for name in REQUIRED_BEHAVIOR_FIELDS if name not in present]
         if missing:
             raise ImportFileError(
-                f"{location}: no column for {', '.join(missing)} (found: {', '.join(first) or 'nothing'})"
+                f"{location}: no column for {', '.join(missing)} (found: {', '.join(names) or 'nothing'})"
             )
 
     def parse(self, record, *, from_csv):
@@ -309,9 +311,9 @@ class ProfileImporter(Importer):
         super().__init__(*args, **kwargs)
         self.batch: dict[str, dict[str, Any]] = {}
 
-    def check_header(self, first, location):
-        if not any(name in first for name in PROFILE_USER_ID):
-            raise ImportFileError(f"{location}: no user_id column (found: {', '.join(first)})")
+    def check_header(self, names, location):
+        if not any(name in names for name in PROFILE_USER_ID):
+            raise ImportFileError(f"{location}: no user_id column (found: {', '.join(names)})")
 
     def parse(self, record, *, from_csv):
         return parse_profile(record, from_csv=from_csv, limits=self.limits)
@@ -346,3 +348,8 @@ def import_file(
 ) -> ImportSummary:
     """Import one file of this kind (`hooks`: on_error, on_progress, checkpoints; see Importer)."""
     return IMPORTERS[kind](options, **hooks).run(path)
+
+
+def _without_bom(encoding: str) -> str:
+    """UTF-8 named as such also reads past a byte-order mark (Windows tools write one)."""
+    return "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding

@@ -147,6 +147,7 @@ def import_run(import_id: int) -> None:
             tz=ZoneInfo(data_import.timezone),
             batch_size=settings.IMPORTS_BATCH_ROWS,
             max_errors_kept=settings.IMPORTS_MAX_ERRORS_KEPT,
+            shown_as=data_import.file_name,
         )
         resume = Checkpoints(checkpoint, summary=_summary_of(data_import), after_line=data_import.line)
         with keeper or nullcontext():

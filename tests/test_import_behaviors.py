@@ -163,6 +163,44 @@ def test_it_names_a_missing_column(run, write_file):
         run("import_data", "behaviors", write_file("a.csv", "user_id,action,when\nu1,browse,x\n"))
 
 
+def test_the_header_is_checked_by_its_own_names_not_by_the_first_row(run, write_file):
+    short_first = "user_id,action,timestamp\nu_short\nu1,browse,2024-06-01 10:00:00\n"
+    out, err = run("import_data", "behaviors", write_file("a.csv", short_first))
+    assert "read 2, imported 1, updated 0, duplicates 0, rejected 1" in out and ":2: missing action" in err
+    with pytest.raises(CommandError, match="no column for action, occurred_at"):
+        run("import_data", "behaviors", write_file("b.csv", "user_id,when\n"))  # no row to read
+
+
+def test_a_header_name_given_twice_loses_no_column_and_one_with_nul_is_refused(run, write_file):
+    twice = "user_id,action,timestamp,item,item\nu1,browse,2024-06-01 10:00:00,A,B\n"
+    run("import_data", "behaviors", write_file("a.csv", twice))
+    behavior = Behavior.objects.get()
+    assert (behavior.item, behavior.extra) == ("A", {"item_5": "B"})  # the first fills the field
+    with pytest.raises(CommandError, match="the name of column 4 holds a NUL character"):
+        run("import_data", "behaviors", write_file("b.csv", "user_id,action,timestamp,no\x00te\nu1,a,2024\n"))
+
+
+def test_compact_times_are_read_as_times_and_long_numbers_as_unix_time(run, write_file):
+    rows = [
+        "u1,a,202406011000",  # yyyymmddHHMM: not Unix milliseconds in 1976
+        "u1,b,20240601100005",  # yyyymmddHHMMSS
+        "u1,c,1717200000",  # Unix seconds
+        "u1,d,1717200000000",  # Unix milliseconds
+        "u1,e,202413011000",  # no 13th month: Unix milliseconds, as before
+    ]
+    run("import_data", "behaviors", write_file("a.csv", "user_id,action,timestamp\n" + "\n".join(rows)))
+    times = dict(Behavior.objects.values_list("action", "occurred_at"))
+    assert times["a"] == datetime(2024, 6, 1, 10, tzinfo=SHANGHAI)
+    assert times["b"] == datetime(2024, 6, 1, 10, 0, 5, tzinfo=SHANGHAI)
+    assert times["c"] == times["d"] == datetime(2024, 6, 1, 0, 0, tzinfo=UTC)
+    assert times["e"] == datetime.fromtimestamp(202413011000 / 1000, tz=UTC)
+
+
+def test_a_byte_order_mark_is_read_past_when_utf8_is_named(run, write_file):
+    out, _ = run("import_data", "behaviors", write_file("a.csv", "\ufeff" + LAYOUT_A), "--encoding", "utf-8")
+    assert "imported 3" in out
+
+
 def test_it_explains_a_file_that_is_not_utf8(run, write_file):
     content = "user_id,action,timestamp\nu1,浏览,2024-06-01\n".encode("gbk")
     path = write_file("gbk.csv", content)

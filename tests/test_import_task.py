@@ -68,6 +68,23 @@ def test_an_import_reports_exactly_as_import_data_does(imports_dir, run, write_f
     assert import_report(data_import)[0] == "log.csv:21: unparseable timestamp 'not a time'"
 
 
+def test_a_continuation_whose_first_row_is_short_goes_on_and_errors_name_the_upload(imports_dir, settings):
+    """The header is checked by its own names: a short row first after a checkpoint is one bad row."""
+    settings.IMPORTS_BATCH_ROWS, settings.IMPORTS_BUDGET_SECONDS = 10, 0  # a pause after each batch
+    lines = behaviors_csv(20).decode().splitlines(keepends=True)
+    lines[11] = "u_short\n"  # the 11th row: the first the continuation reads
+    data_import = upload("".join(lines).encode())
+    for _ in range(3):
+        import_run(data_import.id)
+    data_import.refresh_from_db()
+    assert (data_import.status, data_import.rows_read, data_import.imported) == ("completed", 20, 19)
+    assert data_import.errors == [[12, "missing action"]]
+    bad = upload(b"user_id,when\nu1,x\n", name="mine.csv")
+    import_run(bad.id)
+    bad.refresh_from_db()
+    assert bad.status == "failed" and bad.error.startswith("mine.csv: no column for action")
+
+
 def test_a_worker_that_died_mid_import_is_taken_over_from_its_checkpoint(imports_dir, settings):
     data_import = upload(behaviors_csv(100))
     # A first worker claims it and stops after three batches (as if it died right there).
