@@ -68,7 +68,7 @@ class BoundedLines:
             raise StopIteration
         self.number += 1
         if len(line) > self.limit and len(line.rstrip("\r\n")) > self.limit:
-            while line and not line.endswith("\n"):  # skip the rest of this line
+            while line and not line.endswith(("\n", "\r")):  # skip the rest of this line (\r: old Macs)
                 line = self._read()
             raise LineTooLong(f"line longer than {self.limit:,} characters (IMPORT_MAX_LINE_CHARS)")
         self.record_chars += len(line)

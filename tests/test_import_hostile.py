@@ -96,3 +96,14 @@ def test_a_profile_over_the_attribute_limit_is_reported(run, write_file):
     out, err = run("import_data", "profiles", path)
     assert f"{path}:3: the attributes take" in err and "(IMPORT_MAX_ATTRIBUTES_BYTES)" in err
     assert "imported 1" in out and "rejected 1" in out
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])  # \r alone: files of old Macs' spreadsheets
+def test_a_line_too_long_is_skipped_alone_whatever_ends_the_lines(write_file, settings, newline):
+    settings.IMPORT_MAX_LINE_CHARS = 1024
+    rows = ["user_id,action,timestamp", "u1,a,2024-06-01", f"u2,{'x' * 3000},2024-06-01", "u3,c,2024-06-01"]
+    path = write_file("a.csv", newline.join([*rows, "u4,d,2024-06-01", ""]))
+    errors = []
+    summary = import_file("behaviors", path, on_error=lambda line, reason: errors.append((line, reason)))
+    assert errors == [(3, "line longer than 1,024 characters (IMPORT_MAX_LINE_CHARS)")]
+    assert (summary.read, summary.imported, summary.rejected) == (4, 3, 1)
