@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from extraction.imports import import_create, import_run
-from jobs.models import Schedule
+from jobs.models import Job, Schedule
 from jobs.schedules import schedule_create, schedules_run_due
 from jobs.services import job_start
 
@@ -174,3 +174,20 @@ def test_sequences_along_the_links_never_fail_nor_break_the_schema(data, admin_t
             suppress_health_check=list(HealthCheck),
         )
     )
+
+
+def test_the_predecessors_refusals_answer_200_as_the_schema_says(data, admin_token, monkeypatch):
+    """Code 1002 (users busy: no data) and 1003 (the job ended otherwise: its id) answer 200 too,
+    states the fuzz does not reach."""
+    from jobs.api import legacy
+    from jobs.services import job_cancel
+
+    operation = schema["/api/v1/events/extract"]["POST"]
+    headers = {"Authorization": f"Token {admin_token}"}
+    busy = operation.Case(body={"user_ids": ["u003"]}, media_type="application/json")  # in a job
+    assert busy.call_and_validate(headers=headers, checks=CHECKS).json()["code"] == 1002
+    for job in Job.objects.filter(status__in=Job.ACTIVE):
+        job_cancel(job)  # every user free again
+    monkeypatch.setattr(legacy, "job_run_here", job_cancel)  # it ends cancelled
+    ended = operation.Case(body={"user_ids": ["u004"]}, media_type="application/json")
+    assert ended.call_and_validate(headers=headers, checks=CHECKS).json()["code"] == 1003

@@ -91,6 +91,7 @@ StartData = inline_serializer(
         "job_id": serializers.IntegerField(),
         "total_users": serializers.IntegerField(required=False),
     },
+    allow_null=True,  # a refusal's (code 1002: users busy)
 )
 
 
@@ -196,9 +197,18 @@ SyncData = inline_serializer(
     "LegacySyncData",
     {
         "job_id": serializers.IntegerField(),
-        "events": serializers.DictField(child=EventOutput(many=True)),
-        "failed": serializers.DictField(child=serializers.CharField()),
+        "events": serializers.DictField(
+            child=EventOutput(many=True),
+            required=False,
+            help_text="Absent when the job ended otherwise (1003)",
+        ),
+        "failed": serializers.DictField(
+            child=serializers.CharField(),
+            required=False,
+            help_text="Absent when the job ended otherwise (1003)",
+        ),
     },
+    allow_null=True,  # a refusal's (code 1002: users busy)
 )
 
 
