@@ -60,7 +60,9 @@ def events_export_batches(*, batch_size: int, **filters) -> Iterator[list[tuple]
     """The filtered events as tuples of EXPORT_COLUMNS in id order, `batch_size` at a time, each
     batch a short query of its own (the ids above the last one sent): nothing stays open between
     two batches, so an export whose client reads slowly, or not at all, holds no cursor and no
-    connection meanwhile. Events written while an export runs may or may not be in it."""
+    connection meanwhile. Events written while an export runs may or may not be in it, and a
+    user extracted again meanwhile (old events deleted, new ones with higher ids) may appear with
+    both runs' events or with neither: no snapshot spans the batches."""
     rows = events_filter(**filters).order_by("id").values_list(*EXPORT_COLUMNS)
     last = 0  # ids start at 1
     while batch := list(rows.filter(id__gt=last)[:batch_size]):
