@@ -61,7 +61,8 @@ def job_start(
     Explicit ids that are unknown or already in an active job are refused by name. Items are
     created in one INSERT … SELECT (a million in seconds); drain tasks are enqueued after commit.
     A job with nobody to process completes at once. `priority` (a Job.Priority weight) and
-    `max_workers` say how it shares the workers; `schedule` is the schedule that started it.
+    `max_workers` say how it shares the workers; `schedule` is the schedule that started it;
+    `parent`, the finished job whose failed users this one retries (its users, not `user_ids`).
     """
     errors: dict[str, str] = {}
     default_chunk_size = settings.JOBS_CHUNK_SIZE
