@@ -14,7 +14,7 @@ ASGI one) stops gunicorn at start with a message saying so, instead of answering
 
 Everything a deployment tunes comes from the environment (the same file the systemd units read):
 
-    WEB_BIND            address to listen on (default 127.0.0.1:8000; a proxy or load balancer in front)
+    WEB_BIND            addresses to listen on, comma-separated (default 127.0.0.1:8000; nginx in front)
     WEB_CONCURRENCY     worker processes (default cores + 1, see `workers` below)
     WEB_THREADS         threads per worker process, with eventproject.wsgi only (default 4)
     WEB_TIMEOUT         seconds a worker may stay silent before it is restarted (default 60)
@@ -34,7 +34,13 @@ def _env_int(name: str, default: int) -> int:
     return int(value)
 
 
-bind = os.environ.get("WEB_BIND") or "127.0.0.1:8000"
+# One address or several, comma-separated: loopback for nginx, the machine's own for a load
+# balancer's health check and Prometheus on other machines.
+bind = [
+    address.strip()
+    for address in (os.environ.get("WEB_BIND") or "127.0.0.1:8000").split(",")
+    if address.strip()
+]
 # One process more than the cores, not gunicorn's usual 2 × cores + 1: each process already serves
 # many connections (uvicorn's event loop, or WEB_THREADS threads), and processes beyond that only
 # compete for the cores with the task clusters beside them. Measured on 2 cores while a 2-worker

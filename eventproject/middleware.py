@@ -54,9 +54,17 @@ def body_too_large(path: str) -> HttpResponse:
 
 
 class SecretsHiddenReporterFilter(SafeExceptionReporterFilter):
-    """Also hides *_URL settings, which may carry credentials (user:password@, ?api-key=)."""
+    """Also hides *_URL settings, which may carry credentials (user:password@, ?api-key=), and any
+    URL with a password wherever a setting holds it (the Redis URL in CACHES and Q_CLUSTER)."""
 
     hidden_settings = re.compile("API|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE|URL", flags=re.I)
+    url_with_password = re.compile(r"://[^/@\s]*:[^/@\s]*@")
+
+    def cleanse_setting(self, key, value):
+        cleansed = super().cleanse_setting(key, value)  # recurses through this method into dicts
+        if type(cleansed) is str and self.url_with_password.search(cleansed):  # (not a lazy proxy)
+            return self.cleansed_substitute
+        return cleansed
 
 
 class OutageAnswer:

@@ -1,4 +1,5 @@
-"""Who the client is, behind the proxies and load balancers named in TRUSTED_PROXIES.
+"""Who the client is, and whether it came over HTTPS, behind the proxies and load balancers named
+in TRUSTED_PROXIES: only theirs is believed of what X-Forwarded-For and X-Forwarded-Proto say.
 
 django-axes counts login failures per client address (AXES_CLIENT_IP_CALLABLE names
 client_address). Behind a load balancer every request arrives from the balancer's address, so
@@ -6,9 +7,24 @@ without this every client would share one count and anyone could lock `admin` ou
 """
 
 import ipaddress
+from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+
+
+def forwarded_proto_from_proxies_only(get_response: Callable[[HttpRequest], HttpResponse]):
+    """Middleware, before SecurityMiddleware: X-Forwarded-Proto is dropped unless a trusted proxy
+    sent it. Django believes it (SECURE_PROXY_SSL_HEADER, HTTPS=on) from anyone; a client that
+    reaches the web server's own address directly (WEB_BIND, for a load balancer's health check)
+    could otherwise pass for HTTPS and use the admin over plain HTTP."""
+
+    def middleware(request: HttpRequest) -> HttpResponse:
+        if "HTTP_X_FORWARDED_PROTO" in request.META and not _trusted(request.META.get("REMOTE_ADDR", "")):
+            del request.META["HTTP_X_FORWARDED_PROTO"]
+        return get_response(request)
+
+    return middleware
 
 
 def client_address(request: HttpRequest) -> str:

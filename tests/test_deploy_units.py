@@ -2,12 +2,17 @@
 README makes about stopping and restarting. The web unit's command line is the one the serving
 tests run (tests/servers.py); the cluster unit's is tests/cluster.py's."""
 
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import urllib.request
 
 import pytest
 
-from tests.servers import DEPLOY, INSTALL_PATH, ROOT, unit
+from tests.cluster import wait_for
+from tests.servers import DEPLOY, INSTALL_PATH, ROOT, free_port, unit
 from tests.tools import unavailable
 
 UNITS = ["eventproject-web.service", "eventproject-cluster@.service"]
@@ -67,3 +72,48 @@ def test_several_clusters_can_run_on_one_machine():
     service = unit("eventproject-cluster@.service")
     assert service["ExecStart"] == [f"{ROOT}/.venv/bin/python manage.py qcluster"]
     assert service["EnvironmentFile"][1] == "-/etc/eventproject/cluster-%i.env"  # optional, per instance
+
+
+def test_a_reload_after_the_release_symlink_moves_serves_the_new_release(tmp_path):
+    """An upgrade switches the install folder, a symlink, to a new release, then reloads. Under
+    systemd gunicorn starts in the folder the symlink resolved to and would go back there at every
+    reload; the unit's PWD (the symlink's own path) is what makes the reload follow it. Shown with
+    two one-line releases, started as systemd starts a process (no PWD of the shell's)."""
+    service = unit("eventproject-web.service")
+    assert f"PWD={service['WorkingDirectory'][0]}" in service["Environment"]
+    for release in ("one", "two"):
+        (tmp_path / release).mkdir()
+        (tmp_path / release / "app.py").write_text(
+            f"def app(environ, start):\n    start('200 OK', [])\n    return [b'{release}']\n"
+        )
+    current = tmp_path / "current"
+    current.symlink_to(tmp_path / "one")
+    port = free_port()
+    server = subprocess.Popen(
+        [f"{sys.prefix}/bin/gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "app:app"],
+        cwd=current.resolve(),
+        env={"PATH": os.environ["PATH"], "PWD": str(current)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def answer() -> bytes | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                return response.read()
+        except OSError:
+            return None
+
+    try:
+        wait_for(lambda: answer() == b"one", timeout=30, what="the first release answering")
+        current.unlink()
+        current.symlink_to(tmp_path / "two")
+        server.send_signal(signal.SIGHUP)  # what `systemctl reload` sends
+        wait_for(lambda: answer() == b"two", timeout=30, what="the new release answering after the reload")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

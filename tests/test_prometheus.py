@@ -41,7 +41,7 @@ def test_prometheus_scrapes_the_server_behind_https_and_sees_a_job_move(
 ):
     users = make_users(60)
     clusters()
-    server = web_server(HTTPS="on")
+    server = web_server(HTTPS="on", TRUSTED_PROXIES="127.0.0.1")
     scraper = prometheus(server)
     wait_for(
         lambda: one(scraper, 'up{job="eventproject"}') == 1,

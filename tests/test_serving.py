@@ -69,7 +69,7 @@ def test_a_bad_server_setting_stops_gunicorn_with_a_message_naming_it(tmp_path):
 
 
 def test_with_https_on_healthz_status_and_metrics_answer_plain_http_and_the_rest_redirects(web_server):
-    server = web_server(HTTPS="on")
+    server = web_server(HTTPS="on", TRUSTED_PROXIES="127.0.0.1")
     for path, expected in [("/healthz", {200}), ("/status", {200, 503}), ("/metrics", {200})]:
         status, headers, _ = server.get(path)
         assert status in expected, (path, status, headers.get("location"))
@@ -79,6 +79,31 @@ def test_with_https_on_healthz_status_and_metrics_answer_plain_http_and_the_rest
     # Through the proxy (it says https), the admin answers, with HSTS.
     status, headers, _ = server.get("/admin/login/", {"X-Forwarded-Proto": "https"})
     assert status == 200 and headers["strict-transport-security"].startswith("max-age=31536000")
+
+
+def test_the_web_server_listens_on_every_address_web_bind_names(tmp_path):
+    """Loopback for nginx, the machine's own address for a load balancer and Prometheus."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--print-config", "eventproject.asgi"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "WEB_BIND": "127.0.0.1:8000, 10.0.5.10:8000",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert re.search(r"^bind\s+= \['127.0.0.1:8000', '10.0.5.10:8000'\]$", result.stdout, re.M), result.stderr
+
+
+def test_a_client_that_is_not_a_trusted_proxy_cannot_pass_for_https(web_server):
+    """The web server's own address is reachable for a load balancer's health check: a client
+    asking it directly with X-Forwarded-Proto: https is still on plain HTTP."""
+    server = web_server(HTTPS="on", TRUSTED_PROXIES="10.0.5.1")  # this test's loopback is not it
+    status, headers, _ = server.get("/admin/login/", {"X-Forwarded-Proto": "https"})
+    assert status == 301 and headers["location"].startswith("https://")
 
 
 @pytest.mark.parametrize("application", ["eventproject.asgi", "eventproject.wsgi"])

@@ -6,6 +6,7 @@ import pytest
 
 PRODUCTION_KEY = "k3Jx9-qLw2ZpT7vN4bR8sY1cU6mE0aH5dF2gK9jL3nP7qS4tV8wX1zA6"
 PRODUCTION = {"DEBUG": "0", "SECRET_KEY": PRODUCTION_KEY, "ALLOWED_HOSTS": "events.example.com"}
+BEHIND_NGINX = {"HTTPS": "on", "TRUSTED_PROXIES": "127.0.0.1"}
 
 
 def deploy_check(**env) -> subprocess.CompletedProcess:
@@ -20,7 +21,7 @@ def deploy_check(**env) -> subprocess.CompletedProcess:
 
 
 def test_behind_tls_the_deploy_check_finds_nothing():
-    result = deploy_check(**PRODUCTION, HTTPS="on")
+    result = deploy_check(**PRODUCTION, **BEHIND_NGINX)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "System check identified no issues (0 silenced)."
     assert result.stderr == ""
@@ -70,6 +71,7 @@ def test_it_starts_with_development_defaults_in_debug():
         ({"DEBUG": "0", "SECRET_KEY": "short"}, "SECRET_KEY must be at least 50 random characters"),
         ({"DEBUG": "0", "SECRET_KEY": PRODUCTION_KEY}, "ALLOWED_HOSTS must name the site's host names"),
         ({"DEBUG": "1", "HTTPS": "sometimes"}, "HTTPS must be a boolean"),
+        ({"DEBUG": "1", "HTTPS": "on"}, "HTTPS=on needs TRUSTED_PROXIES: the proxy that terminates TLS"),
         ({"DEBUG": "1", "API_READ_RATE": "fast"}, "API_READ_RATE must look like 60/minute"),
         ({"DEBUG": "1", "IMPORT_MAX_LINE_CHARS": "10"}, "IMPORT_MAX_LINE_CHARS must be at least 1024"),
         ({"DEBUG": "1", "IMPORT_LATEST_YEAR": "99999"}, "IMPORT_LATEST_YEAR must be at most 9000"),
@@ -97,6 +99,35 @@ def test_it_refuses_bad_configuration_by_name(env, message):
     code, stderr = settings_error(**env)
     assert code != 0
     assert "ImproperlyConfigured" in stderr and message in stderr
+
+
+def test_fallback_keys_come_from_the_environment_and_the_log_level_in_any_case():
+    probe = "from django.conf import settings; print(settings.SECRET_KEY_FALLBACKS)"
+    result = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {probe}"],
+        env={
+            **os.environ,
+            "DEBUG": "1",
+            "SECRET_KEY_FALLBACKS": "old-key-one  old-key-two",
+            "LOG_LEVEL": "debug",
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['old-key-one', 'old-key-two']"
+
+
+def test_error_reports_hide_a_password_in_any_url_a_setting_holds(settings):
+    from eventproject.middleware import SecretsHiddenReporterFilter
+
+    url = "redis://:s3cretpw@redis.example.com:6379/0"
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}}
+    settings.Q_CLUSTER = {"name": "x", "redis": url, "workers": 2}
+    shown = SecretsHiddenReporterFilter().get_safe_settings()
+    assert "s3cretpw" not in repr(shown)
+    assert shown["Q_CLUSTER"]["workers"] == 2  # the rest stays readable
 
 
 @pytest.mark.parametrize(("value", "poll"), [(None, "0.1"), ("0.3", "0.3")])
@@ -143,7 +174,7 @@ def test_behind_tls_it_redirects_to_https_and_sends_hsts_and_secure_cookies(stat
         env={
             **clean,
             **PRODUCTION,
-            "HTTPS": "on",
+            **BEHIND_NGINX,  # the test client's 127.0.0.1 is the proxy saying https
             "STATIC_ROOT": str(static_root),  # the admin's pages name their collected files
             "DJANGO_SETTINGS_MODULE": "eventproject.settings",
         },

@@ -117,8 +117,11 @@ class Delivery(models.Model):
     )
     status = status_field(DeliveryStatus, DeliveryStatus.PENDING)
     attempt_count = count_field(gettext_lazy("attempts"), big=False)
-    # The attempts made before its latest redelivery: the backoff counts from there, afresh.
-    attempts_before_redelivery = count_field(gettext_lazy("attempts before its redelivery"), big=False)
+    # The attempts made before its latest redelivery: the backoff counts from there, afresh. A
+    # database default too: code of the release before, running during an upgrade, leaves it out.
+    attempts_before_redelivery = models.PositiveIntegerField(
+        default=0, db_default=0, verbose_name=gettext_lazy("attempts before its redelivery")
+    )
     next_attempt_at = moment_field(gettext_lazy("next attempt at"))
     give_up_at = models.DateTimeField(
         help_text=gettext_lazy("No attempt is started after this time"),

@@ -28,6 +28,9 @@ elif not DEBUG and (
         "SECRET_KEY must be at least 50 random characters when DEBUG is off "
         '(python -c "import secrets; print(secrets.token_urlsafe(50))")'
     )
+# Keys being rotated out, space-separated: what they signed (sessions, password resets) stays
+# valid, and webhook requests carry a signature under each too, until receivers have the new one.
+SECRET_KEY_FALLBACKS = os.environ.get("SECRET_KEY_FALLBACKS", "").split()
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")
 if not DEBUG and not ALLOWED_HOSTS:
@@ -56,6 +59,11 @@ SECURE_REFERRER_POLICY = "same-origin"
 # right past every trusted proxy: eventproject.proxies); any other client's own header is ignored,
 # so nobody can pose as another address to dodge or cause a login lock-out.
 TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES")
+if HTTPS and not TRUSTED_PROXIES:
+    raise ImproperlyConfigured(
+        "HTTPS=on needs TRUSTED_PROXIES: the proxy that terminates TLS (127.0.0.1 for nginx on this "
+        "machine) is the only one believed when it says a request came over HTTPS"
+    )
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -78,6 +86,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "ops.middleware.request_latency",  # outermost: times everything, static files included
+    # X-Forwarded-Proto believed from TRUSTED_PROXIES only (SecurityMiddleware reads it next).
+    "eventproject.proxies.forwarded_proto_from_proxies_only",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     # The language from the browser's Accept-Language (English unless it asks for Chinese).
@@ -312,7 +322,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO").upper()},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # The HTTP client (httpx, or the httpx2 fork the openai client uses) logs each request's URL

@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='delivery',
             name='attempts_before_redelivery',
-            field=models.PositiveIntegerField(default=0, verbose_name='attempts before its redelivery'),
+            field=models.PositiveIntegerField(db_default=0, default=0, verbose_name='attempts before its redelivery'),
         ),
     ]
