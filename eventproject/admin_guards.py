@@ -28,7 +28,16 @@ def integer_id(value: str | None) -> int | None:
 
 class GuardedAdmin(admin.ModelAdmin):
     """A bad object id in the URL is "no such object" (the admin's redirect with a message), and a
-    search term loses NUL characters, instead of an error from the database (a 500)."""
+    search term or a list filter's value loses NUL characters, instead of an error from the
+    database (a 500: PostgreSQL refuses NUL in text)."""
+
+    def changelist_view(self, request, extra_context=None):
+        if any("\x00" in value for _, values in request.GET.lists() for value in values):
+            cleaned = request.GET.copy()
+            for key, values in request.GET.lists():
+                cleaned.setlist(key, [value.replace("\x00", "") for value in values])
+            request.GET = cleaned
+        return super().changelist_view(request, extra_context)
 
     def get_object(self, request, object_id, from_field=None):
         if from_field is None and not object_id_valid(self.model, object_id):

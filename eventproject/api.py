@@ -233,6 +233,8 @@ class JSONParser(parsers.JSONParser):
             problem = (field_nested_too_deep(text, limit), depth_problem(limit))
         except ValueError as exc:  # bad JSON, or bytes that are not the charset's
             raise ParseError(_("JSON parse error - %s") % exc) from None
+        except LookupError:  # a charset Python does not know, or not a text encoding (rot13)
+            raise ParseError(_("JSON parse error - unknown charset %r") % encoding) from None
         else:
             problem = json_problem(data, max_depth=limit)
         if problem is None:

@@ -6,6 +6,7 @@ category (of what its filters select).
 """
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -39,9 +40,9 @@ class ReadOnlyAdmin(GuardedAdmin):
 
 
 def user_link(user_id: str) -> str:
-    return format_html(
-        '<a href="{}">{}</a>', reverse("admin:extraction_userprofile_change", args=[user_id]), user_id
-    )
+    """A link to the user's page; the id quoted as the admin quotes keys (`_` and `/` in ids)."""
+    url = reverse("admin:extraction_userprofile_change", args=[quote(user_id)])
+    return format_html('<a href="{}">{}</a>', url, user_id)
 
 
 @admin.register(UserProfile)
@@ -59,7 +60,7 @@ class UserProfileAdmin(ReadOnlyAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         """The profile, and next to it what else the viewer may see: behaviours, events, state."""
-        profile = self.get_object(request, object_id)
+        profile = self.get_object(request, unquote(object_id))  # as the admin's own view unquotes it
         if profile is None or not self.has_view_permission(request, profile):
             return super().change_view(request, object_id, form_url, extra_context)  # its own answer
         may = request.user.has_perm

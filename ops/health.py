@@ -38,8 +38,9 @@ UNCHECKED = {"ok": False, "error": "not checked: the database is unreachable"}
 
 def health_report() -> dict[str, Any]:
     """/healthz: whether this web process can serve.
-    {"status": "ok" | "failing", "errors": [...], "checks": {name: {"ok": ..., ...}}}"""
-    return _report(_serving_checks())
+    {"status": "ok" | "failing", "errors": [...], "checks": {name: {"ok": ..., ...}}}
+    Anyone may ask it: what the database driver said (its host, port, user) stays out."""
+    return _report(_serving_checks(), details=False)
 
 
 def status_report() -> dict[str, Any]:
@@ -59,8 +60,16 @@ def _serving_checks() -> dict[str, dict[str, Any]]:
     return checks
 
 
-def _report(checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    errors = [f"{name}: {check['error']}" for name, check in checks.items() if not check["ok"]]
+def _report(checks: dict[str, dict[str, Any]], *, details: bool = True) -> dict[str, Any]:
+    """The report; `details`: with what the driver said about a failure (/status, which only the
+    monitoring may ask), else without it."""
+    if not details:
+        checks = {name: {k: v for k, v in check.items() if k != "detail"} for name, check in checks.items()}
+    errors = [
+        f"{name}: {check['error']}" + (f": {check['detail']}" if "detail" in check else "")
+        for name, check in checks.items()
+        if not check["ok"]
+    ]
     return {"status": "failing" if errors else "ok", "errors": errors, "checks": checks}
 
 
@@ -69,7 +78,7 @@ def database_check() -> dict[str, Any]:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
     except DatabaseError as exc:
-        return {"ok": False, "error": f"cannot reach the database: {_safe(exc)}"}
+        return {"ok": False, "error": "cannot reach the database", "detail": _safe(exc)}
     return {"ok": True, "vendor": connection.vendor}
 
 
@@ -84,7 +93,7 @@ def migrations_check() -> dict[str, Any]:
     try:
         applied = set(MigrationRecorder.Migration.objects.values_list("app", "name"))
     except DatabaseError as exc:
-        return {"ok": False, "error": f"cannot read the applied migrations: {_safe(exc)}"}
+        return {"ok": False, "error": "cannot read the applied migrations", "detail": _safe(exc)}
     missing = sorted(f"{app}.{name}" for app, name in migrations_on_disk() - applied)
     if missing:
         return {"ok": False, "error": f"not applied (run manage.py migrate): {', '.join(missing)}"}

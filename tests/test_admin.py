@@ -181,6 +181,24 @@ def test_a_users_page_shows_behaviours_next_to_events_linked_to_each_other(clien
     assert "succeeded" in page
 
 
+@pytest.mark.parametrize("user_id", ["user_001", "dealer/42", "a_2Fb"])
+def test_a_users_page_and_the_links_to_it_work_for_ids_the_admin_quotes(client, personas, user_id):
+    """The admin quotes `_` and `/` in keys: the links must too, and the page must unquote."""
+    import re
+    from datetime import UTC, datetime
+
+    from extraction.services import BehaviorRow, behaviors_insert
+
+    behaviors_insert([BehaviorRow(user_id, "purchase", datetime(2026, 1, 1, tzinfo=UTC), item="X9")])
+    job_drain(job_start(enqueue=False).id)
+    client.force_login(personas["admin"])
+    items = client.get("/admin/jobs/jobitem/").content.decode()
+    (link,) = re.findall(r'href="(/admin/extraction/userprofile/[^"]+/change/)"', items)
+    page = client.get(link)
+    assert page.status_code == 200
+    assert "Behaviour (1)" in page.content.decode() and "may not see" not in page.content.decode()
+
+
 def test_data_is_searchable_by_user_id(client, personas, make_users):
     make_users(3)
     client.force_login(personas["admin"])

@@ -65,6 +65,15 @@ def test_a_body_that_is_itself_too_deep_is_a_400_saying_so(api):
     assert response.json() == {"detail": "nested deeper than 32 levels (API_MAX_JSON_DEPTH)"}
 
 
+@pytest.mark.parametrize("charset", ["rot13", "base64"])  # codecs Python knows, not of text
+def test_a_body_in_a_charset_that_is_not_text_is_a_400(api, charset):
+    response = api("operator").post(
+        "/api/v1/jobs/", data="{}", content_type=f"application/json; charset={charset}"
+    )
+    assert response.status_code == 400
+    assert response.json() == {"detail": f"JSON parse error - unknown charset {charset!r}"}
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

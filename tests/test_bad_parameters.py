@@ -153,3 +153,15 @@ def test_admin_lists_take_hostile_filters(client, personas, job):
         f"/admin/jobs/job/?p={HUGE}",
     ]:
         assert client.get(url).status_code == 200, url
+
+
+def test_admin_list_filters_lose_nul_characters_as_search_terms_do(client, personas, job):
+    """PostgreSQL refuses NUL in text: a filter's value with one was a 500 there."""
+    client.force_login(personas["admin"])
+    for url, found in [
+        ("/admin/jobs/job/?status__exact=%00completed", 1),
+        ("/admin/jobs/job/?extractor=%00rules", 1),
+        ("/admin/jobs/jobitem/?status__exact=%00succeeded", 3),
+    ]:
+        page = client.get(url)
+        assert (page.status_code, page.context["cl"].result_count) == (200, found), url

@@ -132,5 +132,7 @@ def test_the_admin_changes_a_jobs_share_from_its_page(client, personas, make_use
     assert "Priority: must be one of 1 (low), 2 (normal), 4 (high), 8 (urgent)" in answer.content.decode()
     answer = client.post(url, {"priority": "²", "max_workers": ""}, follow=True)  # a digit int() refuses
     assert "Priority: must be one of" in answer.content.decode()
+    answer = client.post(url, {"priority": "2", "max_workers": "9" * 5000}, follow=True)  # past int()'s limit
+    assert answer.status_code == 200 and "must be an integer from 1 to" in answer.content.decode()
     client.force_login(personas["viewer"])
     assert client.post(url, {"priority": "1", "max_workers": ""}).status_code == 403

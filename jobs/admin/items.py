@@ -1,12 +1,11 @@
 """A job's items in the admin: one row per user, read-only, reached from the job's page."""
 
 from django.contrib import admin
-from django.urls import reverse
-from django.utils.html import format_html
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from eventproject.admin_guards import GuardedAdmin, integer_id
+from extraction.admin import user_link
 
 from ..models import JobItem
 from .jobs import job_link
@@ -73,5 +72,4 @@ class JobItemAdmin(GuardedAdmin):
 
     @admin.display(description=gettext_lazy("user"), ordering="user")
     def user_link(self, item: JobItem) -> str:
-        url = reverse("admin:extraction_userprofile_change", args=[item.user_id])
-        return format_html('<a href="{}">{}</a>', url, item.user_id)
+        return user_link(item.user_id)

@@ -58,7 +58,7 @@ def _share(form) -> dict:
     values = {}
     for name in ("priority", "max_workers"):
         text = form.get(name, "").strip()
-        values[name] = None if text == "" else int(text) if text.isdecimal() else text
+        values[name] = None if text == "" else int(text) if text.isdecimal() and len(text) <= 15 else text
     return values
 
 
