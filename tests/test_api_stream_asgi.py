@@ -115,6 +115,23 @@ def test_a_client_that_goes_away_gives_its_stream_slot_back(web_server, token, m
     wait_for(lambda: gauge(server, "progress_streams") == 0, timeout=10, what="no stream open")
 
 
+@pytest.mark.parametrize("application", ["eventproject.asgi", "eventproject.wsgi"])
+def test_a_head_request_answers_at_once_and_holds_no_stream(web_server, token, make_users, application):
+    """gunicorn's WSGI workers run a HEAD's body to its end and drop it: a stream made for a HEAD
+    held its slot and its thread for API_STREAM_MAX_SECONDS."""
+    make_users(1)
+    job = job_start(user_ids=["u001"], extractor="test", enqueue=False)
+    server = web_server(
+        application, WEB_CONCURRENCY="1", API_STREAMS_PER_USER="1", API_STREAM_MAX_SECONDS="60"
+    )
+    path = f"/api/v1/jobs/{job.id}/stream/"
+    status, headers, body = server.request("HEAD", path, headers={"Authorization": f"Token {token}"})
+    assert (status, headers["content-type"], body) == (200, "text/event-stream", b"")
+    stream = SSEClient(server, path, token)  # the user's one slot is free
+    assert stream.status == 200
+    stream.close()
+
+
 def test_a_stream_cancelled_as_its_job_changes_ends_and_gives_its_slot_back(make_users, settings):
     """The server cancels a stream whose client went away. The cancel must win even when it comes in
     the same turn of the event loop as a change of the job: `asyncio.wait_for` (Python 3.11) then

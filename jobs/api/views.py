@@ -7,7 +7,7 @@ from functools import partial
 from typing import Any, cast
 
 from django.conf import settings
-from django.http import Http404, HttpResponseNotModified, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseNotModified, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
 from django.utils.http import parse_etags
@@ -363,7 +363,17 @@ class JobStreamView(JobsBase, APIView):
                 % {"count": settings.API_STREAMS_PER_USER, "id": job.id},
             )
         stream = ProgressStream(job.id, last_id, slot, asynchronous=asgi_served(request))
-        response = StreamingHttpResponse(stream, content_type="text/event-stream")
+        return self._stream_headers(StreamingHttpResponse(stream, content_type="text/event-stream"))
+
+    def head(self, request: Request, pk: int):
+        """What a GET would answer, without starting a stream: a HEAD's body is never sent, and a
+        stream made for one would run unread to its end, holding a slot (and, served as WSGI, a
+        thread) all that time."""
+        get_object_or_404(Job, pk=pk)
+        return self._stream_headers(HttpResponse(content_type="text/event-stream"))
+
+    @staticmethod
+    def _stream_headers(response: HttpResponseBase) -> HttpResponseBase:
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
         return response
