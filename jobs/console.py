@@ -1,5 +1,6 @@
 """How jobs look in a terminal: the commands (extract, job_status, runall) share these."""
 
+import re
 import time
 from typing import TextIO
 
@@ -16,6 +17,13 @@ NO_WORKER_HINT_AFTER = 15
 PLAIN_EVERY_SECONDS = 5.0
 # Where reports go: a stream, or a command's self.stdout.
 Out = TextIO | OutputWrapper
+# Control characters but the line break: imported user ids and errors may hold terminal escapes.
+CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """The text with its control characters shown as escapes (\\x1b), not run by the terminal."""
+    return CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def summary_line(progress: Progress) -> str:
@@ -30,7 +38,7 @@ def summary_line(progress: Progress) -> str:
         line += f"\n  error: {progress.error}"
     for error in progress.top_errors:
         line += f"\n  {error['count']} × {error['error']}"
-    return line
+    return terminal_safe(line)
 
 
 def describe(progress: Progress) -> str:
@@ -69,7 +77,7 @@ def describe(progress: Progress) -> str:
         lines.append(f"  error        {progress.error}")
     for error in progress.top_errors:
         lines.append(f"  {error['count']:>6} × {error['error']}")
-    return "\n".join(lines)
+    return terminal_safe("\n".join(lines))
 
 
 def add_share_arguments(parser) -> None:

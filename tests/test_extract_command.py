@@ -193,3 +193,22 @@ def test_away_from_a_terminal_a_line_comes_every_few_seconds_not_per_update(make
         f"job {job.id} running: 11/100 users finished: ok=11 failed=0 cancelled=0 (11.0 % processed)",
         f"job {job.id} completed: 20/100 users finished: ok=20 failed=0 cancelled=0 (20.0 % processed)",
     ]
+
+
+def test_job_status_shows_control_characters_of_imported_ids_as_escapes_not_to_the_terminal(run):
+    """Imports keep control characters other than NUL in user ids: a terminal must not run them."""
+    from datetime import UTC, datetime
+
+    from extraction.services import BehaviorRow, behaviors_insert
+    from jobs.services import job_start
+    from jobs.transitions import job_mark_running
+    from jobs.worker.claims import chunk_claim
+
+    hostile = "\x1b]0;PWNED\x07\x1b[2Ku9"  # sets the terminal's title, erases the line
+    behaviors_insert([BehaviorRow(hostile, "purchase", datetime(2026, 1, 1, tzinfo=UTC), item="X9")])
+    job = job_start(user_ids=[hostile], enqueue=False)
+    job_mark_running(job.id)
+    chunk_claim(Job.objects.get(id=job.id))
+    out, _ = run("job_status", str(job.id))
+    assert "\x1b" not in out and "\x07" not in out
+    assert "now          \\x1b]0;PWNED\\x07\\x1b[2Ku9" in out
