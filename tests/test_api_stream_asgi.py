@@ -115,6 +115,32 @@ def test_a_client_that_goes_away_gives_its_stream_slot_back(web_server, token, m
     wait_for(lambda: gauge(server, "progress_streams") == 0, timeout=10, what="no stream open")
 
 
+def test_each_stream_and_poll_speaks_its_clients_language_though_they_share_one_read(
+    web_server, token, make_users
+):
+    """The job's feed reads on a thread of its own, where no language is active: its words were
+    English for every client, Chinese ones too."""
+    make_users(1)
+    job = job_start(user_ids=["u001"], extractor="test", enqueue=False)  # no cluster: it waits
+    server = web_server(WEB_CONCURRENCY="1", API_STREAM_POLL_SECONDS="0.1")
+    path = f"/api/v1/jobs/{job.id}/stream/"
+    chinese = SSEClient(server, path, token, **{"Accept-Language": "zh-CN,zh;q=0.9"})
+    english = SSEClient(server, path, token, **{"Accept-Language": "en"})
+    assert chinese.next_event()[1]["activity"] == "正在等待空闲的 worker"
+    assert english.next_event()[1]["activity"] == "waiting for a worker"
+    polled = {}
+    for language in ("zh-CN", "en", "zh-CN"):  # polls served from the same feed
+        status, _, body = server.get(
+            f"/api/v1/jobs/{job.id}/progress/",
+            {"Authorization": f"Token {token}", "Accept-Language": language, "If-None-Match": '"stale"'},
+        )
+        assert status == 200
+        polled.setdefault(language, set()).add(json.loads(body)["activity"])
+    assert polled == {"zh-CN": {"正在等待空闲的 worker"}, "en": {"waiting for a worker"}}
+    chinese.close()
+    english.close()
+
+
 @pytest.mark.parametrize("application", ["eventproject.asgi", "eventproject.wsgi"])
 def test_a_head_request_answers_at_once_and_holds_no_stream(web_server, token, make_users, application):
     """gunicorn's WSGI workers run a HEAD's body to its end and drop it: a stream made for a HEAD

@@ -27,17 +27,18 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection
+from django.utils import translation
 
 from ops import metrics
 
 from ..models import Job
+from ..progress import Progress as ProgressValue
 from ..progress import job_progress, job_progress_state
 from .access import stream_slot_release
 from .serializers import Progress
@@ -56,22 +57,36 @@ READ_EARLY = 0.8  # a feed's reads start every 0.8 API_STREAM_POLL_SECONDS
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A job's progress at one read: its tag (the event id), the serialized progress, whether the
-    job had finished, and when the read that made it began (time.monotonic(): the progress holds
-    every change committed before, and its clock-derived figures are no older)."""
+    """A job's progress at one read: its tag (the event id), the progress, whether the job had
+    finished, and when the read that made it began (time.monotonic(): the progress holds every
+    change committed before, and its clock-derived figures are no older)."""
 
     tag: str
-    progress: dict[str, Any]
+    value: ProgressValue
     finished: bool
     made_at: float = 0.0
+    # Serialized once per language for every stream and poll of the job (its words, `activity`
+    # say, are the client's: the feed reads on a thread of its own, where none is active).
+    _rendered: dict[str, tuple[dict[str, Any], str]] = field(default_factory=dict, compare=False)
 
-    @cached_property
-    def progress_event(self) -> str:
-        """The event every stream of the job sends: made once per snapshot, not once per stream."""
-        return f"id: {self.tag}\nevent: progress\ndata: {json.dumps(self.progress)}\n\n"
+    def progress(self, language: str) -> dict[str, Any]:
+        return self._render(language)[0]
+
+    def progress_event(self, language: str) -> str:
+        return self._render(language)[1]
+
+    def _render(self, language: str) -> tuple[dict[str, Any], str]:
+        if language not in self._rendered:  # racing threads make the same, harmlessly
+            with translation.override(language):
+                data = Progress(self.value).data
+            self._rendered[language] = (
+                data,
+                f"id: {self.tag}\nevent: progress\ndata: {json.dumps(data)}\n\n",
+            )
+        return self._rendered[language]
 
     def end_event(self) -> str:
-        end = json.dumps({"id": self.progress["id"], "status": self.progress["status"]})
+        end = json.dumps({"id": self.value.id, "status": self.value.status})
         return f"id: {STREAM_END_ID}\nevent: end\ndata: {end}\n\n"
 
 
@@ -89,7 +104,7 @@ def snapshot_read(job_id: int, previous: Snapshot | None) -> Snapshot | None:
     if previous is not None and state.tag() == previous.tag:
         return previous
     progress = job_progress(job, state=state)
-    return Snapshot(progress.tag(), Progress(progress).data, job.status in Job.FINISHED, began)
+    return Snapshot(progress.tag(), progress, job.status in Job.FINISHED, began)
 
 
 class ProgressStream:
@@ -97,8 +112,8 @@ class ProgressStream:
     generator polling by itself under WSGI. `close()` (called by the server when the response
     ends, even if it was never read) and the end of the iteration give the user's slot back."""
 
-    def __init__(self, job_id: int, last_id: str, slot: str, *, asynchronous: bool):
-        self.job_id, self.last_id, self.slot = job_id, last_id, slot
+    def __init__(self, job_id: int, last_id: str, slot: str, *, asynchronous: bool, language: str = "en"):
+        self.job_id, self.last_id, self.slot, self.language = job_id, last_id, slot, language
         self._released = False
         self.events = self._async_events() if asynchronous else self._events()
 
@@ -131,7 +146,7 @@ class ProgressStream:
             if snapshot is None:  # the job was deleted
                 return
             if snapshot.tag != last_tag:
-                yield snapshot.progress_event
+                yield snapshot.progress_event(self.language)
                 last_tag, last_sent = snapshot.tag, time.monotonic()
             elif time.monotonic() - last_sent > STREAM_KEEPALIVE_SECONDS:
                 yield ": keep-alive\n\n"
@@ -155,7 +170,7 @@ class ProgressStream:
                     return
                 if snapshot is not None:
                     if snapshot.tag != last_tag:
-                        yield snapshot.progress_event
+                        yield snapshot.progress_event(self.language)
                         last_tag, last_sent = snapshot.tag, time.monotonic()
                     if snapshot.finished:
                         yield snapshot.end_event()

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.http import Http404, HttpResponse, HttpResponseNotModified, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
+from django.utils import translation
 from django.utils.http import parse_etags
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, OpenApiTypes, extend_schema
@@ -182,7 +183,10 @@ class JobProgressView(JobsBase, APIView):
                 return not_modified(etag)
             if time.monotonic() - snapshot.made_at <= settings.API_STREAM_POLL_SECONDS:
                 # Its body too was read that recently: as fresh as a poll's own read, but shared.
-                return Response(snapshot.progress, headers={"ETag": etag, "Cache-Control": "no-cache"})
+                return Response(
+                    snapshot.progress(translation.get_language()),
+                    headers={"ETag": etag, "Cache-Control": "no-cache"},
+                )
         began = time.monotonic()
         found = job_progress_state(pk)
         if found is None:
@@ -194,13 +198,12 @@ class JobProgressView(JobsBase, APIView):
                 feed_refresh(pk, began, state.tag())
             return not_modified(etag)
         progress = job_progress(job, state=state)
-        data = Progress(progress).data
+        snapshot = Snapshot(progress.tag(), progress, job.status in Job.FINISHED, began)
         if asgi_served(request):
-            snapshot = Snapshot(progress.tag(), data, job.status in Job.FINISHED, began)
             feed_refresh(pk, began, snapshot.tag, snapshot)
         # The tag of what is sent, read after the state above: never older than the body.
-        headers = {"ETag": progress_etag(progress.tag()), "Cache-Control": "no-cache"}
-        return Response(data, headers=headers)
+        headers = {"ETag": progress_etag(snapshot.tag), "Cache-Control": "no-cache"}
+        return Response(snapshot.progress(translation.get_language()), headers=headers)
 
 
 def not_modified(etag: str) -> HttpResponseNotModified:
@@ -362,7 +365,8 @@ class JobStreamView(JobsBase, APIView):
                 )
                 % {"count": settings.API_STREAMS_PER_USER, "id": job.id},
             )
-        stream = ProgressStream(job.id, last_id, slot, asynchronous=asgi_served(request))
+        language = translation.get_language()  # the client's (Accept-Language): the events speak it
+        stream = ProgressStream(job.id, last_id, slot, asynchronous=asgi_served(request), language=language)
         return self._stream_headers(StreamingHttpResponse(stream, content_type="text/event-stream"))
 
     def head(self, request: Request, pk: int):
