@@ -85,6 +85,10 @@ def test_start_errors_keep_the_envelope(api, make_users):
     bad = api().post("/api/v1/events/extract/start", {"user_ids": "u001"}, format="json")
     assert bad.status_code == 400
     assert bad.json()["message"] == 'user_ids: Expected a list of items but got type "str".'
+    items = api().post("/api/v1/events/extract/start", {"user_ids": [None, "u001", ""]}, format="json")
+    assert items.json()["message"] == (
+        "user_ids: item 0: This field may not be null.; item 2: This field may not be blank."
+    )
     anonymous = api(None).post("/api/v1/events/extract/start", {}, format="json")
     assert anonymous.status_code == 401
     assert anonymous.json() == {

@@ -68,9 +68,7 @@ class LegacyView(Guarded, APIView):
     def handle_exception(self, exc):
         response = super().handle_exception(exc)
         if isinstance(exc, exceptions.ValidationError):
-            message = "; ".join(
-                f"{field}: {' '.join(map(str, errors))}" for field, errors in exc.detail.items()
-            )
+            message = "; ".join(f"{field}: {_said(errors)}" for field, errors in exc.detail.items())
         else:
             message = str(getattr(exc, "detail", exc))
         response.data = {"code": response.status_code, "message": message, "data": None}
@@ -82,6 +80,15 @@ class LegacyView(Guarded, APIView):
         return envelope(
             code=CODE_USERS_BUSY if isinstance(exc, JobConflict) else CODE_JOB_RUNNING, message=str(exc)
         )
+
+
+def _said(errors) -> str:
+    """A field's errors as words, a list's items' too ({0: ["may not be null"]} → "item 0: ...")."""
+    if isinstance(errors, dict):
+        return "; ".join(f"item {key}: {_said(value)}" for key, value in errors.items())
+    if isinstance(errors, list):
+        return " ".join(_said(error) for error in errors)
+    return str(errors)
 
 
 StartData = inline_serializer(
