@@ -246,6 +246,9 @@ def job_run_here(job: Job, *, on_chunk: Callable[[], None] | None = None) -> Job
         held_elsewhere = JobItem.objects.filter(job_id=job.id, status=JobItem.Status.RUNNING)
         if not job.is_active or not held_elsewhere.exists():
             return job
+        if job.status not in Job.WORKING:  # cancelling: what a dead drain held ends as healing ends it
+            transitions.items_stopped_sweep(job.id)
+            transitions.job_finish_if_done(job.id)
         time.sleep(RUN_HERE_WAIT_SECONDS)
 
 

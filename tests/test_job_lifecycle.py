@@ -12,7 +12,14 @@ from extraction.services import chunk_extract
 from jobs.errors import JobConflict, JobInvalid, JobStateError
 from jobs.healing import jobs_heal
 from jobs.models import Drain, Job, JobItem
-from jobs.services import job_cancel, job_counters_reconcile, job_resume, job_retry_failed, job_start
+from jobs.services import (
+    job_cancel,
+    job_counters_reconcile,
+    job_resume,
+    job_retry_failed,
+    job_run_here,
+    job_start,
+)
 from jobs.worker.chunk import process_one_chunk
 from jobs.worker.claims import chunk_claim
 from jobs.worker.commit import chunk_commit
@@ -167,6 +174,17 @@ def test_reconcile_locks_the_job_before_it_counts_so_a_commit_meanwhile_stays(
     monkeypatch.undo()
     job.refresh_from_db()
     assert job.succeeded_items == JobItem.objects.filter(job=job, status="succeeded").count() == 2
+
+
+def test_a_job_run_here_and_cancelled_ends_though_a_dead_drain_held_a_chunk(running_job, make_users):
+    """extract --sync with no cluster left to heal: the chunk a cluster's drain took before it died
+    is cancelled once its lease runs out, as healing would, instead of being waited for forever."""
+    job = running_job(make_users(4))
+    chunk_claim(job)  # a cluster's drain took u001 and u002, then died
+    JobItem.objects.filter(job=job, status="running").update(lease_expires_at=DatabaseNow(0.5))
+    assert job_cancel(job).status == "cancelling"
+    ended = job_run_here(job)
+    assert (ended.status, ended.cancelled_items) == ("cancelled", 4)
 
 
 def test_resume_with_a_token_cap_is_refused_while_the_job_works_and_for_an_unknown_extractor(
