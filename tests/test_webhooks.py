@@ -330,15 +330,21 @@ def test_a_name_resolving_to_any_private_address_is_refused(receiver, settings, 
     assert answer.error.startswith("refused: 127.0.0.1 is a loopback address")
 
 
-def test_a_host_name_is_resolved_once_and_the_request_goes_to_the_address_checked(receiver, monkeypatch):
+def loopback_dns(monkeypatch, name: str) -> list[str]:
+    """`name` resolves to 127.0.0.1 from now on; the list of every host name asked, in order."""
     resolved = []
     real = socket.getaddrinfo
 
     def resolve(host, *args, **kwargs):
         resolved.append(host)
-        return real("127.0.0.1" if host == "hooks.example" else host, *args, **kwargs)
+        return real("127.0.0.1" if host == name else host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    return resolved
+
+
+def test_a_host_name_is_resolved_once_and_the_request_goes_to_the_address_checked(receiver, monkeypatch):
+    resolved = loopback_dns(monkeypatch, "hooks.example")
     answer = post(f"http://hooks.example:{receiver.port}/hook?key=1", b"{}", {"X-Test": "1"}, timeout=2)
     assert (answer.status_code, answer.error) == (200, "")
     # The name once; then only the address that was checked (numeric: no DNS answer to change).
@@ -364,14 +370,7 @@ def test_urls_with_credentials_other_schemes_control_characters_or_bad_host_name
 
 
 def test_a_url_with_non_ascii_host_path_or_query_is_sent_encoded(receiver, monkeypatch):
-    resolved = []
-    real = socket.getaddrinfo
-
-    def resolve(host, *args, **kwargs):
-        resolved.append(host)
-        return real("127.0.0.1" if host == "xn--bcher-kva.example" else host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    resolved = loopback_dns(monkeypatch, "xn--bcher-kva.example")
     url = f"http://bücher.example:{receiver.port}/café?city=北京&note=a%20b"
     answer = post(url, b"{}", {}, timeout=2)
     assert (answer.status_code, answer.error) == (200, "")
