@@ -54,6 +54,9 @@ threads = _env_int("WEB_THREADS", 4)
 timeout = _env_int("WEB_TIMEOUT", 60)
 graceful_timeout = 30  # on stop or reload, requests in flight get this long to finish
 keepalive = 5
+# gunicorn's own belief in X-Forwarded-Proto (https from loopback by default) is off: TRUSTED_PROXIES
+# alone says whose is believed (eventproject.proxies), for eventproject.wsgi as for the ASGI worker.
+forwarded_allow_ips = ""
 # One line per request on stdout (the journal, under systemd), in uvicorn's format.
 accesslog = os.environ.get("WEB_ACCESS_LOG", "-") or None
 errorlog = "-"

@@ -103,13 +103,13 @@ def bells_heal(
     bell is marked in the same conditional UPDATE that finds it unanswered, so however many
     clusters heal at once, one rings each row.
 
-    Nothing is rung while tasks wait in the queue: every worker is busy, and a row's task may be
-    one of them (a drain holds a worker for minutes, far longer than a quiet time); ringing again
-    would only add copies behind it, each heal. Rows whose tasks were lost are rung once the queue
-    is empty (jobs' drains are rung the same way, jobs.healing)."""
-    if tasks_waiting():
-        return []
-    waiting = due & unanswered(quiet_seconds)
+    While tasks wait in the queue only rows never rung since their last claim are rung (a retry
+    after its backoff, a dead worker's lease run out: no task of theirs exists). A row rung before
+    is not rung again then: every worker is busy and its task may be one of those waiting (a drain
+    holds a worker for minutes, far longer than a quiet time), so ringing again would only add
+    copies behind it at each heal; if its task was lost, it is rung once the queue is empty (jobs'
+    drains are rung the same way, jobs.healing)."""
+    waiting = due & (Q(rung_at__isnull=True) if tasks_waiting() else unanswered(quiet_seconds))
     ids = model._default_manager.filter(waiting).order_by("pk").values_list("pk", flat=True)
     done = []
     for pk in ids[:at_most] if at_most else ids:

@@ -55,6 +55,7 @@ class BoundedLines:
 
     def __init__(self, stream: io.TextIOBase, limit: int):
         self.stream, self.limit, self.number, self.record_chars = stream, limit, 0, 0
+        self._back = ""  # a line read ahead, given back
 
     def __iter__(self) -> "BoundedLines":
         return self
@@ -70,6 +71,10 @@ class BoundedLines:
         if len(line) > self.limit and len(line.rstrip("\r\n")) > self.limit:
             while line and not line.endswith(("\n", "\r")):  # skip the rest of this line (\r: old Macs)
                 line = self._read()
+            if line.endswith("\r"):  # the size limit may have cut a \r\n between its two characters
+                following = self._read()
+                if following != "\n":
+                    self._back = following
             raise LineTooLong(f"line longer than {self.limit:,} characters (IMPORT_MAX_LINE_CHARS)")
         self.record_chars += len(line)
         if self.record_chars > self.limit:
@@ -81,6 +86,9 @@ class BoundedLines:
         return line
 
     def _read(self) -> str:
+        if self._back:
+            line, self._back = self._back, ""
+            return line
         try:
             return self.stream.readline(self.limit + 2)  # room for the line break
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:

@@ -107,3 +107,22 @@ def test_a_line_too_long_is_skipped_alone_whatever_ends_the_lines(write_file, se
     summary = import_file("behaviors", path, on_error=lambda line, reason: errors.append((line, reason)))
     assert errors == [(3, "line longer than 1,024 characters (IMPORT_MAX_LINE_CHARS)")]
     assert (summary.read, summary.imported, summary.rejected) == (4, 3, 1)
+
+
+def test_a_crlf_cut_by_the_size_limit_between_its_characters_adds_no_line(write_file, settings):
+    """A line of 1,025 characters and its \\r\\n is read in pieces of 1,026: the first ends on the
+    \\r, the \\n comes alone. It is the same line's end, not a line of its own."""
+    settings.IMPORT_MAX_LINE_CHARS = 1024
+    long_row = "u2,b,2024-06-01," + "x" * (1025 - len("u2,b,2024-06-01,"))
+    rows = [
+        "user_id,action,timestamp,note",
+        "u1,a,2024-06-01,",
+        long_row,
+        "u3,c,2024-06-01,",
+        "u4,,2024-06-01,",
+    ]
+    path = write_file("a.csv", "\r\n".join([*rows, ""]))
+    errors = []
+    summary = import_file("behaviors", path, on_error=lambda line, reason: errors.append((line, reason)))
+    assert errors == [(3, "line longer than 1,024 characters (IMPORT_MAX_LINE_CHARS)"), (5, "missing action")]
+    assert (summary.read, summary.imported, summary.rejected) == (4, 2, 2)

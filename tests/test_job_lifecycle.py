@@ -151,11 +151,12 @@ def test_retry_failed_needs_a_finished_job_with_failures(running_job, make_users
         job_retry_failed(job)
 
 
-def test_reconcile_locks_the_job_before_it_counts_so_a_commit_meanwhile_stays(
+def test_reconcile_counts_inside_its_transaction_so_a_commit_before_it_is_not_undone(
     running_job, make_users, monkeypatch
 ):
-    """A chunk commits while `job_status --reconcile` recounts a running job: the recount must not
-    write counts taken before that commit over the commit's own."""
+    """A chunk commits as `job_status --reconcile` begins on a running job: the recount must not
+    write counts taken before that commit over the commit's own (it counted before its transaction
+    and its lock). That the lock then keeps later commits out is the database's part, not run here."""
     from django.db import transaction
 
     import jobs.services

@@ -171,10 +171,16 @@ def test_healing_adds_no_copies_while_tasks_wait_in_the_queue(
         with django_capture_on_commit_callbacks(execute=True):
             assert deliveries_heal() == []
     assert OrmQ.objects.count() == 3
+    # One whose bell was answered (claimed, failed, backed off) has no task: its retry is rung.
+    retry = Delivery.objects.first()
+    Delivery.objects.filter(id=retry.id).update(rung_at=None)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert deliveries_heal() == [f"webhook delivery {retry.id}: rang it again"]
+    assert OrmQ.objects.count() == 4
     OrmQ.objects.all().delete()  # the broker lost them: rung again once the queue is empty
     with django_capture_on_commit_callbacks(execute=True):
-        assert len(deliveries_heal()) == 3
-    assert OrmQ.objects.count() == 3
+        assert len(deliveries_heal()) == 2  # (the retry was rung a moment ago)
+    assert OrmQ.objects.count() == 2
 
 
 def test_a_failing_receiver_is_retried_with_a_doubling_capped_backoff_then_given_up(
@@ -367,6 +373,17 @@ def test_urls_with_credentials_other_schemes_control_characters_or_bad_host_name
         assert url_problem(url).startswith(problem), url
     assert url_problem("https://hooks.example/x?token=1") is None
     assert url_problem("https://bücher.example/café?q=北京") is None  # sent encoded
+
+
+def test_a_non_ascii_host_is_sent_in_its_idna_2008_form_as_browsers_send_it(receiver, monkeypatch):
+    """Python's own codec (IDNA 2003) maps ß to ss: faß.de would go to fass.de, another domain."""
+    resolved = loopback_dns(monkeypatch, "xn--fa-hia.de")
+    answer = post(f"http://faß.de:{receiver.port}/hook", b"{}", {}, timeout=2)
+    assert (answer.status_code, answer.error, resolved[0]) == (200, "", "xn--fa-hia.de")
+    assert receiver.received[0].headers["host"] == f"xn--fa-hia.de:{receiver.port}"
+    assert (
+        post("http://[::1/hook", b"{}", {}, timeout=2).error == "the URL is not valid (its port or address)"
+    )
 
 
 def test_a_url_with_non_ascii_host_path_or_query_is_sent_encoded(receiver, monkeypatch):

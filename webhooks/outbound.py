@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import idna
 from django.conf import settings
 from django.utils.encoding import iri_to_uri
 from django.utils.translation import gettext as _
@@ -118,14 +119,16 @@ class _Target:
 
     @classmethod
     def of(cls, url: str) -> "_Target":
-        parts = urlsplit(url)
-        if not parts.hostname:  # url_problem refuses such URLs when they are saved
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:  # url_problem refuses such URLs when they are saved
+            raise _Failed("the URL is not valid (its port or address)") from None
+        if not parts.hostname:
             raise _Failed("the URL has no host")
         secure = parts.scheme == "https"
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return cls(
-            _ascii_host(parts.hostname), parts.port or (443 if secure else 80), secure, iri_to_uri(path)
-        )
+        return cls(_ascii_host(parts.hostname), port or (443 if secure else 80), secure, iri_to_uri(path))
 
     @property
     def host_header(self) -> str:
@@ -134,9 +137,14 @@ class _Target:
 
 
 def _ascii_host(host: str) -> str:
+    """The host as DNS, TLS and HTTP take it: a non-ASCII name in its IDNA 2008 form, as browsers
+    send it (Python's own codec follows IDNA 2003, which sends faß.de to fass.de, another domain).
+    ASCII names and addresses go as they are, checked for empty or overlong labels."""
     try:
-        return host.encode("idna").decode("ascii")
-    except UnicodeError:
+        if host.isascii():
+            return host.encode("idna").decode("ascii")
+        return idna.encode(host, uts46=True).decode("ascii")
+    except UnicodeError:  # idna.IDNAError is one
         raise _Failed("the receiver's host name is not a valid domain name (IDNA)") from None
 
 
