@@ -30,14 +30,19 @@ ANALYZE_AFTER_ITEMS = 50_000
 RUN_HERE_WAIT_SECONDS = 0.2  # a job run here looks again this often for chunks other drains hold
 
 
-def _item_insert_sql(source: str) -> str:
-    """INSERT a job's items for the users `source` selects; its parameters are the job's id and the
-    items' status, then the source's own. WHERE 1 = 1: SQLite needs it to parse INSERT … SELECT …
-    ON CONFLICT."""
-    return (
+def _items_insert(
+    cursor, job: Job, source: str, params: Iterable[Any] = (), *, skip_taken: bool = False
+) -> int:
+    """INSERT `job`'s pending items for the users `source` selects (with `params`); how many.
+    skip_taken: users a concurrent start took are left to it (ON CONFLICT DO NOTHING). WHERE 1 = 1:
+    SQLite needs it to parse INSERT … SELECT … ON CONFLICT."""
+    cursor.execute(
         f"INSERT INTO {JobItem._meta.db_table} (job_id, user_id, status, attempts, error) "
         f"SELECT %s, user_id, %s, 0, '' FROM ({source}) AS chosen WHERE 1 = 1 ORDER BY user_id"
+        + (" ON CONFLICT DO NOTHING" if skip_taken else ""),
+        [job.id, JobItem.Status.PENDING, *params],
     )
+    return cursor.rowcount
 
 
 def job_start(
@@ -129,15 +134,12 @@ def _items_create_for_needing(job: Job, everyone: bool = False) -> int:
     with connection.cursor() as cursor:
         try:
             with transaction.atomic():
-                cursor.execute(_item_insert_sql(sql), [job.id, JobItem.Status.PENDING, *params])
+                return _items_insert(cursor, job, sql, params)
         except IntegrityError:
             # A concurrent start took some of them first; they stay with that job. Only now ON
             # CONFLICT: its speculative insertion into every unique index costs PostgreSQL 2.3×
             # the buffer accesses of a plain INSERT (measured over 2,000,000 items).
-            cursor.execute(
-                _item_insert_sql(sql) + " ON CONFLICT DO NOTHING", [job.id, JobItem.Status.PENDING, *params]
-            )
-        return cursor.rowcount
+            return _items_insert(cursor, job, sql, params, skip_taken=True)
 
 
 def _items_create_for_retry(job: Job, parent: Job) -> int:
@@ -147,8 +149,7 @@ def _items_create_for_retry(job: Job, parent: Job) -> int:
     _refuse_busy(failed)
     sql, params = failed.query.sql_with_params()
     with connection.cursor() as cursor:
-        cursor.execute(_item_insert_sql(sql), [job.id, JobItem.Status.PENDING, *params])
-        return cursor.rowcount
+        return _items_insert(cursor, job, sql, params)
 
 
 def _items_create_for(job: Job, ids: list[str]) -> int:
@@ -165,10 +166,7 @@ def _items_create_for(job: Job, ids: list[str]) -> int:
                 {"user_ids": _("unknown users: %(users)s") % {"users": named(unknown, len(unknown))}}
             )
         _refuse_busy(ids, cursor=cursor)
-        cursor.execute(
-            _item_insert_sql("SELECT user_id FROM staging_user_ids"), [job.id, JobItem.Status.PENDING]
-        )
-        return cursor.rowcount
+        return _items_insert(cursor, job, "SELECT user_id FROM staging_user_ids")
 
 
 def _refuse_busy(ids: list[str] | QuerySet, cursor=None) -> None:
