@@ -180,12 +180,14 @@ def items_released_sweep(job_id: int, owned: Collection[int]) -> int:
 
 def items_stopped_sweep(job_id: int) -> int:
     """pending, and running with a lease run out → cancelled, in a job that does not run (left by a
-    dead worker, or by older versions); healing calls it."""
+    dead worker, or by older versions); healing calls it. The job's row is locked as a resume locks
+    it: a resume committing meanwhile makes the job queued before we look, never after."""
     stale = Q(status=JobItem.Status.PENDING) | Q(
         status=JobItem.Status.RUNNING, lease_expires_at__lt=DatabaseNow()
     )
     with transaction.atomic():
-        if not Job.objects.filter(id=job_id).exclude(status__in=Job.WORKING).exists():
+        stopped = Job.objects.select_for_update().filter(id=job_id).exclude(status__in=Job.WORKING)
+        if not stopped.exists():
             return 0
         cancelled = JobItem.objects.filter(stale, job_id=job_id).update(
             status=JobItem.Status.CANCELLED, finished_at=timezone.now(), lease_expires_at=None, retry_at=None

@@ -23,7 +23,7 @@ from jobs.errors import JobConflict, JobError, JobInvalid
 from jobs.healing import jobs_heal
 from jobs.models import Drain, Job, JobItem
 from jobs.services import job_cancel, job_counters_reconcile, job_resume, job_start
-from jobs.transitions import job_fail, job_finish_if_done
+from jobs.transitions import items_stopped_sweep, job_fail, job_finish_if_done, job_reopen
 from jobs.worker.chunk import process_one_chunk
 from jobs.worker.claims import chunk_claim
 from jobs.worker.commit import chunk_commit, retry_backoff_seconds
@@ -107,6 +107,51 @@ def waiting_for_a_lock() -> bool:
             "WHERE wait_event_type = 'Lock' AND datname = current_database()"
         )
         return cursor.fetchone()[0] > 0
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="SQLite runs one writer at a time: no race")
+@pytest.mark.django_db(transaction=True)
+def test_healing_never_cancels_again_what_a_resume_committing_meanwhile_put_back(make_users, running_job):
+    """Healing checks that a job is stopped, then cancels its pending items. A resume committing
+    between the two put the cancelled items back to pending: the sweep cancelled them again, and
+    the queued job had nobody left (it read the status without the lock a resume takes)."""
+    job = running_job(make_users(3))
+    job_cancel(job)
+    job.refresh_from_db()
+    assert (job.status, job.cancelled_items) == ("cancelled", 3)
+    checked, go_on = threading.Event(), threading.Event()
+    swept, reopened = [], []
+
+    def pause_before_the_items_change(execute, sql, params, many, context):
+        if sql.startswith(f'UPDATE "{JobItem._meta.db_table}"'):
+            checked.set()
+            go_on.wait(10)
+        return execute(sql, params, many, context)
+
+    def sweep() -> None:
+        try:
+            with connection.execute_wrapper(pause_before_the_items_change):
+                swept.append(items_stopped_sweep(job.id))
+        finally:
+            connection.close()
+
+    def resume() -> None:
+        try:
+            reopened.append(job_reopen(job, options=job.options))
+        finally:
+            connection.close()
+
+    sweeper, resumer = threading.Thread(target=sweep), threading.Thread(target=resume)
+    sweeper.start()
+    assert checked.wait(10), "the sweep never reached the items"
+    resumer.start()
+    wait_for(lambda: reopened or waiting_for_a_lock(), timeout=10, what="the resume to end or to wait")
+    go_on.set()
+    sweeper.join(10)
+    resumer.join(10)
+    job.refresh_from_db()
+    assert (swept, reopened, job.status, job.cancelled_items) == ([0], [3], "queued", 0)
+    assert set(job.items.values_list("status", flat=True)) == {"pending"}
 
 
 def test_healing_repairs_a_stopped_job_that_still_holds_pending_items(make_users, running_job):
