@@ -2,6 +2,7 @@
 gets, and answers as the test says (a status, slowly, never, a byte at a time, a redirect, a huge
 body). It can go down and come back on the same port."""
 
+import contextlib
 import http.server
 import socket
 import threading
@@ -31,6 +32,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         receiver: Receiver = self.server.receiver
+        with receiver.open_request():
+            self._answer(receiver)
+
+    def _answer(self, receiver: "Receiver"):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
         receiver.record(Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
@@ -61,11 +66,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class Receiver:
-    """`url` points at it; `received` lists what came, in order; `behaviour` says how to answer."""
+    """`url` points at it; `received` lists what came, in order; `behaviour` says how to answer;
+    `most_open` is the most requests it was answering at once."""
 
     def __init__(self, port: int = 0):
         self.behaviour = Behaviour()
         self.received: list[Received] = []
+        self.open = self.most_open = 0
         self.lock = threading.Lock()
         self.released = threading.Event()
         self.port = port or _free_port()
@@ -79,6 +86,17 @@ class Receiver:
     def record(self, request: Received) -> None:
         with self.lock:
             self.received.append(request)
+
+    @contextlib.contextmanager
+    def open_request(self):
+        with self.lock:
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.open -= 1
 
     def start(self) -> None:
         """Listen (again) on its port."""

@@ -7,11 +7,12 @@ import itertools
 import logging
 import socket
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_q.models import OrmQ
@@ -23,6 +24,7 @@ from jobs.services import job_cancel, job_start
 from jobs.transitions import job_fail
 from jobs.worker.drain import job_drain
 from tests.cluster import wait_for
+from tests.threads import at_once
 from webhooks.delivery import deliveries_heal, delivery_attempt, retry_backoff_seconds
 from webhooks.models import Attempt, Delivery, Endpoint, Event
 from webhooks.outbound import post, url_problem
@@ -181,6 +183,50 @@ def test_healing_adds_no_copies_while_tasks_wait_in_the_queue(
     with django_capture_on_commit_callbacks(execute=True):
         assert len(deliveries_heal()) == 2  # (the retry was rung a moment ago)
     assert OrmQ.objects.count() == 2
+
+
+def test_an_endpoint_gets_one_attempt_at_a_time_and_its_end_rings_the_next(
+    make_users, receiver, endpoint, django_capture_on_commit_callbacks
+):
+    """A receiver that hangs holds one worker, not one per delivery of its backlog: while an attempt
+    to an endpoint is in flight its other deliveries wait (their tasks end at once, sending
+    nothing) and healing leaves them be; the attempt's end rings the next. Other endpoints go on."""
+    busy, _ = endpoint("job.completed", name="busy")
+    idle, _ = endpoint("job.completed", name="idle")
+    for user in make_users(2):
+        finished_job([user])
+    first, second = Delivery.objects.filter(endpoint=busy).order_by("id")
+    elsewhere = list(Delivery.objects.filter(endpoint=idle).order_by("id").values_list("id", flat=True))
+    # As another worker's claim leaves it: being sent, its lease running.
+    in_flight = {"status": "sending", "claim_token": uuid.uuid4()}
+    lease = timezone.now() + timedelta(minutes=1)
+    Delivery.objects.filter(id=first.id).update(**in_flight, lease_expires_at=lease)
+    assert delivery_attempt(second.id) is None
+    assert receiver.received == []
+    Delivery.objects.update(rung_at=timezone.now() - timedelta(hours=1))  # all unanswered for long
+    assert deliveries_heal() == [f"webhook delivery {pk}: rang it again" for pk in elsewhere]
+    assert delivery_attempt(elsewhere[0]).status_code == 200  # another endpoint goes on
+    # The attempt in flight ends: here its sender died, and it is taken again once its lease ran out.
+    Delivery.objects.filter(id=first.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert delivery_attempt(first.id).status_code == 200
+    assert [task.args() for task in OrmQ.objects.all()] == [(second.id,)]
+    assert delivery_attempt(second.id).status_code == 200
+    assert len(receiver.received) == 3
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite runs one writer at a time: no race")
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_at_once_send_one_attempt_to_an_endpoint(make_users, receiver, endpoint):
+    """Both find the endpoint idle before either has claimed: the claim locks the endpoint's row."""
+    endpoint("job.completed")
+    for user in make_users(2):
+        finished_job([user])
+    receiver.behaviour.delay = 1.0
+    ids = iter(Delivery.objects.order_by("id").values_list("id", flat=True))
+    outcomes = at_once(lambda: delivery_attempt(next(ids)))
+    assert sorted(outcome is None for outcome in outcomes) == [False, True]
+    assert (len(receiver.received), receiver.most_open) == (1, 1)
 
 
 def test_a_failing_receiver_is_retried_with_a_doubling_capped_backoff_then_given_up(

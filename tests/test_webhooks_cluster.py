@@ -7,7 +7,7 @@ from standardwebhooks import Webhook
 
 from jobs.models import Job, Schedule
 from jobs.schedules import schedule_create
-from jobs.services import job_start
+from jobs.services import job_run_here, job_start
 from tests.cluster import wait_for
 from webhooks.models import Attempt, Delivery, Event
 
@@ -106,6 +106,32 @@ def test_receivers_that_hang_or_answer_slowly_do_not_hold_workers_past_the_timeo
     receiver.behaviour.hang, receiver.behaviour.delay = False, 0.5  # slow, within the deadline
     receiver.released.clear()
     wait_for(lambda: statuses() == ["succeeded"] * 4, timeout=60, what="slow answers to count as delivered")
+
+
+def test_a_hanging_receiver_with_a_backlog_holds_one_worker_and_a_job_runs_beside_it(
+    clusters, receiver, endpoint, make_users
+):
+    """Eight job ends to announce to a receiver that never answers, and a job queued behind their
+    tasks: each attempt would hold a worker for the whole timeout, every worker at once, and the
+    job would wait behind them all. One attempt at a time per endpoint leaves the other worker free."""
+    endpoint("job.completed")
+    receiver.behaviour.hang = True
+    users = make_users(9)
+    for user in users[:8]:
+        job_run_here(job_start(user_ids=[user], extractor="test", enqueue=False))
+    assert Delivery.objects.count() == 8
+    later = job_start(user_ids=users[8:], extractor="test")  # its drain's task after theirs
+    cluster = clusters(Q_WORKERS="2")
+    wait_for(
+        lambda: Job.objects.filter(id=later.id, status="completed").exists(),
+        timeout=60,
+        what=f"the later job to complete; cluster said:\n{cluster.output()}",
+    )
+    assert len(receiver.received) < 6, "the job waited behind the deliveries"
+    receiver.behaviour.hang = False
+    receiver.released.set()  # the attempt in flight is answered; the backlog follows, one by one
+    wait_for(lambda: statuses() == ["succeeded"] * 9, timeout=60, what="every delivery to succeed")
+    assert receiver.most_open == 1
 
 
 def test_a_schedule_due_under_two_clusters_starts_one_job_each_time(clusters, make_users):

@@ -6,7 +6,12 @@ deliveries_heal()   every cluster's heal loop: rings due deliveries whose bell w
 A claim is one conditional UPDATE (`pending` and due, or `sending` with its lease run out) that
 stamps a fresh token and a lease on the database's clock, so two clusters never send the same
 attempt at once, and a delivery whose cluster was killed mid-attempt is claimed again once the lease
-(the attempt's deadline and a margin) has run out. The outcome is written only while the row still
+(the attempt's deadline and a margin) has run out.
+
+An endpoint gets one attempt at a time (the claim holds its row's lock): a receiver that hangs holds
+one worker for WEBHOOKS_TIMEOUT_SECONDS, never every worker the backlog of its deliveries would
+take, and jobs go on beside it. The endpoint's other due deliveries wait; each attempt's end rings
+the next (healing rings them too). The outcome is written only while the row still
 carries the token; the attempt itself is always logged. A receiver may therefore see an event more
 than once (at least once): it drops duplicates by `webhook-id`.
 """
@@ -19,13 +24,13 @@ from datetime import UTC
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from eventproject.db import DatabaseNow
 from eventproject.work import bells_heal, claim, held, lease_expired
 
-from .models import Attempt, Delivery, Event
+from .models import Attempt, Delivery, Endpoint, Event
 from .outbound import post
 from .services import delivery_ring
 from .signing import signed_headers
@@ -54,6 +59,36 @@ def _due() -> Q:
     )
 
 
+def _endpoint_idle() -> Q:
+    """No attempt to the delivery's endpoint is in flight (sending, with a live lease)."""
+    in_flight = Delivery.objects.filter(
+        endpoint_id=OuterRef("endpoint_id"),
+        status=Delivery.Status.SENDING,
+        lease_expires_at__gte=DatabaseNow(),
+    )
+    return ~Q(Exists(in_flight))
+
+
+def _claim(delivery_id: int, token: uuid.UUID) -> int | None:
+    """The delivery's endpoint id if this claim took it: due, and its endpoint idle. The endpoint's
+    row is locked meanwhile, so two workers never both find it idle."""
+    with transaction.atomic():
+        endpoint_id = Delivery.objects.filter(id=delivery_id).values_list("endpoint_id", flat=True).first()
+        if endpoint_id is None or not Endpoint.objects.select_for_update().filter(id=endpoint_id).exists():
+            return None
+        due = Delivery.objects.filter(Q(id=delivery_id) & _due() & _endpoint_idle())
+        sending = {"status": Delivery.Status.SENDING, "attempt_count": F("attempt_count") + 1}
+        taken = claim(due, token, lease_seconds(), **sending)
+    return endpoint_id if taken else None
+
+
+def _next_ring(endpoint_id: int) -> None:
+    """Ring the endpoint's oldest due delivery: the one that waited for the attempt just ended."""
+    due = Delivery.objects.filter(Q(endpoint_id=endpoint_id) & _due()).order_by("id")
+    if next_id := due.values_list("id", flat=True).first():
+        delivery_ring(next_id)
+
+
 def event_body(event: Event) -> bytes:
     """The request body, the same bytes on every attempt: Standard Webhooks' envelope."""
     envelope = {
@@ -67,14 +102,21 @@ def event_body(event: Event) -> bytes:
 def delivery_attempt(delivery_id: int) -> Attempt | None:
     """Claim the delivery if it is due, send it once, and record the attempt and the outcome:
     succeeded (2xx), pending again after a backoff, or failed once the next try would fall after
-    `give_up_at`. None when the delivery was not due (sent already, being sent, backing off)."""
+    `give_up_at`. None when the delivery was not due (sent already, being sent, backing off) or its
+    endpoint has another attempt in flight."""
     token = uuid.uuid4()
     _abandoned_fail(delivery_id)
-    due = Delivery.objects.filter(Q(id=delivery_id) & _due())
-    if not claim(
-        due, token, lease_seconds(), status=Delivery.Status.SENDING, attempt_count=F("attempt_count") + 1
-    ):
+    endpoint_id = _claim(delivery_id, token)
+    if endpoint_id is None:
         return None
+    try:
+        return _send(delivery_id, token)
+    finally:
+        _next_ring(endpoint_id)
+
+
+def _send(delivery_id: int, token: uuid.UUID) -> Attempt | None:
+    """The claimed delivery's attempt: sent, logged, and its outcome written while still ours."""
     delivery = Delivery.objects.select_related("event", "endpoint").get(id=delivery_id)
     endpoint, event = delivery.endpoint, delivery.event
     mine = held(Delivery.objects.filter(id=delivery_id, status=Delivery.Status.SENDING), token)
@@ -152,10 +194,11 @@ def _abandoned_fail(delivery_id: int) -> None:
 def deliveries_heal() -> list[str]:
     """Ring every due delivery nobody is sending: pending ones whose next attempt has come, and
     sending ones whose sender died (lease run out), unless rung within a lease's time (the task may
-    be waiting in the queue). Run by every cluster with the jobs' healing; one cluster rings each."""
+    be waiting in the queue) or their endpoint has an attempt in flight (its end rings the next).
+    Run by every cluster with the jobs' healing; one cluster rings each."""
     return bells_heal(
         Delivery,
-        _due(),
+        _due() & _endpoint_idle(),
         quiet_seconds=lease_seconds(),
         ring_one=delivery_ring,
         label="webhook delivery",
