@@ -49,7 +49,7 @@ if HTTPS:
     SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^status$", r"^metrics$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
-    SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 31_536_000, minimum=1)
+    SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 31_536_000)  # 0: none (a load balancer sends its own)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", True)
 SECURE_REFERRER_POLICY = "same-origin"
