@@ -121,7 +121,7 @@ def job_start(
             _job_opened(job, total, enqueue=enqueue)
     except IntegrityError:
         # Another start took some of these users between our check and our insert.
-        _refuse_busy(_failed_users(parent) if parent is not None else ids or [])
+        _refuse_busy(parent.retry_items().values("user_id") if parent is not None else ids or [])
         raise
     return job
 
@@ -145,7 +145,7 @@ def _items_create_for_needing(job: Job, everyone: bool = False) -> int:
 def _items_create_for_retry(job: Job, parent: Job) -> int:
     """Items for the failed users of `parent`, however many (no list of ids goes through here);
     JobConflict when some of them are in another active job."""
-    failed = _failed_users(parent)
+    failed = parent.retry_items().values("user_id")
     _refuse_busy(failed)
     sql, params = failed.query.sql_with_params()
     with connection.cursor() as cursor:
@@ -258,8 +258,11 @@ def job_retry_failed(job: Job, *, created_by=None) -> Job:
             % {"id": job.id, "status": job.status}
         )
     _refuse_pruned(job)
-    if not _failed_users(job).exists():
-        raise JobStateError(_("job %(id)s has no failed users to retry") % {"id": job.id})
+    if not job.retry_items().exists():
+        raise JobStateError(
+            _("job %(id)s has no failed users to retry (none, or its retries extracted them)")
+            % {"id": job.id}
+        )
     return job_start(
         extractor=job.extractor,
         options=job.options,
@@ -268,12 +271,6 @@ def job_retry_failed(job: Job, *, created_by=None) -> Job:
         max_attempts=job.max_attempts,
         parent=job,
     )
-
-
-def _failed_users(job: Job) -> QuerySet:
-    """The user ids of the job's failed users whose profiles still exist (a retry's users)."""
-    profile = UserProfile.objects.filter(user_id=OuterRef("user_id"))
-    return JobItem.objects.filter(Exists(profile), job=job, status=JobItem.Status.FAILED).values("user_id")
 
 
 def job_cancel(job: Job) -> Job:

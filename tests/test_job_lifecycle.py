@@ -127,6 +127,26 @@ def test_retry_failed_starts_a_child_job_over_the_failed_users(running_job, make
         job_retry_failed(job)  # those users are now busy in the retry
 
 
+def test_users_a_retry_extracted_are_not_retried_again(running_job, make_users):
+    """The retry button stayed, and a second press re-ran (and, with the LLM, paid for) users the
+    first retry had extracted. Only those it did not are offered again (here: its cancelled one)."""
+    job = running_job(make_users(3), error="boom", permanent=True, fail_users=["u001", "u002", "u003"])
+    job_drain(job.id)
+    job.refresh_from_db()
+    retry = job_retry_failed(job)
+    JobItem.objects.filter(job=retry, user_id="u003").update(status="cancelled")  # cancelled early
+    JobItem.objects.filter(job=retry).exclude(user_id="u003").update(status="succeeded")
+    Job.objects.filter(id=retry.id).update(status="cancelled")
+    assert job.can_retry
+    again = job_retry_failed(job)
+    assert list(again.items.values_list("user_id", flat=True)) == ["u003"]
+    JobItem.objects.filter(job=again).update(status="succeeded")
+    Job.objects.filter(id=again.id).update(status="completed")
+    assert not job.can_retry
+    with pytest.raises(JobStateError, match="has no failed users"):
+        job_retry_failed(job)
+
+
 def test_retry_failed_takes_every_failed_user_beyond_the_limit_on_typed_lists(
     failing_job, make_users, settings, api
 ):

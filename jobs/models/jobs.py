@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils.translation import gettext, gettext_lazy
 from django_stubs_ext import StrOrPromise
 
@@ -221,8 +221,19 @@ class Job(models.Model):
 
     @property
     def can_retry(self) -> bool:
-        """A finished job with failed users, to retry as a new job."""
-        return self.status in self.FINISHED and self.failed_items > 0 and not self.items_pruned_at
+        """A finished job with failed users left to retry as a new job."""
+        finished = self.status in self.FINISHED and self.failed_items > 0 and not self.items_pruned_at
+        return finished and self.retry_items().exists()
+
+    def retry_items(self) -> "models.QuerySet[JobItem]":
+        """The failed items a retry takes: users whose profile still exists and whom no retry of this
+        job has extracted since (another retry would run them, and pay for them, again)."""
+        profile = UserProfile.objects.filter(user_id=OuterRef("user_id"))
+        retried = JobItem.objects.filter(
+            job__parent=self, user_id=OuterRef("user_id"), status=JobItem.Status.SUCCEEDED
+        )
+        failed = JobItem.objects.filter(job=self, status=JobItem.Status.FAILED)
+        return failed.filter(Exists(profile), ~Exists(retried))
 
     @property
     def processed_items(self) -> int:
