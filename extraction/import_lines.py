@@ -146,7 +146,7 @@ def _read_csv(
             if on_header:
                 on_header(names)
             continue
-        if not row or (len(row) == 1 and not row[0].strip()):
+        if not any(cell.strip() for cell in row):  # a blank line, or a spreadsheet's row of empty cells
             continue
         if len(row) > len(names):
             yield line, RowError(f"{len(row)} fields but the header has {len(names)}")

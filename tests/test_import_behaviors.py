@@ -62,11 +62,13 @@ def test_it_reads_spreadsheet_exports(run, write_file):
     content = (
         "\ufeffuser_id,action,timestamp,item_id,app_id,media_id,poi_id,duration\r\n"
         'u1,compare,2024/6/1 9:05,"汉EV, Model 3",易车,,,60\r\n'
+        ",,,,,,,\r\n"  # a row Excel kept for its formatting: every cell empty, as a blank line
         'u1,visit,2024/06/01 18:00:00,,,,"星巴克(朝阳店), 2楼",\r\n'
         "\r\n"
+        ", ,,,,,,\r\n"
     )
     out, err = run("import_data", "behaviors", write_file("excel.csv", content))
-    assert "imported 2" in out and "rejected 0" in out, err
+    assert "read 2, imported 2, updated 0, duplicates 0, rejected 0" in out, err
     compare = Behavior.objects.get(action="compare")
     assert compare.item == "汉EV, Model 3"
     assert compare.occurred_at == datetime(2024, 6, 1, 9, 5, tzinfo=SHANGHAI)
