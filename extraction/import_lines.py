@@ -128,6 +128,8 @@ def _read_csv(
         try:
             row = next(reader)
         except StopIteration:
+            if names is None:  # usually the wrong file, or an export that failed
+                raise ImportFileError(f"{location}: the file is empty: no header line") from None
             return
         except (LineTooLong, csv.Error) as exc:
             yield start, RowError(str(exc))  # the record that began there is dropped
@@ -137,6 +139,8 @@ def _read_csv(
             yield lines.number + 1, RowError(str(exc))
             return
         line, start = start, lines.number + 1
+        if not any(cell.strip() for cell in row):  # a blank line, or a spreadsheet's row of empty cells
+            continue
         if names is None:  # the header
             if UNDECODABLE.search("".join(row)):
                 raise ImportFileError(
@@ -145,8 +149,6 @@ def _read_csv(
             names = _header_names(row, location)
             if on_header:
                 on_header(names)
-            continue
-        if not any(cell.strip() for cell in row):  # a blank line, or a spreadsheet's row of empty cells
             continue
         if len(row) > len(names):
             yield line, RowError(f"{len(row)} fields but the header has {len(names)}")

@@ -165,6 +165,13 @@ def test_it_names_a_missing_column(run, write_file):
         run("import_data", "behaviors", write_file("a.csv", "user_id,action,when\nu1,browse,x\n"))
 
 
+@pytest.mark.parametrize("content", [b"", b"\r\n\r\n", b"\xef\xbb\xbf"])
+def test_an_empty_file_is_refused_not_imported_as_nothing(run, write_file, content):
+    """Usually the wrong file, or an export that failed: it said "completed, read 0"."""
+    with pytest.raises(CommandError, match="the file is empty: no header line"):
+        run("import_data", "behaviors", write_file("empty.csv", content))
+
+
 def test_the_header_is_checked_by_its_own_names_not_by_the_first_row(run, write_file):
     short_first = "user_id,action,timestamp\nu_short\nu1,browse,2024-06-01 10:00:00\n"
     out, err = run("import_data", "behaviors", write_file("a.csv", short_first))
