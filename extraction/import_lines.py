@@ -35,7 +35,7 @@ def detect_format(path: Path) -> Format:
 
 
 class LineTooLong(Exception):
-    """A physical line longer than IMPORT_MAX_LINE_CHARS; it was skipped to its end."""
+    """A CSV record longer than IMPORT_MAX_LINE_CHARS over its lines (a quote that never closes?)."""
 
 
 class FileCutShort(Exception):
@@ -45,16 +45,19 @@ class FileCutShort(Exception):
 class BoundedLines:
     """The lines of a text stream, none longer than `limit` characters in memory.
 
-    A longer line (a gzip bomb decompresses to one) is read on in pieces and dropped, and
-    LineTooLong is raised in its place; iteration goes on with the next line (this is an object,
-    not a generator, so that csv.reader can keep pulling after an exception). A record spanning
-    lines (a quoted CSV field with line breaks, or one that never closes) is held to the same
-    limit: the reader calls `record_started()` at each record. `number` is the count of physical
-    lines consumed.
+    A longer line (a gzip bomb decompresses to one) is read on in pieces and dropped: a bare line
+    break stands in its place and `cut` says why, so that a quoted CSV field it was part of still
+    ends where it ends, and the reader reports the record as one bad row (and clears `cut`). A
+    record spanning lines (a quoted CSV field with line breaks, or one that never closes) is held
+    to the same limit: the reader calls `record_started()` at each record, and LineTooLong is raised
+    past it; iteration goes on with the next line (this is an object, not a generator, so that
+    csv.reader can keep pulling after an exception). `number` is the count of physical lines
+    consumed.
     """
 
     def __init__(self, stream: io.TextIOBase, limit: int):
         self.stream, self.limit, self.number, self.record_chars = stream, limit, 0, 0
+        self.cut = ""  # why the last line returned stands for one that was dropped
         self._back = ""  # a line read ahead, given back
 
     def __iter__(self) -> "BoundedLines":
@@ -75,7 +78,8 @@ class BoundedLines:
                 following = self._read()
                 if following != "\n":
                     self._back = following
-            raise LineTooLong(f"line longer than {self.limit:,} characters (IMPORT_MAX_LINE_CHARS)")
+            self.cut = f"line longer than {self.limit:,} characters (IMPORT_MAX_LINE_CHARS)"
+            return "\n"
         self.record_chars += len(line)
         if self.record_chars > self.limit:
             self.record_chars = 0
@@ -133,12 +137,18 @@ def _read_csv(
             return
         except (LineTooLong, csv.Error) as exc:
             yield start, RowError(str(exc))  # the record that began there is dropped
-            start = lines.number + 1
+            start, lines.cut = lines.number + 1, ""
             continue
         except FileCutShort as exc:
             yield lines.number + 1, RowError(str(exc))
             return
         line, start = start, lines.number + 1
+        if lines.cut:  # a line of this record was dropped: the record is one bad row
+            if names is None:
+                raise ImportFileError(f"{location}: the header's {lines.cut}")
+            yield line, RowError(lines.cut)
+            lines.cut = ""
+            continue
         if not any(cell.strip() for cell in row):  # a blank line, or a spreadsheet's row of empty cells
             continue
         if names is None:  # the header
@@ -184,12 +194,13 @@ def _read_jsonl(lines: BoundedLines) -> Iterator[tuple[int, dict[str, Any] | Row
             text = next(lines)
         except StopIteration:
             return
-        except LineTooLong as exc:
-            yield lines.number, RowError(str(exc))
-            continue
         except FileCutShort as exc:
             yield lines.number + 1, RowError(str(exc))
             return
+        if lines.cut:
+            yield lines.number, RowError(lines.cut)
+            lines.cut = ""
+            continue
         if not text.strip():
             continue
         try:

@@ -109,6 +109,34 @@ def test_a_line_too_long_is_skipped_alone_whatever_ends_the_lines(write_file, se
     assert (summary.read, summary.imported, summary.rejected) == (4, 3, 1)
 
 
+def test_a_line_too_long_inside_a_quoted_field_drops_that_record_and_no_more(write_file, settings):
+    """The reader started afresh after the long line, inside the quoted field: the field's tail
+    became a row of its own, and its closing quote opened a field that swallowed the next rows."""
+    settings.IMPORT_MAX_LINE_CHARS = 1024
+    rows = [
+        "user_id,action,timestamp,item_id,app_id",
+        'u1,a,2024-06-01,"a note',  # line 2: a quoted field spans lines 2 to 4
+        "x" * 3000,
+        'its tail", "quoted",app',
+        "u2,b,2024-06-01,,",  # line 5
+        'u3,c,2024-06-01,"two',
+        'lines",',
+    ]
+    path = write_file("a.csv", "\n".join([*rows, ""]))
+    errors = []
+    summary = import_file("behaviors", path, on_error=lambda line, reason: errors.append((line, reason)))
+    assert errors == [(2, "line longer than 1,024 characters (IMPORT_MAX_LINE_CHARS)")]
+    assert (summary.read, summary.imported, summary.rejected) == (3, 2, 1)
+    assert sorted(Behavior.objects.values_list("user_id", "item")) == [("u2", ""), ("u3", "two\nlines")]
+
+
+def test_a_header_too_long_refuses_the_file(run, write_file, settings):
+    settings.IMPORT_MAX_LINE_CHARS = 1024
+    path = write_file("a.csv", f"user_id,action,timestamp,{'x' * 3000}\nu1,a,2024-06-01,\n")
+    with pytest.raises(CommandError, match="the header's line longer than 1,024 characters"):
+        run("import_data", "behaviors", path)
+
+
 def test_a_crlf_cut_by_the_size_limit_between_its_characters_adds_no_line(write_file, settings):
     """A line of 1,025 characters and its \\r\\n is read in pieces of 1,026: the first ends on the
     \\r, the \\n comes alone. It is the same line's end, not a line of its own."""
