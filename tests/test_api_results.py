@@ -49,6 +49,21 @@ def test_a_user_has_its_profile_behaviour_count_and_state(api, extracted):
     assert api("reader").get("/api/v1/users/nobody/").status_code == 404
 
 
+def test_the_extraction_state_needs_its_own_permission_as_in_the_admin(api, extracted, personas):
+    """view_userprofile alone showed the state (its errors among it), which the admin hides."""
+    from django.contrib.auth.models import Permission
+
+    from eventproject.api import auth_cache_clear
+
+    profiles_only = personas["nobody"]
+    profiles_only.user_permissions.add(Permission.objects.get(codename="view_userprofile"))
+    body = api("nobody").get("/api/v1/users/u001/").json()
+    assert (body["user_id"], body["extraction_state"]) == ("u001", None)
+    profiles_only.user_permissions.add(Permission.objects.get(codename="view_extractionstate"))
+    auth_cache_clear()  # not the token's permissions remembered a moment ago
+    assert api("nobody").get("/api/v1/users/u001/").json()["extraction_state"]["status"] == "succeeded"
+
+
 def test_a_user_never_extracted_needs_it(api, make_users):
     make_users(1)
     body = api("reader").get("/api/v1/users/u001/").json()

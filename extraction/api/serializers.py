@@ -32,7 +32,11 @@ class StateOutput(serializers.ModelSerializer):
 
 class UserOutput(serializers.ModelSerializer):
     behavior_count = serializers.IntegerField(read_only=True)
-    extraction_state = StateOutput(read_only=True, allow_null=True)
+    extraction_state = StateOutput(
+        read_only=True,
+        allow_null=True,
+        help_text="null when the user was never extracted, or without extraction.view_extractionstate",
+    )
     needs_extraction = serializers.BooleanField(read_only=True)
 
     class Meta:
@@ -48,6 +52,13 @@ class UserOutput(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = fields
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        if request is not None and not request.user.has_perm("extraction.view_extractionstate"):
+            data["extraction_state"] = None  # its own permission, as in the admin
+        return data
 
 
 class EventOutput(serializers.ModelSerializer):
