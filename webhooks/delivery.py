@@ -6,14 +6,14 @@ deliveries_heal()   every cluster's heal loop: rings due deliveries whose bell w
 A claim is one conditional UPDATE (`pending` and due, or `sending` with its lease run out) that
 stamps a fresh token and a lease on the database's clock, so two clusters never send the same
 attempt at once, and a delivery whose cluster was killed mid-attempt is claimed again once the lease
-(the attempt's deadline and a margin) has run out.
+(the attempt's deadline and a margin) has run out. The outcome is written only while the row still
+carries the token; the attempt itself is always logged. A receiver may therefore see an event more
+than once (at least once): it drops duplicates by `webhook-id`.
 
 An endpoint gets one attempt at a time (the claim holds its row's lock): a receiver that hangs holds
 one worker for WEBHOOKS_TIMEOUT_SECONDS, never every worker the backlog of its deliveries would
 take, and jobs go on beside it. The endpoint's other due deliveries wait; each attempt's end rings
-the next (healing rings them too). The outcome is written only while the row still
-carries the token; the attempt itself is always logged. A receiver may therefore see an event more
-than once (at least once): it drops duplicates by `webhook-id`.
+the next (healing rings them too).
 """
 
 import json
