@@ -60,10 +60,10 @@ def jobs_prune(
         if dry_run:
             pruned.items[job_id] = JobItem.objects.filter(ended, job_id=job_id).count()
             continue
-        marked = Job.objects.filter(id=job_id, status__in=Job.FINISHED).update(
+        marked = Job.objects.filter(id=job_id, status__in=Job.FINISHED, finished_at__lt=cutoff).update(
             items_pruned_at=Coalesce(F("items_pruned_at"), timezone.now())
         )
-        if not marked:  # resumed meanwhile
+        if not marked:  # resumed meanwhile (and maybe stopped again since: not old any more)
             continue
         pruned.items[job_id] = 0
         while True:

@@ -144,7 +144,10 @@ def _items_create_for_needing(job: Job, everyone: bool = False) -> int:
 
 def _items_create_for_retry(job: Job, parent: Job) -> int:
     """Items for the failed users of `parent`, however many (no list of ids goes through here);
-    JobConflict when some of them are in another active job."""
+    JobConflict when some of them are in another active job. The parent's row is locked first, as
+    prune_jobs' mark locks it: a prune that marked it before is seen, one after waits for us."""
+    parent = Job.objects.select_for_update().get(id=parent.id)
+    _refuse_pruned(parent)
     failed = parent.retry_items().values("user_id")
     _refuse_busy(failed)
     sql, params = failed.query.sql_with_params()

@@ -107,6 +107,49 @@ def test_a_pruned_job_is_neither_retried_nor_reconciled(make_users):
 
 
 @pytest.mark.django_db
+def test_a_job_resumed_and_stopped_again_during_a_prune_keeps_its_items(make_users, monkeypatch):
+    """The prune chose its jobs at the start: one resumed and stopped again meanwhile finished a
+    moment ago, yet lost its items (and its resume) when the prune came to it."""
+    from jobs import pruning
+
+    users = make_users(6)
+    first = finished(users[:3], days_ago=40)
+    second = job_start(user_ids=users[3:], extractor="test", enqueue=False)
+    job_cancel(second)
+    Job.objects.filter(id=second.id).update(finished_at=timezone.now() - timedelta(days=40))
+    delete_batch = pruning._items_delete_batch
+
+    def while_the_first_is_pruned(job_id, size):
+        if job_id == first.id and Job.objects.get(id=second.id).finished_at < timezone.now() - timedelta(1):
+            job_cancel(job_resume(Job.objects.get(id=second.id)))  # an operator's second thoughts
+        return delete_batch(job_id, size)
+
+    monkeypatch.setattr(pruning, "_items_delete_batch", while_the_first_is_pruned)
+    assert set(jobs_prune(days=30).items) == {first.id}
+    second.refresh_from_db()
+    assert (second.items_pruned_at, second.items.count(), second.can_resume) == (None, 3, True)
+
+
+@pytest.mark.django_db
+def test_a_retry_racing_a_prune_is_refused_not_made_over_nobody(make_users, monkeypatch):
+    """The retry checked that its parent was not pruned, then read the parent's failed users: a
+    prune in between left it "completed" over nobody, with no error."""
+    from jobs import services
+
+    old = finished(make_users(4), days_ago=40, error="boom", permanent=True)
+    create_for_retry = services._items_create_for_retry
+
+    def pruned_between(job, parent):
+        jobs_prune(days=30)  # a cluster's JOBS_PRUNE_DAYS prune
+        return create_for_retry(job, parent)
+
+    monkeypatch.setattr(services, "_items_create_for_retry", pruned_between)
+    with pytest.raises(JobStateError, match="items were pruned"):
+        job_retry_failed(old)
+    assert list(Job.objects.values_list("id", flat=True)) == [old.id]
+
+
+@pytest.mark.django_db
 def test_a_pruned_jobs_share_is_history(make_users, api):
     job = finished(make_users(2), days_ago=8)
     Job.objects.filter(id=job.id).update(status="cancelled")  # a stopped job's share may change…
