@@ -100,6 +100,9 @@ def test_job_status_shows_a_table_or_one_job(run, make_users):
     assert "3 succeeded, 0 failed, 0 cancelled, 0 running, 0 pending" in out
     with pytest.raises(CommandError, match="no job 999"):
         run("job_status", "999")
+    for limit in ("0", "10001", "99999999999999999999"):  # the last one: bigint out of range
+        with pytest.raises(CommandError, match=f"--limit must be from 1 to 10,000, got {limit}"):
+            run("job_status", "--limit", limit)
 
 
 def test_job_status_reconcile_fixes_drifted_counters(run, make_users):

@@ -229,13 +229,14 @@ def test_pruning_the_cache_deletes_old_answers_only_and_they_are_asked_again(llm
     assert LLMCacheEntry.objects.count() == 2
 
 
-def test_the_cache_is_pruned_in_batches_and_days_must_not_be_negative(llm_server, run):
+def test_the_cache_is_pruned_in_batches_and_days_must_be_within_a_century(llm_server, run):
     for n in range(1, 6):
         extract(users(1, start=n))
     assert cache_prune(datetime.now(UTC) + timedelta(seconds=1), batch_size=2) == 5
     assert not LLMCacheEntry.objects.exists()
-    with pytest.raises(CommandError, match="--days must be 0 or more"):
-        run("prune_llm_cache", "--days", "-1")
+    for days in ("-1", "36501", "999999999", "99999999999999999999"):  # the last ones: an OverflowError
+        with pytest.raises(CommandError, match=f"--days must be from 0 to 36,500, got {days}"):
+            run("prune_llm_cache", "--days", days)
 
 
 def test_a_user_too_large_for_one_call_is_split_and_merged(llm_server):

@@ -1,5 +1,6 @@
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
@@ -20,8 +21,8 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
 
     def handle(self, *args, days, dry_run, **options):
-        if days < 0:
-            raise CommandError("--days must be 0 or more")
+        if not 0 <= days <= settings.JOBS_PRUNE_DAYS_LIMIT:
+            raise CommandError(f"--days must be from 0 to {settings.JOBS_PRUNE_DAYS_LIMIT:,}, got {days}")
         before = timezone.now() - timedelta(days=days)
         if dry_run:
             count = LLMCacheEntry.objects.filter(created_at__lt=before).count()

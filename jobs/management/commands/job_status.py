@@ -7,13 +7,17 @@ from jobs.models import Job
 from jobs.progress import job_progress
 from jobs.services import job_counters_reconcile
 
+LIMIT_MOST = 10_000  # rows of the table
+
 
 class Command(BaseCommand):
     help = "Show one job's progress, or a table of recent jobs."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("job_id", nargs="?", type=int)
-        parser.add_argument("--limit", type=int, default=20, help="jobs in the table (default 20)")
+        parser.add_argument(
+            "--limit", type=int, default=20, help=f"jobs in the table (default 20, at most {LIMIT_MOST:,})"
+        )
         parser.add_argument(
             "--reconcile", action="store_true", help="recount the job's counters from its items first"
         )
@@ -37,8 +41,8 @@ class Command(BaseCommand):
         self.stdout.write(describe(job_progress(job)))
 
     def _table(self, limit: int) -> None:
-        if limit < 1:
-            raise CommandError("--limit must be at least 1")
+        if not 1 <= limit <= LIMIT_MOST:
+            raise CommandError(f"--limit must be from 1 to {LIMIT_MOST:,}, got {limit}")
         jobs = Job.objects.order_by("-id")[:limit]
         if not jobs:
             self.stdout.write("no jobs yet")
