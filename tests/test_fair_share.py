@@ -10,6 +10,7 @@ from eventproject.db import DatabaseNow
 from extraction.extractors import make_extractor
 from extraction.services import chunk_extract
 from jobs.models import Drain, Job
+from jobs.services import job_share_set
 from jobs.transitions import job_mark_running
 from jobs.worker.claims import Claim, chunk_claim
 from jobs.worker.commit import chunk_commit
@@ -145,6 +146,20 @@ def test_a_job_holds_no_more_workers_than_its_cap(jobs, settings):
     assert job_pick(second) == other  # the capped job has its one worker
     Drain.objects.filter(id=first).update(seen_at=DatabaseNow(-3600))  # its worker died
     assert job_pick(second) == capped
+
+
+def test_a_cap_lowered_below_the_workers_on_a_job_keeps_that_many_on_it(jobs, settings):
+    """Each worker at its next chunk boundary counts the others, finds no room and stops; then none
+    could come back either, for the others' rows still named the job: it stood still, "running on
+    3 workers", until their rows went stale."""
+    settings.JOBS_DRAIN_TASKS = 4
+    job = jobs(40)
+    drains = [a_drain(), a_drain(), a_drain()]
+    assert [job_pick(drain_id) for drain_id in drains] == [job] * 3
+    job_share_set(job, max_workers=1)
+    assert [fairest(drain_id) for drain_id in drains] == [None] * 3  # each stint ends
+    assert [job_pick(drain_id) for drain_id in drains] == [None, None, job]
+    assert list(Drain.objects.exclude(job=None).values_list("id", flat=True)) == drains[2:]
 
 
 def test_a_drain_with_no_job_to_serve_leaves(jobs, settings):

@@ -65,16 +65,19 @@ def fairest(drain_id: int | None, *, only: int | None = None) -> int | None:
 
 
 def job_pick(drain_id: int, *, only: int | None = None) -> Job | None:
-    """Move this drain to the job it should serve now and return that job; None when no job has
-    claimable items and room for it."""
+    """Move this drain to the job it should serve now and return that job; None, the drain serving
+    no job, when no job has claimable items and room for it. (A drain left counted on its last job
+    would hold a place there: after a cap lowered below the workers on a job, each of them found
+    no room because of the others, and none came back.)"""
     for _ in range(3):  # another worker may take the last room first: look again
         chosen = fairest(drain_id, only=only)
         if chosen is None:
-            return None
+            break
         with transaction.atomic():
             job = Job.objects.select_for_update().filter(id=chosen, status__in=Job.WORKING).first()
             room = min(job.max_workers or settings.JOBS_DRAIN_TASKS, settings.JOBS_DRAIN_TASKS) if job else 0
             if job and workers_serving(job.id, besides=drain_id).count() < room:
                 Drain.objects.filter(id=drain_id).update(job=job)
                 return job
+    Drain.objects.filter(id=drain_id, job__isnull=False).update(job=None)
     return None
