@@ -18,7 +18,7 @@ from functools import cache
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -47,19 +47,26 @@ def registry() -> CollectorRegistry:
 class DatabaseCollector:
     """Figures read from the database on each scrape: about ten small queries. While the database
     is unreachable only what says so is reported (`database_up` 0, the broker and, on Redis, the
-    clusters): the scrape itself still succeeds, so an alert can name the database."""
+    clusters): the scrape itself still succeeds, so an alert can name the database. A database that
+    answers but lacks a table (migrations not applied yet) is up: only `figures_up` says 0."""
 
     def collect(self) -> Iterator:
-        database_up, figures = database_check()["ok"], []
+        database_up, figures, figures_read = database_check()["ok"], [], False
         if database_up:
             try:
-                figures = list(self._database_figures())
-            except DatabaseError:  # gone since the check: say so rather than fail the scrape
-                database_up = False
+                with transaction.atomic():  # a failure leaves the connection fit to check again
+                    figures, figures_read = list(self._database_figures()), True
+            except DatabaseError:  # gone since the check, or a table not migrated yet (an upgrade)
+                database_up = database_check()["ok"]
         yield GaugeMetricFamily(
             f"{PREFIX}_database_up",
             "1 when this web server can reach the database, else 0",
             value=database_up,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_figures_up",
+            "1 when the figures were read from the database, else 0 (it is away, or not migrated)",
+            value=figures_read,
         )
         broker_up = broker_check()["ok"] if settings.REDIS_URL else database_up
         yield GaugeMetricFamily(

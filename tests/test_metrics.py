@@ -70,6 +70,22 @@ def test_writes_are_refused(client):
     assert client.post("/metrics").status_code == 405
 
 
+def test_a_table_not_migrated_yet_is_not_the_database_down(client):
+    """Before or during an upgrade's `migrate` the figures cannot be read, yet the database answers:
+    it said database_up 0 (and broker_up 0), an alert sending the operator the wrong way."""
+    from django.db import connection
+
+    from jobs.models import JobItem
+
+    with connection.cursor() as cursor:  # as if its migration were not applied (undone with the test)
+        cursor.execute(f"ALTER TABLE {JobItem._meta.db_table} RENAME TO not_migrated_yet")
+    figures = parse(client.get("/metrics").content.decode())
+    assert figures[("eventproject_database_up", ())] == 1
+    assert figures[("eventproject_broker_up", ())] == 1
+    assert figures[("eventproject_figures_up", ())] == 0
+    assert not [name for name, _ in figures if name.startswith("eventproject_job")]
+
+
 def test_job_and_item_figures_agree_with_the_jobs(
     client, make_users, settings, django_capture_on_commit_callbacks
 ):
