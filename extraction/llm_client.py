@@ -31,6 +31,7 @@ from typing import Any
 import openai
 from django.conf import settings
 from django.db import DatabaseError
+from openai.types.chat import ChatCompletion
 
 from .llm_budget import Budget, Spending
 from .llm_cache import request_key
@@ -84,6 +85,33 @@ class Completion:
     cached: bool
     key: str
     reasoning_tokens: int = 0  # of the completion tokens
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A 200 answer as far as it can be read: its text ("" when it has none: a content filter's
+    null message) and its usage (None when the endpoint did not say, or said it in other than
+    whole numbers). An answer that is no chat completion at all (a JSON list, plain text, the event
+    stream of a server that only streams) fails its call, never its chunk."""
+
+    response: ChatCompletion
+    content: str
+    usage: Any
+
+    @classmethod
+    def of(cls, response: Any) -> "Answer":
+        if not isinstance(response, ChatCompletion):
+            raise LLMCallError(
+                f"the LLM endpoint's answer is not a chat completion (it sent {type(response).__name__})",
+                kind="unreadable answer",
+            )
+        choices = response.choices if isinstance(response.choices, list) else []
+        message = getattr(choices[0], "message", None) if choices else None
+        content = getattr(message, "content", None)
+        usage = response.usage
+        counts = (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+        whole = all(isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in counts)
+        return cls(response, content if isinstance(content, str) else "", usage if whole else None)
 
 
 class LLMClient:
@@ -170,8 +198,9 @@ class LLMClient:
                                 response = self.client.chat.completions.create(
                                     **self._request(messages, shape, response_format, schema), timeout=timeout
                                 )
-                                call.usage(response.usage)
-                            spending.answered(response.usage)
+                                answer = Answer.of(response)
+                                call.usage(answer.usage)
+                            spending.answered(answer.usage)
                     except openai.APIStatusError as exc:
                         spending.used = 0  # refused: the provider counts no tokens
                         refusal = Refusal.of(exc)
@@ -197,7 +226,7 @@ class LLMClient:
                         if probing:
                             self.profile.probe_end(answered=shape)
                             probing = False
-                        return self._completion(response, messages, shape, response_format, schema)
+                        return self._completion(answer, messages, shape, response_format, schema)
                 self._wait(delay, should_stop)
         finally:
             if probing:  # it failed or stopped: another request may find out
@@ -316,17 +345,20 @@ class LLMClient:
         return True
 
     def _completion(
-        self, response, messages: list[dict], shape: Shape, response_format: str, schema: dict | None
+        self, answer: "Answer", messages: list[dict], shape: Shape, response_format: str, schema: dict | None
     ) -> Completion:
-        usage = response.usage
-        content = (response.choices[0].message.content or "") if response.choices else ""
-        completion_tokens = (usage.completion_tokens or 0) if usage else 0
-        reasoning = reasoning_tokens(response, content, completion_tokens)
+        content, usage = answer.content, answer.usage
+        if usage is None:  # the endpoint did not say (some servers and proxies): as much as it surely was
+            prompt_tokens = sum(estimate_tokens(message["content"]) for message in messages)
+            completion_tokens = estimate_tokens(content)
+        else:
+            prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        reasoning = reasoning_tokens(answer.response, content, completion_tokens)
         self.profile.report(completion_tokens, reasoning)
         temperature = self.temperature if shape.sends_temperature else None
         return Completion(
             content,
-            (usage.prompt_tokens or 0) if usage else 0,
+            prompt_tokens,
             completion_tokens,
             cached=False,
             key=request_key(self.model, temperature, messages, response_format, schema),
@@ -356,6 +388,11 @@ class LLMClient:
                 f"OPENAI_BASE_URL (it usually ends in /v1)"
             )
         detail = refusal.detail(sent)
+        if refusal.says_out_of_credit():  # retrying cannot help until someone pays
+            raise LLMConfigError(
+                f"the LLM endpoint at {self.endpoint.shown} says the account's quota or balance is used "
+                f"up (HTTP {status}); add credit, then resume the job"
+            )
         if status == 429 or status >= 500:
             kind = "too many requests" if status == 429 else "a server error"
             reason = f"HTTP {status}: {detail}" if detail else f"HTTP {status}, {kind}"

@@ -137,6 +137,11 @@ class Refusal:
                 return parameter
         return None
 
+    def says_out_of_credit(self) -> bool:
+        """The account cannot pay: OpenAI's 429 insufficient_quota, DeepSeek's and others' 402
+        Insufficient Balance."""
+        return self.status == 402 or self.code in ("insufficient_quota", "insufficient_balance")
+
     def detail(self, sent: tuple[str, ...]) -> str:
         """What it refused, in our words: a parameter we sent that it names, or its error code's
         meaning (never its text, nor a parameter we did not send: the body may carry anything)."""

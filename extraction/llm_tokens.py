@@ -35,7 +35,7 @@ def reasoning_tokens(response, content: str, completion_tokens: int) -> int:
     reported = getattr(details, "reasoning_tokens", None)
     if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 0:
         return min(reported, completion_tokens)  # a part of them, whatever the endpoint says
-    message = response.choices[0].message if response.choices else None
+    message = getattr(response.choices[0], "message", None) if response.choices else None
     texts = [getattr(message, name, None) for name in ("reasoning_content", "reasoning")]
     thought = sum(len(text.encode()) for text in texts if isinstance(text, str))
     thought += len(content.encode()) - len(without_thinking(content).encode())  # <think> blocks

@@ -58,6 +58,46 @@ def test_a_wrong_api_key_fails_the_job_fast_with_a_clear_message(llm_server, mak
     assert len(llm_server.requests) <= 2  # one per lane (two chunks at once), never retried
 
 
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(429, "insufficient_quota"), (402, "insufficient_balance"), (402, None)],  # OpenAI; DeepSeek, others
+)
+def test_an_account_out_of_credit_fails_the_job_at_once_saying_so(llm_server, make_users, status, code):
+    """A 429 insufficient_quota was waited out as a rate limit, doubling up to two minutes, for
+    hours; a 402 was refused call by call until fail-fast, over hundreds of requests."""
+    make_users(10)
+    error = {"message": "Insufficient Balance", "type": "billing", **({"code": code} if code else {})}
+    llm_server.bodies.extend([(status, {"error": error})] * 4)
+    job = job_start(extractor="llm", chunk_size=5, enqueue=False)
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert job.status == "failed"
+    assert f"says the account's quota or balance is used up (HTTP {status}); add credit" in job.error
+    assert len(llm_server.requests) <= 2  # one per lane, never retried
+
+
+def test_answers_without_usage_count_their_estimate_and_the_token_cap_still_stops_the_job(
+    llm_server, make_users, monkeypatch
+):
+    """Some servers and proxies leave `usage` out: the job counted 0 tokens and its cap never
+    stopped it."""
+    from tests.fake_openai import FakeLLM
+
+    answer = FakeLLM._answer
+
+    def without_usage(self, headers, body, directive):
+        status, extra, payload = answer(self, headers, body, directive)
+        payload.pop("usage", None)
+        return status, extra, payload
+
+    monkeypatch.setattr(FakeLLM, "_answer", without_usage)
+    make_users(30, behaviors=6)
+    job = capped_job()
+    assert job.status == "failed" and job.error.startswith("token limit reached:")
+    assert 0 < job.succeeded_items < 30
+    assert job.prompt_tokens + job.completion_tokens >= 1500
+
+
 def capped_job() -> Job:
     """An LLM job over everyone with a cap of 1,500 tokens (a chunk of 3 costs ~650), drained here."""
     job = job_start(

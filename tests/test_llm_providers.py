@@ -450,12 +450,12 @@ DIAGNOSED = {
         LLMCallError,
         "the LLM endpoint refused the request (HTTP 400)",
     ),
-    "a quota": (
+    "a quota": (  # no rate limit to wait out: nothing goes until someone pays
         429,
         openai_error("You exceeded your current quota, please check your plan.", None, "insufficient_quota"),
-        LLMCallError,
-        "the LLM endpoint kept failing; gave up after 2 attempts (last: HTTP 429: the account's quota "
-        "is used up)",
+        LLMConfigError,
+        "the LLM endpoint at {url} says the account's quota or balance is used up (HTTP 429); add "
+        "credit, then resume the job",
     ),
 }
 

@@ -162,6 +162,58 @@ def test_a_call_whose_reply_cannot_be_read_fails_that_call_only(llm_server):
     assert (outcome.failure, outcome.events) == ("the reply's JSON holds a number too long to read", {})
 
 
+OK_MESSAGE = {"role": "assistant", "content": "{}"}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"choices": [{"index": 0, "finish_reason": "content_filter", "message": None}]},
+        {"choices": [{"index": 0, "finish_reason": "stop", "delta": {"content": "{}"}}]},  # a stream's
+        {"choices": [{"index": 0, "message": OK_MESSAGE}], "usage": {"prompt_tokens": "10"}},
+        [],  # not an object at all
+    ],
+    ids=["null message", "no message", "usage in words", "a list"],
+)
+def test_an_odd_200_answer_costs_its_call_at_most_never_the_chunk(llm_server, answer):
+    """It raised from the client (AttributeError, TypeError): the whole chunk failed as a bug, the
+    users whose answers were already valid too."""
+    from tests.test_llm_extractor import users
+
+    llm_server.bodies.append((200, answer))
+    extractor = make_extractor("llm", {"max_concurrency": 1, "token_budget": 1000})
+    results = extractor.extract(users(4, behaviors=40), Control())  # a call each
+    failed = {user: str(result) for user, result in results.items() if isinstance(result, ExtractionError)}
+    assert len(results) == 4 and len(failed) <= 1, failed
+    assert all(message.startswith(("the LLM", "the model")) for message in failed.values()), failed
+
+
+def test_a_server_that_only_streams_fails_the_job_in_words(llm_server, make_users, monkeypatch):
+    """Its event stream reached the client as a string: the job failed with "AttributeError: 'str'
+    object has no attribute 'usage'"."""
+    from tests import fake_openai
+
+    def stream_only(handler):
+        handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        data = b'data: {"choices":[{"index":0,"delta":{"content":"{}"}}]}\n\ndata: [DONE]\n\n'
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    monkeypatch.setattr(fake_openai.Handler, "do_POST", stream_only)
+    make_users(10, behaviors=5)
+    job = job_start(extractor="llm", chunk_size=5, enqueue=False)
+    job_drain(job.id)
+    job.refresh_from_db()
+    assert "Error" not in job.error + "".join(job.items.values_list("error", flat=True))
+    assert set(job.items.values_list("error", flat=True)) <= {
+        "",
+        "the LLM endpoint's answer is not a chat completion (it sent str)",
+    }
+
+
 def test_an_error_validating_one_users_events_stays_with_that_user(llm_server, monkeypatch):
     extractor = make_extractor("llm", {"max_concurrency": 1})
     parts = [*user_parts(attacker("hello"), extractor.budget), *user_parts(victim(), extractor.budget)]
