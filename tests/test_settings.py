@@ -64,6 +64,10 @@ def test_it_starts_with_development_defaults_in_debug():
         ({"DEBUG": "1", "EXTRACTION_EXTRA_EXTRACTORS": "broken"}, "must look like name=module.Class"),
         ({"DEBUG": "1", "Q_TIMEOUT": "100", "Q_RETRY": "90"}, "Q_RETRY must be larger than Q_TIMEOUT"),
         ({"DEBUG": "1", "Q_POLL_SECONDS": "0"}, "Q_POLL_SECONDS must be at least 0.01"),
+        # After one 5xx a call waited for ever: until its chunk's deadline, the job going nowhere.
+        ({"DEBUG": "1", "EXTRACTION_LLM_BACKOFF_SECONDS": "inf"}, "must be a finite number, got 'inf'"),
+        ({"DEBUG": "1", "EXTRACTION_LLM_BACKOFF_SECONDS": "1e9"}, "must be at most 60.0, got 1000000000.0"),
+        ({"DEBUG": "1", "JOBS_HEAL_SECONDS": "nan"}, "JOBS_HEAL_SECONDS must be a finite number, got 'nan'"),
         (
             {"DEBUG": "1", "METRICS_ALLOWED_NETWORKS": "10.0.0.0/8,intranet"},
             "METRICS_ALLOWED_NETWORKS entries must be addresses or networks like 10.0.0.0/8, got 'intranet'",

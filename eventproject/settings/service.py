@@ -58,7 +58,8 @@ if 0 < EXTRACTION_LLM_TOKENS_PER_MINUTE < 1_000:
         f"got {EXTRACTION_LLM_TOKENS_PER_MINUTE}"
     )
 EXTRACTION_LLM_MAX_RETRIES = env_int("EXTRACTION_LLM_MAX_RETRIES", 4)
-EXTRACTION_LLM_BACKOFF_SECONDS = env_float("EXTRACTION_LLM_BACKOFF_SECONDS", 1.0)
+# The first retry's wait, doubling after it: at most a minute, or a call would outwait its chunk.
+EXTRACTION_LLM_BACKOFF_SECONDS = env_float("EXTRACTION_LLM_BACKOFF_SECONDS", 1.0, maximum=60.0)
 # How answers are asked for when a job does not say: "auto" (the answer's JSON schema where the
 # endpoint takes one, else JSON mode, else plain text: learned from its refusals), or one of them.
 EXTRACTION_LLM_RESPONSE_FORMAT = os.environ.get("EXTRACTION_LLM_RESPONSE_FORMAT", "auto")
