@@ -19,6 +19,8 @@ import functools
 import math
 import re
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -26,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpcore2  # noqa: F401 (the openai client's transport imports it at the first client: 0.08 s)
+import httpx2
 import openai
 from django.conf import settings
 from django.db.models import F, Q
@@ -369,8 +372,53 @@ def _client(base_url: str, query: tuple[tuple[str, str], ...], api_key: str) -> 
     """One client per endpoint and key in a process, shared by its chunks and threads (it is
     thread-safe): its connections stay open from chunk to chunk, and its TLS context is made once
     (made per chunk, it cost a worker 1.5 s of CPU in a 2,000-user benchmark run). Each request
-    passes its own timeout; retries are ours."""
-    return openai.OpenAI(base_url=base_url, default_query=dict(query) or None, api_key=api_key, max_retries=0)
+    passes its own timeout, which bounds its whole answer (_AnswerWithin); retries are ours."""
+    return openai.OpenAI(
+        base_url=base_url,
+        default_query=dict(query) or None,
+        api_key=api_key,
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(transport=_AnswerWithin()),
+    )
+
+
+class _AnswerWithin(httpx2.BaseTransport):
+    """httpx bounds each read by the request's timeout, not the answer: a server dripping its body
+    (a gateway's keep-alive spaces, a byte at a time) kept a call going past options.timeout and
+    the chunk's deadline, until the task's own timeout killed the worker with its paid calls not
+    committed. Here the body must be in `timeout` seconds after the request went out; the status
+    line and headers are still bounded read by read only."""
+
+    def __init__(self) -> None:
+        # openai's own client's limits (a custom transport brings its own pool)
+        self.inner = httpx2.HTTPTransport(
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+        )
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        sent = time.monotonic()
+        response = self.inner.handle_request(request)
+        seconds = (request.extensions.get("timeout") or {}).get("read")
+        if seconds is not None:
+            response.stream = _BodyWithin(response.stream, sent + seconds, seconds)
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _BodyWithin(httpx2.SyncByteStream):
+    def __init__(self, stream: Any, deadline: float, seconds: float) -> None:
+        self.stream, self.deadline, self.seconds = stream, deadline, seconds
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.stream:
+            if time.monotonic() > self.deadline:
+                raise httpx2.ReadTimeout(f"the answer took longer than {self.seconds:g} s")
+            yield chunk
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 def endpoint() -> Endpoint:

@@ -214,6 +214,39 @@ def test_a_server_that_only_streams_fails_the_job_in_words(llm_server, make_user
     }
 
 
+def test_an_answer_dripped_a_byte_at_a_time_ends_at_the_timeout(llm_server, monkeypatch, settings):
+    """httpx's timeout bounds each read: a body of keep-alive spaces sent a byte every 0.2 s (as
+    some gateways do) kept the call going 8 s past its 1 s timeout."""
+    import time
+
+    from tests import fake_openai
+
+    calls = []
+
+    def drip(handler):
+        calls.append(handler.rfile.read(int(handler.headers.get("Content-Length") or 0)))
+        body = b" " * 30 + b'{"choices":[]}'
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        try:
+            for byte in body:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the client gave up
+
+    monkeypatch.setattr(fake_openai.Handler, "do_POST", drip)
+    settings.EXTRACTION_LLM_MAX_RETRIES = 0
+    extractor = make_extractor("llm", {"max_concurrency": 1, "timeout": 1.0})
+    started = time.monotonic()
+    results = extractor.extract([victim()], Control())
+    assert time.monotonic() - started < 1.5 * len(calls)  # each call given up at its 1 s
+    assert str(results["u2"]).endswith("(last: no answer within 1 s (options.timeout))")
+
+
 def test_an_error_validating_one_users_events_stays_with_that_user(llm_server, monkeypatch):
     extractor = make_extractor("llm", {"max_concurrency": 1})
     parts = [*user_parts(attacker("hello"), extractor.budget), *user_parts(victim(), extractor.budget)]
