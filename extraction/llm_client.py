@@ -30,7 +30,7 @@ from typing import Any
 
 import openai
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from openai.types.chat import ChatCompletion
 
 from .llm_budget import Budget, Spending
@@ -75,6 +75,15 @@ class LLMCallError(Exception):
 
 class LLMStopped(Exception):
     """The request was not sent: the caller's should_stop gave this reason."""
+
+
+def _connection_release() -> None:
+    """Close this thread's database connection before a wait: a chunk's calls each wait in a thread
+    of their own (2 × max_concurrency of them), and holding a connection through its wait for a
+    slot and its request, each held one for the whole chunk: with max_concurrency 64, one chunk
+    took more than PostgreSQL's default 100 connections. The next query opens one again."""
+    if not connection.in_atomic_block:  # (a caller's transaction, in tests: it must go on)
+        connection.close()
 
 
 @dataclass(frozen=True)
@@ -186,6 +195,7 @@ class LLMClient:
                 attempt += 1
                 with self._reserved(cost, should_stop, share) as spending:
                     try:
+                        _connection_release()  # while waiting for a slot
                         with slot or nullcontext():
                             if reason := should_stop():
                                 raise LLMStopped(reason)
@@ -194,6 +204,7 @@ class LLMClient:
                                 raise LLMStopped("the chunk's deadline is too near to send this user")
                             timeout = self.timeout if left is None else min(self.timeout, left)
                             spending.sent = True
+                            _connection_release()  # while the request is out
                             with llm_call_timed() as call:  # counted for /metrics, whatever the outcome
                                 response = self.client.chat.completions.create(
                                     **self._request(messages, shape, response_format, schema), timeout=timeout

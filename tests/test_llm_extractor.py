@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
-from django.db import OperationalError
+from django.db import OperationalError, connection
 
 from extraction.extractors import (
     BehaviorRecord,
@@ -237,6 +237,27 @@ def test_the_cache_is_pruned_in_batches_and_days_must_be_within_a_century(llm_se
     for days in ("-1", "36501", "999999999", "99999999999999999999"):  # the last ones: an OverflowError
         with pytest.raises(CommandError, match=f"--days must be from 0 to 36,500, got {days}"):
             run("prune_llm_cache", "--days", days)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="counts the server's connections")
+def test_calls_in_flight_hold_no_database_connection(llm_server):
+    """Each call waits for its slot and its answer in a thread of its own (2 × max_concurrency):
+    each held a connection for the whole chunk, and max_concurrency 64 used up PostgreSQL's 100."""
+
+    def connections() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+            return cursor.fetchone()[0]
+
+    llm_server.latency = 2.0
+    before = connections()
+    calls = {"max_concurrency": 16, "token_budget": 1000}  # a call each
+    chunk = threading.Thread(target=extract, args=(users(40, behaviors=30),), kwargs=calls)
+    chunk.start()
+    wait_for(lambda: llm_server.in_flight >= 16, timeout=30, what="the calls to go out")
+    during = [connections() for _ in range(10) if not time.sleep(0.05)]  # all 16 slots answered later
+    chunk.join(60)
+    assert max(during) - before <= 4, during
 
 
 def test_a_user_too_large_for_one_call_is_split_and_merged(llm_server):
