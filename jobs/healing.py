@@ -15,7 +15,7 @@ from . import bells, transitions
 from .models import Job, JobItem
 from .schedules import schedules_run_due
 from .worker.claims import jobs_with_claimable
-from .worker.scheduler import workers_serving
+from .worker.scheduler import jobs_asleep_level, workers_serving
 
 
 def heal_all(*, force: bool = False, drains_at_most: int | None = None) -> list[str]:
@@ -32,11 +32,13 @@ def heal_all(*, force: bool = False, drains_at_most: int | None = None) -> list[
 
 
 def jobs_heal(*, force: bool = False, drains_at_most: int | None = None) -> list[str]:
-    """- a stopped job keeps no pending or running items (left by a dead worker, or by older versions);
+    """- a running job with nothing claimable banks no credit of workers' time (see scheduler);
+    - a stopped job keeps no pending or running items (left by a dead worker, or by older versions);
     - a job with nothing left is finished;
     - a queued or running job with claimable items and fewer than JOBS_DRAIN_TASKS live drains gets
       the missing ones rung (a lost queue message, a killed cluster's drains, a broker that was down).
     """
+    jobs_asleep_level()  # routine: no line
     return [*_stopped_jobs_sweep(), *_jobs_finish(), *_jobs_ring(force=force, at_most=drains_at_most)]
 
 

@@ -162,6 +162,29 @@ def test_a_cap_lowered_below_the_workers_on_a_job_keeps_that_many_on_it(jobs, se
     assert list(Drain.objects.exclude(job=None).values_list("id", flat=True)) == drains[2:]
 
 
+def test_a_job_back_from_its_users_backoffs_banked_no_credit_meanwhile(jobs):
+    """While every user of A waited out a retry backoff (an endpoint answering 500 for a while), B
+    had the workers and A's virtual time stood still: back, A took every chunk for as long as it
+    had been away. A job with nothing claimable is kept level by healing, as a sleeping one."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs.healing import jobs_heal
+    from jobs.models import JobItem
+
+    away, other = jobs(100, chunk_size=1), jobs(100, chunk_size=1)
+    drain_id = a_drain()
+    a_drain(beats_for=3600)  # another cluster's drain, idle: it serves no job
+    JobItem.objects.filter(job=away).update(retry_at=timezone.now() + timedelta(hours=1))
+    for _ in range(4):  # a cluster heals every few seconds meanwhile
+        assert {serve_one_chunk(drain_id, seconds=1.0) for _ in range(10)} == {other.id}
+        jobs_heal()
+    JobItem.objects.filter(job=away).update(retry_at=None)  # the backoffs are over
+    back = Counter(serve_one_chunk(drain_id, seconds=1.0) for _ in range(40))
+    assert back[other.id] >= 15, back
+
+
 def test_a_drain_with_no_job_to_serve_leaves(jobs, settings):
     settings.JOBS_DRAIN_STALE_SECONDS = 1
     job = jobs(4, max_workers=1)

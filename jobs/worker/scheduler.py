@@ -16,14 +16,17 @@ job started beside a huge one is served at the next chunk boundary of any worker
 of catching up. Ties go to the job with fewer workers, then the older one.
 
 Nothing starves: a job not served keeps its virtual time while the served ones grow theirs, so it
-becomes the least within the time of a few chunks. A job holds at most min(JOBS_DRAIN_TASKS, its
-max_workers) workers: a worker switching to it takes its row lock and counts again, so two workers
-switching at once cannot both pass the cap.
+becomes the least within the time of a few chunks. A running job with nothing claimable (its users
+wait out retry backoffs) banks no credit meanwhile: healing keeps it level with the jobs that have
+work (jobs_asleep_level), or, back, it would take every worker for as long as it had been away.
+
+A job holds at most min(JOBS_DRAIN_TASKS, its max_workers) workers: a worker switching to it takes
+its row lock and counts again, so two workers switching at once cannot both pass the cap.
 """
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models import Count, F, IntegerField, Min, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce, Least
 
 from eventproject.db import DatabaseNow
@@ -62,6 +65,19 @@ def _candidates(drain_id: int | None, only: int | None) -> QuerySet[Job]:
 def fairest(drain_id: int | None, *, only: int | None = None) -> int | None:
     """The id of the job this drain should serve now (see the module's docstring), or None."""
     return _candidates(drain_id, only).values_list("id", flat=True).first()
+
+
+def jobs_asleep_level() -> int:
+    """Raise the virtual time of running jobs with nothing claimable and no live drain to the least
+    of the working jobs with claimable items (those waiting for a worker among them: their credit
+    is owed); how many were raised."""
+    claimable = jobs_with_claimable(Job.objects.filter(status__in=Job.WORKING))
+    level = claimable.order_by().aggregate(low=Min("virtual_time"))["low"]
+    if level is None:
+        return 0
+    served = workers_serving().filter(job__isnull=False).values("job_id")  # (NOT IN meets no NULL)
+    asleep = Job.objects.filter(status=Job.Status.RUNNING, virtual_time__lt=level).exclude(id__in=served)
+    return asleep.exclude(id__in=claimable.values("id")).update(virtual_time=level)
 
 
 def job_pick(drain_id: int, *, only: int | None = None) -> Job | None:
