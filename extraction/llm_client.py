@@ -10,8 +10,10 @@ A request goes out in the shape its endpoint and model were found to accept (`ll
 a refusal of a parameter we send (`max_tokens`, `temperature`, `response_format`) is learned
 once for every worker and the request sent again. The answer is asked for as the call's JSON
 schema (strict), as a JSON object, or as plain text, whichever is best of what the endpoint
-accepts (or what the job or the settings chose).
-401 / 403 / an unknown model / a wrong URL raise LLMConfigError: the job cannot work, stop it.
+accepts (or what the job or the settings chose). The wire itself (the endpoint's address, the
+client, reading a 200 answer) is `llm_http`; the errors are `llm_errors`.
+401 / 403 / an unknown model / a wrong URL / an account out of credit raise LLMConfigError: the job
+cannot work, stop it.
 
 Secrets stay here. The API key comes from the environment only; credentials in OPENAI_BASE_URL
 (user:password@, ?api-key=…) are used but never shown: messages name the endpoint without them.
@@ -31,20 +33,12 @@ from typing import Any
 import openai
 from django.conf import settings
 from django.db import DatabaseError, connection
-from openai.types.chat import ChatCompletion
 
 from .llm_budget import Budget, Spending
 from .llm_cache import request_key
-from .llm_endpoints import (
-    AUTO,
-    EndpointProfile,
-    Refusal,
-    Shape,
-    adaptation_words,
-    endpoint,
-    retry_after_seconds,
-    sent_parameters,
-)
+from .llm_endpoints import AUTO, EndpointProfile, Refusal, Shape, adaptation_words, sent_parameters
+from .llm_errors import LLMCallError, LLMConfigError, LLMStopped
+from .llm_http import Answer, endpoint, retry_after_seconds
 from .llm_metrics import WRITE_EVERY_SECONDS, llm_call_timed, llm_calls_write
 from .llm_tokens import estimate_tokens, reasoning_tokens
 from .models import LLMCacheEntry
@@ -57,24 +51,6 @@ MAX_ADAPTATIONS = 4  # refusals one request adapts to: the token parameter, temp
 # process wakes it at once).
 PROBE_POLL_SECONDS = 0.25
 PROBE_MARGIN_SECONDS = 30  # a probe's lease: the request's timeout and this, renewed at each try
-
-
-class LLMConfigError(Exception):
-    """The endpoint refuses us for a reason retries cannot fix (key, permission, model, URL)."""
-
-
-class LLMCallError(Exception):
-    """This request failed (after retries where that made sense); another request may work.
-
-    `kind` says what sort of failure it was ("HTTP 500", "timeout"…) without the details."""
-
-    def __init__(self, message: str, *, kind: str):
-        super().__init__(message)
-        self.kind = f"the LLM call failed ({kind})"
-
-
-class LLMStopped(Exception):
-    """The request was not sent: the caller's should_stop gave this reason."""
 
 
 def _connection_release() -> None:
@@ -94,33 +70,6 @@ class Completion:
     cached: bool
     key: str
     reasoning_tokens: int = 0  # of the completion tokens
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A 200 answer as far as it can be read: its text ("" when it has none: a content filter's
-    null message) and its usage (None when the endpoint did not say, or said it in other than
-    whole numbers). An answer that is no chat completion at all (a JSON list, plain text, the event
-    stream of a server that only streams) fails its call, never its chunk."""
-
-    response: ChatCompletion
-    content: str
-    usage: Any
-
-    @classmethod
-    def of(cls, response: Any) -> "Answer":
-        if not isinstance(response, ChatCompletion):
-            raise LLMCallError(
-                f"the LLM endpoint's answer is not a chat completion (it sent {type(response).__name__})",
-                kind="unreadable answer",
-            )
-        choices = response.choices if isinstance(response.choices, list) else []
-        message = getattr(choices[0], "message", None) if choices else None
-        content = getattr(message, "content", None)
-        usage = response.usage
-        counts = (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
-        whole = all(isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in counts)
-        return cls(response, content if isinstance(content, str) else "", usage if whole else None)
 
 
 class LLMClient:

@@ -19,7 +19,7 @@ import pytest
 from eventproject.db import DatabaseNow
 from extraction.llm_budget import BURST_SECONDS, HORIZON_SECONDS, Budget, BudgetState, Limits
 from extraction.llm_client import LLMClient
-from extraction.llm_endpoints import endpoint, retry_after_seconds
+from extraction.llm_http import endpoint, retry_after_seconds
 from extraction.models import LLMBudget
 from jobs.models import Drain, Job
 from jobs.progress import job_progress

@@ -16,7 +16,8 @@ from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from ..llm_endpoints import AUTO, RESPONSE_FORMATS, endpoint, endpoint_state, reasoning_share
+from ..llm_endpoints import AUTO, RESPONSE_FORMATS, endpoint_state, reasoning_share
+from ..llm_http import endpoint
 from ..llm_tokens import estimate_tokens
 from .base import Control, Extractor, UserInput, UserResult
 from .llm_calls import ChunkCalls

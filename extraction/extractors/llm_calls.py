@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from django.db import connection
 
-from ..llm_client import Completion, LLMCallError, LLMClient, LLMConfigError, LLMStopped
+from ..llm_client import Completion, LLMClient
+from ..llm_errors import LLMCallError, LLMConfigError, LLMStopped
 from .base import Control, EventDraft, ExtractionError, ExtractorFatalError, UserInput, UserResult
 from .llm_answers import UNUSABLE, CallOutcome, call_read
 from .llm_packing import Part, calls_pack, users_parts
