@@ -204,7 +204,7 @@ def test_a_server_that_only_streams_fails_the_job_in_words(llm_server, make_user
 
     monkeypatch.setattr(fake_openai.Handler, "do_POST", stream_only)
     make_users(10, behaviors=5)
-    job = job_start(extractor="llm", chunk_size=5, enqueue=False)
+    job = job_start(extractor="llm", chunk_size=5, max_attempts=1, enqueue=False)  # no backoffs
     job_drain(job.id)
     job.refresh_from_db()
     assert "Error" not in job.error + "".join(job.items.values_list("error", flat=True))
