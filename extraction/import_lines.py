@@ -81,7 +81,7 @@ class BoundedLines:
             self.cut = f"line longer than {self.limit:,} characters (IMPORT_MAX_LINE_CHARS)"
             return "\n"
         self.record_chars += len(line)
-        if self.record_chars > self.limit:
+        if self.record_chars - (len(line) - len(line.rstrip("\r\n"))) > self.limit:  # its last line end aside
             self.record_chars = 0
             raise LineTooLong(
                 f"a record longer than {self.limit:,} characters (IMPORT_MAX_LINE_CHARS) from this line on; "

@@ -109,6 +109,25 @@ def test_a_line_too_long_is_skipped_alone_whatever_ends_the_lines(write_file, se
     assert (summary.read, summary.imported, summary.rejected) == (4, 3, 1)
 
 
+@pytest.mark.parametrize("name", ["a.csv", "a.jsonl"])
+def test_a_line_of_exactly_the_limit_is_read(write_file, settings, name):
+    """Its line break made it one character over the record's limit: a CSV row was refused as "a
+    quote that never closes?", and a JSON line stopped the import with that error."""
+    settings.IMPORT_MAX_LINE_CHARS = 1024
+    if name.endswith(".csv"):
+        rows = ["user_id,action,timestamp,note", "u1,a,2024-06-01,", "u3,c,2024-06-01,"]
+        long_row = "u2,b,2024-06-01," + "x" * (1024 - len("u2,b,2024-06-01,"))
+    else:
+        rows = [f'{{"user_id": "{user}", "action": "a", "timestamp": "2024-06-01"}}' for user in ("u1", "u3")]
+        long_row = '{"user_id": "u2", "action": "b", "timestamp": "2024-06-01", "note": "x"}'
+        long_row = long_row.replace('"x"', '"' + "x" * (1024 - len(long_row) + 1) + '"')
+    assert len(long_row) == 1024
+    path = write_file(name, "\n".join([*rows[:-1], long_row, rows[-1], ""]))
+    errors = []
+    summary = import_file("behaviors", path, on_error=lambda line, reason: errors.append((line, reason)))
+    assert (errors, summary.imported) == ([], 3)
+
+
 def test_a_line_too_long_inside_a_quoted_field_drops_that_record_and_no_more(write_file, settings):
     """The reader started afresh after the long line, inside the quoted field: the field's tail
     became a row of its own, and its closing quote opened a field that swallowed the next rows."""
