@@ -34,6 +34,8 @@ import openai
 from django.conf import settings
 from django.db import DatabaseError, connection
 
+from eventproject.db import connection_reset
+
 from .llm_budget import Budget, Spending
 from .llm_cache import request_key
 from .llm_endpoints import AUTO, EndpointProfile, Refusal, Shape, adaptation_words, sent_parameters
@@ -59,7 +61,7 @@ def _connection_release() -> None:
     slot and its request, each held one for the whole chunk: with max_concurrency 64, one chunk
     took more than PostgreSQL's default 100 connections. The next query opens one again."""
     if not connection.in_atomic_block:  # (a caller's transaction, in tests: it must go on)
-        connection.close()
+        connection_reset()
 
 
 @dataclass(frozen=True)
