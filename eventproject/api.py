@@ -155,10 +155,12 @@ class IdConverter:
 
 
 class UserIdConverter:
-    """A user id as imported: 1 to USER_ID_MAX_CHARS characters, no slash, no control characters
-    (PostgreSQL refuses NUL in text)."""
+    """A user id as imported: 1 to USER_ID_MAX_CHARS characters, no control characters (PostgreSQL
+    refuses NUL in text). Slashes are allowed, as imports allow them (a server decodes %2F to '/'
+    before routing), so a route with more path after the id must come before the id's own route: an
+    id that ends in that path ("x/events") is read by ?user= instead."""
 
-    regex = f"[^/\x00-\x1f\x7f]{{1,{settings.USER_ID_MAX_CHARS}}}"
+    regex = f"[^\x00-\x1f\x7f]{{1,{settings.USER_ID_MAX_CHARS}}}"
 
     def to_python(self, value: str) -> str:
         return value

@@ -174,6 +174,18 @@ def test_events_export_as_json_lines(api, extracted):
     assert api(None).get("/api/v1/events/export.jsonl").status_code == 401
 
 
+@pytest.mark.parametrize("path_id", ["crm/42", "crm%2F42"])
+def test_a_user_id_with_slashes_is_read_at_its_own_path(api, path_id):
+    """Imports take any id but NUL; one holding '/' (a CRM's "crm/42") was a 404 at both paths."""
+    events_for("crm/42", 2)
+    events_for("crm", 1)
+    client = api("reader")
+    assert client.get(f"/api/v1/users/{path_id}/").json()["user_id"] == "crm/42"
+    assert len(client.get(f"/api/v1/users/{path_id}/events/").json()["results"]) == 2
+    assert len(client.get("/api/v1/users/crm/events/").json()["results"]) == 1
+    assert client.get("/api/v1/users/crm/43/").status_code == 404
+
+
 def events_for(user_id: str, count: int) -> None:
     """`count` events for one user (a profile made for it)."""
     user = UserInput(user_id, {}, 1, [])

@@ -7,8 +7,9 @@ import eventproject.api  # noqa: F401  (registers the id and user_id path conver
 from . import views
 
 urlpatterns = [
-    path("users/<user_id:user_id>/", views.UserView.as_view(), name="user"),
+    # Events first: a user id may hold '/' (see UserIdConverter).
     path("users/<user_id:user_id>/events/", views.UserEventsView.as_view(), name="user-events"),
+    path("users/<user_id:user_id>/", views.UserView.as_view(), name="user"),
     path("events/", views.EventsView.as_view(), name="events"),
     path("events/export.csv", views.EventsExportView.as_view(file_format="csv"), name="events-export-csv"),
     path(
