@@ -1,5 +1,5 @@
 """A real webhook receiver for tests: a threaded HTTP server on loopback that keeps every request it
-gets, and answers as the test says (a status, slowly, never, a byte at a time, a redirect, a huge
+gets, and answers as the test says (a status, informational answers first, slowly, never, a byte at a time, a redirect, a huge
 body). It can go down and come back on the same port."""
 
 import contextlib
@@ -23,6 +23,7 @@ class Behaviour:
     delay: float = 0.0  # seconds before answering
     hang: bool = False  # never answer (until the receiver stops)
     drip: float = 0.0  # send the answer's head one byte per this many seconds
+    interim: tuple[int, ...] = ()  # informational answers sent first (103 Early Hints, say)
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b"ok"
 
@@ -45,7 +46,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if behaviour.delay:
             receiver.released.wait(behaviour.delay)
-        head = [f"HTTP/1.1 {behaviour.status} X\r\n", f"Content-Length: {len(behaviour.body)}\r\n"]
+        head = [f"HTTP/1.1 {status} X\r\nLink: </hint>; rel=preload\r\n\r\n" for status in behaviour.interim]
+        head += [f"HTTP/1.1 {behaviour.status} X\r\n", f"Content-Length: {len(behaviour.body)}\r\n"]
         head += [f"{name}: {value}\r\n" for name, value in behaviour.headers.items()]
         head = "".join([*head, "\r\n"]).encode()
         try:

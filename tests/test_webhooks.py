@@ -321,6 +321,21 @@ def test_a_redirect_is_not_followed(receiver):
     assert len(receiver.received) == 1
 
 
+@pytest.mark.parametrize("interim", [(103,), (100, 103, 103)])
+def test_informational_answers_before_the_real_one_are_skipped(receiver, interim):
+    """RFC 9110 15.2: a client reads any 1xx before the final answer. 103 Early Hints was taken as the
+    answer, a failed attempt however the receiver then answered."""
+    receiver.behaviour.status, receiver.behaviour.interim, receiver.behaviour.body = 204, interim, b""
+    answer = post(receiver.url, b"{}", {}, timeout=5)
+    assert (answer.status_code, answer.error, answer.succeeded) == (204, "", True)
+
+
+def test_a_switch_of_protocols_is_not_an_answer(receiver):
+    receiver.behaviour.status, receiver.behaviour.body = 101, b""
+    answer = post(receiver.url, b"{}", {}, timeout=5)
+    assert (answer.status_code, answer.succeeded) == (101, False)
+
+
 def test_a_huge_answer_is_not_read_and_only_its_start_is_kept(make_users, receiver, endpoint):
     receiver.behaviour.body = b"\x00<html>" + "页".encode() * 3_000_000  # 9 MB
     endpoint("job.completed")

@@ -237,11 +237,23 @@ def _exchange(sock, target: _Target, body: bytes, headers: dict[str, str]) -> tu
         },
     )
     response = connection.getresponse()
+    while 100 <= response.status < 200 and response.status != 101:
+        response = _next_answer(sock, response)
     try:
         start = response.read1(EXCERPT_BYTES)  # one read at most: no waiting for the rest
     except (OSError, http.client.HTTPException):
         start = b""  # the status came: the body's start is only a courtesy
     return response.status, _printable(start)
+
+
+def _next_answer(sock, interim: http.client.HTTPResponse) -> http.client.HTTPResponse:
+    """The answer after an informational one (103 Early Hints, say), which RFC 9110 has a client
+    read past; http.client itself skips only 100. It continues from the same buffered reader."""
+    answer = http.client.HTTPResponse(sock, method="POST")
+    answer.fp.close()
+    answer.fp, interim.fp = interim.fp, None  # the interim one, once collected, would close it
+    answer.begin()
+    return answer
 
 
 def _printable(data: bytes) -> str:
