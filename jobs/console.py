@@ -1,9 +1,11 @@
 """How jobs look in a terminal: the commands (extract, job_status, runall) share these."""
 
+import argparse
 import re
 import time
 from typing import TextIO
 
+from django.conf import settings
 from django.core.management.base import OutputWrapper
 from django.utils.timezone import localtime
 from tqdm import tqdm
@@ -89,8 +91,16 @@ def add_share_arguments(parser) -> None:
         "workers' time of normal)",
     )
     parser.add_argument(
-        "--max-workers", type=int, metavar="N", help="the most workers it may hold at once (0: no cap)"
+        "--max-workers", type=workers_cap, metavar="N", help="the most workers it may hold at once (0: no cap)"
     )
+
+
+def workers_cap(text: str) -> int:
+    """--max-workers as a command takes it: 0 for no cap (a command has no empty value)."""
+    limit = settings.JOBS_MAX_WORKERS_LIMIT
+    if not (text.isascii() and text.isdigit() and int(text) <= limit):
+        raise argparse.ArgumentTypeError(f"must be 0 (no cap) or a whole number from 1 to {limit}, not {text!r}")
+    return int(text)
 
 
 def share_arguments(priority: str | None, max_workers: int | None) -> dict:

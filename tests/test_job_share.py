@@ -118,6 +118,24 @@ def test_the_share_command_refuses_what_it_cannot_do(run, make_users):
         run("job_share", str(job.id))
 
 
+@pytest.mark.parametrize("value", ["-3", "1001", "two"])
+@pytest.mark.parametrize(
+    "command",
+    [("job_share", "1"), ("extract", "--detach"), ("schedule", "add", "x", "--cron", "0 3 * * *")],
+    ids=lambda command: command[0],
+)
+def test_the_commands_say_what_max_workers_takes(run, command, value):
+    """-3 was sent on to the model, which said "or empty for no cap": a command has no empty; 0 is."""
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError) as refused:
+        run(*command, "--max-workers", value)
+    assert str(refused.value) == (
+        f"Error: argument --max-workers: must be 0 (no cap) or a whole number from 1 to 1000, not {value!r}"
+    )
+    assert not Job.objects.exists()
+
+
 def test_the_admin_changes_a_jobs_share_from_its_page(client, personas, make_users):
     job = job_start(user_ids=make_users(2), enqueue=False)
     client.force_login(personas["operator"])

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from jobs.console import workers_cap
 from jobs.errors import JobInvalid
 from jobs.models import Job, Schedule
 from jobs.schedules import (
@@ -59,7 +60,7 @@ class Command(BaseCommand):
         parser.add_argument("--extractor")
         parser.add_argument("--options", help="extractor options as JSON")
         parser.add_argument("--priority", choices=list(PRIORITIES))
-        parser.add_argument("--max-workers", type=int, help="the most workers its jobs may hold (0: no cap)")
+        parser.add_argument("--max-workers", type=workers_cap, metavar="N", help="the most workers its jobs may hold (0: no cap)")
 
     def handle(self, *args, action, **options):
         try:
