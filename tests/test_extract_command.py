@@ -123,6 +123,20 @@ def test_resume_jobs_heals_every_job_and_says_what_it_did(run, make_users):
     assert out.strip() == f"job {Job.objects.get().id}: 0 live drains, rang 4 more"
 
 
+def test_resume_jobs_says_so_when_it_rings_nothing_because_tasks_wait(
+    run, make_users, django_capture_on_commit_callbacks
+):
+    """It said "every job is healthy: nothing to do" of a job whose drains wait in the queue."""
+    make_users(1)
+    run("extract", "--detach")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert run("resume_jobs")[0].strip() == f"job {Job.objects.get().id}: 0 live drains, rang 4 more"
+    out, _ = run("resume_jobs")  # those 4 drain tasks wait in the queue: no cluster runs here
+    assert out.strip() == (
+        "4 tasks wait in the queue for a free worker: no more rung (jobs are served as workers come free)"
+    )
+
+
 def test_cancel_job(run, make_users):
     make_users(2)
     run("extract", "--detach")

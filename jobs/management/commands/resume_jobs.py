@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand
 
+from eventproject.work import tasks_waiting
 from jobs.healing import heal_all
 
 
@@ -15,5 +16,12 @@ class Command(BaseCommand):
         done = heal_all(force=True)
         for line in done:
             self.stdout.write(line)
-        if not done:
+        if done:
+            return
+        if waiting := tasks_waiting():  # healing rings no drains then: no worker anywhere is free
+            self.stdout.write(
+                f"{waiting} tasks wait in the queue for a free worker: no more rung "
+                "(jobs are served as workers come free)"
+            )
+        else:
             self.stdout.write("every job is healthy: nothing to do")
