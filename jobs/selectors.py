@@ -33,14 +33,14 @@ def job_latest(*, active: bool = False) -> Job | None:
 
 
 def job_results(job: Job) -> tuple[dict[str, list[ExtractedEvent]], dict[str, str]]:
-    """Every user of a job with its events in sequence order (an empty list for none), and the
-    failed users with their errors. For small jobs (the predecessor's synchronous extract)."""
+    """Every user of a job with the events it extracted, in sequence order (an empty list for none),
+    and the failed users with their errors: a failed user's earlier events are kept but are not this
+    job's. For small jobs (the predecessor's synchronous extract)."""
     events: dict[str, list[ExtractedEvent]] = {
         user_id: [] for user_id in job.items.values_list("user_id", flat=True)
     }
-    for event in ExtractedEvent.objects.filter(user_id__in=job.items.values("user_id")).order_by(
-        "user_id", "sequence"
-    ):
+    extracted = job.items.filter(status=JobItem.Status.SUCCEEDED).values("user_id")
+    for event in ExtractedEvent.objects.filter(user_id__in=extracted).order_by("user_id", "sequence"):
         events[event.user_id].append(event)
     failed = dict(job.items.filter(status=JobItem.Status.FAILED).values_list("user_id", "error"))
     return events, failed

@@ -7,6 +7,7 @@ import time_machine
 
 from eventproject.db import DatabaseNow
 from extraction.extractors import make_extractor
+from extraction.models import ExtractedEvent
 from jobs.models import Job, JobItem
 from jobs.services import job_cancel, job_start
 from jobs.transitions import job_fail, job_mark_running
@@ -159,6 +160,28 @@ def test_sync_extract_answers_the_events_of_each_user(api, make_users):
     assert data["failed"] == {}
     assert [e["event_type"] for e in data["events"]["u001"]] == ["purchase", "browse_model"]
     assert data["events"]["u002"][0]["label"] == "购买"
+
+
+def test_sync_extract_answers_no_earlier_events_for_a_user_that_failed_now(api, make_users, monkeypatch):
+    """A failed user keeps its earlier events (a failure destroys nothing), but they are not this
+    run's: its list was answered full beside its error, as if just extracted."""
+    from extraction.extractors import ExtractionError
+    from extraction.extractors.rules import RulesExtractor
+
+    make_users(2)
+    client = api("admin")
+    client.post("/api/v1/events/extract", {"user_ids": ["u001", "u002"]}, format="json")
+    extract = RulesExtractor.extract
+
+    def failing_u001(self, users, control=None):
+        return {**extract(self, users, control), "u001": ExtractionError("the model said no", permanent=True)}
+
+    monkeypatch.setattr(RulesExtractor, "extract", failing_u001)
+    body = client.post("/api/v1/events/extract", {"user_ids": ["u001", "u002"]}, format="json").json()
+    assert body["message"] == "1 users extracted"
+    assert body["data"]["failed"] == {"u001": "the model said no"}
+    assert body["data"]["events"]["u001"] == [] and len(body["data"]["events"]["u002"]) == 2
+    assert ExtractedEvent.objects.filter(user_id="u001").count() == 2  # kept, as in /users/u001/events/
 
 
 def test_sync_extract_answers_only_once_chunks_another_drain_holds_are_done(api, make_users, monkeypatch):

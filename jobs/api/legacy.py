@@ -207,7 +207,8 @@ SyncData = inline_serializer(
         "events": serializers.DictField(
             child=EventOutput(many=True),
             required=False,
-            help_text="Absent when the job ended otherwise (1003)",
+            help_text="Each user's events from this run: none for a failed one (its earlier events are "
+            "kept, see `failed`). Absent when the job ended otherwise (1003)",
         ),
         "failed": serializers.DictField(
             child=serializers.CharField(),
