@@ -7,11 +7,16 @@ from django.views.defaults import page_not_found
 from django.views.i18n import JavaScriptCatalog
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from eventproject.api import ReadThrottle
+
 
 class SchemaView(SpectacularAPIView):
-    """The OpenAPI schema, to logged-in users (SPECTACULAR_SETTINGS["SERVE_PERMISSIONS"]).
-    `?format=json` or `?format=yaml` chooses the encoding (else the Accept header; YAML by
-    default): the rest of the API keeps "format" as an ordinary query parameter."""
+    """The OpenAPI schema, to logged-in users (SPECTACULAR_SETTINGS["SERVE_PERMISSIONS"]), counted as
+    a read like any other (it is built at each request). `?format=json` or `?format=yaml` chooses the
+    encoding (else the Accept header; YAML by default): the rest of the API keeps "format" as an
+    ordinary query parameter."""
+
+    throttle_classes = [ReadThrottle]
 
     def get_format_suffix(self, **kwargs):
         return self.request.query_params.get("format") or None

@@ -89,6 +89,14 @@ def test_the_schema_and_the_docs_need_a_login(client, personas):
     assert client.get("/api/docs/").status_code == 200
 
 
+def test_the_schema_counts_as_a_read(client, personas, settings):
+    """Building it costs 50 to 200 ms of the server's time: it was the one read with no budget."""
+    settings.API_READ_RATE = "2/minute"
+    client.force_login(personas["nobody"])
+    codes = [client.get("/api/schema/?format=json").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+
+
 def test_the_docs_page_loads_swagger_ui_from_this_server_only(client, personas):
     client.force_login(personas["viewer"])
     html = client.get("/api/docs/").content.decode()
