@@ -87,7 +87,7 @@ def _jobs_ring(*, force: bool, at_most: int | None) -> list[str]:
     )
     done = []
     for job in candidates.order_by("virtual_time", "id").only("id", "max_workers"):
-        missing = min(settings.JOBS_DRAIN_TASKS, job.max_workers or settings.JOBS_DRAIN_TASKS) - job.live
+        missing = job.drains_wanted - job.live
         missing = min(missing, at_most) if at_most is not None else missing
         if missing <= 0:
             continue

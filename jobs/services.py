@@ -210,7 +210,8 @@ UNCHANGED: Any = object()  # an argument not given
 def job_share_set(job: Job, *, priority: Any = UNCHANGED, max_workers: Any = UNCHANGED) -> Job:
     """Change a job's share of the workers (its priority, the most workers it may hold), also
     while it runs: the next chunk boundary of every worker sees it; a cancelled or failed one's
-    before it resumes. A completed or pruned job's share is history: refused."""
+    before it resumes. A completed or pruned job's share is history: refused. A working job whose
+    cap rises is rung for the drains it may now hold (those the old cap turned away have left)."""
     changes = {
         name: value
         for name, value in (("priority", priority), ("max_workers", max_workers))
@@ -221,13 +222,19 @@ def job_share_set(job: Job, *, priority: Any = UNCHANGED, max_workers: Any = UNC
     ):
         raise JobInvalid(errors)
     open_jobs = Job.objects.exclude(status=Job.Status.COMPLETED).filter(items_pruned_at__isnull=True)
-    if changes and not open_jobs.filter(id=job.id).update(**changes):
-        job.refresh_from_db()
-        raise JobStateError(
-            _("job %(id)s is %(status)s; its share of the workers no longer matters")
-            % {"id": job.id, "status": job.status}
-        )
+    with transaction.atomic():
+        before = open_jobs.select_for_update().filter(id=job.id).only("status", "max_workers").first()
+        if changes and before is None:
+            job.refresh_from_db()
+            raise JobStateError(
+                _("job %(id)s is %(status)s; its share of the workers no longer matters")
+                % {"id": job.id, "status": job.status}
+            )
+        if changes:
+            Job.objects.filter(id=job.id).update(**changes)
     job.refresh_from_db()
+    if before and job.status in Job.WORKING and (more := job.drains_wanted - before.drains_wanted) > 0:
+        job_ring(job.id, tasks=more)
     return job
 
 

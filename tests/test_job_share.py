@@ -50,6 +50,25 @@ def test_a_running_jobs_share_changes_with_patch_and_shows_in_its_progress(api, 
     assert (cleared.json()["priority"], cleared.json()["max_workers"]) == ("urgent", None)
 
 
+def test_raising_a_running_jobs_cap_rings_the_drains_it_now_may_hold(
+    running_job, make_users, django_capture_on_commit_callbacks
+):
+    """Drains a cap turned away had left: the job waited for a heal (5 to 15 s) to get them back."""
+    from django_q.models import OrmQ
+
+    job = running_job(make_users(4), start={"max_workers": 1})
+    with django_capture_on_commit_callbacks(execute=True):
+        job_share_set(job, max_workers=3)
+    assert OrmQ.objects.count() == 2
+    with django_capture_on_commit_callbacks(execute=True):
+        job_share_set(job, max_workers=2)  # lowered: the drains it holds leave at their next chunk
+        job_share_set(job, priority=Job.Priority.HIGH)
+    assert OrmQ.objects.count() == 2
+    with django_capture_on_commit_callbacks(execute=True):
+        job_share_set(job, max_workers=None)  # no cap: as many as any job gets (JOBS_DRAIN_TASKS, 4)
+    assert OrmQ.objects.count() == 4
+
+
 def test_only_operators_change_a_share_and_a_finished_job_keeps_its_own(api, make_users):
     job = job_start(user_ids=make_users(1), enqueue=False)
     assert (

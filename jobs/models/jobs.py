@@ -236,6 +236,11 @@ class Job(models.Model):
         return failed.filter(Exists(profile), ~Exists(retried))
 
     @property
+    def drains_wanted(self) -> int:
+        """How many drains it is rung for while it has work: JOBS_DRAIN_TASKS, or its cap if lower."""
+        return min(settings.JOBS_DRAIN_TASKS, self.max_workers or settings.JOBS_DRAIN_TASKS)
+
+    @property
     def processed_items(self) -> int:
         return self.succeeded_items + self.failed_items
 
