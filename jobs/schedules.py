@@ -130,7 +130,13 @@ def schedule_update(schedule: Schedule, **changes: Any) -> Schedule:
                 changes.setdefault("user_ids", [])
             if changes.get("extractor", current.extractor) != current.extractor:
                 changes.setdefault("options", {})
-            cleaned = schedule_clean({**{name: getattr(current, name) for name in FIELDS}, **changes})
+            now = {name: getattr(current, name) for name in FIELDS}
+            if {**now, **changes} == {**now, "active": False}:
+                # A pause alone always works, even of a schedule its checks would now refuse (an
+                # extractor since removed): a paused one starts nothing.
+                cleaned = {**now, "active": False}
+            else:
+                cleaned = schedule_clean({**now, **changes})
             if (
                 cleaned["cron"] != current.cron
                 or cleaned["active"] != current.active

@@ -6,7 +6,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from jobs.models import Job, Schedule
-from jobs.schedules import schedule_create, schedules_run_due
+from jobs.schedules import schedule_create, schedule_pause, schedules_run_due
 from jobs.worker.drain import job_drain
 
 pytestmark = pytest.mark.django_db
@@ -79,6 +79,78 @@ def test_schedules_are_paused_and_resumed_with_actions(client, personas):
     client.post("/admin/jobs/schedule/", {"action": "resume_selected", "_selected_action": [schedule.id]})
     schedule.refresh_from_db()
     assert schedule.active and schedule.next_run_at > timezone.now()
+
+
+def test_one_schedule_paused_is_said_in_the_singular(client, personas):
+    schedule = schedule_create(name="nightly", cron="0 3 * * *")
+    client.force_login(personas["operator"])
+    answer = client.post(
+        "/admin/jobs/schedule/", {"action": "pause_selected", "_selected_action": [schedule.id]}, follow=True
+    )
+    assert "Paused 1 schedule." in answer.content.decode()
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [{"extractor": "retired"}, {"users": "list", "user_ids": ["u1", "u2", "u3"]}],
+    ids=["extractor since removed", "list longer than the limit lowered since"],
+)
+def test_a_schedule_that_no_longer_passes_its_checks_can_still_be_paused(client, personas, api, settings, broken):
+    """Pausing re-checked everything: the action answered 500 and the API 400, and it kept starting
+    jobs (each refused) with nobody able to stop it but by deleting it."""
+    schedule = schedule_create(name="nightly", cron="0 3 * * *")
+    Schedule.objects.filter(id=schedule.id).update(**broken)
+    settings.JOBS_MAX_USER_IDS = 2
+    client.force_login(personas["operator"])
+    answer = client.post(
+        "/admin/jobs/schedule/", {"action": "pause_selected", "_selected_action": [schedule.id]}, follow=True
+    )
+    assert answer.status_code == 200 and "Paused 1 schedule." in answer.content.decode()
+    assert Schedule.objects.values_list("active", "next_run_at").get() == (False, None)
+    answer = client.post(
+        "/admin/jobs/schedule/", {"action": "resume_selected", "_selected_action": [schedule.id]}, follow=True
+    )
+    assert answer.status_code == 200 and '<li class="warning">Nightly: ' in answer.content.decode()  # why
+    assert not Schedule.objects.get().active
+    Schedule.objects.filter(id=schedule.id).update(active=True)
+    patched = api("operator").patch(f"/api/v1/schedules/{schedule.id}/", {"active": False}, format="json")
+    assert patched.status_code == 200 and not Schedule.objects.get().active
+
+
+def test_a_form_saves_what_it_changed_not_a_pause_made_meanwhile(client, personas):
+    """The form sent every field back as the page had it: a pause made while the page was open was undone."""
+    schedule = schedule_create(name="nightly", cron="0 3 * * *")
+    client.force_login(personas["operator"])
+    page = client.get(f"/admin/jobs/schedule/{schedule.id}/change/")
+    sent = as_the_browser_sends(page.context["adminform"].form)
+    schedule_pause(schedule)  # someone else, meanwhile
+    answer = client.post(f"/admin/jobs/schedule/{schedule.id}/change/", {**sent, "name": "nightly at 3"})
+    assert answer.status_code == 302, answer.context["adminform"].form.errors
+    assert Schedule.objects.values_list("name", "active", "next_run_at").get() == ("nightly at 3", False, None)
+
+
+def as_the_browser_sends(form) -> dict:
+    """The fields of a rendered form (and their hidden initial values) as a browser posts them."""
+    sent = {}
+    for field in form:
+        value = field.value()
+        if field.field.show_hidden_initial:
+            sent[field.html_initial_name] = "" if value is None else value
+        if value is not False and value is not None:
+            sent[field.html_name] = "on" if value is True else value
+    return sent
+
+
+@pytest.mark.parametrize(
+    "options",
+    ["[" * 100_000 + "]" * 100_000, '{"model": ' + "9" * 5000 + "}", '{"model": "\\ud800"}'],
+    ids=["too deep to decode", "a number past int()'s limit", "a lone surrogate"],
+)
+def test_options_the_api_refuses_are_refused_on_the_form_not_a_500(client, personas, options):
+    client.force_login(personas["operator"])
+    answer = client.post("/admin/jobs/schedule/add/", {**FORM, "extractor": "llm", "options": options})
+    assert answer.status_code == 200 and answer.context["adminform"].form.errors["options"]
+    assert not Schedule.objects.exists()
 
 
 def test_the_schedule_command_adds_lists_changes_and_deletes(run, make_users):

@@ -1,6 +1,8 @@
 """Schedules in the admin, made, changed, paused and resumed through jobs.schedules, with their runs."""
 
 from django import forms
+from django.core.exceptions import ValidationError
+from django.forms.fields import InvalidJSONInput
 from django.conf import settings
 from django.contrib import admin, messages
 from django.utils import timezone
@@ -8,13 +10,14 @@ from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.text import capfirst
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, ngettext
 
 from eventproject.admin_guards import GuardedAdmin
 from eventproject.charts import status_badge
+from eventproject.storable import depth_problem, json_problem, number_problem
 from extraction.extractors import extractor_names
 
-from ..errors import JobInvalid
+from ..errors import JobError, JobInvalid
 from ..models import Schedule, ScheduleRun
 from ..schedules import (
     FIELDS,
@@ -31,8 +34,38 @@ from .jobs import job_link
 RUNS_SHOWN = 50  # a schedule's latest runs on its page
 
 
+class OptionsField(forms.JSONField):
+    """JSON as the API takes it (eventproject.api.JSONParser): nested within API_MAX_JSON_DEPTH and
+    holding only what the database stores. Anything else is a field error, shown back as typed
+    (Django's field let Python's decoder run out of stack, or a huge number or a lone surrogate
+    through, each a 500)."""
+
+    def to_python(self, value):
+        try:
+            data = super().to_python(value)
+        except RecursionError:
+            raise ValidationError(depth_problem(settings.API_MAX_JSON_DEPTH)) from None
+        except ValueError:  # a whole number of thousands of digits: past int()'s limit
+            raise ValidationError(number_problem(2**64)) from None
+        if problem := json_problem(data, max_depth=settings.API_MAX_JSON_DEPTH):
+            path, reason = problem
+            raise ValidationError(f"{path}: {reason}" if path else reason)
+        return data
+
+    def bound_data(self, data, initial):
+        try:
+            value = super().bound_data(data, initial)
+        except (RecursionError, ValueError):
+            return InvalidJSONInput(data)
+        if json_problem(value, max_depth=settings.API_MAX_JSON_DEPTH):
+            return InvalidJSONInput(data)
+        return value
+
+
 class ScheduleForm(forms.ModelForm):
-    """What a schedule says, checked by jobs.schedules (the API's and the command's checks)."""
+    """What a schedule says, checked by jobs.schedules (the API's and the command's checks). Each
+    field renders the value it was shown with, so that saving changes only what the operator changed
+    (a pause made meanwhile stays)."""
 
     user_ids = forms.CharField(
         label=gettext_lazy("User ids"),
@@ -40,7 +73,7 @@ class ScheduleForm(forms.ModelForm):
         widget=forms.Textarea(attrs={"rows": 4, "cols": 60}),
         help_text=gettext_lazy("For a list of users: separated by new lines, spaces or commas."),
     )
-    options = forms.JSONField(
+    options = OptionsField(
         label=capfirst(Schedule._meta.get_field("options").verbose_name),
         required=False,
         initial=dict,
@@ -71,6 +104,8 @@ class ScheduleForm(forms.ModelForm):
             choices=[(name, name) for name in extractor_names()],
             initial="rules",
         )
+        for field in self.fields.values():
+            field.show_hidden_initial = True
         self.fields["cron"].help_text = _(
             "Five fields: minute, hour, day of month, month, day of week, in %(zone)s; "
             "e.g. 0 3 * * * for every day at 03:00."
@@ -130,7 +165,7 @@ class ScheduleAdmin(GuardedAdmin):
     def save_model(self, request, obj, form, change):
         values = {name: form.cleaned_data[name] for name in FIELDS}
         if change:
-            schedule_update(obj, **values)
+            schedule_update(obj, **{name: values[name] for name in form.changed_data if name in FIELDS})
         else:
             obj.pk = schedule_create(**values, created_by=request.user).pk
             obj.refresh_from_db()
@@ -191,16 +226,31 @@ class ScheduleAdmin(GuardedAdmin):
 
     @admin.action(description=gettext_lazy("Pause selected schedules"), permissions=["change"])
     def pause_selected(self, request, queryset):
-        for schedule in queryset:
-            schedule_pause(schedule)
-        self.message_user(
-            request, _("Paused %(count)s schedules.") % {"count": len(queryset)}, messages.SUCCESS
+        self._bulk(
+            request,
+            queryset,
+            schedule_pause,
+            lambda n: ngettext("Paused %(count)s schedule.", "Paused %(count)s schedules.", n),
         )
 
     @admin.action(description=gettext_lazy("Resume selected schedules"), permissions=["change"])
     def resume_selected(self, request, queryset):
-        for schedule in queryset:
-            schedule_resume(schedule)
-        self.message_user(
-            request, _("Resumed %(count)s schedules.") % {"count": len(queryset)}, messages.SUCCESS
+        self._bulk(
+            request,
+            queryset,
+            schedule_resume,
+            lambda n: ngettext("Resumed %(count)s schedule.", "Resumed %(count)s schedules.", n),
         )
+
+    def _bulk(self, request, queryset, action, verb) -> None:
+        """Apply `action` to each schedule; `verb(count)` is the message. One that cannot be changed
+        (resumed while it no longer passes its checks, deleted meanwhile) is a warning saying why."""
+        done = 0
+        for schedule in queryset:
+            try:
+                action(schedule)
+                done += 1
+            except JobError as exc:
+                self.message_user(request, f"{schedule.name}: {exc}", messages.WARNING)
+        if done:
+            self.message_user(request, verb(done) % {"count": done}, messages.SUCCESS)
