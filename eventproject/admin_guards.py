@@ -3,6 +3,7 @@
 import re
 
 from django.contrib import admin
+from django.utils.translation import gettext_lazy
 
 INTEGER_ID = re.compile(r"[0-9]{1,19}")
 
@@ -29,7 +30,19 @@ def integer_id(value: str | None) -> int | None:
 class GuardedAdmin(admin.ModelAdmin):
     """A bad object id in the URL is "no such object" (the admin's redirect with a message), and a
     search term or a list filter's value loses NUL characters, instead of an error from the
-    database (a 500: PostgreSQL refuses NUL in text)."""
+    database (a 500: PostgreSQL refuses NUL in text).
+
+    `search_exact` names a column searched for exactly the term typed (an id: case and inner
+    spaces kept), on its index: Django's "=" search compares case-insensitively, which reads every
+    row of a table of millions (a user id, 0.3 s a query at 3 million behaviours, against 0.2 ms)."""
+
+    search_exact = ""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.search_exact:
+            self.search_fields = [self.search_exact]
+            self.search_help_text = self.search_help_text or gettext_lazy("Finds the exact id typed.")
 
     def changelist_view(self, request, extra_context=None):
         if any("\x00" in value for _, values in request.GET.lists() for value in values):
@@ -45,4 +58,7 @@ class GuardedAdmin(admin.ModelAdmin):
         return super().get_object(request, object_id, from_field)
 
     def get_search_results(self, request, queryset, search_term):
-        return super().get_search_results(request, queryset, search_term.replace("\x00", ""))
+        term = search_term.replace("\x00", "")
+        if not self.search_exact:
+            return super().get_search_results(request, queryset, term)
+        return (queryset.filter(**{self.search_exact: term.strip()}) if term.strip() else queryset), False

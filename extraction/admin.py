@@ -48,7 +48,7 @@ def user_link(user_id: str) -> str:
 @admin.register(UserProfile)
 class UserProfileAdmin(ReadOnlyAdmin):
     list_display = ["user_id", "attributes", "input_version", "updated_at"]
-    search_fields = ["user_id"]
+    search_exact = "user_id"
     readonly_fields = ["user_id", "attributes", "input_version", "created_at", "updated_at"]
     change_form_template = "admin/extraction/userprofile/change_form.html"
 
@@ -101,7 +101,7 @@ class BehaviorAdmin(ReadOnlyAdmin):
         "place",
         "duration_seconds",
     ]
-    search_fields = ["=user__user_id"]
+    search_exact = "user_id"
     list_select_related = False
     raw_id_fields = ["user"]
 
@@ -129,7 +129,7 @@ class ExtractedEventAdmin(ReadOnlyAdmin):
         "starts_at",
         "ends_at",
     ]
-    search_fields = ["=user__user_id"]
+    search_exact = "user_id"
     list_filter = [CategoryFilter]
     raw_id_fields = ["user"]
     change_list_template = "admin/extraction/extractedevent/change_list.html"
@@ -181,7 +181,7 @@ class ExtractionStateAdmin(ReadOnlyAdmin):
         "error",
     ]
     list_filter = ["status"]
-    search_fields = ["=user__user_id"]
+    search_exact = "user_id"
     raw_id_fields = ["user"]
 
     @admin.display(description=gettext_lazy("user"), ordering="user")

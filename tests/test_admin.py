@@ -225,3 +225,22 @@ def test_deleting_profiles_in_the_admin_takes_their_events_and_states(client, pe
     assert not (
         ExtractedEvent.objects.exists() or ExtractionState.objects.exists() or Behavior.objects.exists()
     )
+
+
+@pytest.mark.parametrize(
+    "listing",
+    ["behavior", "userprofile", "extractedevent", "extractionstate", "jobitem"],
+)
+def test_a_user_id_search_finds_that_id_exactly_on_its_index(client, personas, make_users, listing):
+    """Django's "=" search compared case-insensitively (UPPER(user_id) = UPPER(…)): every row read at
+    each search, and U001 found u001, another user."""
+    make_users(2)
+    job_drain(job_start(user_ids=["u001", "u002"], enqueue=False).id)
+    app = "jobs" if listing == "jobitem" else "extraction"
+    client.force_login(personas["admin"])
+    with CaptureQueriesContext(connection) as queries:
+        found = client.get(f"/admin/{app}/{listing}/?q=+u001+").context["cl"].result_list
+    assert {row.user_id for row in found} == {"u001"}
+    searched = [query["sql"] for query in queries if "u001" in query["sql"]]
+    assert searched and not any("UPPER(" in sql or " LIKE " in sql for sql in searched), searched
+    assert not client.get(f"/admin/{app}/{listing}/?q=U001").context["cl"].result_list

@@ -160,7 +160,7 @@ class DeliveryAdmin(GuardedAdmin):
     list_display_links = ["id", "event_type"]
     list_filter = ["status", "endpoint", "event__type"]
     list_select_related = ["event", "endpoint"]
-    search_fields = ["=event__message_id"]
+    search_exact = "event__message_id"
     actions = ["redeliver_selected"]
     inlines = [AttemptInline]
 

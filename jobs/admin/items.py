@@ -44,7 +44,7 @@ class JobItemAdmin(GuardedAdmin):
         "finished_at",
     ]
     list_filter = [JobFilter, "status"]
-    search_fields = ["=user__user_id"]
+    search_exact = "user_id"
     show_full_result_count = False  # a second count over millions of items helps nobody
     list_per_page = 100
 
