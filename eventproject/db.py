@@ -162,6 +162,14 @@ def connection_reset() -> None:
         connection.close()
 
 
+def transaction_lock(name: str) -> None:
+    """Hold a lock named `name` until the current transaction ends: one such transaction at a time.
+    PostgreSQL: an advisory lock; SQLite's transactions (IMMEDIATE here) already run one at a time."""
+    if is_postgresql():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [name])
+
+
 def database_now() -> datetime:
     """The database's clock, read (see now_sql)."""
     with connection.cursor() as cursor:

@@ -91,7 +91,10 @@ def add_share_arguments(parser) -> None:
         "workers' time of normal)",
     )
     parser.add_argument(
-        "--max-workers", type=workers_cap, metavar="N", help="the most workers it may hold at once (0: no cap)"
+        "--max-workers",
+        type=workers_cap,
+        metavar="N",
+        help="the most workers it may hold at once (0: no cap)",
     )
 
 
@@ -99,7 +102,9 @@ def workers_cap(text: str) -> int:
     """--max-workers as a command takes it: 0 for no cap (a command has no empty value)."""
     limit = settings.JOBS_MAX_WORKERS_LIMIT
     if not (text.isascii() and text.isdigit() and int(text) <= limit):
-        raise argparse.ArgumentTypeError(f"must be 0 (no cap) or a whole number from 1 to {limit}, not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (no cap) or a whole number from 1 to {limit}, not {text!r}"
+        )
     return int(text)
 
 

@@ -1,6 +1,6 @@
 """A real webhook receiver for tests: a threaded HTTP server on loopback that keeps every request it
-gets, and answers as the test says (a status, informational answers first, slowly, never, a byte at a time, a redirect, a huge
-body). It can go down and come back on the same port."""
+gets, and answers as the test says (a status, informational answers first, slowly, never, a byte at
+a time, a redirect, a huge body). It can go down and come back on the same port."""
 
 import contextlib
 import http.server

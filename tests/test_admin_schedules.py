@@ -95,7 +95,9 @@ def test_one_schedule_paused_is_said_in_the_singular(client, personas):
     [{"extractor": "retired"}, {"users": "list", "user_ids": ["u1", "u2", "u3"]}],
     ids=["extractor since removed", "list longer than the limit lowered since"],
 )
-def test_a_schedule_that_no_longer_passes_its_checks_can_still_be_paused(client, personas, api, settings, broken):
+def test_a_schedule_that_no_longer_passes_its_checks_can_still_be_paused(
+    client, personas, api, settings, broken
+):
     """Pausing re-checked everything: the action answered 500 and the API 400, and it kept starting
     jobs (each refused) with nobody able to stop it but by deleting it."""
     schedule = schedule_create(name="nightly", cron="0 3 * * *")
@@ -126,7 +128,11 @@ def test_a_form_saves_what_it_changed_not_a_pause_made_meanwhile(client, persona
     schedule_pause(schedule)  # someone else, meanwhile
     answer = client.post(f"/admin/jobs/schedule/{schedule.id}/change/", {**sent, "name": "nightly at 3"})
     assert answer.status_code == 302, answer.context["adminform"].form.errors
-    assert Schedule.objects.values_list("name", "active", "next_run_at").get() == ("nightly at 3", False, None)
+    assert Schedule.objects.values_list("name", "active", "next_run_at").get() == (
+        "nightly at 3",
+        False,
+        None,
+    )
 
 
 def as_the_browser_sends(form) -> dict:

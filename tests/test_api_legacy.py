@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 import time_machine
+from django.db import connection
 
 from eventproject.db import DatabaseNow
 from extraction.extractors import make_extractor
@@ -149,6 +150,49 @@ def test_progress_of_a_finished_job(api, make_users, finish, status, error):
     assert data["status"] == status
     assert data["error_message"] == (error.format(id=job.id) if error else None)
     assert data["end_time"] is not None
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="SQLite runs one writer at a time: no race")
+@pytest.mark.django_db(transaction=True)
+def test_two_starts_at_once_start_one_job(api, make_users, monkeypatch):
+    """The predecessor ran one job at a time: a start while one is active is code 1001. Two starts
+    at once both found none active, and both started (the old front end then saw only one)."""
+    import threading
+
+    from jobs.api import legacy
+
+    make_users(2)
+    first_checked, first_may_go = threading.Event(), threading.Event()
+    latest, answers = legacy.job_latest, {}
+
+    def checked_then_held(**kwargs):
+        found = latest(**kwargs)
+        if threading.current_thread().name == "first":
+            first_checked.set()
+            first_may_go.wait(10)
+        return found
+
+    monkeypatch.setattr(legacy, "job_latest", checked_then_held)
+
+    def start(user_id):
+        answers[user_id] = (
+            api("operator")
+            .post("/api/v1/events/extract/start", {"user_ids": [user_id]}, format="json")
+            .json()
+        )
+        connection.close()
+
+    first = threading.Thread(target=start, args=("u001",), name="first")
+    second = threading.Thread(target=start, args=("u002",), name="second")
+    first.start()
+    assert first_checked.wait(10)
+    second.start()
+    second.join(timeout=1)  # with the check and the start under one lock, it waits for the first
+    first_may_go.set()
+    first.join(timeout=10)
+    second.join(timeout=10)
+    assert answers["u001"]["code"] == 0 and answers["u002"]["code"] == 1001, answers
+    assert Job.objects.count() == 1
 
 
 def test_sync_extract_answers_the_events_of_each_user(api, make_users):

@@ -1,10 +1,10 @@
 """Schedules in the admin, made, changed, paused and resumed through jobs.schedules, with their runs."""
 
 from django import forms
-from django.core.exceptions import ValidationError
-from django.forms.fields import InvalidJSONInput
 from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.forms.fields import InvalidJSONInput
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join

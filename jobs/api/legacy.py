@@ -6,6 +6,7 @@ authentication and permission errors keep their HTTP status and carry it as the 
 """
 
 from django.conf import settings
+from django.db import transaction
 from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
@@ -13,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from eventproject.api import Guarded
+from eventproject.db import transaction_lock
 from extraction.api.access import VIEW_EVENT
 from extraction.api.serializers import EventOutput
 
@@ -119,15 +121,16 @@ class LegacyStartView(LegacyView):
     def post(self, request: Request) -> Response:
         data = UserIdsInput(data=request.data)
         data.is_valid(raise_exception=True)
-        active = job_latest(active=True)
-        if active:
-            return envelope(
-                {"status": "running", "job_id": active.id},
-                code=CODE_JOB_RUNNING,
-                message=f"an extraction job is already running (job {active.id})",
-            )
         try:
-            job = job_start(user_ids=data.validated_data["user_ids"], created_by=request.user)
+            with transaction.atomic():
+                transaction_lock("legacy start")  # two starts at once: the second sees the first's job
+                if active := job_latest(active=True):
+                    return envelope(
+                        {"status": "running", "job_id": active.id},
+                        code=CODE_JOB_RUNNING,
+                        message=f"an extraction job is already running (job {active.id})",
+                    )
+                job = job_start(user_ids=data.validated_data["user_ids"], created_by=request.user)
         except JobError as exc:
             return self.refused(exc)
         return envelope(

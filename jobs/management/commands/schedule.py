@@ -60,7 +60,12 @@ class Command(BaseCommand):
         parser.add_argument("--extractor")
         parser.add_argument("--options", help="extractor options as JSON")
         parser.add_argument("--priority", choices=list(PRIORITIES))
-        parser.add_argument("--max-workers", type=workers_cap, metavar="N", help="the most workers its jobs may hold (0: no cap)")
+        parser.add_argument(
+            "--max-workers",
+            type=workers_cap,
+            metavar="N",
+            help="the most workers its jobs may hold (0: no cap)",
+        )
 
     def handle(self, *args, action, **options):
         try:
