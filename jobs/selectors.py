@@ -39,11 +39,20 @@ def job_results(job: Job) -> tuple[dict[str, list[ExtractedEvent]], dict[str, st
     events: dict[str, list[ExtractedEvent]] = {
         user_id: [] for user_id in job.items.values_list("user_id", flat=True)
     }
-    extracted = job.items.filter(status=JobItem.Status.SUCCEEDED).values("user_id")
-    for event in ExtractedEvent.objects.filter(user_id__in=extracted).order_by("user_id", "sequence"):
+    for event in job_events(job).order_by("user_id", "sequence"):
         events[event.user_id].append(event)
-    failed = dict(job.items.filter(status=JobItem.Status.FAILED).values_list("user_id", "error"))
-    return events, failed
+    return events, job_failures(job)
+
+
+def job_events(job: Job) -> QuerySet[ExtractedEvent]:
+    """The events of the users this job extracted (not a failed user's earlier ones)."""
+    extracted = job.items.filter(status=JobItem.Status.SUCCEEDED).values("user_id")
+    return ExtractedEvent.objects.filter(user_id__in=extracted)
+
+
+def job_failures(job: Job) -> dict[str, str]:
+    """The users this job failed, with their errors."""
+    return dict(job.items.filter(status=JobItem.Status.FAILED).values_list("user_id", "error"))
 
 
 def job_estimate(*, user_ids: list[str] | None, extractor, chunk_size: int = 500) -> dict[str, int]:

@@ -206,6 +206,27 @@ def test_sync_extract_answers_the_events_of_each_user(api, make_users):
     assert data["events"]["u002"][0]["label"] == "购买"
 
 
+def test_sync_extract_answers_at_most_legacy_sync_max_events(api, make_users, settings):
+    """100 users of 10,000 events each came as one 363 MB answer that took 3.9 GB of the web process:
+    past the limit the events are saved and the answer says where to read them."""
+    settings.LEGACY_SYNC_MAX_EVENTS = 3
+    make_users(2)  # two events each
+    body = api("admin").post("/api/v1/events/extract", {"user_ids": ["u001", "u002"]}, format="json").json()
+    assert body["code"] == 1004 and "events" not in body["data"], body
+    assert body["message"] == (
+        "the users have 4 events, more than the 3 answered here (LEGACY_SYNC_MAX_EVENTS): they are saved; "
+        "read them a user at a time at /api/v1/users/{id}/events/"
+    )
+    assert (body["data"]["failed"], Job.objects.get().status, ExtractedEvent.objects.count()) == (
+        {},
+        "completed",
+        4,
+    )
+    settings.LEGACY_SYNC_MAX_EVENTS = 4
+    body = api("admin").post("/api/v1/events/extract", {"user_ids": ["u001", "u002"]}, format="json").json()
+    assert body["code"] == 0 and len(body["data"]["events"]["u002"]) == 2
+
+
 def test_sync_extract_answers_no_earlier_events_for_a_user_that_failed_now(api, make_users, monkeypatch):
     """A failed user keeps its earlier events (a failure destroys nothing), but they are not this
     run's: its list was answered full beside its error, as if just extracted."""

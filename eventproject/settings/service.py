@@ -80,6 +80,9 @@ API_MAX_JSON_DEPTH = env_int("API_MAX_JSON_DEPTH", 32, minimum=4, maximum=200)
 JOBS_MAX_USER_IDS = env_int("JOBS_MAX_USER_IDS", 100_000, minimum=1)
 # The predecessor's synchronous POST /api/v1/events/extract runs in the request: a few users only.
 LEGACY_SYNC_MAX_USERS = env_int("LEGACY_SYNC_MAX_USERS", 100, minimum=1, maximum=10_000)
+# …and the events it answers: past them they are saved, not answered (a 1,000,000-event answer took
+# 3.9 GB of the web process; 10,000 take a few MB).
+LEGACY_SYNC_MAX_EVENTS = env_int("LEGACY_SYNC_MAX_EVENTS", 10_000, minimum=1, maximum=1_000_000)
 # Imports: one line (a CSV record, a JSON Lines object), decompressed; what a row may store.
 IMPORT_MAX_LINE_CHARS = env_int("IMPORT_MAX_LINE_CHARS", 65_536, minimum=1_024, maximum=100_000_000)
 IMPORT_MAX_JSON_DEPTH = env_int("IMPORT_MAX_JSON_DEPTH", 10, minimum=1, maximum=100)

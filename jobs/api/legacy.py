@@ -21,7 +21,7 @@ from extraction.api.serializers import EventOutput
 from ..errors import JobConflict, JobError, JobInvalid
 from ..models import Job
 from ..progress import job_progress
-from ..selectors import job_latest, job_results
+from ..selectors import job_events, job_failures, job_latest, job_results
 from ..services import job_run_here, job_start
 from .access import ADD_JOB, VIEW_JOB
 from .serializers import UserIds
@@ -29,6 +29,7 @@ from .serializers import UserIds
 CODE_JOB_RUNNING = 1001
 CODE_USERS_BUSY = 1002
 CODE_JOB_FAILED = 1003
+CODE_TOO_MANY_EVENTS = 1004
 LEGACY_STATUS: dict[str, str] = {
     Job.Status.QUEUED: "running",
     Job.Status.RUNNING: "running",
@@ -211,7 +212,8 @@ SyncData = inline_serializer(
             child=EventOutput(many=True),
             required=False,
             help_text="Each user's events from this run: none for a failed one (its earlier events are "
-            "kept, see `failed`). Absent when the job ended otherwise (1003)",
+            "kept, see `failed`). Absent when the job ended otherwise (1003) or the users have more "
+            "events than answered here (1004, LEGACY_SYNC_MAX_EVENTS)",
         ),
         "failed": serializers.DictField(
             child=serializers.CharField(),
@@ -227,7 +229,7 @@ SyncData = inline_serializer(
     tags=["legacy"],
     summary="Extract a few users synchronously (predecessor's endpoint)",
     description="For small lists (LEGACY_SYNC_MAX_USERS, default 100); runs as a job in this request and "
-    "answers every user's events.",
+    "answers every user's events, up to LEGACY_SYNC_MAX_EVENTS (default 10,000) in all.",
     request=inline_serializer(
         "LegacySyncInput",
         {
@@ -267,6 +269,14 @@ class LegacySyncView(LegacyView):
         if job.status != Job.Status.COMPLETED:
             return envelope(
                 {"job_id": job.id}, code=CODE_JOB_FAILED, message=job.error or f"job {job.status}"
+            )
+        if (count := job_events(job).count()) > (most := settings.LEGACY_SYNC_MAX_EVENTS):
+            return envelope(
+                {"job_id": job.id, "failed": job_failures(job)},
+                code=CODE_TOO_MANY_EVENTS,
+                message=f"the users have {count:,} events, more than the {most:,} answered here "
+                "(LEGACY_SYNC_MAX_EVENTS): they are saved; read them a user at a time at "
+                "/api/v1/users/{id}/events/",
             )
         events, failed = job_results(job)
         shown = {user_id: EventOutput(sequence, many=True).data for user_id, sequence in events.items()}
