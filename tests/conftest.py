@@ -321,6 +321,13 @@ def web_server(transactional_db, tmp_path, static_root):
 
 
 @pytest.fixture(autouse=True)
+def _streams_in_this_process_unbounded(settings):
+    """The test client never closes a stream it leaves unread, as a server does: each would keep a
+    thread of access.thread_streams here. Servers the tests start keep their own WEB_THREADS."""
+    settings.WEB_THREADS = 10_000
+
+
+@pytest.fixture(autouse=True)
 def _default_language_after_each_test():
     """A request that asked for Chinese leaves its language active in this thread (LocaleMiddleware
     never switches back): the next test starts in the default language again."""

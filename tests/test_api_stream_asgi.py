@@ -159,6 +159,30 @@ def test_a_head_request_answers_at_once_and_holds_no_stream(web_server, token, m
     job_cancel(job)  # its stream ends: a WSGI thread learns of a closed client only when it writes
 
 
+def test_streams_leave_a_wsgi_process_a_thread_for_every_other_request(web_server, personas, make_users):
+    """Under WSGI a stream holds a thread: three accounts' streams took all three, and /healthz (the
+    load balancer's check) waited for one to end, up to API_STREAM_MAX_SECONDS."""
+    make_users(1)
+    job = job_start(user_ids=["u001"], extractor="test", enqueue=False)
+    server = web_server("eventproject.wsgi", WEB_CONCURRENCY="1", WEB_THREADS="3")
+    path = f"/api/v1/jobs/{job.id}/stream/"
+    tokens = [Token.objects.create(user=personas[name]).key for name in ("reader", "viewer", "admin")]
+    streams = [SSEClient(server, path, tokens[0]), SSEClient(server, path, tokens[1])]
+    assert [stream.status for stream in streams] == [200, 200]
+    refused = SSEClient(server, path, tokens[2])
+    assert (refused.status, refused.response.headers["Retry-After"]) == (503, "2")
+    assert json.loads(refused.response.read())["detail"] == (
+        "this server's threads for progress streams are all taken; poll "
+        f"/api/v1/jobs/{job.id}/progress/ or try again shortly"
+    )
+    assert server.get("/healthz")[0] == 200
+    streams[0].close()
+    job_cancel(job)  # the streams end (a WSGI thread learns of a closed client only when it writes)
+    assert streams[1].next_event()[0] in ("progress", "end")
+    wait_for(lambda: SSEClient(server, path, tokens[2]).status == 200, timeout=10, what="a thread to come back")
+    streams[1].close()
+
+
 def test_a_stream_cancelled_as_its_job_changes_ends_and_gives_its_slot_back(make_users, settings):
     """The server cancels a stream whose client went away. The cancel must win even when it comes in
     the same turn of the event loop as a change of the job: `asyncio.wait_for` (Python 3.11) then

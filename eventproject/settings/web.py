@@ -256,6 +256,10 @@ API_AUTH_CACHE_SECONDS = env_float("API_AUTH_CACHE_SECONDS", 5.0)
 API_STREAMS_PER_USER = env_int("API_STREAMS_PER_USER", 3, minimum=1)
 API_STREAM_MAX_SECONDS = env_int("API_STREAM_MAX_SECONDS", 300, minimum=1)
 API_STREAM_POLL_SECONDS = env_float("API_STREAM_POLL_SECONDS", 0.5, minimum=0.05)
+# Served as WSGI (gunicorn's gthread workers, WEB_THREADS threads a process, read by gunicorn.conf.py
+# too), a stream holds a thread while open: streams may hold all but one, which stays for every other
+# request (/healthz, the load balancer's check). Under ASGI a stream is a coroutine: no such limit.
+WEB_THREADS = env_int("WEB_THREADS", 4, minimum=1)
 # Under ASGI, a client that takes no part of its response for this long (it stopped reading: a
 # stalled export, a stream nobody reads) has its connection closed (eventproject/asgi.py).
 WEB_SEND_TIMEOUT = env_float("WEB_SEND_TIMEOUT", 60.0, minimum=1.0)

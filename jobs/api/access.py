@@ -3,6 +3,8 @@
 The permission and throttle classes all the apps' endpoints share are in eventproject/api.py.
 """
 
+import threading
+
 from django.conf import settings
 from django.core.cache import cache
 
@@ -27,3 +29,24 @@ def stream_slot_take(user_id: int) -> str | None:
 
 def stream_slot_release(key: str) -> None:
     cache.delete(key)
+
+
+class _ThreadStreams:
+    """The threads of this WSGI process that streams hold: all but one (WEB_THREADS - 1)."""
+
+    def __init__(self):
+        self._lock, self._held = threading.Lock(), 0
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._held >= settings.WEB_THREADS - 1:
+                return False
+            self._held += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._held -= 1
+
+
+thread_streams = _ThreadStreams()

@@ -40,7 +40,7 @@ from ops import metrics
 from ..models import Job
 from ..progress import Progress as ProgressValue
 from ..progress import job_progress, job_progress_state
-from .access import stream_slot_release
+from .access import stream_slot_release, thread_streams
 from .serializers import Progress
 
 logger = logging.getLogger(__name__)
@@ -110,11 +110,12 @@ def snapshot_read(job_id: int, previous: Snapshot | None) -> Snapshot | None:
 class ProgressStream:
     """The events of one stream: an async iterator under ASGI (fed by the job's feed), a
     generator polling by itself under WSGI. `close()` (called by the server when the response
-    ends, even if it was never read) and the end of the iteration give the user's slot back."""
+    ends, even if it was never read) and the end of the iteration give the user's slot back (and,
+    under WSGI, the thread the view took for it from access.thread_streams)."""
 
     def __init__(self, job_id: int, last_id: str, slot: str, *, asynchronous: bool, language: str = "en"):
         self.job_id, self.last_id, self.slot, self.language = job_id, last_id, slot, language
-        self._released = False
+        self._released, self.asynchronous = False, asynchronous
         self.events = self._async_events() if asynchronous else self._events()
 
     def __iter__(self) -> Iterator[str]:
@@ -136,6 +137,8 @@ class ProgressStream:
         if not self._released:
             self._released = True
             stream_slot_release(self.slot)
+            if not self.asynchronous:
+                thread_streams.release()
 
     def _events(self) -> Iterator[str]:
         yield f"retry: {STREAM_RETRY_MILLISECONDS}\n\n"

@@ -15,21 +15,21 @@ from django.utils.http import parse_etags
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, OpenApiTypes, extend_schema
 from rest_framework import generics, status
-from rest_framework.exceptions import Throttled
+from rest_framework.exceptions import APIException, Throttled
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
-from eventproject.api import ERRORS, Guarded, IdCursorPages, NumberedPages, asgi_served
+from eventproject.api import ERRORS, Detail, Guarded, IdCursorPages, NumberedPages, asgi_served
 
 from ..errors import JobConflict, JobError, JobInvalid
 from ..models import Job
 from ..progress import job_progress, job_progress_state
 from ..selectors import job_items, jobs_list
 from ..services import job_cancel, job_resume, job_retry_failed, job_share_set, job_start
-from .access import ADD_JOB, CHANGE_JOB, VIEW_JOB, stream_slot_take
+from .access import ADD_JOB, CHANGE_JOB, VIEW_JOB, stream_slot_release, stream_slot_take, thread_streams
 from .serializers import (
     Conflict,
     ItemFilter,
@@ -324,6 +324,17 @@ STREAM_EVENT = {
 }
 
 
+class StreamsBusy(APIException):
+    """Served as WSGI, every thread this process lets streams hold is taken (access.thread_streams)."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "streams_busy"
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.wait = STREAM_RETRY_MILLISECONDS / 1000  # DRF's handler sends it as Retry-After
+
+
 class EventStreamRenderer(BaseRenderer):
     media_type = "text/event-stream"
     format = "txt"
@@ -339,12 +350,16 @@ class EventStreamRenderer(BaseRenderer):
     "as keep-alives, and `event: end` (id `end`) when the job has finished. A stream closes after "
     "API_STREAM_MAX_SECONDS and the client reconnects, sending the last id it saw in `Last-Event-ID`: "
     "a state it already has is not sent again, and a finished job it saw end answers 204 (EventSource "
-    "then stops). At most API_STREAMS_PER_USER streams per user are open at once (429 beyond).",
+    "then stops). At most API_STREAMS_PER_USER streams per user are open at once (429 beyond); served "
+    "as WSGI, at most WEB_THREADS - 1 per process (503 beyond: one thread stays for other requests).",
     parameters=[OpenApiParameter("Last-Event-ID", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False)],
     responses={
         (200, "text/event-stream"): OpenApiResponse(STREAM_EVENT, description="One object per event"),
         204: OpenApiResponse(description="The job has ended, and the client saw it end"),
         **ERRORS,
+        503: OpenApiResponse(
+            Detail, description="Served as WSGI, the threads a process lets streams hold are all taken"
+        ),
     },
 )
 class JobStreamView(JobsBase, APIView):
@@ -365,8 +380,18 @@ class JobStreamView(JobsBase, APIView):
                 )
                 % {"count": settings.API_STREAMS_PER_USER, "id": job.id},
             )
+        asynchronous = asgi_served(request)
+        if not asynchronous and not thread_streams.take():
+            stream_slot_release(slot)
+            raise StreamsBusy(
+                _(
+                    "this server's threads for progress streams are all taken; poll "
+                    "/api/v1/jobs/%(id)s/progress/ or try again shortly"
+                )
+                % {"id": job.id}
+            )
         language = translation.get_language()  # the client's (Accept-Language): the events speak it
-        stream = ProgressStream(job.id, last_id, slot, asynchronous=asgi_served(request), language=language)
+        stream = ProgressStream(job.id, last_id, slot, asynchronous=asynchronous, language=language)
         return self._stream_headers(StreamingHttpResponse(stream, content_type="text/event-stream"))
 
     def head(self, request: Request, pk: int):
