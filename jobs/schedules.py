@@ -10,6 +10,7 @@ process, the run is skipped and recorded as such.
 """
 
 import logging
+import re
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +26,8 @@ from .cron import CronInvalid, cron_clean, cron_next
 from .errors import JobError, JobInvalid, JobStateError
 from .models import Job, Schedule, ScheduleRun, share_errors
 from .services import job_start
+
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ def schedule_clean(values: dict[str, Any]) -> dict[str, Any]:
     name = values["name"]
     if not isinstance(name, str) or not name.strip() or len(name.strip()) > Schedule.NAME_MAX_CHARS:
         errors["name"] = _("give a name of 1 to %(limit)s characters") % {"limit": Schedule.NAME_MAX_CHARS}
+    elif CONTROL_CHARACTERS.search(name):  # a terminal would run them (`schedule list`)
+        errors["name"] = _("control characters are not allowed")
     else:
         cleaned["name"] = name.strip()
     try:

@@ -5,7 +5,7 @@ import pytest
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from jobs.models import Job, Schedule
+from jobs.models import Job, Schedule, ScheduleRun
 from jobs.schedules import schedule_create, schedule_pause, schedules_run_due
 from jobs.worker.drain import job_drain
 
@@ -183,6 +183,24 @@ def test_the_schedule_command_adds_lists_changes_and_deletes(run, make_users):
         run("schedule", "pause", "ghost")
     run("schedule", "delete", "nightly")
     assert not Schedule.objects.exists() and Job.objects.get().schedule is None
+
+
+def test_schedule_names_hold_no_control_characters_and_the_command_shows_them_escaped(run, api, make_users):
+    """A name like "nightly\x1b[2J" was accepted, and `schedule list` cleared the operator's screen."""
+    refused = api("operator").post(
+        "/api/v1/schedules/", {"name": "red\x1b[31m", "cron": "0 4 * * *"}, format="json"
+    )
+    assert (refused.status_code, refused.json()) == (400, {"name": ["control characters are not allowed"]})
+    with pytest.raises(CommandError, match="^name: control characters are not allowed"):
+        run("schedule", "add", "a\tb", "--cron", "0 3 * * *")
+    make_users(1)
+    schedule = schedule_create(name="nightly", cron="0 3 * * *", users="list", user_ids=["u001"])
+    Schedule.objects.filter(id=schedule.id).update(name="old\x1b]0;pwned\x07", next_run_at=timezone.now())
+    schedules_run_due()
+    ScheduleRun.objects.update(message="started \x1b[2J")
+    listed, runs = run("schedule", "list")[0], run("schedule", "runs", "old\x1b]0;pwned\x07")[0]
+    assert "\x1b" not in listed + runs and "\x07" not in listed
+    assert "old\\x1b]0;pwned\\x07: 0 3 * * *" in listed and "started \\x1b[2J" in runs
 
 
 def test_the_schedule_screens_speak_chinese_to_a_chinese_browser(client, personas):

@@ -179,7 +179,9 @@ def test_streams_leave_a_wsgi_process_a_thread_for_every_other_request(web_serve
     streams[0].close()
     job_cancel(job)  # the streams end (a WSGI thread learns of a closed client only when it writes)
     assert streams[1].next_event()[0] in ("progress", "end")
-    wait_for(lambda: SSEClient(server, path, tokens[2]).status == 200, timeout=10, what="a thread to come back")
+    wait_for(
+        lambda: SSEClient(server, path, tokens[2]).status == 200, timeout=10, what="a thread to come back"
+    )
     streams[1].close()
 
 

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from jobs.console import workers_cap
+from jobs.console import terminal_safe, workers_cap
 from jobs.errors import JobInvalid
 from jobs.models import Job, Schedule
 from jobs.schedules import (
@@ -82,10 +82,11 @@ class Command(BaseCommand):
             last = schedule.runs.select_related("job").first()
             outcome = "never ran" if last is None else f"last: {last.outcome} {last.message}".rstrip()
             next_run = _when(schedule.next_run_at) if schedule.active else "paused"
-            self.stdout.write(
+            line = (
                 f"{schedule.name}: {schedule.cron} ({settings.TIME_ZONE}) {schedule.users} "
                 f"{schedule.extractor}; next {next_run}; {outcome}"
             )
+            self.stdout.write(terminal_safe(line))  # names saved before they were checked, errors
 
     def do_add(self, *, name, cron, paused, **options):
         schedule = schedule_create(name=name, cron=cron, active=not paused, **self._values(options))
@@ -116,7 +117,9 @@ class Command(BaseCommand):
             self.stdout.write("no runs yet")
         for run in runs:
             job = f"job {run.job_id} {run.job.status}" if run.job else "no job"
-            self.stdout.write(f"{_when(run.due_at)}  {run.outcome}  {job}  {run.message}".rstrip())
+            self.stdout.write(
+                terminal_safe(f"{_when(run.due_at)}  {run.outcome}  {job}  {run.message}".rstrip())
+            )
 
     def _get(self, name: str) -> Schedule:
         schedule = Schedule.objects.filter(name=name).first()
