@@ -288,7 +288,7 @@ def timeline_svg(behaviors: Sequence, events: Sequence) -> SafeString:
                 event.sequence,
                 event.label or event.event_type,
                 event.event_type,
-                event.category,
+                event.get_category_display(),
                 timezone.localtime(event.starts_at).strftime("%Y-%m-%d %H:%M:%S"),
                 timezone.localtime(event.ends_at).strftime("%H:%M:%S"),
                 f" · {context}" if context else "",

@@ -161,7 +161,11 @@ class ExtractedEventAdmin(ReadOnlyAdmin):
             )
             response.context_data["category_chart"] = horizontal_bars_svg(
                 [
-                    {"label": category, "count": count, "color": COLORS.get(category, "#417690")}
+                    {
+                        "label": Category(category).label,
+                        "count": count,
+                        "color": COLORS.get(category, "#417690"),
+                    }
                     for category, count in counts["by_category"]
                 ],
                 label=_("Events by category"),

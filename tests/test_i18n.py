@@ -118,3 +118,23 @@ def test_stored_texts_are_not_translated(client, personas, make_users):
     client.force_login(personas["operator"])
     page = client.get(f"/admin/jobs/job/{job.id}/change/", **ZH).content.decode()
     assert "the LLM endpoint rejected the API key" in page
+
+
+def test_a_users_page_and_the_events_chart_name_categories_and_outcomes_in_chinese(
+    client, personas, make_users
+):
+    """The user's page showed "conversion", "engagement" and "succeeded" as stored, and its sentence
+    opened a full-width parenthesis that an ASCII one outside the translation closed."""
+    from extraction.models import UserProfile
+
+    make_users(1)
+    job_drain(job_start(enqueue=False).id)
+    client.force_login(personas["admin"])
+    page = client.get("/admin/extraction/userprofile/u001/change/", **ZH).content.decode()
+    assert "<td>转化</td>" in page and "<td>互动</td>" in page and "#1 购买 (purchase, 转化)" in page
+    assert ">成功</strong>" in page and "（输入版本 1）。" in page
+    UserProfile.objects.filter(user_id="u001").update(input_version=2)
+    page = client.get("/admin/extraction/userprofile/u001/change/", **ZH).content.decode()
+    assert "（输入版本 1，当前为 2：需要重新抽取）。" in page
+    chart = client.get("/admin/extraction/extractedevent/", **ZH).content.decode()
+    assert "转化" in chart and ">conversion<" not in chart and "conversion:" not in chart
