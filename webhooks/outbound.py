@@ -251,7 +251,8 @@ def _next_answer(sock, interim: http.client.HTTPResponse) -> http.client.HTTPRes
     read past; http.client itself skips only 100. It continues from the same buffered reader."""
     answer = http.client.HTTPResponse(sock, method="POST")
     answer.fp.close()
-    answer.fp, interim.fp = interim.fp, None  # the interim one, once collected, would close it
+    answer.fp = interim.fp
+    interim.fp = None  # type: ignore[assignment]  # as http.client detaches it: collected, it would close it
     answer.begin()
     return answer
 
