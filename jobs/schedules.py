@@ -20,6 +20,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from eventproject.storable import text_problem
 from extraction.extractors import UnknownExtractor, extractor_class
 
 from .cron import CronInvalid, cron_clean, cron_next
@@ -54,6 +55,8 @@ def schedule_clean(values: dict[str, Any]) -> dict[str, Any]:
         errors["name"] = _("give a name of 1 to %(limit)s characters") % {"limit": Schedule.NAME_MAX_CHARS}
     elif CONTROL_CHARACTERS.search(name):  # a terminal would run them (`schedule list`)
         errors["name"] = _("control characters are not allowed")
+    elif problem := text_problem(name):
+        errors["name"] = problem
     else:
         cleaned["name"] = name.strip()
     try:
@@ -99,6 +102,8 @@ def _user_ids_problem(users: str, user_ids: Any) -> str | None:
                 "position": position,
                 "limit": settings.USER_ID_MAX_CHARS,
             }
+        if problem := text_problem(user_id):  # a lone surrogate: a command's non-UTF-8 argument byte
+            return _("item %(position)s: %(problem)s") % {"position": position, "problem": problem}
     return None
 
 
@@ -233,6 +238,14 @@ def schedule_run_if_due(schedule_id: int, now: datetime) -> ScheduleRun | None:
             except JobError as exc:
                 run.outcome = ScheduleRun.Outcome.REFUSED
                 run.message = str(exc)
+            except DatabaseError:
+                raise  # the database away: this due time is tried again at a later heal
+            except Exception as exc:  # a bug: recorded once, not retried (and logged) at every heal
+                logger.exception("schedule %s could not start its job", schedule.id)
+                run.outcome = ScheduleRun.Outcome.REFUSED
+                run.message = _("could not start its job (%(error)s): see the cluster's log") % {
+                    "error": type(exc).__name__
+                }
         run.save()
     return run
 

@@ -3,10 +3,12 @@ file of one id a line. Each is counted as every entry point counts: every id, du
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.utils.translation import gettext as _
+
+from eventproject.storable import text_problem
 
 from .errors import NAMED_AT_MOST, JobInvalid
 
@@ -26,7 +28,12 @@ def too_many_ids(count: int) -> str:
     ) % {"limit": f"{settings.JOBS_MAX_USER_IDS:,}", "count": f"{count:,}"}
 
 
-def user_ids_read(lines: Iterable[bytes]) -> list[str]:
+# The most a line of a file of user ids may take: a longest id in UTF-8 with room for a byte order
+# mark, spaces and its line end. A line is read no further than that (a file of one huge line).
+LINE_MAX_BYTES = 2_048
+
+
+def user_ids_read(handle: BinaryIO) -> list[str]:
     """The user ids of a file, one a line (the admin's upload, `extract --users-file`): blank lines,
     '#' comments and a 'user_id' header are skipped. Read line by line and counted like the API
     counts its list (every id, duplicates too); JobInvalid (field `users_file`) names the first
@@ -36,7 +43,15 @@ def user_ids_read(lines: Iterable[bytes]) -> list[str]:
     def refuse(message: str) -> JobInvalid:
         return JobInvalid({"users_file": message})
 
-    for number, raw in enumerate(lines, start=1):
+    limit = max(LINE_MAX_BYTES, settings.USER_ID_MAX_CHARS * 4 + 64)
+    number = 0
+    while raw := handle.readline(limit + 1):
+        number += 1
+        if len(raw) > limit:
+            raise refuse(
+                _("Line %(line)s is longer than %(limit)s bytes: not a user id.")
+                % {"line": number, "limit": f"{limit:,}"}
+            )
         try:
             line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
         except UnicodeDecodeError:
@@ -72,6 +87,8 @@ def user_ids_clean(user_ids: Iterable[Any], errors: dict[str, str]) -> list[str]
                 _("item %(position)s is empty or longer than %(limit)s characters")
                 % {"position": position, "limit": settings.USER_ID_MAX_CHARS}
             )
+        elif problem := text_problem(text):  # a lone surrogate: a command's non-UTF-8 argument byte
+            bad.append(_("item %(position)s: %(problem)s") % {"position": position, "problem": problem})
         elif text not in seen:
             seen.add(text)
             ids.append(text)

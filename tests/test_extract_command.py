@@ -229,3 +229,29 @@ def test_job_status_shows_control_characters_of_imported_ids_as_escapes_not_to_t
     out, _ = run("job_status", str(job.id))
     assert "\x1b" not in out and "\x07" not in out
     assert "now          \\x1b]0;PWNED\\x07\\x1b[2Ku9" in out
+
+
+def test_user_ids_the_database_cannot_store_are_refused_naming_them(run, make_users, api):
+    """A non-UTF-8 byte in a command's argument reaches Python as a lone surrogate: it was a traceback
+    (UnicodeEncodeError, or PostgreSQL's DataError), and a schedule saved with one failed every run."""
+    make_users(1)
+    with pytest.raises(CommandError, match=r"^user_ids: item 1: unpaired surrogate characters"):
+        run("extract", "--users", "u001", "ab\udcff", "--detach")
+    with pytest.raises(CommandError, match=r"^--users: item 0: unpaired surrogate characters"):
+        run("schedule", "add", "nightly", "--cron", "0 3 * * *", "--users", "ab\udcff")
+    assert not Job.objects.exists()
+
+
+def test_a_users_file_line_is_read_only_so_far(run, tmp_path):
+    """A file of one 300 MB line was read whole into memory before its length was checked."""
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"u001\n" + b"x" * 5_000_000 + b"\nu002\n")
+    with pytest.raises(CommandError, match=r"ids.txt: Line 2 is longer than 2,048 bytes"):
+        run("extract", "--users-file", str(path), "--detach")
+
+
+def test_refusals_show_stored_user_ids_escaped(run, make_users):
+    """A user id holding a terminal escape came back raw in the error (the screen cleared)."""
+    with pytest.raises(CommandError) as refused:
+        run("extract", "--users", "\x1b[2Jnope", "--detach")
+    assert "\x1b" not in str(refused.value) and "\\x1b[2Jnope" in str(refused.value)

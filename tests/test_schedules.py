@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
+from django.utils import timezone
 
 from extraction.services import BehaviorRow, behaviors_insert
 from jobs.cron import CronInvalid, cron_clean, cron_next
@@ -346,3 +347,29 @@ def test_a_broken_schedule_does_not_stop_the_others(clock, make_users, caplog):
     clock.move_to(at(SHANGHAI, 2026, 3, 1, 1, 0, 1))
     assert [line.split(":")[0] for line in schedules_run_due()] == ["schedule 'b fine'"]
     assert f"schedule {broken.id} could not run" in caplog.text
+
+
+def test_a_start_that_fails_unexpectedly_is_recorded_once_and_the_schedule_moves_on(
+    db, make_users, monkeypatch
+):
+    """A bug in starting the job rolled the claim back: the same due time failed, with a traceback in
+    the log, at every heal for ever, and `schedule runs` showed nothing."""
+    import jobs.schedules
+
+    make_users(1)
+    schedule = schedule_create(name="nightly", cron="0 3 * * *")
+    Schedule.objects.filter(id=schedule.id).update(next_run_at=timezone.now())
+
+    def broken(**arguments):
+        raise UnicodeEncodeError("utf-8", "ab\udcff", 2, 3, "surrogates not allowed")
+
+    monkeypatch.setattr(jobs.schedules, "job_start", broken)
+    schedules_run_due()
+    assert schedules_run_due() == []
+    run = ScheduleRun.objects.get()
+    assert (run.outcome, run.message) == (
+        "refused",
+        "could not start its job (UnicodeEncodeError): see the cluster's log",
+    )
+    schedule.refresh_from_db()
+    assert schedule.next_run_at > timezone.now()

@@ -6,7 +6,14 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from extraction.extractors import UnknownExtractor, extractor_names, make_extractor
-from jobs.console import ProgressReport, add_share_arguments, follow, share_arguments, summary_line
+from jobs.console import (
+    ProgressReport,
+    add_share_arguments,
+    follow,
+    share_arguments,
+    summary_line,
+    terminal_safe,
+)
 from jobs.errors import JobError, JobInvalid
 from jobs.models import Job
 from jobs.progress import Progress, job_progress
@@ -96,7 +103,7 @@ class Command(BaseCommand):
                 enqueue=not sync,
             )
         except JobError as exc:
-            raise CommandError(str(exc)) from None
+            raise CommandError(terminal_safe(str(exc))) from None
         self.stdout.write(f"started job {job.id}: {job.total_items} users, extractor {job.extractor}")
         if detach:
             return
@@ -117,7 +124,7 @@ class Command(BaseCommand):
         try:
             extractor = make_extractor(name, options)
         except (UnknownExtractor, ValidationError) as exc:
-            raise CommandError(str(exc)) from None
+            raise CommandError(terminal_safe(str(exc))) from None
         totals = job_estimate(user_ids=user_ids, extractor=extractor)
         self.stdout.write(
             f"estimate for {totals['users']} users with extractor {name}: {totals['calls']} calls, "

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from jobs.console import terminal_safe
 from jobs.errors import JobError
 from jobs.models import Job
 from jobs.services import job_resume
@@ -24,5 +25,5 @@ class Command(BaseCommand):
         try:
             job = job_resume(job, max_total_tokens=max_total_tokens)
         except JobError as exc:
-            raise CommandError(str(exc)) from None
+            raise CommandError(terminal_safe(str(exc))) from None
         self.stdout.write(f"job {job.id} is {job.status}")

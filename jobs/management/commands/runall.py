@@ -8,7 +8,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from jobs.console import follow, summary_line
+from jobs.console import follow, summary_line, terminal_safe
 from jobs.errors import JobError
 from jobs.services import job_start
 
@@ -85,7 +85,7 @@ class Command(BaseCommand):
         try:
             job = job_start()
         except JobError as exc:
-            self.stderr.write(f"could not start a job: {exc}")
+            self.stderr.write(terminal_safe(f"could not start a job: {exc}"))
             return
         self.stdout.write(f"started job {job.id}: {job.total_items} users needing extraction")
         self.stdout.write(summary_line(follow(job, self.stdout)))
