@@ -3,6 +3,7 @@
 import argparse
 import re
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from django.conf import settings
@@ -187,8 +188,9 @@ def _is_terminal(out: Out) -> bool:
         return False
 
 
-def follow(job: Job, out: Out, **report_options) -> Progress:
+def follow(job: Job, out: Out, *, each_poll: Callable[[], None] | None = None, **report_options) -> Progress:
     """Report the job's progress (see ProgressReport) until it finishes; returns its final progress.
+    `each_poll` is called at each poll (it may raise to stop following: a child process died).
 
     KeyboardInterrupt stops following, not the job.
     """
@@ -214,6 +216,8 @@ def follow(job: Job, out: Out, **report_options) -> Progress:
             ):
                 report.note("no worker has picked the job up yet: is `python manage.py qcluster` running?")
                 hinted = True
+            if each_poll:
+                each_poll()
             time.sleep(POLL_SECONDS)
     finally:
         report.close()

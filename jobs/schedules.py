@@ -55,8 +55,8 @@ def schedule_clean(values: dict[str, Any]) -> dict[str, Any]:
         errors["name"] = _("give a name of 1 to %(limit)s characters") % {"limit": Schedule.NAME_MAX_CHARS}
     elif CONTROL_CHARACTERS.search(name):  # a terminal would run them (`schedule list`)
         errors["name"] = _("control characters are not allowed")
-    elif problem := text_problem(name):
-        errors["name"] = problem
+    elif unstorable := text_problem(name):
+        errors["name"] = unstorable
     else:
         cleaned["name"] = name.strip()
     try:

@@ -1,8 +1,11 @@
+import contextlib
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -31,9 +34,14 @@ class Command(BaseCommand):
         host, _, port = addrport.rpartition(":")
         if not host or not port.isdecimal():
             raise CommandError(f"--addrport must look like 127.0.0.1:8000, got {addrport!r}")
+        with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=1):
+            raise CommandError(
+                f"{host}:{port} is already taken by another program: stop it, or give --addrport"
+            )
         login = self._demo_login()
-        # Ctrl-C or a plain `kill` stop everything, even where a launcher made us ignore SIGINT.
-        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        # Ctrl-C, a plain `kill` or a closed terminal stop everything, even where a launcher made us
+        # ignore SIGINT: the children, in sessions of their own, hear of it only from us.
+        for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(stop_signal, signal.default_int_handler)
         manage = [sys.executable, sys.argv[0]]
         # Their own sessions: Ctrl-C reaches only this process, which then stops each child with one
@@ -51,11 +59,11 @@ class Command(BaseCommand):
             if login:
                 self.stdout.write(f"log in as {login[0]} / {login[1]}")
             if not no_extract:
-                self._extract()
+                self._extract(lambda: self._check(children))
             self.stdout.write(f"still serving at http://{addrport}/ — press Ctrl-C to stop")
-            while all(child.poll() is None for child in children):
+            while True:
+                self._check(children)
                 time.sleep(0.5)
-            raise CommandError("a child process stopped; shutting down")
         except KeyboardInterrupt:
             self.stdout.write("\nstopping …")
         finally:
@@ -81,21 +89,30 @@ class Command(BaseCommand):
                 time.sleep(0.2)
         raise CommandError(f"the web server did not answer on {host}:{port} within {timeout:.0f} s")
 
-    def _extract(self) -> None:
+    @staticmethod
+    def _check(children) -> None:
+        if any(child.poll() is not None for child in children):
+            raise CommandError("a child process stopped; shutting down")
+
+    def _extract(self, check: Callable[[], None]) -> None:
         try:
             job = job_start()
         except JobError as exc:
             self.stderr.write(terminal_safe(f"could not start a job: {exc}"))
             return
         self.stdout.write(f"started job {job.id}: {job.total_items} users needing extraction")
-        self.stdout.write(summary_line(follow(job, self.stdout)))
+        self.stdout.write(summary_line(follow(job, self.stdout, each_poll=check)))
 
     def _stop(self, children) -> None:
+        """SIGTERM to each child's main process; its whole process group is killed if it has not
+        ended 30 s later, or at a second Ctrl-C."""
         for child in children:
             if child.poll() is None:
                 child.terminate()
         for child in children:
             try:
                 child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
