@@ -39,7 +39,8 @@ class LineTooLong(Exception):
 
 
 class FileCutShort(Exception):
-    """The compressed stream is truncated or damaged: nothing after this point can be read."""
+    """The compressed stream is truncated or damaged, or the text does not decode as its encoding
+    says: nothing after this point can be read."""
 
 
 class BoundedLines:
@@ -98,6 +99,10 @@ class BoundedLines:
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise FileCutShort(
                 f"the compressed file is truncated or damaged ({exc}); nothing after this line could be read"
+            ) from None
+        except UnicodeError as exc:  # what surrogateescape does not cover: UTF-16 without its BOM, say
+            raise FileCutShort(
+                f"the file cannot be read as its encoding says ({exc}); nothing after this line could be read"
             ) from None
 
 

@@ -74,9 +74,13 @@ class SampleUser:
     behaviors: list[BehaviorRow]
 
 
+def sample_user_id(prefix: str, index: int) -> str:
+    return f"{prefix}{index:07d}"
+
+
 def sample_user(index: int, seed: int = 0, prefix: str = "u") -> SampleUser:
     rng = random.Random(f"{seed}:{index}")
-    user_id = f"{prefix}{index:07d}"
+    user_id = sample_user_id(prefix, index)
     city = rng.choice(CITIES)
     budget = rng.choice([10, 15, 20, 25, 30, 35])
     candidates = sorted(MODELS, key=lambda m: (abs(m[2] - budget), rng.random()))[:6]

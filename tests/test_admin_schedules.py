@@ -212,3 +212,10 @@ def test_the_schedule_screens_speak_chinese_to_a_chinese_browser(client, persona
         assert words in listing, words
     page = client.get("/admin/jobs/schedule/add/", **zh).content.decode()
     assert "Cron 表达式" in page and "按 Asia/Shanghai 时间" in page
+
+
+def test_a_schedules_runs_are_listed_within_a_limit(run):
+    run("schedule", "add", "nightly", "--cron", "0 3 * * *")
+    for limit in ("0", "-1", str(10**20)):
+        with pytest.raises(CommandError, match=f"^--limit must be from 1 to 10,000, got {limit}"):
+            run("schedule", "runs", "nightly", "--limit", limit)

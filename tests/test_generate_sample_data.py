@@ -70,3 +70,15 @@ def test_the_command_is_idempotent(run):
     assert "(0 new profiles)" in out and f"{behaviors} behaviours (0 new)" in out
     assert Behavior.objects.count() == behaviors
     assert UserProfile.objects.get(user_id="u0000001").attributes == sample_user(1, 7).profile
+
+
+def test_ids_past_the_user_id_limit_are_refused_before_anything_is_written(db, run):
+    """A long prefix with a large --start made 131-character ids (SQLite kept them, unreachable by
+    --users; PostgreSQL failed with a traceback from COPY)."""
+    from django.core.management.base import CommandError
+
+    from extraction.models import UserProfile
+
+    with pytest.raises(CommandError, match="^--prefix and --start make user ids of up to 131 characters"):
+        run("generate_sample_data", "--users", "1", "--prefix", "p" * 100, "--start", str(10**30))
+    assert not UserProfile.objects.exists()

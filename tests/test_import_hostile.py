@@ -72,6 +72,32 @@ def test_a_truncated_gz_keeps_what_was_read_and_says_where_it_broke(run, write_f
         run("import_data", "behaviors", write_file("cut2.jsonl.gz", whole[: len(whole) // 2]), "--strict")
 
 
+@pytest.mark.parametrize(
+    ("encoding", "content", "imported"),
+    [
+        ("utf-16", (CSV_HEADER + CSV_GOOD).decode().encode("utf-16-le"), 0),  # no byte order mark
+        ("utf-16-le", (CSV_HEADER + CSV_GOOD).decode().encode("utf-16-le") + b"\x00", 1),  # a stray byte
+        ("utf-32", b"\xff\xff\xff\x7f" * 8, 0),  # no such character
+    ],
+)
+def test_a_file_its_encoding_cannot_read_is_reported_at_its_line_not_a_traceback(
+    run, write_file, encoding, content, imported
+):
+    path = write_file("wide.csv", content)
+    out, err = run("import_data", "behaviors", path, "--encoding", encoding)
+    assert f"{path}:" in err and "cannot be read as its encoding says" in err, err
+    assert f"imported {imported}" in out and "rejected 1" in out
+
+
+def test_the_command_refuses_what_it_cannot_use_naming_the_option(run, write_file, tmp_path):
+    with pytest.raises(CommandError, match="^--show-errors must be 0 or more"):
+        run("import_data", "behaviors", write_file("a.csv", CSV_HEADER + CSV_GOOD), "--show-errors", "-2")
+    with pytest.raises(CommandError, match=f"^{tmp_path}: a folder, not a file"):
+        run("import_data", "behaviors", str(tmp_path))
+    with pytest.raises(CommandError, match=f"^{tmp_path / 'gone.csv'}: no such file"):
+        run("import_data", "behaviors", str(tmp_path / "gone.csv"))
+
+
 def test_a_gzip_bomb_is_skipped_line_by_line_in_bounded_memory(write_file, settings):
     """One 30 MB line of a 30 kB file between good rows: the old reader held the whole line."""
     bomb = gzip.compress(

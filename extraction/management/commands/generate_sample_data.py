@@ -1,10 +1,11 @@
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from tqdm import tqdm
 
 from eventproject.db import tables_analyze
 from extraction.models import Behavior, UserProfile
-from extraction.sample_data import sample_user
+from extraction.sample_data import sample_user, sample_user_id
 from extraction.services import behaviors_insert, profiles_upsert
 
 USERS_PER_BATCH = 100
@@ -29,6 +30,12 @@ class Command(BaseCommand):
             raise CommandError("--start must be 0 or more")
         if not prefix or len(prefix) > 100:
             raise CommandError("--prefix must be 1 to 100 characters")
+        longest = len(sample_user_id(prefix, start + max(users - 1, 0)))
+        if longest > settings.USER_ID_MAX_CHARS:
+            raise CommandError(
+                f"--prefix and --start make user ids of up to {longest} characters; "
+                f"at most {settings.USER_ID_MAX_CHARS} (USER_ID_MAX_CHARS)"
+            )
         profiles_new = behaviors_new = behaviors_total = 0
         with tqdm(total=users, unit="users", desc="generating", disable=None, leave=False) as bar:
             for first in range(start, start + users, USERS_PER_BATCH):

@@ -41,7 +41,11 @@ class Command(BaseCommand):
             raise CommandError(f"--timezone: unknown time zone {timezone!r}") from None
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1")
-        if not path.is_file():
+        if show_errors < 0:
+            raise CommandError("--show-errors must be 0 or more")
+        if path.is_dir():
+            raise CommandError(f"{path}: a folder, not a file")
+        if not path.exists():
             raise CommandError(f"{path}: no such file")
         shown = 0
 

@@ -19,6 +19,8 @@ from jobs.schedules import (
 
 from .extract import read_user_ids
 
+RUNS_MOST = 10_000  # `schedule runs --limit`
+
 PRIORITIES = {name.name.lower(): name.value for name in Job.Priority}
 
 
@@ -49,7 +51,9 @@ class Command(BaseCommand):
             actions.add_parser(name, help=text).add_argument("name")
         runs = actions.add_parser("runs", help="a schedule's latest runs")
         runs.add_argument("name")
-        runs.add_argument("--limit", type=int, default=20)
+        runs.add_argument(
+            "--limit", type=int, default=20, help=f"runs listed (default 20, at most {RUNS_MOST:,})"
+        )
 
     def _what(self, parser: CommandParser) -> None:
         who = parser.add_mutually_exclusive_group()
@@ -112,7 +116,9 @@ class Command(BaseCommand):
         self.stdout.write(f"schedule {name!r} deleted")
 
     def do_runs(self, *, name, limit, **options):
-        runs = self._get(name).runs.select_related("job").order_by("-id")[: max(limit, 1)]
+        if not 1 <= limit <= RUNS_MOST:
+            raise CommandError(f"--limit must be from 1 to {RUNS_MOST:,}, got {limit}")
+        runs = self._get(name).runs.select_related("job").order_by("-id")[:limit]
         if not runs:
             self.stdout.write("no runs yet")
         for run in runs:
