@@ -1,13 +1,14 @@
 """How jobs look in a terminal: the commands (extract, job_status, runall) share these."""
 
 import argparse
+import json
 import re
 import time
 from collections.abc import Callable
 from typing import TextIO
 
 from django.conf import settings
-from django.core.management.base import OutputWrapper
+from django.core.management.base import CommandError, OutputWrapper
 from django.utils.timezone import localtime
 from tqdm import tqdm
 
@@ -97,6 +98,17 @@ def add_share_arguments(parser) -> None:
         metavar="N",
         help="the most workers it may hold at once (0: no cap)",
     )
+
+
+def options_json(text: str) -> dict:
+    """--options as the commands take it: a JSON object (CommandError saying what it is not)."""
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        raise CommandError(f"--options is not valid JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise CommandError(f'--options must be a JSON object, like {{"model": "gpt-4o-mini"}}, not {text}')
+    return options
 
 
 def workers_cap(text: str) -> int:

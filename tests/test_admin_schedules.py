@@ -179,6 +179,8 @@ def test_the_schedule_command_adds_lists_changes_and_deletes(run, make_users):
         run("schedule", "add", "other", "--cron", "0 3 * * *", "--users", "x" * 200)
     with pytest.raises(CommandError, match="--options 'nope': unknown option"):
         run("schedule", "add", "other", "--cron", "0 3 * * *", "--options", '{"nope": 1}')
+    with pytest.raises(CommandError, match="--options must be a JSON object"):
+        run("schedule", "add", "other", "--cron", "0 3 * * *", "--options", "[]")
     with pytest.raises(CommandError, match="no schedule named 'ghost'"):
         run("schedule", "pause", "ghost")
     run("schedule", "delete", "nightly")

@@ -67,6 +67,8 @@ def test_a_job_that_does_not_complete_exits_with_an_error(run, make_users):
         (["--users", "ghost"], "user_ids: unknown users: ghost"),
         (["--extractor", "magic"], "extractor: unknown extractor 'magic'"),
         (["--options", "{nope"], "--options is not valid JSON"),
+        (["--options", "0"], r"--options must be a JSON object, like \{\"model\": \"gpt-4o-mini\"\}, not 0"),
+        (["--options", "null"], "--options must be a JSON object"),
         (["--options", '{"x": 1}'], "options.x: unknown option"),
         (["--chunk-size", "0"], "chunk_size: must be an integer from 1 to 10000"),
         (["--users-file", "/no/such/file"], "--users-file /no/such/file"),

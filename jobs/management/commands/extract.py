@@ -1,4 +1,3 @@
-import json
 from pathlib import Path
 
 from django.conf import settings
@@ -10,6 +9,7 @@ from jobs.console import (
     ProgressReport,
     add_share_arguments,
     follow,
+    options_json,
     share_arguments,
     summary_line,
     terminal_safe,
@@ -78,10 +78,7 @@ class Command(BaseCommand):
         detach,
         **rest,
     ):
-        try:
-            options = json.loads(options)
-        except ValueError as exc:
-            raise CommandError(f"--options is not valid JSON: {exc}") from None
+        options = options_json(options)
         user_ids = users if users else read_user_ids(users_file) if users_file else None
         if users_file and not user_ids:
             raise CommandError(f"--users-file {users_file}: no user ids in it")

@@ -1,4 +1,3 @@
-import json
 from pathlib import Path
 from typing import Any
 
@@ -6,7 +5,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from jobs.console import terminal_safe, workers_cap
+from jobs.console import options_json, terminal_safe, workers_cap
 from jobs.errors import JobInvalid
 from jobs.models import Job, Schedule
 from jobs.schedules import (
@@ -146,10 +145,7 @@ class Command(BaseCommand):
         if options.get("extractor"):
             values["extractor"] = options["extractor"]
         if options.get("options") is not None:
-            try:
-                values["options"] = json.loads(options["options"])
-            except ValueError as exc:
-                raise CommandError(f"--options is not valid JSON: {exc}") from None
+            values["options"] = options_json(options["options"])
         if options.get("priority"):
             values["priority"] = PRIORITIES[options["priority"]]
         if options.get("max_workers") is not None:
