@@ -199,3 +199,16 @@ def test_a_crlf_cut_by_the_size_limit_between_its_characters_adds_no_line(write_
     summary = import_file("behaviors", path, on_error=lambda line, reason: errors.append((line, reason)))
     assert errors == [(3, "line longer than 1,024 characters (IMPORT_MAX_LINE_CHARS)"), (5, "missing action")]
     assert (summary.read, summary.imported, summary.rejected) == (4, 2, 2)
+
+
+def test_an_import_interrupted_says_what_stays(run, write_file, monkeypatch):
+    """Ctrl-C gave a traceback and no word of the batches already committed."""
+    from extraction.management.commands import import_data
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(import_data, "import_file", interrupted)
+    with pytest.raises(CommandError, match="^interrupted: the batches committed so far stay") as stopped:
+        run("import_data", "behaviors", write_file("a.csv", CSV_HEADER + CSV_GOOD))
+    assert stopped.value.returncode == 130

@@ -75,6 +75,12 @@ class Command(BaseCommand):
                 summary = import_file(kind, path, options, on_error=on_error, on_progress=on_progress)
             except (ImportFileError, LookupError) as exc:
                 raise CommandError(str(exc)) from exc
+            except KeyboardInterrupt:
+                raise CommandError(
+                    "interrupted: the batches committed so far stay imported (all or none with "
+                    "--strict); importing the file again adds only what is missing",
+                    returncode=130,
+                ) from None
         if summary.imported or summary.updated:
             tables_analyze(Behavior, UserProfile)
         if shown > show_errors:
