@@ -93,3 +93,25 @@ def test_a_reconnecting_client_gets_only_what_it_has_not_seen(api, make_users, s
     assert "id: end\n" in ended
     # Having seen the end, a client (EventSource) reconnecting is told there is no more: 204.
     assert client.get(url, HTTP_LAST_EVENT_ID="end").status_code == 204
+
+
+def test_a_wsgi_stream_never_closed_gives_its_thread_back_once_collected(api, make_users, settings):
+    """A stream response that never reached the server (an error after the view) was never closed:
+    its thread stayed counted, and once WEB_THREADS - 1 had leaked the process refused every stream."""
+    import gc
+
+    from jobs.api.access import thread_streams
+
+    gc.collect()  # streams earlier tests left unread and unclosed
+    held = thread_streams.held()
+    settings.WEB_THREADS = held + 2  # room for one stream
+    make_users(1)
+    job = job_start(user_ids=["u001"], enqueue=False)
+    client, url = api("reader"), f"/api/v1/jobs/{job.id}/stream/"
+    assert client.get(url).status_code == 200  # dropped unread and unclosed
+    gc.collect()
+    assert thread_streams.held() == held
+    kept = client.get(url)
+    assert kept.status_code == 200 and client.get(url).status_code == 503
+    closed(kept)
+    assert thread_streams.held() == held

@@ -48,5 +48,8 @@ class _ThreadStreams:
         with self._lock:
             self._held -= 1
 
+    def held(self) -> int:
+        return self._held
+
 
 thread_streams = _ThreadStreams()

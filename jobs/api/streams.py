@@ -114,8 +114,10 @@ class ProgressStream:
     under WSGI, the thread the view took for it from access.thread_streams)."""
 
     def __init__(self, job_id: int, last_id: str, slot: str, *, asynchronous: bool, language: str = "en"):
-        self.job_id, self.last_id, self.slot, self.language = job_id, last_id, slot, language
-        self._released, self.asynchronous = False, asynchronous
+        self.job_id, self.last_id, self.language = job_id, last_id, language
+        # Given back once: at the end, at close(), or when collected (a response an error kept from
+        # ever reaching the server is never closed, and a thread counted for good would be lost).
+        self._give_back = weakref.finalize(self, _give_back, slot, not asynchronous)
         self.events = self._async_events() if asynchronous else self._events()
 
     def __iter__(self) -> Iterator[str]:
@@ -134,11 +136,7 @@ class ProgressStream:
         self._release()
 
     def _release(self) -> None:
-        if not self._released:
-            self._released = True
-            stream_slot_release(self.slot)
-            if not self.asynchronous:
-                thread_streams.release()
+        self._give_back()
 
     def _events(self) -> Iterator[str]:
         yield f"retry: {STREAM_RETRY_MILLISECONDS}\n\n"
@@ -192,9 +190,15 @@ class ProgressStream:
         finally:  # also when the client went away (the server cancels the response)
             feed_leave(feed)
             metrics.STREAMS_OPEN.dec()
-            if not self._released:
-                self._released = True
-                await sync_to_async(stream_slot_release)(self.slot)
+            if self._give_back.alive:
+                await sync_to_async(self._give_back)()
+
+
+def _give_back(slot: str, thread: bool) -> None:
+    """What a stream holds: its user's slot and, under WSGI, its thread (access.thread_streams)."""
+    stream_slot_release(slot)
+    if thread:
+        thread_streams.release()
 
 
 class Feed:
