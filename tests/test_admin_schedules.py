@@ -119,6 +119,28 @@ def test_a_schedule_that_no_longer_passes_its_checks_can_still_be_paused(
     assert patched.status_code == 200 and not Schedule.objects.get().active
 
 
+@pytest.mark.parametrize(
+    "broken",
+    [{"extractor": "retired"}, {"users": "list", "user_ids": ["u1", "u2", "u3"]}],
+    ids=["extractor since removed", "list longer than the limit lowered since"],
+)
+def test_the_form_pauses_a_schedule_that_no_longer_passes_its_checks(client, personas, settings, broken):
+    """Its checks ran over every field: "extractor: This field is required", and no pause."""
+    schedule = schedule_create(name="nightly", cron="0 3 * * *")
+    Schedule.objects.filter(id=schedule.id).update(**broken)
+    settings.JOBS_MAX_USER_IDS = 2
+    client.force_login(personas["operator"])
+    page = client.get(f"/admin/jobs/schedule/{schedule.id}/change/")
+    sent = as_the_browser_sends(page.context["adminform"].form)
+    del sent["active"]  # unticked
+    answer = client.post(f"/admin/jobs/schedule/{schedule.id}/change/", sent)
+    assert answer.status_code == 302, answer.context["adminform"].form.errors
+    assert Schedule.objects.values_list("active", "next_run_at").get() == (False, None)
+    sent["name"] = "renamed"  # anything more is checked whole
+    answer = client.post(f"/admin/jobs/schedule/{schedule.id}/change/", sent)
+    assert answer.status_code == 200 and answer.context["adminform"].form.errors
+
+
 def test_a_form_saves_what_it_changed_not_a_pause_made_meanwhile(client, personas):
     """The form sent every field back as the page had it: a pause made while the page was open was undone."""
     schedule = schedule_create(name="nightly", cron="0 3 * * *")

@@ -99,9 +99,12 @@ class ScheduleForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if "cron" not in self.fields:  # shown read-only, to those who may only look
             return
+        names = extractor_names()
+        if self.instance.pk and self.instance.extractor not in names:  # removed since: kept, to pause
+            names = [*names, self.instance.extractor]
         self.fields["extractor"] = forms.ChoiceField(
             label=capfirst(Schedule._meta.get_field("extractor").verbose_name),
-            choices=[(name, name) for name in extractor_names()],
+            choices=[(name, name) for name in names],
             initial="rules",
         )
         for field in self.fields.values():
@@ -120,9 +123,10 @@ class ScheduleForm(forms.ModelForm):
         return self.cleaned_data["options"] or {}
 
     def _post_clean(self):
-        """The service checks it all, naming fields; the model's own checks add nothing to that."""
+        """The service checks it all, naming fields; the model's own checks add nothing to that. A
+        pause alone is not checked (jobs.schedules.schedule_update never refuses one)."""
         values = {name: self.cleaned_data.get(name, FIELDS[name]) for name in FIELDS}
-        if self.errors:
+        if self.errors or (self.changed_data == ["active"] and not values["active"]):
             return
         try:
             self.cleaned_data.update(schedule_clean(values))
