@@ -165,6 +165,7 @@ def connection_reset() -> None:
 def transaction_lock(name: str) -> None:
     """Hold a lock named `name` until the current transaction ends: one such transaction at a time.
     PostgreSQL: an advisory lock; SQLite's transactions (IMMEDIATE here) already run one at a time."""
+    assert connection.in_atomic_block, "a transaction lock outside a transaction would lock nothing"
     if is_postgresql():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [name])

@@ -107,7 +107,9 @@ def options_json(text: str) -> dict:
     except ValueError as exc:
         raise CommandError(f"--options is not valid JSON: {exc}") from None
     if not isinstance(options, dict):
-        raise CommandError(f'--options must be a JSON object, like {{"model": "gpt-4o-mini"}}, not {text}')
+        raise CommandError(
+            terminal_safe(f'--options must be a JSON object, like {{"model": "gpt-4o-mini"}}, not {text}')
+        )
     return options
 
 

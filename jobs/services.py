@@ -223,7 +223,9 @@ def job_share_set(job: Job, *, priority: Any = UNCHANGED, max_workers: Any = UNC
         raise JobInvalid(errors)
     open_jobs = Job.objects.exclude(status=Job.Status.COMPLETED).filter(items_pruned_at__isnull=True)
     with transaction.atomic():
-        before = open_jobs.select_for_update().filter(id=job.id).only("status", "max_workers").first()
+        before = (
+            open_jobs.select_for_update(no_key=True).filter(id=job.id).only("status", "max_workers").first()
+        )
         if changes and before is None:
             job.refresh_from_db()
             raise JobStateError(

@@ -45,9 +45,9 @@ def user_ids_read(handle: BinaryIO) -> list[str]:
 
     limit = max(LINE_MAX_BYTES, settings.USER_ID_MAX_CHARS * 4 + 64)
     number = 0
-    while raw := handle.readline(limit + 1):
+    while raw := handle.readline(limit + 2):  # room for its line end
         number += 1
-        if len(raw) > limit:
+        if len(raw.rstrip(b"\r\n")) > limit:
             raise refuse(
                 _("Line %(line)s is longer than %(limit)s bytes: not a user id.")
                 % {"line": number, "limit": f"{limit:,}"}

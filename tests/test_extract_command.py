@@ -250,6 +250,9 @@ def test_a_users_file_line_is_read_only_so_far(run, tmp_path):
     path.write_bytes(b"u001\n" + b"x" * 5_000_000 + b"\nu002\n")
     with pytest.raises(CommandError, match=r"ids.txt: Line 2 is longer than 2,048 bytes"):
         run("extract", "--users-file", str(path), "--detach")
+    path.write_bytes(b" " * 2_000 + b"x" * 48 + b"\r\n")  # 2,048 bytes and its line end: read whole
+    with pytest.raises(CommandError, match=r"^user_ids: unknown users: x{48}$"):
+        run("extract", "--users-file", str(path), "--detach")
 
 
 def test_refusals_show_stored_user_ids_escaped(run, make_users):

@@ -19,8 +19,9 @@ class Command(BaseCommand):
         if done:
             return
         if waiting := tasks_waiting():  # healing rings no drains then: no worker anywhere is free
+            wait = "task waits" if waiting == 1 else "tasks wait"
             self.stdout.write(
-                f"{waiting} tasks wait in the queue for a free worker: no more rung "
+                f"{waiting} {wait} in the queue for a free worker: no more rung "
                 "(jobs are served as workers come free)"
             )
         else:

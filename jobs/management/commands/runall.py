@@ -104,15 +104,21 @@ class Command(BaseCommand):
         self.stdout.write(summary_line(follow(job, self.stdout, each_poll=check)))
 
     def _stop(self, children) -> None:
-        """SIGTERM to each child's main process; its whole process group is killed if it has not
-        ended 30 s later, or at a second Ctrl-C."""
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=30)
-            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        """SIGTERM to each child's main process; the process groups of all of them are killed if
+        they have not ended 30 s later, or at a second Ctrl-C (further signals are then ignored:
+        nothing may be left running)."""
+        deadline = time.monotonic() + 30
+        try:
+            for child in children:
+                if child.poll() is None:
+                    child.terminate()
+            for child in children:
+                child.wait(timeout=max(deadline - time.monotonic(), 0))
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                signal.signal(stop_signal, signal.SIG_IGN)
+            for child in children:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.pid, signal.SIGKILL)
+            for child in children:
                 child.wait()
