@@ -3,10 +3,13 @@ default: Django's own words and the project's. The committed catalogs are comple
 .mo files say what the .po files say (a .po edited without compilemessages fails here)."""
 
 import gettext
+import os
+import shutil
 from pathlib import Path
 
 import polib
 import pytest
+from django.core.management import call_command
 
 from jobs.models import Job
 from jobs.services import job_start
@@ -32,6 +35,28 @@ def test_every_message_is_translated_and_compiled(domain):
             )
         else:
             assert compiled.gettext(entry.msgid) == entry.msgstr, f"{entry.msgid!r}: run compilemessages"
+
+
+@pytest.mark.skipif(
+    not shutil.which("xgettext") and not os.environ.get("REQUIRE_GETTEXT"),
+    reason="needs GNU gettext's xgettext (apt-get install gettext)",
+)
+def test_the_catalogs_hold_every_message_the_code_marks(tmp_path, settings, monkeypatch):
+    """makemessages over the code (linked into a folder of its own), into a copy of the catalogs: a
+    message marked since they were last made was shown in English on the Chinese screens."""
+    copy = tmp_path / "locale" / "zh_Hans" / "LC_MESSAGES"
+    shutil.copytree(LOCALE, copy)
+    for app in ("eventproject", "extraction", "jobs", "ops", "webhooks"):
+        (tmp_path / app).symlink_to(LOCALE.parents[2] / app)
+    settings.LOCALE_PATHS = [tmp_path / "locale"]
+    monkeypatch.chdir(tmp_path)
+    for domain in ("django", "djangojs"):
+        call_command(
+            "makemessages", locale=["zh_Hans"], domain=domain, symlinks=True, no_obsolete=True, verbosity=0
+        )
+        po = polib.pofile(str(copy / f"{domain}.po"))
+        missing = [entry.msgid for entry in po if not entry.translated() or entry.fuzzy]
+        assert missing == [], f"{domain}: run makemessages -l zh_Hans and translate these"
 
 
 def test_placeholders_survive_translation():
