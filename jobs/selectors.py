@@ -32,14 +32,18 @@ def job_latest(*, active: bool = False) -> Job | None:
     return jobs.order_by("-id").first()
 
 
-def job_results(job: Job) -> tuple[dict[str, list[ExtractedEvent]], dict[str, str]]:
+def job_results(job: Job, *, at_most: int) -> tuple[dict[str, list[ExtractedEvent]] | None, dict[str, str]]:
     """Every user of a job with the events it extracted, in sequence order (an empty list for none),
-    and the failed users with their errors: a failed user's earlier events are kept but are not this
-    job's. For small jobs (the predecessor's synchronous extract)."""
+    or None when they are more than `at_most`; and the failed users with their errors: a failed
+    user's earlier events are kept but are not this job's. For small jobs (the predecessor's
+    synchronous extract)."""
+    read = list(job_events(job).order_by("user_id", "sequence")[: at_most + 1])  # one read: no race
+    if len(read) > at_most:
+        return None, job_failures(job)
     events: dict[str, list[ExtractedEvent]] = {
         user_id: [] for user_id in job.items.values_list("user_id", flat=True)
     }
-    for event in job_events(job).order_by("user_id", "sequence"):
+    for event in read:
         events[event.user_id].append(event)
     return events, job_failures(job)
 

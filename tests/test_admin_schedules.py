@@ -243,3 +243,26 @@ def test_a_schedules_runs_are_listed_within_a_limit(run):
     for limit in ("0", "-1", str(10**20)):
         with pytest.raises(CommandError, match=f"^--limit must be from 1 to 10,000, got {limit}"):
             run("schedule", "runs", "nightly", "--limit", limit)
+
+
+def test_a_change_refused_as_it_is_saved_is_said_not_a_500(client, personas, monkeypatch):
+    """The form is checked first, the row changed after: a schedule deleted, or a name taken, between
+    the two raised from save_model, a 500."""
+    from jobs.admin import schedules as admin_schedules
+    from jobs.errors import JobStateError
+
+    schedule = schedule_create(name="nightly", cron="0 3 * * *")
+    client.force_login(personas["operator"])
+    sent = as_the_browser_sends(
+        client.get(f"/admin/jobs/schedule/{schedule.id}/change/").context["adminform"].form
+    )
+
+    def deleted_meanwhile(schedule, **changes):
+        raise JobStateError("the schedule was deleted")
+
+    monkeypatch.setattr(admin_schedules, "schedule_update", deleted_meanwhile)
+    answer = client.post(f"/admin/jobs/schedule/{schedule.id}/change/", {**sent, "name": "x"}, follow=True)
+    assert (
+        answer.status_code == 200
+        and '<li class="error">The schedule was deleted</li>' in answer.content.decode()
+    )

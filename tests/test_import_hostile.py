@@ -212,3 +212,15 @@ def test_an_import_interrupted_says_what_stays(run, write_file, monkeypatch):
     with pytest.raises(CommandError, match="^interrupted: the batches committed so far stay") as stopped:
         run("import_data", "behaviors", write_file("a.csv", CSV_HEADER + CSV_GOOD))
     assert stopped.value.returncode == 130
+
+
+def test_ctrl_c_while_the_statistics_are_made_still_reports_the_import(run, write_file, monkeypatch):
+    """The rows are in when the tables are analyzed: a Ctrl-C then printed a traceback, no summary."""
+    from extraction.management.commands import import_data
+
+    def interrupted(*models):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(import_data, "tables_analyze", interrupted)
+    out, _ = run("import_data", "behaviors", write_file("a.csv", CSV_HEADER + CSV_GOOD))
+    assert "imported 1" in out and Behavior.objects.count() == 1

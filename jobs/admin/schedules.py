@@ -5,6 +5,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.forms.fields import InvalidJSONInput
+from django.http import HttpResponseRedirect
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
@@ -165,6 +166,15 @@ class ScheduleAdmin(GuardedAdmin):
 
     def has_change_permission(self, request, obj=None):
         return super().has_change_permission(request, obj) and request.user.has_perm("jobs.add_job")
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        """A change refused as it is saved (the form was checked first: the schedule deleted, or
+        its name taken, in between) is said on the page it came from, not a 500."""
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except JobError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
     def save_model(self, request, obj, form, change):
         values = {name: form.cleaned_data[name] for name in FIELDS}

@@ -21,7 +21,7 @@ from extraction.api.serializers import EventOutput
 from ..errors import JobConflict, JobError, JobInvalid
 from ..models import Job
 from ..progress import job_progress
-from ..selectors import job_events, job_failures, job_latest, job_results
+from ..selectors import job_events, job_latest, job_results
 from ..services import job_run_here, job_start
 from .access import ADD_JOB, VIEW_JOB
 from .serializers import UserIds
@@ -270,15 +270,15 @@ class LegacySyncView(LegacyView):
             return envelope(
                 {"job_id": job.id}, code=CODE_JOB_FAILED, message=job.error or f"job {job.status}"
             )
-        if (count := job_events(job).count()) > (most := settings.LEGACY_SYNC_MAX_EVENTS):
+        events, failed = job_results(job, at_most=(most := settings.LEGACY_SYNC_MAX_EVENTS))
+        if events is None:
             return envelope(
-                {"job_id": job.id, "failed": job_failures(job)},
+                {"job_id": job.id, "failed": failed},
                 code=CODE_TOO_MANY_EVENTS,
-                message=f"the users have {count:,} events, more than the {most:,} answered here "
-                "(LEGACY_SYNC_MAX_EVENTS): they are saved; read them a user at a time at "
-                "/api/v1/users/{id}/events/",
+                message=f"the users have {job_events(job).count():,} events, more than the {most:,} "
+                "answered here (LEGACY_SYNC_MAX_EVENTS): they are saved; read them a user at a time "
+                "at /api/v1/users/{id}/events/",
             )
-        events, failed = job_results(job)
         shown = {user_id: EventOutput(sequence, many=True).data for user_id, sequence in events.items()}
         return envelope(
             {"job_id": job.id, "events": shown, "failed": failed},

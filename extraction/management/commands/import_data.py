@@ -1,3 +1,4 @@
+import contextlib
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -82,7 +83,8 @@ class Command(BaseCommand):
                     returncode=130,
                 ) from None
         if summary.imported or summary.updated:
-            tables_analyze(Behavior, UserProfile)
+            with contextlib.suppress(KeyboardInterrupt):  # the rows are in; the statistics can wait
+                tables_analyze(Behavior, UserProfile)
         if shown > show_errors:
             self.stderr.write(f"… and {shown - show_errors} more rejected rows")
         self.stdout.write(summary.text(kind))
