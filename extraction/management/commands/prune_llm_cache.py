@@ -1,9 +1,10 @@
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
+from eventproject.commands import option_within
 from extraction.llm_cache import cache_prune
 from extraction.models import LLMCacheEntry
 
@@ -21,8 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
 
     def handle(self, *args, days, dry_run, **options):
-        if not 0 <= days <= settings.JOBS_PRUNE_DAYS_LIMIT:
-            raise CommandError(f"--days must be from 0 to {settings.JOBS_PRUNE_DAYS_LIMIT:,}, got {days}")
+        option_within("--days", days, 0, settings.JOBS_PRUNE_DAYS_LIMIT)
         before = timezone.now() - timedelta(days=days)
         if dry_run:
             count = LLMCacheEntry.objects.filter(created_at__lt=before).count()

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.timezone import localtime
 
+from eventproject.commands import option_within
 from jobs.console import describe
 from jobs.errors import JobStateError
 from jobs.models import Job
@@ -41,8 +42,7 @@ class Command(BaseCommand):
         self.stdout.write(describe(job_progress(job)))
 
     def _table(self, limit: int) -> None:
-        if not 1 <= limit <= LIMIT_MOST:
-            raise CommandError(f"--limit must be from 1 to {LIMIT_MOST:,}, got {limit}")
+        option_within("--limit", limit, 1, LIMIT_MOST)
         jobs = Job.objects.order_by("-id")[:limit]
         if not jobs:
             self.stdout.write("no jobs yet")

@@ -1,6 +1,7 @@
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
+from eventproject.commands import option_within
 from jobs.pruning import PRUNE_BATCH_SIZE, jobs_prune
 
 BATCH_SIZE_LIMIT = 100_000
@@ -24,10 +25,8 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
 
     def handle(self, *args, days, batch_size, dry_run, **options):
-        if not 1 <= days <= settings.JOBS_PRUNE_DAYS_LIMIT:
-            raise CommandError(f"--days must be from 1 to {settings.JOBS_PRUNE_DAYS_LIMIT:,}, got {days}")
-        if not 1 <= batch_size <= BATCH_SIZE_LIMIT:
-            raise CommandError(f"--batch-size must be from 1 to {BATCH_SIZE_LIMIT:,}, got {batch_size}")
+        option_within("--days", days, 1, settings.JOBS_PRUNE_DAYS_LIMIT)
+        option_within("--batch-size", batch_size, 1, BATCH_SIZE_LIMIT)
         pruned = jobs_prune(days=days, batch_size=batch_size, dry_run=dry_run)
         verb = "would delete" if dry_run else "deleted"
         for job_id, count in pruned.items.items():

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from eventproject.commands import option_within
 from jobs.console import options_json, terminal_safe, workers_cap
 from jobs.errors import JobInvalid
 from jobs.models import Job, Schedule
@@ -115,8 +116,7 @@ class Command(BaseCommand):
         self.stdout.write(f"schedule {name!r} deleted")
 
     def do_runs(self, *, name, limit, **options):
-        if not 1 <= limit <= RUNS_MOST:
-            raise CommandError(f"--limit must be from 1 to {RUNS_MOST:,}, got {limit}")
+        option_within("--limit", limit, 1, RUNS_MOST)
         runs = self._get(name).runs.select_related("job").order_by("-id")[:limit]
         if not runs:
             self.stdout.write("no runs yet")
