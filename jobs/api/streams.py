@@ -133,9 +133,6 @@ class ProgressStream:
     def close(self) -> None:
         if hasattr(self.events, "close"):
             self.events.close()
-        self._release()
-
-    def _release(self) -> None:
         self._give_back()
 
     def _events(self) -> Iterator[str]:

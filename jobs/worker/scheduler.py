@@ -91,8 +91,7 @@ def job_pick(drain_id: int, *, only: int | None = None) -> Job | None:
             break
         with transaction.atomic():
             job = Job.objects.select_for_update().filter(id=chosen, status__in=Job.WORKING).first()
-            room = min(job.max_workers or settings.JOBS_DRAIN_TASKS, settings.JOBS_DRAIN_TASKS) if job else 0
-            if job and workers_serving(job.id, besides=drain_id).count() < room:
+            if job and workers_serving(job.id, besides=drain_id).count() < job.drains_wanted:
                 Drain.objects.filter(id=drain_id).update(job=job)
                 return job
     Drain.objects.filter(id=drain_id, job__isnull=False).update(job=None)
