@@ -73,8 +73,9 @@ def _claim(delivery_id: int, token: uuid.UUID) -> int | None:
     """The delivery's endpoint id if this claim took it: due, and its endpoint idle. The endpoint's
     row is locked meanwhile, so two workers never both find it idle."""
     with transaction.atomic():
-        endpoint_id = Delivery.objects.filter(id=delivery_id).values_list("endpoint_id", flat=True).first()
-        if endpoint_id is None or not Endpoint.objects.select_for_update().filter(id=endpoint_id).exists():
+        endpoint = Endpoint.objects.select_for_update(of=("self",)).filter(deliveries=delivery_id).order_by()
+        endpoint_id = endpoint.values_list("id", flat=True).first()
+        if endpoint_id is None:
             return None
         due = Delivery.objects.filter(Q(id=delivery_id) & _due() & _endpoint_idle())
         sending = {"status": Delivery.Status.SENDING, "attempt_count": F("attempt_count") + 1}
