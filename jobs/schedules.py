@@ -14,7 +14,6 @@ import re
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
@@ -27,6 +26,7 @@ from .cron import CronInvalid, cron_clean, cron_next
 from .errors import JobError, JobInvalid, JobStateError
 from .models import Job, Schedule, ScheduleRun, share_errors
 from .services import job_start
+from .user_ids import user_ids_checked
 
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
@@ -69,9 +69,7 @@ def schedule_clean(values: dict[str, Any]) -> dict[str, Any]:
     if values["users"] not in Schedule.Users.values:
         errors["users"] = _("must be one of %(values)s") % {"values": ", ".join(Schedule.Users.values)}
     else:
-        problem = _user_ids_problem(values["users"], values["user_ids"])
-        if problem:
-            errors["user_ids"] = problem
+        _user_ids_clean(values["users"], values["user_ids"], cleaned, errors)
     try:
         given = values["options"] or {}
         options = extractor_class(values["extractor"]).clean_options(given)
@@ -87,24 +85,14 @@ def schedule_clean(values: dict[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
-def _user_ids_problem(users: str, user_ids: Any) -> str | None:
+def _user_ids_clean(users: str, user_ids: Any, cleaned: dict[str, Any], errors: dict[str, str]) -> None:
     if users != Schedule.Users.LIST:
-        return _("only a schedule over a list of users names users") if user_ids else None
-    if not isinstance(user_ids, list) or not user_ids:
-        return _("give the users of the list")
-    if len(user_ids) > settings.JOBS_MAX_USER_IDS:
-        return _("at most %(limit)s user ids (JOBS_MAX_USER_IDS)") % {
-            "limit": f"{settings.JOBS_MAX_USER_IDS:,}"
-        }
-    for position, user_id in enumerate(user_ids):
-        if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > settings.USER_ID_MAX_CHARS:
-            return _("item %(position)s is not a user id of 1 to %(limit)s characters") % {
-                "position": position,
-                "limit": settings.USER_ID_MAX_CHARS,
-            }
-        if problem := text_problem(user_id):  # a lone surrogate: a command's non-UTF-8 argument byte
-            return _("item %(position)s: %(problem)s") % {"position": position, "problem": problem}
-    return None
+        if user_ids:
+            errors["user_ids"] = _("only a schedule over a list of users names users")
+    elif not isinstance(user_ids, list) or not user_ids:
+        errors["user_ids"] = _("give the users of the list")
+    else:
+        cleaned["user_ids"] = user_ids_checked(user_ids, errors)
 
 
 def schedule_create(*, created_by=None, **values: Any) -> Schedule:

@@ -70,11 +70,21 @@ def user_ids_read(handle: BinaryIO) -> list[str]:
 
 
 def user_ids_clean(user_ids: Iterable[Any], errors: dict[str, str]) -> list[str]:
+    """A job's list of user ids (see user_ids_checked); a problem goes to errors["user_ids"]."""
     if isinstance(user_ids, str | bytes) or not isinstance(user_ids, Iterable):
         errors["user_ids"] = _("must be a list of user ids, or null for every user needing extraction")
         return []
+    ids = user_ids_checked(user_ids, errors)
+    if not ids and "user_ids" not in errors:
+        errors["user_ids"] = _("give at least one user id, or null for every user needing extraction")
+    return ids
+
+
+def user_ids_checked(values: Iterable[Any], errors: dict[str, str]) -> list[str]:
+    """Each id stripped and checked, duplicates dropped after counting: the one home of what a user
+    id may be, for jobs and schedules alike. A problem goes to errors["user_ids"]."""
     ids, seen, bad = [], set(), []
-    for position, value in enumerate(user_ids):
+    for position, value in enumerate(values):
         if position >= settings.JOBS_MAX_USER_IDS:  # counted with duplicates, as every entry point counts
             errors["user_ids"] = too_many_ids(position + 1)
             return []
@@ -94,6 +104,4 @@ def user_ids_clean(user_ids: Iterable[Any], errors: dict[str, str]) -> list[str]
             ids.append(text)
     if bad:
         errors["user_ids"] = "; ".join(bad[:NAMED_AT_MOST])
-    elif not ids:
-        errors["user_ids"] = _("give at least one user id, or null for every user needing extraction")
     return ids

@@ -197,7 +197,7 @@ def test_the_schedule_command_adds_lists_changes_and_deletes(run, make_users):
     assert "started  job " in run("schedule", "runs", "nightly")[0]
     with pytest.raises(CommandError, match="--cron: A cron expression has five fields"):
         run("schedule", "add", "other", "--cron", "0 3 * *")
-    with pytest.raises(CommandError, match="--users: item 0 is not a user id"):
+    with pytest.raises(CommandError, match="--users: item 0 is empty or longer than 128 characters"):
         run("schedule", "add", "other", "--cron", "0 3 * * *", "--users", "x" * 200)
     with pytest.raises(CommandError, match="--options 'nope': unknown option"):
         run("schedule", "add", "other", "--cron", "0 3 * * *", "--options", '{"nope": 1}')

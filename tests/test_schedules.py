@@ -256,6 +256,22 @@ def test_bad_schedules_are_refused_naming_each_field(db):
 
 
 @pytest.mark.django_db
+def test_a_schedules_user_ids_are_checked_and_kept_as_a_jobs_are(db):
+    """One home for what a user id may be: a schedule keeps the ids its jobs will get, stripped and
+    each once, and refuses what a job would refuse, with the same words."""
+    listed = schedule_create(name="l", cron="0 3 * * *", users="list", user_ids=[" u1 ", "u1", "u2", 7])
+    assert listed.user_ids == ["u1", "u2", "7"]
+    with pytest.raises(JobInvalid) as refused:
+        schedule_create(name="m", cron="0 3 * * *", users="list", user_ids=["u1", " ", None, "x" * 129])
+    assert refused.value.errors == {
+        "user_ids": "item 1 is empty or longer than 128 characters; item 2 is not a string; "
+        "item 3 is empty or longer than 128 characters"
+    }
+    with pytest.raises(JobInvalid, match="user_ids: give the users of the list"):
+        schedule_create(name="m", cron="0 3 * * *", users="list", user_ids="u1")
+
+
+@pytest.mark.django_db
 def test_a_change_made_from_an_old_copy_keeps_a_pause_made_meanwhile(clock, hourly):
     """Two people (or a PATCH and a pause) change one schedule at once: each change applies to the
     row as it is, so a paused schedule is never left active with no next run."""
