@@ -59,6 +59,9 @@ class BoundedLines:
     def __init__(self, stream: io.TextIOBase, limit: int):
         self.stream, self.limit, self.number, self.record_chars = stream, limit, 0, 0
         self.cut = ""  # why the last line returned stands for one that was dropped
+        # False while a line too long ends the file (a CSV header): it is then not read to its end,
+        # which may never come (a binary file of one endless line, a pipe, /dev/zero).
+        self.skip_long = True
         self._back = ""  # a line read ahead, given back
 
     def __iter__(self) -> "BoundedLines":
@@ -73,6 +76,8 @@ class BoundedLines:
             raise StopIteration
         self.number += 1
         if len(line) > self.limit and len(line.rstrip("\r\n")) > self.limit:
+            if not self.skip_long:
+                raise LineTooLong(f"line longer than {self.limit:,} characters (IMPORT_MAX_LINE_CHARS)")
             while line and not line.endswith(("\n", "\r")):  # skip the rest of this line (\r: old Macs)
                 line = self._read()
             if line.endswith("\r"):  # the size limit may have cut a \r\n between its two characters
@@ -131,6 +136,7 @@ def _read_csv(
 ) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
     reader = csv.reader(lines)
     names: list[str] | None = None
+    lines.skip_long = False  # until the header is read
     start = 1
     while True:
         lines.record_chars = 0  # a record starts (record_started(), inlined: once a line)
@@ -141,6 +147,8 @@ def _read_csv(
                 raise ImportFileError(f"{location}: the file is empty: no header line") from None
             return
         except (LineTooLong, csv.Error) as exc:
+            if names is None:  # the next line is no header either
+                raise ImportFileError(f"{location}: the header: {exc}") from None
             yield start, RowError(str(exc))  # the record that began there is dropped
             start, lines.cut = lines.number + 1, ""
             continue
@@ -149,8 +157,6 @@ def _read_csv(
             return
         line, start = start, lines.number + 1
         if lines.cut:  # a line of this record was dropped: the record is one bad row
-            if names is None:
-                raise ImportFileError(f"{location}: the header's {lines.cut}")
             yield line, RowError(lines.cut)
             lines.cut = ""
             continue
@@ -164,6 +170,7 @@ def _read_csv(
             names = _header_names(row, location)
             if on_header:
                 on_header(names)
+            lines.skip_long = True
             continue
         if len(row) > len(names):
             yield line, RowError(f"{len(row)} fields but the header has {len(names)}")

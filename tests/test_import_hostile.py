@@ -1,7 +1,10 @@
 """Imports never crash on a row: every hostile row of tests/fixtures/hostile/imports.py is a
 `file:line: reason`, the rows around it are imported, and --strict imports nothing."""
 
+import contextlib
 import gzip
+import os
+import threading
 import tracemalloc
 
 import pytest
@@ -178,8 +181,41 @@ def test_a_line_too_long_inside_a_quoted_field_drops_that_record_and_no_more(wri
 def test_a_header_too_long_refuses_the_file(run, write_file, settings):
     settings.IMPORT_MAX_LINE_CHARS = 1024
     path = write_file("a.csv", f"user_id,action,timestamp,{'x' * 3000}\nu1,a,2024-06-01,\n")
-    with pytest.raises(CommandError, match="the header's line longer than 1,024 characters"):
+    with pytest.raises(CommandError, match="a.csv: the header: line longer than 1,024 characters"):
         run("import_data", "behaviors", path)
+
+
+def test_a_header_that_never_ends_is_refused_without_reading_on(run, tmp_path, settings):
+    """An endless first line (a pipe from a runaway producer, /dev/zero, a binary file of one line)
+    used to be read on to its end, which never came, before the header was refused."""
+    settings.IMPORT_MAX_LINE_CHARS = 1024
+    fifo = tmp_path / "endless.csv"
+    os.mkfifo(fifo)
+    written = 0
+
+    def produce() -> None:  # stops at 20 MB so that the old code ends too, and fails the assertion
+        nonlocal written
+        with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as pipe:
+            while written < 20_000_000:
+                pipe.write(b"x" * 65_536)
+                written += 65_536
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    with pytest.raises(CommandError, match="endless.csv: the header: line longer than 1,024 characters"):
+        run("import_data", "behaviors", str(fifo))
+    producer.join(timeout=30)
+    assert not producer.is_alive()
+    assert written < 1_000_000
+
+
+def test_a_header_whose_quote_never_closes_refuses_the_file(run, write_file, settings):
+    """Its record runs past the limit: before, the header was dropped as one bad row and the next
+    line was taken for the header."""
+    settings.IMPORT_MAX_LINE_CHARS = 1024
+    rows = ['user_id,action,"timestamp', *["u1,browse,2024-06-01 10:00:00"] * 100]
+    with pytest.raises(CommandError, match="the header: a record longer than 1,024 characters"):
+        run("import_data", "behaviors", write_file("a.csv", "\n".join(rows)))
 
 
 def test_a_crlf_cut_by_the_size_limit_between_its_characters_adds_no_line(write_file, settings):
