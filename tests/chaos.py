@@ -22,8 +22,14 @@ some with max_workers, cancelled and resumed, while these faults are injected:
                   DEAD_PEER_SECONDS, then healed
   hostile-answer  an LLM job including hostile users, whose answers hold a 5,000-digit number,
                   no JSON at all, or events of the wrong shape
+  receiver-away   the webhook receiver stopped (connections refused) for 3-15 s
   drop-redis      CLIENT KILL of the clusters' Redis connections (Redis phase)
   redis-restart   Redis restarted, every key lost (Redis phase)
+
+Meanwhile the clusters tell a real webhook receiver (tests/receiver.py, reachable from the namespace
+too) of every job that ends, and run a schedule due every minute (users needing extraction): every
+ended job must be announced, signed, with its final status, a redelivery keeping its message id,
+and each due minute must start at most one job, whatever the faults.
 
 Faults are dealt from a shuffled deck of these kinds, so each kind comes up once per round. The same
 seed deals the same faults at the same moments, so a failing run can be replayed (the processes'
@@ -45,9 +51,12 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+from tests.receiver import Receiver
 
 LEASE = 4  # seconds: short, so that frozen and dead workers' chunks are taken over often
 DEAD_PEER_SECONDS = 6  # the clusters notice a silent peer this fast (the partitions last longer)
@@ -60,6 +69,7 @@ FAULTS = (
     "db-away",
     "partition",
     "hostile-answer",
+    "receiver-away",
     "drop-redis",
     "redis-restart",
 )
@@ -110,6 +120,29 @@ def hostile_model(hostile: dict[str, str]):
     return HostileLLM()
 
 
+class SigningChecked(Receiver):
+    """The receiver, verifying each request with the reference `standardwebhooks` library as it
+    arrives (a signature's timestamp is good for five minutes only): `verified` holds, in order,
+    (message id, body, the payload or the verification's error)."""
+
+    secret = ""
+
+    def __init__(self) -> None:
+        self.verified: list[tuple[str, bytes, Any]] = []
+        super().__init__()
+
+    def record(self, request) -> None:
+        from standardwebhooks import Webhook
+
+        try:
+            payload: Any = Webhook(self.secret).verify(request.body, request.headers)
+        except Exception as exc:  # any: kept, and reported as a broken promise
+            payload = exc
+        with self.lock:
+            self.verified.append((request.headers.get("webhook-id", ""), request.body, payload))
+        super().record(request)
+
+
 class Chaos:
     def __init__(self, args, log_dir: Path, pg, redis_server, namespace, hostile: dict[str, str]):
         from tests.cluster import Cluster
@@ -126,8 +159,14 @@ class Chaos:
         self.server.fake.timeout_seconds = 3.0  # longer than the jobs' 2 s request timeout
         self.server.fake.fault_rate = 0.15
         self.server.fake.faults = random.Random(args.seed)
+        self.receiver = SigningChecked()
+        self.receiver_also = namespace.listen_also(self.receiver.server) if namespace else None
         self.cluster_class = Cluster
         self.env = {
+            "WEBHOOKS_ALLOW_PRIVATE_ADDRESSES": "1",  # the receiver is on this machine
+            "WEBHOOKS_TIMEOUT_SECONDS": "2",
+            "WEBHOOKS_RETRY_BACKOFF_SECONDS": "0.5",
+            "WEBHOOKS_RETRY_BACKOFF_MAX_SECONDS": "2",
             "Q_WORKERS": "2",
             "JOBS_LEASE_SECONDS": str(LEASE),
             "JOBS_DRAIN_STALE_SECONDS": str(LEASE),
@@ -151,6 +190,42 @@ class Chaos:
         self.cancelled: set[int] = set()  # jobs the suite cancelled (they may end cancelled)
         self.exits = 0  # clusters that exited by themselves
         self.broker_env: dict = {}
+        self.schedule = self._tell_and_schedule(namespace)
+
+    def _tell_and_schedule(self, namespace):
+        """The receiver's endpoint (every job event) and a schedule due every minute, paused until a
+        phase starts; returns the schedule."""
+        from jobs.models import Job
+        from jobs.schedules import schedule_create
+        from jobs.webhook_events import JOB_CANCELLED, JOB_COMPLETED, JOB_FAILED
+        from webhooks.services import endpoint_create
+
+        host = namespace.host_address if namespace else "127.0.0.1"  # one address both sides reach
+        _, secret = endpoint_create(
+            name="chaos receiver",
+            url=f"http://{host}:{self.receiver.port}/hook",
+            events=[JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED],
+        )
+        self.receiver.secret = secret
+        return schedule_create(
+            name="chaos every minute", cron="* * * * *", priority=Job.Priority.LOW, active=False
+        )
+
+    def schedule_active(self, active: bool) -> None:
+        """Resume the schedule as a phase starts; pause it when the faults stop, so that the jobs can
+        all end. Retried while this process's connection is the one of before a restart."""
+        from django.db import DatabaseError, connection
+
+        from jobs.schedules import schedule_pause, schedule_resume
+
+        for _ in range(30):
+            try:
+                (schedule_resume if active else schedule_pause)(self.schedule)
+                return
+            except DatabaseError:
+                connection.close()
+                time.sleep(1)
+        raise SystemExit("chaos: the schedule could not be paused or resumed within 30 s")
 
     # Output -------------------------------------------------------------------------------------
     def say(self, message: str) -> None:
@@ -264,6 +339,11 @@ class Chaos:
             if not self.start_job("llm", hostile=True):
                 self.say("hostile-answer skipped: no job could start")
                 return
+        elif fault == "receiver-away":
+            seconds = rng.uniform(3, 15)
+            self._receiver_listening(False)
+            self.later(seconds, lambda: self._receiver_listening(True))
+            self.say(f"webhook receiver away for {seconds:.1f} s")
         elif fault == "drop-redis":
             import redis
 
@@ -280,6 +360,16 @@ class Chaos:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
         self.ended("freeze")
+
+    def _receiver_listening(self, listening: bool) -> None:
+        if listening:
+            self.receiver.start()
+            self.receiver_also = self.ns.listen_also(self.receiver.server) if self.ns else None
+            return  # no recovery measured: the jobs go on while the receiver is away
+        if self.receiver_also:
+            self.receiver_also.shutdown()
+            self.receiver_also.server_close()
+        self.receiver.stop()
 
     def _heal(self) -> None:
         self.ns.heal()
@@ -378,6 +468,7 @@ class Chaos:
         self.say(f"phase {broker}: {self.args.clusters} clusters for {seconds:.0f} s")
         for index in range(self.args.clusters):
             self.start_cluster(index, broker_env)
+        self.schedule_active(True)
         end = time.monotonic() + seconds
         faults = [f for f in FAULTS if broker == "redis" or f not in REDIS_FAULTS]
         if not self.ns:
@@ -395,8 +486,10 @@ class Chaos:
                 self.say(f"the controller saw {type(exc).__name__}: {str(exc)[:200]}")
                 connection.close()
         self._thaw_all()
-        self.say("faults stopped; waiting for every job to end")
+        self.schedule_active(False)
+        self.say("faults stopped; waiting for every job to end, then for its webhooks")
         self.settle()
+        self.deliveries_settle()
         self.stop_clusters()
 
     def _thaw_all(self) -> None:
@@ -432,6 +525,18 @@ class Chaos:
             self.restart_exited()
             time.sleep(1)
         raise SystemExit(f"chaos: {active} jobs did not end within {timeout:.0f} s of the last fault")
+
+    def deliveries_settle(self, timeout: float = 120) -> None:
+        """Wait until no webhook delivery is left to send (each sent, or given up)."""
+        from webhooks.models import Delivery, DeliveryStatus
+
+        deadline = time.monotonic() + timeout
+        open_ = Delivery.objects.filter(status__in=[DeliveryStatus.PENDING, DeliveryStatus.SENDING])
+        while (left := open_.count()) and time.monotonic() < deadline:
+            self.restart_exited()
+            time.sleep(0.5)
+        if left:
+            raise SystemExit(f"chaos: {left} webhook deliveries open {timeout:.0f} s after the jobs ended")
 
     def recoveries(self) -> dict[str, tuple[int, list[float], list[float]]]:
         """Per fault kind: (injections measured, flowed, every). For each injection, seconds from its
@@ -610,11 +715,64 @@ def fault_free(jobs, cancelled: set[int], hostile: dict[str, str]) -> list[tuple
     ]
 
 
+def told_and_scheduled(receiver: SigningChecked, schedule_id: int) -> list[tuple[str, bool, str]]:
+    """The promises to others: every ended job announced, signed, with its final status (a message
+    id always with the same body, however often it came); each due minute started at most one job,
+    and each job the schedule started has its run recorded."""
+    from django.db.models import Count
+
+    from jobs.models import Job, ScheduleRun
+
+    results = []
+    with receiver.lock:
+        verified = list(receiver.verified)
+    forged = [str(payload) for _, _, payload in verified if isinstance(payload, Exception)]
+    bodies: dict[str, set[bytes]] = defaultdict(set)
+    announced: dict[int, set[str]] = defaultdict(set)
+    for message_id, body, payload in verified:
+        if not isinstance(payload, Exception):
+            bodies[message_id].add(body)
+            announced[payload["data"]["job"]["id"]].add(payload["type"])
+    ended = Job.objects.filter(status__in=Job.FINISHED).values_list("id", "status")
+    unannounced = [job_id for job_id, status in ended if f"job.{status}" not in announced[job_id]]
+    results.append(
+        (
+            "every ended job was announced, signed, with its final status",
+            bool(verified) and not unannounced and not forged,
+            f"{len(verified)} requests, {len(bodies)} messages for {len(ended)} ended jobs; "
+            f"not announced: {unannounced[:5]}; failing verification: {forged[:2]}",
+        )
+    )
+    changed = [message_id for message_id, seen in bodies.items() if len(seen) > 1]
+    results.append(
+        (
+            "a message sent again kept its id and its bytes",
+            not changed,
+            f"{len(verified) - len(bodies)} sent again; {len(changed)} changed: {changed[:3]}",
+        )
+    )
+    runs = ScheduleRun.objects.filter(schedule_id=schedule_id)
+    twice = list(runs.values("due_at").annotate(n=Count("id")).filter(n__gt=1).values_list("due_at", "n"))
+    started = runs.filter(outcome=ScheduleRun.Outcome.STARTED).count()
+    jobs = Job.objects.filter(schedule_id=schedule_id).count()
+    outcomes = Counter(runs.values_list("outcome", flat=True))
+    results.append(
+        (
+            "each due minute of the schedule started at most one job, each job with its run",
+            runs.exists() and not twice and started == jobs,
+            f"{runs.count()} runs ({', '.join(f'{k} × {n}' for k, n in sorted(outcomes.items()))}), "
+            f"{jobs} jobs; due times run twice: {twice[:3]}",
+        )
+    )
+    return results
+
+
 def setup_database(pg, args) -> str:
     """The suite's database on its own server, migrated, with sample users; Django set up on it."""
     url = pg.create_database("eventproject_chaos")
     os.environ["DATABASE_URL"] = url
     os.environ["DEAD_PEER_SECONDS"] = str(DEAD_PEER_SECONDS)
+    os.environ["WEBHOOKS_ALLOW_PRIVATE_ADDRESSES"] = "1"  # the receiver's endpoint is made here
     os.environ.setdefault("DEBUG", "1")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventproject.settings")
     import django
@@ -685,6 +843,7 @@ def main() -> int:
             chaos._thaw_all()
             if chaos.also:
                 chaos.also.shutdown()
+            chaos._receiver_listening(False)
             chaos.server.__exit__(None, None, None)
         return report(chaos, brokers, log_dir)
 
@@ -695,6 +854,7 @@ def report(chaos: Chaos, brokers: list[str], log_dir: Path) -> int:
 
     args = chaos.args
     results = check(chaos.server.fake, chaos.cancelled, chaos.hostile)
+    results += told_and_scheduled(chaos.receiver, chaos.schedule.id)
     print(
         f"\nchaos run, seed {args.seed}: {args.seconds:g} s of faults over {', '.join(brokers)} "
         f"on PostgreSQL and Redis servers of its own, {args.clusters} clusters × 2 workers "
