@@ -131,3 +131,23 @@ def test_an_option_without_limits_is_still_a_storable_number():
     with pytest.raises(ValidationError) as refused:
         make_extractor("test", {"seconds_per_user": float("inf")})
     assert refused.value.message_dict == {"options.seconds_per_user": ["must be a finite number"]}
+
+
+def test_a_start_of_the_most_ids_a_job_takes_is_read_whatever_its_size(api, make_users, settings):
+    """100,000 ids of 40 characters are a 4.3 MB body, within UPLOAD_MAX_BYTES: read and answered
+    by the API like any other (here naming the unknown users), not refused as an HTML 400 by
+    Django's own 2.5 MB limit on bodies."""
+    ids = [f"{n:040d}" for n in range(settings.JOBS_MAX_USER_IDS)]
+    body = json.dumps({"user_ids": ids})
+    assert 2_621_440 < len(body) < settings.UPLOAD_MAX_BYTES
+    response = post(api("operator"), "/api/v1/jobs/", body)
+    assert (response.status_code, response["Content-Type"]) == (400, "application/json")
+    assert "unknown users" in response.json()["user_ids"][0]
+
+
+def test_the_admins_start_form_takes_the_most_ids_a_job_takes(client, personas, settings):
+    client.force_login(personas["operator"])
+    pasted = "\n".join(f"{n:040d}" for n in range(settings.JOBS_MAX_USER_IDS))
+    response = client.post("/admin/jobs/job/add/", {"extractor": "rules", "who": "list", "user_ids": pasted})
+    assert response.status_code == 200  # the form again, saying why
+    assert "unknown users" in response.content.decode()

@@ -74,6 +74,9 @@ if EXTRACTION_LLM_RESPONSE_FORMAT not in ("auto", "json_schema", "json_object", 
 # LLM's answer) is measured against these before it is kept; what is over is refused by name.
 # Request bodies (the admin's file of user ids, API posts): refused before they are read.
 UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 16_000_000, minimum=10_000)
+# Django's own limit on a body it reads (2.5 MB by default) refused with a bare HTML 400 the start of
+# the most user ids a job takes: bodies have one limit, this one.
+DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_MAX_BYTES
 # Nesting of an API request's JSON body (the API's own bodies are two or three levels deep).
 API_MAX_JSON_DEPTH = env_int("API_MAX_JSON_DEPTH", 32, minimum=4, maximum=200)
 # User ids one start may name, counted the same way in the API, the admin and the commands.
