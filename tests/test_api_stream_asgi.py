@@ -5,6 +5,7 @@ import asyncio
 import dataclasses
 import http.client
 import json
+import signal
 import time
 
 import pytest
@@ -15,7 +16,7 @@ from jobs.api.streams import ProgressStream, _feeds
 from jobs.services import job_cancel, job_start
 from jobs.transitions import job_mark_running
 from jobs.worker.drain import job_drain
-from tests.cluster import wait_for
+from tests.cluster import process_tree, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -241,3 +242,38 @@ def test_an_export_is_streamed_whole_on_the_asgi_server(web_server, token, make_
     assert status == 200 and headers["content-type"] == "application/x-ndjson"
     rows = [json.loads(line) for line in body.decode().splitlines()]
     assert sorted({row["user_id"] for row in rows}) == ["u001", "u002", "u003"]
+
+
+@pytest.mark.parametrize("how", ["reload", "stop"])
+def test_a_reload_or_a_stop_ends_the_streams_at_once_and_the_old_process_exits(
+    web_server, token, make_users, how
+):
+    """A stream lasts until its client leaves: a reload (SIGHUP) used to keep the old process
+    streaming until gunicorn took it for hung and aborted it (about a minute, logged CRITICAL), a
+    stop until gunicorn killed it at its graceful timeout (30 s)."""
+    make_users(1)
+    job = job_start(user_ids=["u001"], extractor="test", enqueue=False)  # stays queued: no cluster
+    server = web_server(WEB_CONCURRENCY="1", API_STREAM_POLL_SECONDS="0.1")
+    old = process_tree(server.process.pid) - {server.process.pid}
+    client = SSEClient(server, f"/api/v1/jobs/{job.id}/stream/", token)
+    try:
+        assert client.next_event()[1]["status"] == "queued"
+        asked = time.monotonic()
+        server.process.send_signal(signal.SIGHUP if how == "reload" else signal.SIGTERM)
+        rest = client.response.read()  # to the stream's end
+        assert time.monotonic() - asked < 10
+        assert rest.endswith(b": this server is stopping; reconnect with Last-Event-ID\n\n")
+    finally:
+        client.close()
+    if how == "stop":
+        assert server.process.wait(timeout=10) == 0
+        return
+    wait_for(
+        lambda: process_tree(server.process.pid).isdisjoint(old), timeout=10, what="the old worker to exit"
+    )
+    again = SSEClient(server, f"/api/v1/jobs/{job.id}/stream/", token)  # the client reconnects
+    try:
+        assert again.next_event()[1]["status"] == "queued"
+    finally:
+        again.close()
+    assert "WORKER TIMEOUT" not in server.output()

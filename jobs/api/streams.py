@@ -33,8 +33,10 @@ from typing import Any
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection
+from django.dispatch import receiver
 from django.utils import translation
 
+from eventproject.signals import web_process_stopping
 from ops import metrics
 
 from ..models import Job
@@ -49,6 +51,7 @@ STREAM_KEEPALIVE_SECONDS = 15
 STREAM_RETRY_MILLISECONDS = 2000  # how soon EventSource reconnects after a stream closed
 STREAM_END_ID = "end"
 TIME_UP = ": the stream's time is up; reconnect with Last-Event-ID\n\n"
+SERVER_STOPPING = ": this server is stopping; reconnect with Last-Event-ID\n\n"
 # A feed polls started (or kept) reads on this long after the last poll: enough for a client polling
 # every few seconds, and a poll never costs more than about 6 reads of a job nobody polls again.
 POLLED_FEED_SECONDS = 5
@@ -163,6 +166,9 @@ class ProgressStream:
             last_tag = self.last_id
             opened = last_sent = time.monotonic()
             while (left := settings.API_STREAM_MAX_SECONDS - (time.monotonic() - opened)) > 0:
+                if _STOPPING.is_set():
+                    yield SERVER_STOPPING
+                    return
                 changed, snapshot = feed.changed, feed.snapshot
                 if feed.gone:
                     return
@@ -222,6 +228,10 @@ class Feed:
         elif snapshot is self.snapshot:
             return
         self.snapshot = snapshot
+        self.wake()
+
+    def wake(self) -> None:
+        """Every stream of the job looks again."""
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
 
@@ -261,6 +271,25 @@ class Feed:
 _FEEDS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Feed]]" = weakref.WeakKeyDictionary()
 _READER: ThreadPoolExecutor | None = None
 _READER_LOCK = threading.Lock()
+
+
+_STOPPING = threading.Event()  # this web process is stopping: its streams end
+
+
+@receiver(web_process_stopping)
+def streams_end(**kwargs: Any) -> None:
+    """The process is stopping (a reload, say): every stream ends now, its client reconnecting to a
+    process that goes on. Runs in a signal handler: it flags, and wakes the streams from their
+    event loop."""
+    _STOPPING.set()
+    for loop in list(_FEEDS):
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(_streams_wake)
+
+
+def _streams_wake() -> None:
+    for feed in list(_feeds().values()):
+        feed.wake()
 
 
 def _feeds() -> dict[int, Feed]:
