@@ -61,6 +61,10 @@ forwarded_allow_ips = ""
 accesslog = os.environ.get("WEB_ACCESS_LOG", "-") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# No control socket (gunicorn 25+, for its `gunicornc` tool): at its default path, one per account
+# in the home folder, each gunicorn of an account removed the previous one's, and a service user
+# whose home it cannot write logged an error at every start. `systemctl` is the control here.
+control_socket_disable = True
 # Workers import the application themselves, so `systemctl reload` (SIGHUP) brings in new code.
 preload_app = False
 

@@ -201,3 +201,13 @@ def test_a_reload_keeps_the_worker_class_that_fits_the_application(web_server):
     )
     assert server.output().count("Using worker: eventproject.web_worker.Worker") >= 1
     assert server.get("/admin/login/")[0] == 200
+
+
+def test_gunicorn_makes_no_control_socket_in_its_users_home(web_server):
+    """gunicorn 25+ made one at $HOME/.gunicorn/gunicorn.ctl: shared by every gunicorn of the
+    account (each start took it from the previous one), an error at every start for a service user
+    whose home it cannot write (here a folder nobody can make)."""
+    server = web_server(HOME="/proc/eventproject-home", XDG_RUNTIME_DIR=None)
+    assert server.get("/healthz")[0] == 200
+    assert "Control server error" not in server.output()
+    assert "Control socket" not in server.output()
