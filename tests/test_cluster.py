@@ -286,3 +286,28 @@ def test_a_stop_that_hangs_then_a_sigkill_loses_nothing(clusters, make_users, tm
     extracted, _ = calls(calls_file)
     assert set(extracted) == set(ids)
     assert sum(n - 1 for n in extracted.values()) <= 10  # only the chunks in flight (2 workers × 5)
+
+
+def test_a_stopped_cluster_commits_its_chunks_in_flight_and_exits_at_once(clusters, make_users, tmp_path):
+    """SIGTERM to the main process (systemctl stop or restart): django-q2 waits for each worker's
+    task, and a drain used to claim chunk after chunk for its whole budget (240 s) or until the job
+    ended, so a busy cluster was always killed at the stop timeout. Now its chunks stop, commit
+    what they did, and the cluster exits; a new cluster finishes the job, nobody twice."""
+    ids = make_users(300)
+    calls_file = tmp_path / "calls.txt"
+    cluster = clusters()
+    job = job_start(
+        extractor="test", chunk_size=5, options={"calls_file": str(calls_file), "seconds_per_user": 0.1}
+    )
+    wait_for(lambda: Job.objects.get(id=job.id).succeeded_items >= 20, timeout=60, what="some progress")
+    cluster.terminate()
+    cluster.process.wait(timeout=10)  # 300 users of 0.1 s on 2 workers: 15 s of work were left
+    job.refresh_from_db()
+    assert job.status == "running" and job.succeeded_items < 250
+    assert not job.items.filter(status="running").exists()  # what was claimed is committed or back
+    clusters(JOBS_HEAL_SECONDS="0.5")
+    wait_for(lambda: finished(job), timeout=60, what="the job to finish on the next cluster")
+    assert (job.status, job.succeeded_items, job.failed_items) == ("completed", 300, 0)
+    assert sorted(ExtractedEvent.objects.values_list("user_id", flat=True)) == ids
+    extracted, _ = calls(calls_file)
+    assert all(n == 1 for n in extracted.values())  # nobody extracted twice: nothing was cut

@@ -6,6 +6,7 @@ from extraction.extractors import Control
 
 from .. import transitions
 from ..models import Job
+from .stopping import cluster_stopping
 
 
 def budget_caller(job_id: int) -> str:
@@ -15,7 +16,8 @@ def budget_caller(job_id: int) -> str:
 
 class JobControl(Control):
     """The job as a long extraction sees it: stop when the job no longer runs (asked at most once a
-    second), when the chunk's lease was lost, or when its deadline (below the task timeout) is near.
+    second), when the chunk's lease was lost, when its deadline (below the task timeout) is near, or
+    when the cluster stops.
     Committed tokens are read afresh each time (only asked when a token cap is set, once per call),
     so the cap overshoots by no more than the calls in flight and the chunks not yet committed.
 
@@ -40,7 +42,7 @@ class JobControl(Control):
         return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
 
     def stopped(self) -> bool:
-        if self.lease_lost or self.seconds_left() == 0:
+        if self.lease_lost or self.seconds_left() == 0 or cluster_stopping():
             return True
         with self.lock:  # one thread reads; the others go on with the last status, not waiting
             due = time.monotonic() - self.checked_at >= 1  # (with a call's slot held) for the read

@@ -1,7 +1,8 @@
 """A drain: the loop a django-q2 task runs. It serves whichever job is due (see scheduler), in
 stints: its lanes claim, extract and commit that job's chunks until the job has nothing claimable,
 another job becomes due, or the time budget is spent; then it picks again. When the budget is spent
-with work left, it enqueues its own continuation, which inherits its place.
+(or its cluster stops, see stopping) with work left, it enqueues its own continuation, which
+inherits its place.
 
 Any number of drains run at once on any number of machines. Every chunk stops extracting
 JOBS_COMMIT_RESERVE_SECONDS before django-q2's task timeout and commits what it did. An extractor
@@ -32,6 +33,7 @@ from .chunk import process_one_chunk
 from .claims import job_items_left, jobs_with_claimable
 from .keeper import DrainKeeper, drain_beat_seconds
 from .scheduler import PICK_EVERY_SECONDS, fairest, job_pick
+from .stopping import cluster_stopping
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,11 @@ class DrainRun:
     extractors: dict[int, Extractor] = field(default_factory=dict)
 
     def time_left(self) -> bool:
-        return time.monotonic() < self.claim_until and not self.keeper.evicted
+        return time.monotonic() < self.claim_until and not self.keeper.evicted and not cluster_stopping()
+
+    def time_up(self) -> bool:
+        """Its budget is spent or its cluster stops: work left goes on in a continuation."""
+        return time.monotonic() >= self.claim_until or cluster_stopping()
 
 
 @dataclass
@@ -96,8 +102,8 @@ def drain(
         else:
             with keeper:
                 _serve(run, served)
-        if time.monotonic() >= run.claim_until and not keeper.evicted and _work_left(only):
-            bells.drain_continue(drain_id)  # the budget is spent, work is left
+        if run.time_up() and not keeper.evicted and _work_left(only):
+            bells.drain_continue(drain_id)  # the budget is spent or the cluster stops, work is left
             continued = True
     finally:
         if not continued:

@@ -10,6 +10,7 @@ lease and a few seconds). It overrides django-q2's command of the same name: `jo
 import gc
 import logging
 import os
+import signal
 import time
 
 from django.conf import settings
@@ -21,6 +22,7 @@ from eventproject.db import connection_reset
 from extraction.extractors import extractors_load
 from jobs.healing import heal_all
 from jobs.pruning import jobs_prune
+from jobs.worker.stopping import cluster_stop_begin
 
 logger = logging.getLogger("jobs.heal")
 
@@ -40,11 +42,25 @@ class Command(ClusterCommand):
         extractors_load()  # before the workers fork: they inherit the modules
         collector_tune()
         cluster = Cluster()
+        stop_drains_first(cluster)
         cluster.start()
         if options.get("run_once"):
             cluster.stop()
             return
         heal_while(cluster.sentinel.is_alive)
+
+
+def stop_drains_first(cluster: Cluster) -> None:
+    """On SIGTERM or SIGINT, tell the workers first (jobs.worker.stopping): their drains then end
+    within a chunk's commit, and django-q2's own stop, which waits for them, ends as soon."""
+    stop = cluster.sig_handler  # set by Cluster() for both signals
+
+    def begin(signum, frame) -> None:
+        cluster_stop_begin()
+        stop(signum, frame)
+
+    signal.signal(signal.SIGTERM, begin)
+    signal.signal(signal.SIGINT, begin)
 
 
 # A rules chunk makes a tuple for each behaviour and a dict and a list for each event (about 90 and
