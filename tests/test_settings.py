@@ -105,6 +105,23 @@ def test_it_refuses_bad_configuration_by_name(env, message):
     assert "ImproperlyConfigured" in stderr and message in stderr
 
 
+@pytest.mark.parametrize("command", [["check"], ["qcluster"], ["migrate", "--check"]])
+def test_a_command_refuses_a_bad_setting_in_one_line_naming_it(command):
+    """The example environment file's SECRET_KEY placeholder used to end every command in a
+    fifty-line traceback, the message on its last line."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "DATABASE_URL")}
+    result = subprocess.run(
+        [sys.executable, "manage.py", *command],
+        env={**clean, "DEBUG": "0", "SECRET_KEY": "change-me-to-a-long-random-string"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("ImproperlyConfigured: SECRET_KEY must be at least 50 random characters")
+    assert result.stderr.count("\n") == 1
+
+
 def test_fallback_keys_come_from_the_environment_and_the_log_level_in_any_case():
     probe = "from django.conf import settings; print(settings.SECRET_KEY_FALLBACKS)"
     result = subprocess.run(
