@@ -58,6 +58,7 @@ def option_field(extractor: str, name: str, kind: type, default: Any, cls) -> fo
 class JobStartForm(forms.Form):
     WHO = [
         ("needing", gettext_lazy("Everyone needing extraction (not in another active job)")),
+        ("everyone", gettext_lazy("Every user, extracted before or not (not in another active job)")),
         ("list", gettext_lazy("These users (pasted below)")),
         ("file", gettext_lazy("Users in a file (one id per line)")),
     ]
@@ -196,6 +197,8 @@ class JobStartForm(forms.Form):
     def job_arguments(self) -> dict:
         data = self.cleaned_data
         arguments = {"user_ids": data["ids"], "extractor": data["extractor"], "options": self.options()}
+        if data.get("who") == "everyone":
+            arguments["everyone"] = True
         for name in ("chunk_size", "max_attempts", "priority", "max_workers"):
             if data.get(name) is not None:
                 arguments[name] = data[name]

@@ -59,13 +59,23 @@ def job_failures(job: Job) -> dict[str, str]:
     return dict(job.items.filter(status=JobItem.Status.FAILED).values_list("user_id", "error"))
 
 
-def job_estimate(*, user_ids: list[str] | None, extractor, chunk_size: int = 500) -> dict[str, int]:
-    """What a job over these users (None: everyone needing extraction) would cost, without starting
-    it: users, calls and tokens as the extractor estimates them, reading users a chunk at a time."""
+def users_free_to_start(*, everyone: bool = False) -> QuerySet[UserProfile]:
+    """The users a job over everyone needing extraction takes (with `everyone`, over every user):
+    those not in another active job."""
+    active = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
+    users = UserProfile.objects.all() if everyone else users_needing_extraction()
+    return users.filter(~Exists(active))
+
+
+def job_estimate(
+    *, user_ids: list[str] | None, extractor, chunk_size: int = 500, everyone: bool = False
+) -> dict[str, int]:
+    """What a job over these users (None: everyone needing extraction, or every user) would cost,
+    without starting it: users, calls and tokens as the extractor estimates them, reading users a
+    chunk at a time."""
     ids: QuerySet[Any, str] | list[str]
     if user_ids is None:
-        active = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
-        ids = users_needing_extraction().filter(~Exists(active)).values_list("user_id", flat=True)
+        ids = users_free_to_start(everyone=everyone).values_list("user_id", flat=True)
     else:
         ids = user_ids
     totals = {"users": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}

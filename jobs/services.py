@@ -10,7 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, OuterRef, QuerySet, Sum
+from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -18,12 +18,12 @@ from django.utils.translation import gettext as _
 from eventproject.db import copy_rows, staging_table, tables_analyze
 from extraction.extractors import UnknownExtractor, extractor_class
 from extraction.models import UserProfile
-from extraction.selectors import users_needing_extraction
 
 from . import transitions
 from .bells import job_ring
 from .errors import NAMED_AT_MOST, JobConflict, JobInvalid, JobStateError, named
 from .models import Job, JobItem, share_errors
+from .selectors import users_free_to_start
 from .user_ids import user_ids_clean
 
 ANALYZE_AFTER_ITEMS = 50_000
@@ -89,6 +89,8 @@ def job_start(
             errors[name] = _("must be an integer from 1 to %(limit)s") % {"limit": limit}
     errors.update(share_errors(priority, max_workers))
     ids = None if user_ids is None else user_ids_clean(user_ids, errors)
+    if everyone and (user_ids is not None or parent is not None):
+        errors["everyone"] = _("every user, or the users named: not both")
     if errors:
         raise JobInvalid(errors)
 
@@ -127,9 +129,7 @@ def job_start(
 
 
 def _items_create_for_needing(job: Job, everyone: bool = False) -> int:
-    already_active = JobItem.objects.filter(user_id=OuterRef("user_id"), status__in=JobItem.ACTIVE)
-    users = UserProfile.objects.all() if everyone else users_needing_extraction()
-    chosen = users.filter(~Exists(already_active)).values("user_id")
+    chosen = users_free_to_start(everyone=everyone).values("user_id")
     sql, params = chosen.query.sql_with_params()
     with connection.cursor() as cursor:
         try:

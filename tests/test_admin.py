@@ -92,6 +92,16 @@ def test_the_start_form_starts_a_job_through_the_service(client, personas, make_
     )
 
 
+def test_the_start_form_can_start_every_user(client, personas, make_users):
+    make_users(2)
+    job_drain(job_start(enqueue=False).id)  # nobody needs extraction now
+    client.force_login(personas["operator"])
+    assert "Every user, extracted before or not" in client.get("/admin/jobs/job/add/").content.decode()
+    client.post("/admin/jobs/job/add/", {"extractor": "rules", "who": "everyone", "options": "{}"})
+    job = Job.objects.latest("id")
+    assert (job.selection, job.total_items) == ({"mode": "all"}, 2)
+
+
 def test_the_start_form_takes_a_file(client, personas, make_users):
     from django.core.files.uploadedfile import SimpleUploadedFile
 

@@ -241,3 +241,16 @@ def test_writes_are_throttled(api, make_users, settings):
     assert throttled.status_code == 429
     assert "Request was throttled" in throttled.json()["detail"]
     assert client.get(f"/api/v1/jobs/{job.id}/").status_code == 200  # reads are not throttled
+
+
+def test_a_start_over_everyone_takes_every_user_not_only_those_needing_extraction(api, make_users):
+    make_users(3)
+    job_drain(job_start(enqueue=False).id)  # all three extracted: nobody needs extraction now
+    client = api("operator")
+    assert client.post("/api/v1/jobs/", {}, format="json").json()["total_items"] == 0
+    started = client.post("/api/v1/jobs/", {"everyone": True, "extractor": "rules"}, format="json")
+    assert (started.status_code, started.json()["total_items"]) == (201, 3)
+    assert Job.objects.get(id=started.json()["id"]).selection == {"mode": "all"}
+    both = client.post("/api/v1/jobs/", {"everyone": True, "user_ids": ["u001"]}, format="json")
+    assert both.status_code == 400
+    assert both.json() == {"everyone": ["every user, or the users named: not both"]}

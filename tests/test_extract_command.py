@@ -25,6 +25,20 @@ def test_sync_with_nothing_to_do_completes_an_empty_job(run):
     assert "0 users" in out and "completed: 0 succeeded" in out
 
 
+def test_all_users_extracts_everyone_again_where_all_means_those_needing_it(run, make_users):
+    """Every user could be started only through a schedule or a list of ids (a million users: no
+    list): `--all` means those needing extraction, which after a first run is nobody."""
+    make_users(3)
+    run("extract", "--sync")
+    assert "started job 2: 0 users" in run("extract", "--sync", "--all")[0]
+    assert "estimate for 3 users" in run("extract", "--all-users", "--estimate")[0]
+    out, _ = run("extract", "--sync", "--all-users")
+    assert "started job 3: 3 users" in out and "completed: 3 succeeded" in out
+    assert Job.objects.get(id=3).selection == {"mode": "all"}
+    with pytest.raises(CommandError, match="--users: not allowed with argument --all-users"):
+        run("extract", "--all-users", "--users", "u001")
+
+
 def test_it_takes_users_from_the_command_line_or_a_file(run, make_users, write_file):
     make_users(4)
     run("extract", "--sync", "--users", "u001", "u003")

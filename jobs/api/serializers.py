@@ -76,6 +76,11 @@ class JobStartInput(JobShare):
         help_text="Users to extract; null (the default) means every user needing extraction and not "
         "already in an active job. At most JOBS_MAX_USER_IDS (100,000) ids.",
     )
+    everyone = serializers.BooleanField(
+        default=False,
+        help_text="With user_ids null: every user not already in an active job, whether or not it "
+        "needs extraction (a new extractor or model over everyone)",
+    )
     extractor = serializers.CharField(
         default="rules", max_length=32, help_text="An extractor name, e.g. rules"
     )

@@ -36,12 +36,22 @@ def read_user_ids(path: Path) -> list[str]:
 class Command(BaseCommand):
     help = (
         "Start an extraction job and follow it with a progress bar until it ends (exit status 0 only "
-        "when it completed). By default it covers every user needing extraction."
+        "when it completed). By default it covers every user needing extraction; --all-users covers "
+        "every user."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         who = parser.add_mutually_exclusive_group()
-        who.add_argument("--all", action="store_true", help="every user needing extraction (the default)")
+        who.add_argument(
+            "--all",
+            action="store_true",
+            help="every user needing extraction (the default; not every user: see --all-users)",
+        )
+        who.add_argument(
+            "--all-users",
+            action="store_true",
+            help="every user, extracted before or not (a new extractor or model over everyone)",
+        )
         who.add_argument("--users", nargs="+", metavar="ID", help="these users")
         who.add_argument(
             "--users-file", type=Path, metavar="PATH", help="users listed in a file, one per line"
@@ -67,6 +77,7 @@ class Command(BaseCommand):
         *args,
         users,
         users_file,
+        all_users,
         extractor,
         options,
         chunk_size,
@@ -88,10 +99,11 @@ class Command(BaseCommand):
                 f"(JOBS_MAX_USER_IDS). Split the list, or leave it out for everyone needing extraction."
             )
         if estimate:
-            return self._estimate(user_ids, extractor, options)
+            return self._estimate(user_ids, extractor, options, everyone=all_users)
         try:
             job = job_start(
                 user_ids=user_ids,
+                everyone=all_users,
                 extractor=extractor,
                 options=options,
                 chunk_size=chunk_size,
@@ -117,12 +129,12 @@ class Command(BaseCommand):
         if progress.status != Job.Status.COMPLETED:
             raise CommandError(f"job {job.id} ended {progress.status}")
 
-    def _estimate(self, user_ids, name: str, options: dict) -> None:
+    def _estimate(self, user_ids, name: str, options: dict, *, everyone: bool) -> None:
         try:
             extractor = make_extractor(name, options)
         except (UnknownExtractor, ValidationError) as exc:
             raise CommandError(terminal_safe(str(exc))) from None
-        totals = job_estimate(user_ids=user_ids, extractor=extractor)
+        totals = job_estimate(user_ids=user_ids, extractor=extractor, everyone=everyone)
         self.stdout.write(
             f"estimate for {totals['users']} users with extractor {name}: {totals['calls']} calls, "
             f"about {totals['prompt_tokens']:,} prompt and {totals['completion_tokens']:,} completion tokens "
