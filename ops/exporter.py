@@ -121,9 +121,9 @@ class DatabaseCollector:
         )
         tokens.add_metric(["prompt"], counters.get((metrics.LLM_TOKENS, "prompt"), 0))
         tokens.add_metric(["completion"], counters.get((metrics.LLM_TOKENS, "completion"), 0))
-        for (name, label), value in sorted(counters.items()):
-            if name == metrics.LLM_CALLS:
-                calls.add_metric([label], value)
+        seen = {label for name, label in counters if name == metrics.LLM_CALLS}
+        for outcome in sorted(seen | set(metrics.LLM_CALL_OUTCOMES)):
+            calls.add_metric([outcome], counters.get((metrics.LLM_CALLS, outcome), 0))
         yield calls
         yield tokens
         cumulative, buckets = 0, []

@@ -46,6 +46,8 @@ def test_it_serves_the_prometheus_text_format_to_loopback(client):
     assert value(samples, "eventproject_jobs", status="running") == 0
     assert value(samples, "eventproject_items_finished_total", outcome="succeeded") == 0
     assert value(samples, "eventproject_llm_call_duration_seconds_count") == 0
+    for outcome in ("ok", "rate_limited", "server_error", "refused", "timeout", "connection_error", "error"):
+        assert value(samples, "eventproject_llm_calls_total", outcome=outcome) == 0  # alerts see a series
     assert client.get("/metrics", REMOTE_ADDR="::1").status_code == 200
 
 
