@@ -12,10 +12,13 @@ items, an import, a webhook delivery).
 - **Leases are renewed by time** from a thread of their own (eventproject.leases.LeaseKeeper).
 - **Healing rings what went unanswered** (`bells_heal()`): due rows whose bell is older than a
   quiet time; one cluster rings each, the one whose conditional update still finds it unanswered.
+- **A stopping cluster's work ends at its next checkpoint** (`cluster_stopping()`), as when its
+  time budget is spent: it saves what it did and rings its continuation.
 """
 
 import functools
 import logging
+import multiprocessing
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +29,22 @@ from django.db.models import Model, Q, QuerySet
 from .db import DatabaseNow
 
 logger = logging.getLogger(__name__)
+
+# Set when this worker's cluster begins to stop (SIGTERM or Ctrl-C to its main process: a restart,
+# an upgrade). django-q2 waits for each worker's task before a cluster stops, and a drain or an
+# import runs for minutes: a busy cluster outlived any stop timeout and was always killed. Made
+# when this module is first imported, in the cluster's main process before it forks (jobs'
+# qcluster command imports it), so every worker shares it. Nothing sets it in other processes.
+_CLUSTER_STOPPING = multiprocessing.Event()
+
+
+def cluster_stopping() -> bool:
+    return _CLUSTER_STOPPING.is_set()
+
+
+def cluster_stop_begin() -> None:
+    """Called by the cluster's main process on SIGTERM or SIGINT (safe in a signal handler)."""
+    _CLUSTER_STOPPING.set()
 
 
 def ring(task: str, *calls: Any, group: str, name: str, failed: Callable[[], None] | None = None) -> None:

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from eventproject.db import DatabaseNow, tables_analyze
 from eventproject.leases import LeaseKeeper
-from eventproject.work import bells_heal, claim, held, lease_expired, lease_until, ring
+from eventproject.work import bells_heal, claim, cluster_stopping, held, lease_expired, lease_until, ring
 
 from .importers import (
     Checkpoints,
@@ -103,8 +103,9 @@ def import_ring(import_id: int, *, mark: bool = False) -> None:
 def import_run(import_id: int) -> None:
     """The task: claim the import, import from its checkpoint on, record how it ended.
 
-    Stops after IMPORTS_BUDGET_SECONDS with its continuation queued; stops at once, writing
-    nothing more, when another worker took the import over.
+    Stops after IMPORTS_BUDGET_SECONDS, or at a checkpoint once its cluster stops, with its
+    continuation queued; stops at once, writing nothing more, when another worker took the
+    import over.
     """
     token = uuid.uuid4()
     data_import = _claim(import_id, token)
@@ -138,7 +139,7 @@ def import_run(import_id: int) -> None:
         if not _mine(data_import.id, token).update(**fields):
             raise LeaseLost
         errors_written = len(summary.errors)
-        return time.monotonic() < deadline
+        return time.monotonic() < deadline and not cluster_stopping()
 
     try:
         options = ImportOptions(

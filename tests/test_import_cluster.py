@@ -25,12 +25,38 @@ def cluster_env(settings, tmp_path):
     }
 
 
-def test_an_import_whose_cluster_is_killed_mid_way_is_finished_by_the_next_one(cluster_env, clusters):
+def big_import():
     lines = ["user_id,event_time,action,item,duration,app,media,poi,price,page_url\n"]
     lines += [f"u{n % 500},2024-06-01 10:00:{n % 60:02d}.{n:06d},browse,P{n},3,,,,,\n" for n in range(ROWS)]
-    data_import = import_create(
-        kind="behaviors", upload=SimpleUploadedFile("big.csv", "".join(lines).encode())
+    return import_create(kind="behaviors", upload=SimpleUploadedFile("big.csv", "".join(lines).encode()))
+
+
+def test_an_import_whose_cluster_is_stopped_pauses_at_its_next_checkpoint(cluster_env, clusters):
+    """SIGTERM to the cluster's main process (a restart): the import used to run on to its end or
+    its budget, the cluster waiting for it until killed at the stop timeout."""
+    data_import = big_import()
+    first = clusters(**cluster_env)
+    wait_for(
+        lambda: type(data_import).objects.get(id=data_import.id).rows_read >= 1_000,
+        timeout=60,
+        what=f"the import to be under way; cluster said:\n{first.output()}",
     )
+    first.terminate()
+    first.process.wait(timeout=5)
+    data_import.refresh_from_db()
+    assert (data_import.status, data_import.claim_token) == ("queued", None)  # its continuation rung
+    assert data_import.rows_read < ROWS
+    second = clusters(**cluster_env)
+    wait_for(
+        lambda: type(data_import).objects.get(id=data_import.id).status == "completed",
+        timeout=90,
+        what=f"the import to finish; cluster said:\n{second.output()}",
+    )
+    assert Behavior.objects.count() == ROWS
+
+
+def test_an_import_whose_cluster_is_killed_mid_way_is_finished_by_the_next_one(cluster_env, clusters):
+    data_import = big_import()
     first = clusters(**cluster_env)
 
     def under_way():

@@ -2,11 +2,11 @@
 
 import time
 
+from eventproject.work import cluster_stopping
 from extraction.extractors import Control
 
 from .. import transitions
 from ..models import Job
-from .stopping import cluster_stopping
 
 
 def budget_caller(job_id: int) -> str:

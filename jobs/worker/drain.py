@@ -1,8 +1,8 @@
 """A drain: the loop a django-q2 task runs. It serves whichever job is due (see scheduler), in
 stints: its lanes claim, extract and commit that job's chunks until the job has nothing claimable,
 another job becomes due, or the time budget is spent; then it picks again. When the budget is spent
-(or its cluster stops, see stopping) with work left, it enqueues its own continuation, which
-inherits its place.
+(or its cluster stops: eventproject.work.cluster_stopping) with work left, it enqueues its own
+continuation, which inherits its place.
 
 Any number of drains run at once on any number of machines. Every chunk stops extracting
 JOBS_COMMIT_RESERVE_SECONDS before django-q2's task timeout and commits what it did. An extractor
@@ -25,6 +25,7 @@ from django.db.models import Min, QuerySet
 
 from eventproject.db import DatabaseNow, connection_reset, database_now
 from eventproject.outages import is_outage
+from eventproject.work import cluster_stopping
 from extraction.extractors import Extractor, ExtractorFatalError, UnknownExtractor, make_extractor
 
 from .. import bells, transitions
@@ -33,7 +34,6 @@ from .chunk import process_one_chunk
 from .claims import job_items_left, jobs_with_claimable
 from .keeper import DrainKeeper, drain_beat_seconds
 from .scheduler import PICK_EVERY_SECONDS, fairest, job_pick
-from .stopping import cluster_stopping
 
 logger = logging.getLogger(__name__)
 

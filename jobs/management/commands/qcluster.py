@@ -19,10 +19,10 @@ from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as ClusterCommand
 
 from eventproject.db import connection_reset
+from eventproject.work import cluster_stop_begin
 from extraction.extractors import extractors_load
 from jobs.healing import heal_all
 from jobs.pruning import jobs_prune
-from jobs.worker.stopping import cluster_stop_begin
 
 logger = logging.getLogger("jobs.heal")
 
@@ -51,8 +51,9 @@ class Command(ClusterCommand):
 
 
 def stop_drains_first(cluster: Cluster) -> None:
-    """On SIGTERM or SIGINT, tell the workers first (jobs.worker.stopping): their drains then end
-    within a chunk's commit, and django-q2's own stop, which waits for them, ends as soon."""
+    """On SIGTERM or SIGINT, tell the workers first (eventproject.work.cluster_stopping): their
+    drains and imports then end at their next checkpoint, and django-q2's own stop, which waits
+    for them, ends as soon."""
     stop = cluster.sig_handler  # set by Cluster() for both signals
 
     def begin(signum, frame) -> None:
