@@ -97,7 +97,10 @@ def test_the_start_form_can_start_every_user(client, personas, make_users):
     job_drain(job_start(enqueue=False).id)  # nobody needs extraction now
     client.force_login(personas["operator"])
     assert "Every user, extracted before or not" in client.get("/admin/jobs/job/add/").content.decode()
-    client.post("/admin/jobs/job/add/", {"extractor": "rules", "who": "everyone", "options": "{}"})
+    form = {"extractor": "rules", "who": "everyone", "options": "{}"}
+    estimate = client.post("/admin/jobs/job/add/", {**form, "_estimate": "1"}).content.decode()
+    assert '<td data-estimate-field="users">2</td>' in estimate
+    client.post("/admin/jobs/job/add/", form)
     job = Job.objects.latest("id")
     assert (job.selection, job.total_items) == ({"mode": "all"}, 2)
 

@@ -245,7 +245,9 @@ class JobAdmin(GuardedAdmin):
         except ValidationError as exc:
             form.add_service_errors({field: " ".join(errors) for field, errors in exc.message_dict.items()})
             return None
-        return job_estimate(user_ids=arguments["user_ids"], extractor=extractor)
+        return job_estimate(
+            user_ids=arguments["user_ids"], extractor=extractor, everyone=arguments.get("everyone", False)
+        )
 
     def action_view(self, request: HttpRequest, job_id: int, action: str) -> HttpResponse:
         """POST cancel, resume or retry-failed for one job, then back to a job page with a message."""
