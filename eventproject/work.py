@@ -16,6 +16,7 @@ items, an import, a webhook delivery).
   time budget is spent: it saves what it did and rings its continuation.
 """
 
+import ctypes
 import functools
 import logging
 import multiprocessing
@@ -34,17 +35,20 @@ logger = logging.getLogger(__name__)
 # an upgrade). django-q2 waits for each worker's task before a cluster stops, and a drain or an
 # import runs for minutes: a busy cluster outlived any stop timeout and was always killed. Made
 # when this module is first imported, in the cluster's main process before it forks (jobs'
-# qcluster command imports it), so every worker shares it. Nothing sets it in other processes.
-_CLUSTER_STOPPING = multiprocessing.Event()
+# qcluster command imports it), so every worker shares its memory. A byte without a lock: read
+# at every chunk and call, it must not hang on a lock a killed worker held (as a
+# multiprocessing.Event's would), and it is set from a signal handler. Nothing sets it in other
+# processes.
+_CLUSTER_STOPPING = multiprocessing.get_context("fork").RawValue(ctypes.c_bool, False)
 
 
 def cluster_stopping() -> bool:
-    return _CLUSTER_STOPPING.is_set()
+    return bool(_CLUSTER_STOPPING.value)
 
 
 def cluster_stop_begin() -> None:
     """Called by the cluster's main process on SIGTERM or SIGINT (safe in a signal handler)."""
-    _CLUSTER_STOPPING.set()
+    _CLUSTER_STOPPING.value = True
 
 
 def ring(task: str, *calls: Any, group: str, name: str, failed: Callable[[], None] | None = None) -> None:

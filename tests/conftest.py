@@ -79,8 +79,8 @@ def _no_llm_counts_from_earlier_tests(monkeypatch):
 def clusters(tmp_path):
     """clusters(**env) starts a real `manage.py qcluster` on the test database (its log in tmp_path;
     `namespace=ns`: inside that network namespace); every cluster started is stopped at the end, as
-    a process manager stops one, but killed after 3 s rather than 30: a drain stops at the end of
-    its budget, not at SIGTERM, and the test has nothing more to learn from waiting for it."""
+    a process manager stops one, but killed after 3 s rather than 30: its tasks stop at their next
+    checkpoint, and one that does not (a chunk of slow test users) has nothing more to teach."""
     from tests.cluster import Cluster, stop_all
 
     started = []

@@ -19,7 +19,7 @@ from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as ClusterCommand
 
 from eventproject.db import connection_reset
-from eventproject.work import cluster_stop_begin
+from eventproject.work import cluster_stop_begin, cluster_stopping
 from extraction.extractors import extractors_load
 from jobs.healing import heal_all
 from jobs.pruning import jobs_prune
@@ -42,23 +42,24 @@ class Command(ClusterCommand):
         extractors_load()  # before the workers fork: they inherit the modules
         collector_tune()
         cluster = Cluster()
-        stop_drains_first(cluster)
+        stop_on_signals()
         cluster.start()
-        if options.get("run_once"):
-            cluster.stop()
-            return
-        heal_while(cluster.sentinel.is_alive)
+        try:
+            if not options.get("run_once"):
+                heal_while(lambda: cluster.sentinel.is_alive() and not cluster_stopping())
+        finally:
+            cluster.stop()  # waits for the workers' tasks, which end at their next checkpoint
 
 
-def stop_drains_first(cluster: Cluster) -> None:
-    """On SIGTERM or SIGINT, tell the workers first (eventproject.work.cluster_stopping): their
-    drains and imports then end at their next checkpoint, and django-q2's own stop, which waits
-    for them, ends as soon."""
-    stop = cluster.sig_handler  # set by Cluster() for both signals
+def stop_on_signals() -> None:
+    """SIGTERM or SIGINT only sets the flag the workers share (eventproject.work.cluster_stopping):
+    their drains and imports end at their next checkpoint, and the heal loop ends within 0.2 s and
+    stops the cluster, django-q2's stop waiting for those tasks. (django-q2's own handler, which
+    these replace, stopped the cluster inside the handler: it blocked there until every worker's
+    task ended, an interrupted heal's transaction and its row locks held meanwhile.)"""
 
     def begin(signum, frame) -> None:
         cluster_stop_begin()
-        stop(signum, frame)
 
     signal.signal(signal.SIGTERM, begin)
     signal.signal(signal.SIGINT, begin)
