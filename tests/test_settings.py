@@ -116,10 +116,36 @@ def test_a_command_refuses_a_bad_setting_in_one_line_naming_it(command):
         capture_output=True,
         text=True,
         check=False,
+        timeout=60,
     )
     assert result.returncode == 1
     assert result.stderr.startswith("ImproperlyConfigured: SECRET_KEY must be at least 50 random characters")
     assert result.stderr.count("\n") == 1
+
+
+def test_manage_py_takes_the_settings_module_given_on_its_command_line(tmp_path):
+    (tmp_path / "other_settings.py").write_text("from eventproject.settings import *  # noqa\nMARK = 7\n")
+    show = "from django.conf import settings; print(settings.SETTINGS_MODULE, settings.MARK)"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "--pythonpath",
+            str(tmp_path),
+            "--settings",
+            "other_settings",
+            "-c",
+            show,
+        ],
+        env={**os.environ, "DEBUG": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "other_settings 7"
 
 
 def test_fallback_keys_come_from_the_environment_and_the_log_level_in_any_case():
