@@ -27,7 +27,7 @@ some with max_workers, cancelled and resumed, while these faults are injected:
   redis-restart   Redis restarted, every key lost (Redis phase)
 
 Meanwhile the clusters tell a real webhook receiver (tests/receiver.py, reachable from the namespace
-too) of every job that ends, and run a schedule due every minute (users needing extraction): every
+too) of every job that ends, and run a schedule due every minute (over users of its own): every
 ended job must be announced, signed, with its final status, a redelivery keeping its message id,
 and each due minute must start at most one job, whatever the faults.
 
@@ -76,6 +76,7 @@ FAULTS = (
 REDIS_FAULTS = ("drop-redis", "redis-restart")
 ACTIONS = ("start", "start", "start", "cancel", "resume")
 HOSTILE_KINDS = ("huge-number", "not-json", "wrong-shape")
+SCHEDULED_USERS = 60  # the schedule's own users
 HUGE = "9" * 5000  # beyond the 4,300 digits Python's int() reads
 
 
@@ -194,8 +195,10 @@ class Chaos:
         self.schedule_seconds = self.schedule_resumed_at = 0.0  # how long it was active, since when
 
     def _tell_and_schedule(self, namespace):
-        """The receiver's endpoint (every job event) and a schedule due every minute, paused until a
-        phase starts; returns the schedule."""
+        """The receiver's endpoint (every job event) and a schedule due every minute over a list of
+        users of its own (the suite's jobs leave them alone, so that its runs start jobs and the
+        hostile users stay free for the suite), paused until a phase starts; returns the schedule."""
+        from extraction.models import UserProfile
         from jobs.models import Job
         from jobs.schedules import schedule_create
         from jobs.webhook_events import JOB_CANCELLED, JOB_COMPLETED, JOB_FAILED
@@ -208,8 +211,15 @@ class Chaos:
             events=[JOB_COMPLETED, JOB_FAILED, JOB_CANCELLED],
         )
         self.receiver.secret = secret
+        others = sorted(set(UserProfile.objects.values_list("user_id", flat=True)) - set(self.hostile))
+        self.scheduled = random.Random(self.args.seed).sample(others, min(SCHEDULED_USERS, len(others) // 4))
         return schedule_create(
-            name="chaos every minute", cron="* * * * *", priority=Job.Priority.LOW, active=False
+            name="chaos every minute",
+            cron="* * * * *",
+            users="list",
+            user_ids=self.scheduled,
+            priority=Job.Priority.LOW,
+            active=False,
         )
 
     def schedule_active(self, active: bool) -> None:
@@ -402,7 +412,7 @@ class Chaos:
         from tests.fake_openai import MODEL
 
         rng = self.rng
-        pool = UserProfile.objects.order_by("?")
+        pool = UserProfile.objects.exclude(user_id__in=self.scheduled).order_by("?")
         if hostile or rng.random() < 0.7:  # mostly users free to start; else some may be busy (an overlap)
             pool = pool.exclude(job_items__status__in=JobItem.ACTIVE)
         users = list(pool.values_list("user_id", flat=True)[: rng.randint(50, 400)])

@@ -4,10 +4,12 @@ a time, a redirect, a huge body). It can go down and come back on the same port.
 
 import contextlib
 import http.server
+import random
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -132,6 +134,17 @@ class Receiver:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's range for outgoing connections' own ports, so that a receiver
+    taken away and started again finds it free (one of that range may meanwhile be a client's)."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    for port in random.sample(range(20_000, max(ephemeral, 20_500)), 500):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")

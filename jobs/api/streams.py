@@ -273,7 +273,7 @@ _READER: ThreadPoolExecutor | None = None
 _READER_LOCK = threading.Lock()
 
 
-_STOPPING = threading.Event()  # this web process is stopping: its streams end
+_STOPPING = threading.Event()  # this web process is stopping: its streams end (never cleared: it exits)
 
 
 @receiver(web_process_stopping)
