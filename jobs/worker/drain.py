@@ -52,12 +52,12 @@ class DrainRun:
     on_chunk: Callable[[], None] | None = None
     extractors: dict[int, Extractor] = field(default_factory=dict)
 
-    def time_left(self) -> bool:
-        return time.monotonic() < self.claim_until and not self.keeper.evicted and not cluster_stopping()
-
     def time_up(self) -> bool:
         """Its budget is spent or its cluster stops: work left goes on in a continuation."""
         return time.monotonic() >= self.claim_until or cluster_stopping()
+
+    def time_left(self) -> bool:
+        return not self.time_up() and not self.keeper.evicted
 
 
 @dataclass
