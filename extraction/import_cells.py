@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-from .services import BehaviorRow
+from .extractors import BehaviorRecord
 
 # Source column name -> behaviour field, for both layouts in use (and obvious variants).
 BEHAVIOR_ALIASES = {
@@ -285,7 +285,7 @@ def parse_behavior(
     from_csv: bool,
     limits: Limits | None = None,
     plan: Plan | None = None,
-) -> tuple[BehaviorRow, int]:
+) -> tuple[BehaviorRecord, int]:
     """The behaviour a record holds, and the bytes its other columns take as JSON (RowError: why
     it is bad). Columns the layouts name fill the fields (a second column for one field, like the
     rest, goes to `extra`); cells read from CSV are typed (numbers, comma lists). `plan`: the
@@ -315,7 +315,7 @@ def parse_behavior(
                 raise RowError(f"{name} longer than {BEHAVIOR_TEXT_LIMITS[name]} characters ({len(text):,})")
     size = _stored_size(extra, "the other columns", "IMPORT_MAX_EXTRA_BYTES", limits.extra_bytes)
     duration = get("duration_seconds")
-    row = BehaviorRow(
+    row = BehaviorRecord(
         user_id,
         action,
         parse_timestamp(get("occurred_at"), tz, limits),

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, ClassVar, Literal
 
 from django.db import transaction
 
+from .extractors import BehaviorRecord
 from .import_ahead import ahead
 from .import_cells import (
     BEHAVIOR_ALIASES,
@@ -44,7 +45,7 @@ from .import_cells import (
     parse_profile,
 )
 from .import_lines import Format, detect_format, read_records
-from .services import BehaviorRow, behaviors_insert, profiles_upsert
+from .services import behaviors_insert, profiles_upsert
 
 __all__ = [
     "Checkpoints",
@@ -269,7 +270,7 @@ class BehaviorImporter(Importer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.batch: list[BehaviorRow] = []
+        self.batch: list[BehaviorRecord] = []
         self.plans: dict[int, Plan] = {}  # of CSV records, by their number of keys
 
     def check_header(self, names, location):

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .services import BehaviorRow
+from .extractors import BehaviorRecord
 
 START = datetime(2024, 6, 1, 8, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
 
@@ -71,7 +71,7 @@ SEARCH_TEMPLATES = [
 class SampleUser:
     user_id: str
     profile: dict[str, Any]
-    behaviors: list[BehaviorRow]
+    behaviors: list[BehaviorRecord]
 
 
 def sample_user_id(prefix: str, index: int) -> str:
@@ -109,17 +109,17 @@ class _Journey:
         self.rng, self.user_id, self.city, self.shortlist, self.stage = rng, user_id, city, shortlist, stage
         self.district = rng.choice(DISTRICTS)
         self.now = START + timedelta(days=rng.randint(0, 60), hours=rng.randint(0, 12))
-        self.rows: list[BehaviorRow] = []
+        self.rows: list[BehaviorRecord] = []
 
     def add(
         self, action: str, *, item="", app="", media="", place="", duration=None, gap=(20, 300), **extra
     ) -> None:
         self.now += timedelta(seconds=self.rng.randint(*gap))
         self.rows.append(
-            BehaviorRow(self.user_id, action, self.now, item, app, media, place, duration, extra or None)
+            BehaviorRecord(self.user_id, action, self.now, item, app, media, place, duration, extra)
         )
 
-    def behaviors(self, target: int) -> list[BehaviorRow]:
+    def behaviors(self, target: int) -> list[BehaviorRecord]:
         rng = self.rng
         while len(self.rows) < target:
             self.now += timedelta(hours=rng.randint(3, 30))

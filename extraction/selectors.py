@@ -143,7 +143,7 @@ def _behaviors_of(user_ids: list[str]) -> dict[str, list[BehaviorRecord]]:
         if is_postgresql():
             cursor.cursor.adapters.register_loader("timestamptz", TimestamptzLoader)  # aware, in UTC
         cursor.execute(
-            f"SELECT user_id, id, action, occurred_at, item, app, media, place, duration_seconds, extra "
+            f"SELECT user_id, action, occurred_at, item, app, media, place, duration_seconds, extra, id "
             f"FROM {Behavior._meta.db_table} WHERE {chosen} ORDER BY user_id, occurred_at, id",
             params,
         )
@@ -162,9 +162,9 @@ def _behaviors_of(user_ids: list[str]) -> dict[str, list[BehaviorRecord]]:
         if row[0] != user_id:
             user_id = row[0]
             append = behaviors.setdefault(user_id, []).append
-        extra = empty if row[9] == "{}" else loads(row[9])
-        if aware:
-            append(new(record, (*row[1:9], extra)))
+        extra = empty if row[8] == "{}" else loads(row[8])
+        if aware:  # the user's id is the first row's: one string for all, not one a behaviour
+            append(new(record, (user_id, *row[1:8], extra, row[9])))
         else:
-            append(new(record, (row[1], row[2], row[3].replace(tzinfo=UTC), *row[4:9], extra)))
+            append(new(record, (user_id, row[1], row[2].replace(tzinfo=UTC), *row[3:8], extra, row[9])))
     return behaviors

@@ -34,14 +34,15 @@ def make_users():
     """Create users u001… with `behaviors` purchases each (one DB round trip per call)."""
     from datetime import UTC, datetime, timedelta
 
-    from extraction.services import BehaviorRow, behaviors_insert
+    from extraction.extractors import BehaviorRecord
+    from extraction.services import behaviors_insert
 
     def make(count: int, *, behaviors: int = 2, prefix: str = "u") -> list[str]:
         ids = [f"{prefix}{i:03d}" for i in range(1, count + 1)]
         start = datetime(2024, 6, 1, tzinfo=UTC)
         behaviors_insert(
             [
-                BehaviorRow(
+                BehaviorRecord(
                     user_id, "purchase" if n == 0 else "browse", start + timedelta(minutes=n), item="P7"
                 )
                 for user_id in ids

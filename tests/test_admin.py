@@ -200,9 +200,10 @@ def test_a_users_page_and_the_links_to_it_work_for_ids_the_admin_quotes(client, 
     import re
     from datetime import UTC, datetime
 
-    from extraction.services import BehaviorRow, behaviors_insert
+    from extraction.extractors import BehaviorRecord
+    from extraction.services import behaviors_insert
 
-    behaviors_insert([BehaviorRow(user_id, "purchase", datetime(2026, 1, 1, tzinfo=UTC), item="X9")])
+    behaviors_insert([BehaviorRecord(user_id, "purchase", datetime(2026, 1, 1, tzinfo=UTC), item="X9")])
     job_drain(job_start(enqueue=False).id)
     client.force_login(personas["admin"])
     items = client.get("/admin/jobs/jobitem/").content.decode()

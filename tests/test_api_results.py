@@ -8,9 +8,9 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from extraction.extractors import EventDraft, UserInput, make_extractor
+from extraction.extractors import BehaviorRecord, EventDraft, UserInput, make_extractor
 from extraction.models import ExtractedEvent, UserProfile
-from extraction.services import BehaviorRow, Outcome, behaviors_insert, extraction_results_save
+from extraction.services import Outcome, behaviors_insert, extraction_results_save
 from jobs.services import job_start
 from jobs.worker.drain import job_drain
 from tests.plans import SORT_NODE, index_path_plan
@@ -26,7 +26,7 @@ def extracted(make_users):
     ids = [f"u00{i}" for i in range(1, 4)]
     behaviors_insert(
         [
-            BehaviorRow(
+            BehaviorRecord(
                 user_id, action, T0 + timedelta(days=n, minutes=m), item="P7" if action != "search" else "SUV"
             )
             for n, user_id in enumerate(ids)

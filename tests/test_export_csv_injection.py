@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from extraction.extractors import EventDraft, make_extractor
+from extraction.extractors import BehaviorRecord, EventDraft, make_extractor
 from extraction.selectors import user_inputs_load
-from extraction.services import BehaviorRow, Outcome, behaviors_insert, extraction_results_save
+from extraction.services import Outcome, behaviors_insert, extraction_results_save
 
 pytestmark = pytest.mark.django_db
 PAYLOADS = json.loads((Path(__file__).parent / "fixtures/hostile/csv_injection.json").read_text())
@@ -24,7 +24,7 @@ def hostile_events():
     users = []
     for n, payload in enumerate(PAYLOADS):
         user_id = f"{payload[:100]}#{n}"
-        behaviors_insert([BehaviorRow(user_id, "search", T0, item=payload)])
+        behaviors_insert([BehaviorRecord(user_id, "search", T0, item=payload)])
         users.append(user_id)
     inputs = {user.user_id: user for user in user_inputs_load(users)}
     outcomes = [

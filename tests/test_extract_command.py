@@ -233,13 +233,14 @@ def test_job_status_shows_control_characters_of_imported_ids_as_escapes_not_to_t
     """Imports keep control characters other than NUL in user ids: a terminal must not run them."""
     from datetime import UTC, datetime
 
-    from extraction.services import BehaviorRow, behaviors_insert
+    from extraction.extractors import BehaviorRecord
+    from extraction.services import behaviors_insert
     from jobs.services import job_start
     from jobs.transitions import job_mark_running
     from jobs.worker.claims import chunk_claim
 
     hostile = "\x1b]0;PWNED\x07\x1b[2Ku9"  # sets the terminal's title, erases the line
-    behaviors_insert([BehaviorRow(hostile, "purchase", datetime(2026, 1, 1, tzinfo=UTC), item="X9")])
+    behaviors_insert([BehaviorRecord(hostile, "purchase", datetime(2026, 1, 1, tzinfo=UTC), item="X9")])
     job = job_start(user_ids=[hostile], enqueue=False)
     job_mark_running(job.id)
     chunk_claim(Job.objects.get(id=job.id))

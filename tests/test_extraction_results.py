@@ -9,7 +9,7 @@ from extraction.extractors import ExtractionError, make_extractor
 from extraction.models import Behavior, ExtractedEvent, ExtractionState, UserProfile
 from extraction.selectors import user_inputs_load, users_needing_extraction
 from extraction.services import (
-    BehaviorRow,
+    BehaviorRecord,
     Outcome,
     behaviors_insert,
     chunk_extract,
@@ -33,7 +33,7 @@ def rules():
 def add_behaviors(user_id, *actions, minute=0):
     return behaviors_insert(
         [
-            BehaviorRow(user_id, action, T0.replace(minute=minute + i), item="P7")
+            BehaviorRecord(user_id, action, T0.replace(minute=minute + i), item="P7")
             for i, action in enumerate(actions)
         ]
     )

@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from extraction.extractors import BehaviorRecord, UserInput, make_extractor
+from extraction.extractors import UserInput, make_extractor
 from extraction.models import Behavior, UserProfile
 from extraction.sample_data import sample_user
 
@@ -43,12 +43,7 @@ def test_rules_find_conversions_and_merged_browses_in_the_sample():
             u.user_id,
             u.profile,
             1,
-            [
-                BehaviorRecord(
-                    n, b.action, b.occurred_at, b.item, b.app, b.media, b.place, b.duration_seconds
-                )
-                for n, b in enumerate(u.behaviors)
-            ],
+            [b._replace(id=n) for n, b in enumerate(u.behaviors)],
         )
         for u in users
     ]

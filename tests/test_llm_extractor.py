@@ -38,6 +38,7 @@ def users(count, behaviors=7, start=1):
     for n in range(start, start + count):
         records = [
             BehaviorRecord(
+                user_id=f"u{n}",
                 id=n * 1000 + i,
                 action=ACTIONS[i % len(ACTIONS)],
                 occurred_at=T0 + timedelta(minutes=5 * i),

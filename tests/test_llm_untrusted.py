@@ -24,7 +24,7 @@ from extraction.extractors.llm_packing import user_parts
 from extraction.llm_client import Completion
 from extraction.llm_tokens import without_thinking
 from extraction.models import ExtractedEvent, LLMCacheEntry
-from extraction.services import BehaviorRow, behaviors_insert
+from extraction.services import behaviors_insert
 from jobs.services import job_start
 from jobs.worker.drain import job_drain
 from tests.cluster import ROOT
@@ -37,12 +37,12 @@ VICTIM_ACTIONS = ["search", "browse", "browse", "compare"]  # no conversion amon
 
 
 def attacker(text: str) -> UserInput:
-    return UserInput("u1", {}, 1, [BehaviorRecord(1001, "search", T0, item=text)])
+    return UserInput("u1", {}, 1, [BehaviorRecord("u1", "search", T0, item=text, id=1001)])
 
 
 def victim(own_text: str = "") -> UserInput:
     records = [
-        BehaviorRecord(2001 + n, action, T0 + timedelta(minutes=n), item=own_text or "汉EV")
+        BehaviorRecord("u2", action, T0 + timedelta(minutes=n), item=own_text or "汉EV", id=2001 + n)
         for n, action in enumerate(VICTIM_ACTIONS)
     ]
     return UserInput("u2", {"city": "北京"}, 1, records)
@@ -123,8 +123,11 @@ def run_job_over(text: str):
     """A job over u1 (ordinary) and u2, whose own behaviour text is `text` (steering u2 itself, so
     however the engine packs its claims, u2's answer is steered)."""
     behaviors_insert(
-        [BehaviorRow("u1", "search", T0, item="汉EV")]
-        + [BehaviorRow("u2", a, T0 + timedelta(minutes=n), item=text) for n, a in enumerate(VICTIM_ACTIONS)]
+        [BehaviorRecord("u1", "search", T0, item="汉EV")]
+        + [
+            BehaviorRecord("u2", a, T0 + timedelta(minutes=n), item=text)
+            for n, a in enumerate(VICTIM_ACTIONS)
+        ]
     )
     job = job_start(extractor="llm", options={"max_concurrency": 1}, max_attempts=1, enqueue=False)
     job_drain(job.id)

@@ -11,7 +11,9 @@ T0 = datetime(2024, 6, 1, 10, tzinfo=UTC)
 
 
 def behavior(id, action, minutes=0, **fields):
-    return BehaviorRecord(id=id, action=action, occurred_at=T0 + timedelta(minutes=minutes), **fields)
+    return BehaviorRecord(
+        user_id="u1", id=id, action=action, occurred_at=T0 + timedelta(minutes=minutes), **fields
+    )
 
 
 def extract(*behaviors):
@@ -201,10 +203,15 @@ def test_an_inputs_fingerprint_stays_what_it_was():
         3,
         [
             BehaviorRecord(
-                7, "browse", datetime(2024, 6, 1, 10, tzinfo=UTC), item="汉EV", duration_seconds=12.5
+                "u1", "browse", datetime(2024, 6, 1, 10, tzinfo=UTC), item="汉EV", duration_seconds=12.5, id=7
             ),
             BehaviorRecord(
-                9, "visit", datetime(2024, 6, 2, tzinfo=UTC), place="4S店", extra={"b": 1, "a": [1, 2]}
+                "u1",
+                "visit",
+                datetime(2024, 6, 2, tzinfo=UTC),
+                place="4S店",
+                extra={"b": 1, "a": [1, 2]},
+                id=9,
             ),
         ],
     )

@@ -9,7 +9,8 @@ import pytest
 import time_machine
 from django.utils import timezone
 
-from extraction.services import BehaviorRow, behaviors_insert
+from extraction.extractors import BehaviorRecord
+from extraction.services import behaviors_insert
 from jobs.cron import CronInvalid, cron_clean, cron_next
 from jobs.errors import JobInvalid
 from jobs.models import Job, JobItem, Schedule, ScheduleRun
@@ -177,7 +178,7 @@ def test_a_run_is_skipped_and_recorded_while_the_previous_job_is_active(clock, h
     assert schedules_run_due() == [f"schedule 'hourly': skipped job {first.id} is still queued"]
     assert Job.objects.count() == 1
     job_drain(first.id)  # it finishes; the next time, a new job starts
-    behaviors_insert([BehaviorRow("u001", "purchase", datetime(2026, 2, 1, tzinfo=UTC), item="X9")])
+    behaviors_insert([BehaviorRecord("u001", "purchase", datetime(2026, 2, 1, tzinfo=UTC), item="X9")])
     clock.move_to(at(SHANGHAI, 2026, 3, 1, 3, 0, 1))
     schedules_run_due()
     outcomes = list(hourly.runs.order_by("id").values_list("outcome", "job__total_items"))

@@ -25,9 +25,10 @@ from eventproject.storable import number_problem, text_problem
 
 
 class BehaviorRecord(NamedTuple):
-    """One behaviour as extractors see it (a tuple: millions are built per job)."""
+    """One behaviour as a tuple (millions are built per job): what imports write, its fields the
+    table's columns in order, and what extractors read, with the `id` the database gave it."""
 
-    id: int
+    user_id: str
     action: str
     occurred_at: datetime
     item: str = ""
@@ -36,6 +37,7 @@ class BehaviorRecord(NamedTuple):
     place: str = ""
     duration_seconds: float | None = None
     extra: Mapping[str, Any] = MappingProxyType({})
+    id: int = 0  # 0 until the database stores it
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +52,8 @@ class UserInput:
     def fingerprint(self) -> str:
         """A hash of the input, stored with the events it produced."""
         payload = orjson.dumps(
-            [self.attributes, list(map(list, self.behaviors))],  # each behaviour's fields, in order
+            # each behaviour's id then its other fields but the user's, as since the first release
+            [self.attributes, [[b.id, *b[1:-1]] for b in self.behaviors]],
             option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
             default=str,
         )
