@@ -10,17 +10,17 @@ from extraction.models import Behavior, UserProfile
 pytestmark = pytest.mark.django_db
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
-LAYOUT_A = (
-    "user_id,action,timestamp,item_id,app_id,media_id,poi_id,duration\n"
-    "u1,browse,2024-06-01 10:00:00,比亚迪 汉EV,汽车之家,,,120\n"
-    "u1,visit,2024-06-02 15:30:00,,,,比亚迪4S店(朝阳店),3600\n"
-    "u2,search,2024-06-01T09:00:00+00:00,20万 SUV,懂车帝,,,\n"
-)
-LAYOUT_B = (
-    "user_id,event_time,action,item,duration,app,media,poi,price,page_url\n"
-    "u3,2024-06-03 11:00:00,purchase,特斯拉 Model 3,7200,,,特斯拉体验中心,245000,https://x.cn/p?id=1\n"
-    "u3,2024-06-03 10:00:00,click,ad:试驾,15,,抖音,,,\n"
-)
+LAYOUT_A = """\
+user_id,action,timestamp,item_id,app_id,media_id,poi_id,duration
+u1,browse,2024-06-01 10:00:00,比亚迪 汉EV,汽车之家,,,120
+u1,visit,2024-06-02 15:30:00,,,,比亚迪4S店(朝阳店),3600
+u2,search,2024-06-01T09:00:00+00:00,20万 SUV,懂车帝,,,
+"""
+LAYOUT_B = """\
+user_id,event_time,action,item,duration,app,media,poi,price,page_url
+u3,2024-06-03 11:00:00,purchase,特斯拉 Model 3,7200,,,特斯拉体验中心,245000,https://x.cn/p?id=1
+u3,2024-06-03 10:00:00,click,ad:试驾,15,,抖音,,,
+"""
 
 
 def test_it_reads_the_first_layout(run, write_file):
