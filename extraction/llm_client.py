@@ -222,18 +222,23 @@ class LLMClient:
 
     def remember(self, completion: Completion) -> None:
         """Keep a validated answer for the next identical request."""
-        if not completion.cached:
-            entry = LLMCacheEntry(
-                key=completion.key,
-                model=self.model,
-                response=completion.content,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
+        if completion.cached:
+            return
+        try:
+            LLMCacheEntry.objects.bulk_create(
+                [
+                    LLMCacheEntry(
+                        key=completion.key,
+                        model=self.model,
+                        response=completion.content,
+                        prompt_tokens=completion.prompt_tokens,
+                        completion_tokens=completion.completion_tokens,
+                    )
+                ],
+                ignore_conflicts=True,  # a twin may have won
             )
-            try:
-                LLMCacheEntry.objects.bulk_create([entry], ignore_conflicts=True)  # a twin may have won
-            except DatabaseError as exc:  # the answer (paid for) counts more than the cache
-                logger.warning("could not keep an answer in the cache (%s)", exc)
+        except DatabaseError as exc:  # the answer (paid for) counts more than the cache
+            logger.warning("could not keep an answer in the cache (%s)", exc)
 
     def flush(self) -> None:
         """Record the completion and reasoning tokens answered (the cost estimate's reasoning share),
