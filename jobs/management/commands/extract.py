@@ -104,12 +104,12 @@ class Command(BaseCommand):
             job = job_start(
                 user_ids=user_ids,
                 everyone=all_users,
+                enqueue=not sync,
+                **share_arguments(priority, max_workers),
                 extractor=extractor,
                 options=options,
                 chunk_size=chunk_size,
                 max_attempts=max_attempts,
-                **share_arguments(priority, max_workers),
-                enqueue=not sync,
             )
         except JobError as exc:
             raise CommandError(terminal_safe(str(exc))) from None
