@@ -144,8 +144,8 @@ class Delivery(models.Model):
         verbose_name_plural = gettext_lazy("webhook deliveries")
         ordering = ["-id"]
         constraints = [
-            choices_constraint("status", DeliveryStatus, "delivery_status_valid"),
             models.UniqueConstraint(fields=["event", "endpoint"], name="delivery_one_per_event_endpoint"),
+            choices_constraint("status", DeliveryStatus, "delivery_status_valid"),
         ]
         indexes = [
             # Healing and the claim: pending deliveries whose next attempt is due.
