@@ -159,11 +159,11 @@ def _behaviors_of(user_ids: list[str]) -> dict[str, list[BehaviorRecord]]:
     user_id = None
     append: Callable[[BehaviorRecord], None]  # set by the first row
     for row in rows:
-        if row[0] != user_id:
+        if row[0] != user_id:  # the first row's id serves all the user's records: one string, not one each
             user_id = row[0]
             append = behaviors.setdefault(user_id, []).append
         extra = empty if row[8] == "{}" else loads(row[8])
-        if aware:  # the user's id is the first row's: one string for all, not one a behaviour
+        if aware:
             append(new(record, (user_id, *row[1:8], extra, row[9])))
         else:
             append(new(record, (user_id, row[1], row[2].replace(tzinfo=UTC), *row[3:8], extra, row[9])))

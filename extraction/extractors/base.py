@@ -25,8 +25,8 @@ from eventproject.storable import number_problem, text_problem
 
 
 class BehaviorRecord(NamedTuple):
-    """One behaviour as a tuple (millions are built per job): what imports write, its fields the
-    table's columns in order, and what extractors read, with the `id` the database gave it."""
+    """One behaviour as a tuple (millions are built per job): what an import writes (every field
+    but the last, the columns it fills, in order) and what extractors read, with the `id` too."""
 
     user_id: str
     action: str
