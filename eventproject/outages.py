@@ -8,9 +8,8 @@ constraint violated, bad data, an extractor's error) is the work's own error and
 
 import socket
 import sqlite3
+import sys
 
-import psycopg
-import redis
 from django import db
 
 OUTAGES: tuple[type[BaseException], ...] = (
@@ -18,26 +17,35 @@ OUTAGES: tuple[type[BaseException], ...] = (
     # ended by the server, a deadlock: each passes if tried again later.
     db.OperationalError,
     db.InterfaceError,
-    # Raised past Django's wrappers (a COPY, a raw psycopg or sqlite3 call).
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
+    # Raised past Django's wrappers (a raw sqlite3 call; psycopg's and Redis's: CLIENT_OUTAGES).
     sqlite3.OperationalError,
     sqlite3.InterfaceError,
-    redis.ConnectionError,
-    redis.TimeoutError,
     # The network itself: resets, refusals, timeouts, names that do not resolve for now.
     ConnectionError,
     TimeoutError,
     socket.gaierror,
 )
+# The same from client libraries, raised past Django's wrappers (a COPY, the Redis broker). Each
+# counts once something has imported its library, as none of its errors exists before: importing
+# them here would cost every process 0.2 s at start, on SQLite and the ORM broker for nothing.
+CLIENT_OUTAGES = {
+    "psycopg": ("OperationalError", "InterfaceError"),
+    "redis": ("ConnectionError", "TimeoutError"),
+}
 
 
 def is_outage(exc: BaseException | None) -> bool:
     """Whether `exc`, or an error it was raised from (`raise … from`), is an outage."""
+    outages = OUTAGES + tuple(
+        getattr(library, name)
+        for module, names in CLIENT_OUTAGES.items()
+        if (library := sys.modules.get(module)) is not None
+        for name in names
+    )
     for _ in range(20):  # a chain is short; a cycle must not hang a worker
         if exc is None:
             return False
-        if isinstance(exc, OUTAGES):
+        if isinstance(exc, outages):
             return True
         exc = exc.__cause__
     return False

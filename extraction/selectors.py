@@ -8,7 +8,6 @@ import orjson
 from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Exists, OuterRef, QuerySet
-from psycopg.types.datetime import TimestamptzLoader
 
 from eventproject.db import in_values, is_postgresql
 
@@ -141,6 +140,8 @@ def _behaviors_of(user_ids: list[str]) -> dict[str, list[BehaviorRecord]]:
     chosen, params = in_values("user_id", user_ids)
     with connection.cursor() as cursor:
         if is_postgresql():
+            from psycopg.types.datetime import TimestamptzLoader  # psycopg is loaded by now
+
             cursor.cursor.adapters.register_loader("timestamptz", TimestamptzLoader)  # aware, in UTC
         cursor.execute(
             f"SELECT user_id, action, occurred_at, item, app, media, place, duration_seconds, extra, id "
