@@ -21,7 +21,7 @@ PRUNE_BATCH_SIZE = 10_000
 class Pruned:
     """What jobs_prune did (or would do): items deleted per job, and whether nothing is left."""
 
-    items: dict[int, int] = field(default_factory=dict)  # job id -> items deleted
+    items: dict[int, int] = field(default_factory=dict)  # job id -> items deleted (none: left out)
     done: bool = True  # False: the time budget ran out with items left to prune
 
     @property
@@ -58,17 +58,18 @@ def jobs_prune(
     pruned = Pruned()
     for job_id in jobs:
         if dry_run:
-            pruned.items[job_id] = JobItem.objects.filter(ended, job_id=job_id).count()
+            if count := JobItem.objects.filter(ended, job_id=job_id).count():
+                pruned.items[job_id] = count
             continue
         marked = Job.objects.filter(id=job_id, status__in=Job.FINISHED, finished_at__lt=cutoff).update(
             items_pruned_at=Coalesce(F("items_pruned_at"), timezone.now())
         )
         if not marked:  # resumed meanwhile (and maybe stopped again since: not old any more)
             continue
-        pruned.items[job_id] = 0
         while True:
             deleted = _items_delete_batch(job_id, batch_size)
-            pruned.items[job_id] += deleted
+            if deleted:
+                pruned.items[job_id] = pruned.items.get(job_id, 0) + deleted
             if deleted < batch_size:
                 break
             if deadline is not None and time.monotonic() >= deadline:  # after a batch: always some progress

@@ -75,6 +75,20 @@ def test_it_is_idempotent_and_a_dry_run_deletes_nothing(make_users, run):
 
 
 @pytest.mark.django_db
+def test_jobs_with_no_items_to_delete_are_not_reported_as_pruned(make_users, run):
+    empty = job_start(extractor="test", enqueue=False)  # nobody needs extraction: complete at once
+    assert (empty.status, empty.total_items) == ("completed", 0)
+    Job.objects.filter(id=empty.id).update(finished_at=timezone.now() - timedelta(days=30))
+    job = finished(make_users(2), days_ago=30)
+
+    for args, verb in ((["--dry-run"], "would delete"), ([], "deleted")):
+        out, _ = run("prune_jobs", "--days", "7", *args)
+        assert f"job {job.id}: {verb} 2 items" in out
+        assert f"job {empty.id}:" not in out
+        assert f"{verb} 2 items of 1 jobs finished" in out
+
+
+@pytest.mark.django_db
 def test_a_cancelled_job_is_pruned_like_the_others_and_can_no_longer_be_resumed(make_users):
     job = job_start(user_ids=make_users(4), extractor="test", enqueue=False)
     job_mark_running(job.id)
