@@ -52,7 +52,7 @@ class UserInput:
     def fingerprint(self) -> str:
         """A hash of the input, stored with the events it produced."""
         payload = orjson.dumps(
-            # each behaviour's id then its other fields but the user's, as since the first release
+            # each behaviour's id, then its fields but the user's: the hash stays what it always was
             [self.attributes, [[b.id, *b[1:-1]] for b in self.behaviors]],
             option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
             default=str,
