@@ -69,7 +69,7 @@ def llm_call_timed() -> Iterator[LLMCall]:
     if any), the tokens it reported, and how long it took (in memory: see llm_calls_write)."""
     call = LLMCall()
     started = time.monotonic()
-    outcome = "ok"
+    outcome = metrics.LLMCallOutcome.OK
     try:
         yield call
     except BaseException as exc:
@@ -95,14 +95,15 @@ def llm_calls_write(*, every: float = 0.0) -> None:
         _gathered.add(amounts)
 
 
-def llm_outcome(exc: BaseException) -> str:
+def llm_outcome(exc: BaseException) -> metrics.LLMCallOutcome:
     """A few stable outcome names, for a label that stays small whatever the endpoint answers."""
+    outcome = metrics.LLMCallOutcome
     if isinstance(exc, openai.APIStatusError):
         if exc.status_code == 429:
-            return "rate_limited"
-        return "server_error" if exc.status_code >= 500 else "refused"
+            return outcome.RATE_LIMITED
+        return outcome.SERVER_ERROR if exc.status_code >= 500 else outcome.REFUSED
     if isinstance(exc, openai.APITimeoutError):  # before its base class, APIConnectionError
-        return "timeout"
+        return outcome.TIMEOUT
     if isinstance(exc, openai.APIConnectionError):
-        return "connection_error"
-    return "error"
+        return outcome.CONNECTION_ERROR
+    return outcome.ERROR

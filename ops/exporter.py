@@ -122,7 +122,7 @@ class DatabaseCollector:
         tokens.add_metric(["prompt"], counters.get((metrics.LLM_TOKENS, "prompt"), 0))
         tokens.add_metric(["completion"], counters.get((metrics.LLM_TOKENS, "completion"), 0))
         seen = {label for name, label in counters if name == metrics.LLM_CALLS}
-        for outcome in sorted(seen | set(metrics.LLM_CALL_OUTCOMES)):
+        for outcome in sorted(seen | set(metrics.LLMCallOutcome)):
             calls.add_metric([outcome], counters.get((metrics.LLM_CALLS, outcome), 0))
         yield calls
         yield tokens

@@ -16,6 +16,7 @@ import logging
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 
 from django.db import connection
 from prometheus_client import Gauge, Histogram
@@ -51,9 +52,22 @@ SHARDS = 16
 LEASE_EXPIRED = "lease_expired"  # items whose lease ran out before their worker committed
 LEASE_LOST = "lease_lost"  # items a worker finished after losing the lease: its work was thrown away
 ITEM_RETRIES = "item_retries"  # items sent back to pending for another attempt after an error
-LLM_CALLS = "llm_calls"  # label: outcome, one of LLM_CALL_OUTCOMES
-# Each a series from the first scrape on (at 0), so that an alert on a rate of errors sees one.
-LLM_CALL_OUTCOMES = ("ok", "rate_limited", "server_error", "refused", "timeout", "connection_error", "error")
+LLM_CALLS = "llm_calls"  # label: outcome, an LLMCallOutcome
+
+
+class LLMCallOutcome(StrEnum):
+    """The outcomes an LLM call is counted under (extraction.llm_metrics.llm_outcome): each a series
+    from the first scrape on (at 0), so that an alert on a rate of errors sees one."""
+
+    OK = "ok"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    ERROR = "error"
+
+
 LLM_TOKENS = "llm_tokens"  # label: prompt | completion
 LLM_SECONDS_BUCKET = "llm_seconds_bucket"  # label: the bucket's upper bound; counts are not cumulative
 LLM_MICROSECONDS_SUM = "llm_microseconds_sum"  # summed whole, so the total never drifts
