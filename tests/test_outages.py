@@ -5,13 +5,13 @@ import os
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import psycopg
 import redis
 from django import db
 
 from eventproject.outages import is_outage
+from tests.cluster import ROOT
 
 
 def raised_from(cause: BaseException) -> Exception:
@@ -61,7 +61,7 @@ def test_on_sqlite_a_process_starts_without_loading_the_postgresql_and_redis_cli
             "-c",
             "import sys, django; django.setup(); print(sorted({'psycopg', 'redis'} & set(sys.modules)))",
         ],
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=ROOT,
         env=environment,
         capture_output=True,
         text=True,
