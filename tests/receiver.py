@@ -4,12 +4,11 @@ a time, a redirect, a huge body). It can go down and come back on the same port.
 
 import contextlib
 import http.server
-import random
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from tests.servers import free_port
 
 
 @dataclass
@@ -79,7 +78,7 @@ class Receiver:
         self.open = self.most_open = 0
         self.lock = threading.Lock()
         self.released = threading.Event()
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.server = None
         self.start()
 
@@ -131,20 +130,3 @@ class Receiver:
     def ids(self) -> list[str]:
         with self.lock:
             return [request.headers.get("webhook-id", "") for request in self.received]
-
-
-def _free_port() -> int:
-    """A free port below the kernel's range for outgoing connections' own ports, so that a receiver
-    taken away and started again finds it free (one of that range may meanwhile be a client's)."""
-    try:
-        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral = 32768
-    for port in random.sample(range(20_000, max(ephemeral, 20_500)), 500):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")

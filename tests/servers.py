@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import shlex
 import signal
 import socket
@@ -39,9 +40,23 @@ def unit(name: str) -> dict[str, list[str]]:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A free loopback port below the kernel's range for ports it hands out itself (a server bound
+    to port 0, a client's side of a connection): one of those could take a port of that range
+    between this probe and the server's own bind, and a server that then failed to bind passed
+    for started while that other one answered. Random, so that concurrent tests rarely pick the
+    same one; still free when a server taken away starts again on it."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    for port in random.sample(range(20_000, max(ephemeral, 20_500)), 500):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def production_env(**env: str | None) -> dict[str, str]:
@@ -141,7 +156,13 @@ class WebServer(Started):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self._wait_until(lambda: bool(self.get("/healthz")), timeout=30, what="gunicorn to answer; it said")
+        # Its own word that it holds the port, then an answer: any other server on it answers too.
+        listening = f"Listening at: http://127.0.0.1:{self.port} "
+        self._wait_until(
+            lambda: listening in self.output() and bool(self.get("/healthz")),
+            timeout=30,
+            what="gunicorn to listen and answer; it said",
+        )
 
     def get(self, path: str, headers: dict | None = None) -> tuple[int, dict[str, str], bytes]:
         """(status, headers with lower-case names, body) over a new connection."""
@@ -230,6 +251,9 @@ class Nginx(Started):
         self._wait_until(self._listening, timeout=15, what="nginx to listen")
 
     def _listening(self) -> bool:
+        """nginx writes its PID file once its ports are bound (another server could answer there)."""
+        if not (self.folder / "nginx.pid").exists():
+            return False
         socket.create_connection(("127.0.0.1", self.https_port), timeout=1).close()
         return True
 

@@ -2,12 +2,14 @@
 from collectstatic through WhiteNoise; `gunicorn eventproject.wsgi` too; HTTPS=on with what a load
 balancer and Prometheus ask over plain HTTP."""
 
+import http.server
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from rest_framework.authtoken.models import Token
@@ -96,6 +98,23 @@ def test_the_web_server_listens_on_every_address_web_bind_names(tmp_path):
         timeout=60,
     )
     assert re.search(r"^bind\s+= \['127.0.0.1:8000', '10.0.5.10:8000'\]$", result.stdout, re.M), result.stderr
+
+
+def test_another_server_on_its_port_does_not_pass_for_a_started_gunicorn(tmp_path, monkeypatch):
+    """The tests' own harness: a gunicorn that could not bind its port passed for started while
+    another test's server answered there, and a test then asked that one (and got its 501)."""
+    from tests import servers
+
+    address = ("127.0.0.1", servers.free_port())
+    other = http.server.ThreadingHTTPServer(address, http.server.BaseHTTPRequestHandler)  # 501 to all
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    monkeypatch.setattr(servers, "free_port", lambda: address[1])
+    try:
+        with pytest.raises(AssertionError, match="Connection in use"):
+            servers.WebServer(tmp_path / "web.log").stop()  # stopped, should it ever pass
+    finally:
+        other.shutdown()
+        other.server_close()
 
 
 @pytest.mark.parametrize("application", ["eventproject.asgi", "eventproject.wsgi"])
