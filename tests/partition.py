@@ -184,7 +184,7 @@ class NetworkNamespace:
         # What the handlers read besides the server's own state (the fake LLM server's `fake`).
         also.__dict__.update({k: v for k, v in httpd.__dict__.items() if k not in vars(also)})
         also.daemon_threads = True
-        threading.Thread(target=also.serve_forever, daemon=True).start()
+        threading.Thread(target=also.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return also
 
     def command(self, argv: list[str]) -> list[str]:
