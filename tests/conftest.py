@@ -301,8 +301,8 @@ def static_root(tmp_path_factory, worker_id):
 @pytest.fixture
 def web_server(transactional_db, tmp_path, static_root):
     """web_server(application="eventproject.asgi", **env) starts gunicorn as the deploy unit does
-    (serving that application), DEBUG off, on the test database; every server started is stopped
-    at the end."""
+    (serving that application), DEBUG off, on the test database, with one worker process unless
+    WEB_CONCURRENCY says more; every server started is stopped at the end."""
     from tests.servers import WebServer
 
     started = []

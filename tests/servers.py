@@ -147,7 +147,7 @@ class WebServer(Started):
             env=production_env(
                 **{
                     "WEB_BIND": f"127.0.0.1:{self.port}",
-                    "WEB_CONCURRENCY": "2",
+                    "WEB_CONCURRENCY": "1",  # a test that needs more processes says so
                     "PROMETHEUS_MULTIPROC_DIR": str(log.parent / f"metrics-{self.port}"),
                     **env,
                 }

@@ -163,7 +163,7 @@ def test_metrics_scraped_while_a_job_runs_on_a_real_cluster_agree_with_its_progr
 ):
     make_users(300)
     cluster = clusters(Q_WORKERS="2")
-    server = web_server()
+    server = web_server(WEB_CONCURRENCY="2")  # /metrics adds up the request counts of two processes
     wait_for(lambda: status_page(server)[0] == 200, timeout=30, what=f"the cluster:\n{cluster.output()}")
     job = job_start(extractor="test", chunk_size=5, options={"seconds_per_user": 0.03})
 
