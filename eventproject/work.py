@@ -20,6 +20,7 @@ import ctypes
 import functools
 import logging
 import multiprocessing
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +45,16 @@ _CLUSTER_STOPPING = multiprocessing.get_context("fork").RawValue(ctypes.c_bool, 
 
 def cluster_stopping() -> bool:
     return bool(_CLUSTER_STOPPING.value)
+
+
+def cluster_stop_wait(seconds: float) -> bool:
+    """Sleep up to `seconds`, waking within a tenth of a second of the cluster beginning to stop
+    (the flag has nothing to wait on); returns whether it stops. A pause (after an outage, or with
+    nothing to do) would otherwise hold a stopping cluster up for its whole length."""
+    deadline = time.monotonic() + seconds
+    while not cluster_stopping() and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 0.1))
+    return cluster_stopping()
 
 
 def cluster_stop_begin() -> None:

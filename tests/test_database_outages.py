@@ -14,7 +14,7 @@ from django.db import DatabaseError
 from eventproject.db import connection_reset
 from jobs.models import Job
 from jobs.services import job_start
-from jobs.worker.drain import OUTAGE_BACKOFF_SECONDS
+from jobs.worker.drain import OUTAGE_BACKOFF_SECONDS, _outage_pause
 from tests.cluster import ROOT, wait_for
 from tests.fake_openai import API_KEY, MODEL
 
@@ -84,6 +84,30 @@ def test_a_job_waits_while_its_database_is_away_and_goes_on_when_it_returns(
     time.sleep(OUTAGE_SECONDS)  # the fault itself: the database away for this long, every lease run out
     postgres_database.start()
     assert_completed_by_everyone(job.id)
+
+
+def test_a_cluster_stopped_while_its_database_is_away_exits_without_waiting_out_a_pause(
+    postgres_database, make_users, clusters
+):
+    """After each failed try a lane waits longer, up to OUTAGE_BACKOFF_SECONDS[1]: it slept the
+    whole pause before it looked at the stop flag, and `systemctl stop` or a restart while the
+    database was away took that much longer."""
+    make_users(300)
+    cluster = clusters(**SETTINGS)
+    job = job_start(extractor="test", chunk_size=10, options={"seconds_per_user": 0.05})
+    wait_for(lambda: Job.objects.get(id=job.id).succeeded_items >= 10, timeout=60, what="work under way")
+    pause = _outage_pause(4)  # the fourth failed try in a row: 4 s
+    postgres_database.stop("fast")
+    wait_for(
+        lambda: f"trying again in {pause:.1f} s" in cluster.output(),
+        timeout=60,
+        what=f"a lane to pause for {pause} s:\n{cluster.output()}",
+    )
+    asked = time.monotonic()
+    cluster.terminate()
+    cluster.process.wait(timeout=30)
+    assert time.monotonic() - asked < pause - 1, cluster.output()[-3000:]  # not the pause, then the stop
+    postgres_database.start()
 
 
 # In a process cut off from its database: does a query waiting for its answer give up?

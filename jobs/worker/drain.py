@@ -25,7 +25,7 @@ from django.db.models import Min, QuerySet
 
 from eventproject.db import DatabaseNow, connection_reset, database_now
 from eventproject.outages import is_outage
-from eventproject.work import cluster_stopping
+from eventproject.work import cluster_stop_wait, cluster_stopping
 from extraction.extractors import Extractor, ExtractorFatalError, UnknownExtractor, make_extractor
 
 from .. import bells, transitions
@@ -131,7 +131,7 @@ def _serve(run: DrainRun, served: set[int]) -> None:
             wait = _idle_wait(run.only, idle_for=time.monotonic() - idle_since)
             if wait is None or time.monotonic() + wait >= run.claim_until:
                 return
-            time.sleep(wait)
+            cluster_stop_wait(wait)
             continue
         idle_since = None
         if (extractor := _extractor(run, job)) is None:
@@ -258,7 +258,7 @@ def _lane(run: DrainRun, stint: Stint, *, lane: int, own_connection: bool = Fals
             if pause:
                 if time.monotonic() + pause >= run.claim_until:
                     return
-                time.sleep(pause)
+                cluster_stop_wait(pause)
     finally:
         if own_connection:
             connection.close()
