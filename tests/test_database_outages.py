@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 from django.db import DatabaseError
@@ -91,10 +92,13 @@ def test_a_cluster_stopped_while_its_database_is_away_exits_without_waiting_out_
 ):
     """After each failed try a lane waits longer, up to OUTAGE_BACKOFF_SECONDS[1]: it slept the
     whole pause before it looked at the stop flag, and `systemctl stop` or a restart while the
-    database was away took that much longer."""
+    database was away took that much longer. The cluster's broker is Redis (the machine's, left
+    alone): on the ORM broker django-q2's pusher, whose pulls fail too, sleeps 10 s before it gives
+    up, and django-q2's stop waits for it."""
     make_users(300)
-    cluster = clusters(**SETTINGS)
-    job = job_start(extractor="test", chunk_size=10, options={"seconds_per_user": 0.05})
+    job = job_start(extractor="test", chunk_size=10, options={"seconds_per_user": 0.05}, enqueue=False)
+    broker = {"REDIS_URL": "redis://127.0.0.1:6379/0", "Q_CLUSTER_NAME": f"test-{uuid.uuid4().hex[:8]}"}
+    cluster = clusters(**broker, **SETTINGS)  # it rings the job's drains as it starts
     wait_for(lambda: Job.objects.get(id=job.id).succeeded_items >= 10, timeout=60, what="work under way")
     pause = _outage_pause(4)  # the fourth failed try in a row: 4 s
     postgres_database.stop("fast")
