@@ -82,17 +82,30 @@ def clusters(tmp_path):
     `namespace=ns`: inside that network namespace); every cluster started is stopped at the end, as
     a process manager stops one, but killed after 3 s rather than 30: its tasks stop at their next
     checkpoint, and one that does not (a chunk of slow test users) has nothing more to teach."""
+    import contextlib
+
+    import redis
+
     from tests.cluster import Cluster, stop_all
 
-    started = []
+    started, queues = [], set()
 
     def start(*, namespace=None, **env: str):
         cluster = Cluster(tmp_path / f"cluster-{len(started)}.log", namespace=namespace, **env)
         started.append(cluster)
+        if env.get("REDIS_URL") and env.get("Q_CLUSTER_NAME"):
+            queues.add((env["REDIS_URL"], env["Q_CLUSTER_NAME"]))
         return cluster
 
     yield start
     stop_all(started, timeout=3)
+    for url, name in queues:  # a stopped cluster's continuations, left in a Redis the test may not own
+        with (
+            contextlib.suppress(redis.RedisError),
+            redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5) as client,
+        ):
+            if keys := list(client.scan_iter(f"django_q:{name}:*")):
+                client.delete(*keys)
 
 
 @pytest.fixture
