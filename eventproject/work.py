@@ -47,14 +47,13 @@ def cluster_stopping() -> bool:
     return bool(_CLUSTER_STOPPING.value)
 
 
-def cluster_stop_wait(seconds: float) -> bool:
+def cluster_stop_wait(seconds: float) -> None:
     """Sleep up to `seconds`, waking within a tenth of a second of the cluster beginning to stop
-    (the flag has nothing to wait on); returns whether it stops. A pause (after an outage, or with
-    nothing to do) would otherwise hold a stopping cluster up for its whole length."""
+    (the flag has nothing to wait on). A pause (after an outage, or with nothing to do) would
+    otherwise hold a stopping cluster up for its whole length."""
     deadline = time.monotonic() + seconds
     while not cluster_stopping() and (left := deadline - time.monotonic()) > 0:
         time.sleep(min(left, 0.1))
-    return cluster_stopping()
 
 
 def cluster_stop_begin() -> None:
